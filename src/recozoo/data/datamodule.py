@@ -1,0 +1,354 @@
+"""`RecDataModule`: the only DataModule. It prepares one dataset and serves the training view
+each model asks for, plus one evaluation batch format for every model."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from recozoo.data.interactions import Interactions
+from recozoo.data.popularity import item_popularity, tail_mask
+from recozoo.data.preprocess import Preprocessing, PreprocessReport
+from recozoo.data.split import LeaveOneOut, SplitIndices
+
+log = logging.getLogger(__name__)
+
+TrainViewKind = Literal["pairs", "user_rows", "sequences", "matrix"]
+
+
+class Source(Protocol):
+    """Anything with ``load() -> Interactions`` (see ``recozoo.data.sources``)."""
+
+    def load(self) -> Interactions: ...
+
+
+class Splitter(Protocol):
+    name: str
+
+    def __call__(self, data: Interactions, seed: int) -> SplitIndices: ...
+
+
+@dataclass
+class TrainView:
+    """What a model trains on.
+
+    Args:
+        kind: ``pairs`` (user, positive, sampled negatives), ``user_rows`` (each user's row of the
+            interaction matrix), ``sequences`` (each user's chronological items, every position a
+            target) or ``matrix`` (all training interactions in one batch, for closed forms).
+        batch_size: training batch size (ignored by ``matrix``).
+        n_negatives: negatives per positive for ``pairs``.
+        max_len: window length for ``sequences``.
+    """
+
+    kind: TrainViewKind = "pairs"
+    batch_size: int = 1024
+    n_negatives: int = 1
+    max_len: int = 50
+
+
+@dataclass
+class DatasetInfo:
+    """Dataset facts that models and metrics may use, all derived from training data.
+
+    Args:
+        item_popularity: (n_items,) training interaction counts.
+        tail_mask: (n_items,) True for tail items.
+        item_text: one string per item, or None.
+        item_category: (n_items,) category index per item, or None.
+    """
+
+    name: str
+    n_users: int
+    n_items: int
+    item_popularity: torch.Tensor
+    tail_mask: torch.Tensor
+    head_share: float
+    item_text: list[str] | None = None
+    item_category: torch.Tensor | None = None
+
+    @property
+    def pad_item(self) -> int:
+        """The padding index used in item sequences (one past the last item)."""
+        return self.n_items
+
+
+@dataclass
+class EvalBatch:
+    """One evaluation batch; identical for every model.
+
+    ``history`` holds each user's most recent input items, left-padded with ``pad_item``
+    (the newest item is in the last column). ``seen_*`` lists every input item as
+    (row in batch, item) pairs: these are masked before ranking. ``target_*`` lists the held-out
+    items the same way.
+    """
+
+    user: torch.Tensor  # (B,)
+    history: torch.Tensor  # (B, L)
+    seen_rows: torch.Tensor  # (nnz_seen,)
+    seen_cols: torch.Tensor  # (nnz_seen,)
+    target_rows: torch.Tensor  # (nnz_target,)
+    target_cols: torch.Tensor  # (nnz_target,)
+    target_rating: torch.Tensor | None = None  # (nnz_target,)
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def seen_matrix(self, n_items: int) -> torch.Tensor:
+        """(B, n_items) float 0/1 matrix of the inputs (what autoencoders and EASE read)."""
+        rows = torch.zeros(len(self.user), n_items, device=self.user.device)
+        rows[self.seen_rows, self.seen_cols] = 1.0
+        return rows
+
+
+class UserItems:
+    """Each user's items in chronological order, CSR style, for fast batched lookup."""
+
+    def __init__(self, user: np.ndarray, item: np.ndarray, timestamp: np.ndarray, n_users: int,
+                 extra: dict[str, np.ndarray] | None = None):
+        order = np.lexsort((np.arange(len(user)), timestamp, user))
+        self.items = item[order]
+        self.extra = {k: v[order] for k, v in (extra or {}).items()}
+        counts = np.bincount(user, minlength=n_users)
+        self.indptr = np.r_[0, np.cumsum(counts)]
+
+    def lengths(self, users: np.ndarray) -> np.ndarray:
+        return self.indptr[users + 1] - self.indptr[users]
+
+    def positions(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row in ``users``, position in ``items``) of every item of these users."""
+        lengths = self.lengths(users)
+        rows = np.repeat(np.arange(len(users)), lengths)
+        starts = np.repeat(self.indptr[users], lengths)
+        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        return rows, starts + offsets
+
+    def recent(self, users: np.ndarray, length: int, pad: int) -> np.ndarray:
+        """(len(users), length) the newest ``length`` items, left-padded with ``pad``."""
+        out = np.full((len(users), length), pad, dtype=np.int64)
+        ends = self.indptr[users + 1]
+        take = np.minimum(self.lengths(users), length)
+        for row, (end, n) in enumerate(zip(ends, take)):
+            if n:
+                out[row, length - n:] = self.items[end - n:end]
+        return out
+
+
+class _Indexed(Dataset):
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+class RecDataModule(L.LightningDataModule):
+    """Loads, cleans and splits one dataset; serves training views and evaluation batches.
+
+    Args:
+        source: produces the raw ``Interactions``.
+        preprocessing: the cleaning steps.
+        split: the splitter (leave-one-out by default).
+        seed: seed of the split and of negative sampling.
+        head_share: share of items (by training count) that form the head.
+        eval_batch_size: users per evaluation batch.
+        history_len: how many recent items an evaluation batch carries per user.
+        num_workers: DataLoader workers.
+
+    Example:
+        >>> dm = RecDataModule(ShopSource(n_users=200, n_items=100))
+        >>> dm.setup()
+        >>> dm.use_view(TrainView("pairs", batch_size=256))
+    """
+
+    def __init__(self, source: Source, preprocessing: Preprocessing | None = None,
+                 split: Splitter | None = None, seed: int = 0, head_share: float = 0.2,
+                 eval_batch_size: int = 256, history_len: int = 50, num_workers: int = 0):
+        super().__init__()
+        self.source = source
+        self.preprocessing = preprocessing or Preprocessing()
+        self.split = split or LeaveOneOut()
+        self.seed = seed
+        self.head_share = head_share
+        self.eval_batch_size = eval_batch_size
+        self.history_len = history_len
+        self.num_workers = num_workers
+        self.view = TrainView()
+        self.data: Interactions | None = None
+        self.report: PreprocessReport | None = None
+
+    # ------------------------------------------------------------------ preparation
+    def setup(self, stage: str | None = None) -> None:
+        if self.data is not None:
+            return
+        data, self.report = self.preprocessing(self.source.load())
+        self.data = data
+        self.indices = self.split(data, self.seed)
+        if len(self.indices.train) == 0:
+            raise ValueError(f"split '{self.split.name}' left no training interactions in "
+                             f"'{data.name}'")
+        self.train = data.take(self.indices.train)
+        valid, test = data.take(self.indices.valid), data.take(self.indices.test)
+        test_inputs = data.take(np.r_[self.indices.train, self.indices.valid])
+        self.train_items = self._user_items(self.train)
+        self.eval_inputs = {"val": self.train_items, "test": self._user_items(test_inputs)}
+        self.eval_targets = {"val": self._user_items(valid), "test": self._user_items(test)}
+        self.eval_users = {stage: np.unique(part.user) for stage, part in
+                           (("val", valid), ("test", test))}
+        popularity = item_popularity(self.train.item, data.n_items)
+        self.info = DatasetInfo(
+            name=data.name, n_users=data.n_users, n_items=data.n_items,
+            item_popularity=torch.as_tensor(popularity, dtype=torch.float32),
+            tail_mask=torch.as_tensor(tail_mask(popularity, self.head_share)),
+            head_share=self.head_share, item_text=data.items.text,
+            item_category=(torch.as_tensor(data.items.category)
+                           if data.items.category is not None else None),
+        )
+        head = popularity[~self.info.tail_mask.numpy()].sum() / max(popularity.sum(), 1)
+        log.info("%s: %d users, %d items, %d interactions (train %d, valid %d, test %d); "
+                 "top %.0f%% of items get %.1f%% of training interactions", data.name,
+                 data.n_users, data.n_items, len(data), len(self.train), len(valid), len(test),
+                 100 * self.head_share, 100 * head)
+        # sorted (user * n_items + item) keys of training pairs, for negative rejection
+        self._train_keys = np.unique(self.train.user * data.n_items + self.train.item)
+
+    def _user_items(self, part: Interactions) -> UserItems:
+        extra = {}
+        if part.event is not None:
+            extra["event"] = part.event
+        if part.rating is not None:
+            extra["rating"] = part.rating
+        return UserItems(part.user, part.item, part.timestamp, part.n_users, extra)
+
+    def stats(self) -> dict[str, Any]:
+        """Size and long-tail statistics of the prepared data (for logs and the README)."""
+        pop = self.info.item_popularity.numpy()
+        return {"users": self.info.n_users, "items": self.info.n_items,
+                "interactions": len(self.data),
+                "head_interaction_share": float(pop[~self.info.tail_mask.numpy()].sum()
+                                                / max(pop.sum(), 1))}
+
+    # ------------------------------------------------------------------ training views
+    def use_view(self, view: TrainView) -> None:
+        """Serve ``view`` from ``train_dataloader`` (called once the model is known)."""
+        if view.kind not in ("pairs", "user_rows", "sequences", "matrix"):
+            raise ValueError(f"unknown training view '{view.kind}'")
+        self.view = view
+
+    def train_dataloader(self) -> DataLoader:
+        view = self.view
+        if view.kind == "pairs":
+            return DataLoader(_Indexed(len(self.train)), batch_size=view.batch_size, shuffle=True,
+                              collate_fn=self._collate_pairs, num_workers=self.num_workers)
+        if view.kind == "user_rows":
+            users = np.flatnonzero(self.train_items.lengths(np.arange(self.info.n_users)) > 0)
+            return DataLoader(users.tolist(), batch_size=view.batch_size, shuffle=True,
+                              collate_fn=self._collate_user_rows, num_workers=self.num_workers)
+        if view.kind == "sequences":
+            self._windows = self._sequence_windows(view.max_len)
+            return DataLoader(_Indexed(len(self._windows[0])), batch_size=view.batch_size,
+                              shuffle=True, collate_fn=self._collate_sequences,
+                              num_workers=self.num_workers)
+        return DataLoader(_Indexed(1), batch_size=1, collate_fn=self._collate_matrix)
+
+    def sample_negatives(self, users: np.ndarray, n: int, rng: np.random.Generator | None = None,
+                         ) -> np.ndarray:
+        """(len(users), n) uniformly drawn items the user has not interacted with in training."""
+        rng = rng or np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,))))
+        n_items = self.info.n_items
+        negatives = rng.integers(0, n_items, (len(users), n))
+        for _ in range(20):  # rejection: collisions are rare, a few rounds suffice
+            keys = users[:, None] * n_items + negatives
+            pos = np.searchsorted(self._train_keys, keys)
+            pos = np.minimum(pos, len(self._train_keys) - 1)
+            bad = self._train_keys[pos] == keys
+            if not bad.any():
+                break
+            negatives[bad] = rng.integers(0, n_items, bad.sum())
+        return negatives
+
+    def _collate_pairs(self, index: list[int]) -> dict[str, torch.Tensor]:
+        index = np.asarray(index)
+        users, items = self.train.user[index], self.train.item[index]
+        negatives = self.sample_negatives(users, self.view.n_negatives)
+        return {"user": torch.as_tensor(users), "item": torch.as_tensor(items),
+                "negative": torch.as_tensor(negatives)}
+
+    def _collate_user_rows(self, users: list[int]) -> dict[str, torch.Tensor]:
+        users = np.asarray(users)
+        rows, pos = self.train_items.positions(users)
+        matrix = torch.zeros(len(users), self.info.n_items)
+        matrix[torch.as_tensor(rows), torch.as_tensor(self.train_items.items[pos])] = 1.0
+        return {"user": torch.as_tensor(users), "rows": matrix}
+
+    def _sequence_windows(self, max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(user, start, end) of windows of at most ``max_len + 1`` items, cut from the end of
+        each user's training sequence so the most recent window is full."""
+        lengths = self.train_items.lengths(np.arange(self.info.n_users))
+        users, starts, ends = [], [], []
+        for user in np.flatnonzero(lengths >= 2):
+            lo, hi = self.train_items.indptr[user], self.train_items.indptr[user + 1]
+            end = hi
+            while end - lo >= 2:
+                start = max(lo, end - (max_len + 1))
+                users.append(user); starts.append(start); ends.append(end)
+                end = start + 1 if start > lo else lo  # windows overlap by one item
+        return np.asarray(users), np.asarray(starts), np.asarray(ends)
+
+    def _collate_sequences(self, index: list[int]) -> dict[str, torch.Tensor]:
+        users, starts, ends = (w[np.asarray(index)] for w in self._windows)
+        length = self.view.max_len
+        pad = self.info.pad_item
+        inputs = np.full((len(index), length), pad, dtype=np.int64)
+        targets = np.full((len(index), length), -100, dtype=np.int64)  # ignore_index
+        events = np.zeros((len(index), length), dtype=np.int64)
+        items = self.train_items.items
+        event = self.train_items.extra.get("event")
+        for row, (start, end) in enumerate(zip(starts, ends)):
+            n = end - start - 1
+            inputs[row, length - n:] = items[start:end - 1]
+            targets[row, length - n:] = items[start + 1:end]
+            if event is not None:
+                events[row, length - n:] = event[start + 1:end]
+        return {"user": torch.as_tensor(users), "input": torch.as_tensor(inputs),
+                "target": torch.as_tensor(targets), "event": torch.as_tensor(events)}
+
+    def _collate_matrix(self, _: list[int]) -> dict[str, torch.Tensor]:
+        return {"user": torch.as_tensor(self.train.user), "item": torch.as_tensor(self.train.item)}
+
+    # ------------------------------------------------------------------ evaluation
+    def eval_batch(self, stage: str, users: np.ndarray) -> EvalBatch:
+        """The evaluation batch of ``users`` for ``stage`` ("val" or "test")."""
+        inputs, targets = self.eval_inputs[stage], self.eval_targets[stage]
+        seen_rows, seen_pos = inputs.positions(users)
+        target_rows, target_pos = targets.positions(users)
+        rating = targets.extra.get("rating")
+        return EvalBatch(
+            user=torch.as_tensor(users),
+            history=torch.as_tensor(inputs.recent(users, self.history_len, self.info.pad_item)),
+            seen_rows=torch.as_tensor(seen_rows), seen_cols=torch.as_tensor(inputs.items[seen_pos]),
+            target_rows=torch.as_tensor(target_rows),
+            target_cols=torch.as_tensor(targets.items[target_pos]),
+            target_rating=torch.as_tensor(rating[target_pos]) if rating is not None else None,
+        )
+
+    def _eval_loader(self, stage: str) -> DataLoader:
+        users = self.eval_users[stage]
+        return DataLoader(users.tolist(), batch_size=self.eval_batch_size, shuffle=False,
+                          collate_fn=lambda batch: self.eval_batch(stage, np.asarray(batch)),
+                          num_workers=0)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")

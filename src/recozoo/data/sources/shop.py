@@ -1,0 +1,245 @@
+"""A synthetic long-tail shop: seeded e-commerce logs with a known structure (``data=shop``).
+
+The generative process, in order:
+
+1. **Catalogue.** ``n_top`` top categories (electronics, kitchen, garden ...), each with
+   sub-categories (headphones, chargers ...). Each top category has a few brands. Every item
+   gets a sub-category, a brand, a price level (1-5) with a price drawn around it, a few
+   attributes (colour, material, style) and a title made of those words, e.g.
+   ``"Norvex wireless black headphones"``. Text therefore carries the item's category, brand and
+   price signal, which a text model can use for items with few interactions.
+2. **Popularity.** Items get a latent popularity from a power law: the item of popularity rank
+   ``r`` within its sub-category has weight ``r ** -popularity_exponent``, and sub-categories
+   themselves differ in size of audience. With the defaults the top 20% of items receive about
+   70-80% of interactions, and many items have fewer than 5.
+3. **Users.** Each user has tastes over top categories (a sparse Dirichlet) and a preferred
+   price level.
+4. **Sessions.** A user has a Poisson number of sessions spread over ``days`` days; a session is
+   a walk of views. The next item is, with probability ``p_companion``, the current item's
+   companion (an item in a complementary sub-category: charger after phone); with probability
+   ``p_same_subcategory`` another item of the same sub-category; otherwise a fresh draw from the
+   user's tastes. Items are drawn by popularity times price affinity. This makes the order of
+   events informative: sequential models can beat order-blind ones.
+5. **Events.** Each view may lead to a cart (``p_cart``, higher when the price suits the user)
+   and a cart to a purchase (``p_purchase``); these are extra events on the same item, a few
+   minutes later. Purchases are the rarest event.
+
+Everything is a function of the seed and the arguments, so a run is reproducible anywhere; the
+generated logs are cached as Parquet under ``cache_dir`` keyed by those arguments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recozoo.data.interactions import EVENT_CODES, Interactions, ItemData
+
+log = logging.getLogger(__name__)
+
+_CATALOGUE: dict[str, list[str]] = {
+    "electronics": ["headphones", "charger", "speaker", "cable", "keyboard", "mouse"],
+    "kitchen": ["knife", "frying pan", "kettle", "blender", "mug", "cutting board"],
+    "garden": ["hose", "shovel", "planter", "seeds", "gloves", "lawn lamp"],
+    "sports": ["running shoes", "yoga mat", "dumbbell", "water bottle", "tennis racket", "backpack"],
+    "beauty": ["shampoo", "face cream", "lipstick", "perfume", "hair brush", "nail polish"],
+    "toys": ["puzzle", "building blocks", "doll", "toy car", "board game", "plush bear"],
+    "office": ["notebook", "pen", "stapler", "desk lamp", "folder", "calculator"],
+    "pets": ["dog food", "cat litter", "leash", "pet bed", "chew toy", "aquarium filter"],
+    "books": ["novel", "cookbook", "travel guide", "comic", "biography", "textbook"],
+    "tools": ["drill", "hammer", "screwdriver", "tape measure", "wrench", "saw"],
+}
+_ATTRIBUTES = {
+    "colour": ["black", "white", "red", "blue", "green", "grey", "pink", "silver"],
+    "material": ["steel", "wooden", "plastic", "cotton", "leather", "glass", "bamboo"],
+    "style": ["compact", "classic", "premium", "eco", "portable", "deluxe", "mini", "pro"],
+}
+_PRICE_WORDS = ["budget", "value", "standard", "quality", "luxury"]
+_SYLLABLES = ["nor", "vex", "zan", "tro", "lum", "kai", "dex", "ora", "vin", "pel", "sko", "mar"]
+
+
+@dataclass
+class ShopSource:
+    """Generate the synthetic shop (see the module docstring for the process).
+
+    Args:
+        n_users: number of shoppers.
+        n_items: catalogue size.
+        sessions_per_user: mean number of sessions (Poisson, at least one).
+        session_length: mean views per session (geometric, at least two).
+        popularity_exponent: power-law exponent of item popularity within a sub-category.
+        n_top: number of top categories used (at most 10).
+        p_companion / p_same_subcategory: sequential structure of a session.
+        p_cart / p_purchase: event funnel.
+        days: time span of the logs.
+        seed: the generator's seed (independent of the training seed).
+        cache_dir: where to cache the generated logs; None disables caching.
+    """
+
+    n_users: int = 3000
+    n_items: int = 2000
+    sessions_per_user: float = 4.0
+    session_length: float = 6.0
+    popularity_exponent: float = 1.4
+    n_top: int = 10
+    p_companion: float = 0.45
+    p_same_subcategory: float = 0.25
+    p_cart: float = 0.15
+    p_purchase: float = 0.4
+    days: int = 180
+    seed: int = 7
+    cache_dir: str | None = None
+    name: str = "shop"
+
+    def __post_init__(self) -> None:
+        if self.n_users < 1 or self.n_items < 10:
+            raise ValueError(f"shop needs n_users >= 1 and n_items >= 10, "
+                             f"got n_users={self.n_users}, n_items={self.n_items}")
+        if not 1 <= self.n_top <= len(_CATALOGUE):
+            raise ValueError(f"shop n_top must be in 1..{len(_CATALOGUE)}, got {self.n_top}")
+        if self.p_companion + self.p_same_subcategory > 1:
+            raise ValueError("shop p_companion + p_same_subcategory must be at most 1, got "
+                             f"{self.p_companion + self.p_same_subcategory}")
+
+    def _key(self) -> str:
+        params = {k: v for k, v in asdict(self).items() if k != "cache_dir"}
+        return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+
+    def load(self) -> Interactions:
+        """The shop's logs, from the cache when present."""
+        if self.cache_dir:
+            folder = Path(self.cache_dir).expanduser() / f"shop-{self._key()}"
+            if (folder / "items.parquet").exists():
+                return _read_cached(folder, self.name)
+            events, items = self.generate()
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp_items = folder / "items.parquet.tmp"
+            events.to_parquet(folder / "events.parquet")
+            items.to_parquet(tmp_items)
+            tmp_items.replace(folder / "items.parquet")  # the marker of a complete cache entry
+            return _to_interactions(events, items, self.name)
+        events, items = self.generate()
+        return _to_interactions(events, items, self.name)
+
+    def generate(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Generate (events, items) frames with external ids."""
+        rng = np.random.default_rng(self.seed)
+        tops = list(_CATALOGUE)[: self.n_top]
+        subcats = [(top, sub) for top in tops for sub in _CATALOGUE[top]]
+        n_sub = len(subcats)
+        sub_top = np.array([tops.index(top) for top, _ in subcats])
+
+        # catalogue
+        item_sub = rng.integers(0, n_sub, self.n_items)
+        item_sub[:n_sub] = np.arange(min(n_sub, self.n_items))  # every sub-category has an item
+        brands = {top: ["".join(rng.choice(_SYLLABLES, 2)).capitalize() for _ in range(5)]
+                  for top in tops}
+        item_brand = [brands[subcats[s][0]][rng.integers(5)] for s in item_sub]
+        price_level = rng.integers(1, 6, self.n_items)
+        price = np.round(np.exp(rng.normal(1.2 + 0.8 * price_level, 0.3)), 2)
+        attrs = {name: rng.choice(words, self.n_items) for name, words in _ATTRIBUTES.items()}
+        titles = [
+            f"{item_brand[i]} {attrs['style'][i]} {attrs['colour'][i]} {attrs['material'][i]} "
+            f"{subcats[item_sub[i]][1]}"
+            for i in range(self.n_items)
+        ]
+        # popularity: power law by rank within each sub-category, sub-categories of varied reach
+        item_weight = np.empty(self.n_items)
+        members: list[np.ndarray] = []
+        for s in range(n_sub):
+            idx = np.flatnonzero(item_sub == s)
+            idx = idx[rng.permutation(len(idx))]
+            item_weight[idx] = np.arange(1, len(idx) + 1) ** -self.popularity_exponent
+            members.append(idx)
+        sub_reach = rng.lognormal(0.0, 0.6, n_sub)
+        # complementary sub-category and a companion item for every item
+        next_sub = np.array([rng.choice(np.flatnonzero(sub_top == sub_top[s])) if rng.random() < 0.6
+                             else rng.integers(n_sub) for s in range(n_sub)])
+        companion = np.empty(self.n_items, dtype=np.int64)
+        for i in range(self.n_items):
+            pool = members[next_sub[item_sub[i]]]
+            p = item_weight[pool] ** 0.5
+            companion[i] = pool[rng.choice(len(pool), p=p / p.sum())]
+
+        # users
+        taste = rng.dirichlet(np.full(len(tops), 0.3), self.n_users)  # (n_users, n_top)
+        user_price = rng.integers(1, 6, self.n_users)
+        n_sessions = np.maximum(1, rng.poisson(self.sessions_per_user, self.n_users))
+
+        rows_user, rows_item, rows_time, rows_event = [], [], [], []
+        horizon = self.days * 86400.0
+        p_sub_given_top = [sub_reach * (sub_top == t) for t in range(len(tops))]
+        p_sub_given_top = [p / p.sum() for p in p_sub_given_top]
+
+        def draw_item(sub: int, user_level: int) -> int:
+            pool = members[sub]
+            w = item_weight[pool] * np.exp(-0.7 * np.abs(price_level[pool] - user_level))
+            return int(pool[np.searchsorted(np.cumsum(w), rng.random() * w.sum())])
+
+        for u in range(self.n_users):
+            starts = np.sort(rng.random(n_sessions[u]) * horizon)
+            for start in starts:
+                length = 1 + rng.geometric(1.0 / max(self.session_length - 1, 1.0))
+                t = start
+                sub = rng.choice(n_sub, p=p_sub_given_top[rng.choice(len(tops), p=taste[u])])
+                item = draw_item(sub, user_price[u])
+                for step in range(length):
+                    if step:
+                        r = rng.random()
+                        if r < self.p_companion:
+                            item = int(companion[item])
+                        elif r < self.p_companion + self.p_same_subcategory:
+                            item = draw_item(int(item_sub[item]), user_price[u])
+                        else:
+                            top = rng.choice(len(tops), p=taste[u])
+                            item = draw_item(rng.choice(n_sub, p=p_sub_given_top[top]),
+                                             user_price[u])
+                    t += rng.exponential(120.0) + 5.0
+                    rows_user.append(u); rows_item.append(item); rows_time.append(t)
+                    rows_event.append(EVENT_CODES["view"])
+                    affinity = 1.5 if price_level[item] == user_price[u] else 0.7
+                    if rng.random() < self.p_cart * affinity:
+                        t += rng.exponential(60.0) + 5.0
+                        rows_user.append(u); rows_item.append(item); rows_time.append(t)
+                        rows_event.append(EVENT_CODES["cart"])
+                        if rng.random() < self.p_purchase:
+                            t += rng.exponential(60.0) + 5.0
+                            rows_user.append(u); rows_item.append(item); rows_time.append(t)
+                            rows_event.append(EVENT_CODES["purchase"])
+
+        events = pd.DataFrame({
+            "user_id": [f"u{u}" for u in rows_user],
+            "item_id": [f"i{i}" for i in rows_item],
+            "timestamp": np.round(rows_time, 1),
+            "event": np.asarray(rows_event, dtype=np.int8),
+        })
+        items = pd.DataFrame({
+            "item_id": [f"i{i}" for i in range(self.n_items)],
+            "title": titles,
+            "category": [f"{subcats[s][0]} > {subcats[s][1]}" for s in item_sub],
+            "brand": item_brand,
+            "price": price,
+            "price_word": [_PRICE_WORDS[p - 1] for p in price_level],
+        })
+        log.info("generated shop: %d users, %d items, %d events", self.n_users, self.n_items,
+                 len(events))
+        return events, items
+
+
+def _to_interactions(events: pd.DataFrame, items: pd.DataFrame, name: str) -> Interactions:
+    return Interactions.from_frame(
+        events, event_col="event", items=items,
+        text_template="{title}. {category}. {brand}. {price_word} price.",
+        category_col="category", title_col="title", numeric_cols=("price",), name=name,
+    )
+
+
+def _read_cached(folder: Path, name: str) -> Interactions:
+    return _to_interactions(pd.read_parquet(folder / "events.parquet"),
+                            pd.read_parquet(folder / "items.parquet"), name)

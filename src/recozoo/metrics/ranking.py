@@ -1,0 +1,200 @@
+"""The metric suite as ``torchmetrics.Metric`` classes over top-K lists.
+
+The evaluation path ranks the full catalogue once per batch, keeps the top K, and hands every
+metric the same `RankedBatch`. States are per-batch sums, so they reduce with ``sum`` across
+processes (DDP-safe) and nothing grows with the number of users.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import torch
+from torchmetrics import Metric
+
+from recozoo.metrics import functional as F
+
+
+@dataclass
+class RankedBatch:
+    """Top-K lists of a batch of users, with what the metrics need to score them.
+
+    Args:
+        items: (B, K) ranked item indices, best first.
+        hits: (B, K) 1.0 where the item is a target.
+        tail_hits: (B, K) 1.0 where the item is a target and a tail item.
+        n_targets: (B,) targets per user.
+        n_tail_targets: (B,) tail targets per user.
+    """
+
+    items: torch.Tensor
+    hits: torch.Tensor
+    tail_hits: torch.Tensor
+    n_targets: torch.Tensor
+    n_tail_targets: torch.Tensor
+
+    @classmethod
+    def from_scores(cls, scores: torch.Tensor, targets: torch.Tensor, tail_mask: torch.Tensor,
+                    k: int) -> "RankedBatch":
+        """Rank ``scores`` (B, n_items; seen items already at -inf) against the 0/1 ``targets``
+        matrix (B, n_items)."""
+        if k > scores.shape[1]:
+            raise ValueError(f"K={k} is larger than the catalogue ({scores.shape[1]} items)")
+        items = torch.topk(scores, k, dim=1).indices  # (B, K)
+        return cls.from_lists(items, targets, tail_mask)
+
+    @classmethod
+    def from_lists(cls, items: torch.Tensor, targets: torch.Tensor,
+                   tail_mask: torch.Tensor) -> "RankedBatch":
+        """Score given ranked lists (B, K) against the 0/1 ``targets`` matrix (B, n_items)."""
+        hits = targets.gather(1, items).float()
+        tail_targets = targets * tail_mask.to(targets.dtype)
+        return cls(items=items, hits=hits, tail_hits=tail_targets.gather(1, items).float(),
+                   n_targets=targets.sum(1).float(), n_tail_targets=tail_targets.sum(1).float())
+
+
+class UserAveraged(Metric):
+    """Mean over users of a per-user metric at K. Subclasses set ``per_user``."""
+
+    is_differentiable = False
+    higher_is_better: ClassVar[bool] = True
+    full_state_update = False
+    per_user: ClassVar[Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]]
+
+    def __init__(self, k: int, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        self.k = k
+        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def values(self, ranked: RankedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-user values and a 0/1 weight saying which users count."""
+        value = type(self).per_user(ranked.hits, ranked.n_targets, self.k)
+        return value, (ranked.n_targets > 0).to(value.dtype)
+
+    def update(self, ranked: RankedBatch) -> None:
+        value, weight = self.values(ranked)
+        self.total += (value * weight).sum().double()
+        self.count += weight.sum().double()
+
+    def compute(self) -> torch.Tensor:
+        return (self.total / self.count.clamp(min=1)).float()
+
+
+class Recall(UserAveraged):
+    per_user = staticmethod(F.recall)
+
+
+class NDCG(UserAveraged):
+    per_user = staticmethod(F.ndcg)
+
+
+class HitRate(UserAveraged):
+    per_user = staticmethod(F.hit_rate)
+
+
+class MRR(UserAveraged):
+    per_user = staticmethod(F.mrr)
+
+
+class Precision(UserAveraged):
+    per_user = staticmethod(F.precision)
+
+
+class MAP(UserAveraged):
+    per_user = staticmethod(F.average_precision)
+
+
+class F1(UserAveraged):
+    per_user = staticmethod(F.f1)
+
+
+class TailRecall(UserAveraged):
+    """Recall over the tail targets only, averaged over users who have a tail target."""
+
+    def values(self, ranked: RankedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        value = F.recall(ranked.tail_hits, ranked.n_tail_targets, self.k)
+        return value, (ranked.n_tail_targets > 0).to(value.dtype)
+
+
+class _ListAveraged(UserAveraged):
+    """Mean over users of a property of the recommended items (needs per-item values)."""
+
+    def __init__(self, k: int, item_values: torch.Tensor, **kwargs):
+        super().__init__(k, **kwargs)
+        self.register_buffer("item_values", item_values.float(), persistent=False)
+
+    def values(self, ranked: RankedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        value = self.item_values[ranked.items[:, :self.k]].mean(1)
+        return value, torch.ones_like(value)
+
+
+class APLT(_ListAveraged):
+    """Average percentage of long-tail items: the share of tail items in each list."""
+
+    def __init__(self, k: int, tail_mask: torch.Tensor, **kwargs):
+        super().__init__(k, tail_mask.float(), **kwargs)
+
+
+class Novelty(_ListAveraged):
+    """Mean self-information (-log2 popularity share) of the recommended items."""
+
+    def __init__(self, k: int, item_popularity: torch.Tensor, n_users: int, **kwargs):
+        super().__init__(k, F.self_information(item_popularity.float(), n_users), **kwargs)
+
+
+class ARP(_ListAveraged):
+    """Average recommendation popularity: mean training count of the recommended items."""
+
+    higher_is_better = False
+
+    def __init__(self, k: int, item_popularity: torch.Tensor, **kwargs):
+        super().__init__(k, item_popularity.float(), **kwargs)
+
+
+class _Exposure(Metric):
+    """Counts how often each item is recommended in the top K, across all users."""
+
+    is_differentiable = False
+    full_state_update = False
+
+    def __init__(self, k: int, n_items: int, **kwargs):
+        super().__init__(**kwargs)
+        if k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        self.k = k
+        self.add_state("exposure", torch.zeros(n_items, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, ranked: RankedBatch) -> None:
+        top = ranked.items[:, :self.k].reshape(-1)
+        self.exposure += torch.bincount(top, minlength=self.exposure.numel()).double()
+
+
+class ItemCoverage(_Exposure):
+    """Share of the catalogue that appears in at least one top-K list."""
+
+    higher_is_better = True
+
+    def compute(self) -> torch.Tensor:
+        return (self.exposure > 0).float().mean()
+
+
+class Gini(_Exposure):
+    """Gini index of how exposure is spread over items (lower is more even)."""
+
+    higher_is_better = False
+
+    def compute(self) -> torch.Tensor:
+        return F.gini(self.exposure).float()
+
+
+#: metric name in metrics.json -> class; the order is the order of tables.
+ACCURACY_METRICS: dict[str, type[UserAveraged]] = {
+    "recall": Recall, "ndcg": NDCG, "hit": HitRate, "mrr": MRR,
+    "precision": Precision, "map": MAP, "f1": F1,
+}
+#: metrics kept per user on the test set (for paired significance tests).
+PER_USER_METRICS: tuple[str, ...] = ("recall", "ndcg", "hit", "mrr", "tail_recall")

@@ -1,0 +1,54 @@
+"""BPR-MF: matrix factorisation trained with Bayesian Personalized Ranking.
+
+Rendle et al., "BPR: Bayesian Personalized Ranking from Implicit Feedback", UAI 2009.
+User and item embeddings; for each observed (user, item) and a sampled unobserved item the loss
+is ``-log sigmoid(s(u, i) - s(u, j))`` with ``s(u, i) = <p_u, q_i>``. Full-catalogue scores are
+one matrix product.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from recozoo.data.datamodule import DatasetInfo, EvalBatch, TrainView
+from recozoo.models.base import Recommender
+
+
+class BPR(Recommender):
+    """Matrix factorisation with the pairwise BPR loss.
+
+    Args:
+        embedding_dim: size of user and item embeddings.
+        batch_size: training pairs per batch.
+        n_negatives: sampled negatives per positive (the loss averages over them).
+        weight_decay: L2 penalty on the embeddings used in a batch.
+    """
+
+    def __init__(self, info: DatasetInfo, embedding_dim: int = 64, batch_size: int = 2048,
+                 n_negatives: int = 1, weight_decay: float = 0.0, **kwargs):
+        super().__init__(info, **kwargs)
+        self.batch_size, self.n_negatives, self.weight_decay = batch_size, n_negatives, weight_decay
+        self.user_embedding = nn.Embedding(info.n_users, embedding_dim)
+        self.item_embedding = nn.Embedding(info.n_items, embedding_dim)
+        nn.init.xavier_normal_(self.user_embedding.weight)
+        nn.init.xavier_normal_(self.item_embedding.weight)
+
+    def train_view(self) -> TrainView:
+        return TrainView("pairs", batch_size=self.batch_size, n_negatives=self.n_negatives)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        user = self.user_embedding(batch["user"])  # (B, d)
+        pos = self.item_embedding(batch["item"])  # (B, d)
+        neg = self.item_embedding(batch["negative"])  # (B, n_neg, d)
+        pos_score = (user * pos).sum(-1, keepdim=True)  # (B, 1)
+        neg_score = torch.einsum("bd,bnd->bn", user, neg)  # (B, n_neg)
+        loss = -F.logsigmoid(pos_score - neg_score).mean()
+        if self.weight_decay:
+            loss = loss + self.weight_decay * (user.pow(2).sum() + pos.pow(2).sum()
+                                               + neg.pow(2).sum()) / len(user)
+        return loss
+
+    def score(self, batch: EvalBatch) -> torch.Tensor:
+        return self.user_embedding(batch.user) @ self.item_embedding.weight.T  # (B, n_items)

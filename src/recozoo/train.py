@@ -1,0 +1,254 @@
+"""`run(cfg)`: build the data and the model from config, fit, evaluate, write the run artifacts."""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from recozoo import artifacts
+from recozoo.data.datamodule import RecDataModule
+from recozoo.models.base import Recommender
+
+log = logging.getLogger(__name__)
+
+
+class RunTimer(L.Callback):
+    """Wall-clock seconds of each training epoch (validation excluded) and of the test stage."""
+
+    def __init__(self) -> None:
+        self.epoch_seconds: list[float] = []
+        self.eval_seconds: float | None = None
+        self._epoch_start = self._val_start = 0.0
+        self._val_in_epoch = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._epoch_start, self._val_in_epoch = time.perf_counter(), 0.0
+
+    def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._val_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._val_in_epoch += time.perf_counter() - self._val_start
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        elapsed = time.perf_counter() - self._epoch_start - self._val_in_epoch
+        self.epoch_seconds.append(round(elapsed, 4))
+
+    def on_test_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._test_start = time.perf_counter()
+
+    def on_test_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.eval_seconds = round(time.perf_counter() - self._test_start, 4)
+
+
+def build_datamodule(cfg: DictConfig) -> RecDataModule:
+    """The DataModule described by ``cfg.data``, ``cfg.split`` and ``cfg.eval``."""
+    return RecDataModule(
+        source=instantiate(cfg.data.source),
+        preprocessing=instantiate(cfg.data.preprocess),
+        split=instantiate(cfg.split),
+        seed=cfg.seed,
+        head_share=cfg.eval.head_share,
+        eval_batch_size=cfg.eval.batch_size,
+        history_len=cfg.eval.history_len,
+        num_workers=cfg.data.get("num_workers", 0),
+    )
+
+
+def build_model(cfg: DictConfig, dm: RecDataModule) -> Recommender:
+    """The model of ``cfg.model`` with the dataset facts and the evaluation settings."""
+    # config values become plain Python (checkpoint hparams must load with weights_only=True);
+    # the dataset facts are passed as they are
+    factory = instantiate(cfg.model, _partial_=True, _convert_="all")
+    return factory(info=dm.info, eval_ks=[int(k) for k in cfg.eval.ks], top_n=int(cfg.eval.top_n))
+
+
+def _choice(group: str, default: str) -> str:
+    """The config-group option chosen for this run (e.g. model=ease -> "ease")."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        return str(HydraConfig.get().runtime.choices[group])
+    except Exception:  # composed outside a Hydra app (tests, notebooks)
+        return default
+
+
+def _is_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:
+        return False
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.output_dir)
+
+
+def _resolve_ckpt(cfg: DictConfig) -> str | None:
+    if cfg.get("ckpt_path") in (None, ""):
+        return None
+    if cfg.ckpt_path == "last":
+        last = output_dir(cfg) / "checkpoints" / "last.ckpt"
+        return str(last) if last.exists() else None
+    if not Path(cfg.ckpt_path).exists():
+        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist")
+    return str(cfg.ckpt_path)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit and evaluate one model; write the run artifacts; return metrics.json's content."""
+    out = output_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    artifacts.atomic_write_bytes(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
+    L.seed_everything(cfg.seed, workers=True)
+    dm = build_datamodule(cfg)
+    dm.setup()
+    model = build_model(cfg, dm)
+    dm.use_view(model.train_view())
+
+    timer = RunTimer()
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    overrides: dict[str, Any] = {}
+    if model.fits_in_one_step:
+        overrides["max_epochs"] = 1  # closed-form: a second epoch would refit the same thing
+        log.info("%s fits in one step: training for one epoch", type(model).__name__)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks + [timer],
+                                     logger=loggers or False, **overrides)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=dm, ckpt_path=_resolve_ckpt(cfg))
+    train_seconds = time.perf_counter() - start
+    best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+    # evaluate the best weights: validation lists (for fusion weights) and test metrics
+    val_metrics = trainer.validate(model, datamodule=dm, ckpt_path=best, verbose=False)[0]
+    val_outputs = model.eval_outputs.get("val")
+    test_metrics = trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False)[0]
+    metrics: dict[str, Any] = {
+        "status": "ok",
+        "model": _choice("model", type(model).__name__.lower()),
+        "data": dm.info.name,
+        "split": _choice("split", dm.split.name),
+        "seed": int(cfg.seed),
+        "n_users": dm.info.n_users,
+        "n_items": dm.info.n_items,
+        "n_interactions": len(dm.data),
+        "n_params": model.n_params,
+        "head_share": dm.info.head_share,
+        "epochs": len(timer.epoch_seconds),
+        "train_seconds": round(train_seconds, 4),
+        "epoch_seconds": timer.epoch_seconds,
+        "eval_seconds": timer.eval_seconds,
+        "best_checkpoint": str(Path(best).relative_to(out)) if best and
+        Path(best).is_relative_to(out) else best,
+    }
+    metrics.update({k: float(v) for k, v in sorted(val_metrics.items()) if k.startswith("val/")})
+    metrics.update({k: float(v) for k, v in sorted(test_metrics.items()) if k.startswith("test/")})
+    if trainer.is_global_zero:
+        write_run_artifacts(out, dm, val_outputs, model.eval_outputs.get("test"))
+        artifacts.write_json(out / artifacts.METRICS_FILE, metrics)
+    return metrics
+
+
+def write_run_artifacts(out: Path, dm: RecDataModule, val_outputs: dict | None,
+                        test_outputs: dict | None) -> None:
+    """Rankings, targets, per-user metrics and the id maps (see `recozoo.artifacts`)."""
+    data = dm.data
+    if val_outputs:
+        artifacts.write_parquet(out / "rankings_val.parquet", artifacts.rankings_frame(val_outputs))
+    if test_outputs:
+        artifacts.write_parquet(out / "rankings_test.parquet",
+                                artifacts.rankings_frame(test_outputs))
+        artifacts.write_parquet(out / "per_user_test.parquet",
+                                artifacts.per_user_frame(test_outputs))
+    for stage, idx in (("val", dm.indices.valid), ("test", dm.indices.test)):
+        artifacts.write_parquet(out / f"targets_{stage}.parquet",
+                                pd.DataFrame({"user": data.user[idx], "item": data.item[idx]}))
+    info = dm.info
+    items = pd.DataFrame({
+        "item": np.arange(info.n_items), "item_id": data.item_ids,
+        "popularity": info.item_popularity.numpy(), "is_tail": info.tail_mask.numpy(),
+    })
+    if data.items.titles is not None:
+        items["title"] = data.items.titles
+    if data.items.text is not None:
+        items["text"] = data.items.text
+    if data.items.category is not None:
+        items["category"] = [data.items.category_names[c] for c in data.items.category]
+    artifacts.write_parquet(out / "items.parquet", items)
+    artifacts.write_parquet(out / "users.parquet",
+                            pd.DataFrame({"user": np.arange(info.n_users), "user_id": data.user_ids}))
+    order = data.chronological_order()
+    artifacts.write_parquet(out / "history.parquet",
+                            pd.DataFrame({"user": data.user[order], "item": data.item[order]}))
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Train one job; on failure record it in metrics.json. Returns ``cfg.optimized_metric``.
+
+    In a multirun a failed job is recorded and the sweep goes on; a single run re-raises.
+    """
+    out = output_dir(cfg)
+    try:
+        metrics = train(cfg)
+    except Exception as error:
+        log.error("run failed: %s", error)
+        failure = {"status": "failed", "error": f"{type(error).__name__}: {error}",
+                   "traceback": traceback.format_exc(limit=20),
+                   "model": _choice("model", str(cfg.model.get("_target_", "?"))),
+                   "data": str(cfg.data.get("name", "?")), "split": _choice("split", "?"),
+                   "seed": int(cfg.seed)}
+        try:
+            artifacts.write_json(out / artifacts.METRICS_FILE, failure)
+        except OSError as write_error:
+            log.error("could not record the failure in %s: %s", out, write_error)
+        if _is_multirun():
+            return None
+        raise
+    finally:
+        _finish_wandb()
+    print_metrics(metrics)
+    value = metrics.get(cfg.get("optimized_metric") or "")
+    return float(value) if value is not None else None
+
+
+def _finish_wandb() -> None:
+    """Close the W&B run of this job so the next job of a sweep gets its own run."""
+    import sys
+    if "wandb" in sys.modules:
+        import wandb
+        if wandb.run is not None:
+            wandb.finish()
+
+
+def print_metrics(metrics: dict[str, Any]) -> None:
+    """Print the test metrics as a table (one row per metric, one column per K)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    rows: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        if key.startswith("test/") and isinstance(value, (int, float)):
+            name, _, k = key[5:].partition("@")
+            rows.setdefault(name, {})[k or "-"] = value
+    ks = sorted({k for row in rows.values() for k in row}, key=lambda k: (k == "-", k))
+    table = Table(title=f"{metrics['model']} on {metrics['data']} ({metrics['split']}): test "
+                        f"metrics, {metrics['epochs']} epochs, {metrics['train_seconds']:.1f}s")
+    table.add_column("metric")
+    for k in ks:
+        table.add_column(f"@{k}" if k != "-" else "", justify="right")
+    for name, row in rows.items():
+        table.add_row(name, *[f"{row[k]:.4f}" if k in row else "" for k in ks])
+    Console().print(table)
