@@ -1,0 +1,67 @@
+"""Shared fixtures: compose the real Hydra config, shrunk to a tiny shop and a short run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+#: real datasets beside the checkout (tests using them skip when absent)
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+#: overrides that make any run tiny and quiet
+TINY = [
+    "data=shop", "data.source.n_users=150", "data.source.n_items=80",
+    "data.source.sessions_per_user=3", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
+    "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=csv",
+]
+
+
+def model_names() -> list[str]:
+    """Every model config: the registry is conf/model/*.yaml."""
+    return sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+
+
+def compose_config(overrides: list[str], output_dir: Path, tiny: bool = True) -> DictConfig:
+    """The config `python train.py <overrides>` would run, writing into ``output_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=(TINY if tiny else []) + overrides,
+                      return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.cache_dir = str(output_dir.parent / "cache")
+        cfg.paths.log_dir = str(output_dir / "logs")
+        del cfg.hydra
+    return cfg
+
+
+@pytest.fixture
+def make_config(tmp_path: Path):
+    """``make_config(["model=ease"])`` -> a tiny composed config writing under tmp_path."""
+    counter = iter(range(1000))
+
+    def factory(overrides: list[str] | None = None, tiny: bool = True) -> DictConfig:
+        return compose_config(overrides or [], tmp_path / f"run{next(counter)}", tiny=tiny)
+
+    return factory
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """../shared/data, or skip the test where it is absent."""
+    if not SHARED_DATA.exists():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA

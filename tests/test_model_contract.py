@@ -1,0 +1,93 @@
+"""The contract every model passes, for every config in conf/model/ (no per-model code)."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from conftest import model_names
+
+from recozoo.train import build_datamodule, build_model
+
+
+def _fit(cfg, steps: int = 3):
+    L.seed_everything(cfg.seed, workers=True)
+    dm = build_datamodule(cfg)
+    dm.setup()
+    model = build_model(cfg, dm)
+    dm.use_view(model.train_view())
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=steps, limit_val_batches=0,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", devices=1)
+    trainer.fit(model, datamodule=dm)
+    model.eval()
+    return dm, model, trainer
+
+
+@pytest.fixture(params=model_names())
+def fitted(request, make_config):
+    cfg = make_config([f"model={request.param}"])
+    return (cfg, *_fit(cfg))
+
+
+def test_scores_have_one_column_per_item(fitted):
+    cfg, dm, model, _ = fitted
+    batch = dm.eval_batch("test", dm.eval_users["test"][:7])
+    with torch.no_grad():
+        scores = model.score(batch)
+    assert scores.shape == (7, dm.info.n_items)
+    assert torch.isfinite(scores).all()
+
+
+def test_seen_items_are_masked_and_targets_rankable(fitted):
+    cfg, dm, model, _ = fitted
+    users = dm.eval_users["test"][:16]
+    batch = dm.eval_batch("test", users)
+    with torch.no_grad():
+        ranked = model.ranking_scores(batch)
+    assert torch.isinf(ranked[batch.seen_rows, batch.seen_cols]).all()
+    assert torch.isfinite(ranked[batch.target_rows, batch.target_cols]).all()
+    top = torch.topk(ranked, 10).indices
+    seen = set(zip(batch.seen_rows.tolist(), batch.seen_cols.tolist()))
+    assert not any((row, int(item)) in seen for row in range(len(users)) for item in top[row])
+
+
+def test_deterministic_under_seed(fitted, make_config):
+    cfg, dm, model, _ = fitted
+    _, model2, _ = _fit(cfg)
+    batch = dm.eval_batch("test", dm.eval_users["test"][:8])
+    with torch.no_grad():
+        assert torch.allclose(model.score(batch), model2.score(batch), atol=1e-5)
+
+
+def test_same_scores_after_checkpoint_save_and_load(fitted, tmp_path):
+    cfg, dm, model, trainer = fitted
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    restored = type(model).load_from_checkpoint(path, info=dm.info, weights_only=True)
+    restored.eval()
+    batch = dm.eval_batch("test", dm.eval_users["test"][:8])
+    with torch.no_grad():
+        assert torch.allclose(model.score(batch), restored.score(batch), atol=1e-5)
+
+
+def test_batch_and_single_user_scores_agree(fitted):
+    cfg, dm, model, _ = fitted
+    users = dm.eval_users["test"][:5]
+    with torch.no_grad():
+        together = model.score(dm.eval_batch("test", users))
+        alone = torch.cat([model.score(dm.eval_batch("test", users[i:i + 1]))
+                           for i in range(len(users))])
+    assert torch.allclose(together, alone, atol=1e-4)
+
+
+def test_full_evaluation_logs_every_metric(fitted):
+    cfg, dm, model, trainer = fitted
+    result = trainer.test(model, datamodule=dm, verbose=False)[0]
+    for k in cfg.eval.ks:
+        for name in ("recall", "ndcg", "hit", "mrr", "precision", "map", "f1", "tail_recall",
+                     "aplt", "coverage", "gini", "novelty", "arp"):
+            value = result[f"test/{name}@{k}"]
+            assert math.isfinite(value)
