@@ -80,6 +80,27 @@ class Recommender(L.LightningModule):
         """Predicted ratings for (user, item) pairs (models with ``predicts_ratings``)."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ shared losses
+    # Every model trains through one of these two, so that loss-level options (e.g. popularity
+    # debiasing) are implemented once, here, for all models.
+    def pairwise_loss(self, pos_item: torch.Tensor, pos_score: torch.Tensor,
+                      neg_item: torch.Tensor, neg_score: torch.Tensor) -> torch.Tensor:
+        """BPR loss ``-log sigmoid(s_pos - s_neg)`` averaged over pairs.
+
+        Args:
+            pos_item: (B,) positive items; pos_score: (B,) their scores.
+            neg_item: (B, n_neg) sampled negatives; neg_score: (B, n_neg) their scores.
+        """
+        return -torch.nn.functional.logsigmoid(pos_score[:, None] - neg_score).mean()
+
+    def cross_entropy_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Softmax cross-entropy over items; ``target`` entries of -100 are ignored.
+
+        Args:
+            logits: (N, n_items) scores; target: (N,) item indices.
+        """
+        return torch.nn.functional.cross_entropy(logits, target, ignore_index=-100)
+
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from recozoo.data.datamodule import DatasetInfo, EvalBatch, TrainView
 from recozoo.models.base import Recommender
@@ -42,9 +41,9 @@ class BPR(Recommender):
         user = self.user_embedding(batch["user"])  # (B, d)
         pos = self.item_embedding(batch["item"])  # (B, d)
         neg = self.item_embedding(batch["negative"])  # (B, n_neg, d)
-        pos_score = (user * pos).sum(-1, keepdim=True)  # (B, 1)
+        pos_score = (user * pos).sum(-1)  # (B,)
         neg_score = torch.einsum("bd,bnd->bn", user, neg)  # (B, n_neg)
-        loss = -F.logsigmoid(pos_score - neg_score).mean()
+        loss = self.pairwise_loss(batch["item"], pos_score, batch["negative"], neg_score)
         if self.weight_decay:
             loss = loss + self.weight_decay * (user.pow(2).sum() + pos.pow(2).sum()
                                                + neg.pow(2).sum()) / len(user)
