@@ -132,6 +132,8 @@ class ShopSource:
         rng = np.random.default_rng(self.seed)
         tops = list(_CATALOGUE)[: self.n_top]
         subcats = [(top, sub) for top in tops for sub in _CATALOGUE[top]]
+        subcats = subcats[:: max(1, -(-len(subcats) // self.n_items))]  # each needs an item
+        tops = sorted({top for top, _ in subcats}, key=tops.index)
         n_sub = len(subcats)
         sub_top = np.array([tops.index(top) for top, _ in subcats])
 

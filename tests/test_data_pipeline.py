@@ -1,0 +1,150 @@
+"""Preprocessing, splits, popularity and the DataModule's views on small data with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from recozoo.data import (
+    EmptyDatasetError, Interactions, LeaveOneOut, Preprocessing, RandomRatioSplit, RecDataModule,
+    TemporalRatioSplit, TrainView,
+)
+from recozoo.data.popularity import item_popularity, tail_mask
+from recozoo.data.sources import ShopSource
+from recozoo.data.split import ratio_counts
+
+
+def tiny(users, items, times, rating=None, event=None) -> Interactions:
+    n_users, n_items = max(users) + 1, max(items) + 1
+    return Interactions(
+        user=np.array(users), item=np.array(items), timestamp=np.array(times, dtype=float),
+        user_ids=np.array([f"u{i}" for i in range(n_users)]),
+        item_ids=np.array([f"i{i}" for i in range(n_items)]),
+        rating=None if rating is None else np.array(rating, dtype=np.float32),
+        event=None if event is None else np.array(event, dtype=np.int8), name="tiny")
+
+
+def test_leave_one_out_holds_out_last_and_second_last_by_time():
+    # user 0 in shuffled time order: items 3 (t=5), 1 (t=1), 2 (t=3), 0 (t=4)
+    data = tiny([0, 0, 0, 0, 1, 1], [3, 1, 2, 0, 1, 2], [5, 1, 3, 4, 1, 2])
+    split = LeaveOneOut()(data, seed=0)
+    assert data.item[split.test].tolist() == [3]
+    assert data.item[split.valid].tolist() == [0]
+    assert sorted(data.item[split.train].tolist()) == [1, 1, 2, 2]  # user 1 (2 rows) trains only
+
+
+@pytest.mark.parametrize("splitter", [LeaveOneOut(), TemporalRatioSplit(), RandomRatioSplit()])
+def test_splits_partition_rows_deterministically_and_never_leak(splitter):
+    data = ShopSource(n_users=120, n_items=60, sessions_per_user=3).load()
+    data, _ = Preprocessing()(data)
+    a, b = splitter(data, seed=3), splitter(data, seed=3)
+    for part in ("train", "valid", "test"):
+        assert np.array_equal(getattr(a, part), getattr(b, part))
+    everything = np.concatenate([a.train, a.valid, a.test])
+    assert len(everything) == len(data) and len(np.unique(everything)) == len(data)
+    # no (user, item) of a held-out target is among the training inputs (dedupe is on)
+    train_pairs = set(zip(data.user[a.train], data.item[a.train]))
+    for held in (a.valid, a.test):
+        assert not train_pairs & set(zip(data.user[held], data.item[held]))
+    if splitter.name != "random":  # time-ordered splits: targets are newer than training rows
+        last_train = {}
+        for u, t in zip(data.user[a.train], data.timestamp[a.train]):
+            last_train[u] = max(last_train.get(u, -np.inf), t)
+        assert all(t >= last_train[u] for u, t in zip(data.user[a.test], data.timestamp[a.test]))
+
+
+def test_random_split_depends_on_seed_and_follows_recbole_rounding():
+    assert [c.tolist() for c in ratio_counts(np.array([10, 5, 2]), (0.8, 0.1, 0.1))] == \
+        [[8, 3, 1], [1, 1, 0], [1, 1, 1]]
+    data = ShopSource(n_users=60, n_items=40).load()
+    split = RandomRatioSplit()
+    assert not np.array_equal(split(data, 1).test, split(data, 2).test)
+    with pytest.raises(ValueError, match=r"summing to 1.*\[0.5, 0.5, 0.5\]"):
+        RandomRatioSplit(ratios=(0.5, 0.5, 0.5))
+
+
+def test_preprocessing_counts_what_it_drops():
+    data = tiny([0, 0, 0, 1, 1, 2], [0, 0, 1, 1, 2, 0], [1, 2, 3, 4, 5, 6],
+                rating=[5, 4, 1, 5, 5, 5])
+    out, report = Preprocessing(min_rating=4, min_user_interactions=0)(data)
+    assert report.dropped == {"rating < 4": 1, "duplicate (user, item)": 1}
+    assert len(out) == 4 and out.n_items == 3
+    with pytest.raises(EmptyDatasetError, match="empty after preprocessing"):
+        Preprocessing(kcore=10)(data)
+    with pytest.raises(ValueError, match="has no ratings"):
+        Preprocessing(min_rating=3)(tiny([0], [0], [0]))
+
+
+def test_kcore_is_iterative():
+    # item 2 has one user -> dropped; then user 1 has one item left -> dropped
+    data = tiny([0, 0, 1, 1, 2, 2], [0, 1, 1, 2, 0, 1], [1, 2, 3, 4, 5, 6])
+    out, _ = Preprocessing(kcore=2, min_user_interactions=0)(data)
+    assert len(out) == 4 and out.n_users == 2 and out.n_items == 2
+
+
+def test_dedupe_keeps_first_time_and_strongest_event():
+    data = tiny([0, 0, 0], [1, 1, 1], [5, 1, 9], event=[2, 0, 1])
+    out, _ = Preprocessing(min_user_interactions=0)(data)
+    assert len(out) == 1 and out.timestamp[0] == 1 and out.event[0] == 2
+
+
+def test_head_is_top_share_of_items_by_training_count():
+    pop = item_popularity(np.array([0, 0, 0, 1, 1, 2, 3, 4, 5, 6]), 10)
+    mask = tail_mask(pop, 0.2)
+    assert (~mask).nonzero()[0].tolist() == [0, 1]
+
+
+def test_shop_has_a_long_tail_and_events():
+    data = ShopSource().load()
+    pop = np.bincount(data.item, minlength=data.n_items)
+    top = np.sort(pop)[::-1][: data.n_items // 5].sum() / pop.sum()
+    assert 0.6 < top < 0.9
+    assert (pop < 5).mean() > 0.2  # many rare items
+    counts = np.bincount(data.event, minlength=3)
+    assert counts[0] > counts[1] > counts[2] > 0  # views > carts > purchases
+    assert data.items.text is not None and all(data.items.text)
+    again = ShopSource().load()
+    assert np.array_equal(again.item, data.item)  # seeded
+
+
+@pytest.fixture(scope="module")
+def dm() -> RecDataModule:
+    module = RecDataModule(ShopSource(n_users=150, n_items=80), seed=1, history_len=5)
+    module.setup()
+    return module
+
+
+def test_eval_batch_masks_inputs_and_holds_targets(dm):
+    users = dm.eval_users["test"][:10]
+    batch = dm.eval_batch("test", users)
+    assert batch.history.shape == (10, 5)
+    seen = set(zip(batch.seen_rows.tolist(), batch.seen_cols.tolist()))
+    targets = set(zip(batch.target_rows.tolist(), batch.target_cols.tolist()))
+    assert len(targets) == 10 and not seen & targets
+    # the validation target is an input at test time, never at validation time
+    val = dm.eval_batch("val", users)
+    val_targets = set(zip(val.target_rows.tolist(), val.target_cols.tolist()))
+    assert val_targets <= seen
+    val_seen = set(zip(val.seen_rows.tolist(), val.seen_cols.tolist()))
+    assert not val_targets & val_seen
+
+
+def test_training_views(dm):
+    dm.use_view(TrainView("pairs", batch_size=32, n_negatives=4))
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["negative"].shape == (32, 4)
+    train = set(zip(dm.train.user.tolist(), dm.train.item.tolist()))
+    for u, negs in zip(batch["user"].tolist(), batch["negative"].tolist()):
+        assert not any((u, n) in train for n in negs)
+    dm.use_view(TrainView("sequences", batch_size=16, max_len=6))
+    seq = next(iter(dm.train_dataloader()))
+    assert seq["input"].shape == seq["target"].shape == (16, 6)
+    valid = seq["target"] != -100
+    # next-item targets: target[t] == input[t + 1] wherever both are real items
+    both = valid[:, :-1] & (seq["input"][:, 1:] != dm.info.pad_item)
+    assert torch.equal(seq["target"][:, :-1][both], seq["input"][:, 1:][both])
+    dm.use_view(TrainView("user_rows", batch_size=8))
+    rows = next(iter(dm.train_dataloader()))
+    assert rows["rows"].shape == (8, dm.info.n_items)
+    assert rows["rows"].sum(1).tolist() == dm.train_items.lengths(rows["user"].numpy()).tolist()

@@ -1,0 +1,121 @@
+"""The metric suite against hand-computed values and independent references."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import ndcg_score
+
+from recozoo.metrics import functional as F
+from recozoo.metrics.ranking import NDCG, RankedBatch, Recall, TailRecall
+from recozoo.metrics.suite import higher_is_better, ranking_suite
+
+# two users, catalogue of 6 items; user 0 targets {1, 4}, user 1 targets {5}
+TARGETS = torch.tensor([[0, 1, 0, 0, 1, 0], [0, 0, 0, 0, 0, 1]], dtype=torch.float32)
+LISTS = torch.tensor([[1, 2, 4, 0], [0, 2, 3, 5]])  # ranked lists, best first
+TAIL = torch.tensor([False, False, False, True, True, True])
+POP = torch.tensor([10.0, 8.0, 6.0, 2.0, 1.0, 0.0])
+
+
+def ranked() -> RankedBatch:
+    return RankedBatch.from_lists(LISTS, TARGETS, TAIL)
+
+
+def test_accuracy_metrics_match_hand_computed_values():
+    r = ranked()
+    hits, n = r.hits, r.n_targets
+    assert hits.tolist() == [[1, 0, 1, 0], [0, 0, 0, 1]]
+    assert F.recall(hits, n, 2).tolist() == [0.5, 0.0]
+    assert F.recall(hits, n, 4).tolist() == [1.0, 1.0]
+    assert F.precision(hits, n, 4).tolist() == [0.5, 0.25]
+    assert F.hit_rate(hits, n, 3).tolist() == [1.0, 0.0]
+    assert F.mrr(hits, n, 4).tolist() == [1.0, 0.25]
+    # user 0: DCG = 1 + 1/log2(4) = 1.5, IDCG = 1 + 1/log2(3)
+    expected = 1.5 / (1 + 1 / math.log2(3))
+    assert F.ndcg(hits, n, 4)[0].item() == pytest.approx(expected, rel=1e-6)
+    assert F.ndcg(hits, n, 4)[1].item() == pytest.approx(1 / math.log2(5), rel=1e-6)
+    # AP@4 user 0: (1/1 + 2/3) / 2
+    assert F.average_precision(hits, n, 4)[0].item() == pytest.approx((1 + 2 / 3) / 2)
+    p, rc = 0.5, 1.0
+    assert F.f1(hits, n, 4)[0].item() == pytest.approx(2 * p * rc / (p + rc))
+
+
+def test_ndcg_matches_sklearn_on_random_rankings():
+    rng = np.random.default_rng(0)
+    scores = rng.random((50, 40))
+    truth = (rng.random((50, 40)) < 0.1).astype(float)
+    truth[truth.sum(1) == 0, 0] = 1.0
+    items = torch.topk(torch.as_tensor(scores), 10).indices
+    r = RankedBatch.from_lists(items, torch.as_tensor(truth, dtype=torch.float32),
+                               torch.zeros(40, dtype=torch.bool))
+    ours = F.ndcg(r.hits, r.n_targets, 10).numpy()
+    reference = [ndcg_score(truth[i:i + 1], scores[i:i + 1], k=10) for i in range(50)]
+    np.testing.assert_allclose(ours, reference, rtol=1e-5)
+
+
+def test_metric_classes_average_over_users_across_batches():
+    metric = Recall(2)
+    r = ranked()
+    metric.update(r)
+    metric.update(r)
+    assert metric.compute().item() == pytest.approx(0.25)
+    ndcg = NDCG(4)
+    ndcg.update(r)
+    assert ndcg.compute().item() == pytest.approx(F.ndcg(r.hits, r.n_targets, 4).mean().item())
+
+
+def test_tail_recall_counts_only_users_with_tail_targets():
+    metric = TailRecall(4)
+    metric.update(ranked())
+    # user 0 tail target {4}: found; user 1 tail target {5}: found at rank 4
+    assert metric.compute().item() == pytest.approx(1.0)
+    metric = TailRecall(2)
+    metric.update(ranked())
+    assert metric.compute().item() == pytest.approx(0.0)
+
+
+def test_beyond_accuracy_metrics():
+    suite = ranking_suite([2, 4], n_items=6, n_users=10, item_popularity=POP, tail_mask=TAIL)
+    suite.update(ranked())
+    values = {k: v.item() for k, v in suite.compute().items()}
+    # lists@2: [1, 2] and [0, 2]: no tail item
+    assert values["aplt@2"] == 0.0
+    # lists@4: [1,2,4,0] has one tail item, [0,2,3,5] two: (1/4 + 2/4) / 2
+    assert values["aplt@4"] == pytest.approx(0.375)
+    assert values["coverage@2"] == pytest.approx(3 / 6)
+    assert values["coverage@4"] == pytest.approx(6 / 6)
+    assert values["arp@2"] == pytest.approx(((8 + 6) / 2 + (10 + 6) / 2) / 2)
+    info = -np.log2((POP.numpy() + 1) / 11)
+    assert values["novelty@2"] == pytest.approx(((info[1] + info[2]) / 2 + (info[0] + info[2]) / 2)
+                                                / 2, rel=1e-5)
+    # exposure@2 = [1, 1, 2, 0, 0, 0]: Gini by the sorted-values formula
+    x = np.sort(np.array([1, 1, 2, 0, 0, 0], dtype=float))
+    idx = np.arange(1, 7)
+    gini = ((2 * idx - 7) * x).sum() / (6 * x.sum())
+    assert values["gini@2"] == pytest.approx(gini, rel=1e-5)
+
+
+def test_gini_extremes():
+    assert F.gini(torch.ones(5)).item() == pytest.approx(0.0)
+    one_item = torch.tensor([0.0, 0.0, 0.0, 10.0])
+    assert F.gini(one_item).item() == pytest.approx(0.75)  # (n-1)/n for a single item
+
+
+def test_direction_of_every_metric_key():
+    assert higher_is_better("test/ndcg@10")
+    assert higher_is_better("val/tail_recall@20")
+    assert not higher_is_better("test/gini@10")
+    assert not higher_is_better("test/arp@10")
+    assert not higher_is_better("test/rmse")
+
+
+def test_bad_k_is_rejected_with_the_value():
+    with pytest.raises(ValueError, match="K=10 is larger than the catalogue"):
+        ranking_suite([10], n_items=6, n_users=3, item_popularity=POP, tail_mask=TAIL)
+    with pytest.raises(ValueError, match="-1"):
+        Recall(-1)
+    with pytest.raises(ValueError, match="within 1..4"):
+        F.recall(ranked().hits, ranked().n_targets, 5)
