@@ -1,0 +1,186 @@
+"""SQN and DQN: Q-learning recommenders trained on logged sessions, with a long-tail reward.
+
+Xin et al., "Self-Supervised Reinforcement Learning for Recommender Systems", SIGIR 2020 (SQN).
+A sequential encoder (GRU by default) maps the recent items to a state ``s_t``. Two heads read
+it:
+
+* a supervised head, trained with softmax cross-entropy on the next item;
+* a Q-head ``Q(s_t, a)`` over all items, trained by double Q-learning on the logged transitions
+  ``(s_t, a_t = next item, r_t, s_{t+1})`` with a target network (soft or periodic updates):
+  ``Q(s_t, a_t) <- r_t + gamma * Q_target(s_{t+1}, argmax_a Q(s_{t+1}, a))``.
+
+Both losses flow into the shared encoder, so the Q-learning signal shapes the states the
+supervised head ranks from. The reward of a logged action is its event weight
+(purchase > cart > view; data without event types count every event as a view) plus a bonus
+``tail_bonus`` (lambda) when the item is in the long tail, which steers the policy towards tail
+items.
+
+Optionally (``n_negatives > 0``) each state also learns from sampled items the user did not
+take: reward 0 and an unchanged state, as in the negative-sampling SNQN of Xin et al.,
+"Supervised Advantage Actor-Critic for Recommender Systems", WSDM 2022. Without them the Q-head
+only ever sees logged actions, which leaves the values of all other items untrained.
+
+``supervised=False`` with ``rank_head=q`` is pure (double) DQN on logged data: the ``dqn``
+config. All positions of a training window are trained in one pass: the encoder runs once over
+the window plus its last target, so the state of position t and the next state (t + 1) come
+from the same forward pass. There is no environment: transitions come from the logs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import torch
+from torch import nn
+
+from recozoo.data.datamodule import DatasetInfo, EvalBatch, TrainView
+from recozoo.models.base import Recommender
+from recozoo.models.components.q_heads import (EventReward, QNetwork, TargetNetwork,
+                                               double_q_target)
+from recozoo.models.components.sequence import GRUEncoder
+
+RankHead = Literal["supervised", "q", "mix"]
+DEFAULT_REWARD = {"view": 0.2, "cart": 0.5, "purchase": 1.0}
+
+
+class SQN(Recommender):
+    """Self-supervised Q-learning recommender (or pure DQN with ``supervised=False``).
+
+    Args:
+        dim: item embedding and state size.
+        encoder: ``gru`` (GRU4Rec's encoder) or ``transformer`` (SASRec's causal encoder).
+        num_layers: encoder layers.
+        dropout: encoder dropout.
+        max_len: most recent items the encoder reads (training windows and evaluation alike).
+        batch_size: training windows per batch.
+        supervised: keep the supervised next-item head (SQN) or not (DQN).
+        rank_head: what ranks items: ``supervised`` logits, ``q`` values, or ``mix``:
+            ``log_softmax(supervised) + mix_weight * Q``.
+        mix_weight: weight of the Q-values in ``mix``.
+        reward: reward per event name (``view``, ``cart``, ``purchase``).
+        tail_bonus: reward bonus lambda for tail items.
+        gamma: discount.
+        q_weight: weight of the TD loss next to the cross-entropy.
+        n_negatives: sampled unlogged actions per state, with reward 0 (0: none).
+        target_tau: Polyak weight of a target update (1.0: copy).
+        target_every: optimiser steps between target updates.
+        grad_clip: gradient-norm clipping (None: off).
+
+    Example:
+        >>> model = SQN(info, tail_bonus=1.0)          # SQN ranking by the mixed score
+        >>> dqn = SQN(info, supervised=False, rank_head="q", n_negatives=10)
+    """
+
+    def __init__(self, info: DatasetInfo, dim: int = 64, encoder: str = "gru",
+                 num_layers: int = 1, dropout: float = 0.1, max_len: int = 50,
+                 batch_size: int = 256, supervised: bool = True, rank_head: RankHead = "mix",
+                 mix_weight: float = 1.0, reward: Mapping[str, float] | None = None,
+                 tail_bonus: float = 0.0, gamma: float = 0.5, q_weight: float = 1.0,
+                 n_negatives: int = 0, target_tau: float = 0.01, target_every: int = 1,
+                 grad_clip: float | None = None, **kwargs):
+        super().__init__(info, **kwargs)
+        self.automatic_optimization = False
+        if rank_head not in ("supervised", "q", "mix"):
+            raise ValueError(f"model.rank_head must be 'supervised', 'q' or 'mix', got "
+                             f"'{rank_head}'")
+        if rank_head != "q" and not supervised:
+            raise ValueError(f"model.rank_head='{rank_head}' needs the supervised head; set "
+                             "model.supervised=true or model.rank_head=q")
+        if max_len < 2:
+            raise ValueError(f"model.max_len must be >= 2, got {max_len}")
+        self.max_len, self.batch_size = int(max_len), int(batch_size)
+        self.rank_head, self.mix_weight = rank_head, float(mix_weight)
+        self.gamma, self.q_weight = float(gamma), float(q_weight)
+        self.n_negatives, self.grad_clip = int(n_negatives), grad_clip
+        self.q_network = QNetwork(_sequence_encoder(encoder, info.n_items, dim, num_layers,
+                                                    dropout, max_len), dim, info.n_items)
+        self.supervised_head = nn.Linear(dim, info.n_items) if supervised else None
+        self.target = TargetNetwork(self.q_network, tau=target_tau, every=target_every)
+        self.reward = EventReward(dict(reward or DEFAULT_REWARD), info.tail_mask, tail_bonus)
+
+    def train_view(self) -> TrainView:
+        # a window of max_len - 1 inputs plus its last target is what the encoder reads
+        return TrainView("sequences", batch_size=self.batch_size, max_len=self.max_len - 1)
+
+    # ------------------------------------------------------------------ training
+    def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The loss terms of one batch of windows: ``loss`` (total), ``ce``, ``td``."""
+        target = batch["target"]  # (B, L), -100 where ignored
+        valid = target >= 0  # (B, L)
+        last = torch.where(valid[:, -1:], target[:, -1:], self.info.pad_item)  # (B, 1)
+        seq = torch.cat([batch["input"], last], dim=1)  # (B, L + 1)
+        states = self.q_network(seq)  # (B, L + 1, dim)
+        state, next_state = states[:, :-1][valid], states[:, 1:][valid]  # (N, dim)
+        action, event = target[valid], batch["event"][valid]  # (N,)
+
+        q = self.q_network.q_values(state)  # (N, n_items)
+        with torch.no_grad():
+            target_states = self.target(seq)  # (B, L + 1, dim)
+            next_q_target = self.target.network.q_values(target_states[:, 1:][valid])
+            next_q_online = self.q_network.q_values(next_state)
+        td_target = double_q_target(self.reward(action, event), next_q_online, next_q_target,
+                                    self.gamma)
+        td = (q.gather(1, action[:, None])[:, 0] - td_target).pow(2).mean()
+        if self.n_negatives:
+            # an ignored recommendation: reward 0, the state stays s_t
+            negative = torch.randint(0, self.n_items, (len(action), self.n_negatives),
+                                     device=action.device)  # (N, n_neg)
+            with torch.no_grad():
+                stay_q_target = self.target.network.q_values(target_states[:, :-1][valid])
+                stay = double_q_target(torch.zeros_like(td_target), q.detach(), stay_q_target,
+                                       self.gamma)  # (N,)
+            td = td + (q.gather(1, negative) - stay[:, None]).pow(2).mean()
+        out = {"td": td, "loss": self.q_weight * td}
+        if self.supervised_head is not None:
+            out["ce"] = self.cross_entropy_loss(self.supervised_head(state), action)
+            out["loss"] = out["loss"] + out["ce"]
+        return out
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.losses(batch)["loss"]
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        optimizer = self.optimizers()
+        losses = self.losses(batch)
+        optimizer.zero_grad()
+        self.manual_backward(losses["loss"])
+        if self.grad_clip:
+            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip,
+                                gradient_clip_algorithm="norm")
+        optimizer.step()
+        self.target.update(self.q_network)
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=False,
+                      batch_size=len(batch["user"]))
+        return losses["loss"].detach()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-3))
+        return factory([p for p in self.parameters() if p.requires_grad])
+
+    # ------------------------------------------------------------------ ranking
+    def score(self, batch: EvalBatch) -> torch.Tensor:
+        state = self.q_network(batch.history)[:, -1]  # (B, dim)
+        if self.rank_head == "q":
+            return self.q_network.q_values(state)  # (B, n_items)
+        logits = self.supervised_head(state)  # (B, n_items)
+        if self.rank_head == "supervised":
+            return logits
+        return logits.log_softmax(-1) + self.mix_weight * self.q_network.q_values(state)
+
+    @property
+    def n_params(self) -> int:
+        """Trainable parameters (the target network is a copy and not counted)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def _sequence_encoder(kind: str, n_items: int, dim: int, num_layers: int, dropout: float,
+                      max_len: int) -> nn.Module:
+    """The zoo's shared sequence encoder named by ``kind`` (``gru`` or ``transformer``)."""
+    if kind == "gru":
+        return GRUEncoder(n_items, dim, num_layers=num_layers, dropout=dropout)
+    if kind == "transformer":
+        from recozoo.models.components.sequence import CausalTransformerEncoder
+        return CausalTransformerEncoder(n_items, dim, num_layers=num_layers, max_len=max_len,
+                                        dropout=dropout)
+    raise ValueError(f"model.encoder must be 'gru' or 'transformer', got '{kind}'")
