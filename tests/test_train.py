@@ -1,0 +1,78 @@
+"""`train.py` end to end: the run artifacts and metrics.json contract, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT
+from recozoo.train import run
+
+CONTRACT_KEYS = ("status", "model", "data", "split", "seed", "n_users", "n_items", "n_params",
+                 "train_seconds", "epoch_seconds", "eval_seconds")
+METRIC_NAMES = ("recall", "ndcg", "hit", "mrr", "precision", "map", "f1", "tail_recall", "aplt",
+                "coverage", "gini", "novelty", "arp")
+
+
+def test_run_writes_every_artifact_with_contract_keys(make_config):
+    cfg = make_config(["model=bpr", "eval.ks=[5,10]", "eval.top_n=20"])
+    value = run(cfg)
+    out = Path(cfg.paths.output_dir)
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in CONTRACT_KEYS:
+        assert key in metrics, key
+    assert metrics["status"] == "ok" and metrics["model"] == "bpr" and metrics["split"] == "loo"
+    for stage in ("val", "test"):
+        for name in METRIC_NAMES:
+            for k in (5, 10):
+                assert f"{stage}/{name}@{k}" in metrics
+    assert value == pytest.approx(metrics["val/ndcg@10"])
+    assert len(metrics["epoch_seconds"]) == metrics["epochs"] == 1
+    rankings = pd.read_parquet(out / "rankings_test.parquet")
+    assert rankings.groupby("user").size().max() == 20
+    assert set(rankings["user"]) == set(pd.read_parquet(out / "targets_test.parquet")["user"])
+    per_user = pd.read_parquet(out / "per_user_test.parquet")
+    assert per_user["ndcg@10"].mean() == pytest.approx(metrics["test/ndcg@10"], abs=1e-5)
+    # seen items never appear in a user's ranked list
+    history = pd.read_parquet(out / "history.parquet")
+    targets = pd.read_parquet(out / "targets_test.parquet")
+    seen = set(map(tuple, history.merge(targets, how="left", indicator=True)
+                   .query("_merge == 'left_only'")[["user", "item"]].to_numpy()))
+    assert not seen & set(map(tuple, rankings[["user", "item"]].to_numpy()))
+    for name in ("config.yaml", "rankings_val.parquet", "targets_val.parquet", "items.parquet",
+                 "users.parquet", "checkpoints/best.ckpt"):
+        assert (out / name).exists(), name
+
+
+def test_unknown_model_lists_the_choices():
+    result = subprocess.run([sys.executable, "train.py", "model=nosuchmodel"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "nosuchmodel" in result.stderr and "Available options" in result.stderr
+    assert "ease" in result.stderr
+
+
+def test_k_larger_than_catalogue_is_a_clear_error(make_config):
+    cfg = make_config(["model=pop", "eval.ks=[10,100000]"])
+    with pytest.raises(ValueError, match="K=100000 is larger than the catalogue"):
+        run(cfg)
+    failed = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert failed["status"] == "failed" and "K=100000" in failed["error"]
+
+
+def test_filtering_everything_away_names_the_setting(make_config):
+    cfg = make_config(["model=pop", "data.preprocess.kcore=1000"])
+    with pytest.raises(ValueError, match="empty after preprocessing.*kcore"):
+        run(cfg)
+
+
+def test_missing_atomic_folder_is_named(make_config, tmp_path):
+    cfg = make_config(["model=pop", "data=atomic", f"data.path={tmp_path}/nothing", "data.name=x",
+                       "trainer.enable_progress_bar=false"], tiny=False)
+    with pytest.raises(FileNotFoundError, match="nothing"):
+        run(cfg)
