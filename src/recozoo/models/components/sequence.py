@@ -52,3 +52,101 @@ class GRUEncoder(nn.Module):
     def last_state(self, seq: torch.Tensor) -> torch.Tensor:
         """(B, dim) the state after the newest item."""
         return self.forward(seq)[:, -1]
+
+
+class CausalTransformerEncoder(nn.Module):
+    """SASRec's encoder: item plus learned position embeddings, then causal self-attention blocks.
+
+    Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018. Each block is
+    pre-norm multi-head self-attention and a point-wise feed-forward net, with residuals and
+    dropout, followed by a final layer norm (as in the authors' code). A position attends to
+    itself and to the earlier real items, never to padding or to later items.
+
+    Args:
+        n_items: catalogue size (the padding index is ``n_items``).
+        dim: embedding and hidden size.
+        num_layers: self-attention blocks.
+        num_heads: attention heads (``dim`` must be divisible by it).
+        max_len: longest sequence; positions are counted from the newest item backwards, so the
+            newest item always has the same position embedding.
+        dropout: dropout on embeddings, attention weights and feed-forward outputs.
+
+    ``forward(seq)`` returns (B, L, dim) states; the last column follows the newest item.
+    """
+
+    def __init__(self, n_items: int, dim: int = 64, num_layers: int = 2, num_heads: int = 1,
+                 max_len: int = 50, dropout: float = 0.2):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+        self.pad_item, self.max_len, self.num_heads = n_items, max_len, num_heads
+        self.embedding = ItemEmbedding(n_items, dim)
+        self.position = nn.Embedding(max_len, dim)
+        self.dropout = nn.Dropout(dropout)
+        layer = nn.TransformerEncoderLayer(dim, num_heads, dim_feedforward=dim, dropout=dropout,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, num_layers, norm=nn.LayerNorm(dim),
+                                            enable_nested_tensor=False)
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        seq = seq[:, -self.max_len:]
+        batch, length = seq.shape
+        is_pad = seq == self.pad_item  # (B, L)
+        positions = torch.arange(self.max_len - length, self.max_len, device=seq.device)
+        x = self.embedding(seq) * self.embedding.embedding_dim ** 0.5 + self.position(positions)
+        x = self.dropout(x) * (~is_pad)[..., None]  # (B, L, dim)
+        future = torch.ones(length, length, dtype=torch.bool, device=seq.device).triu(1)
+        own = torch.eye(length, dtype=torch.bool, device=seq.device)
+        # True = may not attend; padded queries attend to themselves only (their output is unused)
+        blocked = future | (is_pad[:, None, :] & ~own)  # (B, L, L)
+        blocked = blocked.repeat_interleave(self.num_heads, dim=0)  # (B * heads, L, L)
+        states = self.blocks(x, mask=blocked)  # (B, L, dim)
+        return states * (~is_pad)[..., None]
+
+
+class CaserEncoder(nn.Module):
+    """Caser's convolutional sequence embedding, evaluated at every position of a sequence.
+
+    Tang & Wang, "Personalized Top-N Sequential Recommendation via Convolutional Sequence
+    Embedding", WSDM 2018. The embeddings of the last ``window`` items form an ``window x dim``
+    image; horizontal filters of every height 1..window (max-pooled over time) capture union-level
+    patterns, vertical filters (window x 1) weighted sums of the items. Their concatenation goes
+    through dropout and a fully connected layer to ``dim`` and is concatenated with the user
+    embedding: the output is ``2 * dim`` wide.
+
+    Args:
+        n_items, n_users: catalogue and user counts (the item padding index is ``n_items``).
+        dim: item and user embedding size (``d`` in the paper).
+        window: items per image (``L``).
+        n_horizontal / n_vertical: filters per height / vertical filters (``n_h`` / ``n_v``).
+        dropout: dropout before the fully connected layer.
+
+    ``forward(seq, user)`` returns (B, S, 2 * dim): for each position of ``seq`` (left-padded),
+    the representation of the window ending there.
+    """
+
+    def __init__(self, n_items: int, n_users: int, dim: int = 50, window: int = 5,
+                 n_horizontal: int = 16, n_vertical: int = 4, dropout: float = 0.5):
+        super().__init__()
+        self.pad_item, self.window = n_items, window
+        self.embedding = ItemEmbedding(n_items, dim)
+        self.user_embedding = nn.Embedding(n_users, dim)
+        nn.init.normal_(self.user_embedding.weight, std=dim ** -0.5)
+        self.vertical = nn.Conv2d(1, n_vertical, (window, 1))
+        self.horizontal = nn.ModuleList(nn.Conv2d(1, n_horizontal, (h, dim))
+                                        for h in range(1, window + 1))
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(n_vertical * dim + n_horizontal * window, dim)
+
+    def forward(self, seq: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
+        batch, length = seq.shape
+        padded = nn.functional.pad(seq, (self.window - 1, 0), value=self.pad_item)
+        windows = padded.unfold(1, self.window, 1)  # (B, S, window)
+        image = self.embedding(windows.reshape(-1, self.window))[:, None]  # (B*S, 1, window, dim)
+        vertical = self.vertical(image).flatten(1)  # (B*S, n_v * dim)
+        horizontal = [torch.relu(conv(image).squeeze(3)).amax(2)  # (B*S, n_h) each
+                      for conv in self.horizontal]
+        z = torch.relu(self.fc(self.dropout(torch.cat([vertical, *horizontal], 1))))  # (B*S, dim)
+        z = z.view(batch, length, -1)
+        u = self.user_embedding(user)[:, None].expand(-1, length, -1)  # (B, S, dim)
+        return torch.cat([z, u], -1)  # (B, S, 2 * dim)

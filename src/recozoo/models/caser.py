@@ -1,0 +1,51 @@
+"""Caser: convolutional sequence embedding for top-N sequential recommendation.
+
+Tang & Wang, "Personalized Top-N Sequential Recommendation via Convolutional Sequence
+Embedding", WSDM 2018. The embeddings of the user's last ``window`` items are an image; horizontal
+and vertical convolutions over it, a fully connected layer and the user embedding give a
+``2 * dim`` vector ``[z; P_u]``, and ``y = W' [z; P_u] + b'`` scores every item
+(`CaserEncoder`).
+
+What deliberately differs from the paper: the paper slides a window over each sequence and
+trains on ``T`` next items per window with binary cross-entropy and sampled negatives; here the
+window ending at *every* position of a training sequence is encoded in one pass and predicts the
+next item with softmax cross-entropy over all items (`SequentialRecommender`). The same
+(window, next item) pairs are seen, with a full-catalogue loss.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from recozoo.data.datamodule import DatasetInfo
+from recozoo.models.components.sequence import CaserEncoder
+from recozoo.models.sequential import SequentialRecommender
+
+
+class Caser(SequentialRecommender):
+    """Horizontal and vertical convolutions over the last ``window`` items, plus the user.
+
+    Args:
+        dim: item and user embedding size (``d``).
+        window: items per convolution image (``L``).
+        n_horizontal / n_vertical: filters per height / vertical filters (``n_h`` / ``n_v``).
+        dropout: dropout before the fully connected layer.
+        max_len, batch_size: see `SequentialRecommender`.
+    """
+
+    def __init__(self, info: DatasetInfo, dim: int = 50, window: int = 5, n_horizontal: int = 16,
+                 n_vertical: int = 4, dropout: float = 0.5, max_len: int = 50,
+                 batch_size: int = 128, **kwargs):
+        super().__init__(info, max_len=max_len, batch_size=batch_size, **kwargs)
+        self.encoder = CaserEncoder(info.n_items, info.n_users, dim, window, n_horizontal,
+                                    n_vertical, dropout)
+        self.output = nn.Linear(2 * dim, info.n_items)
+        nn.init.normal_(self.output.weight, std=(2 * dim) ** -0.5)
+        nn.init.zeros_(self.output.bias)
+
+    def encode(self, seq: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
+        return self.encoder(seq, user)  # (B, L, 2 * dim)
+
+    def item_logits(self, states: torch.Tensor) -> torch.Tensor:
+        return self.output(states)  # (..., n_items)

@@ -1,0 +1,57 @@
+"""The Mult-VAE / Mult-DAE network of Liang et al. (WWW 2018): a plain nn.Module."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class MultVAENet(nn.Module):
+    """Encoder-decoder over a user's interaction row; the decoder outputs item logits.
+
+    The input row is L2-normalised and dropped out (input dropout is the denoising); the encoder
+    is ``n_items -> hidden... -> latent`` with tanh between layers, the decoder mirrors it. The
+    variational encoder outputs a mean and a log-variance and samples during training; the
+    denoising one outputs the code directly.
+
+    Args:
+        n_items: input and output width.
+        hidden: hidden layer sizes of the encoder (the decoder uses them reversed).
+        latent: size of the code.
+        dropout: input dropout rate.
+        variational: Mult-VAE (True) or Mult-DAE (False).
+
+    ``forward(rows)`` returns ``(logits (B, n_items), mu (B, latent), logvar (B, latent) or
+    None)``.
+    """
+
+    def __init__(self, n_items: int, hidden: tuple[int, ...] | list[int] = (600,),
+                 latent: int = 200, dropout: float = 0.5, variational: bool = True):
+        super().__init__()
+        self.variational, self.latent = variational, latent
+        self.dropout = nn.Dropout(dropout)
+        sizes = [n_items, *hidden]
+        self.encoder = self._mlp([*sizes, 2 * latent if variational else latent])
+        self.decoder = self._mlp([latent, *reversed(sizes)])
+
+    @staticmethod
+    def _mlp(sizes: list[int]) -> nn.Sequential:
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+            linear = nn.Linear(a, b)
+            nn.init.xavier_normal_(linear.weight)
+            nn.init.normal_(linear.bias, std=0.001)
+            layers.append(linear)
+            if i < len(sizes) - 2:
+                layers.append(nn.Tanh())
+        return nn.Sequential(*layers)
+
+    def forward(self, rows: torch.Tensor,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        x = self.dropout(nn.functional.normalize(rows, dim=1))  # (B, n_items)
+        code = self.encoder(x)
+        if not self.variational:
+            return self.decoder(code), code, None
+        mu, logvar = code[:, :self.latent], code[:, self.latent:]  # (B, latent) each
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
+        return self.decoder(z), mu, logvar
