@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -16,7 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from recozoo import artifacts
 from recozoo.data.datamodule import RecDataModule
+from recozoo.debias import Debias
 from recozoo.models.base import Recommender
+from recozoo.training_callbacks import AtomicCheckpointIO, EpochSeed, KeepStopped
+from recozoo.rerank import Reranker
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +35,12 @@ class RunTimer(L.Callback):
         self.eval_seconds: float | None = None
         self._epoch_start = self._val_start = 0.0
         self._val_in_epoch = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch_seconds": list(self.epoch_seconds)}  # in checkpoints: kept across a resume
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epoch_seconds = list(state_dict.get("epoch_seconds", []))
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._epoch_start, self._val_in_epoch = time.perf_counter(), 0.0
@@ -51,7 +63,9 @@ class RunTimer(L.Callback):
 
 
 def build_datamodule(cfg: DictConfig) -> RecDataModule:
-    """The DataModule described by ``cfg.data``, ``cfg.split`` and ``cfg.eval``."""
+    """The DataModule described by ``cfg.data``, ``cfg.split``, ``cfg.eval`` and the negative
+    sampling of ``cfg.debias``."""
+    debias = build_debias(cfg)
     return RecDataModule(
         source=instantiate(cfg.data.source),
         preprocessing=instantiate(cfg.data.preprocess),
@@ -61,15 +75,30 @@ def build_datamodule(cfg: DictConfig) -> RecDataModule:
         eval_batch_size=cfg.eval.batch_size,
         history_len=cfg.eval.history_len,
         num_workers=cfg.data.get("num_workers", 0),
+        negative_probabilities=debias.negative_probabilities if debias is not None else None,
     )
 
 
+def build_debias(cfg: DictConfig) -> Debias | None:
+    """The popularity debiasing of ``cfg.debias`` (``debias=none``: None)."""
+    return instantiate(cfg.debias) if cfg.get("debias") else None
+
+
+def build_reranker(cfg: DictConfig) -> Reranker | None:
+    """The re-ranker of ``cfg.rerank`` (``rerank=none``: None)."""
+    return instantiate(cfg.rerank) if cfg.get("rerank") else None
+
+
 def build_model(cfg: DictConfig, dm: RecDataModule) -> Recommender:
-    """The model of ``cfg.model`` with the dataset facts and the evaluation settings."""
+    """The model of ``cfg.model`` with the dataset facts, the evaluation settings and the
+    long-tail levers (``rerank=``, ``debias=``)."""
     # config values become plain Python (checkpoint hparams must load with weights_only=True);
     # the dataset facts are passed as they are
     factory = instantiate(cfg.model, _partial_=True, _convert_="all")
-    return factory(info=dm.info, eval_ks=[int(k) for k in cfg.eval.ks], top_n=int(cfg.eval.top_n))
+    model = factory(info=dm.info, eval_ks=[int(k) for k in cfg.eval.ks],
+                    top_n=int(cfg.eval.top_n))
+    model.configure_long_tail(reranker=build_reranker(cfg), debias=build_debias(cfg))
+    return model
 
 
 def _choice(group: str, default: str) -> str:
@@ -94,11 +123,59 @@ def output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
 
 
+def _launch_rank() -> int:
+    """Global rank of this process as its launcher set it (Lightning's DDP children, torchrun,
+    SLURM); 0 for the process a user started."""
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def _prepare_output_dir(out: Path) -> None:
+    """Create the run folder and check it can be written; the error names the folder."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.NamedTemporaryFile(dir=out, prefix=".write-check-").close()
+    except OSError as error:
+        raise OSError(error.errno, f"cannot write to the run folder {out} ({error.strerror}); "
+                      "free some space or choose another folder with hydra.run.dir=<dir>"
+                      ) from error
+
+
+def _logger_settings(logger_cfg: DictConfig, cfg: DictConfig) -> dict[str, Any]:
+    """Per-job W&B name, sweep group and tags (`recozoo.callbacks.wandb_run_settings`)."""
+    if not str(logger_cfg.get("_target_", "")).endswith("WandbLogger"):
+        return {}
+    from recozoo.callbacks import wandb_run_settings
+    return wandb_run_settings(cfg)
+
+
 def _resolve_ckpt(cfg: DictConfig) -> str | None:
+    """The checkpoint ``trainer.fit`` resumes from.
+
+    ``ckpt_path`` may name a file, or be "last" (``<run dir>/checkpoints/last.ckpt`` if present).
+    When it is null, rerunning the same command in the same run folder resumes: the folder's
+    ``last.ckpt`` is used if its ``config.yaml`` equals this run's config. Checkpoints of a
+    different config are moved aside to ``checkpoints.stale/``. Call before config.yaml is
+    rewritten; every DDP rank then takes the decision of rank 0.
+    """
+    folder = output_dir(cfg) / "checkpoints"
+    last = folder / "last.ckpt"
     if cfg.get("ckpt_path") in (None, ""):
+        if not last.exists():
+            return None
+        saved = output_dir(cfg) / "config.yaml"
+        if saved.exists() and saved.read_text() == OmegaConf.to_yaml(cfg, resolve=True):
+            log.info("resuming the interrupted run of this config from %s", last)
+            return str(last)
+        if _launch_rank() == 0:
+            stale = folder.with_name("checkpoints.stale")
+            shutil.rmtree(stale, ignore_errors=True)
+            folder.rename(stale)
+            log.warning("%s held checkpoints of another config: moved them to %s", folder, stale)
         return None
     if cfg.ckpt_path == "last":
-        last = output_dir(cfg) / "checkpoints" / "last.ckpt"
         return str(last) if last.exists() else None
     if not Path(cfg.ckpt_path).exists():
         raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist")
@@ -108,8 +185,11 @@ def _resolve_ckpt(cfg: DictConfig) -> str | None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and evaluate one model; write the run artifacts; return metrics.json's content."""
     out = output_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    artifacts.atomic_write_bytes(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
+    _prepare_output_dir(out)
+    ckpt_path = _resolve_ckpt(cfg)  # before config.yaml is rewritten: resuming compares with it
+    if _launch_rank() == 0:
+        artifacts.atomic_write_bytes(out / "config.yaml",
+                                     OmegaConf.to_yaml(cfg, resolve=True).encode())
     L.seed_everything(cfg.seed, workers=True)
     dm = build_datamodule(cfg)
     dm.setup()
@@ -118,18 +198,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     timer = RunTimer()
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    loggers = [instantiate(c, **_logger_settings(c, cfg))
+               for c in (cfg.get("logger") or {}).values() if c is not None]
     overrides: dict[str, Any] = {}
     if model.fits_in_one_step:
         overrides["max_epochs"] = 1  # closed-form: a second epoch would refit the same thing
         log.info("%s fits in one step: training for one epoch", type(model).__name__)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks + [timer],
+    if "plugins" not in cfg.trainer:
+        overrides["plugins"] = [AtomicCheckpointIO()]  # a kill never leaves half a checkpoint
+    # EpochSeed and KeepStopped make a resumed run train exactly like an uninterrupted one
+    callbacks += [timer, EpochSeed(cfg.seed), KeepStopped()]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks,
                                      logger=loggers or False, **overrides)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     start = time.perf_counter()
-    trainer.fit(model, datamodule=dm, ckpt_path=_resolve_ckpt(cfg))
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     train_seconds = time.perf_counter() - start
     best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
     # evaluate the best weights: validation lists (for fusion weights) and test metrics
@@ -147,7 +232,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "n_interactions": len(dm.data),
         "n_params": model.n_params,
         "head_share": dm.info.head_share,
-        "epochs": len(timer.epoch_seconds),
+        "rerank": _choice("rerank", "none"),
+        "rerank_weight": float(cfg.rerank.weight) if cfg.get("rerank") else None,
+        "debias": _choice("debias", "none"),
+        "epochs": trainer.current_epoch,
         "train_seconds": round(train_seconds, 4),
         "epoch_seconds": timer.epoch_seconds,
         "eval_seconds": timer.eval_seconds,
@@ -187,6 +275,8 @@ def write_run_artifacts(out: Path, dm: RecDataModule, val_outputs: dict | None,
         items["text"] = data.items.text
     if data.items.category is not None:
         items["category"] = [data.items.category_names[c] for c in data.items.category]
+        # the index the model saw (DatasetInfo.item_category), so serving rebuilds it exactly
+        items["category_index"] = data.items.category
     artifacts.write_parquet(out / "items.parquet", items)
     artifacts.write_parquet(out / "users.parquet",
                             pd.DataFrame({"user": np.arange(info.n_users), "user_id": data.user_ids}))
@@ -242,6 +332,8 @@ def print_metrics(metrics: dict[str, Any]) -> None:
     for key, value in metrics.items():
         if key.startswith("test/") and isinstance(value, (int, float)):
             name, _, k = key[5:].partition("@")
+            k, _, bucket = k.partition("/")  # per-bucket keys such as recall@10/tail
+            name = f"{name}/{bucket}" if bucket else name
             rows.setdefault(name, {})[k or "-"] = value
     ks = sorted({k for row in rows.values() for k in row}, key=lambda k: (k == "-", k))
     table = Table(title=f"{metrics['model']} on {metrics['data']} ({metrics['split']}): test "

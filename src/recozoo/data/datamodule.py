@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Callable, Literal, Protocol
 
 import lightning as L
 import numpy as np
@@ -16,6 +16,7 @@ from recozoo.data.interactions import Interactions
 from recozoo.data.popularity import item_popularity, tail_mask
 from recozoo.data.preprocess import Preprocessing, PreprocessReport
 from recozoo.data.split import LeaveOneOut, SplitIndices
+from recozoo.distributed import UserShardSampler
 
 log = logging.getLogger(__name__)
 
@@ -123,21 +124,24 @@ class UserItems:
 
     def positions(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(row in ``users``, position in ``items``) of every item of these users."""
-        lengths = self.lengths(users)
-        rows = np.repeat(np.arange(len(users)), lengths)
-        starts = np.repeat(self.indptr[users], lengths)
-        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        return rows, starts + offsets
+        rows, offsets = _ragged(self.lengths(users))
+        return rows, self.indptr[users][rows] + offsets
 
     def recent(self, users: np.ndarray, length: int, pad: int) -> np.ndarray:
         """(len(users), length) the newest ``length`` items, left-padded with ``pad``."""
         out = np.full((len(users), length), pad, dtype=np.int64)
-        ends = self.indptr[users + 1]
         take = np.minimum(self.lengths(users), length)
-        for row, (end, n) in enumerate(zip(ends, take)):
-            if n:
-                out[row, length - n:] = self.items[end - n:end]
+        rows, offsets = _ragged(take)
+        out[rows, length - take[rows] + offsets] = self.items[self.indptr[users + 1][rows]
+                                                              - take[rows] + offsets]
         return out
+
+
+def _ragged(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, offset within row) for rows of the given lengths: the index of a ragged array."""
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    offsets = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return rows, offsets
 
 
 class _Indexed(Dataset):
@@ -163,6 +167,9 @@ class RecDataModule(L.LightningDataModule):
         eval_batch_size: users per evaluation batch.
         history_len: how many recent items an evaluation batch carries per user.
         num_workers: DataLoader workers.
+        negative_probabilities: maps training popularity (n_items,) to the probabilities of
+            drawing each item as a negative (``debias=pop_neg``,
+            `recozoo.debias.PopularityNegatives`); None or a None result: uniform.
 
     Example:
         >>> dm = RecDataModule(ShopSource(n_users=200, n_items=100))
@@ -172,8 +179,10 @@ class RecDataModule(L.LightningDataModule):
 
     def __init__(self, source: Source, preprocessing: Preprocessing | None = None,
                  split: Splitter | None = None, seed: int = 0, head_share: float = 0.2,
-                 eval_batch_size: int = 256, history_len: int = 50, num_workers: int = 0):
+                 eval_batch_size: int = 256, history_len: int = 50, num_workers: int = 0,
+                 negative_probabilities: Callable[[np.ndarray], np.ndarray | None] | None = None):
         super().__init__()
+        self.negative_probabilities = negative_probabilities
         self.source = source
         self.preprocessing = preprocessing or Preprocessing()
         self.split = split or LeaveOneOut()
@@ -220,6 +229,10 @@ class RecDataModule(L.LightningDataModule):
                  100 * self.head_share, 100 * head)
         # sorted (user * n_items + item) keys of training pairs, for negative rejection
         self._train_keys = np.unique(self.train.user * data.n_items + self.train.item)
+        # cumulative distribution of negatives (None: uniform)
+        probabilities = (self.negative_probabilities(popularity)
+                         if self.negative_probabilities is not None else None)
+        self._negative_cdf = None if probabilities is None else np.cumsum(probabilities)
 
     def _user_items(self, part: Interactions) -> UserItems:
         extra = {}
@@ -262,10 +275,19 @@ class RecDataModule(L.LightningDataModule):
 
     def sample_negatives(self, users: np.ndarray, n: int, rng: np.random.Generator | None = None,
                          ) -> np.ndarray:
-        """(len(users), n) uniformly drawn items the user has not interacted with in training."""
+        """(len(users), n) items the user has not interacted with in training, drawn uniformly
+        or, with ``negative_probabilities``, from that distribution."""
         rng = rng or np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,))))
         n_items = self.info.n_items
-        negatives = rng.integers(0, n_items, (len(users), n))
+        cdf = self._negative_cdf
+
+        def draw(size: Any) -> np.ndarray:
+            if cdf is None:
+                return rng.integers(0, n_items, size)
+            return np.minimum(np.searchsorted(cdf, rng.random(size) * cdf[-1], side="right"),
+                              n_items - 1)
+
+        negatives = draw((len(users), n))
         for _ in range(20):  # rejection: collisions are rare, a few rounds suffice
             keys = users[:, None] * n_items + negatives
             pos = np.searchsorted(self._train_keys, keys)
@@ -273,7 +295,7 @@ class RecDataModule(L.LightningDataModule):
             bad = self._train_keys[pos] == keys
             if not bad.any():
                 break
-            negatives[bad] = rng.integers(0, n_items, bad.sum())
+            negatives[bad] = draw(bad.sum())
         return negatives
 
     def _collate_pairs(self, index: list[int]) -> dict[str, torch.Tensor]:
@@ -294,15 +316,15 @@ class RecDataModule(L.LightningDataModule):
         """(user, start, end) of windows of at most ``max_len + 1`` items, cut from the end of
         each user's training sequence so the most recent window is full."""
         lengths = self.train_items.lengths(np.arange(self.info.n_users))
-        users, starts, ends = [], [], []
-        for user in np.flatnonzero(lengths >= 2):
-            lo, hi = self.train_items.indptr[user], self.train_items.indptr[user + 1]
-            end = hi
-            while end - lo >= 2:
-                start = max(lo, end - (max_len + 1))
-                users.append(user); starts.append(start); ends.append(end)
-                end = start + 1 if start > lo else lo  # windows overlap by one item
-        return np.asarray(users), np.asarray(starts), np.asarray(ends)
+        users = np.flatnonzero(lengths >= 2)
+        # window k ends k * max_len items before the user's last (windows overlap by one item);
+        # the last window is the first that reaches the user's first item
+        n_windows = 1 + np.maximum(0, -(-(lengths[users] - max_len - 1) // max_len))
+        rows, k = _ragged(n_windows)
+        lo, hi = self.train_items.indptr[users][rows], self.train_items.indptr[users + 1][rows]
+        ends = hi - k * max_len
+        starts = np.maximum(lo, ends - (max_len + 1))
+        return users[rows], starts, ends
 
     def _collate_sequences(self, index: list[int]) -> dict[str, torch.Tensor]:
         users, starts, ends = (w[np.asarray(index)] for w in self._windows)
@@ -313,12 +335,13 @@ class RecDataModule(L.LightningDataModule):
         events = np.zeros((len(index), length), dtype=np.int64)
         items = self.train_items.items
         event = self.train_items.extra.get("event")
-        for row, (start, end) in enumerate(zip(starts, ends)):
-            n = end - start - 1
-            inputs[row, length - n:] = items[start:end - 1]
-            targets[row, length - n:] = items[start + 1:end]
-            if event is not None:
-                events[row, length - n:] = event[start + 1:end]
+        n = ends - starts - 1
+        rows, offsets = _ragged(n)
+        cols, source = length - n[rows] + offsets, starts[rows] + offsets
+        inputs[rows, cols] = items[source]
+        targets[rows, cols] = items[source + 1]
+        if event is not None:
+            events[rows, cols] = event[source + 1]
         return {"user": torch.as_tensor(users), "input": torch.as_tensor(inputs),
                 "target": torch.as_tensor(targets), "event": torch.as_tensor(events)}
 
@@ -342,8 +365,10 @@ class RecDataModule(L.LightningDataModule):
         )
 
     def _eval_loader(self, stage: str) -> DataLoader:
+        # under DDP each rank evaluates its own contiguous block of users, none twice
         users = self.eval_users[stage]
-        return DataLoader(users.tolist(), batch_size=self.eval_batch_size, shuffle=False,
+        return DataLoader(users, batch_size=self.eval_batch_size,
+                          sampler=UserShardSampler(len(users)),
                           collate_fn=lambda batch: self.eval_batch(stage, np.asarray(batch)),
                           num_workers=0)
 

@@ -13,6 +13,7 @@ from typing import Callable, ClassVar
 import torch
 from torchmetrics import Metric
 
+from recozoo.data.popularity import BUCKETS
 from recozoo.metrics import functional as F
 
 
@@ -26,6 +27,8 @@ class RankedBatch:
         tail_hits: (B, K) 1.0 where the item is a target and a tail item.
         n_targets: (B,) targets per user.
         n_tail_targets: (B,) tail targets per user.
+        item_bucket: (n_items,) popularity bucket per item (0 head, 1 mid, 2 tail), or None.
+        n_bucket_targets: (B, n_buckets) targets per user in each bucket, or None.
     """
 
     items: torch.Tensor
@@ -33,6 +36,8 @@ class RankedBatch:
     tail_hits: torch.Tensor
     n_targets: torch.Tensor
     n_tail_targets: torch.Tensor
+    item_bucket: torch.Tensor | None = None
+    n_bucket_targets: torch.Tensor | None = None
 
     @classmethod
     def from_scores(cls, scores: torch.Tensor, targets: torch.Tensor, tail_mask: torch.Tensor,
@@ -45,13 +50,20 @@ class RankedBatch:
         return cls.from_lists(items, targets, tail_mask)
 
     @classmethod
-    def from_lists(cls, items: torch.Tensor, targets: torch.Tensor,
-                   tail_mask: torch.Tensor) -> "RankedBatch":
-        """Score given ranked lists (B, K) against the 0/1 ``targets`` matrix (B, n_items)."""
+    def from_lists(cls, items: torch.Tensor, targets: torch.Tensor, tail_mask: torch.Tensor,
+                   item_bucket: torch.Tensor | None = None) -> "RankedBatch":
+        """Score given ranked lists (B, K) against the 0/1 ``targets`` matrix (B, n_items);
+        with ``item_bucket`` (n_items,) also count each user's targets per popularity bucket."""
         hits = targets.gather(1, items).float()
         tail_targets = targets * tail_mask.to(targets.dtype)
+        n_bucket_targets = None
+        if item_bucket is not None:
+            onehot = torch.nn.functional.one_hot(item_bucket.long(), len(BUCKETS))
+            onehot = onehot.to(targets.dtype)  # (n_items, n_buckets)
+            n_bucket_targets = (targets @ onehot).float()  # (B, n_buckets)
         return cls(items=items, hits=hits, tail_hits=tail_targets.gather(1, items).float(),
-                   n_targets=targets.sum(1).float(), n_tail_targets=tail_targets.sum(1).float())
+                   n_targets=targets.sum(1).float(), n_tail_targets=tail_targets.sum(1).float(),
+                   item_bucket=item_bucket, n_bucket_targets=n_bucket_targets)
 
 
 class UserAveraged(Metric):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 
+from recozoo.metrics.buckets import bucket_metrics
 from recozoo.metrics.ranking import (
     ACCURACY_METRICS, APLT, ARP, Gini, ItemCoverage, Novelty, RankedBatch, TailRecall,
 )
@@ -20,13 +21,17 @@ def higher_is_better(key: str) -> bool:
 
 
 def ranking_suite(ks: list[int], n_items: int, n_users: int, item_popularity: torch.Tensor,
-                  tail_mask: torch.Tensor) -> MetricCollection:
+                  tail_mask: torch.Tensor,
+                  item_bucket: torch.Tensor | None = None) -> MetricCollection:
     """All ranking metrics at each K, keyed ``<name>@<k>``.
 
     Args:
         ks: cut-offs, e.g. [10, 20]; each must be at most ``n_items``.
         item_popularity: (n_items,) training counts (for novelty and ARP).
         tail_mask: (n_items,) True for tail items.
+        item_bucket: (n_items,) popularity bucket per item; adds ``recall@<k>/<bucket>``,
+            ``ndcg@<k>/<bucket>`` and ``exposure@<k>/<bucket>`` (`recozoo.metrics.buckets`);
+            the `RankedBatch` must then be built with the same ``item_bucket``.
     """
     if not ks:
         raise ValueError("metric cut-offs ks must not be empty")
@@ -44,6 +49,8 @@ def ranking_suite(ks: list[int], n_items: int, n_users: int, item_popularity: to
         metrics[f"gini@{k}"] = Gini(k, n_items)
         metrics[f"novelty@{k}"] = Novelty(k, item_popularity, n_users)
         metrics[f"arp@{k}"] = ARP(k, item_popularity)
+        if item_bucket is not None:
+            metrics.update(bucket_metrics(k, item_bucket))
     return MetricCollection(metrics, compute_groups=False)
 
 

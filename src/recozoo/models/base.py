@@ -22,7 +22,11 @@ import torch
 import torch.distributed as dist
 
 from recozoo.data.datamodule import DatasetInfo, EvalBatch, TrainView
+from recozoo.data.popularity import popularity_buckets
+from recozoo.debias import Debias
 from recozoo.metrics.ranking import PER_USER_METRICS, RankedBatch
+from recozoo.models.components.sequence import ItemEmbedding
+from recozoo.rerank import ItemFacts, Reranker
 from recozoo.metrics.suite import ranking_suite, rating_suite
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -43,6 +47,10 @@ class Recommender(L.LightningModule):
     fits_in_one_step: ClassVar[bool] = False
     #: models that predict explicit ratings implement ``predict_rating`` and set this.
     predicts_ratings: ClassVar[bool] = False
+    #: True when ``score`` reads only the batch's history and seen items, never ``batch.user``:
+    #: such a model can score a user unknown at training time from a given history (serving's
+    #: cold-start path). Models with user embeddings leave it False.
+    scores_new_users: ClassVar[bool] = False
 
     def __init__(self, info: DatasetInfo, optimizer: OptimizerFactory | None = None,
                  eval_ks: tuple[int, ...] | list[int] = (10, 20), top_n: int = 100):
@@ -55,8 +63,18 @@ class Recommender(L.LightningModule):
         self.top_n = min(max(int(top_n), max(self.eval_ks)), info.n_items)
         self.register_buffer("item_popularity", info.item_popularity.float(), persistent=False)
         self.register_buffer("tail_mask", info.tail_mask.bool(), persistent=False)
+        bucket = torch.as_tensor(popularity_buckets(info.item_popularity.cpu().numpy(),
+                                                    info.head_share))
+        self.register_buffer("item_bucket", bucket, persistent=False)
+        self.register_buffer("item_category", None if info.item_category is None else
+                             info.item_category.long(), persistent=False)
+        # long-tail levers, off unless `configure_long_tail` sets them (rerank=, debias=)
+        self.reranker: Reranker | None = None
+        self.debias: Debias | None = None
+        self.register_buffer("positive_weight", None, persistent=False)  # (n_items,) IPS
+        self.register_buffer("logit_offset", None, persistent=False)  # (n_items,) adjustment
         suite = ranking_suite(self.eval_ks, info.n_items, info.n_users, info.item_popularity,
-                              info.tail_mask)
+                              info.tail_mask, item_bucket=bucket)
         self.val_metrics = suite.clone(prefix="val/")
         self.test_metrics = suite.clone(prefix="test/")
         self.test_rating_metrics = rating_suite().clone(prefix="test/")
@@ -85,21 +103,48 @@ class Recommender(L.LightningModule):
     # debiasing) are implemented once, here, for all models.
     def pairwise_loss(self, pos_item: torch.Tensor, pos_score: torch.Tensor,
                       neg_item: torch.Tensor, neg_score: torch.Tensor) -> torch.Tensor:
-        """BPR loss ``-log sigmoid(s_pos - s_neg)`` averaged over pairs.
+        """BPR loss ``-log sigmoid(s_pos - s_neg)`` averaged over pairs; under ``debias=ips``
+        each positive's pairs are weighted by its inverse propensity (`recozoo.debias.IPS`).
 
         Args:
             pos_item: (B,) positive items; pos_score: (B,) their scores.
             neg_item: (B, n_neg) sampled negatives; neg_score: (B, n_neg) their scores.
         """
-        return -torch.nn.functional.logsigmoid(pos_score[:, None] - neg_score).mean()
+        loss = -torch.nn.functional.logsigmoid(pos_score[:, None] - neg_score)  # (B, n_neg)
+        if self.positive_weight is None:
+            return loss.mean()
+        return (loss.mean(1) * self.positive_weight[pos_item]).mean()
 
     def cross_entropy_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Softmax cross-entropy over items; ``target`` entries of -100 are ignored.
+        """Softmax cross-entropy over items; ``target`` entries of -100 are ignored. Under
+        ``debias=ips`` each target is weighted by its inverse propensity; under
+        ``debias=pop_neg`` the logits get the popularity logit adjustment
+        (`recozoo.debias.PopularityNegatives`).
 
         Args:
             logits: (N, n_items) scores; target: (N,) item indices.
         """
-        return torch.nn.functional.cross_entropy(logits, target, ignore_index=-100)
+        if self.logit_offset is not None:
+            logits = logits + self.logit_offset  # (N, n_items)
+        if self.positive_weight is None:
+            return torch.nn.functional.cross_entropy(logits, target, ignore_index=-100)
+        loss = torch.nn.functional.cross_entropy(logits, target, ignore_index=-100,
+                                                 reduction="none")  # (N,)
+        keep = target != -100
+        weight = self.positive_weight[target.clamp(min=0)] * keep
+        return (loss * weight).sum() / keep.sum().clamp(min=1)
+
+    def configure_long_tail(self, reranker: Reranker | None = None,
+                            debias: Debias | None = None) -> None:
+        """Set the long-tail levers: a re-ranker applied to the top-N of every evaluation
+        list (``rerank=``) and a popularity debiasing of the shared losses (``debias=``; the
+        negative sampler is set on the DataModule). None turns a lever off."""
+        self.reranker, self.debias = reranker, debias
+        popularity = self.item_popularity
+        weight = debias.loss_weights(popularity) if debias is not None else None
+        offset = debias.logit_adjustment(popularity) if debias is not None else None
+        self.positive_weight = None if weight is None else weight.to(popularity.device)
+        self.logit_offset = None if offset is None else offset.to(popularity.device)
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -109,10 +154,21 @@ class Recommender(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        self._check_finite_loss(loss, f"batch {batch_idx}")
+
+    def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """Lightning's ``manual_backward``, refusing a NaN or infinite loss (manual-optimisation
+        models such as GANs and Q-learners call this for each of their losses)."""
+        self._check_finite_loss(loss, "manual optimisation")
+        super().manual_backward(loss, *args, **kwargs)
+
+    def _check_finite_loss(self, loss: Any, where: str) -> None:
+        """Stop the run with a message naming the epoch, step and loss when it is not finite."""
         if isinstance(loss, torch.Tensor) and not torch.isfinite(loss).all():
+            value = loss.item() if loss.numel() == 1 else loss.detach().flatten()[:5].tolist()
             raise FloatingPointError(
-                f"{type(self).__name__}: training loss is {loss.item()} at epoch "
-                f"{self.current_epoch}, step {self.global_step} (batch {batch_idx}); lower the "
+                f"{type(self).__name__}: training loss is {value} at epoch "
+                f"{self.current_epoch}, step {self.global_step} ({where}); lower the "
                 "learning rate or check the data")
 
     def configure_optimizers(self) -> torch.optim.Optimizer | None:
@@ -132,18 +188,50 @@ class Recommender(L.LightningModule):
         scores[batch.seen_rows, batch.seen_cols] = -math.inf
         return scores
 
-    def _evaluate(self, batch: EvalBatch, stage: str) -> None:
+    def item_embeddings(self) -> torch.Tensor | None:
+        """(n_items, d) item vectors for similarity-based re-ranking (``rerank=mmr``), or None.
+
+        Found by convention: the first `ItemEmbedding` module, or an ``nn.Embedding`` named
+        ``item_embedding`` with n_items (or n_items + 1, padding last) rows. Models whose item
+        vectors live elsewhere override this.
+        """
+        for name, module in self.named_modules():
+            if isinstance(module, ItemEmbedding):
+                return module.items
+            if (isinstance(module, torch.nn.Embedding) and name.split(".")[-1] == "item_embedding"
+                    and module.num_embeddings in (self.n_items, self.n_items + 1)):
+                return module.weight[:self.n_items]
+        return None
+
+    def item_facts(self) -> ItemFacts:
+        """What re-rankers know about items: tail mask, buckets, categories, embeddings."""
+        return ItemFacts(tail_mask=self.tail_mask, bucket=self.item_bucket,
+                         category=self.item_category, embeddings=self.item_embeddings())
+
+    def ranked_lists(self, batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, top_n) items and their scores, best first: the top of ``ranking_scores``, or,
+        with a re-ranker, its re-ordering of the top ``candidates`` (the one path every
+        evaluation takes)."""
         scores = self.ranking_scores(batch)  # (B, n_items)
-        targets = torch.zeros_like(scores)
+        if self.reranker is None:
+            top = torch.topk(scores, self.top_n, dim=1)  # (B, top_n)
+            return top.indices, top.values
+        n = min(max(self.reranker.candidates, self.top_n), self.n_items)
+        top = torch.topk(scores, n, dim=1)  # (B, N)
+        return self.reranker(top.indices, top.values, self.top_n, batch.history,
+                             self.item_facts())
+
+    def _evaluate(self, batch: EvalBatch, stage: str) -> None:
+        items, values = self.ranked_lists(batch)  # (B, top_n)
+        targets = torch.zeros(len(batch), self.n_items, device=items.device)
         targets[batch.target_rows, batch.target_cols] = 1.0
-        top = torch.topk(scores, self.top_n, dim=1)  # (B, top_n)
-        ranked = RankedBatch.from_lists(top.indices, targets, self.tail_mask)
+        ranked = RankedBatch.from_lists(items, targets, self.tail_mask, self.item_bucket)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         metrics.update(ranked)
         out = self.eval_outputs.setdefault(stage, {"user": [], "items": [], "scores": []})
         out["user"].append(batch.user.cpu())
-        out["items"].append(top.indices.cpu())
-        out["scores"].append(top.values.cpu())
+        out["items"].append(items.cpu())
+        out["scores"].append(values.cpu())
         if stage == "test":
             for name in PER_USER_METRICS:
                 for k in self.eval_ks:
@@ -201,5 +289,6 @@ class Recommender(L.LightningModule):
         """Trainable and fitted parameters (buffers of closed-form models count too)."""
         params = sum(p.numel() for p in self.parameters())
         fitted = sum(b.numel() for name, b in self.named_buffers(recurse=False)
-                     if name not in ("item_popularity", "tail_mask"))
+                     if name not in ("item_popularity", "tail_mask", "item_bucket",
+                                     "item_category", "positive_weight", "logit_offset"))
         return params + fitted

@@ -1,0 +1,81 @@
+"""Metrics per popularity bucket (head, mid, tail; see `recozoo.data.popularity`).
+
+For a bucket b: ``recall@k/b`` and ``ndcg@k/b`` score the list against the user's test targets
+in b only (averaged over users with at least one such target, as ``tail_recall`` is), and
+``exposure@k/b`` is the share of list slots that hold items of b (averaged over users). The
+three exposures sum to 1; comparing them with the buckets' shares of the catalogue (20/30/50 by
+default) shows how a model spreads its attention.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from recozoo.data.popularity import BUCKETS
+from recozoo.metrics import functional as F
+from recozoo.metrics.ranking import RankedBatch, UserAveraged
+
+
+def _bucket_index(bucket: str) -> int:
+    if bucket not in BUCKETS:
+        raise ValueError(f"bucket must be one of {BUCKETS}, got {bucket!r}")
+    return BUCKETS.index(bucket)
+
+
+class _BucketAccuracy(UserAveraged):
+    """An accuracy metric over the targets of one popularity bucket."""
+
+    per_bucket: ClassVar = None
+
+    def __init__(self, k: int, bucket: str, **kwargs):
+        super().__init__(k, **kwargs)
+        self.bucket = bucket
+        self.index = _bucket_index(bucket)
+
+    def values(self, ranked: RankedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        if ranked.item_bucket is None or ranked.n_bucket_targets is None:
+            raise ValueError(f"{type(self).__name__} needs a RankedBatch built with item_bucket")
+        in_bucket = (ranked.item_bucket[ranked.items] == self.index).to(ranked.hits.dtype)
+        n_targets = ranked.n_bucket_targets[:, self.index]  # (B,)
+        value = type(self).per_bucket(ranked.hits * in_bucket, n_targets, self.k)
+        return value, (n_targets > 0).to(value.dtype)
+
+
+class BucketRecall(_BucketAccuracy):
+    """Recall@k over the user's targets in one popularity bucket."""
+
+    per_bucket = staticmethod(F.recall)
+
+
+class BucketNDCG(_BucketAccuracy):
+    """NDCG@k over the user's targets in one popularity bucket (ideal list: those targets)."""
+
+    per_bucket = staticmethod(F.ndcg)
+
+
+class BucketExposure(UserAveraged):
+    """Share of the top-k slots given to items of one popularity bucket."""
+
+    higher_is_better: ClassVar[bool] = True
+
+    def __init__(self, k: int, bucket: str, item_bucket: torch.Tensor, **kwargs):
+        super().__init__(k, **kwargs)
+        self.bucket = bucket
+        self.register_buffer("in_bucket", (item_bucket == _bucket_index(bucket)).float(),
+                             persistent=False)
+
+    def values(self, ranked: RankedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        value = self.in_bucket[ranked.items[:, :self.k]].mean(1)
+        return value, torch.ones_like(value)
+
+
+def bucket_metrics(k: int, item_bucket: torch.Tensor) -> dict[str, UserAveraged]:
+    """``recall@k/<bucket>``, ``ndcg@k/<bucket>``, ``exposure@k/<bucket>`` for every bucket."""
+    metrics: dict[str, UserAveraged] = {}
+    for bucket in BUCKETS:
+        metrics[f"recall@{k}/{bucket}"] = BucketRecall(k, bucket)
+        metrics[f"ndcg@{k}/{bucket}"] = BucketNDCG(k, bucket)
+        metrics[f"exposure@{k}/{bucket}"] = BucketExposure(k, bucket, item_bucket)
+    return metrics
