@@ -2,7 +2,9 @@
 
 Atomic files are TSV with a typed header, ``field:type`` where type is ``token``,
 ``token_seq``, ``float`` or ``float_seq`` (RecBole's format; see recbole.io). ``data=atomic
-data.path=<folder> data.name=<stem>``. Every row is kept unless ``data.min_rating`` is set.
+data.path=<folder> data.name=<stem>`` (``data.name`` may be left out when the folder holds one
+``.inter`` file, and ``data.path`` may be the ``.inter`` file itself). Every row is kept unless
+``data.min_rating`` is set.
 """
 
 from __future__ import annotations
@@ -16,14 +18,13 @@ import numpy as np
 import pandas as pd
 
 from recozoo.data.interactions import Interactions
+from recozoo.data.sources.base import DataFormatError
 
 log = logging.getLogger(__name__)
 
 ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
 
-
-class DataFormatError(ValueError):
-    """A data file does not have the expected format; the message names file, row and column."""
+__all__ = ["ATOMIC_TYPES", "AtomicSource", "DataFormatError", "find_atomic", "read_atomic"]
 
 
 def read_atomic(path: Path) -> tuple[pd.DataFrame, dict[str, str]]:
@@ -61,24 +62,48 @@ def read_atomic(path: Path) -> tuple[pd.DataFrame, dict[str, str]]:
     return frame, types
 
 
+def find_atomic(path: str | Path, name: str | None) -> tuple[Path, str]:
+    """The folder and file stem of the atomic files at ``path``.
+
+    ``path`` is a folder (with ``name``, or holding exactly one ``.inter`` file) or an
+    ``.inter`` file.
+    """
+    path = Path(path).expanduser()
+    if path.is_file() and path.suffix == ".inter":
+        return path.parent, path.stem
+    if not path.is_dir():
+        raise FileNotFoundError(f"data.path={path} is neither a folder of atomic files nor an "
+                                ".inter file")
+    if name:
+        return path, name
+    stems = sorted(p.stem for p in path.glob("*.inter"))
+    if len(stems) != 1:
+        raise DataFormatError(f"{path}: found {len(stems)} .inter files {stems}; say which with "
+                              "data.name=<file stem>")
+    return path, stems[0]
+
+
 @dataclass
 class AtomicSource:
     """Load RecBole atomic files.
 
     Args:
-        path: the folder holding ``<name>.inter``.
-        name: the file stem (``ml-100k`` for ``ml-100k.inter``).
+        path: the folder holding ``<name>.inter``, or the ``.inter`` file.
+        name: the file stem (``ml-100k`` for ``ml-100k.inter``); None when ``path`` says it.
         min_rating: keep rows with rating >= this (None keeps every row).
         user_field / item_field / time_field / rating_field: column names in ``.inter``;
             ``time_field`` and ``rating_field`` may be absent from the file.
-        text_template: ``str.format`` template over ``.item`` columns for item text; None joins
-            every text column in file order.
-        title_field: ``.item`` column used as the display title (default: the first text column).
+        text_template: ``str.format`` template over ``.item`` columns (and the canonical names
+            of ``item_fields``) for item text; None joins every text column in file order.
+        title_field: ``.item`` column used as the display title (default: ``item_fields``'
+            ``title``, else the first ``token_seq`` column).
         category_field: ``.item`` column used as the item category, or None.
+        item_fields: canonical item column -> ``.item`` column, e.g. ``{title: movie_title,
+            category: class}``, so that one template fits every dataset.
     """
 
     path: str
-    name: str
+    name: str | None = None
     min_rating: float | None = None
     user_field: str = "user_id"
     item_field: str = "item_id"
@@ -87,13 +112,14 @@ class AtomicSource:
     text_template: str | None = None
     title_field: str | None = None
     category_field: str | None = None
+    item_fields: dict[str, str] | None = None
 
     def load(self) -> Interactions:
-        folder = Path(self.path).expanduser()
-        if not folder.is_dir():
-            raise FileNotFoundError(f"data.path={self.path} is not a folder of atomic files")
-        inter_path = folder / f"{self.name}.inter"
+        folder, stem = find_atomic(self.path, self.name)
+        inter_path = folder / f"{stem}.inter"
         frame, types = read_atomic(inter_path)
+        if len(frame) == 0:
+            raise DataFormatError(f"{inter_path}: the file has a header but no rows")
         for field in (self.user_field, self.item_field):
             if field not in frame:
                 raise DataFormatError(f"{inter_path}: missing column '{field}' "
@@ -114,23 +140,29 @@ class AtomicSource:
                      rating_col, self.min_rating)
         time_col = self.time_field if self.time_field in frame else None
         items, template, title, category = None, None, None, None
-        item_path = folder / f"{self.name}.item"
+        item_path = folder / f"{stem}.item"
         if item_path.exists():
             items, item_types = read_atomic(item_path)
             if self.item_field not in items:
                 raise DataFormatError(f"{item_path}: missing column '{self.item_field}'")
+            aliases = dict(self.item_fields or {})
+            for canonical, column in aliases.items():
+                if column not in items:
+                    raise DataFormatError(f"{item_path}: item_fields.{canonical}='{column}' is "
+                                          f"not a column (found {list(item_types)})")
+                items[canonical] = items[column]
             text_cols = [c for c, k in item_types.items()
                          if k in ("token", "token_seq") and c != self.item_field]
             template = self.text_template or ". ".join(f"{{{c}}}" for c in text_cols) + "."
-            title = self.title_field or next(
-                (c for c in text_cols if item_types[c] == "token_seq"), None)
+            title = self.title_field or ("title" if "title" in aliases else next(
+                (c for c in text_cols if item_types[c] == "token_seq"), None))
             category = self.category_field
             if category and category not in items:
                 raise DataFormatError(f"{item_path}: category_field '{category}' is not a column "
                                       f"(found {list(item_types)})")
-        data = Interactions.from_frame(
+        return Interactions.from_frame(
             frame, user_col=self.user_field, item_col=self.item_field, time_col=time_col,
             rating_col=rating_col, items=items, item_key=self.item_field,
-            text_template=template, title_col=title, category_col=category, name=self.name,
+            text_template=template, title_col=title, category_col=category, name=stem,
+            numeric_cols=tuple(c for c in ("price",) if items is not None and c in items),
         )
-        return data

@@ -39,9 +39,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recozoo.data.interactions import EVENT_CODES, Interactions, ItemData
+from recozoo.data.interactions import EVENT_CODES, Interactions
 
 log = logging.getLogger(__name__)
+
+#: the shop's item text: the canonical columns plus its price word
+SHOP_TEXT_TEMPLATE = "{title}. {category}. {brand}. {price_word} price."
 
 _CATALOGUE: dict[str, list[str]] = {
     "electronics": ["headphones", "charger", "speaker", "cable", "keyboard", "mouse"],
@@ -80,6 +83,8 @@ class ShopSource:
         days: time span of the logs.
         seed: the generator's seed (independent of the training seed).
         cache_dir: where to cache the generated logs; None disables caching.
+        text_template: item text template over ``title``, ``category``, ``brand``, ``price``,
+            ``price_word`` (`recozoo.data.text.render_item_text`).
     """
 
     n_users: int = 3000
@@ -96,6 +101,7 @@ class ShopSource:
     seed: int = 7
     cache_dir: str | None = None
     name: str = "shop"
+    text_template: str = SHOP_TEXT_TEMPLATE
 
     def __post_init__(self) -> None:
         if self.n_users < 1 or self.n_items < 10:
@@ -108,7 +114,8 @@ class ShopSource:
                              f"{self.p_companion + self.p_same_subcategory}")
 
     def _key(self) -> str:
-        params = {k: v for k, v in asdict(self).items() if k != "cache_dir"}
+        # what shapes the generated logs (not where they are cached nor how text is rendered)
+        params = {k: v for k, v in asdict(self).items() if k not in ("cache_dir", "text_template")}
         return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
 
     def load(self) -> Interactions:
@@ -116,16 +123,16 @@ class ShopSource:
         if self.cache_dir:
             folder = Path(self.cache_dir).expanduser() / f"shop-{self._key()}"
             if (folder / "items.parquet").exists():
-                return _read_cached(folder, self.name)
+                return _read_cached(folder, self.name, self.text_template)
             events, items = self.generate()
             folder.mkdir(parents=True, exist_ok=True)
             tmp_items = folder / "items.parquet.tmp"
             events.to_parquet(folder / "events.parquet")
             items.to_parquet(tmp_items)
             tmp_items.replace(folder / "items.parquet")  # the marker of a complete cache entry
-            return _to_interactions(events, items, self.name)
+            return _to_interactions(events, items, self.name, self.text_template)
         events, items = self.generate()
-        return _to_interactions(events, items, self.name)
+        return _to_interactions(events, items, self.name, self.text_template)
 
     def generate(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Generate (events, items) frames with external ids."""
@@ -234,14 +241,15 @@ class ShopSource:
         return events, items
 
 
-def _to_interactions(events: pd.DataFrame, items: pd.DataFrame, name: str) -> Interactions:
+def _to_interactions(events: pd.DataFrame, items: pd.DataFrame, name: str,
+                     text_template: str = SHOP_TEXT_TEMPLATE) -> Interactions:
     return Interactions.from_frame(
-        events, event_col="event", items=items,
-        text_template="{title}. {category}. {brand}. {price_word} price.",
+        events, event_col="event", items=items, text_template=text_template,
         category_col="category", title_col="title", numeric_cols=("price",), name=name,
     )
 
 
-def _read_cached(folder: Path, name: str) -> Interactions:
+def _read_cached(folder: Path, name: str, text_template: str = SHOP_TEXT_TEMPLATE
+                 ) -> Interactions:
     return _to_interactions(pd.read_parquet(folder / "events.parquet"),
-                            pd.read_parquet(folder / "items.parquet"), name)
+                            pd.read_parquet(folder / "items.parquet"), name, text_template)

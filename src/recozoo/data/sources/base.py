@@ -1,0 +1,122 @@
+"""What every source shares: the format error, column checks that name the file/row/column,
+time parsing, and the dataset statistics logged after cleaning.
+
+Sources turn their raw columns into *canonical item columns* before rendering item text, so one
+template (``{title}. {category}. {brand}.``, see `recozoo.data.text`) reads the same kind of
+input from every dataset:
+
+==============  ===============================================================
+``title``       the product or film name
+``category``    a category path or genre list, as text (``"Tools > Drills"``)
+``brand``       brand, store or maker
+``price``       a number (also kept as the numeric item feature ``price``)
+``main_category``  one category per item, for ``ItemData.category`` (calibration, filters)
+==============  ===============================================================
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recozoo.data.interactions import Interactions
+
+log = logging.getLogger(__name__)
+
+CANONICAL_ITEM_COLUMNS = ("title", "category", "brand", "price", "main_category")
+
+
+class DataFormatError(ValueError):
+    """A data file does not have the expected format; the message names file, row and column."""
+
+
+def require_columns(frame: pd.DataFrame, columns: Iterable[str], where: str | Path) -> None:
+    """Raise `DataFormatError` naming ``where`` and the first column of ``columns`` absent."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataFormatError(f"{where}: missing column '{missing[0]}' (needed: {list(columns)}; "
+                              f"found {[str(c) for c in frame.columns]})")
+
+
+def row_label(frame: pd.DataFrame, position: int, first_row: int) -> int:
+    """The 1-based file row of frame position ``position`` (``first_row`` is the first data row)."""
+    index = frame.index[position]
+    return int(index) + first_row if isinstance(index, (int, np.integer)) else position + first_row
+
+
+def numeric_column(frame: pd.DataFrame, column: str, where: str | Path,
+                   first_row: int = 2) -> np.ndarray:
+    """``frame[column]`` as float64; a non-empty value that is not a number is an error naming
+    the file, the row (``first_row`` = the file row of the first data row) and the column."""
+    raw = frame[column]
+    values = pd.to_numeric(raw, errors="coerce")
+    bad = values.isna().to_numpy() & raw.notna().to_numpy()
+    if bad.any():
+        pos = int(np.flatnonzero(bad)[0])
+        raise DataFormatError(f"{where}, row {row_label(frame, pos, first_row)}, column "
+                              f"'{column}': '{raw.iloc[pos]}' is not a number")
+    return values.to_numpy(dtype=np.float64)
+
+
+def time_column(frame: pd.DataFrame, column: str, where: str | Path, first_row: int = 2,
+                time_format: str | None = None) -> np.ndarray:
+    """``frame[column]`` as float64 seconds: numbers are taken as they are (unix seconds or an
+    order), anything else is parsed as a date/time (``time_format`` for ``pd.to_datetime``).
+    Missing or unparseable values are errors naming the file, row and column."""
+    raw = frame[column]
+    if pd.api.types.is_datetime64_any_dtype(raw):
+        parsed = raw
+    else:
+        numbers = pd.to_numeric(raw, errors="coerce")
+        if numbers.notna().all():
+            return numbers.to_numpy(dtype=np.float64)
+        parsed = pd.to_datetime(raw, errors="coerce", format=time_format)
+    bad = parsed.isna().to_numpy()
+    if bad.any():
+        pos = int(np.flatnonzero(bad)[0])
+        raise DataFormatError(f"{where}, row {row_label(frame, pos, first_row)}, column "
+                              f"'{column}': '{raw.iloc[pos]}' is not a time (expected unix "
+                              "seconds or a date such as 2010-12-01 08:26)")
+    if getattr(parsed.dt, "tz", None) is not None:
+        parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+    return (parsed.astype("datetime64[s]").astype(np.int64)).to_numpy(dtype=np.float64)
+
+
+def require_nonempty(frame: pd.DataFrame, where: str | Path, what: str = "rows") -> None:
+    """An empty table is an error naming the file."""
+    if len(frame) == 0:
+        raise DataFormatError(f"{where}: the file has no {what}")
+
+
+def dataset_statistics(data: Interactions, head_share: float = 0.2) -> dict[str, float]:
+    """Users, items, interactions and the share of interactions that go to the top
+    ``head_share`` of items (by interaction count): the long-tail figure of a dataset."""
+    counts = np.sort(np.bincount(data.item, minlength=data.n_items))[::-1]
+    n_head = round(head_share * data.n_items)
+    return {
+        "users": data.n_users,
+        "items": data.n_items,
+        "interactions": len(data),
+        "density": len(data) / max(data.n_users * data.n_items, 1),
+        "head_share": head_share,
+        "head_interaction_share": float(counts[:n_head].sum() / max(counts.sum(), 1)),
+    }
+
+
+def format_statistics(name: str, stats: dict[str, float]) -> str:
+    """One log line of `dataset_statistics`."""
+    return (f"{name}: {stats['users']:,} users, {stats['items']:,} items, "
+            f"{stats['interactions']:,} interactions (density {stats['density']:.4%}); the top "
+            f"{stats['head_share']:.0%} of items get {stats['head_interaction_share']:.1%} of "
+            "interactions")
+
+
+def log_dropped(name: str, total: int, dropped: dict[str, int]) -> None:
+    """Log a source's cleaning counts: rows in, each rule's drops, rows kept."""
+    steps = ", ".join(f"{rule}: {count:,}" for rule, count in dropped.items()) or "nothing"
+    log.info("%s cleaning: %s rows in, %s kept; dropped %s", name, f"{total:,}",
+             f"{total - sum(dropped.values()):,}", steps)

@@ -1,0 +1,217 @@
+"""Any table of interactions: CSV, TSV or Parquet (``data=table``), with an optional items table.
+
+``data=table data.path=events.csv data.columns.user=customer data.columns.item=sku
+data.columns.time=ts data.items_path=products.parquet``. The column mapping names the user, item,
+time, rating and event columns (time, rating and event may be null); times are unix seconds or
+any date format pandas reads; events are names (``view``, ``cart``, ``purchase`` and common
+aliases such as ``click``, ``addtocart``, ``transaction``) or their codes 0-2. The items table
+is keyed by ``item_key``; ``item_fields`` maps canonical item columns (``title``, ``category``,
+``brand``, ``price``) to its columns for the text template and the numeric ``price`` feature.
+
+`read_table` is the one reader of tabular files for every source: it turns pandas' parse errors
+into `DataFormatError` messages that name the file and the line.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recozoo.data.interactions import EVENT_CODES, Interactions
+from recozoo.data.sources.base import (
+    DataFormatError,
+    numeric_column,
+    require_columns,
+    require_nonempty,
+    row_label,
+    time_column,
+)
+from recozoo.data.text import DEFAULT_TEXT_TEMPLATE
+
+log = logging.getLogger(__name__)
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq")
+
+#: event names found in public logs -> recozoo's event names
+EVENT_ALIASES: dict[str, str] = {
+    "view": "view", "click": "view", "pv": "view", "page_view": "view", "detail": "view",
+    "cart": "cart", "addtocart": "cart", "add_to_cart": "cart", "fav": "cart",
+    "purchase": "purchase", "buy": "purchase", "order": "purchase", "transaction": "purchase",
+}
+
+DEFAULT_COLUMNS: dict[str, str | None] = {"user": "user_id", "item": "item_id",
+                                          "time": "timestamp", "rating": None, "event": None}
+
+
+def table_format(path: Path) -> str:
+    """``csv``, ``tsv`` or ``parquet`` from the file name (a ``.gz`` suffix is allowed)."""
+    suffixes = [s.lower() for s in path.suffixes if s.lower() not in (".gz", ".bz2", ".zip")]
+    suffix = suffixes[-1] if suffixes else ""
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    if suffix in (".tsv", ".txt"):
+        return "tsv"
+    if suffix == ".csv":
+        return "csv"
+    raise DataFormatError(f"{path}: unknown table format '{suffix}'; expected one of "
+                          f"{TABLE_SUFFIXES}")
+
+
+def first_data_row(path: Path) -> int:
+    """The row number reported for a file's first data row: 2 in a text file with a header
+    line, 1 in a Parquet file."""
+    return 1 if table_format(path) == "parquet" else 2
+
+
+def read_table(path: str | Path, sep: str | None = None, **read_csv: object) -> pd.DataFrame:
+    """Read a CSV/TSV/Parquet file; parse errors become `DataFormatError` naming file and line.
+
+    Args:
+        path: the file.
+        sep: the CSV separator (default: ``,`` for .csv, tab for .tsv/.txt).
+        **read_csv: extra arguments to ``pd.read_csv`` (e.g. ``dtype``, ``encoding``).
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    kind = table_format(path)
+    try:
+        if kind == "parquet":
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path, sep=sep or ("\t" if kind == "tsv" else ","),
+                                **({"quoting": csv.QUOTE_MINIMAL} | read_csv))
+    except pd.errors.EmptyDataError:
+        raise DataFormatError(f"{path}: the file is empty (expected a header row)") from None
+    except pd.errors.ParserError as error:
+        raise DataFormatError(f"{path}: cannot parse: {error}") from None
+    except UnicodeDecodeError as error:
+        raise DataFormatError(f"{path}: not valid {read_csv.get('encoding', 'utf-8')} text "
+                              f"({error}); pass the file's encoding") from None
+    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataFormatError(f"{path}: cannot read as {kind}: {error}") from None
+    require_nonempty(frame, path)
+    return frame
+
+
+def event_codes(frame: pd.DataFrame, column: str, where: str | Path,
+                first_row: int = 2) -> np.ndarray:
+    """Event names (or codes 0-2) as int8 codes; an unknown event names file, row and column."""
+    raw = frame[column]
+    numbers = pd.to_numeric(raw, errors="coerce")
+    if numbers.notna().all():
+        codes = numbers.to_numpy()
+        bad = ~np.isin(codes, list(EVENT_CODES.values()))
+    else:
+        names = raw.astype(str).str.strip().str.lower().map(EVENT_ALIASES)
+        codes = names.map(EVENT_CODES).to_numpy()
+        bad = names.isna().to_numpy()
+    if bad.any():
+        pos = int(np.flatnonzero(bad)[0])
+        raise DataFormatError(f"{where}, row {row_label(frame, pos, first_row)}, column "
+                              f"'{column}': unknown event '{raw.iloc[pos]}' (known: "
+                              f"{sorted(EVENT_ALIASES)} or codes 0-2)")
+    return np.asarray(codes, dtype=np.int8)
+
+
+def canonical_items(items: pd.DataFrame, item_fields: dict[str, str] | None,
+                    where: str | Path) -> pd.DataFrame:
+    """Copy mapped columns to their canonical names (``{title: product_name}`` adds ``title``)."""
+    for canonical, column in (item_fields or {}).items():
+        if column not in items:
+            raise DataFormatError(f"{where}: item_fields.{canonical}='{column}' is not a column "
+                                  f"(found {[str(c) for c in items.columns]})")
+        items[canonical] = items[column]
+    return items
+
+
+@dataclass
+class TableSource:
+    """Interactions from one CSV/TSV/Parquet file (see the module docstring).
+
+    Args:
+        path: the interactions file.
+        columns: ``user``, ``item``, ``time``, ``rating``, ``event`` -> column names in the file
+            (missing keys take `DEFAULT_COLUMNS`; time/rating/event may be None).
+        items_path: an optional items table (CSV/TSV/Parquet) keyed by ``item_key``.
+        item_key: the item id column of the items table.
+        item_fields: canonical item column -> items-table column (``{title: name}``).
+        text_template: item text template over the items table's columns.
+        numeric_cols: items-table columns kept as numeric item features (default: ``price``).
+        category_col: items-table column used as the item category, or None.
+        min_rating: keep rows with rating >= this (None keeps every row).
+        sep: CSV separator (default from the file suffix).
+        time_format: ``pd.to_datetime`` format of the time column, when it is not numeric.
+        name: the dataset's label.
+    """
+
+    path: str
+    columns: dict[str, str | None] | None = None
+    items_path: str | None = None
+    item_key: str = "item_id"
+    item_fields: dict[str, str] | None = None
+    text_template: str = DEFAULT_TEXT_TEMPLATE
+    numeric_cols: list[str] | None = None
+    category_col: str | None = None
+    min_rating: float | None = None
+    sep: str | None = None
+    time_format: str | None = None
+    name: str = "table"
+
+    def load(self) -> Interactions:
+        columns = {**DEFAULT_COLUMNS, **(self.columns or {})}
+        unknown = set(columns) - set(DEFAULT_COLUMNS)
+        if unknown:
+            raise ValueError(f"data.columns has unknown keys {sorted(unknown)}; known: "
+                             f"{list(DEFAULT_COLUMNS)}")
+        path = Path(self.path).expanduser()
+        raw = read_table(path, self.sep, dtype={columns["user"]: str, columns["item"]: str})
+        first_row = first_data_row(path)
+        require_columns(raw, [c for c in columns.values() if c], path)
+        ids = raw[[columns["user"], columns["item"]]]
+        empty = ids.isna().any(axis=1).to_numpy()
+        if empty.any():
+            pos = int(np.flatnonzero(empty)[0])
+            raise DataFormatError(f"{path}, row {pos + first_row}: empty '{columns['user']}' or "
+                                  f"'{columns['item']}'")
+        frame = pd.DataFrame({"user_id": raw[columns["user"]].astype(str).to_numpy(),
+                              "item_id": raw[columns["item"]].astype(str).to_numpy()})
+        if columns["time"]:
+            frame["timestamp"] = time_column(raw, columns["time"], path, first_row,
+                                             self.time_format)
+        if columns["rating"]:
+            frame["rating"] = numeric_column(raw, columns["rating"], path, first_row)
+        if columns["event"]:
+            frame["event"] = event_codes(raw, columns["event"], path, first_row)
+        if self.min_rating is not None:
+            if not columns["rating"]:
+                raise ValueError(f"data.min_rating={self.min_rating} needs a rating column: "
+                                 "set data.columns.rating=<column>")
+            before = len(frame)
+            frame = frame[frame["rating"] >= self.min_rating]
+            log.info("%s: kept %d of %d rows with rating >= %s", path.name, len(frame), before,
+                     self.min_rating)
+        items = None
+        numeric = tuple(self.numeric_cols) if self.numeric_cols is not None else ("price",)
+        if self.items_path:
+            items_file = Path(self.items_path).expanduser()
+            items = read_table(items_file, self.sep, dtype={self.item_key: str})
+            require_columns(items, [self.item_key], items_file)
+            items = canonical_items(items, self.item_fields, items_file)
+            items[self.item_key] = items[self.item_key].astype(str)
+            for column in numeric:
+                if column in items:
+                    numeric_column(items, column, items_file, first_row=first_data_row(items_file))
+        return Interactions.from_frame(
+            frame, time_col="timestamp" if columns["time"] else None,
+            rating_col="rating" if columns["rating"] else None,
+            event_col="event" if columns["event"] else None, items=items, item_key=self.item_key,
+            text_template=self.text_template if items is not None else None,
+            title_col="title" if items is not None and "title" in items else None,
+            category_col=self.category_col, numeric_cols=numeric, name=self.name,
+        )
