@@ -1,0 +1,32 @@
+"""Fusion ensembles over the saved outputs of finished runs (`recozoo.ensemble.fusion`).
+
+``python -m recozoo.ensemble <sweep folder> [--method weighted|rrf] [--objective ndcg|tail]``
+fuses the top-N lists of every finished run of the sweep (one fusion per protocol and seed) and
+writes a fusion folder that is itself a run folder, so leaderboards and serving read it as one:
+
+    <sweep>/fusion/            (fusion_rrf/, fusion_tail/ for the other variants; with several
+                                protocols or seeds one sub-folder each: <data>_<split>_s<seed>/)
+      metrics.json             as any run's ("model": "fusion", val/... and test/... metrics,
+                               "n_params" and "train_seconds" summed over the members,
+                               "fusion_seconds" the fusion's own time)
+      fusion.json              how to rebuild it: "spec" (method, normalization, objective,
+                               tail_weight, k, rrf_k), "weights" {member label: weight, sum 1},
+                               "members" [{label, model, run (path relative to the sweep folder),
+                               weight, val_objective_alone}], "val_objective",
+                               "best_single", "best_single_val_objective", "top_n", "ks"
+      rankings_val.parquet     fused top-N (user, rank, item, score) per validation user
+      rankings_test.parquet    fused top-N per test user
+      per_user_test.parquet    per-user test metrics (paired tests in the leaderboard)
+      targets_*.parquet, items.parquet, users.parquet, history.parquet   copied from a member
+
+To serve a fused model for a new user, score the user with every member run (each one's best
+checkpoint), normalise each member's top-N per `fusion.json` "spec" (`normalise`), and sum with
+"weights".
+"""
+
+from recozoo.ensemble.fusion import (
+    FusionSpec, Members, candidates, fuse, fuse_sweep, member_sets, normalise,
+)
+
+__all__ = ["FusionSpec", "Members", "candidates", "fuse", "fuse_sweep", "member_sets",
+           "normalise"]

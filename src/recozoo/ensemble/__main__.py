@@ -1,0 +1,53 @@
+"""``python -m recozoo.ensemble <sweep folder>``: fuse the sweep's runs, then refresh its
+leaderboard (see `recozoo.ensemble` for the folder it writes)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from recozoo.ensemble.fusion import METHODS, NORMALISATIONS, OBJECTIVES, FusionSpec, fuse_sweep
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m recozoo.ensemble",
+        description="Fuse the saved top-N scores of a sweep's runs into a fusion run folder.")
+    parser.add_argument("sweep", type=Path, help="sweep folder (or any folder of runs)")
+    parser.add_argument("--method", choices=METHODS, default="weighted")
+    parser.add_argument("--normalization", choices=NORMALISATIONS, default="minmax")
+    parser.add_argument("--objective", choices=OBJECTIVES, default="ndcg",
+                        help="validation objective of the weights: ndcg = NDCG@k, tail = "
+                             "NDCG@k + tail-weight * TailRecall@k")
+    parser.add_argument("--tail-weight", type=float, default=1.0)
+    parser.add_argument("--k", type=int, default=10, help="cut-off of the objective")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="fusion folder (default: <sweep>/fusion, fusion_rrf, fusion_tail)")
+    parser.add_argument("--no-report", action="store_true",
+                        help="do not rewrite the sweep's leaderboard afterwards")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        spec = FusionSpec(method=args.method, normalization=args.normalization,
+                          objective=args.objective, tail_weight=args.tail_weight, k=args.k)
+        folders = fuse_sweep(args.sweep, spec, args.out)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for folder in folders:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        print(f"{folder}: test/ndcg@10 {metrics.get('test/ndcg@10', float('nan')):.4f}, "
+              f"test/tail_recall@10 {metrics.get('test/tail_recall@10', float('nan')):.4f}")
+    if not args.no_report:
+        from recozoo.report import report
+
+        report([args.sweep])
+        print(f"leaderboard refreshed: {args.sweep}/leaderboard.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,394 @@
+"""Score fusion over the saved top-N lists of finished runs (no model is loaded or re-run).
+
+Every member contributes, per user, its top-N (item, score) list. Scores are normalised per user
+and member (min-max or z-score; an item a member did not list gets the member's floor: 0 after
+min-max, the lowest listed value after z-score), then summed with one weight per member
+(CombSUM with weights; Fox and Shaw, TREC-2 1994). The weights are tuned on the validation users
+only, by coordinate ascent over a grid, starting from the best single member, so the tuned fusion
+is never worse than that member on validation. Reciprocal rank fusion (Cormack, Clarke and
+Buettcher, SIGIR 2009) is the parameter-free option: ``sum_m 1 / (60 + rank_m(item))``.
+
+The tuning objective is NDCG@K on validation, or, long-tail aware, NDCG@K + lambda *
+TailRecall@K. Test lists are then scored by the same metric code as every model
+(`RankedBatch.from_lists` + `ranking_suite`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from recozoo import artifacts
+from recozoo.data.popularity import popularity_buckets
+from recozoo.metrics import functional as F
+from recozoo.metrics.ranking import PER_USER_METRICS, RankedBatch
+from recozoo.metrics.suite import ranking_suite
+from recozoo.report.runs import Run, RunGroup, find_runs, group_runs
+
+log = logging.getLogger(__name__)
+
+METHODS = ("weighted", "rrf")
+NORMALISATIONS = ("minmax", "zscore")
+OBJECTIVES = ("ndcg", "tail")
+#: relative member weights tried by the coordinate ascent (the start member has weight 1).
+WEIGHT_GRID: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0)
+#: the run files a fusion folder copies from its first member (identical under one protocol).
+COPIED_FILES = ("targets_val.parquet", "targets_test.parquet", "items.parquet", "users.parquet",
+                "history.parquet")
+
+
+@dataclass
+class FusionSpec:
+    """How to fuse.
+
+    Args:
+        method: ``weighted`` (normalised scores, tuned weights) or ``rrf`` (reciprocal rank
+            fusion, no parameters).
+        normalization: ``minmax`` or ``zscore`` per user and member (weighted only).
+        objective: ``ndcg`` (NDCG@k on validation) or ``tail`` (NDCG@k + tail_weight *
+            TailRecall@k on validation).
+        tail_weight: lambda of the ``tail`` objective.
+        k: cut-off of the objective.
+        rrf_k: the constant of reciprocal rank fusion.
+        max_passes: coordinate-ascent passes over the members.
+    """
+
+    method: str = "weighted"
+    normalization: str = "minmax"
+    objective: str = "ndcg"
+    tail_weight: float = 1.0
+    k: int = 10
+    rrf_k: int = 60
+    max_passes: int = 4
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (("method", self.method, METHODS),
+                                     ("normalization", self.normalization, NORMALISATIONS),
+                                     ("objective", self.objective, OBJECTIVES)):
+            if value not in allowed:
+                raise ValueError(f"fusion {name} must be one of {allowed}, got {value!r}")
+        if self.tail_weight < 0 or self.k < 1 or self.rrf_k < 0:
+            raise ValueError(f"fusion needs tail_weight >= 0, k >= 1, rrf_k >= 0; got "
+                             f"{self.tail_weight}, {self.k}, {self.rrf_k}")
+
+    @property
+    def name(self) -> str:
+        """Model name of the fused run (and its folder): fusion, fusion_rrf, fusion_tail."""
+        if self.method == "rrf":
+            return "fusion_rrf"
+        return "fusion_tail" if self.objective == "tail" else "fusion"
+
+
+@dataclass
+class Candidates:
+    """Every (user, item) some member listed, with each member's normalised score, padded per
+    user to the longest union: ``values`` (U, C, M), ``items`` (U, C) with -1 as padding."""
+
+    users: np.ndarray
+    items: torch.Tensor
+    values: torch.Tensor
+    valid: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.valid = self.items >= 0
+
+    def fused(self, weights: torch.Tensor) -> torch.Tensor:
+        """(U, C) weighted sums; padding at -inf."""
+        scores = self.values @ weights  # (U, C)
+        return scores.masked_fill(~self.valid, -math.inf)
+
+    def flags(self, targets: pd.DataFrame, tail: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """(U, C) target and tail-target flags and (U,) target counts for these users."""
+        index = pd.Series(np.arange(len(self.users)), index=self.users)
+        known = targets[targets["user"].isin(index.index)]
+        rows = index[known["user"]].to_numpy()
+        is_target = torch.zeros(len(self.users), int(tail.shape[0]) + 1, dtype=torch.bool)
+        is_target[rows, known["item"].to_numpy()] = True  # (U, n_items + 1); last = padding
+        column = self.items.clone()
+        column[~self.valid] = tail.shape[0]
+        hit = is_target.gather(1, column)
+        tail_t = torch.as_tensor(np.append(tail, False))
+        tail_hit = hit & tail_t[column]
+        n_targets = is_target.sum(1).float()
+        n_tail = (is_target & tail_t[None, :]).sum(1).float()
+        return hit, tail_hit, n_targets, n_tail
+
+
+def normalise(frame: pd.DataFrame, spec: FusionSpec) -> tuple[pd.Series, pd.Series]:
+    """Per-user normalised scores of one member's rankings and each user's floor (the value of
+    an item the member did not list)."""
+    by_user = frame.groupby("user")["score"]
+    if spec.method == "rrf":
+        value = 1.0 / (spec.rrf_k + frame["rank"].astype(float))
+        return value, pd.Series(0.0, index=frame["user"].unique())
+    if spec.normalization == "minmax":
+        low, high = by_user.transform("min"), by_user.transform("max")
+        spread = (high - low).to_numpy()
+        value = np.where(spread > 0, (frame["score"] - low) / np.where(spread > 0, spread, 1), 1.0)
+        return pd.Series(value, index=frame.index), pd.Series(0.0, index=frame["user"].unique())
+    mean, std = by_user.transform("mean"), by_user.transform("std").fillna(0.0)
+    value = (frame["score"] - mean) / std.where(std > 0, 1.0)
+    return value, value.groupby(frame["user"]).min()
+
+
+def candidates(frames: list[pd.DataFrame], spec: FusionSpec) -> Candidates:
+    """The padded candidate tensor of a stage from the members' rankings frames."""
+    parts, floors = [], []
+    for member, frame in enumerate(frames):
+        value, floor = normalise(frame, spec)
+        parts.append(pd.DataFrame({"user": frame["user"].to_numpy(),
+                                   "item": frame["item"].to_numpy(), "member": member,
+                                   "value": np.asarray(value, dtype=np.float32)}))
+        floors.append(floor.rename(member))
+    long = pd.concat(parts, ignore_index=True)
+    wide = long.pivot_table(index=["user", "item"], columns="member", values="value",
+                            aggfunc="max").reindex(columns=range(len(frames)))
+    users_of_rows = wide.index.get_level_values("user").to_numpy()
+    floor = pd.concat(floors, axis=1).reindex(columns=range(len(frames))).fillna(0.0)
+    fill = floor.reindex(users_of_rows).fillna(0.0).to_numpy(dtype=np.float32)
+    values = wide.to_numpy(dtype=np.float32)
+    values = np.where(np.isnan(values), fill, values)
+    users, row_user = np.unique(users_of_rows, return_inverse=True)
+    position = pd.Series(row_user).groupby(row_user).cumcount().to_numpy()
+    width = int(position.max()) + 1
+    items = torch.full((len(users), width), -1, dtype=torch.long)
+    items[row_user, position] = torch.as_tensor(
+        np.array(wide.index.get_level_values("item"), dtype=np.int64))
+    padded = torch.zeros(len(users), width, len(frames))
+    padded[row_user, position] = torch.as_tensor(values)
+    return Candidates(users, items, padded)
+
+
+def objective(scores: torch.Tensor, flags: tuple[torch.Tensor, ...], spec: FusionSpec) -> float:
+    """NDCG@k (+ tail_weight * TailRecall@k) of the lists ranked by ``scores`` (U, C)."""
+    hit, tail_hit, n_targets, n_tail = flags
+    k = min(spec.k, scores.shape[1])
+    top = torch.topk(scores, k, dim=1).indices
+    users = n_targets > 0
+    value = F.ndcg(hit.gather(1, top).float(), n_targets, k)[users].mean().item()
+    if spec.objective == "tail" and (n_tail > 0).any():
+        tails = n_tail > 0
+        value += spec.tail_weight * F.recall(tail_hit.gather(1, top).float(), n_tail,
+                                             k)[tails].mean().item()
+    return float(value)
+
+
+def tune_weights(cands: Candidates, flags: tuple[torch.Tensor, ...], spec: FusionSpec
+                 ) -> tuple[torch.Tensor, list[float]]:
+    """Coordinate ascent over `WEIGHT_GRID`, from the best single member.
+
+    Returns:
+        the weights (summing to 1) and each member's objective alone.
+    """
+    n = cands.values.shape[2]
+    alone = [objective(cands.fused(torch.eye(n)[m]), flags, spec) for m in range(n)]
+    weights = torch.eye(n)[int(np.argmax(alone))]
+    best = max(alone)
+    for _ in range(spec.max_passes):
+        improved = False
+        for member in range(n):
+            for value in WEIGHT_GRID:
+                trial = weights.clone()
+                trial[member] = value
+                if trial.sum() <= 0:
+                    continue
+                score = objective(cands.fused(trial), flags, spec)
+                if score > best + 1e-9:
+                    best, weights, improved = score, trial, True
+        if not improved:
+            break
+    return weights / weights.sum(), alone
+
+
+def _fill_short_lists(items: torch.Tensor, ok: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Replace padding picks (a user with fewer candidates than the list length) by the most
+    popular items not yet in that user's list, so every list has a valid item at every rank."""
+    items = items.clone()
+    for row in torch.nonzero(~ok.all(1)).flatten().tolist():
+        present = set(items[row][ok[row]].tolist())
+        extra = [i for i in order.tolist() if i not in present][: int((~ok[row]).sum())]
+        items[row][~ok[row]] = torch.as_tensor(extra, dtype=items.dtype)
+    return items
+
+
+@dataclass
+class Members:
+    """The runs fused together and what they share (one protocol)."""
+
+    runs: list[Run]
+    group: RunGroup
+
+    @property
+    def first(self) -> Path:
+        return self.runs[0].path
+
+    @property
+    def ks(self) -> list[int]:
+        found = (re.fullmatch(r"test/ndcg@(\d+)", key) for key in self.runs[0].metrics)
+        return sorted(int(match.group(1)) for match in found if match)
+
+
+def member_sets(folder: Path | str) -> list[Members]:
+    """The finished runs under ``folder`` that can be fused, one set per protocol and seed."""
+    runs = [r for r in find_runs([folder]) if r.ok and not r.is_fusion
+            and (r.path / "rankings_val.parquet").exists()
+            and (r.path / "rankings_test.parquet").exists()]
+    groups, _ = group_runs(runs)
+    sets = []
+    for group in groups:
+        by_seed: dict[int | None, list[Run]] = {}
+        for variant in group.variants.values():
+            for run in variant:
+                by_seed.setdefault(run.seed, []).append(run)
+        for seed, members in by_seed.items():
+            sub = RunGroup(group.protocol, (seed,) if seed is not None else ())
+            sets.append(Members(members, sub))
+    return sets
+
+
+def fuse(members: Members, spec: FusionSpec, out_dir: Path | str) -> dict[str, Any]:
+    """Fuse ``members`` into a run folder ``out_dir``; returns its metrics.json content."""
+    if len(members.runs) < 2:
+        raise ValueError(f"fusion needs at least two finished runs with rankings, found "
+                         f"{len(members.runs)} ({[str(r.path) for r in members.runs]})")
+    start = time.perf_counter()
+    out = Path(out_dir)
+    items = pd.read_parquet(members.first / "items.parquet").sort_values("item")
+    tail = items["is_tail"].to_numpy(dtype=bool)
+    labels = [r.label or r.model for r in members.runs]
+    stages = {}
+    for stage in ("val", "test"):
+        frames = [pd.read_parquet(r.path / f"rankings_{stage}.parquet") for r in members.runs]
+        cands = candidates(frames, spec)
+        targets = pd.read_parquet(members.first / f"targets_{stage}.parquet")
+        stages[stage] = (cands, targets, frames)
+    val_cands, val_targets, _ = stages["val"]
+    val_flags = val_cands.flags(val_targets, tail)
+    n = len(members.runs)
+    if spec.method == "rrf":
+        weights = torch.full((n,), 1.0 / n)
+        alone = [objective(val_cands.fused(torch.eye(n)[m]), val_flags, spec) for m in range(n)]
+    else:
+        weights, alone = tune_weights(val_cands, val_flags, spec)
+    fused_val = objective(val_cands.fused(weights), val_flags, spec)
+    log.info("%s of %d runs: validation objective %.4f (best single %s %.4f)", spec.name, n,
+             fused_val, labels[int(np.argmax(alone))], max(alone))
+    top_n = max(int(f["rank"].max()) for f in stages["test"][2])
+    popularity = torch.as_tensor(items["popularity"].to_numpy(dtype=np.float32))
+    order = torch.argsort(popularity, descending=True, stable=True)
+    facts = members.runs[0].metrics
+    metrics: dict[str, Any] = {
+        "status": "ok", "model": spec.name, "data": facts.get("data"), "split": facts.get("split"),
+        "seed": facts.get("seed"), "n_users": facts.get("n_users"),
+        "n_items": facts.get("n_items"), "n_interactions": facts.get("n_interactions"),
+        "n_params": int(sum(r.metrics.get("n_params") or 0 for r in members.runs)),
+        "head_share": facts.get("head_share"), "epochs": None,
+    }
+    for stage in ("val", "test"):
+        cands, targets, _ = stages[stage]
+        scores = cands.fused(weights)
+        top = torch.topk(scores, min(top_n, scores.shape[1]), dim=1)
+        ok = torch.isfinite(top.values)
+        ranked_items = cands.items.gather(1, top.indices)
+        rankings = pd.DataFrame({
+            "user": np.repeat(cands.users, ok.sum(1).numpy()),
+            "rank": (torch.cumsum(ok.int(), 1)[ok]).numpy().astype(np.int32),
+            "item": ranked_items[ok].numpy(), "score": top.values[ok].numpy()})
+        artifacts.write_parquet(out / f"rankings_{stage}.parquet", rankings)
+        lists = _fill_short_lists(ranked_items, ok, order)
+        values, per_user = _evaluate(lists, cands.users, targets, members, popularity, tail,
+                                     float(facts.get("head_share") or 0.2))
+        metrics.update({f"{stage}/{k}": v for k, v in values.items()})
+        if stage == "test":
+            artifacts.write_parquet(out / "per_user_test.parquet", per_user)
+    for name in COPIED_FILES:
+        if (members.first / name).exists():
+            shutil.copyfile(members.first / name, out / name)
+    fusion_seconds = time.perf_counter() - start
+    metrics["train_seconds"] = round(fusion_seconds + sum(r.metrics.get("train_seconds") or 0
+                                                          for r in members.runs), 4)
+    metrics["fusion_seconds"] = round(fusion_seconds, 4)
+    metrics["epoch_seconds"] = []
+    description = {
+        "spec": asdict(spec), "name": spec.name,
+        "weights": {label: float(w) for label, w in zip(labels, weights)},
+        "members": [{"label": label, "model": r.model, "run": _relative(r.path, out),
+                     "weight": float(w), "val_objective_alone": a}
+                    for label, r, w, a in zip(labels, members.runs, weights, alone)],
+        "val_objective": fused_val, "best_single_val_objective": max(alone),
+        "best_single": labels[int(np.argmax(alone))], "top_n": top_n,
+        "ks": members.ks, "normalization": None if spec.method == "rrf" else spec.normalization,
+    }
+    artifacts.write_json(out / "fusion.json", description)
+    artifacts.write_json(out / artifacts.METRICS_FILE, metrics)
+    return metrics
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(base.resolve().parent))
+    except ValueError:
+        return str(path.resolve())
+
+
+def _evaluate(lists: torch.Tensor, users: np.ndarray, targets: pd.DataFrame, members: Members,
+              popularity: torch.Tensor, tail: np.ndarray, head_share: float,
+              batch_size: int = 1024) -> tuple[dict[str, float], pd.DataFrame]:
+    """The shared metric suite (with the popularity buckets every model reports) on the fused
+    lists, and the per-user test values."""
+    ks = members.ks
+    n_items = len(tail)
+    tail_mask = torch.as_tensor(tail)
+    bucket = torch.as_tensor(popularity_buckets(popularity.numpy(), head_share))
+    suite = ranking_suite(ks, n_items, int(members.runs[0].metrics["n_users"]), popularity,
+                          tail_mask, item_bucket=bucket)
+    index = pd.Series(np.arange(len(users)), index=users)
+    known = targets[targets["user"].isin(index.index)]
+    target_row, target_item = index[known["user"]].to_numpy(), known["item"].to_numpy()
+    per_user: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(users), batch_size):
+        rows = slice(start, start + batch_size)
+        block = (target_row >= start) & (target_row < start + batch_size)
+        dense = torch.zeros(len(users[rows]), n_items)  # (B, n_items) 0/1 targets
+        dense[target_row[block] - start, target_item[block]] = 1.0
+        ranked = RankedBatch.from_lists(lists[rows], dense, tail_mask, bucket)
+        suite.update(ranked)
+        for name in PER_USER_METRICS:
+            for k in ks:
+                value, weight = suite[f"{name}@{k}"].values(ranked)
+                value = torch.where(weight > 0, value, torch.full_like(value, math.nan))
+                per_user.setdefault(f"{name}@{k}", []).append(value)
+    values = {k: float(v) for k, v in suite.compute().items()}
+    frame = pd.DataFrame({"user": users, **{k: torch.cat(v).numpy() for k, v in per_user.items()}})
+    return values, frame
+
+
+def fuse_sweep(folder: Path | str, spec: FusionSpec | None = None,
+               out_dir: Path | str | None = None) -> list[Path]:
+    """Fuse every protocol/seed set of runs under ``folder``; returns the fusion folders.
+
+    One set: ``<folder>/<spec.name>``; several (a sweep over data or seeds):
+    ``<folder>/<spec.name>/<data>_<split>_s<seed>``.
+    """
+    spec = spec or FusionSpec()
+    sets = [s for s in member_sets(folder) if len(s.runs) >= 2]
+    if not sets:
+        raise ValueError(f"{folder}: no two finished runs with rankings_val/test.parquet under "
+                         "one protocol, nothing to fuse")
+    base = Path(out_dir) if out_dir else Path(folder) / spec.name
+    written = []
+    for members in sets:
+        out = base if len(sets) == 1 else base / members.group.slug
+        fuse(members, spec, out)
+        written.append(out)
+    return written

@@ -1,0 +1,336 @@
+"""The leaderboard: one table per protocol, every test metric at every K, paired significance
+tests against the best model, bootstrap intervals, and mean ± std over seeds.
+
+Each table ranks the variants of one `RunGroup` by the primary metric (``test/ndcg@10``); every
+metric is read in its own direction (`recozoo.metrics.suite.higher_is_better`): the best value of
+each column is bold, and a value marked ``*`` differs from that column's best with a
+Holm-adjusted Wilcoxon p < 0.05 on the per-user test values (per_user_test.parquet; metrics
+without per-user values are not tested). Failed runs are listed under their table with the error.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recozoo.data.popularity import BUCKETS
+from recozoo.metrics.ranking import ACCURACY_METRICS
+from recozoo.metrics.suite import higher_is_better
+from recozoo.report import stats
+from recozoo.report.runs import Run, RunGroup, find_runs, group_runs
+
+log = logging.getLogger(__name__)
+
+PRIMARY = "test/ndcg@10"
+#: column order of the metrics (then by K).
+METRIC_ORDER: tuple[str, ...] = (*ACCURACY_METRICS, "tail_recall", "aplt", "coverage", "gini",
+                                 "novelty", "arp", "rmse", "mae")
+#: facts shown after the metrics.
+FACTS: tuple[str, ...] = ("train_seconds", "n_params", "epochs")
+_METRIC_KEY = re.compile(r"^test/([a-z_]+)(?:@(\d+))?$")
+
+
+def _metric_sort_key(key: str) -> tuple:
+    name, k = _METRIC_KEY.match(key).groups()
+    order = METRIC_ORDER.index(name) if name in METRIC_ORDER else len(METRIC_ORDER)
+    return (int(k) if k else 10**6, order, name)
+
+
+@dataclass
+class Table:
+    """One ranked table: the numbers (``frame``, one row per variant) and what marks them."""
+
+    group: RunGroup
+    frame: pd.DataFrame
+    metrics: list[str]
+    #: (metric, label) pairs significantly different from the metric's best
+    significant: set[tuple[str, str]] = field(default_factory=set)
+    best: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Leaderboard:
+    """Every table of a set of runs, the paired tests (long format) and the grouping notes."""
+
+    tables: list[Table]
+    significance: pd.DataFrame
+    notes: list[str]
+    primary: str = PRIMARY
+
+    def to_frame(self) -> pd.DataFrame:
+        """All tables in one frame, with a ``table`` column (what leaderboard.csv holds)."""
+        frames = [t.frame.assign(table=t.group.title) for t in self.tables]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def build_leaderboard(folders: list[Path | str] | list[Run], primary: str = PRIMARY,
+                      bootstrap_resamples: int = 2000) -> Leaderboard:
+    """Collect the runs under ``folders`` and build their tables.
+
+    Args:
+        folders: run or sweep folders (or runs already found by `find_runs`).
+        primary: the metric that orders the rows and whose bootstrap interval is shown.
+    """
+    runs = folders if folders and isinstance(folders[0], Run) else find_runs(folders)
+    groups, notes = group_runs(runs)
+    tables, tests = [], []
+    for group in groups:
+        table, group_tests = _build_table(group, primary, bootstrap_resamples)
+        tables.append(table)
+        tests.append(group_tests)
+    for note in notes:
+        log.warning(note)
+    significance = pd.concat(tests, ignore_index=True) if tests else pd.DataFrame()
+    return Leaderboard(tables, significance, notes, primary)
+
+
+def _per_user(runs: list[Run]) -> pd.DataFrame | None:
+    """Per-user test values, averaged over the runs (seeds) of one variant."""
+    frames = []
+    for run in runs:
+        path = run.path / "per_user_test.parquet"
+        if path.exists():
+            frames.append(pd.read_parquet(path).set_index("user"))
+    if not frames:
+        return None
+    return pd.concat(frames).groupby(level=0).mean()
+
+
+def bucket_columns(k: int | str) -> list[str]:
+    """metrics.json keys of recall@k per item-popularity bucket (`recozoo.metrics.buckets`)."""
+    return [f"test/recall@{k}/{bucket}" for bucket in BUCKETS]
+
+
+def _build_table(group: RunGroup, primary: str, n_resamples: int) -> tuple[Table, pd.DataFrame]:
+    metrics = sorted({k for runs in group.variants.values() for r in runs for k in r.metrics
+                      if _METRIC_KEY.match(k) and isinstance(r.metrics[k], (int, float))},
+                     key=_metric_sort_key)
+    primary_k = int(primary.split("@")[1]) if "@" in primary else 10
+    rows: list[dict[str, Any]] = []
+    per_user: dict[str, pd.DataFrame] = {}
+    for label, runs in group.variants.items():
+        row: dict[str, Any] = {"model": label, "status": "ok", "runs": len(runs),
+                               "folder": ", ".join(str(r.path) for r in runs)}
+        for key in (*metrics, *bucket_columns(primary_k), *FACTS):
+            values = [r.metrics.get(key) for r in runs]
+            values = [float(v) for v in values if isinstance(v, (int, float))]
+            row[key] = float(np.mean(values)) if values else math.nan
+            if len(runs) > 1 and key in metrics:
+                row[f"{key} std"] = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+        users = _per_user(runs)
+        if users is not None:
+            per_user[label] = users
+            column = primary.split("/", 1)[1]
+            if column in users:
+                row["ci_low"], row["ci_high"] = stats.bootstrap_ci(users[column],
+                                                                   n_resamples=n_resamples)
+        rows.append(row)
+    frame = pd.DataFrame(rows).dropna(axis=1, how="all")  # e.g. no bucket metrics
+    best: dict[str, str] = {}
+    for key in metrics:
+        if key in frame and frame[key].notna().any():
+            column = frame[key] if higher_is_better(key) else -frame[key]
+            best[key] = frame.loc[column.idxmax(), "model"]
+    tests, significant = _significance(group, per_user, best, metrics)
+    if primary in frame:
+        main = tests[tests["metric"] == primary].set_index("model") if len(tests) else None
+        for name in ("p_wilcoxon", "p_ttest"):
+            frame[name] = (frame["model"].map(main[f"{name}_holm"]) if main is not None
+                           else math.nan)
+        ascending = not higher_is_better(primary)
+        frame = frame.sort_values(primary, ascending=ascending, na_position="last",
+                                  kind="stable").reset_index(drop=True)
+    frame.insert(0, "rank", np.arange(1, len(frame) + 1))
+    failed = [{"model": r.label or r.model, "status": "failed", "runs": 1, "folder": str(r.path),
+               "error": r.metrics.get("error", "no error recorded")} for r in group.failed]
+    if failed:
+        frame = pd.concat([frame, pd.DataFrame(failed)], ignore_index=True)
+    return Table(group, frame, metrics, significant, best), tests
+
+
+def _significance(group: RunGroup, per_user: dict[str, pd.DataFrame], best: dict[str, str],
+                  metrics: list[str]) -> tuple[pd.DataFrame, set[tuple[str, str]]]:
+    """Every variant against the best one, for every metric with per-user values."""
+    records: list[dict[str, Any]] = []
+    significant: set[tuple[str, str]] = set()
+    for key in metrics:
+        column = key.split("/", 1)[1]
+        reference = best.get(key)
+        if reference not in per_user or column not in per_user[reference]:
+            continue
+        others = [label for label, users in per_user.items()
+                  if label != reference and column in users]
+        results = [stats.paired_test(per_user[reference][column], per_user[label][column])
+                   for label in others]
+        p_w = stats.holm([r.p_wilcoxon for r in results])
+        p_t = stats.holm([r.p_ttest for r in results])
+        for label, result, pw, pt in zip(others, results, p_w, p_t):
+            records.append({"table": group.title, "metric": key, "model": label,
+                            "best": reference, "n_users": result.n_users,
+                            "mean_difference": result.mean_difference,
+                            "p_wilcoxon": result.p_wilcoxon, "p_wilcoxon_holm": pw,
+                            "p_ttest": result.p_ttest, "p_ttest_holm": pt,
+                            "significant": bool(pw < stats.ALPHA)})
+            if pw < stats.ALPHA:
+                significant.add((key, label))
+    return pd.DataFrame(records), significant
+
+
+# ---------------------------------------------------------------------- rendering
+def _cell(table: Table, row: pd.Series, key: str) -> str:
+    value = row.get(key)
+    if _missing(value):
+        return ""
+    if key in FACTS:
+        return f"{value:.1f}" if key == "train_seconds" else f"{value:,.0f}"
+    text = f"{value:.4f}"
+    std = row.get(f"{key} std")
+    if isinstance(std, float) and not math.isnan(std):
+        text += f" ± {std:.4f}"
+    if (key, row["model"]) in table.significant:
+        text += "*"
+    return text
+
+
+def _headers(table: Table, primary: str) -> list[str]:
+    columns = ["rank", "model", "runs", *table.metrics]
+    if "ci_low" in table.frame:
+        columns.insert(columns.index(primary) + 1 if primary in columns else 3, "95% CI")
+    if "p_wilcoxon" in table.frame:
+        columns += ["p_wilcoxon", "p_ttest"]
+    columns += [c for c in table.frame.columns if c.count("/") == 2]  # recall@k/<bucket>
+    return columns + [*FACTS, "error"]
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _text(table: Table, row: pd.Series, column: str) -> str:
+    """The cell of ``column`` in ``row`` as shown in markdown and HTML."""
+    value = row.get("ci_low" if column == "95% CI" else column)
+    if _missing(value):
+        return ""
+    if column == "95% CI":
+        return f"[{value:.4f}, {row['ci_high']:.4f}]"
+    if column in ("p_wilcoxon", "p_ttest"):
+        return f"{value:.3g}"
+    if column in ("rank", "runs"):
+        return str(int(value))
+    if column in ("model", "error"):
+        return str(value)
+    return _cell(table, row, column)
+
+
+def _legend(primary: str) -> str:
+    return (f"Rows are ordered by {primary}. Bold: the best value of a column, in that metric's "
+            "direction (lower is better for gini, arp, rmse, mae). *: differs from the column's "
+            f"best (paired Wilcoxon signed-rank test over test users, Holm-adjusted p < "
+            f"{stats.ALPHA}). 95% CI: percentile bootstrap of {primary}. p_wilcoxon / p_ttest: "
+            f"Holm-adjusted p-values of {primary} against the best row. recall@k/head, /mid, "
+            "/tail: recall of the test targets in each item-popularity bucket (head = top 20% "
+            "of items by training count, tail = bottom 50%). With several seeds: mean ± std.")
+
+
+def to_markdown(board: Leaderboard) -> str:
+    """leaderboard.md: one section per table, then the grouping notes."""
+    lines = ["# Leaderboard", "", _legend(board.primary), ""]
+    for note in board.notes:
+        lines += [f"> {note}", ""]
+    for table in board.tables:
+        columns = _headers(table, board.primary)
+        lines += [f"## {table.group.title}", "", "| " + " | ".join(columns) + " |",
+                  "|" + "|".join("---:" if c not in ("model", "error") else "---"
+                                 for c in columns) + "|"]
+        for _, row in table.frame.iterrows():
+            cells = []
+            for column in columns:
+                text = _text(table, row, column).replace("|", "\\|").replace("\n", " ")
+                if table.best.get(column) == row["model"] and row["status"] == "ok" and text:
+                    text = f"**{text}**"
+                cells.append(text)
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+_HTML_STYLE = """body{font:14px system-ui,sans-serif;margin:1.5em}table{border-collapse:collapse;
+margin-bottom:2em}th,td{border:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap}
+th{background:#f3f3f3;cursor:pointer;position:sticky;top:0}td.t,th.t{text-align:left}
+td.best{font-weight:bold;background:#e8f5e9}tr.failed td{color:#a00;background:#fff5f5}
+td.err{white-space:normal;max-width:40em;text-align:left}.note{color:#555}"""
+_HTML_SCRIPT = """document.querySelectorAll('table.lb th').forEach(function(th){
+th.addEventListener('click',function(){var t=th.closest('table'),b=t.tBodies[0],i=th.cellIndex;
+var up=th.dataset.up==='1';var asc=th.dataset.asc?th.dataset.asc!=='1':!(th.dataset.higher==='1');
+th.dataset.asc=asc?'1':'0';var rows=Array.from(b.rows);rows.sort(function(x,y){
+var a=x.cells[i].dataset.v,c=y.cells[i].dataset.v;if(a===undefined||a==='')return 1;
+if(c===undefined||c==='')return -1;var fa=parseFloat(a),fc=parseFloat(c);
+if(!isNaN(fa)&&!isNaN(fc))return asc?fa-fc:fc-fa;return asc?a.localeCompare(c):c.localeCompare(a);
+});rows.forEach(function(r){b.appendChild(r);});});});"""
+
+
+def to_html(board: Leaderboard) -> str:
+    """leaderboard.html: self-contained (inline CSS and JS); click a header to sort by it,
+    best first in that metric's direction."""
+    from html import escape
+
+    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>recozoo leaderboard"
+             f"</title><style>{_HTML_STYLE}</style></head><body><h1>Leaderboard</h1>",
+             f"<p class='note'>{escape(_legend(board.primary))}</p>"]
+    parts += [f"<p class='note'>{escape(n)}</p>" for n in board.notes]
+    for table in board.tables:
+        columns = _headers(table, board.primary)
+        parts.append(f"<h2>{escape(table.group.title)}</h2><table class='lb'><thead><tr>")
+        for column in columns:
+            higher = "1" if column.startswith("test/") and higher_is_better(column) else "0"
+            cls = " class='t'" if column in ("model", "error") else ""
+            parts.append(f"<th data-higher='{higher}'{cls}>{escape(column)}</th>")
+        parts.append("</tr></thead><tbody>")
+        for _, row in table.frame.iterrows():
+            parts.append(f"<tr class='{escape(str(row['status']))}'>")
+            for column in columns:
+                text = _text(table, row, column)
+                raw = row.get("ci_low" if column == "95% CI" else column)
+                value = "" if _missing(raw) else escape(str(raw), quote=True)
+                classes = []
+                if column in ("model",):
+                    classes.append("t")
+                if column == "error":
+                    classes.append("err")
+                if table.best.get(column) == row["model"] and row["status"] == "ok" and text:
+                    classes.append("best")
+                cls = f" class='{' '.join(classes)}'" if classes else ""
+                parts.append(f"<td data-v='{value}'{cls}>{escape(text)}</td>")
+            parts.append("</tr>")
+        parts.append("</tbody></table>")
+    parts.append(f"<script>{_HTML_SCRIPT}</script></body></html>")
+    return "".join(parts)
+
+
+def write_leaderboard(board: Leaderboard, out_dir: Path | str, plots: bool = True) -> list[Path]:
+    """Write leaderboard.md/.csv/.html, significance.csv and the PNG plots into ``out_dir``.
+
+    Returns:
+        the files written.
+    """
+    from recozoo import artifacts
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "leaderboard.md", out / "leaderboard.csv", out / "leaderboard.html",
+               out / "significance.csv"]
+    artifacts.atomic_write_bytes(written[0], to_markdown(board).encode())
+    artifacts.atomic_write_bytes(written[1], board.to_frame().to_csv(index=False).encode())
+    artifacts.atomic_write_bytes(written[2], to_html(board).encode())
+    artifacts.atomic_write_bytes(written[3], board.significance.to_csv(index=False).encode())
+    if plots:
+        from recozoo.report.plots import plot_leaderboard
+        written += plot_leaderboard(board, out)
+    return written
