@@ -78,6 +78,12 @@ class Recommender(L.LightningModule):
         self.val_metrics = suite.clone(prefix="val/")
         self.test_metrics = suite.clone(prefix="test/")
         self.test_rating_metrics = rating_suite().clone(prefix="test/")
+        # cold-start evaluation (eval.cold_items): the test metrics over targets that are cold
+        # items, for the users who have one, logged as test_cold/<name>@<k>
+        self.register_buffer("cold_items", None if info.cold_items is None else
+                             info.cold_items.bool(), persistent=False)
+        self.test_cold_metrics = (suite.clone(prefix="test_cold/")
+                                  if info.cold_items is not None else None)
         #: per stage: users, top-N items and scores, per-user metrics (filled during eval)
         self.eval_outputs: dict[str, dict[str, list[torch.Tensor]]] = {}
 
@@ -232,6 +238,12 @@ class Recommender(L.LightningModule):
         out["user"].append(batch.user.cpu())
         out["items"].append(items.cpu())
         out["scores"].append(values.cpu())
+        if stage == "test" and self.test_cold_metrics is not None:
+            cold_targets = targets * self.cold_items.to(targets.dtype)  # (B, n_items)
+            rows = cold_targets.sum(1) > 0
+            if rows.any():
+                self.test_cold_metrics.update(RankedBatch.from_lists(
+                    items[rows], cold_targets[rows], self.tail_mask, self.item_bucket))
         if stage == "test":
             for name in PER_USER_METRICS:
                 for k in self.eval_ks:
@@ -261,6 +273,10 @@ class Recommender(L.LightningModule):
         if stage == "test" and self.predicts_ratings and self.test_rating_metrics.update_called:
             values.update(self.test_rating_metrics.compute())
             self.test_rating_metrics.reset()
+        if stage == "test" and self.test_cold_metrics is not None:
+            if self.test_cold_metrics.update_called:
+                values.update(self.test_cold_metrics.compute())
+            self.test_cold_metrics.reset()
         self.log_dict({k: v.float() for k, v in values.items()}, sync_dist=False)
         metrics.reset()
         self._gather_outputs(stage)

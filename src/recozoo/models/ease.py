@@ -24,6 +24,7 @@ class EASE(Recommender):
     """
 
     fits_in_one_step = True
+    scores_new_users = True
 
     def __init__(self, info: DatasetInfo, reg_weight: float = 250.0, **kwargs):
         super().__init__(info, **kwargs)

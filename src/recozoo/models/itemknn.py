@@ -27,6 +27,7 @@ class ItemKNN(Recommender):
     """
 
     fits_in_one_step = True
+    scores_new_users = True
 
     def __init__(self, info: DatasetInfo, k: int = 100, shrink: float = 0.0,
                  block_size: int = 1024, **kwargs):

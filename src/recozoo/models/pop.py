@@ -16,6 +16,7 @@ class Pop(Recommender):
     """Scores each item by its training popularity (nothing to learn)."""
 
     fits_in_one_step = True
+    scores_new_users = True
 
     def __init__(self, info: DatasetInfo, **kwargs):
         super().__init__(info, **kwargs)

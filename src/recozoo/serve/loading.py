@@ -1,0 +1,394 @@
+"""Load a finished run (or a fusion of runs) for inference, from its run artifacts only.
+
+The model is rebuilt from the run's resolved ``config.yaml`` with a `DatasetInfo` rebuilt from
+``items.parquet`` and ``users.parquet`` (the raw dataset is never reloaded), and its weights are
+read with ``torch.load(weights_only=True)`` or safetensors: a checkpoint can never run code.
+
+``run=`` may name:
+
+* a run folder (``config.yaml``, ``items.parquet`` ...): its best checkpoint (the one named in
+  ``metrics.json``, else ``checkpoints/best.ckpt``, else ``checkpoints/last.ckpt``);
+* a checkpoint file inside a run folder (``<run>/checkpoints/<name>.ckpt`` or ``.safetensors``);
+* a fusion folder (``fusion.json``, written by ``python -m recozoo.ensemble``): every member run
+  is loaded and their scores are fused with the recorded weights (`FusedScorer`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from recozoo.data.datamodule import DatasetInfo, EvalBatch
+from recozoo.models.base import Recommender
+
+CONFIG_FILE = "config.yaml"
+FUSION_FILE = "fusion.json"
+CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth", ".safetensors")
+
+
+class RunLoadError(ValueError):
+    """A run folder, checkpoint or fusion folder that cannot be served (the message says why)."""
+
+
+# ---------------------------------------------------------------------------------- catalogue
+@dataclass
+class Catalog:
+    """What serving knows about items and users, read from a run folder's artifacts.
+
+    Args:
+        items: ``items.parquet`` (item, item_id, popularity, is_tail, and title, text, category
+            where the data has them), indexed by item index.
+        user_ids: external user id per user index.
+        history_items / history_indptr: every known interaction, CSR by user, in time order.
+        head_share: the run's head definition (``eval.head_share``), for re-rankers.
+    """
+
+    items: pd.DataFrame
+    user_ids: np.ndarray
+    history_items: np.ndarray
+    history_indptr: np.ndarray
+    head_share: float = 0.2
+
+    def __post_init__(self) -> None:
+        self.item_ids = self.items["item_id"].astype(str).to_numpy()
+        self.item_index = {item_id: i for i, item_id in enumerate(self.item_ids)}
+        self.user_index = {str(user_id): u for u, user_id in enumerate(self.user_ids)}
+        self.popularity = torch.tensor(self.items["popularity"].to_numpy(np.float32))
+        self.is_tail = self.items["is_tail"].to_numpy(bool)
+        self.tail_mask = torch.tensor(self.is_tail)
+        self.titles = (self.items["title"].astype(str).to_numpy() if "title" in self.items
+                       else None)
+        self.categories: list[str] | None = None
+        self.item_category_name: np.ndarray | None = None
+        if "category" in self.items:
+            self.item_category_name = self.items["category"].astype(str).to_numpy()
+            self.categories = sorted(set(self.item_category_name))
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    def user_history(self, user: int) -> np.ndarray:
+        """The known items of ``user`` (an index), oldest first."""
+        return self.history_items[self.history_indptr[user]:self.history_indptr[user + 1]]
+
+    def category_mask(self, name: str) -> torch.Tensor:
+        """(n_items,) True for items of category ``name``."""
+        if self.item_category_name is None:
+            raise KeyError(name)
+        return torch.as_tensor(self.item_category_name == name)
+
+    @classmethod
+    def from_run_dir(cls, run_dir: Path, head_share: float = 0.2) -> Catalog:
+        run_dir = Path(run_dir)
+        items = _read_parquet(run_dir / "items.parquet", ("item", "item_id", "popularity",
+                                                          "is_tail"))
+        if not np.array_equal(items["item"].to_numpy(), np.arange(len(items))):
+            raise RunLoadError(f"{run_dir / 'items.parquet'}: column 'item' must be 0..n_items-1 "
+                               "in order")
+        users = _read_parquet(run_dir / "users.parquet", ("user", "user_id"))
+        history = _read_parquet(run_dir / "history.parquet", ("user", "item"))
+        user = history["user"].to_numpy(np.int64)
+        # a stable sort by user keeps each user's items in the file's (time) order
+        order = np.argsort(user, kind="stable")
+        indptr = np.r_[0, np.cumsum(np.bincount(user, minlength=len(users)))]
+        return cls(items=items, user_ids=users["user_id"].astype(str).to_numpy(),
+                   history_items=history["item"].to_numpy(np.int64)[order],
+                   history_indptr=indptr, head_share=head_share)
+
+    def dataset_info(self, name: str) -> DatasetInfo:
+        """The `DatasetInfo` the run's model was built with, from the artifacts alone."""
+        category = None
+        if "category_index" in self.items:
+            category = torch.as_tensor(self.items["category_index"].to_numpy(np.int64))
+        elif "category" in self.items:
+            # runs written before category_index existed: first-appearance order, as the sources
+            # factorize it (exact unless preprocessing dropped items)
+            category = torch.as_tensor(pd.factorize(self.items["category"], sort=False)[0])
+        return DatasetInfo(
+            name=name, n_users=self.n_users, n_items=self.n_items,
+            item_popularity=self.popularity.clone(), tail_mask=self.tail_mask.clone(),
+            head_share=self.head_share,
+            item_text=self.items["text"].astype(str).tolist() if "text" in self.items else None,
+            item_category=category,
+        )
+
+
+def _read_parquet(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    try:
+        frame = pd.read_parquet(path)
+    except FileNotFoundError:
+        raise RunLoadError(f"{path} not found: is {path.parent} a finished recozoo run?") from None
+    missing = [c for c in columns if c not in frame]
+    if missing:
+        raise RunLoadError(f"{path}: missing columns {missing} (found {list(frame.columns)})")
+    return frame
+
+
+# ---------------------------------------------------------------------------------- scorers
+class Scorer(Protocol):
+    """What serving ranks with: one model, or a fusion of models."""
+
+    name: str
+    #: can score a user unknown at training time from a history (see Recommender)
+    scores_new_users: bool
+
+    def score(self, batch: EvalBatch) -> torch.Tensor:
+        """(B, n_items) scores, higher is better."""
+        ...
+
+
+class ModelScorer:
+    """One trained model of a run folder.
+
+    Args:
+        model: the rebuilt model with its weights, in eval mode.
+        name: the model's name (the ``model=`` choice of the run).
+        history_len: recent items a batch carries per user (the run's ``eval.history_len``).
+    """
+
+    def __init__(self, model: Recommender, name: str, history_len: int):
+        self.model = model
+        self.name = name
+        self.history_len = history_len
+        self.scores_new_users = bool(type(model).scores_new_users)
+
+    @torch.inference_mode()
+    def score(self, batch: EvalBatch) -> torch.Tensor:
+        return self.model.score(batch).float()  # (B, n_items)
+
+
+class FusedScorer:
+    """Scores of several runs' models fused as the ensemble fuses their ranked lists.
+
+    Each member's scores are normalised per user and summed with the member's weight (the
+    normalisation named in fusion.json; see `recozoo.ensemble`).
+    """
+
+    def __init__(self, members: list[ModelScorer], weights: list[float], normalise: str,
+                 name: str):
+        self.members, self.weights, self.normalise = members, weights, normalise
+        self.name = name
+        self.scores_new_users = all(m.scores_new_users for m in members)
+        self.history_len = max(m.history_len for m in members)
+
+    @torch.inference_mode()
+    def score(self, batch: EvalBatch) -> torch.Tensor:
+        total = None
+        for member, weight in zip(self.members, self.weights):
+            scores = normalise_scores(member.score(batch), self.normalise)
+            total = weight * scores if total is None else total + weight * scores
+        return total  # (B, n_items)
+
+
+def normalise_scores(scores: torch.Tensor, method: str) -> torch.Tensor:
+    """Per-row score normalisation before fusion: ``minmax`` to [0, 1], ``zscore``, or
+    ``none``. Rows with one distinct value map to 0."""
+    if method == "none":
+        return scores
+    if method == "minmax":
+        low = scores.min(dim=1, keepdim=True).values
+        span = scores.max(dim=1, keepdim=True).values - low
+        return torch.where(span > 0, (scores - low) / span.clamp_min(1e-12),
+                           torch.zeros_like(scores))
+    if method == "zscore":
+        std = scores.std(dim=1, keepdim=True)
+        return torch.where(std > 0, (scores - scores.mean(dim=1, keepdim=True))
+                           / std.clamp_min(1e-12), torch.zeros_like(scores))
+    raise RunLoadError(f"unknown score normalisation '{method}' (expected minmax, zscore, none)")
+
+
+# ---------------------------------------------------------------------------------- loading
+@dataclass
+class LoadedRun:
+    """A run ready for inference: its catalogue and its scorer."""
+
+    path: Path
+    catalog: Catalog
+    scorer: ModelScorer | FusedScorer
+
+
+def resolve_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint a run folder is served with: ``metrics.json``'s ``best_checkpoint``, else
+    ``checkpoints/best.ckpt``, else ``checkpoints/last.ckpt``."""
+    run_dir = Path(run_dir)
+    candidates = []
+    metrics_file = run_dir / "metrics.json"
+    if metrics_file.exists():
+        try:
+            best = json.loads(metrics_file.read_text()).get("best_checkpoint")
+        except json.JSONDecodeError:
+            best = None
+        if best:
+            candidates.append(Path(best) if Path(best).is_absolute() else run_dir / best)
+    candidates += [run_dir / "checkpoints" / "best.ckpt", run_dir / "checkpoints" / "last.ckpt"]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise RunLoadError(f"{run_dir}: no checkpoint found (looked for "
+                       f"{', '.join(str(p) for p in candidates)})")
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's model weights, read without unpickling arbitrary objects."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path), device="cpu")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+        # a forbidden global (UnpicklingError names it), a truncated or unreadable file
+        raise RunLoadError(f"{path}: not a weights-only checkpoint ({type(error).__name__}: "
+                           f"{str(error).splitlines()[0] if str(error) else ''})") from None
+    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise RunLoadError(f"{path}: expected a Lightning checkpoint or a state dict of tensors")
+    return state
+
+
+def load_model(run_dir: Path, checkpoint: Path | None = None,
+               device: str | torch.device = "cpu") -> tuple[ModelScorer, Catalog]:
+    """Rebuild a run's model from its config and artifacts and load its weights.
+
+    Args:
+        run_dir: the run folder.
+        checkpoint: the weights; the run's best checkpoint when None.
+        device: where the model runs.
+    """
+    run_dir = Path(run_dir)
+    cfg = _read_config(run_dir)
+    eval_cfg = cfg.get("eval") or {}
+    catalog = Catalog.from_run_dir(run_dir, head_share=float(eval_cfg.get("head_share", 0.2)))
+    info = catalog.dataset_info(name=str(cfg.get("data", {}).get("name", run_dir.name)))
+    factory = instantiate(cfg.model, _partial_=True, _convert_="all")
+    model: Recommender = factory(info=info, eval_ks=[int(k) for k in eval_cfg.get("ks", [10])],
+                                 top_n=int(eval_cfg.get("top_n", 100)))
+    checkpoint = Path(checkpoint) if checkpoint else resolve_checkpoint(run_dir)
+    state = load_state_dict(checkpoint)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise RunLoadError(f"{checkpoint} does not fit the model of {run_dir / CONFIG_FILE}: "
+                           f"{error}") from None
+    model.eval().to(device)
+    return ModelScorer(model, name=_model_name(run_dir, cfg),
+                       history_len=int(eval_cfg.get("history_len", 50))), catalog
+
+
+def check_run(path: str | Path) -> None:
+    """Fail early, with `RunLoadError`, when ``path`` cannot be served: the files a load needs
+    are checked without loading any weights (a server validates its ``run=`` with it before it
+    starts workers)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise RunLoadError(f"run={path} does not exist")
+    if path.is_file():
+        if path.suffix not in CHECKPOINT_SUFFIXES:
+            raise RunLoadError(f"run={path}: expected a run folder, a fusion folder or a "
+                               f"checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})")
+        run_dirs = [path.parent.parent if path.parent.name == "checkpoints" else path.parent]
+    elif (path / FUSION_FILE).exists():
+        run_dirs = [run_dir for run_dir, _ in _fusion_members(path)[0]]
+    else:
+        run_dirs = [path]
+        resolve_checkpoint(path)
+    for run_dir in run_dirs:
+        _read_config(run_dir)
+        for name in ("items.parquet", "users.parquet", "history.parquet"):
+            if not (run_dir / name).is_file():
+                raise RunLoadError(f"{run_dir / name} not found: is {run_dir} a finished "
+                                   "recozoo run?")
+
+
+def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
+    """Load ``path`` (a run folder, a checkpoint in one, or a fusion folder) for inference."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise RunLoadError(f"run={path} does not exist")
+    if path.is_file():
+        if path.suffix not in CHECKPOINT_SUFFIXES:
+            raise RunLoadError(f"run={path}: expected a run folder, a fusion folder or a "
+                               f"checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})")
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        scorer, catalog = load_model(run_dir, path, device)
+        return LoadedRun(run_dir, catalog, scorer)
+    if (path / FUSION_FILE).exists():
+        return _load_fusion(path, device)
+    scorer, catalog = load_model(path, None, device)
+    return LoadedRun(path, catalog, scorer)
+
+
+def _fusion_members(folder: Path) -> tuple[list[tuple[Path, float]], str]:
+    """(member run folder, weight) pairs and the score normalisation of a fusion folder."""
+    spec_file = folder / FUSION_FILE
+    try:
+        spec = json.loads(spec_file.read_text())
+    except json.JSONDecodeError as error:
+        raise RunLoadError(f"{spec_file} is not valid JSON ({error})") from None
+    members = spec.get("members") if isinstance(spec, dict) else None
+    if not isinstance(members, list) or not members:
+        raise RunLoadError(f"{spec_file}: expected a non-empty 'members' list")
+    out = []
+    for row, member in enumerate(members):
+        if not isinstance(member, dict) or "run" not in member:
+            raise RunLoadError(f"{spec_file}: members[{row}] needs a 'run' folder")
+        run_dir = Path(member["run"])
+        weight = member.get("weight", 1.0)
+        if not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise RunLoadError(f"{spec_file}: members[{row}] weight must be a number, got "
+                               f"{weight!r}")
+        out.append((run_dir if run_dir.is_absolute() else folder / run_dir, float(weight)))
+    return out, str(spec.get("normalise", "minmax"))
+
+
+def _load_fusion(folder: Path, device: str | torch.device) -> LoadedRun:
+    """Every member run of fusion.json, fused with its weights; members share one catalogue."""
+    members, normalise = _fusion_members(folder)
+    scorers, catalog = [], None
+    for row, (run_dir, _) in enumerate(members):
+        scorer, member_catalog = load_model(run_dir, None, device)
+        if catalog is None:
+            catalog = member_catalog
+        elif not np.array_equal(catalog.item_ids, member_catalog.item_ids):
+            raise RunLoadError(f"{folder / FUSION_FILE}: members[{row}] ({run_dir}) has "
+                               "another item catalogue than members[0]")
+        scorers.append(scorer)
+    name = "fusion(" + ",".join(s.name for s in scorers) + ")"
+    fused = FusedScorer(scorers, [w for _, w in members], normalise, name)
+    return LoadedRun(folder, catalog, fused)
+
+
+def _read_config(run_dir: Path) -> DictConfig:
+    path = run_dir / CONFIG_FILE
+    if not path.exists():
+        raise RunLoadError(f"{path} not found: is {run_dir} a recozoo run folder?")
+    cfg = OmegaConf.load(path)
+    if "model" not in cfg or "_target_" not in cfg.model:
+        raise RunLoadError(f"{path}: no 'model._target_' (expected a run's resolved config)")
+    return cfg
+
+
+def _model_name(run_dir: Path, cfg: DictConfig) -> str:
+    metrics_file = run_dir / "metrics.json"
+    if metrics_file.exists():
+        try:
+            return str(json.loads(metrics_file.read_text()).get("model"))
+        except json.JSONDecodeError:
+            pass
+    return str(cfg.model._target_).rsplit(".", 1)[-1].lower()
