@@ -11,7 +11,7 @@ A run directory holds::
     rankings_test.parquet  top-N (item, score) per test user
     targets_val.parquet    held-out validation items per user
     targets_test.parquet   held-out test items per user
-    items.parquet          item index, external id, title, popularity, tail flag, category
+    items.parquet          item index, external id, title, popularity, tail flag, category (+ index)
     users.parquet          user index, external id
     history.parquet        every known (user, item) interaction in time order (for serving)
     checkpoints/best.ckpt  the best checkpoint
