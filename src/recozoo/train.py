@@ -76,6 +76,7 @@ def build_datamodule(cfg: DictConfig) -> RecDataModule:
         history_len=cfg.eval.history_len,
         num_workers=cfg.data.get("num_workers", 0),
         negative_probabilities=debias.negative_probabilities if debias is not None else None,
+        cold_items=cfg.eval.get("cold_items", 0.0),
     )
 
 
@@ -216,6 +217,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     train_seconds = time.perf_counter() - start
+    epoch_seconds = list(timer.epoch_seconds)  # before loading the best checkpoint resets them
     best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
     # evaluate the best weights: validation lists (for fusion weights) and test metrics
     val_metrics = trainer.validate(model, datamodule=dm, ckpt_path=best, verbose=False)[0]
@@ -237,13 +239,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "debias": _choice("debias", "none"),
         "epochs": trainer.current_epoch,
         "train_seconds": round(train_seconds, 4),
-        "epoch_seconds": timer.epoch_seconds,
+        "epoch_seconds": epoch_seconds,
         "eval_seconds": timer.eval_seconds,
         "best_checkpoint": str(Path(best).relative_to(out)) if best and
         Path(best).is_relative_to(out) else best,
     }
     metrics.update({k: float(v) for k, v in sorted(val_metrics.items()) if k.startswith("val/")})
-    metrics.update({k: float(v) for k, v in sorted(test_metrics.items()) if k.startswith("test/")})
+    metrics.update({k: float(v) for k, v in sorted(test_metrics.items())
+                    if k.startswith(("test/", "test_cold/"))})
     if trainer.is_global_zero:
         write_run_artifacts(out, dm, val_outputs, model.eval_outputs.get("test"))
         artifacts.write_json(out / artifacts.METRICS_FILE, metrics)

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from recozoo.data.interactions import Interactions
 from recozoo.data.popularity import item_popularity, tail_mask
 from recozoo.data.preprocess import Preprocessing, PreprocessReport
-from recozoo.data.split import LeaveOneOut, SplitIndices
+from recozoo.data.split import LeaveOneOut, SplitIndices, hold_out_cold_items
 from recozoo.distributed import UserShardSampler
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,8 @@ class DatasetInfo:
         tail_mask: (n_items,) True for tail items.
         item_text: one string per item, or None.
         item_category: (n_items,) category index per item, or None.
+        cold_items: (n_items,) True for items held out of training and validation
+            (``eval.cold_items``, cold-start evaluation), or None when none are.
     """
 
     name: str
@@ -73,6 +75,7 @@ class DatasetInfo:
     head_share: float
     item_text: list[str] | None = None
     item_category: torch.Tensor | None = None
+    cold_items: torch.Tensor | None = None
 
     @property
     def pad_item(self) -> int:
@@ -170,6 +173,8 @@ class RecDataModule(L.LightningDataModule):
         negative_probabilities: maps training popularity (n_items,) to the probabilities of
             drawing each item as a negative (``debias=pop_neg``,
             `recozoo.debias.PopularityNegatives`); None or a None result: uniform.
+        cold_items: share of the items held out of training and validation, their test rows
+            kept (cold-start evaluation, `recozoo.data.split.hold_out_cold_items`); 0: none.
 
     Example:
         >>> dm = RecDataModule(ShopSource(n_users=200, n_items=100))
@@ -180,8 +185,10 @@ class RecDataModule(L.LightningDataModule):
     def __init__(self, source: Source, preprocessing: Preprocessing | None = None,
                  split: Splitter | None = None, seed: int = 0, head_share: float = 0.2,
                  eval_batch_size: int = 256, history_len: int = 50, num_workers: int = 0,
-                 negative_probabilities: Callable[[np.ndarray], np.ndarray | None] | None = None):
+                 negative_probabilities: Callable[[np.ndarray], np.ndarray | None] | None = None,
+                 cold_items: float = 0.0):
         super().__init__()
+        self.cold_items = float(cold_items)
         self.negative_probabilities = negative_probabilities
         self.source = source
         self.preprocessing = preprocessing or Preprocessing()
@@ -202,6 +209,13 @@ class RecDataModule(L.LightningDataModule):
         data, self.report = self.preprocessing(self.source.load())
         self.data = data
         self.indices = self.split(data, self.seed)
+        cold = None
+        if self.cold_items > 0:
+            self.indices, cold = hold_out_cold_items(data, self.indices, self.cold_items,
+                                                     self.seed)
+            log.info("cold start: %d items held out of training; %d of %d test rows target "
+                     "them", cold.sum(), cold[data.item[self.indices.test]].sum(),
+                     len(self.indices.test))
         if len(self.indices.train) == 0:
             raise ValueError(f"split '{self.split.name}' left no training interactions in "
                              f"'{data.name}'")
@@ -221,6 +235,7 @@ class RecDataModule(L.LightningDataModule):
             head_share=self.head_share, item_text=data.items.text,
             item_category=(torch.as_tensor(data.items.category)
                            if data.items.category is not None else None),
+            cold_items=torch.as_tensor(cold) if cold is not None else None,
         )
         head = popularity[~self.info.tail_mask.numpy()].sum() / max(popularity.sum(), 1)
         log.info("%s: %d users, %d items, %d interactions (train %d, valid %d, test %d); "

@@ -114,3 +114,25 @@ class RandomRatioSplit(_RatioSplit):
     def _order(self, data: Interactions, seed: int) -> np.ndarray:
         shuffle = np.random.default_rng(seed).permutation(len(data))
         return shuffle[np.argsort(data.user[shuffle], kind="stable")]
+
+
+def hold_out_cold_items(data: Interactions, indices: SplitIndices, share: float,
+                        seed: int) -> tuple[SplitIndices, np.ndarray]:
+    """Make a random ``share`` of the catalogue cold: drop their training and validation rows,
+    keep their test rows (``eval.cold_items``; cold-start evaluation).
+
+    The cold items are drawn uniformly from all items under ``seed``; no model sees them in
+    training, and they are not the user's inputs at evaluation either (their rows are gone from
+    the training and validation parts, which form the inputs).
+
+    Returns:
+        The filtered split and the (n_items,) boolean mask of cold items.
+    """
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"eval.cold_items must be a share of the items in [0, 1), got {share}")
+    cold = np.zeros(data.n_items, dtype=bool)
+    n_cold = int(round(share * data.n_items))
+    cold[np.random.default_rng([seed, 17]).choice(data.n_items, n_cold, replace=False)] = True
+    train = indices.train[~cold[data.item[indices.train]]]
+    valid = indices.valid[~cold[data.item[indices.valid]]]
+    return SplitIndices(train=train, valid=valid, test=indices.test), cold

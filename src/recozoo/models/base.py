@@ -274,7 +274,7 @@ class Recommender(L.LightningModule):
             values.update(self.test_rating_metrics.compute())
             self.test_rating_metrics.reset()
         if stage == "test" and self.test_cold_metrics is not None:
-            if self.test_cold_metrics.update_called:
+            if any(m.update_called for m in self.test_cold_metrics.values()):
                 values.update(self.test_cold_metrics.compute())
             self.test_cold_metrics.reset()
         self.log_dict({k: v.float() for k, v in values.items()}, sync_dist=False)
