@@ -1,0 +1,73 @@
+"""Distributed training and evaluation (Lightning DDP: gloo on CPU, NCCL on GPU).
+
+Two pieces make a DDP run report exactly the numbers of a one-process run:
+
+* `UserShardSampler`: evaluation users are cut into one contiguous, disjoint, *unpadded* block
+  per rank. Lightning would otherwise inject its `DistributedSampler`, which pads the last
+  ranks by repeating users, so some users would be counted twice (RecBole issue #1872). The
+  metric states are sums (``dist_reduce_fx="sum"``), so summing over ranks gives the
+  one-process value; gathering the per-user outputs rank by rank restores the one-process user
+  order because the blocks are contiguous.
+* `RecDDPStrategy`: Lightning's `DDPStrategy`, except that a model with no trainable parameter
+  (pop, itemknn, ease: they fit in one step) is not wrapped in `DistributedDataParallel`, which
+  refuses such modules. Every rank then fits the closed form on the whole ``matrix`` batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch.distributed as dist
+from lightning.pytorch.strategies import DDPStrategy
+from torch.utils.data import DistributedSampler
+
+
+def rank_and_world_size() -> tuple[int, int]:
+    """(this process's rank, number of processes); (0, 1) outside a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class UserShardSampler(DistributedSampler):
+    """This rank's contiguous block of ``range(n)``: disjoint across ranks, no padding.
+
+    It subclasses `DistributedSampler` only so that Lightning keeps it instead of injecting its
+    own padding sampler. Ranks may get blocks that differ in length by one; evaluation has no
+    gradient synchronisation, so uneven blocks are safe.
+
+    Args:
+        n: number of evaluation rows (users).
+        rank / world_size: this process and the number of processes; read from the process
+            group when None (one process outside it).
+    """
+
+    def __init__(self, n: int, rank: int | None = None, world_size: int | None = None):
+        current_rank, current_world = rank_and_world_size()
+        self.n = n
+        self.rank = current_rank if rank is None else rank
+        self.num_replicas = current_world if world_size is None else world_size
+        if not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"rank {self.rank} outside world of size {self.num_replicas}")
+        bounds = np.linspace(0, n, self.num_replicas + 1).round().astype(int)
+        self.start, self.stop = int(bounds[self.rank]), int(bounds[self.rank + 1])
+        self.epoch, self.shuffle, self.drop_last = 0, False, False
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+class RecDDPStrategy(DDPStrategy):
+    """`DDPStrategy` that leaves models without trainable parameters unwrapped.
+
+    Use it as Lightning's ``strategy="ddp"`` (``trainer=ddp`` selects it); every DDP argument is
+    accepted unchanged.
+    """
+
+    def configure_ddp(self) -> None:
+        if any(p.requires_grad for p in self.model.parameters()):
+            super().configure_ddp()

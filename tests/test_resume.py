@@ -1,0 +1,106 @@
+"""Resume after a kill: rerunning the same command in the same run folder continues from the
+last end-of-epoch checkpoint and ends with the metrics of an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+from conftest import CONF, ROOT, compose_config
+
+from recozoo.train import train
+
+#: metrics.json fields that measure time (they differ between any two runs)
+TIMING = {"train_seconds", "epoch_seconds", "eval_seconds"}
+
+
+class KillOnce(L.Callback):
+    """Sends ``signal`` to its own process at ``batch`` of ``epoch``, once: a marker file makes
+    the rerun of the same command train on."""
+
+    def __init__(self, marker: str, epoch: int = 2, batch: int = 0, signal: str = "SIGKILL"):
+        self.marker, self.epoch, self.batch, self.signal = Path(marker), epoch, batch, signal
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch) and not self.marker.exists():
+            self.marker.touch()
+            os.kill(os.getpid(), getattr(signal, self.signal))
+
+
+def _overrides(model: str, marker: Path | None, sig: str) -> list[str]:
+    extra = [f"model={model}", "trainer.max_epochs=4", "trainer.limit_train_batches=3",
+             "eval.ks=[5,10]", "data.source.n_users=120", "data.source.n_items=60"]
+    if marker is not None:
+        extra += ["+callbacks.kill._target_=test_resume.KillOnce", f"+callbacks.kill.marker={marker}",
+                  f"+callbacks.kill.signal={sig}"]
+    return extra
+
+
+def _results(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k not in TIMING}
+
+
+def _train_in_child(cfg) -> None:
+    train(cfg)
+
+
+def resume_models() -> list:
+    """bpr always; models with extra training state once their configs exist."""
+    extra = {"multvae": "annealing step", "cfgan": "two optimisers", "sqn": "target network",
+             "dqn": "target network"}
+    present = [name for name in extra if (CONF / "model" / f"{name}.yaml").exists()]
+    return ["bpr"] + [pytest.param(name, marks=pytest.mark.slow) for name in present]
+
+
+@pytest.mark.parametrize("model", resume_models())
+@pytest.mark.parametrize("sig", ["SIGKILL", pytest.param("SIGTERM", marks=pytest.mark.slow)])
+def test_killed_run_resumes_to_the_uninterrupted_result(model, sig, tmp_path):
+    reference = train(compose_config(_overrides(model, None, sig), tmp_path / "reference"))
+
+    run_dir, marker = tmp_path / "killed", tmp_path / "killed.marker"
+    cfg = compose_config(_overrides(model, marker, sig), run_dir)
+    # a forked process (imports already loaded) stands for a run killed mid-epoch
+    child = multiprocessing.get_context("fork").Process(target=_train_in_child, args=(cfg,))
+    child.start()
+    child.join(timeout=300)
+    assert marker.exists(), "the run was not interrupted"
+    assert child.exitcode != 0 or sig == "SIGTERM"
+    assert not (run_dir / "metrics.json").exists()
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+
+    # the same command again, in the same folder: resumes instead of starting over
+    resumed = train(compose_config(_overrides(model, marker, sig), run_dir))
+    assert _results(resumed) == _results(reference)
+    assert len(resumed["epoch_seconds"]) == resumed["epochs"] == 4
+    assert not list((run_dir / "checkpoints").glob(".*tmp*"))  # no half-written checkpoint
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_train_py_command_resumes_after_a_kill(sig, tmp_path):
+    """The real command line: `python train.py ...` killed, then the same command again."""
+    marker = tmp_path / "marker"
+    tiny = ["data=shop", "data.source.sessions_per_user=3", "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false", "logger=csv", f"paths.cache_dir={tmp_path}/cache"]
+    command = [sys.executable, "train.py", *tiny, *_overrides("bpr", marker, sig),
+               f"hydra.run.dir={tmp_path}/run"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "OMP_NUM_THREADS": "1"}
+    first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert marker.exists(), first.stderr[-2000:]
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming the interrupted run" in (tmp_path / "run" / "train.log").read_text()
+    resumed = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    reference = train(compose_config(_overrides("bpr", None, sig) + tiny, tmp_path / "reference"))
+    for key, value in _results(reference).items():
+        if key.startswith(("val/", "test/")):
+            assert resumed[key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
