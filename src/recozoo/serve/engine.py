@@ -234,12 +234,17 @@ class Engine:
         if model_rows:
             batch = self.eval_batch([queries[row] for row in model_rows])
             scores[model_rows] = self.scorer.score(batch).to(self.device, torch.float32)
-        for row, query in enumerate(queries):
-            if query.exclude_seen and len(query.inputs):
-                scores[row, torch.as_tensor(query.inputs, device=self.device)] = -math.inf
-            if query.category is not None:
-                keep = self.catalog.category_mask(query.category).to(self.device)
-                scores[row, ~keep] = -math.inf
+        excluded = [row for row, q in enumerate(queries) if q.exclude_seen and len(q.inputs)]
+        if excluded:
+            lengths = [len(queries[row].inputs) for row in excluded]
+            rows = torch.as_tensor(np.repeat(excluded, lengths), device=self.device)
+            cols = torch.as_tensor(np.concatenate([queries[row].inputs for row in excluded]),
+                                   device=self.device)
+            scores[rows, cols] = -math.inf
+        for category in {q.category for q in queries if q.category is not None}:
+            rows = [row for row, q in enumerate(queries) if q.category == category]
+            outside = ~self.catalog.category_mask(category).to(self.device)  # (n_items,)
+            scores[rows] = scores[rows].masked_fill(outside, -math.inf)
         return scores
 
     @torch.inference_mode()

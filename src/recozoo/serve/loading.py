@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -169,47 +169,93 @@ class ModelScorer:
 
     @torch.inference_mode()
     def score(self, batch: EvalBatch) -> torch.Tensor:
+        if batch.history.shape[1] > self.history_len:  # a fusion's batch: its longest history
+            batch = replace(batch, history=batch.history[:, -self.history_len:])
         return self.model.score(batch).float()  # (B, n_items)
 
 
-class FusedScorer:
-    """Scores of several runs' models fused as the ensemble fuses their ranked lists.
+@dataclass
+class FusionRule:
+    """How `recozoo.ensemble` fused its members (fusion.json's "spec"). Each member takes part
+    with its top-N, N being the list length its run saved (the model's ``top_n``).
 
-    Each member's scores are normalised per user and summed with the member's weight (the
-    normalisation named in fusion.json; see `recozoo.ensemble`).
+    Args:
+        method: ``weighted`` (normalised scores summed with weights) or ``rrf``.
+        normalization: ``minmax`` or ``zscore`` over each member's top-N of a user.
+        rrf_k: the constant of reciprocal rank fusion.
     """
 
-    def __init__(self, members: list[ModelScorer], weights: list[float], normalise: str,
-                 name: str):
-        self.members, self.weights, self.normalise = members, weights, normalise
-        self.name = name
+    method: str = "weighted"
+    normalization: str = "minmax"
+    rrf_k: int = 60
+
+
+class FusedScorer:
+    """Scores of several runs' models fused exactly as `recozoo.ensemble.fusion` fuses their
+    saved top-N lists, so a served fusion ranks as the evaluated one did.
+
+    For each member: its scores with the batch's input items masked (as in evaluation), its
+    top-N, normalised over that list (min-max, z-score, or ``1 / (rrf_k + rank)``); an item the
+    member did not list gets the member's floor (0, or the lowest listed z-score). The fused score
+    is the weighted sum (CombSUM; Fox and Shaw, TREC-2 1994) over the candidates, the items some
+    member listed. Other items follow every candidate, most popular first (the ensemble's own
+    rule for filling short lists).
+    """
+
+    def __init__(self, members: list[ModelScorer], weights: list[float], rule: FusionRule,
+                 popularity: torch.Tensor, name: str):
+        self.members, self.weights, self.rule, self.name = members, weights, rule, name
         self.scores_new_users = all(m.scores_new_users for m in members)
         self.history_len = max(m.history_len for m in members)
+        # in (0, 1), ordered by popularity: the fill order of items no member listed
+        self.fill = popularity.float() / (popularity.float().max() + 1.0)
 
     @torch.inference_mode()
     def score(self, batch: EvalBatch) -> torch.Tensor:
-        total = None
+        fused, listed = None, None
         for member, weight in zip(self.members, self.weights):
-            scores = normalise_scores(member.score(batch), self.normalise)
-            total = weight * scores if total is None else total + weight * scores
-        return total  # (B, n_items)
+            scores = member.score(batch).clone()  # (B, n_items)
+            scores[batch.seen_rows, batch.seen_cols] = -math.inf
+            value, in_list = self._normalised_top(scores, member.model.top_n)
+            fused = weight * value if fused is None else fused + weight * value
+            listed = in_list if listed is None else listed | in_list
+        low = fused.masked_fill(~listed, math.inf).min(dim=1, keepdim=True).values  # (B, 1)
+        low = torch.where(torch.isfinite(low), low, torch.zeros_like(low))
+        return torch.where(listed, fused, low - 1.0 + self.fill.to(fused.device))
 
-
-def normalise_scores(scores: torch.Tensor, method: str) -> torch.Tensor:
-    """Per-row score normalisation before fusion: ``minmax`` to [0, 1], ``zscore``, or
-    ``none``. Rows with one distinct value map to 0."""
-    if method == "none":
-        return scores
-    if method == "minmax":
-        low = scores.min(dim=1, keepdim=True).values
-        span = scores.max(dim=1, keepdim=True).values - low
-        return torch.where(span > 0, (scores - low) / span.clamp_min(1e-12),
-                           torch.zeros_like(scores))
-    if method == "zscore":
-        std = scores.std(dim=1, keepdim=True)
-        return torch.where(std > 0, (scores - scores.mean(dim=1, keepdim=True))
-                           / std.clamp_min(1e-12), torch.zeros_like(scores))
-    raise RunLoadError(f"unknown score normalisation '{method}' (expected minmax, zscore, none)")
+    def _normalised_top(self, scores: torch.Tensor, top_n: int
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, n_items) normalised values of a member's top-N (floor elsewhere) and the mask of
+        the listed items."""
+        rule = self.rule
+        top = torch.topk(scores, min(top_n, scores.shape[1]), dim=1)  # (B, N)
+        ok = torch.isfinite(top.values)
+        if rule.method == "rrf":
+            ranks = torch.cumsum(ok.int(), dim=1).float()
+            values, floor = 1.0 / (rule.rrf_k + ranks), torch.zeros(len(scores), 1)
+        elif rule.normalization == "minmax":
+            high = top.values.masked_fill(~ok, -math.inf).max(1, keepdim=True).values
+            low = top.values.masked_fill(~ok, math.inf).min(1, keepdim=True).values
+            spread = high - low
+            values = torch.where(spread > 0, (top.values - low) / spread.clamp_min(1e-12),
+                                 torch.ones_like(top.values))
+            floor = torch.zeros(len(scores), 1)
+        else:  # zscore, with pandas' sample standard deviation as the ensemble computes it
+            count = ok.sum(1, keepdim=True).clamp_min(1)
+            mean = top.values.masked_fill(~ok, 0.0).sum(1, keepdim=True) / count
+            var = ((top.values - mean).masked_fill(~ok, 0.0) ** 2).sum(1, keepdim=True) \
+                / (count - 1).clamp_min(1)
+            std = var.sqrt()
+            values = (top.values - mean) / torch.where(std > 0, std, torch.ones_like(std))
+            floor = values.masked_fill(~ok, math.inf).min(1, keepdim=True).values
+            floor = torch.where(torch.isfinite(floor), floor, torch.zeros_like(floor))
+        floor = floor.to(scores.device)
+        dense = floor.expand_as(scores).clone()
+        listed = torch.zeros_like(scores, dtype=torch.bool)
+        rows = torch.arange(len(scores), device=scores.device)[:, None].expand_as(top.indices)
+        dense[rows[ok], top.indices[ok]] = values[ok]
+        listed[rows[ok], top.indices[ok]] = True
+        return dense, listed
 
 
 # ---------------------------------------------------------------------------------- loading
@@ -334,32 +380,43 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     return LoadedRun(path, catalog, scorer)
 
 
-def _fusion_members(folder: Path) -> tuple[list[tuple[Path, float]], str]:
-    """(member run folder, weight) pairs and the score normalisation of a fusion folder."""
+def _fusion_members(folder: Path) -> tuple[list[tuple[Path, float]], FusionRule]:
+    """(member run folder, weight) pairs and the fusion rule of a fusion folder's fusion.json
+    (member paths are relative to the folder holding the fusion folder, as the ensemble
+    writes them)."""
     spec_file = folder / FUSION_FILE
     try:
-        spec = json.loads(spec_file.read_text())
+        description = json.loads(spec_file.read_text())
     except json.JSONDecodeError as error:
         raise RunLoadError(f"{spec_file} is not valid JSON ({error})") from None
-    members = spec.get("members") if isinstance(spec, dict) else None
+    members = description.get("members") if isinstance(description, dict) else None
     if not isinstance(members, list) or not members:
         raise RunLoadError(f"{spec_file}: expected a non-empty 'members' list")
     out = []
     for row, member in enumerate(members):
         if not isinstance(member, dict) or "run" not in member:
             raise RunLoadError(f"{spec_file}: members[{row}] needs a 'run' folder")
-        run_dir = Path(member["run"])
         weight = member.get("weight", 1.0)
         if not isinstance(weight, (int, float)) or not math.isfinite(weight):
             raise RunLoadError(f"{spec_file}: members[{row}] weight must be a number, got "
                                f"{weight!r}")
-        out.append((run_dir if run_dir.is_absolute() else folder / run_dir, float(weight)))
-    return out, str(spec.get("normalise", "minmax"))
+        run_dir = Path(member["run"])
+        if not run_dir.is_absolute():
+            run_dir = folder.resolve().parent / run_dir
+        out.append((run_dir, float(weight)))
+    spec = description.get("spec") or {}
+    rule = FusionRule(method=str(spec.get("method", "weighted")),
+                      normalization=str(spec.get("normalization", "minmax")),
+                      rrf_k=int(spec.get("rrf_k", 60)))
+    if rule.method not in ("weighted", "rrf") or rule.normalization not in ("minmax", "zscore"):
+        raise RunLoadError(f"{spec_file}: unknown fusion method {rule.method!r} or "
+                           f"normalization {rule.normalization!r}")
+    return out, rule
 
 
 def _load_fusion(folder: Path, device: str | torch.device) -> LoadedRun:
     """Every member run of fusion.json, fused with its weights; members share one catalogue."""
-    members, normalise = _fusion_members(folder)
+    members, rule = _fusion_members(folder)
     scorers, catalog = [], None
     for row, (run_dir, _) in enumerate(members):
         scorer, member_catalog = load_model(run_dir, None, device)
@@ -370,7 +427,8 @@ def _load_fusion(folder: Path, device: str | torch.device) -> LoadedRun:
                                "another item catalogue than members[0]")
         scorers.append(scorer)
     name = "fusion(" + ",".join(s.name for s in scorers) + ")"
-    fused = FusedScorer(scorers, [w for _, w in members], normalise, name)
+    fused = FusedScorer(scorers, [w for _, w in members], rule,
+                        catalog.popularity.to(device), name)
     return LoadedRun(folder, catalog, fused)
 
 
