@@ -27,7 +27,7 @@ def main(overrides: list[str]) -> dict[str, float]:
         cfg = compose("train", overrides=overrides)
     raw = instantiate(cfg.data.source).load()
     print(format_statistics(f"{raw.name} as loaded", dataset_statistics(raw)))
-    data, report = instantiate(cfg.data.preprocess)(raw)
+    data, _ = instantiate(cfg.data.preprocess)(raw)
     stats = dataset_statistics(data, cfg.eval.head_share)
     print(format_statistics(f"{data.name} after preprocessing", stats))
     print(f"| {data.name} | {stats['users']:,} | {stats['items']:,} | "

@@ -74,6 +74,8 @@ def time_column(frame: pd.DataFrame, column: str, where: str | Path, first_row: 
         numbers = pd.to_numeric(raw, errors="coerce")
         if numbers.notna().all():
             return numbers.to_numpy(dtype=np.float64)
+        if numbers.notna().sum() * 2 >= raw.notna().sum():  # mostly numbers: a numeric column
+            return numeric_column(frame, column, where, first_row)
         parsed = pd.to_datetime(raw, errors="coerce", format=time_format)
     bad = parsed.isna().to_numpy()
     if bad.any():

@@ -11,9 +11,10 @@ Cleaning, in this order, each rule counted in the log:
 
 1. drop rows without a customer;
 2. drop cancelled invoices (``Invoice`` starting with "C");
-3. drop rows with quantity <= 0 or price <= 0;
+3. drop rows with quantity or price <= 0 (or missing);
 4. drop non-product stock codes (`NON_PRODUCT_CODES`: postage, manual, carriage, adjustments,
-   bank charges, discounts, samples, fees, gift vouchers, test codes);
+   bank charges, discounts, samples, fees, gift vouchers, test codes; for exports without
+   codes, the same lines by description, `NON_PRODUCT_DESCRIPTIONS`);
 5. keep one description per stock code, the most frequent one (ties: alphabetical), and take
    the median unit price as the numeric item feature ``price``;
 6. one interaction per (customer, item, invoice), at the invoice time (event "purchase").
@@ -54,6 +55,14 @@ WORKBOOK = "online_retail_II.xlsx"
 NON_PRODUCT_CODES: tuple[str, ...] = (
     "POST", "DOT", "M", "C2", "C3", "D", "S", "B", "CRUK", "AMAZONFEE", "BANK CHARGES", "PADS",
     "GIFT", r"ADJUST\d*", r"TEST\d*", r"gift_\d+_\d+",
+)
+
+#: descriptions of the same non-product lines (full match, case-insensitive), for exports
+#: without a StockCode column
+NON_PRODUCT_DESCRIPTIONS: tuple[str, ...] = (
+    "POSTAGE", "DOTCOM POSTAGE", "MANUAL", "CARRIAGE", "DISCOUNT", "SAMPLES", "BANK CHARGES",
+    "AMAZON FEE", "CRUK COMMISSION", "ADJUST BAD DEBT", r"ADJUSTMENT\b.*", r".*TEST PRODUCT.*",
+    r".*GIFT VOUCHER.*", "PADS TO MATCH ALL CUSHIONS",
 )
 
 #: normalised header (lower case, letters and digits only) -> our column name
@@ -155,6 +164,8 @@ class OnlineRetailSource:
         sheets: workbook sheets to read (default all, i.e. 2009-2011).
         cache_dir: where downloads go.
         non_product_codes: stock-code patterns to drop (full match, case-insensitive).
+        non_product_descriptions: description patterns to drop where the export has no stock
+            codes.
         text_template: item text template (``title`` is the description, ``price`` the median
             unit price).
         url: the download URL (UCI publishes no checksum, so none is checked).
@@ -165,6 +176,8 @@ class OnlineRetailSource:
     sheets: list[str] | None = None
     cache_dir: str | None = None
     non_product_codes: list[str] = field(default_factory=lambda: list(NON_PRODUCT_CODES))
+    non_product_descriptions: list[str] = field(
+        default_factory=lambda: list(NON_PRODUCT_DESCRIPTIONS))
     text_template: str = DEFAULT_TEXT_TEMPLATE
     url: str = URL
     name: str = "online_retail"
@@ -174,10 +187,12 @@ class OnlineRetailSource:
         parts = [_standard_columns(frame, where, first_row)
                  for where, frame, first_row in read_online_retail(path, self.sheets)]
         rows = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-        if "stock_code" not in rows:
+        has_codes = "stock_code" in rows
+        if not has_codes:
             log.warning("%s has no StockCode column: the description is the item id", path)
             rows["stock_code"] = rows["description"].str.upper()
-        rows, dropped = self.clean(rows)
+        rows, dropped = self.clean(rows, self.non_product_codes if has_codes
+                                   else self.non_product_descriptions)
         log_dropped(f"online_retail ({path.name})", sum(len(p) for p in parts), dropped)
         if len(rows) == 0:
             raise DataFormatError(f"{path}: no rows left after cleaning ({dropped})")
@@ -199,9 +214,11 @@ class OnlineRetailSource:
             text_template=self.text_template, title_col="title", numeric_cols=("price",),
             name=self.name)
 
-    def clean(self, rows: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
-        """Apply rules 1-4; returns the kept rows and the count each rule dropped."""
-        pattern = re.compile("|".join(f"(?:{p})" for p in self.non_product_codes), re.IGNORECASE)
+    def clean(self, rows: pd.DataFrame, non_products: list[str]
+              ) -> tuple[pd.DataFrame, dict[str, int]]:
+        """Apply rules 1-4 (``non_products``: patterns of item ids that are no products);
+        returns the kept rows and the count each rule dropped."""
+        pattern = re.compile("|".join(f"(?:{p})" for p in non_products), re.IGNORECASE)
         rules = [
             ("no customer", lambda r: r["customer"].isna()),
             ("cancelled invoice", lambda r: r["invoice"].str.upper().str.startswith("C")),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,11 +85,14 @@ def read_table(path: str | Path, sep: str | None = None, **read_csv: object) -> 
         if kind == "parquet":
             frame = pd.read_parquet(path)
         else:
-            frame = pd.read_csv(path, sep=sep or ("\t" if kind == "tsv" else ","),
-                                **({"quoting": csv.QUOTE_MINIMAL} | read_csv))
+            with warnings.catch_warnings():  # a row longer than the header is an error
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                frame = pd.read_csv(path, sep=sep or ("\t" if kind == "tsv" else ","),
+                                    **({"quoting": csv.QUOTE_MINIMAL, "index_col": False}
+                                       | read_csv))
     except pd.errors.EmptyDataError:
         raise DataFormatError(f"{path}: the file is empty (expected a header row)") from None
-    except pd.errors.ParserError as error:
+    except (pd.errors.ParserError, pd.errors.ParserWarning) as error:
         raise DataFormatError(f"{path}: cannot parse: {error}") from None
     except UnicodeDecodeError as error:
         raise DataFormatError(f"{path}: not valid {read_csv.get('encoding', 'utf-8')} text "

@@ -1,0 +1,454 @@
+"""Every source on tiny fixture files written here (MovieLens 100K/1M, Online Retail II as
+xlsx/csv/parquet, Amazon 2014/2018/2023, RecBole atomic, any table), malformed files with the
+error each must give, the shared text template, and the real files in ../shared/data."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hydra.utils import instantiate
+
+from recozoo.data.interactions import EVENT_CODES
+from recozoo.data.sources import (
+    AmazonSource,
+    AtomicSource,
+    DataFormatError,
+    MovieLensSource,
+    OnlineRetailSource,
+    TableSource,
+    dataset_statistics,
+)
+from recozoo.data.sources.shop import ShopSource
+from recozoo.data.text import render_item_text
+
+
+def text_of(data, item_id: str) -> str:
+    return data.items.text[list(data.item_ids).index(item_id)]
+
+
+# ---------------------------------------------------------------------------- MovieLens
+GENRE_FLAGS = {"10": [3, 4, 5], "20": [1, 2, 16]}  # Animation, Children's, Comedy / Action ...
+
+
+def write_ml100k(folder: Path, extra_rating: str = "") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "u.data").write_text("1\t10\t5\t100\n1\t20\t3\t200\n2\t10\t2\t150\n" + extra_rating,
+                                   encoding="latin-1")
+    lines = []
+    for item, title in (("10", "Toy Story (1995)"), ("20", "Usual Suspects, The (1995)")):
+        flags = ["1" if g in GENRE_FLAGS[item] else "0" for g in range(19)]
+        lines.append("|".join([item, title, "01-Jan-1995", "", "http://x", *flags]))
+    (folder / "u.item").write_text("\n".join(lines) + "\n", encoding="latin-1")
+    return folder
+
+
+def test_ml100k_official_files_titles_genres_and_ratings(tmp_path):
+    data = MovieLensSource(path=str(write_ml100k(tmp_path / "ml-100k"))).load()
+    assert (data.n_users, data.n_items, len(data)) == (2, 2, 3)
+    assert text_of(data, "10") == "Toy Story. Animation, Children's, Comedy."
+    assert text_of(data, "20") == "The Usual Suspects. Action, Adventure, Thriller."
+    assert data.items.titles[list(data.item_ids).index("20")] == "The Usual Suspects"
+    assert sorted(data.rating.tolist()) == [2, 3, 5] and data.timestamp.max() == 200
+    kept = MovieLensSource(path=str(tmp_path / "ml-100k"), min_rating=3).load()
+    assert len(kept) == 2
+
+
+def test_ml100k_zip_and_parent_folder_are_accepted(tmp_path):
+    folder = write_ml100k(tmp_path / "src" / "ml-100k")
+    archive = tmp_path / "ml-100k.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        for name in ("u.data", "u.item"):
+            handle.write(folder / name, f"ml-100k/{name}")
+    from_zip = MovieLensSource(path=str(archive), cache_dir=str(tmp_path / "cache")).load()
+    from_parent = MovieLensSource(path=str(tmp_path / "src")).load()
+    assert len(from_zip) == len(from_parent) == 3
+
+
+def test_ml1m_official_files(tmp_path):
+    folder = tmp_path / "ml-1m"
+    folder.mkdir()
+    (folder / "ratings.dat").write_text("1::1193::5::978300760\n1::661::3::978302109\n"
+                                        "2::1193::4::978298413\n", encoding="latin-1")
+    (folder / "movies.dat").write_text("1193::One Flew Over the Cuckoo's Nest (1975)::Drama\n"
+                                       "661::James and the Giant Peach (1996)::"
+                                       "Animation|Children's|Musical\n", encoding="latin-1")
+    data = MovieLensSource(variant="1m", path=str(folder)).load()
+    assert (data.n_users, data.n_items, len(data)) == (2, 2, 3)
+    assert text_of(data, "661") == "James and the Giant Peach. Animation, Children's, Musical."
+    assert data.items.category_names[data.items.category[list(data.item_ids).index("661")]] \
+        == "Animation"
+
+
+def test_movielens_atomic_files_get_the_same_text(tmp_path):
+    folder = tmp_path / "atomic"
+    folder.mkdir()
+    (folder / "ml-100k.inter").write_text("user_id:token\titem_id:token\trating:float\t"
+                                          "timestamp:float\n1\t10\t5\t100\n2\t10\t3\t120\n")
+    (folder / "ml-100k.item").write_text("item_id:token\tmovie_title:token_seq\t"
+                                         "release_year:token\tclass:token_seq\n"
+                                         "10\tToy Story\t1995\tAnimation Children's Comedy\n")
+    data = MovieLensSource(path=str(folder)).load()
+    assert text_of(data, "10") == "Toy Story. Animation Children's Comedy."
+    assert data.name == "ml-100k"
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("3\t10\t4\n", r"u.data, row 4: expected 4"),
+    ("3\t10\tfive\t300\n", r"u.data, row 4, column 'rating': 'five' is not a number"),
+])
+def test_ml100k_bad_rows_name_file_row_and_column(tmp_path, line, expected):
+    folder = write_ml100k(tmp_path / "ml-100k", extra_rating=line)
+    with pytest.raises(DataFormatError, match=expected):
+        MovieLensSource(path=str(folder)).load()
+
+
+def test_movielens_folder_without_files_says_what_it_needs(tmp_path):
+    with pytest.raises(FileNotFoundError, match="u.data"):
+        MovieLensSource(path=str(tmp_path)).load()
+
+
+# ---------------------------------------------------------------------------- Online Retail
+RETAIL_COLUMNS = ["Invoice", "StockCode", "Description", "Quantity", "InvoiceDate", "Price",
+                  "Customer ID", "Country"]
+RETAIL_2009 = [
+    ["489434", "85048", "RED LIGHT", 12, "2009-12-01 07:45:00", 6.95, 13085.0, "UK"],
+    ["489434", "85048", "RED LIGHT", 6, "2009-12-01 07:45:00", 6.95, 13085.0, "UK"],  # same line
+    ["489434", "22041", "CARD", 48, "2009-12-01 07:45:00", 0.65, 13085.0, "UK"],
+    ["489434", "POST", "POSTAGE", 1, "2009-12-01 07:45:00", 18.0, 13085.0, "UK"],
+    ["489435", "85048", "RED LIGHT HOLDER", 2, "2009-12-02 09:00:00", 7.25, 13085.0, "UK"],
+    ["489436", "85048", "red light", 1, "2009-12-03 10:00:00", 6.95, 13086.0, "UK"],
+    ["489436", "22041", "CARD", 1, "2009-12-03 10:00:00", 0.65, None, "UK"],  # no customer
+    ["C489437", "22041", "CARD", -1, "2009-12-04 10:00:00", 0.65, 13086.0, "UK"],  # cancelled
+    ["489438", "22041", "CARD", 0, "2009-12-04 11:00:00", 0.65, 13086.0, "UK"],  # quantity 0
+    ["489439", "M", "Manual", 1, "2009-12-04 12:00:00", 5.0, 13086.0, "UK"],
+]
+RETAIL_2010 = [
+    ["536365", "22041", "CARD", 6, "2010-12-01 08:26:00", 0.85, 13086.0, "UK"],
+    ["536366", "85048", "RED LIGHT", 6, "2010-12-01 08:28:00", 7.95, 13087.0, "UK"],
+    ["536366", "BANK CHARGES", "Bank Charges", 1, "2010-12-01 08:28:00", 15.0, 13087.0, "UK"],
+]
+
+
+def retail_frames() -> dict[str, pd.DataFrame]:
+    return {"Year 2009-2010": pd.DataFrame(RETAIL_2009, columns=RETAIL_COLUMNS),
+            "Year 2010-2011": pd.DataFrame(RETAIL_2010, columns=RETAIL_COLUMNS)}
+
+
+def write_retail(tmp_path: Path, kind: str, frame: pd.DataFrame | None = None) -> Path:
+    frames = retail_frames()
+    if kind == "xlsx":
+        path = tmp_path / "online_retail_II.xlsx"
+        with pd.ExcelWriter(path) as writer:
+            for sheet, part in frames.items():
+                part.to_excel(writer, sheet_name=sheet, index=False)
+        return path
+    both = frame if frame is not None else pd.concat(frames.values(), ignore_index=True)
+    path = tmp_path / f"online_retail_II.{kind}"
+    if kind == "parquet":
+        both.to_parquet(path)
+    else:
+        both.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["xlsx", "csv", "parquet"])
+def test_online_retail_cleaning_rules(tmp_path, kind, caplog):
+    caplog.set_level(logging.INFO)
+    data = OnlineRetailSource(path=str(write_retail(tmp_path, kind))).load()
+    # kept: 13085 x {85048 @489434, 22041 @489434, 85048 @489435}, 13086 x {85048 @489436,
+    # 22041 @536365}, 13087 x {85048 @536366}
+    assert sorted(data.user_ids) == ["13085", "13086", "13087"]
+    assert sorted(data.item_ids) == ["22041", "85048"]
+    assert len(data) == 6
+    assert (data.event == EVENT_CODES["purchase"]).all()
+    assert text_of(data, "85048") == "RED LIGHT."  # the most frequent description
+    assert data.items.numeric["price"][list(data.item_ids).index("85048")] == pytest.approx(6.95)
+    first = data.timestamp.min()
+    assert first == pd.Timestamp("2009-12-01 07:45:00").timestamp()
+    log = caplog.text
+    for rule in ("no customer: 1", "cancelled invoice: 1", "quantity or price <= 0 or missing: 1",
+                 "non-product stock code: 3"):
+        assert rule in log
+
+
+def test_online_retail_one_sheet_and_a_wrong_sheet_name(tmp_path):
+    path = write_retail(tmp_path, "xlsx")
+    first = OnlineRetailSource(path=str(path), sheets=["Year 2009-2010"]).load()
+    assert len(first) == 4 and "13087" not in set(first.user_ids)
+    with pytest.raises(DataFormatError, match=r"online_retail_II.xlsx: no sheet named "
+                                              r"'Year 2012'.*Year 2009-2010"):
+        OnlineRetailSource(path=str(path), sheets=["Year 2012"]).load()
+
+
+def test_online_retail_without_stock_codes_uses_descriptions(tmp_path, caplog):
+    frame = pd.concat(retail_frames().values()).drop(columns=["StockCode"])
+    caplog.set_level(logging.WARNING)
+    data = OnlineRetailSource(path=str(write_retail(tmp_path, "parquet", frame))).load()
+    assert "no StockCode column" in caplog.text
+    assert "RED LIGHT HOLDER" in set(data.item_ids) and "MANUAL" not in set(data.item_ids)
+
+
+def test_online_retail_malformed_files(tmp_path):
+    frame = pd.concat(retail_frames().values(), ignore_index=True)
+    missing = write_retail(tmp_path, "csv", frame.drop(columns=["Customer ID"]))
+    with pytest.raises(DataFormatError, match=r"online_retail_II.csv: missing column 'Customer ID'"):
+        OnlineRetailSource(path=str(missing)).load()
+    bad = frame.astype({"Quantity": object})
+    bad.loc[1, "Quantity"] = "twelve"
+    bad_path = write_retail(tmp_path, "csv", bad)
+    with pytest.raises(DataFormatError, match=r"\.csv, row 3, column 'Quantity': 'twelve'"):
+        OnlineRetailSource(path=str(bad_path)).load()
+    bad_date = frame.copy()
+    bad_date.loc[4, "InvoiceDate"] = "yesterday"
+    with pytest.raises(DataFormatError, match=r"row 5, column 'InvoiceDate': 'yesterday'"):
+        OnlineRetailSource(path=str(write_retail(tmp_path, "parquet", bad_date))).load()
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(DataFormatError, match="empty.csv: the file is empty"):
+        OnlineRetailSource(path=str(empty)).load()
+
+
+# ---------------------------------------------------------------------------- Amazon
+def write_jsonl(path: Path, records: list, literal: bool = False) -> Path:
+    lines = [repr(r) if literal else (r if isinstance(r, str) else json.dumps(r))
+             for r in records]
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return path
+
+
+REVIEWS_2018 = [
+    {"reviewerID": "U1", "asin": "A1", "overall": 5.0, "unixReviewTime": 1500000000},
+    {"reviewerID": "U1", "asin": "A2", "overall": 2.0, "unixReviewTime": 1500000100},
+    {"reviewerID": "U2", "asin": "A1", "overall": 4.0, "unixReviewTime": 1500000200},
+]
+META_2018 = [
+    {"asin": "A1", "title": "Steel Ruler &amp; Square", "brand": "Acme",
+     "category": ["Industrial & Scientific", "Measuring", "Rulers"], "price": "$1,299.00"},
+    {"asin": "A9", "title": "Never reviewed"},
+    {"asin": "A2", "title": "Gloves", "category": [], "price": ""},
+]
+
+
+def test_amazon_2018_reviews_and_metadata(tmp_path):
+    write_jsonl(tmp_path / "Industrial_and_Scientific_5.json.gz", REVIEWS_2018)
+    write_jsonl(tmp_path / "meta_Industrial_and_Scientific.json.gz", META_2018)
+    data = AmazonSource(path=str(tmp_path)).load()
+    assert (data.n_users, data.n_items, len(data)) == (2, 2, 3)
+    assert text_of(data, "A1") == "Steel Ruler & Square. Industrial & Scientific > Measuring > " \
+                                  "Rulers. Acme."
+    assert text_of(data, "A2") == "Gloves."
+    price = data.items.numeric["price"]
+    assert price[list(data.item_ids).index("A1")] == 1299.0
+    assert np.isnan(price[list(data.item_ids).index("A2")])
+    assert data.name == "Industrial_and_Scientific"
+    assert len(AmazonSource(path=str(tmp_path), min_rating=4).load()) == 2
+
+
+def test_amazon_2014_file_names_and_python_literal_metadata(tmp_path):
+    reviews = write_jsonl(tmp_path / "reviews_Beauty_5.json.gz", REVIEWS_2018)
+    write_jsonl(tmp_path / "meta_Beauty.json.gz", [
+        {"asin": "A1", "title": "Soap", "categories": [["Beauty", "Bath"]], "price": 3.5},
+        {"asin": "A2", "title": "Comb", "brand": "Kent", "categories": [["Beauty"]]},
+    ], literal=True)
+    data = AmazonSource(path=str(reviews)).load()  # the review file itself; category from name
+    assert text_of(data, "A1") == "Soap. Beauty > Bath."
+    assert text_of(data, "A2") == "Comb. Beauty. Kent."
+
+
+def test_amazon_2023_parent_asins_and_millisecond_times(tmp_path):
+    write_jsonl(tmp_path / "All_Beauty.jsonl.gz", [
+        {"user_id": "U1", "asin": "C1", "parent_asin": "P1", "rating": 5.0,
+         "timestamp": 1588687728923},
+        {"user_id": "U1", "asin": "C2", "parent_asin": "P1", "rating": 4.0,
+         "timestamp": 1588687729000},
+        {"user_id": "U2", "asin": "C3", "parent_asin": "P2", "rating": 3.0,
+         "timestamp": 1588687730000},
+    ])
+    write_jsonl(tmp_path / "meta_All_Beauty.jsonl.gz", [
+        {"parent_asin": "P1", "title": "Brush", "store": "Kent", "categories": ["Tools"],
+         "price": 9.99, "main_category": "All Beauty"},
+        {"parent_asin": "P2", "title": "Oil", "store": None, "categories": [], "price": None,
+         "details": {"Brand": "Argan"}},
+    ])
+    data = AmazonSource(category="All_Beauty", path=str(tmp_path)).load()
+    assert sorted(data.item_ids) == ["P1", "P2"] and len(data) == 3
+    assert data.timestamp.min() == pytest.approx(1588687728.923)
+    assert text_of(data, "P1") == "Brush. Tools. Kent."
+    assert text_of(data, "P2") == "Oil. Argan."
+
+
+@pytest.mark.parametrize("line, expected", [
+    ('{"reviewerID": "U3", "asin": "A1", "overall": 5.0, ', r"_5.json.gz, row 4: not valid JSON"),
+    ('{"reviewerID": "U3", "overall": 5.0, "unixReviewTime": 1}',
+     r"_5.json.gz, row 4: missing field 'asin'"),
+    ('{"reviewerID": "U3", "asin": "A1", "overall": "great", "unixReviewTime": 1}',
+     r"row 4: 'overall' or 'unixReviewTime' is not a number"),
+])
+def test_amazon_bad_rows_name_file_and_row(tmp_path, line, expected):
+    write_jsonl(tmp_path / "Toys_5.json.gz", [*REVIEWS_2018, line])
+    with pytest.raises(DataFormatError, match=expected):
+        AmazonSource(category="Toys", path=str(tmp_path)).load()
+
+
+def test_amazon_missing_and_empty_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no review file for category 'Toys'"):
+        AmazonSource(category="Toys", path=str(tmp_path)).load()
+    with gzip.open(tmp_path / "Toys_5.json.gz", "wt") as handle:
+        handle.write("")
+    with pytest.raises(DataFormatError, match="Toys_5.json.gz: the file has no reviews"):
+        AmazonSource(category="Toys", path=str(tmp_path)).load()
+
+
+# ---------------------------------------------------------------------------- any table
+def test_table_csv_with_dates_events_and_an_items_table(tmp_path):
+    events = tmp_path / "events.csv"
+    pd.DataFrame({
+        "customer": ["a", "a", "b", "b"], "sku": ["x", "y", "x", "y"],
+        "when": ["2024-01-01 10:00", "2024-01-01 10:05", "2024-01-02 09:00", "2024-01-02 09:01"],
+        "action": ["click", "AddToCart", "transaction", "view"],
+    }).to_csv(events, index=False)
+    items = tmp_path / "items.tsv"
+    pd.DataFrame({"id": ["x", "y"], "name": ["Kettle", "Mug"], "maker": ["Brew", None],
+                  "price": [30.0, 4.5]}).to_csv(items, sep="\t", index=False)
+    source = TableSource(path=str(events), items_path=str(items), item_key="id",
+                         columns={"user": "customer", "item": "sku", "time": "when",
+                                  "event": "action"},
+                         item_fields={"title": "name", "brand": "maker"})
+    data = source.load()
+    assert len(data) == 4 and list(data.event) == [0, 1, 2, 0]
+    assert data.timestamp[0] == pd.Timestamp("2024-01-01 10:00").timestamp()
+    assert text_of(data, "x") == "Kettle. Brew." and text_of(data, "y") == "Mug."
+    assert data.items.numeric["price"].tolist() == [30.0, 4.5]
+
+
+def test_table_parquet_with_ratings_and_file_order(tmp_path):
+    path = tmp_path / "ratings.parquet"
+    pd.DataFrame({"u": [1, 1, 2], "i": [7, 8, 7], "r": [5.0, 1.0, 4.0]}).to_parquet(path)
+    data = TableSource(path=str(path), columns={"user": "u", "item": "i", "time": None,
+                                                "rating": "r"}, min_rating=4).load()
+    assert len(data) == 2 and data.timestamp.tolist() == [0.0, 1.0]
+
+
+def test_table_malformed_files(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text("user_id,item_id,timestamp\nu1,i1,100\nu1,i2,oops\n")
+    with pytest.raises(DataFormatError, match=r"log.csv, row 3, column 'timestamp': 'oops'"):
+        TableSource(path=str(path)).load()
+    with pytest.raises(DataFormatError, match=r"log.csv: missing column 'user'"):
+        TableSource(path=str(path), columns={"user": "user"}).load()
+    path.write_text("user_id,item_id,event\nu1,i1,view\nu1,i2,wishlist\n")
+    with pytest.raises(DataFormatError, match=r"row 3, column 'event': unknown event 'wishlist'"):
+        TableSource(path=str(path), columns={"time": None, "event": "event"}).load()
+    for body in ("u1,i1,100,extra,fields\n", "u1,i1,100\nu1,i1,100,extra\n"):
+        path.write_text("user_id,item_id,timestamp\n" + body)
+        with pytest.raises(DataFormatError, match="log.csv: cannot parse"):
+            TableSource(path=str(path)).load()
+    path.write_text("user_id,item_id,timestamp\n")
+    with pytest.raises(DataFormatError, match="log.csv: the file has no rows"):
+        TableSource(path=str(path)).load()
+    (tmp_path / "x.xls").touch()
+    with pytest.raises(DataFormatError, match="unknown table format '.xls'"):
+        TableSource(path=str(tmp_path / "x.xls")).load()
+
+
+# ---------------------------------------------------------------------------- atomic
+def test_atomic_name_is_inferred_and_item_fields_feed_the_template(tmp_path):
+    (tmp_path / "shop.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n"
+                                         "u\ti1\t1\nu\ti2\t2\n")
+    (tmp_path / "shop.item").write_text("item_id:token\tname:token_seq\tcat:token\t"
+                                        "cost:float\ni1\tRed Pen\toffice\t2.5\n")
+    source = AtomicSource(path=str(tmp_path), text_template="{title}. {category}. {brand}.",
+                          item_fields={"title": "name", "category": "cat", "price": "cost"})
+    data = source.load()
+    assert data.name == "shop" and text_of(data, "i1") == "Red Pen. office."
+    assert text_of(data, "i2") == "" and data.items.numeric["price"][0] == 2.5
+    assert len(AtomicSource(path=str(tmp_path / "shop.inter")).load()) == 2
+    with pytest.raises(DataFormatError, match=r"shop.item: item_fields.brand='maker'"):
+        AtomicSource(path=str(tmp_path), item_fields={"brand": "maker"}).load()
+    (tmp_path / "other.inter").write_text("user_id:token\titem_id:token\n")
+    with pytest.raises(DataFormatError, match="found 2 .inter files"):
+        AtomicSource(path=str(tmp_path)).load()
+    with pytest.raises(DataFormatError, match="other.inter: the file has a header but no rows"):
+        AtomicSource(path=str(tmp_path), name="other").load()
+
+
+# ---------------------------------------------------------------------------- text template
+def test_one_template_for_every_source_from_config(make_config, tmp_path):
+    template = "{title} by {brand} ({price:.2f})"
+    cfg = make_config([f"data.text_template='{template}'"])
+    data = instantiate(cfg.data.source).load()
+    assert isinstance(instantiate(cfg.data.source), ShopSource)
+    assert all(" by " in t and t.endswith(")") for t in data.items.text[:20])
+    events = tmp_path / "e.csv"
+    events.write_text("user_id,item_id,timestamp\nu,i,1\n")
+    items = tmp_path / "i.csv"
+    items.write_text("item_id,title,brand,price\ni,Cup,Acme,3\n")
+    table_cfg = make_config(["data=table", f"data.path={events}", f"data.items_path={items}",
+                             f"data.text_template='{template}'"], tiny=False)
+    assert instantiate(table_cfg.data.source).load().items.text == ["Cup by Acme (3.00)"]
+    assert render_item_text(pd.DataFrame({"title": ["Cup"]}), template) == ["Cup by ()"]
+
+
+@pytest.mark.parametrize("data", ["ml100k", "ml1m", "online_retail", "amazon", "table", "atomic",
+                                  "shop"])
+def test_every_data_config_exposes_a_text_template(make_config, data, tmp_path):
+    overrides = [f"data={data}"] + ([f"data.path={tmp_path}"] if data in ("table", "atomic")
+                                    else [])
+    cfg = make_config(overrides, tiny=False)
+    assert "text_template" in cfg.data
+    assert cfg.data.source.text_template == cfg.data.text_template
+
+
+def test_table_trains_end_to_end(make_config, tmp_path):
+    from recozoo.train import train
+
+    rng = np.random.default_rng(0)
+    rows = [(f"u{u}", f"i{rng.integers(40)}", t) for u in range(30) for t in range(6)]
+    path = tmp_path / "log.tsv"
+    pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).to_csv(path, sep="\t",
+                                                                          index=False)
+    cfg = make_config(["data=table", f"data.path={path}", "model=pop", "logger=csv",
+                       "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+                       "trainer.enable_model_summary=false"], tiny=False)
+    metrics = train(cfg)
+    assert metrics["status"] == "ok" and metrics["data"] == "table"
+    assert metrics["n_users"] == 30 and 0 <= metrics["test/recall@10"] <= 1
+
+
+# ---------------------------------------------------------------------------- real files
+def test_shared_ml100k_atomic(shared_data):
+    for source in (AtomicSource(path=str(shared_data / "ml-100k"), name="ml-100k"),
+                   MovieLensSource(path=str(shared_data / "ml-100k"))):
+        data = source.load()
+        assert (data.n_users, data.n_items, len(data)) == (943, 1682, 100_000)
+    assert text_of(data, "1") == "Toy Story. Animation Children's Comedy."
+    assert dataset_statistics(data)["head_interaction_share"] == pytest.approx(0.646, abs=0.01)
+
+
+def test_shared_amazon_scientific_atomic(shared_data):
+    data = AtomicSource(path=str(shared_data / "amazon-scientific"), name="Scientific").load()
+    assert (data.n_users, data.n_items, len(data)) == (8442, 4385, 59_427)
+    assert all(data.items.text) and "PORTER-CABLE" in text_of(data, "B0000223SI")
+    assert dataset_statistics(data)["head_interaction_share"] == pytest.approx(0.52, abs=0.01)
+
+
+@pytest.mark.slow
+def test_shared_online_retail_2009_2010(shared_data):
+    from recozoo.data import Preprocessing
+
+    path = shared_data / "online-retail-ii" / "online_retail_II_2009_2010.parquet"
+    data = OnlineRetailSource(path=str(path)).load()
+    stats = dataset_statistics(data)
+    assert (stats["users"], stats["items"], stats["interactions"]) == (4285, 4007, 393_636)
+    assert stats["head_interaction_share"] == pytest.approx(0.694, abs=0.01)
+    assert not {"POST", "M", "DOT", "BANK CHARGES"} & set(data.item_ids)
+    cleaned, _ = Preprocessing(kcore=5)(data)
+    assert cleaned.n_users == 4035 and cleaned.n_items == 3457
