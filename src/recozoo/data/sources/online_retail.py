@@ -82,9 +82,13 @@ def _normalise_header(name: object) -> str:
     return re.sub(r"[^a-z0-9]", "", str(name).lower())
 
 
-def read_online_retail(path: Path, sheets: list[str] | None = None
+def read_online_retail(path: Path, sheets: list[str] | None = None, cache: Path | None = None
                        ) -> list[tuple[str, pd.DataFrame, int]]:
-    """The raw parts of a workbook (one per sheet) or an export, as (where, frame, first row)."""
+    """The raw parts of a workbook (one per sheet) or an export, as (where, frame, first row).
+
+    Reading the official workbook takes minutes, so each sheet read is kept as Parquet in
+    ``cache`` (keyed by the workbook's name, size and time), and later runs read that.
+    """
     if path.suffix.lower() in (".xlsx", ".xls"):
         try:
             book = pd.ExcelFile(path)
@@ -96,9 +100,17 @@ def read_online_retail(path: Path, sheets: list[str] | None = None
             raise DataFormatError(f"{path}: no sheet named '{unknown[0]}' (sheets: "
                                   f"{book.sheet_names}); set data.sheets to some of them")
         parts = []
+        stat = path.stat()
         for sheet in names:
-            frame = book.parse(sheet, dtype={"Invoice": str, "InvoiceNo": str, "StockCode": str,
-                                             "Description": str})
+            copy = (cache / f"{path.stem}-{re.sub(r'[^A-Za-z0-9]+', '_', sheet)}-{stat.st_size}-"
+                    f"{int(stat.st_mtime)}.parquet") if cache is not None else None
+            if copy is not None and copy.exists():
+                frame = pd.read_parquet(copy)
+            else:
+                frame = book.parse(sheet, dtype={"Invoice": str, "InvoiceNo": str,
+                                                 "StockCode": str, "Description": str})
+                if copy is not None:
+                    _keep_copy(frame, copy)
             require_nonempty(frame, f"{path}, sheet '{sheet}'")
             parts.append((f"{path}, sheet '{sheet}'", frame, 2))
         return parts
@@ -106,6 +118,17 @@ def read_online_retail(path: Path, sheets: list[str] | None = None
         raise ValueError(f"data.sheets={list(sheets)} applies to .xlsx workbooks, not to {path}")
     frame = read_table(path, dtype=str, encoding=_encoding(path))
     return [(str(path), frame, 1 if table_format(path) == "parquet" else 2)]
+
+
+def _keep_copy(frame: pd.DataFrame, copy: Path) -> None:
+    """Write ``frame`` to ``copy`` atomically; a sheet Parquet cannot hold is just not kept."""
+    staging = copy.with_name(copy.name + ".tmp")
+    try:
+        frame.to_parquet(staging)
+        staging.replace(copy)
+    except (ValueError, TypeError, OSError) as error:  # mixed types in a malformed sheet
+        staging.unlink(missing_ok=True)
+        log.info("not caching %s (%s)", copy.name, error)
 
 
 def _encoding(path: Path) -> str:
@@ -184,8 +207,10 @@ class OnlineRetailSource:
 
     def load(self) -> Interactions:
         path = self._resolve()
+        cache = (cache_folder(self.cache_dir, "online_retail")
+                 if path.suffix.lower() in (".xlsx", ".xls") else None)
         parts = [_standard_columns(frame, where, first_row)
-                 for where, frame, first_row in read_online_retail(path, self.sheets)]
+                 for where, frame, first_row in read_online_retail(path, self.sheets, cache)]
         rows = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
         has_codes = "stock_code" in rows
         if not has_codes:
