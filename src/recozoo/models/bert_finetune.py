@@ -87,6 +87,9 @@ class BertFinetune(Recommender):
         encode_batch_size: texts per forward pass when encoding the catalogue.
     """
 
+    #: scores come from the history's item texts only, never from a user id
+    scores_new_users = True
+
     def __init__(self, info: DatasetInfo, pretrained: str | None = None, max_length: int = 32,
                  train_layers: int = 1, lora_rank: int = 0, lora_alpha: float = 16.0,
                  pooling: str = "mean", cache_frozen_layers: bool = True, bf16: bool = True,
@@ -152,6 +155,10 @@ class BertFinetune(Recommender):
             vectors = self.ids(vectors)
         return torch.cat([vectors, vectors.new_zeros(1, vectors.shape[1])])
 
+    def item_embeddings(self) -> torch.Tensor:
+        """(n_items, d) the item vectors users are scored against (for ``rerank=mmr``)."""
+        return self.item_table()[:-1]
+
     def user_states(self, table: torch.Tensor, sequence: torch.Tensor) -> torch.Tensor:
         """(B, max_len, d) user states over a left-padded item sequence (B, L)."""
         return self.user_tower(table[sequence], sequence == self.info.pad_item)
@@ -180,7 +187,7 @@ class BertFinetune(Recommender):
             candidates = torch.zeros_like(candidates)
             candidates[targets] = True
             if self.negatives == "sampled":
-                pool = torch.flatnonzero(self.trained_items)
+                pool = self.trained_items.nonzero().flatten()
                 drawn = torch.randint(len(pool), (self.n_negatives,), device=pool.device)
                 candidates[pool[drawn]] = True
         candidates[targets] = True
