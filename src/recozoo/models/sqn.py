@@ -72,6 +72,8 @@ class SQN(Recommender):
         >>> dqn = SQN(info, supervised=False, rank_head="q", n_negatives=10)
     """
 
+    scores_new_users = True  # scores read only the history
+
     def __init__(self, info: DatasetInfo, dim: int = 64, encoder: str = "gru",
                  num_layers: int = 1, dropout: float = 0.1, max_len: int = 50,
                  batch_size: int = 256, supervised: bool = True, rank_head: RankHead = "mix",

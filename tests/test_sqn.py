@@ -1,0 +1,188 @@
+"""SQN/DQN: the reward, the double-Q target, the target network, transitions, checkpoints and
+the tail bonus, with known answers on tiny data."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from recozoo.data.datamodule import DatasetInfo
+from recozoo.data.interactions import EVENT_CODES
+from recozoo.models.components.q_heads import EventReward, TargetNetwork, double_q_target
+from recozoo.models.sqn import SQN
+from recozoo.train import build_datamodule, build_model
+
+WEIGHTS = {"view": 0.2, "cart": 0.5, "purchase": 1.0}
+
+
+def _sqn(info: DatasetInfo, **kwargs) -> SQN:
+    return SQN(info, eval_ks=[3], top_n=3, **kwargs)
+
+
+def _info(n_items: int = 6) -> DatasetInfo:
+    popularity = torch.arange(n_items, 0, -1).float()
+    return DatasetInfo(name="tiny", n_users=4, n_items=n_items, item_popularity=popularity,
+                       tail_mask=torch.arange(n_items) >= 2, head_share=0.3)
+
+
+def test_reward_is_event_weight_plus_tail_bonus():
+    reward = EventReward(WEIGHTS, torch.tensor([False, False, True, True]), tail_bonus=0.7)
+    item = torch.tensor([0, 1, 2, 3])
+    event = torch.tensor([EVENT_CODES["view"], EVENT_CODES["purchase"], EVENT_CODES["cart"],
+                          EVENT_CODES["view"]])
+    assert torch.allclose(reward(item, event), torch.tensor([0.2, 1.0, 1.2, 0.9]))
+    # data without event types serve code 0 everywhere: every event is worth a view
+    no_bonus = EventReward(WEIGHTS, torch.tensor([False, False, True, True]))
+    assert torch.allclose(no_bonus(item, torch.zeros(4, dtype=torch.long)), torch.full((4,), 0.2))
+
+
+def test_reward_weights_must_name_every_event():
+    with pytest.raises(ValueError, match="missing \\['purchase'\\].*unknown \\['buy'\\]"):
+        EventReward({"view": 1.0, "cart": 2.0, "buy": 3.0}, torch.zeros(3, dtype=torch.bool))
+
+
+def test_double_q_target_lets_online_choose_and_target_value():
+    reward = torch.tensor([1.0, 0.0])
+    online = torch.tensor([[0.0, 5.0, 1.0], [3.0, 0.0, 0.0]])  # picks items 1 and 0
+    target = torch.tensor([[9.0, 2.0, 4.0], [1.0, 8.0, 0.0]])  # would pick 0 and 1 itself
+    expected = torch.tensor([1.0 + 0.5 * 2.0, 0.0 + 0.5 * 1.0])
+    assert torch.allclose(double_q_target(reward, online, target, gamma=0.5), expected)
+    done = torch.tensor([True, False])
+    assert torch.allclose(double_q_target(reward, online, target, 0.5, done),
+                          torch.tensor([1.0, 0.5]))
+
+
+def _set(module: nn.Linear, value: float) -> None:
+    with torch.no_grad():
+        module.weight.fill_(value)
+        module.bias.fill_(value)
+
+
+def test_soft_target_update_moves_by_tau():
+    online = nn.Linear(2, 2)
+    _set(online, 0.0)
+    target = TargetNetwork(online, tau=0.25)
+    _set(online, 4.0)
+    assert target.update(online)
+    assert torch.allclose(target.network.weight, torch.full((2, 2), 1.0))
+    target.update(online)
+    assert torch.allclose(target.network.bias, torch.full((2,), 1.75))  # 1 + 0.25 * 3
+    assert int(target.steps) == 2
+    assert not any(p.requires_grad for p in target.parameters())
+
+
+def test_periodic_target_update_copies_every_n_steps():
+    online = nn.Linear(2, 2)
+    _set(online, 0.0)
+    target = TargetNetwork(online, tau=1.0, every=3)
+    _set(online, 1.0)
+    assert [target.update(online) for _ in range(3)] == [False, False, True]
+    assert torch.equal(target.network.weight, online.weight)
+    _set(online, 2.0)
+    target.update(online)
+    assert torch.allclose(target.network.weight, torch.ones(2, 2))  # not due until step 6
+
+
+def test_target_network_stays_in_eval_mode():
+    model = _sqn(_info(), dim=8, dropout=0.5)
+    model.train()
+    assert model.q_network.training and not model.target.network.training
+    assert not any(m.training for m in model.target.modules())
+
+
+def test_transitions_pair_each_state_with_the_state_after_its_action():
+    """The batched TD loss equals a per-position loop over prefixes of the window."""
+    torch.manual_seed(0)
+    info = _info()
+    model = _sqn(info, dim=8, dropout=0.0, gamma=0.9, tail_bonus=0.5, target_tau=1.0,
+                reward=WEIGHTS, supervised=False, rank_head="q")
+    with torch.no_grad():  # a target network that differs from the online one
+        for p in model.target.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    pad = info.pad_item
+    batch = {"user": torch.tensor([0, 1]),
+             "input": torch.tensor([[pad, pad, 1, 2], [0, 3, 4, 5]]),
+             "target": torch.tensor([[-100, -100, 2, 3], [3, 4, 5, 1]]),
+             "event": torch.tensor([[0, 0, 2, 0], [1, 0, 0, 2]])}
+    td = model.losses(batch)["td"]
+
+    errors = []
+    for row in range(2):
+        seq = torch.cat([batch["input"][row], batch["target"][row, -1:]])[None]  # (1, L + 1)
+        for t in range(4):
+            action = int(batch["target"][row, t])
+            if action < 0:
+                continue
+            with torch.no_grad():
+                next_online = model.q_network.q_values(model.q_network(seq[:, :t + 2])[:, -1])
+                next_target = model.target.network.q_values(model.target(seq[:, :t + 2])[:, -1])
+            q = model.q_network.q_values(model.q_network(seq[:, :t + 1])[:, -1])[0, action]
+            reward = WEIGHTS[("view", "cart", "purchase")[int(batch["event"][row, t])]]
+            reward += 0.5 * bool(info.tail_mask[action])
+            value = next_target[0, next_online[0].argmax()]
+            errors.append((q - (reward + 0.9 * value)) ** 2)
+    assert torch.allclose(td, torch.stack(errors).mean(), atol=1e-5)
+
+
+def test_dqn_needs_q_ranking():
+    with pytest.raises(ValueError, match="needs the supervised head"):
+        _sqn(_info(), supervised=False, rank_head="mix")
+    dqn = _sqn(_info(), supervised=False, rank_head="q")
+    assert dqn.supervised_head is None
+
+
+def _fit(cfg, epochs: int):
+    L.seed_everything(cfg.seed, workers=True)
+    dm = build_datamodule(cfg)
+    dm.setup()
+    model = build_model(cfg, dm)
+    dm.use_view(model.train_view())
+    trainer = L.Trainer(max_epochs=epochs, limit_val_batches=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", devices=1)
+    trainer.fit(model, datamodule=dm)
+    return dm, model, trainer
+
+
+def test_target_network_and_counter_survive_checkpoint_and_resume(make_config, tmp_path):
+    cfg = make_config(["model=sqn", "model.target_tau=1.0", "model.target_every=2",
+                       "model.batch_size=32"])
+    dm, model, trainer = _fit(cfg, epochs=1)
+    steps = int(model.target.steps)
+    assert steps == trainer.global_step > 2
+    path = tmp_path / "sqn.ckpt"
+    trainer.save_checkpoint(path)
+
+    restored = SQN.load_from_checkpoint(path, info=dm.info, weights_only=True)
+    assert int(restored.target.steps) == steps
+    for name, value in model.target.state_dict().items():
+        assert torch.equal(restored.target.state_dict()[name], value), name
+
+    # resuming continues the counter (and the periodic schedule) where it stopped
+    resumed = build_model(cfg, dm)
+    trainer2 = L.Trainer(max_epochs=2, limit_val_batches=0, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu", devices=1)
+    trainer2.fit(resumed, datamodule=dm, ckpt_path=str(path))
+    assert int(resumed.target.steps) == trainer2.global_step == 2 * steps
+
+
+def _tail_share(dm, model, k: int = 10) -> float:
+    model.eval()
+    batch = dm.eval_batch("test", dm.eval_users["test"])
+    with torch.no_grad():
+        top = torch.topk(model.ranking_scores(batch), k).indices
+    return dm.info.tail_mask[top].float().mean().item()
+
+
+@pytest.mark.parametrize("model_name", ["sqn", "dqn"])
+def test_tail_bonus_raises_tail_exposure(make_config, model_name):
+    shares = []
+    for bonus in (0.0, 2.0):
+        cfg = make_config([f"model={model_name}", f"model.tail_bonus={bonus}",
+                           "model.batch_size=64", "model.dim=16"])
+        dm, model, _ = _fit(cfg, epochs=4)
+        shares.append(_tail_share(dm, model))
+    assert shares[1] > shares[0] + 0.1, shares
