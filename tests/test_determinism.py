@@ -1,0 +1,35 @@
+"""The same config and seed give the same metrics.json and rankings on CPU (timing aside)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from conftest import model_names
+
+from recozoo.train import train
+
+TIMING = {"train_seconds", "epoch_seconds", "eval_seconds"}
+
+
+def _results(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k not in TIMING}
+
+
+@pytest.mark.parametrize("model", ["bpr"] + [pytest.param(name, marks=pytest.mark.slow)
+                                             for name in model_names() if name != "bpr"])
+def test_same_config_and_seed_give_identical_results(model, make_config):
+    overrides = [f"model={model}", "trainer.max_epochs=2"]
+    first_cfg, second_cfg = make_config(overrides), make_config(overrides)
+    first, second = train(first_cfg), train(second_cfg)
+    assert first["status"] == "ok"
+    assert _results(first) == _results(second)  # exact, not approximate
+    for name in ("rankings_test.parquet", "per_user_test.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(f"{first_cfg.paths.output_dir}/{name}"),
+                                      pd.read_parquet(f"{second_cfg.paths.output_dir}/{name}"),
+                                      check_exact=True)
+
+
+def test_another_seed_gives_other_results(make_config):
+    first = train(make_config(["model=bpr", "seed=1"]))
+    second = train(make_config(["model=bpr", "seed=2"]))
+    assert first["test/ndcg@20"] != second["test/ndcg@20"] or first["val/ndcg@20"] != second["val/ndcg@20"]
