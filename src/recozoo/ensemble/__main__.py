@@ -1,5 +1,5 @@
-"""``python -m recozoo.ensemble <sweep folder>``: fuse the sweep's runs, then refresh its
-leaderboard (see `recozoo.ensemble` for the folder it writes)."""
+"""``python -m recozoo.ensemble <sweep folder> [more folders]``: fuse the runs, then refresh
+the leaderboard of the (first) folder (see `recozoo.ensemble` for the folder it writes)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m recozoo.ensemble",
         description="Fuse the saved top-N scores of a sweep's runs into a fusion run folder.")
-    parser.add_argument("sweep", type=Path, help="sweep folder (or any folder of runs)")
+    parser.add_argument("folders", nargs="+", type=Path,
+                        help="sweep folder (or several folders of runs, fused together)")
     parser.add_argument("--method", choices=METHODS, default="weighted")
     parser.add_argument("--normalization", choices=NORMALISATIONS, default="minmax")
     parser.add_argument("--objective", choices=OBJECTIVES, default="ndcg",
@@ -33,19 +34,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = FusionSpec(method=args.method, normalization=args.normalization,
                           objective=args.objective, tail_weight=args.tail_weight, k=args.k)
-        folders = fuse_sweep(args.sweep, spec, args.out)
+        fused = fuse_sweep(args.folders, spec, args.out)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    for folder in folders:
+    for folder in fused:
         metrics = json.loads((folder / "metrics.json").read_text())
         print(f"{folder}: test/ndcg@10 {metrics.get('test/ndcg@10', float('nan')):.4f}, "
               f"test/tail_recall@10 {metrics.get('test/tail_recall@10', float('nan')):.4f}")
     if not args.no_report:
         from recozoo.report import report
 
-        report([args.sweep])
-        print(f"leaderboard refreshed: {args.sweep}/leaderboard.md")
+        report([*args.folders, *(f for f in fused if not f.is_relative_to(args.folders[0]))])
+        print(f"leaderboard refreshed: {args.folders[0]}/leaderboard.md")
     return 0
 
 

@@ -161,11 +161,12 @@ def candidates(frames: list[pd.DataFrame], spec: FusionSpec) -> Candidates:
     users, row_user = np.unique(users_of_rows, return_inverse=True)
     position = pd.Series(row_user).groupby(row_user).cumcount().to_numpy()
     width = int(position.max()) + 1
+    rows, cols = torch.tensor(row_user), torch.tensor(position)
     items = torch.full((len(users), width), -1, dtype=torch.long)
-    items[row_user, position] = torch.as_tensor(
-        np.array(wide.index.get_level_values("item"), dtype=np.int64))
-    padded = torch.zeros(len(users), width, len(frames))
-    padded[row_user, position] = torch.as_tensor(values)
+    items[rows, cols] = torch.tensor(np.asarray(wide.index.get_level_values("item"),
+                                                dtype=np.int64))
+    padded = torch.zeros(len(users), width, len(frames))  # (U, C, M)
+    padded[rows, cols] = torch.tensor(values)
     return Candidates(users, items, padded)
 
 
@@ -238,9 +239,9 @@ class Members:
         return sorted(int(match.group(1)) for match in found if match)
 
 
-def member_sets(folder: Path | str) -> list[Members]:
-    """The finished runs under ``folder`` that can be fused, one set per protocol and seed."""
-    runs = [r for r in find_runs([folder]) if r.ok and not r.is_fusion
+def member_sets(folders: list[Path | str]) -> list[Members]:
+    """The finished runs under ``folders`` that can be fused, one set per protocol and seed."""
+    runs = [r for r in find_runs(folders) if r.ok and not r.is_fusion
             and (r.path / "rankings_val.parquet").exists()
             and (r.path / "rankings_test.parquet").exists()]
     groups, _ = group_runs(runs)
@@ -373,19 +374,21 @@ def _evaluate(lists: torch.Tensor, users: np.ndarray, targets: pd.DataFrame, mem
     return values, frame
 
 
-def fuse_sweep(folder: Path | str, spec: FusionSpec | None = None,
+def fuse_sweep(folders: list[Path | str] | Path | str, spec: FusionSpec | None = None,
                out_dir: Path | str | None = None) -> list[Path]:
-    """Fuse every protocol/seed set of runs under ``folder``; returns the fusion folders.
+    """Fuse every protocol/seed set of runs under ``folders`` (a sweep folder, or several);
+    returns the fusion folders.
 
-    One set: ``<folder>/<spec.name>``; several (a sweep over data or seeds):
-    ``<folder>/<spec.name>/<data>_<split>_s<seed>``.
+    One set: ``<out_dir>``, by default ``<first folder>/<spec.name>``; several (a sweep over
+    data or seeds): ``<out_dir>/<data>_<split>_s<seed>``.
     """
+    folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
     spec = spec or FusionSpec()
-    sets = [s for s in member_sets(folder) if len(s.runs) >= 2]
+    sets = [s for s in member_sets(folders) if len(s.runs) >= 2]
     if not sets:
-        raise ValueError(f"{folder}: no two finished runs with rankings_val/test.parquet under "
-                         "one protocol, nothing to fuse")
-    base = Path(out_dir) if out_dir else Path(folder) / spec.name
+        raise ValueError(f"{', '.join(map(str, folders))}: no two finished runs with "
+                         "rankings_val/test.parquet under one protocol, nothing to fuse")
+    base = Path(out_dir) if out_dir else Path(folders[0]) / spec.name
     written = []
     for members in sets:
         out = base if len(sets) == 1 else base / members.group.slug

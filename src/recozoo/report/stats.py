@@ -43,7 +43,10 @@ def paired_test(reference: pd.Series, other: pd.Series) -> PairedTest:
     if not np.any(diff):  # identical lists: no evidence of a difference
         return PairedTest(len(diff), 0.0, 1.0, 1.0)
     p_wilcoxon = float(stats.wilcoxon(diff, zero_method="wilcox").pvalue)
-    p_ttest = float(stats.ttest_1samp(diff, 0.0).pvalue) if np.std(diff) > 0 else 0.0
+    if np.allclose(diff, diff[0]):  # a constant shift: t is infinite
+        p_ttest = 0.0
+    else:
+        p_ttest = float(stats.ttest_1samp(diff, 0.0).pvalue)
     return PairedTest(len(diff), float(diff.mean()), p_wilcoxon, p_ttest)
 
 

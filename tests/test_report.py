@@ -1,0 +1,159 @@
+"""The leaderboard on hand-made run folders with known answers (no training)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recozoo.report import build_leaderboard, find_runs, group_runs
+from recozoo.report.__main__ import main as report_main
+from recozoo.report.stats import bootstrap_ci, holm, paired_test
+
+N_USERS = 60
+
+
+def write_run(folder: Path, model: str, ndcg: np.ndarray | float, seed: int = 1,
+              data: str = "shop", gini: float = 0.5, overrides: list[str] | None = None,
+              **facts) -> Path:
+    """A finished run: metrics.json (means of the per-user values) and per_user_test.parquet."""
+    values = np.full(N_USERS, ndcg, dtype=float) if np.isscalar(ndcg) else np.asarray(ndcg)
+    folder.mkdir(parents=True)
+    metrics = {"status": "ok", "model": model, "data": data, "split": "loo", "seed": seed,
+               "n_users": N_USERS, "n_items": 50, "head_share": 0.2, "n_params": 10,
+               "train_seconds": 1.5, "epochs": 3, "test/ndcg@10": float(values.mean()),
+               "test/recall@10": float(values.mean()), "test/gini@10": gini,
+               "test/aplt@10": 0.3, "test/tail_recall@10": 0.1, **facts}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    pd.DataFrame({"user": np.arange(N_USERS), "ndcg@10": values, "recall@10": values}
+                 ).to_parquet(folder / "per_user_test.parquet")
+    if overrides is not None:
+        (folder / ".hydra").mkdir()
+        (folder / ".hydra" / "overrides.yaml").write_text("\n".join(f"- {o}" for o in overrides))
+    return folder
+
+
+def write_failed(folder: Path, model: str, error: str) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps(
+        {"status": "failed", "error": error, "model": model, "data": "shop", "split": "loo",
+         "seed": 1}))
+    return folder
+
+
+def noisy(mean: float, seed: int) -> np.ndarray:
+    return np.clip(np.random.default_rng(seed).normal(mean, 0.05, N_USERS), 0, 1)
+
+
+def test_holm_matches_hand_computed_values():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, float("nan")])[0] == 0.5
+
+
+def test_paired_test_finds_a_shift_and_not_an_identity():
+    base = pd.Series(noisy(0.3, 0))
+    shifted = paired_test(base, base + 0.02)
+    assert shifted.p_wilcoxon < 1e-6 and shifted.p_ttest < 1e-6
+    assert shifted.mean_difference == pytest.approx(0.02)
+    same = paired_test(base, base.copy())
+    assert same.p_wilcoxon == 1.0 and same.mean_difference == 0.0
+
+
+def test_bootstrap_interval_covers_the_mean():
+    values = pd.Series(noisy(0.4, 1))
+    low, high = bootstrap_ci(values)
+    assert low < values.mean() < high and high - low < 0.05
+
+
+def test_rows_are_ranked_and_each_metric_in_its_own_direction(tmp_path):
+    write_run(tmp_path / "0", "pop", noisy(0.10, 2), gini=0.9)
+    write_run(tmp_path / "1", "ease", noisy(0.30, 3), gini=0.6)
+    write_run(tmp_path / "2", "bpr", noisy(0.20, 4), gini=0.2)
+    board = build_leaderboard([tmp_path], bootstrap_resamples=200)
+    (table,) = board.tables
+    assert list(table.frame["model"]) == ["ease", "bpr", "pop"]
+    assert table.best["test/ndcg@10"] == "ease"
+    assert table.best["test/gini@10"] == "bpr"  # lower is better
+    # far below the best: significant after Holm, with both tests
+    assert ("test/ndcg@10", "pop") in table.significant
+    assert table.frame.set_index("model").loc["pop", "p_wilcoxon"] < 0.05
+
+
+def test_markdown_marks_best_and_significant(tmp_path):
+    write_run(tmp_path / "0", "ease", noisy(0.30, 3))
+    write_run(tmp_path / "1", "pop", noisy(0.10, 2))
+    report_main([str(tmp_path), "--no-plots"])
+    text = (tmp_path / "leaderboard.md").read_text()
+    ease = next(line for line in text.splitlines() if "| ease |" in line)
+    pop = next(line for line in text.splitlines() if "| pop |" in line)
+    assert "**" in ease and "*" in pop.replace("**", "")
+
+
+def test_runs_on_different_data_are_not_ranked_together(tmp_path):
+    write_run(tmp_path / "0", "ease", 0.3, data="shop")
+    write_run(tmp_path / "1", "ease", 0.2, data="ml-100k")
+    board = build_leaderboard([tmp_path], bootstrap_resamples=50)
+    assert len(board.tables) == 2
+    assert any("differ in data" in note for note in board.notes)
+
+
+def test_models_with_different_seeds_get_separate_tables(tmp_path):
+    write_run(tmp_path / "0", "ease", 0.3, seed=1)
+    write_run(tmp_path / "1", "ease", 0.2, seed=2)
+    write_run(tmp_path / "2", "pop", 0.1, seed=1)
+    board = build_leaderboard([tmp_path], bootstrap_resamples=50)
+    assert len(board.tables) == 2
+    assert any("different seeds" in note for note in board.notes)
+
+
+def test_several_seeds_give_mean_and_std(tmp_path):
+    write_run(tmp_path / "0", "ease", 0.2, seed=1)
+    write_run(tmp_path / "1", "ease", 0.4, seed=2)
+    write_run(tmp_path / "2", "pop", 0.1, seed=1)
+    write_run(tmp_path / "3", "pop", 0.1, seed=2)
+    board = build_leaderboard([tmp_path], bootstrap_resamples=50)
+    (table,) = board.tables
+    row = table.frame.set_index("model").loc["ease"]
+    assert row["runs"] == 2
+    assert row["test/ndcg@10"] == pytest.approx(0.3)
+    assert row["test/ndcg@10 std"] == pytest.approx(np.std([0.2, 0.4], ddof=1))
+    report_main([str(tmp_path), "--no-plots"])
+    assert "0.3000 ± 0.1414" in (tmp_path / "leaderboard.md").read_text()
+
+
+def test_failed_run_is_a_row_with_its_error(tmp_path):
+    write_run(tmp_path / "0", "ease", 0.3)
+    write_failed(tmp_path / "1", "bpr", "ValueError: bad lr")
+    board = build_leaderboard([tmp_path], bootstrap_resamples=50)
+    frame = board.tables[0].frame.set_index("model")
+    assert frame.loc["bpr", "status"] == "failed"
+    assert frame.loc["bpr", "error"] == "ValueError: bad lr"
+    assert frame.loc["ease", "rank"] == 1
+
+
+def test_variants_of_one_model_are_labelled_by_their_overrides(tmp_path):
+    write_run(tmp_path / "0", "ease", 0.3, overrides=["model=ease", "model.reg_weight=10", "seed=1"])
+    write_run(tmp_path / "1", "ease", 0.2, overrides=["model=ease", "model.reg_weight=500",
+                                                      "seed=1"])
+    labels = sorted(r.label for r in find_runs([tmp_path]))
+    assert labels == ["ease (model.reg_weight=10)", "ease (model.reg_weight=500)"]
+    groups, _ = group_runs(find_runs([tmp_path]))
+    assert len(groups[0].variants) == 2
+
+
+def test_cli_writes_every_file_and_refuses_empty_folders(tmp_path, capsys):
+    write_run(tmp_path / "0", "ease", noisy(0.3, 1))
+    write_run(tmp_path / "1", "pop", noisy(0.1, 2))
+    assert report_main([str(tmp_path)]) == 0
+    for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.html", "significance.csv",
+                 "ndcg_by_model.png", "accuracy_vs_tail.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    html = (tmp_path / "leaderboard.html").read_text()
+    assert "<script>" in html and "data-higher" in html and "http" not in html.lower()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert report_main([str(empty)]) == 2
+    assert "holds no metrics.json" in capsys.readouterr().err
