@@ -14,7 +14,7 @@ from types import FrameType
 
 from omegaconf import MISSING
 
-from recozoo.serve.loading import RunLoadError, check_run
+from recozoo.serve.run_files import RunLoadError, check_run
 from recozoo.serve.settings import parse_settings
 
 

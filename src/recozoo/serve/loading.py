@@ -26,18 +26,20 @@ import numpy as np
 import pandas as pd
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from recozoo.data.datamodule import DatasetInfo, EvalBatch
 from recozoo.models.base import Recommender
-
-CONFIG_FILE = "config.yaml"
-FUSION_FILE = "fusion.json"
-CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth", ".safetensors")
-
-
-class RunLoadError(ValueError):
-    """A run folder, checkpoint or fusion folder that cannot be served (the message says why)."""
+from recozoo.serve.run_files import (
+    CONFIG_FILE,
+    FUSION_FILE,
+    FusionRule,
+    RunLoadError,
+    fusion_members,
+    read_config,
+    resolve_checkpoint,
+    run_dirs,
+)
 
 
 # ---------------------------------------------------------------------------------- catalogue
@@ -174,22 +176,6 @@ class ModelScorer:
         return self.model.score(batch).float()  # (B, n_items)
 
 
-@dataclass
-class FusionRule:
-    """How `recozoo.ensemble` fused its members (fusion.json's "spec"). Each member takes part
-    with its top-N, N being the list length its run saved (the model's ``top_n``).
-
-    Args:
-        method: ``weighted`` (normalised scores summed with weights) or ``rrf``.
-        normalization: ``minmax`` or ``zscore`` over each member's top-N of a user.
-        rrf_k: the constant of reciprocal rank fusion.
-    """
-
-    method: str = "weighted"
-    normalization: str = "minmax"
-    rrf_k: int = 60
-
-
 class FusedScorer:
     """Scores of several runs' models fused exactly as `recozoo.ensemble.fusion` fuses their
     saved top-N lists, so a served fusion ranks as the evaluated one did.
@@ -268,27 +254,6 @@ class LoadedRun:
     scorer: ModelScorer | FusedScorer
 
 
-def resolve_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint a run folder is served with: ``metrics.json``'s ``best_checkpoint``, else
-    ``checkpoints/best.ckpt``, else ``checkpoints/last.ckpt``."""
-    run_dir = Path(run_dir)
-    candidates = []
-    metrics_file = run_dir / "metrics.json"
-    if metrics_file.exists():
-        try:
-            best = json.loads(metrics_file.read_text()).get("best_checkpoint")
-        except json.JSONDecodeError:
-            best = None
-        if best:
-            candidates.append(Path(best) if Path(best).is_absolute() else run_dir / best)
-    candidates += [run_dir / "checkpoints" / "best.ckpt", run_dir / "checkpoints" / "last.ckpt"]
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise RunLoadError(f"{run_dir}: no checkpoint found (looked for "
-                       f"{', '.join(str(p) for p in candidates)})")
-
-
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A checkpoint's model weights, read without unpickling arbitrary objects."""
     path = Path(path)
@@ -318,7 +283,7 @@ def load_model(run_dir: Path, checkpoint: Path | None = None,
         device: where the model runs.
     """
     run_dir = Path(run_dir)
-    cfg = _read_config(run_dir)
+    cfg = read_config(run_dir)
     eval_cfg = cfg.get("eval") or {}
     catalog = Catalog.from_run_dir(run_dir, head_share=float(eval_cfg.get("head_share", 0.2)))
     info = catalog.dataset_info(name=str(cfg.get("data", {}).get("name", run_dir.name)))
@@ -337,86 +302,27 @@ def load_model(run_dir: Path, checkpoint: Path | None = None,
                        history_len=int(eval_cfg.get("history_len", 50))), catalog
 
 
-def check_run(path: str | Path) -> None:
-    """Fail early, with `RunLoadError`, when ``path`` cannot be served: the files a load needs
-    are checked without loading any weights (a server validates its ``run=`` with it before it
-    starts workers)."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise RunLoadError(f"run={path} does not exist")
-    if path.is_file():
-        if path.suffix not in CHECKPOINT_SUFFIXES:
-            raise RunLoadError(f"run={path}: expected a run folder, a fusion folder or a "
-                               f"checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})")
-        run_dirs = [path.parent.parent if path.parent.name == "checkpoints" else path.parent]
-    elif (path / FUSION_FILE).exists():
-        run_dirs = [run_dir for run_dir, _ in _fusion_members(path)[0]]
-    else:
-        run_dirs = [path]
-        resolve_checkpoint(path)
-    for run_dir in run_dirs:
-        _read_config(run_dir)
-        for name in ("items.parquet", "users.parquet", "history.parquet"):
-            if not (run_dir / name).is_file():
-                raise RunLoadError(f"{run_dir / name} not found: is {run_dir} a finished "
-                                   "recozoo run?")
+def load_catalog(path: str | Path) -> Catalog:
+    """The catalogue of ``run=path`` alone (no model is built): ids, titles, histories."""
+    return Catalog.from_run_dir(run_dirs(Path(path).expanduser())[0])
 
 
 def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     """Load ``path`` (a run folder, a checkpoint in one, or a fusion folder) for inference."""
     path = Path(path).expanduser()
-    if not path.exists():
-        raise RunLoadError(f"run={path} does not exist")
+    folders = run_dirs(path)
     if path.is_file():
-        if path.suffix not in CHECKPOINT_SUFFIXES:
-            raise RunLoadError(f"run={path}: expected a run folder, a fusion folder or a "
-                               f"checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})")
-        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        scorer, catalog = load_model(run_dir, path, device)
-        return LoadedRun(run_dir, catalog, scorer)
+        scorer, catalog = load_model(folders[0], path, device)
+        return LoadedRun(folders[0], catalog, scorer)
     if (path / FUSION_FILE).exists():
         return _load_fusion(path, device)
     scorer, catalog = load_model(path, None, device)
     return LoadedRun(path, catalog, scorer)
 
 
-def _fusion_members(folder: Path) -> tuple[list[tuple[Path, float]], FusionRule]:
-    """(member run folder, weight) pairs and the fusion rule of a fusion folder's fusion.json
-    (member paths are relative to the folder holding the fusion folder, as the ensemble
-    writes them)."""
-    spec_file = folder / FUSION_FILE
-    try:
-        description = json.loads(spec_file.read_text())
-    except json.JSONDecodeError as error:
-        raise RunLoadError(f"{spec_file} is not valid JSON ({error})") from None
-    members = description.get("members") if isinstance(description, dict) else None
-    if not isinstance(members, list) or not members:
-        raise RunLoadError(f"{spec_file}: expected a non-empty 'members' list")
-    out = []
-    for row, member in enumerate(members):
-        if not isinstance(member, dict) or "run" not in member:
-            raise RunLoadError(f"{spec_file}: members[{row}] needs a 'run' folder")
-        weight = member.get("weight", 1.0)
-        if not isinstance(weight, (int, float)) or not math.isfinite(weight):
-            raise RunLoadError(f"{spec_file}: members[{row}] weight must be a number, got "
-                               f"{weight!r}")
-        run_dir = Path(member["run"])
-        if not run_dir.is_absolute():
-            run_dir = folder.resolve().parent / run_dir
-        out.append((run_dir, float(weight)))
-    spec = description.get("spec") or {}
-    rule = FusionRule(method=str(spec.get("method", "weighted")),
-                      normalization=str(spec.get("normalization", "minmax")),
-                      rrf_k=int(spec.get("rrf_k", 60)))
-    if rule.method not in ("weighted", "rrf") or rule.normalization not in ("minmax", "zscore"):
-        raise RunLoadError(f"{spec_file}: unknown fusion method {rule.method!r} or "
-                           f"normalization {rule.normalization!r}")
-    return out, rule
-
-
 def _load_fusion(folder: Path, device: str | torch.device) -> LoadedRun:
     """Every member run of fusion.json, fused with its weights; members share one catalogue."""
-    members, rule = _fusion_members(folder)
+    members, rule = fusion_members(folder)
     scorers, catalog = [], None
     for row, (run_dir, _) in enumerate(members):
         scorer, member_catalog = load_model(run_dir, None, device)
@@ -430,16 +336,6 @@ def _load_fusion(folder: Path, device: str | torch.device) -> LoadedRun:
     fused = FusedScorer(scorers, [w for _, w in members], rule,
                         catalog.popularity.to(device), name)
     return LoadedRun(folder, catalog, fused)
-
-
-def _read_config(run_dir: Path) -> DictConfig:
-    path = run_dir / CONFIG_FILE
-    if not path.exists():
-        raise RunLoadError(f"{path} not found: is {run_dir} a recozoo run folder?")
-    cfg = OmegaConf.load(path)
-    if "model" not in cfg or "_target_" not in cfg.model:
-        raise RunLoadError(f"{path}: no 'model._target_' (expected a run's resolved config)")
-    return cfg
 
 
 def _model_name(run_dir: Path, cfg: DictConfig) -> str:

@@ -31,7 +31,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from recozoo.serve.engine import Engine, Query, RecommendRequest, RecommendResponse, RequestError
+from recozoo.serve.schema import RecommendRequest, RecommendResponse, RequestError
 
 log = logging.getLogger(__name__)
 
@@ -59,24 +59,28 @@ class RecommendAPI(ls.LitAPI):
         self.run = str(run)
 
     def setup(self, device: str) -> None:
+        # here, in the worker, not at import: the HTTP process never loads torch models
+        from recozoo.serve.engine import Engine
+
         self.engine = Engine.load(self.run, device)
         log.info("serving %s (%s) on %s: %d items, %d users", self.run, self.engine.scorer.name,
                  device, self.engine.catalog.n_items, self.engine.catalog.n_users)
 
-    def decode_request(self, request: RecommendRequest) -> Query | Rejected:
+    def decode_request(self, request: RecommendRequest) -> Any:
         try:
             return self.engine.parse(request)
         except RequestError as error:
             return Rejected(422, error.errors)
 
-    def batch(self, inputs: list[Query | Rejected]) -> list[Query | Rejected]:
+    def batch(self, inputs: list[Any]) -> list[Any]:
         return list(inputs)
 
-    def predict(self, inputs: list[Query | Rejected] | Query | Rejected) -> Any:
+    def predict(self, inputs: Any) -> Any:
+        """Scores the batch's valid queries in one call; rejected ones pass through."""
         batched = isinstance(inputs, list)
         inputs = inputs if batched else [inputs]
-        answers = iter(self.engine.recommend([q for q in inputs if isinstance(q, Query)]))
-        outputs = [next(answers) if isinstance(q, Query) else q for q in inputs]
+        answers = iter(self.engine.recommend([q for q in inputs if not isinstance(q, Rejected)]))
+        outputs = [q if isinstance(q, Rejected) else next(answers) for q in inputs]
         return outputs if batched else outputs[0]
 
     def unbatch(self, outputs: list[Any]) -> list[Any]:
