@@ -49,7 +49,7 @@ class CFGAN(Recommender):
     def __init__(self, info: DatasetInfo, hidden_g: list[int] = (400,),
                  hidden_d: list[int] = (125,), zr_ratio: float = 0.7, pm_ratio: float = 0.7,
                  zr_weight: float = 0.03, d_steps: int = 2, g_steps: int = 4,
-                 lr_g: float = 1e-3, lr_d: float = 1e-3, weight_decay_g: float = 0.0,
+                 lr_g: float = 3e-4, lr_d: float = 3e-4, weight_decay_g: float = 1e-3,
                  weight_decay_d: float = 0.0, batch_size: int = 64, **kwargs):
         super().__init__(info, **kwargs)
         for name, ratio in (("zr_ratio", zr_ratio), ("pm_ratio", pm_ratio)):

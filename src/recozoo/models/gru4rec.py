@@ -49,7 +49,7 @@ class GRU4Rec(SequentialRecommender):
     """
 
     def __init__(self, info: DatasetInfo, hidden_size: int = 100, num_layers: int = 1,
-                 dropout_embed: float = 0.0, dropout_hidden: float = 0.2, max_len: int = 50,
+                 dropout_embed: float = 0.2, dropout_hidden: float = 0.5, max_len: int = 50,
                  batch_size: int = 128, **kwargs):
         super().__init__(info, max_len=max_len, batch_size=batch_size, **kwargs)
         self.encoder = GRUEncoder(info.n_items, hidden_size, num_layers, dropout_embed)
