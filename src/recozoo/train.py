@@ -205,6 +205,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if model.fits_in_one_step:
         overrides["max_epochs"] = 1  # closed-form: a second epoch would refit the same thing
         log.info("%s fits in one step: training for one epoch", type(model).__name__)
+        if "16" in str(cfg.trainer.get("precision", "")):  # counts and inverses need fp32
+            overrides["precision"] = "32-true"
     if "plugins" not in cfg.trainer:
         overrides["plugins"] = [AtomicCheckpointIO()]  # a kill never leaves half a checkpoint
     # EpochSeed and KeepStopped make a resumed run train exactly like an uninterrupted one

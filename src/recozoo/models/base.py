@@ -185,8 +185,12 @@ class Recommender(L.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def ranking_scores(self, batch: EvalBatch) -> torch.Tensor:
-        """Scores with the user's input items set to -inf (what is ranked)."""
-        scores = self.score(batch).float()
+        """Scores with the user's input items set to -inf (what is ranked).
+
+        Scoring runs outside mixed-precision autocast: in bf16 many of a catalogue's scores tie,
+        and the metrics would depend on the training precision."""
+        with torch.autocast(self.device.type, enabled=False):
+            scores = self.score(batch).float()
         if scores.shape != (len(batch), self.n_items):
             raise RuntimeError(f"{type(self).__name__}.score returned {tuple(scores.shape)}, "
                                f"expected ({len(batch)}, {self.n_items})")

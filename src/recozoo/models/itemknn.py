@@ -55,7 +55,8 @@ class ItemKNN(Recommender):
             block = _dense_columns(csr, start, stop)  # (n_users, blk)
             sims = transposed @ block  # (n_items, blk)
             sims = sims / (norms[:, None] * norms[None, start:stop] + self.shrink + 1e-12)
-            sims[torch.arange(start, stop), torch.arange(stop - start)] = 0.0  # no self-similarity
+            self_pairs = torch.arange(start, stop, device=sims.device)
+            sims[self_pairs, self_pairs - start] = 0.0  # no self-similarity
             top = torch.topk(sims, self.k, dim=0)
             self.neighbor_index[:, start:stop] = top.indices
             self.neighbor_weight[:, start:stop] = top.values
@@ -77,6 +78,6 @@ def _dense_columns(csr: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     coo = csr.to_sparse_coo()
     rows, cols = coo.indices()
     keep = (cols >= start) & (cols < stop)
-    out = torch.zeros(csr.shape[0], stop - start)
+    out = torch.zeros(csr.shape[0], stop - start, device=csr.device)
     out[rows[keep], cols[keep] - start] = coo.values()[keep]
     return out
