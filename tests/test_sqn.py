@@ -96,7 +96,7 @@ def test_transitions_pair_each_state_with_the_state_after_its_action():
     """The batched TD loss equals a per-position loop over prefixes of the window."""
     torch.manual_seed(0)
     info = _info()
-    model = _sqn(info, dim=8, dropout=0.0, gamma=0.9, tail_bonus=0.5, target_tau=1.0,
+    model = _sqn(info, dim=8, dropout=0.0, dropout_hidden=0.0, gamma=0.9, tail_bonus=0.5, target_tau=1.0,
                 reward=WEIGHTS, supervised=False, rank_head="q")
     with torch.no_grad():  # a target network that differs from the online one
         for p in model.target.parameters():
@@ -130,7 +130,7 @@ def test_dqn_needs_q_ranking():
     with pytest.raises(ValueError, match="needs the supervised head"):
         _sqn(_info(), supervised=False, rank_head="mix")
     dqn = _sqn(_info(), supervised=False, rank_head="q")
-    assert dqn.supervised_head is None
+    assert dqn.supervised_bias is None
 
 
 def _fit(cfg, epochs: int):

@@ -1,10 +1,11 @@
 """SQN and DQN: Q-learning recommenders trained on logged sessions, with a long-tail reward.
 
 Xin et al., "Self-Supervised Reinforcement Learning for Recommender Systems", SIGIR 2020 (SQN).
-A sequential encoder (GRU by default) maps the recent items to a state ``s_t``. Two heads read
-it:
+A sequential encoder (GRU by default, the zoo's shared `GRUEncoder`) maps the recent items to a
+state ``s_t``. Two heads read it:
 
-* a supervised head, trained with softmax cross-entropy on the next item;
+* a supervised head, trained with softmax cross-entropy on the next item; as in GRU4Rec's
+  reference code its item weights are the input item embeddings (plus an item bias);
 * a Q-head ``Q(s_t, a)`` over all items, trained by double Q-learning on the logged transitions
   ``(s_t, a_t = next item, r_t, s_{t+1})`` with a target network (soft or periodic updates):
   ``Q(s_t, a_t) <- r_t + gamma * Q_target(s_{t+1}, argmax_a Q(s_{t+1}, a))``.
@@ -12,13 +13,17 @@ it:
 Both losses flow into the shared encoder, so the Q-learning signal shapes the states the
 supervised head ranks from. The reward of a logged action is its event weight
 (purchase > cart > view; data without event types count every event as a view) plus a bonus
-``tail_bonus`` (lambda) when the item is in the long tail, which steers the policy towards tail
-items.
+``tail_bonus`` (lambda) when the item is in the long tail.
 
-Optionally (``n_negatives > 0``) each state also learns from sampled items the user did not
-take: reward 0 and an unchanged state, as in the negative-sampling SNQN of Xin et al.,
-"Supervised Advantage Actor-Critic for Recommender Systems", WSDM 2022. Without them the Q-head
-only ever sees logged actions, which leaves the values of all other items untrained.
+Each state also learns from ``n_negatives`` sampled items the user did not take: reward 0 and
+an unchanged state, as in the negative-sampling SNQN of Xin et al., "Supervised Advantage
+Actor-Critic for Recommender Systems", WSDM 2022. Without them the Q-head only ever sees logged
+actions (all with positive rewards), so the values of every other item stay untrained and
+adding Q to a ranking favours whichever items happen to be logged. With them, ``Q(s, a) -
+gamma * V(s)`` grows with the reward of ``a`` times how likely ``a`` is next: a reward-weighted
+relevance. Ranking by ``mix`` (``log_softmax(supervised) + mix_weight * Q``) therefore keeps the
+supervised ranking and moves tail items that fit the session up as lambda grows; the paper's
+own choice, ranking by the supervised head alone, is ``rank_head=supervised``.
 
 ``supervised=False`` with ``rank_head=q`` is pure (double) DQN on logged data: the ``dqn``
 config. All positions of a training window are trained in one pass: the encoder runs once over
@@ -51,7 +56,8 @@ class SQN(Recommender):
         dim: item embedding and state size.
         encoder: ``gru`` (GRU4Rec's encoder) or ``transformer`` (SASRec's causal encoder).
         num_layers: encoder layers.
-        dropout: encoder dropout.
+        dropout: encoder dropout (on the input embeddings, and between layers).
+        dropout_hidden: dropout on the states before the heads.
         max_len: most recent items the encoder reads (training windows and evaluation alike).
         batch_size: training windows per batch.
         supervised: keep the supervised next-item head (SQN) or not (DQN).
@@ -75,11 +81,12 @@ class SQN(Recommender):
     scores_new_users = True  # scores read only the history
 
     def __init__(self, info: DatasetInfo, dim: int = 64, encoder: str = "gru",
-                 num_layers: int = 1, dropout: float = 0.1, max_len: int = 50,
+                 num_layers: int = 1, dropout: float = 0.0, dropout_hidden: float = 0.2,
+                 max_len: int = 50,
                  batch_size: int = 256, supervised: bool = True, rank_head: RankHead = "mix",
                  mix_weight: float = 1.0, reward: Mapping[str, float] | None = None,
                  tail_bonus: float = 0.0, gamma: float = 0.5, q_weight: float = 1.0,
-                 n_negatives: int = 0, target_tau: float = 0.01, target_every: int = 1,
+                 n_negatives: int = 10, target_tau: float = 0.01, target_every: int = 1,
                  grad_clip: float | None = None, **kwargs):
         super().__init__(info, **kwargs)
         self.automatic_optimization = False
@@ -97,7 +104,10 @@ class SQN(Recommender):
         self.n_negatives, self.grad_clip = int(n_negatives), grad_clip
         self.q_network = QNetwork(_sequence_encoder(encoder, info.n_items, dim, num_layers,
                                                     dropout, max_len), dim, info.n_items)
-        self.supervised_head = nn.Linear(dim, info.n_items) if supervised else None
+        self.hidden_dropout = nn.Dropout(dropout_hidden)
+        # the supervised head is tied to the input item embeddings plus an item bias (GRU4Rec's
+        # "constrained embedding"); the Q-head has its own weights (values are not logits)
+        self.supervised_bias = nn.Parameter(torch.zeros(info.n_items)) if supervised else None
         self.target = TargetNetwork(self.q_network, tau=target_tau, every=target_every)
         self.reward = EventReward(dict(reward or DEFAULT_REWARD), info.tail_mask, tail_bonus)
 
@@ -112,7 +122,7 @@ class SQN(Recommender):
         valid = target >= 0  # (B, L)
         last = torch.where(valid[:, -1:], target[:, -1:], self.info.pad_item)  # (B, 1)
         seq = torch.cat([batch["input"], last], dim=1)  # (B, L + 1)
-        states = self.q_network(seq)  # (B, L + 1, dim)
+        states = self.hidden_dropout(self.q_network(seq))  # (B, L + 1, dim)
         state, next_state = states[:, :-1][valid], states[:, 1:][valid]  # (N, dim)
         action, event = target[valid], batch["event"][valid]  # (N,)
 
@@ -134,8 +144,8 @@ class SQN(Recommender):
                                        self.gamma)  # (N,)
             td = td + (q.gather(1, negative) - stay[:, None]).pow(2).mean()
         out = {"td": td, "loss": self.q_weight * td}
-        if self.supervised_head is not None:
-            out["ce"] = self.cross_entropy_loss(self.supervised_head(state), action)
+        if self.supervised_bias is not None:
+            out["ce"] = self.cross_entropy_loss(self.supervised_logits(state), action)
             out["loss"] = out["loss"] + out["ce"]
         return out
 
@@ -165,10 +175,14 @@ class SQN(Recommender):
         state = self.q_network(batch.history)[:, -1]  # (B, dim)
         if self.rank_head == "q":
             return self.q_network.q_values(state)  # (B, n_items)
-        logits = self.supervised_head(state)  # (B, n_items)
+        logits = self.supervised_logits(state)  # (B, n_items)
         if self.rank_head == "supervised":
             return logits
         return logits.log_softmax(-1) + self.mix_weight * self.q_network.q_values(state)
+
+    def supervised_logits(self, states: torch.Tensor) -> torch.Tensor:
+        """(..., n_items) next-item logits of the supervised head from (..., dim) states."""
+        return states @ self.q_network.encoder.embedding.items.T + self.supervised_bias
 
     @property
     def n_params(self) -> int:
