@@ -121,4 +121,4 @@ class PopularityNegatives(Debias):
         return (self.tau * prior.log()).float()
 
 
-__all__ = ["Debias", "IPS", "PopularityNegatives"]
+__all__ = ["IPS", "Debias", "PopularityNegatives"]

@@ -7,7 +7,14 @@ from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 
 from recozoo.metrics.buckets import bucket_metrics
 from recozoo.metrics.ranking import (
-    ACCURACY_METRICS, APLT, ARP, Gini, ItemCoverage, Novelty, RankedBatch, TailRecall,
+    ACCURACY_METRICS,
+    APLT,
+    ARP,
+    Gini,
+    ItemCoverage,
+    Novelty,
+    RankedBatch,
+    TailRecall,
 )
 
 #: names of metrics whose lower values are better (all others: higher is better).

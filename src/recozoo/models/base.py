@@ -25,9 +25,9 @@ from recozoo.data.datamodule import DatasetInfo, EvalBatch, TrainView
 from recozoo.data.popularity import popularity_buckets
 from recozoo.debias import Debias
 from recozoo.metrics.ranking import PER_USER_METRICS, RankedBatch
+from recozoo.metrics.suite import ranking_suite, rating_suite
 from recozoo.models.components.sequence import ItemEmbedding
 from recozoo.rerank import ItemFacts, Reranker
-from recozoo.metrics.suite import ranking_suite, rating_suite
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 

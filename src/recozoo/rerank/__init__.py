@@ -11,4 +11,4 @@ from recozoo.rerank.calibrated import Calibrated
 from recozoo.rerank.mmr import MMR
 from recozoo.rerank.xquad import XQuAD
 
-__all__ = ["ItemFacts", "Reranker", "XQuAD", "Calibrated", "MMR"]
+__all__ = ["MMR", "Calibrated", "ItemFacts", "Reranker", "XQuAD"]

@@ -37,7 +37,7 @@ class ItemFacts:
     @classmethod
     def from_popularity(cls, item_popularity: torch.Tensor, head_share: float = 0.2,
                         category: torch.Tensor | None = None,
-                        embeddings: torch.Tensor | None = None) -> "ItemFacts":
+                        embeddings: torch.Tensor | None = None) -> ItemFacts:
         """Facts from training counts: the head is the top ``head_share`` of items, as in
         `recozoo.data.popularity.tail_mask` (e.g. from a run's ``items.parquet``)."""
         bucket = torch.as_tensor(popularity_buckets(item_popularity.cpu().numpy(), head_share))
@@ -48,7 +48,7 @@ class ItemFacts:
     def n_items(self) -> int:
         return len(self.tail_mask)
 
-    def to(self, device: torch.device | str) -> "ItemFacts":
+    def to(self, device: torch.device | str) -> ItemFacts:
         return replace(self, **{name: value.to(device) for name, value in vars(self).items()
                                 if isinstance(value, torch.Tensor)})
 
@@ -173,4 +173,4 @@ def group_onehot(items: torch.Tensor, item_group: torch.Tensor, n_groups: int) -
     return torch.nn.functional.one_hot(item_group[items], n_groups).float()
 
 
-__all__ = ["BUCKETS", "ItemFacts", "Reranker", "history_group_share", "group_onehot"]
+__all__ = ["BUCKETS", "ItemFacts", "Reranker", "group_onehot", "history_group_share"]
