@@ -85,6 +85,9 @@ class ShopSource:
         cache_dir: where to cache the generated logs; None disables caching.
         text_template: item text template over ``title``, ``category``, ``brand``, ``price``,
             ``price_word`` (`recozoo.data.text.render_item_text`).
+        vectorised: walk all sessions at once in NumPy arrays (`_walk_sessions`): the same
+            process, drawn in another order, so the logs differ from the default's; 10^6 events
+            take seconds instead of minutes. For large synthetic shops (``recozoo.bench.scale``).
     """
 
     n_users: int = 3000
@@ -102,6 +105,7 @@ class ShopSource:
     cache_dir: str | None = None
     name: str = "shop"
     text_template: str = SHOP_TEXT_TEMPLATE
+    vectorised: bool = False
 
     def __post_init__(self) -> None:
         if self.n_users < 1 or self.n_items < 10:
@@ -171,7 +175,12 @@ class ShopSource:
         next_sub = np.array([rng.choice(np.flatnonzero(sub_top == sub_top[s])) if rng.random() < 0.6
                              else rng.integers(n_sub) for s in range(n_sub)])
         companion = np.empty(self.n_items, dtype=np.int64)
-        for i in range(self.n_items):
+        if self.vectorised:  # one draw per sub-category instead of one per item
+            for s in range(n_sub):
+                idx, pool = np.flatnonzero(item_sub == s), members[next_sub[s]]
+                p = item_weight[pool] ** 0.5
+                companion[idx] = pool[rng.choice(len(pool), len(idx), p=p / p.sum())]
+        for i in range(0 if self.vectorised else self.n_items):
             pool = members[next_sub[item_sub[i]]]
             p = item_weight[pool] ** 0.5
             companion[i] = pool[rng.choice(len(pool), p=p / p.sum())]
@@ -191,7 +200,11 @@ class ShopSource:
             w = item_weight[pool] * np.exp(-0.7 * np.abs(price_level[pool] - user_level))
             return int(pool[np.searchsorted(np.cumsum(w), rng.random() * w.sum())])
 
-        for u in range(self.n_users):
+        if self.vectorised:
+            rows_user, rows_item, rows_time, rows_event = _walk_sessions(
+                self, rng, n_sessions, taste, user_price, np.asarray(p_sub_given_top), members,
+                item_weight, price_level, item_sub, companion)
+        for u in range(0 if self.vectorised else self.n_users):
             starts = np.sort(rng.random(n_sessions[u]) * horizon)
             for start in starts:
                 length = 1 + rng.geometric(1.0 / max(self.session_length - 1, 1.0))
@@ -223,8 +236,8 @@ class ShopSource:
                             rows_event.append(EVENT_CODES["purchase"])
 
         events = pd.DataFrame({
-            "user_id": [f"u{u}" for u in rows_user],
-            "item_id": [f"i{i}" for i in rows_item],
+            "user_id": "u" + pd.Series(rows_user, dtype=str),
+            "item_id": "i" + pd.Series(rows_item, dtype=str),
             "timestamp": np.round(rows_time, 1),
             "event": np.asarray(rows_event, dtype=np.int8),
         })
@@ -253,3 +266,94 @@ def _read_cached(folder: Path, name: str, text_template: str = SHOP_TEXT_TEMPLAT
                  ) -> Interactions:
     return _to_interactions(pd.read_parquet(folder / "events.parquet"),
                             pd.read_parquet(folder / "items.parquet"), name, text_template)
+
+
+def _walk_sessions(shop: ShopSource, rng: np.random.Generator, n_sessions: np.ndarray,
+                   taste: np.ndarray, user_price: np.ndarray, p_sub_given_top: np.ndarray,
+                   members: list[np.ndarray], item_weight: np.ndarray, price_level: np.ndarray,
+                   item_sub: np.ndarray, companion: np.ndarray,
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The session walk of `ShopSource.generate`, one NumPy step for all sessions at once.
+
+    Returns (user, item, time, event) arrays, user by user, each user's events in time order.
+    """
+    n_sub = p_sub_given_top.shape[1]
+    # weighted item draws within a sub-category for a user's price level: one cumulative
+    # table per (sub-category, level), stacked; group g's values lie in (g, g + 1]
+    pools, cumulative, group_start = [], [], [0]
+    for sub in range(n_sub):
+        pool = members[sub]
+        for level in range(1, 6):
+            w = item_weight[pool] * np.exp(-0.7 * np.abs(price_level[pool] - level))
+            cdf = np.cumsum(w) / w.sum()
+            cdf[-1] = 1.0
+            pools.append(pool)
+            cumulative.append(len(cumulative) + cdf)
+            group_start.append(group_start[-1] + len(pool))
+    pools_flat, cumulative_flat = np.concatenate(pools), np.concatenate(cumulative)
+    group_start = np.asarray(group_start)
+
+    def draw_item(sub: np.ndarray, level: np.ndarray) -> np.ndarray:
+        group = sub * 5 + level - 1
+        pos = np.searchsorted(cumulative_flat, group + rng.random(len(group)), side="right")
+        return pools_flat[np.minimum(pos, group_start[group + 1] - 1)]
+
+    def categorical(cdf_rows: np.ndarray) -> np.ndarray:
+        """One draw per row of a (n, k) table of cumulative probabilities."""
+        return np.minimum((cdf_rows < rng.random((len(cdf_rows), 1))).sum(1), cdf_rows.shape[1] - 1)
+
+    taste_cdf, sub_cdf = np.cumsum(taste, 1), np.cumsum(p_sub_given_top, 1)
+
+    def fresh_item(user: np.ndarray) -> np.ndarray:
+        top = categorical(taste_cdf[user])
+        return draw_item(categorical(sub_cdf[top]), user_price[user])
+
+    # sessions, user by user, in time order
+    session_user = np.repeat(np.arange(len(n_sessions)), n_sessions)
+    start = rng.random(len(session_user)) * shop.days * 86400.0
+    order = np.lexsort((start, session_user))
+    session_user, start = session_user[order], start[order]
+    length = 1 + rng.geometric(1.0 / max(shop.session_length - 1, 1.0), len(session_user))
+    # views: step 0 is a fresh draw; each next view follows the session's current item
+    current = fresh_item(session_user)  # (n_sessions,)
+    active = np.arange(len(session_user))
+    views_session, views_item = [active], [current.copy()]
+    for step in range(1, int(length.max())):
+        active = active[length[active] > step]
+        user, item = session_user[active], current[active]
+        r = rng.random(len(active))
+        follow = r < shop.p_companion
+        same = ~follow & (r < shop.p_companion + shop.p_same_subcategory)
+        fresh = ~follow & ~same
+        item[follow] = companion[item[follow]]
+        item[same] = draw_item(item_sub[item[same]], user_price[user[same]])
+        item[fresh] = fresh_item(user[fresh])
+        current[active] = item
+        views_session.append(active)
+        views_item.append(item)
+    view_session = np.concatenate(views_session)
+    view_step = np.concatenate([np.full(len(a), s) for s, a in enumerate(views_session)])
+    view_item = np.concatenate(views_item)
+    # the funnel: a view may add a cart event, a cart a purchase, minutes later
+    view_user = session_user[view_session]
+    affinity = np.where(price_level[view_item] == user_price[view_user], 1.5, 0.7)
+    cart = rng.random(len(view_item)) < shop.p_cart * affinity
+    purchase = cart & (rng.random(len(view_item)) < shop.p_purchase)
+    kinds = np.stack([np.full(len(view_item), EVENT_CODES["view"]),
+                      np.full(len(view_item), EVENT_CODES["cart"]),
+                      np.full(len(view_item), EVENT_CODES["purchase"])], 1)
+    gaps = np.stack([rng.exponential(120.0, len(view_item)), rng.exponential(60.0, len(view_item)),
+                     rng.exponential(60.0, len(view_item))], 1) + 5.0
+    keep = np.stack([np.ones(len(view_item), bool), cart, purchase], 1)
+    order = np.lexsort((view_step, view_session))  # session by session, view by view
+    keep, kinds, gaps = keep[order], kinds[order], gaps[order]
+    event_session = np.repeat(view_session[order], 3)[keep.ravel()]
+    event_item = np.repeat(view_item[order], 3)[keep.ravel()]
+    event_kind, event_gap = kinds.ravel()[keep.ravel()], gaps.ravel()[keep.ravel()]
+    # time: session start + the gaps so far within the session
+    elapsed = np.cumsum(event_gap)
+    first = np.r_[0, np.flatnonzero(np.diff(event_session)) + 1]
+    before = np.repeat(elapsed[first] - event_gap[first],
+                       np.diff(np.r_[first, len(event_session)]))
+    event_time = start[event_session] + elapsed - before
+    return session_user[event_session], event_item, event_time, event_kind.astype(np.int8)
