@@ -90,7 +90,8 @@ class LeaderboardCallback(Callback):
             try:
                 for folder in fuse_sweep(sweep, FusionSpec(**options)):
                     log.info("fusion %s written to %s", name, folder)
-            except Exception as error:  # a fusion problem must not hide the leaderboard
+            # the sweep's results stay valid whatever goes wrong here, so nothing may escape
+            except Exception as error:  # noqa: BLE001
                 log.error("fusion %s of %s failed: %s", name, sweep, error)
         try:
             from recozoo.report import build_leaderboard, write_leaderboard
@@ -98,14 +99,14 @@ class LeaderboardCallback(Callback):
             board = build_leaderboard([sweep])
             files = write_leaderboard(board, sweep, plots=self.plots)
             log.info("leaderboard written to %s", sweep / "leaderboard.md")
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001
             log.error("leaderboard of %s failed: %s", sweep, error)
             return
         if OmegaConf.select(config, "logger.wandb", default=None,
                             throw_on_resolution_failure=False) is not None:
             try:
                 self._log_wandb(config, sweep, board, files)
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001
                 log.error("could not log the leaderboard to W&B: %s", error)
 
     def _log_wandb(self, config: DictConfig, sweep: Path, board: Any, files: list[Path]) -> None:

@@ -25,7 +25,13 @@ checkpoint), normalise each member's top-N per `fusion.json` "spec" (`normalise`
 """
 
 from recozoo.ensemble.fusion import (
-    FusionSpec, Members, candidates, fuse, fuse_sweep, member_sets, normalise,
+    FusionSpec,
+    Members,
+    candidates,
+    fuse,
+    fuse_sweep,
+    member_sets,
+    normalise,
 )
 
 __all__ = ["FusionSpec", "Members", "candidates", "fuse", "fuse_sweep", "member_sets",

@@ -13,8 +13,16 @@ A multirun writes the same files into its sweep folder when it ends (`recozoo.ca
 from recozoo.report.leaderboard import Leaderboard, build_leaderboard, write_leaderboard
 from recozoo.report.runs import Run, RunGroup, find_runs, group_runs
 
-__all__ = ["Leaderboard", "Run", "RunGroup", "build_leaderboard", "find_runs", "group_runs",
-           "write_leaderboard", "report"]
+__all__ = [
+    "Leaderboard",
+    "Run",
+    "RunGroup",
+    "build_leaderboard",
+    "find_runs",
+    "group_runs",
+    "report",
+    "write_leaderboard",
+]
 
 
 def report(folders: list, out_dir=None, plots: bool = True) -> Leaderboard:

@@ -281,9 +281,9 @@ def to_html(board: Leaderboard) -> str:
     best first in that metric's direction."""
     from html import escape
 
-    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>recozoo leaderboard"
-             f"</title><style>{_HTML_STYLE}</style></head><body><h1>Leaderboard</h1>",
-             f"<p class='note'>{escape(_legend(board.primary))}</p>"]
+    head = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>recozoo leaderboard"
+            f"</title><style>{_HTML_STYLE}</style></head><body><h1>Leaderboard</h1>")
+    parts = [head, f"<p class='note'>{escape(_legend(board.primary))}</p>"]
     parts += [f"<p class='note'>{escape(n)}</p>" for n in board.notes]
     for table in board.tables:
         columns = _headers(table, board.primary)

@@ -29,7 +29,7 @@ def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return front
 
 
-def plot_leaderboard(board: "Leaderboard", out_dir: Path) -> list[Path]:
+def plot_leaderboard(board: Leaderboard, out_dir: Path) -> list[Path]:
     """Write the plots of every table; returns the files."""
     import matplotlib
 
@@ -53,7 +53,7 @@ def plot_leaderboard(board: "Leaderboard", out_dir: Path) -> list[Path]:
     return written
 
 
-def _primary_bars(table: "Table", ok: pd.DataFrame, primary: str, path: Path) -> Path:
+def _primary_bars(table: Table, ok: pd.DataFrame, primary: str, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     ok = ok.iloc[::-1]  # best at the top
@@ -76,7 +76,7 @@ def _primary_bars(table: "Table", ok: pd.DataFrame, primary: str, path: Path) ->
     return path
 
 
-def _tail_tradeoff(table: "Table", ok: pd.DataFrame, primary: str, tail_keys: list[str],
+def _tail_tradeoff(table: Table, ok: pd.DataFrame, primary: str, tail_keys: list[str],
                    path: Path) -> Path:
     import matplotlib.pyplot as plt
 
@@ -101,7 +101,7 @@ def _tail_tradeoff(table: "Table", ok: pd.DataFrame, primary: str, tail_keys: li
     return path
 
 
-def _bucket_bars(table: "Table", ok: pd.DataFrame, buckets: list[str], path: Path) -> Path:
+def _bucket_bars(table: Table, ok: pd.DataFrame, buckets: list[str], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     width = 0.8 / len(buckets)
