@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recozoo import artifacts
 from recozoo.data.interactions import EVENT_CODES, Interactions
 
 log = logging.getLogger(__name__)
@@ -129,11 +130,10 @@ class ShopSource:
             if (folder / "items.parquet").exists():
                 return _read_cached(folder, self.name, self.text_template)
             events, items = self.generate()
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp_items = folder / "items.parquet.tmp"
-            events.to_parquet(folder / "events.parquet")
-            items.to_parquet(tmp_items)
-            tmp_items.replace(folder / "items.parquet")  # the marker of a complete cache entry
+            # write, then rename (items last: the marker of a complete entry), so parallel jobs
+            # that generate the same shop never read a file another is still writing
+            for name, frame in (("events", events), ("items", items)):
+                artifacts.write_parquet(folder / f"{name}.parquet", frame)
             return _to_interactions(events, items, self.name, self.text_template)
         events, items = self.generate()
         return _to_interactions(events, items, self.name, self.text_template)
