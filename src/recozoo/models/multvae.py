@@ -44,7 +44,7 @@ class MultVAE(Recommender):
 
     def __init__(self, info: DatasetInfo, hidden: tuple[int, ...] | list[int] = (600,),
                  latent: int = 200, dropout: float = 0.5, variational: bool = True,
-                 anneal_cap: float = 0.2, total_anneal_steps: int = 20000, batch_size: int = 128,
+                 anneal_cap: float = 0.2, total_anneal_steps: int = 2000, batch_size: int = 128,
                  **kwargs):
         super().__init__(info, **kwargs)
         if total_anneal_steps <= 0:

@@ -1,0 +1,116 @@
+"""Behaviour of the neural zoo beyond the shared contract (tests/test_model_contract.py)."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from recozoo.models.components.sequence import CausalTransformerEncoder
+from recozoo.train import build_datamodule, build_model
+
+
+def _setup(cfg):
+    L.seed_everything(cfg.seed, workers=True)
+    dm = build_datamodule(cfg)
+    dm.setup()
+    model = build_model(cfg, dm)
+    dm.use_view(model.train_view())
+    return dm, model
+
+
+def _trainer(steps: int, max_epochs: int = 1) -> L.Trainer:
+    return L.Trainer(max_epochs=max_epochs, limit_train_batches=steps, limit_val_batches=0, logger=False,
+                     enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, accelerator="cpu", devices=1)
+
+
+@pytest.mark.parametrize("name", ["gru4rec", "sasrec", "caser"])
+def test_every_position_of_a_window_is_trained_and_sees_only_its_past(make_config, name):
+    """One pass over a window trains every (prefix, next item) pair: every real input position
+    has a target, and the state at a position does not change when later items do."""
+    cfg = make_config([f"model={name}", "model.max_len=8"])
+    dm, model = _setup(cfg)
+    model.eval()  # no dropout: compare exact numbers
+    batch = next(iter(dm.train_dataloader()))
+    inputs, target = batch["input"], batch["target"]
+    is_item = inputs != dm.info.pad_item
+    assert torch.equal(target != -100, is_item)  # every position is a target
+    assert is_item[:, -1].all()  # the window ends with the newest item (left padding)
+    with torch.no_grad():
+        states = model.encode(inputs, batch["user"])  # (B, 8, d)
+        for cut in range(8):
+            future = inputs.clone()
+            future[:, cut + 1:] = torch.randint(0, dm.info.n_items, future[:, cut + 1:].shape)
+            changed = model.encode(future, batch["user"])
+            assert torch.allclose(states[:, :cut + 1], changed[:, :cut + 1], atol=1e-5)
+        logits = model.item_logits(states[is_item])  # (N, n_items)
+        expected = torch.nn.functional.cross_entropy(logits, target[is_item])
+        assert torch.allclose(model.loss(batch), expected, atol=1e-5)
+
+
+def test_sasrec_attends_to_neither_the_future_nor_padding():
+    torch.manual_seed(0)
+    encoder = CausalTransformerEncoder(n_items=20, dim=16, num_layers=2, num_heads=2, max_len=6,
+                                       dropout=0.0).eval()
+    seq = torch.tensor([[20, 20, 3, 5, 7, 9]])
+    changed_future = torch.tensor([[20, 20, 3, 5, 11, 12]])
+    with torch.no_grad():
+        a, b = encoder(seq), encoder(changed_future)
+        assert torch.allclose(a[:, :4], b[:, :4], atol=1e-6)
+        assert not torch.allclose(a[:, 4:], b[:, 4:])
+        # the same items with a shorter window (less padding) give the same states
+        assert torch.allclose(encoder(seq[:, 2:]), a[:, 2:], atol=1e-5)
+        assert torch.all(a[:, :2] == 0)
+
+
+def test_multvae_annealing_survives_checkpoint_and_resume(make_config, tmp_path):
+    cfg = make_config(["model=multvae", "model.batch_size=16", "model.total_anneal_steps=10"])
+    dm, model = _setup(cfg)
+    trainer = _trainer(steps=3)
+    trainer.fit(model, datamodule=dm)
+    assert model.anneal_step == 3
+    assert model.beta == pytest.approx(min(0.2, 3 / 10))
+    path = tmp_path / "vae.ckpt"
+    trainer.save_checkpoint(path)
+
+    restored = type(model).load_from_checkpoint(path, info=dm.info, weights_only=True)
+    assert restored.anneal_step == 3
+
+    _, fresh = _setup(cfg)  # a new process resuming the run continues the schedule
+    assert fresh.anneal_step == 0
+    resumed = _trainer(steps=3, max_epochs=2)
+    resumed.fit(fresh, datamodule=dm, ckpt_path=str(path))
+    assert fresh.anneal_step == 6
+    assert fresh.beta == pytest.approx(0.2)
+
+
+def test_multdae_has_no_kl_term_and_multvae_has_one(make_config):
+    dm, dae = _setup(make_config(["model=multdae"]))
+    batch = next(iter(dm.train_dataloader()))
+    dae.eval()
+    logits, _, logvar = dae.net(batch["rows"])
+    assert logvar is None
+    rows = batch["rows"]
+    expected = -(torch.log_softmax(logits, 1) * rows).sum(1).mean()
+    assert torch.allclose(dae.loss(batch), expected, atol=1e-4)
+
+    _, vae = _setup(make_config(["model=multvae", "model.total_anneal_steps=1"]))
+    vae.anneal_step = 1  # beta at its cap: the loss adds 0.2 * KL
+    vae.eval()
+    logits, mu, logvar = vae.net(rows)
+    kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1).mean()
+    nll = -(torch.log_softmax(logits, 1) * rows).sum(1).mean()
+    assert torch.allclose(vae.loss(batch), nll + 0.2 * kl, atol=1e-4)
+
+
+def test_cfgan_updates_generator_and_discriminator_with_two_optimisers(make_config):
+    dm, model = _setup(make_config(["model=cfgan"]))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trainer = _trainer(steps=2)
+    trainer.fit(model, datamodule=dm)
+    assert len(trainer.optimizers) == 2
+    for part in ("generator", "discriminator"):
+        moved = [not torch.equal(before[name], p) for name, p in model.named_parameters()
+                 if name.startswith(part)]
+        assert all(moved), f"{part} parameters were not all updated"
