@@ -268,6 +268,38 @@ def _read_cached(folder: Path, name: str, text_template: str = SHOP_TEXT_TEMPLAT
                             pd.read_parquet(folder / "items.parquet"), name, text_template)
 
 
+class _GroupedDraw:
+    """Many categorical distributions, drawn from all at once.
+
+    Group g's cumulative probabilities are stored as ``g + cdf`` in one increasing array, so a
+    single ``searchsorted`` draws for a whole array of groups. Returns, per draw, the position
+    in the stacked array (for a 2-D table of weights: the column, i.e. the category).
+
+    Args:
+        weights: a (groups, categories) array, or a list of 1-D arrays of varied lengths.
+    """
+
+    def __init__(self, weights: np.ndarray | list[np.ndarray]):
+        if isinstance(weights, np.ndarray):
+            cdf = np.cumsum(weights, 1) / weights.sum(1, keepdims=True)
+            cdf[:, -1] = 1.0
+            self.start = np.arange(len(weights) + 1) * weights.shape[1]
+            self.cumulative = (np.arange(len(weights))[:, None] + cdf).ravel()
+            self.width = weights.shape[1]
+        else:
+            cdfs = [np.cumsum(w) / w.sum() for w in weights]
+            for cdf in cdfs:
+                cdf[-1] = 1.0
+            self.start = np.r_[0, np.cumsum([len(c) for c in cdfs])]
+            self.cumulative = np.concatenate([g + c for g, c in enumerate(cdfs)])
+            self.width = None
+
+    def __call__(self, group: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        pos = np.searchsorted(self.cumulative, group + rng.random(len(group)), side="right")
+        pos = np.minimum(pos, self.start[group + 1] - 1)  # u + g may round up to g + 1
+        return pos - self.start[group] if self.width is not None else pos
+
+
 def _walk_sessions(shop: ShopSource, rng: np.random.Generator, n_sessions: np.ndarray,
                    taste: np.ndarray, user_price: np.ndarray, p_sub_given_top: np.ndarray,
                    members: list[np.ndarray], item_weight: np.ndarray, price_level: np.ndarray,
@@ -278,35 +310,18 @@ def _walk_sessions(shop: ShopSource, rng: np.random.Generator, n_sessions: np.nd
     Returns (user, item, time, event) arrays, user by user, each user's events in time order.
     """
     n_sub = p_sub_given_top.shape[1]
-    # weighted item draws within a sub-category for a user's price level: one cumulative
-    # table per (sub-category, level), stacked; group g's values lie in (g, g + 1]
-    pools, cumulative, group_start = [], [], [0]
-    for sub in range(n_sub):
-        pool = members[sub]
-        for level in range(1, 6):
-            w = item_weight[pool] * np.exp(-0.7 * np.abs(price_level[pool] - level))
-            cdf = np.cumsum(w) / w.sum()
-            cdf[-1] = 1.0
-            pools.append(pool)
-            cumulative.append(len(cumulative) + cdf)
-            group_start.append(group_start[-1] + len(pool))
-    pools_flat, cumulative_flat = np.concatenate(pools), np.concatenate(cumulative)
-    group_start = np.asarray(group_start)
+    # weighted item draws within a sub-category for a user's price level (1-5)
+    pools = [members[sub] for sub in range(n_sub) for _ in range(5)]
+    item_draw = _GroupedDraw([item_weight[pool] * np.exp(-0.7 * np.abs(price_level[pool] - level))
+                              for pool in members for level in range(1, 6)])
+    pools_flat = np.concatenate(pools)
+    top_draw, sub_draw = _GroupedDraw(taste), _GroupedDraw(p_sub_given_top)
 
     def draw_item(sub: np.ndarray, level: np.ndarray) -> np.ndarray:
-        group = sub * 5 + level - 1
-        pos = np.searchsorted(cumulative_flat, group + rng.random(len(group)), side="right")
-        return pools_flat[np.minimum(pos, group_start[group + 1] - 1)]
-
-    def categorical(cdf_rows: np.ndarray) -> np.ndarray:
-        """One draw per row of a (n, k) table of cumulative probabilities."""
-        return np.minimum((cdf_rows < rng.random((len(cdf_rows), 1))).sum(1), cdf_rows.shape[1] - 1)
-
-    taste_cdf, sub_cdf = np.cumsum(taste, 1), np.cumsum(p_sub_given_top, 1)
+        return pools_flat[item_draw(sub * 5 + level - 1, rng)]
 
     def fresh_item(user: np.ndarray) -> np.ndarray:
-        top = categorical(taste_cdf[user])
-        return draw_item(categorical(sub_cdf[top]), user_price[user])
+        return draw_item(sub_draw(top_draw(user, rng), rng), user_price[user])
 
     # sessions, user by user, in time order
     session_user = np.repeat(np.arange(len(n_sessions)), n_sessions)
