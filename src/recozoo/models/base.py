@@ -274,11 +274,13 @@ class Recommender(L.LightningModule):
     def _log_metrics(self, stage: str) -> None:
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         values = metrics.compute()
-        if stage == "test" and self.predicts_ratings and self.test_rating_metrics.update_called:
+        # compute() synchronises across DDP ranks, so every rank must take the same branch
+        if stage == "test" and self.predicts_ratings and _on_any_rank(
+                self.test_rating_metrics.update_called):
             values.update(self.test_rating_metrics.compute())
             self.test_rating_metrics.reset()
         if stage == "test" and self.test_cold_metrics is not None:
-            if any(m.update_called for m in self.test_cold_metrics.values()):
+            if _on_any_rank(any(m.update_called for m in self.test_cold_metrics.values())):
                 values.update(self.test_cold_metrics.compute())
             self.test_cold_metrics.reset()
         self.log_dict({k: v.float() for k, v in values.items()}, sync_dist=False)
@@ -294,14 +296,14 @@ class Recommender(L.LightningModule):
     def _gather_outputs(self, stage: str) -> None:
         """Concatenate the stage's outputs; under DDP every rank gets all users."""
         out = self.eval_outputs.get(stage)
-        if not out:
-            return
-        local = {k: torch.cat(v) for k, v in out.items()}
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            parts: list[dict[str, torch.Tensor] | None] = [None] * dist.get_world_size()
+        local = {k: torch.cat(v) for k, v in out.items()} if out else {}
+        if _distributed():  # every rank joins, also one whose shard of users was empty
+            parts: list[dict[str, torch.Tensor]] = [{}] * dist.get_world_size()
             dist.all_gather_object(parts, local)
-            local = {k: torch.cat([p[k] for p in parts]) for k in local}
-        self.eval_outputs[stage] = local  # type: ignore[assignment]
+            keys = next((p.keys() for p in parts if p), ())
+            local = {k: torch.cat([p[k] for p in parts if p]) for k in keys}
+        if local:
+            self.eval_outputs[stage] = local  # type: ignore[assignment]
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -312,3 +314,16 @@ class Recommender(L.LightningModule):
                      if name not in ("item_popularity", "tail_mask", "item_bucket",
                                      "item_category", "positive_weight", "logit_offset"))
         return params + fitted
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _on_any_rank(flag: bool) -> bool:
+    """True if ``flag`` holds on any DDP rank (plain ``flag`` in one process)."""
+    if not _distributed():
+        return flag
+    gathered: list[bool] = [False] * dist.get_world_size()
+    dist.all_gather_object(gathered, bool(flag))
+    return any(gathered)
