@@ -123,26 +123,29 @@ class SQN(Recommender):
         last = torch.where(valid[:, -1:], target[:, -1:], self.info.pad_item)  # (B, 1)
         seq = torch.cat([batch["input"], last], dim=1)  # (B, L + 1)
         states = self.hidden_dropout(self.q_network(seq))  # (B, L + 1, dim)
-        state, next_state = states[:, :-1][valid], states[:, 1:][valid]  # (N, dim)
         action, event = target[valid], batch["event"][valid]  # (N,)
-
-        q = self.q_network.q_values(state)  # (N, n_items)
+        # Q-values once for every state that is a current (t) or a next (t + 1) state
+        no = torch.zeros_like(valid[:, :1])
+        needed = torch.cat([valid, no], 1) | torch.cat([no, valid], 1)  # (B, L + 1)
+        row = torch.full(needed.shape, -1, dtype=torch.long, device=seq.device)
+        row[needed] = torch.arange(int(needed.sum()), device=seq.device)
+        now, after = row[:, :-1][valid], row[:, 1:][valid]  # (N,) rows of s_t and s_{t+1}
+        q_all = self.q_network.q_values(states[needed])  # (M, n_items)
+        q = q_all[now]  # (N, n_items)
         with torch.no_grad():
-            target_states = self.target(seq)  # (B, L + 1, dim)
-            next_q_target = self.target.network.q_values(target_states[:, 1:][valid])
-            next_q_online = self.q_network.q_values(next_state)
-        td_target = double_q_target(self.reward(action, event), next_q_online, next_q_target,
-                                    self.gamma)
+            target_states = self.target(seq)[needed]  # (M, dim)
+        target_q = self.target.network.q_at
+        td_target = double_q_target(self.reward(action, event), q_all[after].detach(),
+                                    lambda a: target_q(target_states[after], a), self.gamma)
         td = (q.gather(1, action[:, None])[:, 0] - td_target).pow(2).mean()
         if self.n_negatives:
             # an ignored recommendation: reward 0, the state stays s_t
             negative = torch.randint(0, self.n_items, (len(action), self.n_negatives),
                                      device=action.device)  # (N, n_neg)
-            with torch.no_grad():
-                stay_q_target = self.target.network.q_values(target_states[:, :-1][valid])
-                stay = double_q_target(torch.zeros_like(td_target), q.detach(), stay_q_target,
-                                       self.gamma)  # (N,)
+            stay = double_q_target(torch.zeros_like(td_target), q.detach(),
+                                   lambda a: target_q(target_states[now], a), self.gamma)
             td = td + (q.gather(1, negative) - stay[:, None]).pow(2).mean()
+        state = states[:, :-1][valid]  # (N, dim)
         out = {"td": td, "loss": self.q_weight * td}
         if self.supervised_bias is not None:
             out["ce"] = self.cross_entropy_loss(self.supervised_logits(state), action)

@@ -16,7 +16,7 @@ for Recommender Systems", SIGIR 2020 (rewards from logged clicks and purchases).
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -80,6 +80,10 @@ class QNetwork(nn.Module):
         """(..., n_items) Q-values of every item in each state (..., dim)."""
         return self.head(states)
 
+    def q_at(self, states: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """(N,) Q-values of one item per state: states (N, dim), items (N,)."""
+        return (states * self.head.weight[items]).sum(-1) + self.head.bias[items]
+
 
 class TargetNetwork(nn.Module):
     """A frozen copy of ``online`` that follows it by Polyak averaging.
@@ -135,7 +139,7 @@ class TargetNetwork(nn.Module):
 
 
 def double_q_target(reward: torch.Tensor, next_q_online: torch.Tensor,
-                    next_q_target: torch.Tensor, gamma: float,
+                    target_q_at: Callable[[torch.Tensor], torch.Tensor], gamma: float,
                     done: torch.Tensor | None = None) -> torch.Tensor:
     """Double Q-learning target ``r + gamma * Q_target(s', argmax_a Q_online(s', a))``.
 
@@ -145,16 +149,22 @@ def double_q_target(reward: torch.Tensor, next_q_online: torch.Tensor,
     Args:
         reward: (N,) rewards.
         next_q_online: (N, n_actions) online Q-values of the next states (used for the argmax).
-        next_q_target: (N, n_actions) target Q-values of the next states.
+        target_q_at: maps the chosen actions (N,) to the target network's values of them in the
+            next states (N,); only those are needed, not the target's full (N, n_actions).
         gamma: discount.
         done: (N,) True where the episode ends (no bootstrap), or None.
 
     Returns:
         (N,) targets, detached.
+
+    Example:
+        >>> target_q = torch.tensor([[9.0, 2.0]])
+        >>> double_q_target(torch.tensor([1.0]), torch.tensor([[0.0, 5.0]]),
+        ...                 lambda a: target_q.gather(1, a[:, None])[:, 0], gamma=0.5)
+        tensor([2.])
     """
     with torch.no_grad():
-        best = next_q_online.argmax(dim=-1, keepdim=True)  # (N, 1)
-        value = next_q_target.gather(-1, best)[:, 0]  # (N,)
+        value = target_q_at(next_q_online.argmax(dim=-1))  # (N,)
         if done is not None:
             value = torch.where(done, torch.zeros_like(value), value)
         return reward + gamma * value
