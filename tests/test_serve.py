@@ -224,3 +224,15 @@ def test_http_batch_with_a_bad_request_answers_each_alone(server):
         answers = list(pool.map(lambda body: post(server, body), bodies))
     assert [a.status_code for a in answers] == [200] * 11 + [422]
     assert [a.json()["user_id"] for a in answers[:11]] == [f"u{i}" for i in range(1, 12)]
+
+
+@pytest.mark.slow
+def test_load_test_reports_latency_and_throughput(sweep):
+    from recozoo.serve.loadtest import load_test
+
+    figures = load_test(sweep / "ease", requests=24, clients=4, time_cap=60, accelerator="cpu",
+                        startup_timeout=240, verbose=False)
+    for phase in ("single", "batched"):
+        result = figures[phase]
+        assert result["requests"] == 24 and result["failures"] == 0
+        assert 0 < result["p50_ms"] <= result["p99_ms"] and result["rps"] > 0

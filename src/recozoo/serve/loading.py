@@ -116,7 +116,7 @@ class Catalog:
         """The `DatasetInfo` the run's model was built with, from the artifacts alone."""
         category = None
         if "category_index" in self.items:
-            category = torch.as_tensor(self.items["category_index"].to_numpy(np.int64))
+            category = torch.tensor(self.items["category_index"].to_numpy(np.int64))
         elif "category" in self.items:
             # runs written before category_index existed: first-appearance order, as the sources
             # factorize it (exact unless preprocessing dropped items)

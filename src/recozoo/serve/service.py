@@ -9,7 +9,9 @@ Endpoints:
 * ``GET /health`` (200 "ok" once the model is loaded), ``GET /info``, ``GET /openapi.json``
   and ``GET /docs``.
 
-Errors: malformed JSON 400; a body of the wrong shape 422 (FastAPI's list of errors); unknown
+Bodies are JSON with ``Content-Type: application/json`` (``curl -H 'Content-Type:
+application/json' -d '{"user_id": "u7"}' http://127.0.0.1:8000/predict``; curl's default form
+type is answered 422). Errors: malformed JSON 400; a body of the wrong shape 422 (FastAPI's list of errors); unknown
 item ids, ``k`` outside 1..n_items or an unknown category 422, in the same format, the unknown
 ids listed. No response carries a stack trace (failures are logged by the server and answered
 500 "Internal server error").
