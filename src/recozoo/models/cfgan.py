@@ -46,8 +46,8 @@ class CFGAN(Recommender):
         batch_size: users per batch.
     """
 
-    def __init__(self, info: DatasetInfo, hidden_g: list[int] = (400,),
-                 hidden_d: list[int] = (125,), zr_ratio: float = 0.7, pm_ratio: float = 0.7,
+    def __init__(self, info: DatasetInfo, hidden_g: tuple[int, ...] | list[int] = (400,),
+                 hidden_d: tuple[int, ...] | list[int] = (125,), zr_ratio: float = 0.7, pm_ratio: float = 0.7,
                  zr_weight: float = 0.03, d_steps: int = 2, g_steps: int = 4,
                  lr_g: float = 3e-4, lr_d: float = 3e-4, weight_decay_g: float = 1e-3,
                  weight_decay_d: float = 0.0, batch_size: int = 64, **kwargs):
@@ -81,19 +81,19 @@ class CFGAN(Recommender):
         rows = batch["rows"]  # (B, n_items): c_u, and the real vector r_u
         mask = rows + self._sample_unobserved(rows, self.pm_ratio)  # e_u + k_u
         zr = self._sample_unobserved(rows, self.zr_ratio)
-        ones, zeros = torch.ones(len(rows), device=rows.device), torch.zeros(len(rows),
-                                                                             device=rows.device)
+        real = torch.ones(len(rows), device=rows.device)  # D's labels
+        fake_label = torch.zeros_like(real)
         for _ in range(self.d_steps):
             with torch.no_grad():
                 fake = self.generator(rows) * mask
-            d_loss = (bce(self.discriminator(rows, rows), ones)
-                      + bce(self.discriminator(fake, rows), zeros))
+            d_loss = (bce(self.discriminator(rows, rows), real)
+                      + bce(self.discriminator(fake, rows), fake_label))
             opt_d.zero_grad()
             self.manual_backward(d_loss)
             opt_d.step()
         for _ in range(self.g_steps):
             generated = self.generator(rows)  # (B, n_items)
-            adversarial = bce(self.discriminator(generated * mask, rows), ones)
+            adversarial = bce(self.discriminator(generated * mask, rows), real)  # non-saturating
             reconstruction = (generated.pow(2) * zr).sum(1).mean()
             g_loss = adversarial + self.zr_weight * reconstruction
             opt_g.zero_grad()

@@ -5,6 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from recozoo.models.components.mlp import mlp
+
+
+def _xavier(linear: nn.Linear) -> None:
+    """The initialisation of Liang et al.'s code: Xavier weights, small normal biases."""
+    nn.init.xavier_normal_(linear.weight)
+    nn.init.normal_(linear.bias, std=0.001)
+
 
 class MultVAENet(nn.Module):
     """Encoder-decoder over a user's interaction row; the decoder outputs item logits.
@@ -31,20 +39,8 @@ class MultVAENet(nn.Module):
         self.variational, self.latent = variational, latent
         self.dropout = nn.Dropout(dropout)
         sizes = [n_items, *hidden]
-        self.encoder = self._mlp([*sizes, 2 * latent if variational else latent])
-        self.decoder = self._mlp([latent, *reversed(sizes)])
-
-    @staticmethod
-    def _mlp(sizes: list[int]) -> nn.Sequential:
-        layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
-            linear = nn.Linear(a, b)
-            nn.init.xavier_normal_(linear.weight)
-            nn.init.normal_(linear.bias, std=0.001)
-            layers.append(linear)
-            if i < len(sizes) - 2:
-                layers.append(nn.Tanh())
-        return nn.Sequential(*layers)
+        self.encoder = mlp([*sizes, 2 * latent if variational else latent], nn.Tanh, _xavier)
+        self.decoder = mlp([latent, *reversed(sizes)], nn.Tanh, _xavier)
 
     def forward(self, rows: torch.Tensor,
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

@@ -5,14 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-def _mlp(sizes: list[int], activation: type[nn.Module]) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(activation())
-    return nn.Sequential(*layers)
+from recozoo.models.components.mlp import mlp
 
 
 class VectorGenerator(nn.Module):
@@ -27,9 +20,9 @@ class VectorGenerator(nn.Module):
         hidden: hidden layer sizes.
     """
 
-    def __init__(self, n_items: int, hidden: list[int]):
+    def __init__(self, n_items: int, hidden: list[int] | tuple[int, ...]):
         super().__init__()
-        self.net = _mlp([n_items, *hidden, n_items], nn.Sigmoid)
+        self.net = mlp([n_items, *hidden, n_items], nn.Sigmoid)
 
     def forward(self, condition: torch.Tensor) -> torch.Tensor:
         return self.net(condition)  # (B, n_items)
@@ -45,9 +38,9 @@ class ConditionalDiscriminator(nn.Module):
     ``forward(vector, condition)`` returns (B,) logits (real = high).
     """
 
-    def __init__(self, n_items: int, hidden: list[int]):
+    def __init__(self, n_items: int, hidden: list[int] | tuple[int, ...]):
         super().__init__()
-        self.net = _mlp([2 * n_items, *hidden, 1], nn.Sigmoid)
+        self.net = mlp([2 * n_items, *hidden, 1], nn.Sigmoid)
 
     def forward(self, vector: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([condition, vector], dim=1)).squeeze(1)  # (B,)

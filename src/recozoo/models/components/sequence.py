@@ -90,7 +90,7 @@ class CausalTransformerEncoder(nn.Module):
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         seq = seq[:, -self.max_len:]
-        batch, length = seq.shape
+        length = seq.shape[1]
         is_pad = seq == self.pad_item  # (B, L)
         positions = torch.arange(self.max_len - length, self.max_len, device=seq.device)
         x = self.embedding(seq) * self.embedding.embedding_dim ** 0.5 + self.position(positions)
