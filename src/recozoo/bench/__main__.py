@@ -1,0 +1,227 @@
+"""``make bench`` (``python -m recozoo.bench [key=value ...]``): speed and quality, one report.
+
+Sections (``sections=[...]`` picks some):
+
+- ``compare``: recozoo against RecBole 1.2.1 on ml-100k (`recozoo.bench.compare`), when the peer
+  folder ``shared`` (default ``../shared``) holds the peer scripts and the data; otherwise
+  recozoo is run alone on ml-100k if the data is there, and the report says so.
+- ``scale``: time and peak memory on synthetic shops of growing size (`recozoo.bench.scale`).
+- ``throughput``: recozoo's full-ranking evaluation in GFLOP/s against a bare matmul + top-K of
+  the same shape (`recozoo.bench.throughput`).
+- ``loadtest``: the serving load test (`recozoo.serve.loadtest`) on the EASE run of the
+  comparison.
+
+Writes ``bench/results.md`` and ``bench/results.json`` (``quick=true``: a minute-long smoke run on
+a tiny shop, written under ``out`` instead, so the published figures stay as they are). Examples::
+
+    make bench                                   # the full run (~25 min on 2 cores)
+    make bench ARGS="models=[bpr,ease] sections=[compare]"
+    make bench ARGS="scale_sizes=[100000,1000000,10000000]"   # add the 10^7 shop (slow)
+    make bench ARGS="max_load=3 max_wait=2400"   # wait for a quiet machine first
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recozoo.bench import compare as comparison
+from recozoo.bench import report
+from recozoo.bench.peers import RecBolePeer
+from recozoo.serve.settings import parse_settings
+
+SECTIONS = ("compare", "scale", "throughput", "loadtest")
+
+
+@dataclass
+class BenchSettings:
+    """Arguments of ``python -m recozoo.bench``.
+
+    Args:
+        shared: the folder with ``peers/recbole`` and ``data/ml-100k``; absent: recozoo alone.
+        peers: false runs recozoo alone even where the peer is available.
+        models: recozoo model names to compare (default: every model with a RecBole peer).
+        sections: which sections to run (see the module docstring).
+        quick: a smoke run on a tiny shop, no peer, results under ``out``.
+        out: scratch folder (run folders, logs, RecBole's files); ignored by git.
+        results: folder of results.md / results.json (default ``bench``, quick: ``<out>/quick``).
+        threads: torch threads of every run, on both sides.
+        general_max_epochs / patience: epoch cap and early-stopping patience of general models.
+        sequence_epochs: RecBole's epochs for sequence models (and recozoo's equal-epoch run).
+        sequence_max_epochs: recozoo's cap for sequence models trained to convergence.
+        sequence_time_budget: RecBole's training time budget for a sequence model (seconds).
+        scale_sizes: interactions of the synthetic shops of the scaling section.
+        loadtest_requests: requests per phase of the load test.
+        max_load / max_wait: before starting, wait up to ``max_wait`` seconds for the 1-minute
+            load average to drop below ``max_load`` (null: start at once).
+    """
+
+    shared: str = "../shared"
+    peers: bool = True
+    models: list[str] = field(default_factory=lambda: [m.name for m in comparison.MODELS])
+    sections: list[str] = field(default_factory=lambda: list(SECTIONS))
+    quick: bool = False
+    out: str = "bench/out"
+    results: str | None = None
+    threads: int = 2
+    general_max_epochs: int = 200
+    patience: int = 10
+    sequence_epochs: int = 1
+    sequence_max_epochs: int = 50
+    sequence_time_budget: float = 600.0
+    scale_sizes: list[int] = field(default_factory=lambda: [100_000, 1_000_000])
+    loadtest_requests: int = 200
+    max_load: float | None = None
+    max_wait: float = 2400.0
+
+
+#: the tiny shop of ``quick=true``
+QUICK_SHOP = ["data=shop", "data.source.n_users=200", "data.source.n_items=120",
+              "data.source.sessions_per_user=3"]
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def wait_for_quiet(max_load: float, max_wait: float) -> None:
+    """Sleep until the 1-minute load average is below ``max_load`` or ``max_wait`` has passed."""
+    start = time.monotonic()
+    while os.getloadavg()[0] >= max_load and time.monotonic() - start < max_wait:
+        say(f"load average {os.getloadavg()[0]:.2f} >= {max_load}: waiting "
+            f"({time.monotonic() - start:.0f}/{max_wait:.0f} s)")
+        time.sleep(30)
+
+
+def machine(threads: int) -> dict[str, Any]:
+    """The machine and the software the figures were taken on."""
+    import torch
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "load_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+def commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=comparison.repo_root(), check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def run_compare(settings: BenchSettings, out: Path, results: dict[str, Any]) -> None:
+    unknown = sorted(set(settings.models) - {m.name for m in comparison.MODELS})
+    specs = [m for m in comparison.MODELS if m.name in settings.models]
+    specs += [comparison.ModelSpec(name, None, "general") for name in unknown]
+    compare_settings = comparison.CompareSettings(
+        general_max_epochs=settings.general_max_epochs, patience=settings.patience,
+        sequence_epochs=settings.sequence_epochs,
+        sequence_max_epochs=settings.sequence_max_epochs,
+        sequence_time_budget=settings.sequence_time_budget, threads=settings.threads)
+    shared = Path(settings.shared).resolve()
+    if settings.quick:
+        data_overrides = QUICK_SHOP + [f"paths.cache_dir={out / 'cache'}"]
+        peer, reason = None, "quick run: recozoo alone on a tiny shop"
+    else:
+        data = shared / "data" / "ml-100k"
+        if not (data / "ml-100k.inter").is_file():
+            results["comparison_note"] = (f"not run: no ml-100k in {data} (set shared=<folder> "
+                                          "holding data/ml-100k and peers/recbole)")
+            say(results["comparison_note"])
+            return
+        data_overrides = ["data=atomic", f"data.path={data}", "data.name=ml-100k"]
+        peer, reason = RecBolePeer.find(shared, out / "recbole") if settings.peers else (
+            None, "peers=false")
+    if peer is None:
+        results["notes"].append(f"RecBole not run ({reason}): recozoo alone.")
+        say(f"RecBole not run ({reason}): recozoo alone")
+        results["split_note"] = "recozoo used its own split=random / split=loo."
+    else:
+        results["split_note"] = ("recozoo was scored on RecBole's exact train/valid/test rows "
+                                 "(export_splits.py, read by recozoo.bench.peers.PresetSplit).")
+    if settings.quick:
+        compare_settings.general_max_epochs = compare_settings.sequence_max_epochs = 2
+    say(f"== compare: {', '.join(s.name for s in specs)}")
+    results["comparison"] = comparison.compare(specs, data_overrides, peer, compare_settings,
+                                               out / "runs", say=say)
+
+
+def run_scale(settings: BenchSettings, out: Path, results: dict[str, Any]) -> None:
+    from recozoo.bench import scaling
+    sizes = [2_000, 10_000] if settings.quick else list(settings.scale_sizes)
+    say(f"== scale: {sizes}")
+    results["scaling"] = scaling.scaling_section(sizes, out / "scale", settings.threads, say=say,
+                                                 quick=settings.quick)
+
+
+def run_throughput(settings: BenchSettings, out: Path, results: dict[str, Any]) -> None:
+    from recozoo.bench import scaling
+    say("== throughput")
+    results["throughput"] = scaling.throughput_section(results, settings.threads)
+
+
+def run_loadtest(settings: BenchSettings, out: Path, results: dict[str, Any]) -> None:
+    run = out / "runs" / "recozoo_ease"
+    if not (run / "metrics.json").exists():
+        results["loadtest"] = {"error": f"no EASE run in {run} (the compare section makes it)"}
+        return
+    say("== loadtest")
+    try:
+        from recozoo.serve.loadtest import load_test
+        requests = 40 if settings.quick else settings.loadtest_requests
+        results["loadtest"] = load_test(run, requests=requests, clients=8, time_cap=60.0,
+                                        accelerator="cpu", log_file=out / "loadtest.log")
+    except Exception as error:  # noqa: BLE001 (the other sections' figures are still worth writing)
+        results["loadtest"] = {"error": f"{type(error).__name__}: {error}"}
+
+
+RUNNERS = {"compare": run_compare, "scale": run_scale, "throughput": run_throughput,
+           "loadtest": run_loadtest}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    settings = parse_settings(BenchSettings, sys.argv[1:] if argv is None else argv)
+    unknown = sorted(set(settings.sections) - set(SECTIONS))
+    if unknown:
+        raise SystemExit(f"sections: unknown {unknown}; choose from {list(SECTIONS)}")
+    if settings.max_load is not None:
+        wait_for_quiet(settings.max_load, settings.max_wait)
+    out = Path(settings.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"), "commit": commit(),
+        "settings": vars(settings).copy(), "machine": machine(settings.threads), "notes": [],
+    }
+    if settings.quick:
+        results["notes"].append("quick smoke run on a tiny shop: the figures mean nothing")
+    start = time.perf_counter()
+    for name in SECTIONS:
+        if name in settings.sections:
+            RUNNERS[name](settings, out, results)
+    results["machine"]["load_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["seconds"] = round(time.perf_counter() - start, 1)
+    folder = Path(settings.results) if settings.results else (
+        out / "quick" if settings.quick else comparison.repo_root() / "bench")
+    md, js = report.write(results, folder)
+    say(md.read_text())
+    say(f"wrote {md} and {js} in {results['seconds']:.0f} s")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""recozoo against RecBole 1.2.1 on ml-100k: seconds per epoch, evaluation seconds, quality.
+
+Protocols are RecBole's defaults (see ``<shared>/peers/recbole/README.md``):
+
+- general models: every rating is an interaction, per-user random 8:1:1, full ranking with the
+  user's earlier items masked, early stopping on validation NDCG@10 (patience 10 on both sides);
+- sequence models: per-user leave-one-out by time, full ranking. RecBole trains one sample per
+  prefix and needs minutes per epoch on a CPU, so it runs a fixed number of epochs (one by
+  default; Caser is stopped by a time budget and reports its estimated epoch time). recozoo is
+  run twice: for the same number of epochs (quality at equal epochs, the comparison the peer
+  README suggests) and with early stopping (the quality it reaches, with its training time).
+
+When the peer is available recozoo is scored on RecBole's exact splits (`PresetSplit`), so the
+quality columns compare like with like; otherwise it uses its own ``split=random``/``split=loo``.
+Runs alternate (recozoo first for even rows, RecBole first for odd ones) so drift of the machine
+load hits both sides alike.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from recozoo.bench.peers import RECBOLE_SPLIT_FOLDERS, PeerError, RecBolePeer
+from recozoo.bench.process import run_process
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A recozoo model, its RecBole counterpart (None: recozoo only) and its protocol."""
+
+    name: str
+    peer: str | None
+    kind: str  # "general" or "sequence"
+    #: RecBole's time budget for its training (seconds); Caser needs ~15 min per epoch
+    peer_time_budget: float | None = None
+
+    @property
+    def split(self) -> str:
+        return "random" if self.kind == "general" else "loo"
+
+
+#: the compared zoo; models later added to recozoo join here (peer None if RecBole lacks them)
+MODELS: tuple[ModelSpec, ...] = (
+    ModelSpec("bpr", "BPR", "general"),
+    ModelSpec("ease", "EASE", "general"),
+    ModelSpec("itemknn", "ItemKNN", "general"),
+    ModelSpec("multvae", "MultiVAE", "general"),
+    ModelSpec("gru4rec", "GRU4Rec", "sequence"),
+    ModelSpec("caser", "Caser", "sequence", peer_time_budget=180.0),
+    ModelSpec("sasrec", "SASRec", "sequence"),
+)
+
+#: the figures compared for every model
+QUALITY = ("ndcg@10", "recall@10")
+
+
+@dataclass
+class CompareSettings:
+    """How long each side trains (see `recozoo.bench.__main__.BenchSettings`)."""
+
+    general_max_epochs: int = 200
+    patience: int = 10
+    sequence_epochs: int = 1
+    sequence_max_epochs: int = 50
+    sequence_time_budget: float = 600.0
+    threads: int = 2
+    seed: int = 2020
+    converged_sequence_runs: bool = True
+
+
+def repo_root() -> Path:
+    """The checkout holding ``train.py`` and ``conf/`` (the bench runs recozoo as users do)."""
+    root = Path(__file__).resolve().parents[3]
+    if not (root / "train.py").is_file():
+        raise FileNotFoundError(f"train.py not found in {root}: run the bench from a checkout "
+                                "of recozoo (`make bench`)")
+    return root
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """The environment of a recozoo run with ``threads`` threads (the same as the peer's)."""
+    import os
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", CUDA_VISIBLE_DEVICES="",
+               PYTHONUNBUFFERED="1")
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = str(threads)
+    return env
+
+
+def run_recozoo(overrides: list[str], out: Path, threads: int) -> dict[str, Any]:
+    """``python train.py <overrides>`` into ``out``; its metrics.json plus process figures."""
+    root = repo_root()
+    command = [sys.executable, str(root / "train.py"), *overrides,
+               "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+               f"hydra.run.dir={out}"]
+    result = run_process(command, env=thread_env(threads), cwd=root,
+                         log=out.with_suffix(".log"))
+    metrics_file = out / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    if result.returncode != 0 or metrics.get("status") != "ok":
+        raise RuntimeError(f"recozoo run {' '.join(overrides)} failed (exit {result.returncode}):"
+                           f"\n{result.tail()}")
+    return {**metrics, "peak_rss_mb": round(result.peak_rss_mb, 1),
+            "wall_seconds_process": round(result.seconds, 2), "command": " ".join(overrides)}
+
+
+def recozoo_figures(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The compared figures of one recozoo run."""
+    epochs = metrics.get("epoch_seconds") or []
+    return {
+        "sec_per_epoch": round(statistics.median(epochs), 4) if epochs else None,
+        "eval_seconds": metrics.get("eval_seconds"),
+        "epochs": metrics.get("epochs"),
+        "train_seconds": metrics.get("train_seconds"),
+        "peak_rss_mb": metrics.get("peak_rss_mb"),
+        **{name: metrics.get(f"test/{name}") for name in QUALITY},
+        "command": metrics.get("command"),
+    }
+
+
+def recbole_figures(result: dict[str, Any]) -> dict[str, Any]:
+    """The compared figures of one RecBole run (a run stopped inside its first epoch has only
+    an estimated epoch time)."""
+    if result.get("status") == "too_slow":
+        return {"sec_per_epoch": result.get("est_sec_per_epoch"), "sec_per_epoch_estimated": True,
+                "eval_seconds": None, "epochs": 0, "train_seconds": result.get("train_seconds_total"),
+                "peak_rss_mb": result.get("peak_rss_mb"), "stopped_by": result.get("stopped_by"),
+                **{name: None for name in QUALITY}}
+    test = result.get("test", {})
+    return {
+        "sec_per_epoch": result.get("sec_per_epoch_median"),
+        "eval_seconds": result.get("eval_seconds"),
+        "epochs": result.get("epochs_run"),
+        "best_epoch": result.get("best_epoch"),
+        "stopped_by": result.get("stopped_by"),
+        "train_seconds": result.get("train_seconds_total"),
+        "peak_rss_mb": result.get("peak_rss_mb"),
+        **{name: test.get(name) for name in QUALITY},
+        "versions": result.get("versions"),
+        "loadavg": [result.get("loadavg_start"), result.get("loadavg_end")],
+    }
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return round(numerator / denominator, 4)
+
+
+#: targets of the issue: recozoo / RecBole at most this (time) ...
+EPOCH_TARGET = {"general": 0.5, "sequence": 0.1}
+EVAL_TARGET = 0.3
+
+
+def compare_row(spec: ModelSpec, ours: dict[str, Any], peer: dict[str, Any] | None,
+                same_epochs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One model's comparison: both sides' figures, the ratios and the targets met."""
+    row: dict[str, Any] = {"model": spec.name, "peer": spec.peer, "kind": spec.kind,
+                           "split": spec.split, "recozoo": ours, "recbole": peer}
+    if same_epochs is not None:
+        row["recozoo_same_epochs"] = same_epochs
+    if peer is None:
+        return row
+    quality = same_epochs if same_epochs is not None else ours
+    ratios = {
+        "sec_per_epoch": ratio(ours["sec_per_epoch"], peer["sec_per_epoch"]),
+        "eval_seconds": ratio(ours["eval_seconds"], peer["eval_seconds"]),
+        **{name: ratio(quality[name], peer[name]) for name in QUALITY},
+    }
+    if same_epochs is not None:
+        ratios["ndcg@10_converged"] = ratio(ours["ndcg@10"], peer["ndcg@10"])
+    row["ratios"] = ratios
+    row["targets"] = {
+        "sec_per_epoch": _meets(ratios["sec_per_epoch"], EPOCH_TARGET[spec.kind]),
+        "eval_seconds": _meets(ratios["eval_seconds"], EVAL_TARGET),
+        "ndcg@10": None if ratios["ndcg@10"] is None else ratios["ndcg@10"] >= 1.0,
+    }
+    return row
+
+
+def _meets(value: float | None, at_most: float) -> bool | None:
+    return None if value is None else value <= at_most
+
+
+def compare(specs: list[ModelSpec], data: list[str], peer: RecBolePeer | None,
+            settings: CompareSettings, out: Path,
+            say: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Run every model on both sides (alternating the order) and return the comparison rows.
+
+    Args:
+        specs: the models.
+        data: the data overrides of recozoo's runs (ml-100k, or a tiny shop for a smoke run).
+        peer: the RecBole peer, or None to run recozoo alone.
+        settings: epochs, patience, threads.
+        out: scratch folder for run folders and logs.
+    """
+    splits = peer.export_splits(settings.threads) if peer is not None else None
+    rows = []
+    for index, spec in enumerate(specs):
+        split = [f"split={spec.split}"]
+        if splits is not None:
+            split += ["split._target_=recozoo.bench.peers.PresetSplit",
+                      f"+split.folder={splits / RECBOLE_SPLIT_FOLDERS[spec.split]}"]
+        base = [f"model={spec.name}", *data, *split, f"seed={settings.seed}",
+                f"callbacks.early_stopping.patience={settings.patience}"]
+        general = spec.kind == "general"
+        max_epochs = settings.general_max_epochs if general else settings.sequence_max_epochs
+        sides = {
+            "recozoo": partial(_recozoo_side, f"recozoo {spec.name}: up to {max_epochs} epochs "
+                               "(early stopping)", base + [f"trainer.max_epochs={max_epochs}"],
+                               out / f"recozoo_{spec.name}", settings.threads, say),
+            "recbole": partial(_recbole_side, spec, peer, settings, say),
+        }
+        order = ["recozoo", "recbole"] if index % 2 == 0 else ["recbole", "recozoo"]
+        figures = {side: sides[side]() for side in order}
+        same_epochs = None
+        if not general and figures["recbole"] is not None:
+            epochs = settings.sequence_epochs
+            same_epochs = _recozoo_side(
+                f"recozoo {spec.name}: {epochs} epoch(s), as RecBole",
+                base + [f"trainer.max_epochs={epochs}", "callbacks.early_stopping=null"],
+                out / f"recozoo_{spec.name}_same_epochs", settings.threads, say)
+        rows.append(compare_row(spec, figures["recozoo"], figures["recbole"], same_epochs))
+        say(summary_line(rows[-1]))
+    return rows
+
+
+def _failed(error: Exception) -> dict[str, Any]:
+    return {"error": str(error), "sec_per_epoch": None, "eval_seconds": None,
+            **{name: None for name in QUALITY}}
+
+
+def _recozoo_side(title: str, overrides: list[str], out: Path, threads: int,
+                  say: Callable[[str], None]) -> dict[str, Any]:
+    say(f"  {title}")
+    try:
+        return recozoo_figures(run_recozoo(overrides, out, threads))
+    except RuntimeError as error:  # recorded in the report; the other models still run
+        say(f"  failed: {error}")
+        return _failed(error)
+
+
+def _recbole_side(spec: ModelSpec, peer: RecBolePeer | None, settings: CompareSettings,
+                  say: Callable[[str], None]) -> dict[str, Any] | None:
+    if peer is None or spec.peer is None:
+        return None
+    general = spec.kind == "general"
+    epochs = settings.general_max_epochs if general else settings.sequence_epochs
+    budget = spec.peer_time_budget if spec.peer_time_budget is not None else (
+        None if general else settings.sequence_time_budget)
+    say(f"  RecBole {spec.peer}: up to {epochs} epochs"
+        + (f", time budget {budget:.0f}s" if budget else ""))
+    try:
+        return recbole_figures(peer.run(spec.peer, epochs=epochs, threads=settings.threads,
+                                        stopping_step=settings.patience, time_budget=budget,
+                                        seed=settings.seed))
+    except PeerError as error:
+        say(f"  RecBole {spec.peer} failed: {error}")
+        return _failed(error)
+
+
+def summary_line(row: dict[str, Any]) -> str:
+    """One printed line per model."""
+    ours, peer = row["recozoo"], row.get("recbole")
+
+    def fmt(value: Any, spec: str = ".4f") -> str:
+        return "-" if value is None else format(value, spec)
+
+    text = (f"{row['model']}: recozoo {fmt(ours['sec_per_epoch'], '.3f')} s/epoch, eval "
+            f"{fmt(ours['eval_seconds'], '.3f')} s, NDCG@10 {fmt(ours['ndcg@10'])}")
+    if peer:
+        text += (f" | RecBole {fmt(peer['sec_per_epoch'], '.3f')} s/epoch, eval "
+                 f"{fmt(peer['eval_seconds'], '.3f')} s, NDCG@10 {fmt(peer['ndcg@10'])}")
+    return text

@@ -1,0 +1,183 @@
+"""The reference library side of ``make bench``: RecBole 1.2.1 through the peer scripts.
+
+The scripts live outside the project, in ``<shared>/peers/recbole`` (README.md there); they are
+called as they are, in their own virtual environment, and print one JSON line per run. This
+module only finds them, runs them as subprocesses and reads their JSON. It also exports
+RecBole's exact ml-100k train/validation/test splits (``export_splits.py``) so that recozoo is
+evaluated on the very same rows (`PresetSplit`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recozoo.bench.process import ProcessResult, run_process
+from recozoo.data.interactions import Interactions
+from recozoo.data.split import SplitIndices
+
+#: RecBole's split folders written by export_splits.py, by recozoo split name
+RECBOLE_SPLIT_FOLDERS = {"random": "general_RO_811", "loo": "sequential_TO_LOO"}
+#: the ml-100k atomic files RecBole reads
+ML100K_FILES = ("ml-100k.inter", "ml-100k.item", "ml-100k.user")
+
+
+class PeerError(RuntimeError):
+    """A peer run that failed or printed no result."""
+
+
+@dataclass
+class RecBolePeer:
+    """RecBole 1.2.1 as installed by ``<shared>/peers/recbole/setup.sh``.
+
+    Args:
+        scripts: the folder holding ``run_recbole.py`` and ``export_splits.py``.
+        python: the interpreter of RecBole's virtual environment.
+        data: the ml-100k atomic files (``<shared>/data/ml-100k``; identical to the copy inside
+            the RecBole wheel, which the runner checks by sha256).
+        scratch: where RecBole's data copy, logs, checkpoints and the exported splits go.
+    """
+
+    scripts: Path
+    python: Path
+    data: Path
+    scratch: Path
+
+    @classmethod
+    def find(cls, shared: Path, scratch: Path) -> tuple[RecBolePeer | None, str]:
+        """The peer under ``shared``, or None and the reason it cannot run."""
+        scripts = shared / "peers" / "recbole"
+        venv = Path(os.environ.get("RECOZOO_RECBOLE_VENV",
+                                   "~/.cache/recozoo-peers/recbole/venv")).expanduser()
+        python = venv / "bin" / "python"
+        data = shared / "data" / "ml-100k"
+        if not (scripts / "run_recbole.py").is_file():
+            return None, f"no RecBole peer scripts in {scripts}"
+        if not python.is_file():
+            return None, (f"RecBole's virtual environment {venv} is missing: run "
+                          f"`bash {scripts / 'setup.sh'}` (or set RECOZOO_RECBOLE_VENV)")
+        if not (data / "ml-100k.inter").is_file():
+            return None, f"no ml-100k atomic files in {data}"
+        return cls(scripts=scripts, python=python, data=data, scratch=scratch), ""
+
+    def _env(self, threads: int) -> dict[str, str]:
+        env = dict(os.environ, RECBOLE_SCRATCH=str(self.scratch), OMP_WAIT_POLICY="PASSIVE",
+                   CUDA_VISIBLE_DEVICES="")
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[var] = str(threads)
+        return env
+
+    def prepare_data(self) -> None:
+        """Put ml-100k where the peer scripts read it (``<scratch>/data/ml-100k``)."""
+        target = self.scratch / "data" / "ml-100k"
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ML100K_FILES:
+            if not (target / name).exists():
+                shutil.copyfile(self.data / name, target / name)
+
+    def export_splits(self, threads: int = 1) -> Path:
+        """RecBole's exact splits of both protocols as TSV (``<scratch>/splits/<protocol>/``);
+        reuses an earlier export."""
+        out = self.scratch / "splits"
+        if not all((out / folder / "test.tsv").exists()
+                   for folder in RECBOLE_SPLIT_FOLDERS.values()):
+            self.prepare_data()
+            result = run_process([str(self.python), str(self.scripts / "export_splits.py"),
+                                  str(out)], env=self._env(threads), cwd=self.scratch)
+            if result.returncode != 0:
+                raise PeerError(f"export_splits.py failed (exit {result.returncode}):\n"
+                                f"{result.tail()}")
+        return out
+
+    def run(self, model: str, epochs: int, threads: int, stopping_step: int = 10,
+            time_budget: float | None = None, seed: int = 2020) -> dict[str, Any]:
+        """One RecBole run (``run_recbole.py``); its JSON result plus ``peak_rss_mb`` and
+        ``wall_seconds_process``."""
+        self.prepare_data()
+        out = self.scratch / "results" / f"{model}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.unlink(missing_ok=True)
+        command = [str(self.python), str(self.scripts / "run_recbole.py"), "--model", model,
+                   "--epochs", str(epochs), "--stopping-step", str(stopping_step),
+                   "--seed", str(seed), "--threads", str(threads),
+                   "--data-root", str(self.scratch / "data"),
+                   "--work-dir", str(self.scratch / "work"), "--json-out", str(out)]
+        if time_budget is not None:
+            command += ["--time-budget", str(time_budget)]
+        result = run_process(command, env=self._env(threads), cwd=self.scratch,
+                             log=self.scratch / "results" / f"{model}.log")
+        if result.returncode != 0 or not out.exists():
+            raise PeerError(f"run_recbole.py --model {model} failed (exit {result.returncode}):"
+                            f"\n{result.tail()}")
+        figures = json.loads(out.read_text())
+        return {**figures, **_process_figures(result)}
+
+
+def _process_figures(result: ProcessResult) -> dict[str, Any]:
+    return {"peak_rss_mb": round(result.peak_rss_mb, 1),
+            "wall_seconds_process": round(result.seconds, 2)}
+
+
+@dataclass
+class PresetSplit:
+    """Train/validation/test rows read from ``<folder>/{train,valid,test}.tsv`` (columns
+    ``user_id``, ``item_id``: the external ids), e.g. RecBole's exact splits written by
+    ``export_splits.py``, so that two libraries are scored on the same rows.
+
+    Validation and test are the listed rows. Training is every other row: a file that lists
+    only training *targets* (RecBole's sequential protocol leaves out each user's first item)
+    still gives the whole training history. Each (user, item) pair must name one row.
+
+    Use from the command line with ``split=random split._target_=recozoo.bench.peers.PresetSplit
+    +split.folder=<folder>`` (any split config works as the base).
+    """
+
+    folder: str
+    name: str = "preset"
+    ratios: Any = None  # accepted (and ignored) so that any split config can be the base
+
+    def _read(self, part: str) -> pd.DataFrame:
+        path = Path(self.folder) / f"{part}.tsv"
+        if not path.is_file():
+            raise FileNotFoundError(f"split folder {self.folder}: {path.name} is missing")
+        frame = pd.read_csv(path, sep="\t", dtype=str)
+        missing = {"user_id", "item_id"} - set(frame.columns)
+        if missing:
+            raise ValueError(f"{path}: expected columns user_id and item_id, missing "
+                             f"{sorted(missing)} (found {list(frame.columns)})")
+        return frame[["user_id", "item_id"]]
+
+    def __call__(self, data: Interactions, seed: int) -> SplitIndices:
+        rows = pd.DataFrame({"user_id": data.user_ids[data.user].astype(str),
+                             "item_id": data.item_ids[data.item].astype(str),
+                             "position": np.arange(len(data))})
+        if rows.duplicated(["user_id", "item_id"]).any():
+            raise ValueError(f"split folder {self.folder}: the data repeats (user, item) pairs, "
+                             "so a listed pair cannot name one row; dedupe the data first")
+        held = {}
+        for part in ("valid", "test"):
+            frame = self._read(part)
+            found = frame.merge(rows, on=["user_id", "item_id"], how="left")
+            lost = found["position"].isna()
+            if lost.any():
+                first = found[lost].iloc[0]
+                raise ValueError(f"{Path(self.folder) / (part + '.tsv')}: {int(lost.sum())} rows "
+                                 f"are not in the data, e.g. user {first.user_id} item "
+                                 f"{first.item_id}")
+            held[part] = found["position"].to_numpy(dtype=np.int64)
+        in_train = np.ones(len(data), dtype=bool)
+        in_train[held["valid"]] = in_train[held["test"]] = False
+        listed = self._read("train").merge(rows, on=["user_id", "item_id"], how="left")
+        if listed["position"].isna().any() or not in_train[
+                listed["position"].to_numpy(dtype=np.int64)].all():
+            raise ValueError(f"{Path(self.folder) / 'train.tsv'}: rows missing from the data or "
+                             "also held out for validation/test")
+        return SplitIndices(train=np.flatnonzero(in_train), valid=held["valid"],
+                            test=held["test"])

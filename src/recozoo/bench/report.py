@@ -1,0 +1,195 @@
+"""bench/results.md and bench/results.json from the figures of one ``make bench`` run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from recozoo.bench.compare import EPOCH_TARGET, EVAL_TARGET
+
+
+def _num(value: Any, spec: str = ".4f") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return format(value, spec)
+
+
+def _ratio(value: float | None, met: bool | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" + ("" if met is None else (" ok" if met else " **miss**"))
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def comparison_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The side-by-side table (quality of sequence models after the same number of epochs)."""
+    head = ["model", "split", "s/epoch recozoo", "s/epoch RecBole", "ratio", "eval s recozoo",
+            "eval s RecBole", "ratio", "NDCG@10 recozoo", "NDCG@10 RecBole", "Recall@10 recozoo",
+            "Recall@10 RecBole", "epochs recozoo / RecBole"]
+    body = []
+    for row in rows:
+        ours, peer = row["recozoo"], row.get("recbole") or {}
+        quality = row.get("recozoo_same_epochs") or ours
+        ratios, targets = row.get("ratios", {}), row.get("targets", {})
+        peer_epoch = _num(peer.get("sec_per_epoch"), ".3f")
+        if peer.get("sec_per_epoch_estimated"):
+            peer_epoch = f"~{peer_epoch} (est.)"
+        ndcg = _num(quality.get("ndcg@10"))
+        if targets.get("ndcg@10") is False:
+            ndcg += " **miss**"
+        body.append([
+            row["model"], row["split"], _num(ours["sec_per_epoch"], ".3f"), peer_epoch,
+            _ratio(ratios.get("sec_per_epoch"), targets.get("sec_per_epoch")),
+            _num(ours["eval_seconds"], ".3f"), _num(peer.get("eval_seconds"), ".3f"),
+            _ratio(ratios.get("eval_seconds"), targets.get("eval_seconds")),
+            ndcg, _num(peer.get("ndcg@10")), _num(quality.get("recall@10")),
+            _num(peer.get("recall@10")),
+            f"{_num(quality.get('epochs'), 'd')} / {_num(peer.get('epochs'), 'd')}",
+        ])
+    return _table(head, body)
+
+
+def converged_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Sequence models trained by recozoo with early stopping, against RecBole's capped run."""
+    seq = [row for row in rows if row.get("recozoo_same_epochs") is not None]
+    if not seq:
+        return []
+    head = ["model", "recozoo epochs", "recozoo train s", "recozoo NDCG@10", "recozoo Recall@10",
+            "RecBole epochs", "RecBole train s", "RecBole NDCG@10", "RecBole Recall@10"]
+    body = []
+    for row in seq:
+        ours, peer = row["recozoo"], row.get("recbole") or {}
+        body.append([row["model"], _num(ours.get("epochs"), "d"),
+                     _num(ours.get("train_seconds"), ".1f"), _num(ours.get("ndcg@10")),
+                     _num(ours.get("recall@10")), _num(peer.get("epochs"), "d"),
+                     _num(peer.get("train_seconds"), ".1f"), _num(peer.get("ndcg@10")),
+                     _num(peer.get("recall@10"))])
+    return _table(head, body)
+
+
+def memory_lines(rows: list[dict[str, Any]]) -> list[str]:
+    head = ["model", "peak RSS MB recozoo", "peak RSS MB RecBole"]
+    return _table(head, [[row["model"], _num(row["recozoo"].get("peak_rss_mb"), ".0f"),
+                          _num((row.get("recbole") or {}).get("peak_rss_mb"), ".0f")]
+                         for row in rows])
+
+
+def scaling_lines(scaling: dict[str, Any]) -> list[str]:
+    points = scaling["points"]
+    head = ["interactions", "users", "items", "stage", "model", "seconds", "peak RSS MB",
+            "above base MB"]
+    body = [[_num(p["interactions"], ",d"), _num(p.get("users"), ",d"),
+             _num(p.get("items"), ",d"), p["stage"], p.get("model") or "-",
+             _num(p.get("seconds"), ".2f") + (" (est.)" if p.get("estimated") else ""),
+             _num(p.get("peak_rss_mb"), ".0f"),
+             _num(p["peak_rss_mb"] - p["baseline_rss_mb"] if "baseline_rss_mb" in p else None,
+                  ".0f")]
+            for p in points]
+    lines = _table(head, body)
+    growth = scaling.get("growth") or {}
+    if growth:
+        lines += ["", ("Growth rate (slope of log time and log memory against log interactions; "
+                  "1.0 = linear):"), ""]
+        lines += _table(["stage", "model", "time exponent", "memory exponent"],
+                        [[g["stage"], g.get("model") or "-", _num(g.get("time_exponent"), ".2f"),
+                          _num(g.get("memory_exponent"), ".2f")] for g in growth])
+    return lines
+
+
+def throughput_lines(throughput: list[dict[str, Any]]) -> list[str]:
+    if not throughput:
+        return ["not run"]
+    head = ["workload", "users", "items", "dim", "recozoo eval s", "recozoo GFLOP/s",
+            "matmul+top-K s", "matmul+top-K GFLOP/s", "share of the limit"]
+    body = []
+    for t in throughput:
+        bare = t["bare"]
+        share = (t["achieved_gflops"] / bare["gflops"]) if t.get("achieved_gflops") and \
+            bare.get("gflops") else None
+        body.append([t["workload"], _num(bare["n_users"], ",d"), _num(bare["n_items"], ",d"),
+                     str(bare["dim"]), _num(t.get("eval_seconds"), ".3f"),
+                     _num(t.get("achieved_gflops"), ".2f"), _num(bare["seconds"], ".3f"),
+                     _num(bare["gflops"], ".2f"), _num(share, ".1%")])
+    return _table(head, body)
+
+
+def loadtest_lines(figures: dict[str, Any] | None) -> list[str]:
+    if not figures:
+        return ["not run"]
+    if "error" in figures:
+        return [f"failed: {figures['error']}"]
+    head = ["phase", "clients", "requests", "failures", "p50 ms", "p99 ms", "requests/s"]
+    body = [[name, str(figures[name]["clients"]), str(figures[name]["requests"]),
+             str(figures[name]["failures"]), _num(figures[name]["p50_ms"], ".2f"),
+             _num(figures[name]["p99_ms"], ".2f"), _num(figures[name]["rps"], ".1f")]
+            for name in ("single", "batched")]
+    return [(f"Model {figures.get('model')} ({figures.get('n_items')} items), server batches up to "
+            f"{figures.get('max_batch_size')} requests; ready in {figures.get('startup_seconds')} s."),
+            "", *_table(head, body)]
+
+
+def render(results: dict[str, Any]) -> str:
+    """results.md as text."""
+    machine = results["machine"]
+    lines = [
+        "# recozoo benchmark", "",
+        (f"Written by `make bench` on {results['date']} (recozoo {results.get('commit') or '?'}). "
+        "A benchmark measures and prints; nothing here is asserted by the tests."), "",
+        (f"Machine: {machine['cpu']}, {machine['cores']} cores; {machine['threads']} torch "
+        f"thread(s) on both sides, OMP_WAIT_POLICY=PASSIVE; torch {machine['torch']}, "
+        f"Python {machine['python']}. Load average at start {machine['load_start']}, at end "
+        f"{machine['load_end']}."), "",
+    ]
+    if results.get("notes"):
+        lines += [f"- {note}" for note in results["notes"]] + [""]
+    rows = results.get("comparison") or []
+    if rows:
+        lines += [
+            "## recozoo against RecBole 1.2.1 on ml-100k", "",
+            (f"Targets: seconds per epoch at most {EPOCH_TARGET['general']}x RecBole's for general "
+            f"models and {EPOCH_TARGET['sequence']}x for sequence models; full-ranking "
+            f"evaluation at most {EVAL_TARGET}x; NDCG@10 at least RecBole's. General models: "
+            "per-user random 8:1:1, both sides early-stopped on validation NDCG@10; sequence "
+            "models: leave-one-out by time, quality after the same number of epochs. "
+            f"{results.get('split_note', '')}"), "",
+            *comparison_lines(rows), "",
+        ]
+        converged = converged_lines(rows)
+        if converged:
+            lines += ["### Sequence models: recozoo trained to convergence", "",
+                      ("recozoo with early stopping (its normal use) against RecBole's capped run: "
+                      "what each side reaches and what its training cost."), "",
+                      *converged, ""]
+        lines += ["### Peak memory of each run (whole process)", "", *memory_lines(rows), ""]
+    elif results.get("comparison_note"):
+        lines += ["## recozoo against RecBole", "", results["comparison_note"], ""]
+    if "scaling" in results:
+        scaling = results["scaling"]
+        lines += ["## Scaling on synthetic shops", "", scaling.get("note", ""), "",
+                  *(scaling_lines(scaling) if scaling.get("points") else []), ""]
+    if "throughput" in results:
+        lines += ["## Evaluation throughput against the machine's limit", "",
+                  ("Scoring FLOPs (2 x users x items x dim) per second of recozoo's whole test "
+                  "evaluation (scoring, masking, top-K, every metric), against a bare batched "
+                  "matmul plus top-100 of the same shape."), "",
+                  *throughput_lines(results["throughput"]), ""]
+    if "loadtest" in results:
+        lines += ["## Serving load test (localhost)", "", *loadtest_lines(results["loadtest"]),
+                  ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write(results: dict[str, Any], folder: Path) -> tuple[Path, Path]:
+    """Write ``results.json`` and ``results.md`` into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = folder / "results.json", folder / "results.md"
+    json_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    md_path.write_text(render(results))
+    return md_path, json_path

@@ -1,0 +1,54 @@
+"""The machine's limit for full-ranking evaluation: a plain matmul plus top-K of the same shape.
+
+Scoring every item for every user with a factor model is ``(users, d) @ (d, items)`` followed by
+a top-K per user: ``2 * users * items * d`` floating-point operations. Timing that bare kernel
+(batched by users as the evaluation loop does) gives the ceiling that recozoo's evaluation,
+which also masks seen items and computes the metric suite, is measured against.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+
+def scoring_flops(n_users: int, n_items: int, dim: int) -> float:
+    """Floating-point operations of scoring every item for every user (one multiply-add = 2)."""
+    return 2.0 * n_users * n_items * dim
+
+
+def matmul_topk(n_users: int, n_items: int, dim: int, batch_size: int = 256, k: int = 100,
+                threads: int | None = None, repeats: int = 3, seed: int = 0) -> dict[str, Any]:
+    """Time ``users @ items.T`` plus ``topk(k)`` over all users in batches of ``batch_size``.
+
+    Returns the best of ``repeats`` passes: ``seconds``, ``gflops`` (scoring FLOPs per second,
+    in 1e9) and the shape.
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
+    generator = torch.Generator().manual_seed(seed)
+    users = torch.randn(n_users, dim, generator=generator)
+    items = torch.randn(n_items, dim, generator=generator)
+    k = min(k, n_items)
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for first in range(0, n_users, batch_size):
+                scores = users[first:first + batch_size] @ items.T  # (B, n_items)
+                torch.topk(scores, k, dim=1)
+            best = min(best, time.perf_counter() - start)
+    flops = scoring_flops(n_users, n_items, dim)
+    return {"n_users": n_users, "n_items": n_items, "dim": dim, "batch_size": batch_size, "k": k,
+            "threads": torch.get_num_threads(), "seconds": round(best, 4),
+            "gflops": round(flops / best / 1e9, 2)}
+
+
+def achieved(n_users: int, n_items: int, dim: int, eval_seconds: float | None
+             ) -> float | None:
+    """GFLOP/s a full evaluation of ``eval_seconds`` achieved on the scoring matmul."""
+    if not eval_seconds:
+        return None
+    return round(scoring_flops(n_users, n_items, dim) / eval_seconds / 1e9, 2)
