@@ -1,10 +1,13 @@
 """BERT fine-tuned end to end to recommend items from their text (two towers).
 
 The item tower is a pretrained transformer encoder over each item's text (title, category,
-brand; ``DatasetInfo.item_text``), projected to ``embedding_dim`` and, optionally, fused with an
-ID embedding through a popularity gate; the user tower is a causal Transformer over the user's
-recent item vectors (SASRec, Kang and McAuley, ICDM 2018). The score is the dot product of the
-user state with every item vector. Text-based sequential recommenders of this kind: Hou et al.,
+brand; ``DatasetInfo.item_text``) plus a residual linear adapter and, optionally, an ID
+embedding behind a popularity gate, L2-normalised. The user vector is a recency-weighted sum of
+the history's item vectors (learned weight per lag) plus the output of a causal Transformer over
+the history (SASRec, Kang and McAuley, ICDM 2018), L2-normalised. The score is their dot
+product over a temperature, for every item. The adapter and the Transformer's output start at
+zero, so an untrained model already ranks items by text similarity to the recent history (the
+pretrained sentence-embedding prior), and training learns corrections to it. Text-based sequential recommenders of this kind: Hou et al.,
 "Towards Universal Sequence Representation Learning for Recommender Systems" (UniSRec, KDD 2022);
 Li et al., "Text Is All You Need" (Recformer, KDD 2023). Because an item vector comes from text,
 items never seen in training (cold start) are scored like any other.
@@ -75,7 +78,8 @@ class BertFinetune(Recommender):
         cache_frozen_layers: cache the frozen lower layers' output per item.
         bf16: encoder under bfloat16 autocast.
         encoder_lr: learning rate of the encoder (the optimizer's own lr trains the rest).
-        embedding_dim: size of item and user vectors.
+        temperature: softmax temperature of the cosine scores.
+        user_dim: width of the user Transformer.
         id_embeddings: fuse popularity-gated ID embeddings with the text vectors.
         user_layers / user_heads / max_len / dropout: the user tower.
         negatives: ``in_batch``, ``sampled`` or ``catalogue``.
@@ -93,7 +97,8 @@ class BertFinetune(Recommender):
     def __init__(self, info: DatasetInfo, pretrained: str | None = None, max_length: int = 32,
                  train_layers: int = 1, lora_rank: int = 0, lora_alpha: float = 16.0,
                  pooling: str = "mean", cache_frozen_layers: bool = True, bf16: bool = True,
-                 encoder_lr: float = 5e-5, embedding_dim: int = 128, id_embeddings: bool = False,
+                 encoder_lr: float = 5e-5, temperature: float = 0.05,
+                 user_dim: int = 128, id_embeddings: bool = False,
                  user_layers: int = 2, user_heads: int = 2, max_len: int = 50,
                  dropout: float = 0.1, negatives: str = "catalogue", n_negatives: int = 256,
                  max_fresh_items: int = 128, refresh_every: int = 0, batch_size: int = 64,
@@ -113,11 +118,20 @@ class BertFinetune(Recommender):
                               lora_alpha=lora_alpha, pooling=pooling,
                               cache_frozen_layers=cache_frozen_layers, bf16=bf16,
                               encode_batch_size=encode_batch_size)
-        self.projection = nn.Linear(self.text.hidden_size, embedding_dim)
-        self.ids = (PopularityGatedIDs(info.n_items, embedding_dim, info.item_popularity)
+        dim = self.text.hidden_size
+        self.temperature = float(temperature)
+        self.adapter = nn.Linear(dim, dim)  # residual: starts as the identity map
+        nn.init.zeros_(self.adapter.weight)
+        nn.init.zeros_(self.adapter.bias)
+        self.ids = (PopularityGatedIDs(info.n_items, dim, info.item_popularity)
                     if id_embeddings else None)
-        self.user_tower = CausalUserTower(embedding_dim, max_len, user_layers, user_heads,
-                                          dropout)
+        # weight of the item `lag` steps before the newest one; starts at 0.5 ** lag
+        self.lag_weight = nn.Parameter(0.5 ** torch.arange(float(max_len)))
+        self.user_in = nn.Linear(dim, user_dim)
+        self.user_tower = CausalUserTower(user_dim, max_len, user_layers, user_heads, dropout)
+        self.user_out = nn.Linear(user_dim, dim)  # starts at zero: the recency sum alone
+        nn.init.zeros_(self.user_out.weight)
+        nn.init.zeros_(self.user_out.bias)
         # items with training interactions: the only ones used as negatives
         self.register_buffer("trained_items", info.item_popularity > 0, persistent=False)
         #: (n_items, H) text vectors of the catalogue; not saved (rebuilt from the weights)
@@ -150,9 +164,10 @@ class BertFinetune(Recommender):
         text = self._cached_text()  # (n_items, H)
         if fresh is not None and len(fresh):
             text = text.index_copy(0, fresh, self.text(fresh))
-        vectors = self.projection(text)  # (n_items, d)
+        vectors = text + self.adapter(text)  # (n_items, d)
         if self.ids is not None:
             vectors = self.ids(vectors)
+        vectors = nn.functional.normalize(vectors, dim=-1)
         return torch.cat([vectors, vectors.new_zeros(1, vectors.shape[1])])
 
     def item_embeddings(self) -> torch.Tensor:
@@ -161,7 +176,16 @@ class BertFinetune(Recommender):
 
     def user_states(self, table: torch.Tensor, sequence: torch.Tensor) -> torch.Tensor:
         """(B, max_len, d) user states over a left-padded item sequence (B, L)."""
-        return self.user_tower(table[sequence], sequence == self.info.pad_item)
+        pad = sequence == self.info.pad_item
+        items = table[sequence]  # (B, L, d), padding rows are zero
+        items, pad = self.user_tower.fit_length(items, pad)
+        length = items.shape[1]
+        lag = torch.arange(length, device=items.device)
+        lag = lag[:, None] - lag[None, :]  # (L, L): how far key j lies before query t
+        weights = self.lag_weight[lag.clamp(min=0)] * (lag >= 0)  # (L, L), causal
+        recent = torch.einsum("tj,bjd->btd", weights.to(items.dtype), items)  # (B, L, d)
+        learned = self.user_out(self.user_tower(self.user_in(items), pad))  # (B, L, d)
+        return nn.functional.normalize(recent + learned, dim=-1)
 
     # ------------------------------------------------------------------ training
     def train_view(self) -> TrainView:
@@ -181,7 +205,7 @@ class BertFinetune(Recommender):
         targets = target[valid]  # (N,)
         table = self.item_table(self._fresh_items(targets))  # (n_items + 1, d)
         states = self.user_states(table, sequence)[:, -sequence.shape[1]:]  # (B, L, d)
-        logits = states[valid] @ table[:-1].T  # (N, n_items)
+        logits = states[valid] @ table[:-1].T / self.temperature  # (N, n_items)
         candidates = self.trained_items.clone()
         if self.negatives != "catalogue":
             candidates = torch.zeros_like(candidates)
@@ -219,4 +243,4 @@ class BertFinetune(Recommender):
     def score(self, batch: EvalBatch) -> torch.Tensor:
         table = self.item_table()  # (n_items + 1, d)
         user = self.user_states(table, batch.history)[:, -1]  # (B, d)
-        return user @ table[:-1].T  # (B, n_items)
+        return user @ table[:-1].T / self.temperature  # (B, n_items)
