@@ -5,7 +5,9 @@ half-written artifact.
 A run directory holds::
 
     config.yaml            the resolved config
-    metrics.json           flat metrics and facts (see DESIGN.md, "Run artifacts")
+    metrics.json           flat metrics and facts (see DESIGN.md, "Run artifacts"); with
+                           eval.cold_items > 0 also test_cold/<name>@<k>: the test metrics over
+                           the users whose target is a held-out cold item, cold targets only
     per_user_test.parquet  per-user test values of the main metrics
     rankings_val.parquet   top-N (item, score) per validation user
     rankings_test.parquet  top-N (item, score) per test user
