@@ -62,6 +62,7 @@ def measure_point(overrides: list[str], stages: list[str], max_batches: int,
     """In this process: compose the config, then time the stages (see the module docstring)."""
     import lightning as L
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
     from omegaconf import open_dict
@@ -69,6 +70,7 @@ def measure_point(overrides: list[str], stages: list[str], max_batches: int,
     from recozoo.train import build_datamodule, build_model
 
     baseline = round(_peak_mb(), 1)  # the interpreter, torch and Lightning, before any data
+    GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(repo_root() / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
