@@ -47,6 +47,8 @@ class CFGAN(Recommender):
         batch_size: users per batch.
     """
 
+    scores_new_users = True  # scores read only the user's items, never a user id
+
     def __init__(self, info: DatasetInfo, hidden_g: tuple[int, ...] | list[int] = (400,),
                  hidden_d: tuple[int, ...] | list[int] = (125,), zr_ratio: float = 0.7, pm_ratio: float = 0.7,
                  zr_weight: float = 0.03, d_steps: int = 2, g_steps: int = 4,

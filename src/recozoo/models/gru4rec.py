@@ -48,6 +48,8 @@ class GRU4Rec(SequentialRecommender):
         max_len, batch_size: see `SequentialRecommender`.
     """
 
+    scores_new_users = True  # scores read only the user's items, never a user id
+
     def __init__(self, info: DatasetInfo, hidden_size: int = 100, num_layers: int = 1,
                  dropout_embed: float = 0.2, dropout_hidden: float = 0.5, max_len: int = 50,
                  batch_size: int = 128, **kwargs):

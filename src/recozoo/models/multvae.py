@@ -42,6 +42,8 @@ class MultVAE(Recommender):
         batch_size: users per training batch.
     """
 
+    scores_new_users = True  # scores read only the user's items, never a user id
+
     def __init__(self, info: DatasetInfo, hidden: tuple[int, ...] | list[int] = (600,),
                  latent: int = 200, dropout: float = 0.5, variational: bool = True,
                  anneal_cap: float = 0.2, total_anneal_steps: int = 2000, batch_size: int = 128,

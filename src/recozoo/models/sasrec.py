@@ -32,6 +32,8 @@ class SASRec(SequentialRecommender):
         max_len, batch_size: see `SequentialRecommender`.
     """
 
+    scores_new_users = True  # scores read only the user's items, never a user id
+
     def __init__(self, info: DatasetInfo, hidden_size: int = 64, num_layers: int = 2,
                  num_heads: int = 1, dropout: float = 0.2, max_len: int = 50,
                  batch_size: int = 128, **kwargs):
