@@ -125,12 +125,12 @@ def output_dir(cfg: DictConfig) -> Path:
 
 
 def _launch_rank() -> int:
-    """Global rank of this process as its launcher set it (Lightning's DDP children, torchrun,
-    SLURM); 0 for the process a user started."""
-    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+    """0 for the process a user started (global rank 0), else a positive number: read from what
+    launchers set (torchrun, SLURM, Lightning's DDP children and other nodes)."""
+    for name in ("RANK", "SLURM_PROCID"):
         if os.environ.get(name, "").isdigit():
             return int(os.environ[name])
-    return 0
+    return sum(int(os.environ.get(name, "0") or 0) for name in ("NODE_RANK", "LOCAL_RANK"))
 
 
 def _prepare_output_dir(out: Path) -> None:
@@ -220,7 +220,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     train_seconds = time.perf_counter() - start
     epoch_seconds = list(timer.epoch_seconds)  # before loading the best checkpoint resets them
-    best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+    checkpoint = trainer.checkpoint_callback
+    best = getattr(checkpoint, "best_model_path", "") or None
+    if best is None and model.fits_in_one_step:
+        # no optimiser step means global_step stays 0 and ModelCheckpoint saves only last.ckpt;
+        # for a one-step fit the last weights are the best ones
+        best = getattr(checkpoint, "last_model_path", "") or None
     # evaluate the best weights: validation lists (for fusion weights) and test metrics
     val_metrics = trainer.validate(model, datamodule=dm, ckpt_path=best, verbose=False)[0]
     val_outputs = model.eval_outputs.get("val")
