@@ -1,6 +1,6 @@
 """How cost grows with data: time and peak memory on synthetic shops of growing size.
 
-For each size (interactions; items grow with them, a tenth as many, users a twentieth) one
+For each size (interactions; items grow with them, a tenth as many, users ~a twentieth) one
 fresh process per model measures, in order:
 
 - ``data``: reading the generated shop from its cache, preprocessing, splitting (leave-one-out)
@@ -36,8 +36,9 @@ from recozoo.bench.throughput import achieved, matmul_topk
 
 #: models whose training epoch is measured
 SCALE_MODELS = ("bpr", "sasrec")
-#: user and item counts per interaction of the generated shops
-USERS_PER_INTERACTION, ITEMS_PER_INTERACTION = 1 / 20, 1 / 10
+#: user and item counts per interaction of the generated shops (about a fifth of the generated
+#: rows are repeats that preprocessing drops, hence 1/17 users: ~20 kept rows per user)
+USERS_PER_INTERACTION, ITEMS_PER_INTERACTION = 1 / 17, 1 / 10
 #: the shop's mean interactions per user is about sessions x length x (1 + cart/purchase events)
 SHOP_SESSIONS, SHOP_LENGTH = 4.0, 4.5
 
@@ -158,7 +159,7 @@ def _slope(x: list[float], y: list[float]) -> float:
 
 
 def scaling_section(sizes: list[int], out: Path, threads: int, say: Callable[[str], None] = print,
-                    quick: bool = False, max_batches: int = 30) -> dict[str, Any]:
+                    quick: bool = False, max_batches: int = 20) -> dict[str, Any]:
     """Every point of the curve, the growth rates and the shapes the throughput section uses."""
     points: list[dict[str, Any]] = []
     evaluations: list[dict[str, Any]] = []
@@ -195,7 +196,7 @@ def scaling_section(sizes: list[int], out: Path, threads: int, say: Callable[[st
                 f"{' (est.)' if figures['train']['estimated'] else ''}, eval "
                 f"{figures['eval']['seconds']:.1f}s, peak {figures['eval']['peak_rss_mb']:.0f} MB")
     note = (f"Shops of {', '.join(f'{s:,}' for s in sizes)} interactions requested (items a tenth, "
-            "users a twentieth of that; 10^7 is an option: `scale_sizes=[100000,1000000,"
+            "users about a twentieth of that; 10^7 is an option: `scale_sizes=[100000,1000000,"
             f"10000000]`), leave-one-out split, {threads} thread(s). Train: one epoch; "
             f"where an epoch has more than {max_batches} batches it is extrapolated from the "
             "first ones. Peak RSS is the process maximum at the end of each stage; 'above base' "
