@@ -131,6 +131,20 @@ def test_transitions_pair_each_state_with_the_state_after_its_action():
     assert torch.allclose(td, torch.stack(errors).mean(), atol=1e-5)
 
 
+@pytest.mark.parametrize("encoder", ["gru", "transformer"])
+def test_one_training_step_on_either_shared_encoder(encoder):
+    info = _info()
+    model = _sqn(info, encoder=encoder, dim=8, max_len=5)
+    pad = info.pad_item
+    batch = {"user": torch.tensor([0]), "input": torch.tensor([[pad, 0, 1, 2]]),
+             "target": torch.tensor([[-100, 1, 2, 3]]), "event": torch.zeros(1, 4).long()}
+    losses = model.losses(batch)
+    assert set(losses) == {"loss", "td", "ce"} and torch.isfinite(losses["loss"])
+    losses["loss"].backward()
+    assert model.supervised_bias.grad is not None and model.q_network.head.weight.grad is not None
+    assert all(p.grad is None for p in model.target.parameters())
+
+
 def test_dqn_needs_q_ranking():
     with pytest.raises(ValueError, match="needs the supervised head"):
         _sqn(_info(), supervised=False, rank_head="mix")

@@ -43,7 +43,7 @@ from recozoo.data.datamodule import DatasetInfo, EvalBatch, TrainView
 from recozoo.models.base import Recommender
 from recozoo.models.components.q_heads import (EventReward, QNetwork, TargetNetwork,
                                                double_q_target)
-from recozoo.models.components.sequence import GRUEncoder
+from recozoo.models.components.sequence import CausalTransformerEncoder, GRUEncoder
 
 RankHead = Literal["supervised", "q", "mix"]
 DEFAULT_REWARD = {"view": 0.2, "cart": 0.5, "purchase": 1.0}
@@ -80,10 +80,10 @@ class SQN(Recommender):
 
     scores_new_users = True  # scores read only the history
 
-    def __init__(self, info: DatasetInfo, dim: int = 64, encoder: str = "gru",
+    def __init__(self, info: DatasetInfo, dim: int = 100, encoder: str = "gru",
                  num_layers: int = 1, dropout: float = 0.0, dropout_hidden: float = 0.2,
-                 max_len: int = 50,
-                 batch_size: int = 256, supervised: bool = True, rank_head: RankHead = "mix",
+                 max_len: int = 50, batch_size: int = 128, supervised: bool = True,
+                 rank_head: RankHead = "mix",
                  mix_weight: float = 1.0, reward: Mapping[str, float] | None = None,
                  tail_bonus: float = 0.0, gamma: float = 0.5, q_weight: float = 1.0,
                  n_negatives: int = 10, target_tau: float = 0.01, target_every: int = 1,
@@ -175,7 +175,7 @@ class SQN(Recommender):
 
     # ------------------------------------------------------------------ ranking
     def score(self, batch: EvalBatch) -> torch.Tensor:
-        state = self.q_network(batch.history)[:, -1]  # (B, dim)
+        state = self.q_network(batch.history[:, -self.max_len:])[:, -1]  # (B, dim)
         if self.rank_head == "q":
             return self.q_network.q_values(state)  # (B, n_items)
         logits = self.supervised_logits(state)  # (B, n_items)
@@ -199,7 +199,6 @@ def _sequence_encoder(kind: str, n_items: int, dim: int, num_layers: int, dropou
     if kind == "gru":
         return GRUEncoder(n_items, dim, num_layers=num_layers, dropout=dropout)
     if kind == "transformer":
-        from recozoo.models.components.sequence import CausalTransformerEncoder
         return CausalTransformerEncoder(n_items, dim, num_layers=num_layers, max_len=max_len,
                                         dropout=dropout)
     raise ValueError(f"model.encoder must be 'gru' or 'transformer', got '{kind}'")
