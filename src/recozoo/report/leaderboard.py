@@ -235,8 +235,9 @@ def _legend(primary: str) -> str:
             f"best (paired Wilcoxon signed-rank test over test users, Holm-adjusted p < "
             f"{stats.ALPHA}). 95% CI: percentile bootstrap of {primary}. p_wilcoxon / p_ttest: "
             f"Holm-adjusted p-values of {primary} against the best row. recall@k/head, /mid, "
-            "/tail: recall of the test targets in each item-popularity bucket (head = top 20% "
-            "of items by training count, tail = bottom 50%). With several seeds: mean ± std.")
+            "/tail: recall of the test targets in each item-popularity bucket (head = the head "
+            "items, the top head-share by training count; tail = the bottom 50% of items). "
+            "With several seeds: mean ± std.")
 
 
 def to_markdown(board: Leaderboard) -> str:
@@ -268,7 +269,7 @@ td.best{font-weight:bold;background:#e8f5e9}tr.failed td{color:#a00;background:#
 td.err{white-space:normal;max-width:40em;text-align:left}.note{color:#555}"""
 _HTML_SCRIPT = """document.querySelectorAll('table.lb th').forEach(function(th){
 th.addEventListener('click',function(){var t=th.closest('table'),b=t.tBodies[0],i=th.cellIndex;
-var up=th.dataset.up==='1';var asc=th.dataset.asc?th.dataset.asc!=='1':!(th.dataset.higher==='1');
+var asc=th.dataset.asc?th.dataset.asc!=='1':!(th.dataset.higher==='1');
 th.dataset.asc=asc?'1':'0';var rows=Array.from(b.rows);rows.sort(function(x,y){
 var a=x.cells[i].dataset.v,c=y.cells[i].dataset.v;if(a===undefined||a==='')return 1;
 if(c===undefined||c==='')return -1;var fa=parseFloat(a),fc=parseFloat(c);

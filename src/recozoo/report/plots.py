@@ -104,6 +104,7 @@ def _tail_tradeoff(table: Table, ok: pd.DataFrame, primary: str, tail_keys: list
 def _bucket_bars(table: Table, ok: pd.DataFrame, buckets: list[str], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
+    ok = ok.dropna(subset=buckets, how="all")  # runs from before the bucket metrics
     width = 0.8 / len(buckets)
     positions = np.arange(len(ok))
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(ok) + 2), 4.5))
@@ -112,8 +113,9 @@ def _bucket_bars(table: Table, ok: pd.DataFrame, buckets: list[str], path: Path)
                label=key.rsplit("/", 1)[1], color=color)
     ax.set_xticks(positions, ok["model"], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(f"{buckets[0].rsplit('/', 1)[0]} of the bucket's test targets")
-    ax.set_title("Recall by item popularity (head: top 20% of items by training count, tail: "
-                 f"bottom 50%)\n{table.group.title}", fontsize=8)
+    head = table.group.protocol.get("head_share")
+    ax.set_title(f"Recall by item popularity (head: top {head} of items by training count, "
+                 f"tail: bottom 50%)\n{table.group.title}", fontsize=8)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
