@@ -77,3 +77,18 @@ def test_ddp_trains_and_evaluates(model, tmp_path):
     per_user = pd.read_parquet(tmp_path / "ddp" / "per_user_test.parquet")
     targets = pd.read_parquet(tmp_path / "ddp" / "targets_test.parquet")
     assert per_user["user"].is_unique and set(per_user["user"]) == set(targets["user"])
+
+
+@pytest.mark.slow
+def test_ddp_inside_a_multirun_runs_each_job_once(tmp_path):
+    """`train.py -m ... trainer=ddp`: each job's second process reruns that job, not the sweep."""
+    command = [sys.executable, "train.py", "-m", *TINY, "model=pop,ease", "trainer=ddp",
+               "trainer.devices=2", "trainer.accelerator=cpu", f"paths.cache_dir={tmp_path}/cache",
+               f"hydra.sweep.dir={tmp_path}/sweep", "hydra.callbacks={}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-4000:]
+    for job, model in ((0, "pop"), (1, "ease")):
+        metrics = json.loads((tmp_path / "sweep" / str(job) / "metrics.json").read_text())
+        assert metrics["status"] == "ok" and metrics["model"] == model
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["0", "1"]

@@ -25,7 +25,7 @@ class KillOnce(L.Callback):
     """Sends ``signal`` to its own process at ``batch`` of ``epoch``, once: a marker file makes
     the rerun of the same command train on."""
 
-    def __init__(self, marker: str, epoch: int = 2, batch: int = 0, signal: str = "SIGKILL"):
+    def __init__(self, marker: str, epoch: int = 2, batch: int = 1, signal: str = "SIGKILL"):
         self.marker, self.epoch, self.batch, self.signal = Path(marker), epoch, batch, signal
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
@@ -37,6 +37,8 @@ class KillOnce(L.Callback):
 def _overrides(model: str, marker: Path | None, sig: str) -> list[str]:
     extra = [f"model={model}", "trainer.max_epochs=4", "trainer.limit_train_batches=3",
              "eval.ks=[5,10]", "data.source.n_users=120", "data.source.n_items=60"]
+    if "batch_size:" in (CONF / "model" / f"{model}.yaml").read_text():
+        extra.append("model.batch_size=32")  # several batches per epoch: order matters
     if marker is not None:
         extra += ["+callbacks.kill._target_=test_resume.KillOnce", f"+callbacks.kill.marker={marker}",
                   f"+callbacks.kill.signal={sig}"]

@@ -11,15 +11,21 @@ Two pieces make a DDP run report exactly the numbers of a one-process run:
 * `RecDDPStrategy`: Lightning's `DDPStrategy`, except that a model with no trainable parameter
   (pop, itemknn, ease: they fit in one step) is not wrapped in `DistributedDataParallel`, which
   refuses such modules. Every rank then fits the closed form on the whole ``matrix`` batch.
+  In a Hydra multirun (``-m``), the processes it starts rerun the job, not the whole sweep
+  (Lightning's launcher repeats the command line, ``-m`` and all).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from unittest import mock
 
 import numpy as np
 import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies.launchers import subprocess_script
 from torch.utils.data import DistributedSampler
 
 
@@ -71,3 +77,47 @@ class RecDDPStrategy(DDPStrategy):
     def configure_ddp(self) -> None:
         if any(p.requires_grad for p in self.model.parameters()):
             super().configure_ddp()
+
+    def _configure_launcher(self) -> None:
+        if self._start_method == "popen":
+            self._launcher = _JobScriptLauncher(self.cluster_environment, self.num_processes,
+                                                self.num_nodes)
+        else:
+            super()._configure_launcher()
+
+
+class _JobScriptLauncher(subprocess_script._SubprocessScriptLauncher):
+    """Lightning's script launcher; inside a Hydra multirun job, children rerun that job."""
+
+    def _call_children_scripts(self) -> None:
+        with _multirun_job_command():
+            super()._call_children_scripts()
+
+
+@contextmanager
+def _multirun_job_command() -> Iterator[None]:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        yield
+        return
+    # the launcher builds a child's command with this module-level function: swap it for the
+    # job's own command while the children start
+    with mock.patch.object(subprocess_script, "_hydra_subprocess_cmd", _job_command):
+        yield
+
+
+def _job_command(local_rank: int) -> tuple[Sequence[str], str]:
+    """The command line of this multirun job alone (its overrides, its output folder)."""
+    import __main__
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import get_original_cwd, to_absolute_path
+
+    job = HydraConfig.get()
+    command = ([sys.executable, to_absolute_path(sys.argv[0])] if __main__.__spec__ is None
+               else [sys.executable, "-m", __main__.__spec__.name])
+    command += list(job.overrides.task)
+    command += [f"hydra.run.dir={job.runtime.output_dir}",
+                f"hydra.job.name=train_ddp_process_{local_rank}", "hydra.output_subdir=null"]
+    return command, get_original_cwd()

@@ -21,6 +21,7 @@ from recozoo import artifacts
 from recozoo.data.datamodule import RecDataModule
 from recozoo.debias import Debias
 from recozoo.models.base import Recommender
+from recozoo.training_callbacks import AtomicCheckpointIO, EpochSeed, KeepStopped
 from recozoo.rerank import Reranker
 from recozoo.training_callbacks import AtomicCheckpointIO, EpochSeed, KeepStopped
 
@@ -209,8 +210,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             overrides["precision"] = "32-true"
     if "plugins" not in cfg.trainer:
         overrides["plugins"] = [AtomicCheckpointIO()]  # a kill never leaves half a checkpoint
-    # EpochSeed and KeepStopped make a resumed run train exactly like an uninterrupted one
-    callbacks += [timer, EpochSeed(cfg.seed), KeepStopped()]
+    # BatchSeed and KeepStopped make a resumed run train exactly like an uninterrupted one
+    callbacks += [timer, BatchSeed(cfg.seed), KeepStopped()]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks,
                                      logger=loggers or False, **overrides)
     for logger in loggers:

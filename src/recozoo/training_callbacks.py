@@ -1,9 +1,10 @@
 """Training-time machinery that makes runs repeatable and resumable.
 
-* `EpochSeed` re-seeds every random generator at the start of each training epoch from
-  ``(seed, epoch, rank)``. An epoch's randomness (shuffling, negative sampling, dropout) then
-  does not depend on what ran before it, so a run resumed from the checkpoint of epoch ``e``
-  trains epoch ``e + 1`` exactly as the uninterrupted run did.
+* `BatchSeed` re-seeds every random generator before each training step from
+  ``(seed, epoch, batch, rank)``. A step's randomness then does not depend on what ran before
+  it, so a run resumed from the checkpoint of epoch ``e`` trains epoch ``e + 1`` exactly as the
+  uninterrupted run did (the DataModule makes shuffling and sampled negatives functions of the
+  seed and the epoch too).
 * `AtomicCheckpointIO` writes each checkpoint to a temporary file and renames it, so a run
   killed (even with SIGKILL) while saving leaves the previous ``last.ckpt`` intact.
 * `KeepStopped` keeps a run that early stopping ended from training on when it is resumed.
@@ -25,18 +26,20 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
-def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
-    """A 32-bit seed derived from (seed, epoch, rank) by NumPy's SeedSequence hashing."""
-    return int(np.random.SeedSequence([int(seed), int(epoch), int(rank)]).generate_state(1)[0])
+def batch_seed(seed: int, epoch: int, batch: int, rank: int = 0) -> int:
+    """A 32-bit seed derived from (seed, epoch, batch, rank) by NumPy's SeedSequence hashing."""
+    return int(np.random.SeedSequence([int(seed), int(epoch), int(batch), int(rank)])
+               .generate_state(1)[0])
 
 
-class EpochSeed(L.Callback):
-    """Seed Python, NumPy and torch (CPU and CUDA) at every training epoch start.
+class BatchSeed(L.Callback):
+    """Seed Python, NumPy and torch (CPU and CUDA) before every training step.
 
-    Lightning creates the epoch's DataLoader iterator (and its worker seeds) after
-    ``on_train_epoch_start``, so the shuffle order and every draw in a collate function follow
-    the epoch's seed. ``PL_GLOBAL_SEED`` is left alone, so Lightning's distributed sampler keeps
-    shuffling by (run seed, epoch).
+    A step's randomness (dropout, reparameterisation noise, negatives a model draws itself)
+    then depends on (seed, epoch, batch, rank) alone, not on what ran before: a run resumed
+    from a checkpoint trains exactly as the uninterrupted run did. The DataLoader's share is
+    handled by the DataModule (its order and negatives are functions of the seed and epoch).
+    ``PL_GLOBAL_SEED`` is left alone.
 
     Args:
         seed: the run's seed (``cfg.seed``).
@@ -45,8 +48,9 @@ class EpochSeed(L.Callback):
     def __init__(self, seed: int):
         self.seed = int(seed)
 
-    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        value = epoch_seed(self.seed, trainer.current_epoch, trainer.global_rank)
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        value = batch_seed(self.seed, trainer.current_epoch, batch_idx, trainer.global_rank)
         random.seed(value)
         np.random.seed(value)
         torch.manual_seed(value)  # seeds every CUDA device too

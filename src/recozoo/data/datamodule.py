@@ -10,13 +10,13 @@ from typing import Any, Callable, Literal, Protocol
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from recozoo.data.interactions import Interactions
 from recozoo.data.popularity import item_popularity, tail_mask
 from recozoo.data.preprocess import Preprocessing, PreprocessReport
 from recozoo.data.split import LeaveOneOut, SplitIndices, hold_out_cold_items
-from recozoo.distributed import UserShardSampler
+from recozoo.distributed import UserShardSampler, rank_and_world_size
 
 log = logging.getLogger(__name__)
 
@@ -275,18 +275,30 @@ class RecDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         view = self.view
         if view.kind == "pairs":
-            return DataLoader(_Indexed(len(self.train)), batch_size=view.batch_size, shuffle=True,
-                              collate_fn=self._collate_pairs, num_workers=self.num_workers)
+            return self._shuffled(_Indexed(len(self.train)), self._collate_pairs)
         if view.kind == "user_rows":
             users = np.flatnonzero(self.train_items.lengths(np.arange(self.info.n_users)) > 0)
-            return DataLoader(users.tolist(), batch_size=view.batch_size, shuffle=True,
-                              collate_fn=self._collate_user_rows, num_workers=self.num_workers)
+            return self._shuffled(users.tolist(), self._collate_user_rows)
         if view.kind == "sequences":
             self._windows = self._sequence_windows(view.max_len)
-            return DataLoader(_Indexed(len(self._windows[0])), batch_size=view.batch_size,
-                              shuffle=True, collate_fn=self._collate_sequences,
-                              num_workers=self.num_workers)
+            return self._shuffled(_Indexed(len(self._windows[0])), self._collate_sequences)
         return DataLoader(_Indexed(1), batch_size=1, collate_fn=self._collate_matrix)
+
+    def _shuffled(self, dataset: Any, collate: Any) -> DataLoader:
+        """A training loader whose order is a function of (seed, epoch) alone: Lightning sets
+        the sampler's epoch, so a resumed run shuffles each epoch as an uninterrupted run did.
+        Under DDP each rank takes its share, as with Lightning's own sampler."""
+        rank, world_size = rank_and_world_size()
+        self._train_sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank,
+                                                 shuffle=True, seed=self.seed)
+        return DataLoader(dataset, batch_size=self.view.batch_size, sampler=self._train_sampler,
+                          collate_fn=collate, num_workers=self.num_workers)
+
+    def _batch_rng(self, index: np.ndarray) -> np.random.Generator:
+        """The random generator of one training batch: a function of (seed, epoch, the batch's
+        first row) alone, so a resumed run draws the same negatives as an uninterrupted one."""
+        epoch = self._train_sampler.epoch if hasattr(self, "_train_sampler") else 0
+        return np.random.default_rng([self.seed, epoch, len(index), int(index[0])])
 
     def sample_negatives(self, users: np.ndarray, n: int, rng: np.random.Generator | None = None,
                          ) -> np.ndarray:
@@ -316,7 +328,7 @@ class RecDataModule(L.LightningDataModule):
     def _collate_pairs(self, index: list[int]) -> dict[str, torch.Tensor]:
         index = np.asarray(index)
         users, items = self.train.user[index], self.train.item[index]
-        negatives = self.sample_negatives(users, self.view.n_negatives)
+        negatives = self.sample_negatives(users, self.view.n_negatives, self._batch_rng(index))
         return {"user": torch.as_tensor(users), "item": torch.as_tensor(items),
                 "negative": torch.as_tensor(negatives)}
 
