@@ -21,9 +21,8 @@ from recozoo import artifacts
 from recozoo.data.datamodule import RecDataModule
 from recozoo.debias import Debias
 from recozoo.models.base import Recommender
-from recozoo.training_callbacks import AtomicCheckpointIO, EpochSeed, KeepStopped
 from recozoo.rerank import Reranker
-from recozoo.training_callbacks import AtomicCheckpointIO, EpochSeed, KeepStopped
+from recozoo.training_callbacks import AtomicCheckpointIO, BatchSeed, KeepStopped
 
 log = logging.getLogger(__name__)
 
