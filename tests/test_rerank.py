@@ -141,3 +141,29 @@ def test_rerank_config_changes_evaluation_lists(make_config):
     (plain, m_plain), (reranked, m_rerank) = lists_by["none"], lists_by["xquad"]
     assert set(plain[0].tolist()) == set(reranked[0].tolist())  # a re-ordering of the top-N
     assert m_rerank["test/aplt@10"] > m_plain["test/aplt@10"]
+
+
+def test_tradeoff_report_chooses_weight_on_validation_and_plots(tmp_path):
+    """The λ-sweep report reads metrics.json files, picks λ on validation, writes a PNG."""
+    import json
+
+    from recozoo.rerank import tradeoff
+
+    def write(name: str, rerank: str, weight: float | None, ndcg: float, tail: float) -> None:
+        folder = tmp_path / name
+        folder.mkdir()
+        metrics = {"status": "ok", "data": "shop", "model": "bpr", "debias": "none",
+                   "rerank": rerank, "rerank_weight": weight}
+        for stage in ("val", "test"):
+            metrics.update({f"{stage}/ndcg@10": ndcg, f"{stage}/tail_recall@10": tail,
+                            f"{stage}/aplt@10": tail})
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+
+    write("base", "none", None, 0.10, 0.010)
+    write("0", "xquad", 0.2, 0.098, 0.013)
+    write("1", "xquad", 0.5, 0.090, 0.020)  # more tail, but NDCG -10%: not allowed
+    runs = tradeoff.load_runs([tmp_path])
+    text = tradeoff.report(runs, max_ndcg_cost=0.05)
+    assert "xquad: λ = 0.2 chosen on validation" in text and "+30.0%" in text
+    png = tradeoff.plot(runs, tmp_path / "curve.png")
+    assert png.stat().st_size > 0

@@ -81,11 +81,13 @@ def groups(runs: list[Run]) -> dict[tuple[str, str, str], dict[str, list[Run]]]:
 
 def select_weight(baseline: Run, candidates: list[Run], k: int = 10,
                   max_ndcg_cost: float = 0.05) -> Run | None:
-    """The run with the largest validation TailRecall@k among those whose validation NDCG@k
-    is at least ``(1 - max_ndcg_cost)`` of the baseline's (None when none qualifies)."""
+    """The run with the largest validation TailRecall@k (ties: larger APLT@k) among those whose
+    validation NDCG@k is at least ``(1 - max_ndcg_cost)`` of the baseline's (None when none
+    qualifies)."""
     floor = (1 - max_ndcg_cost) * baseline.get(f"val/ndcg@{k}")
     allowed = [r for r in candidates if r.get(f"val/ndcg@{k}") >= floor]
-    return max(allowed, key=lambda r: r.get(f"val/tail_recall@{k}"), default=None)
+    return max(allowed, key=lambda r: (r.get(f"val/tail_recall@{k}"), r.get(f"val/aplt@{k}")),
+               default=None)
 
 
 def _change(value: float, base: float) -> str:
@@ -102,7 +104,7 @@ def report(runs: list[Run], k: int = 10, max_ndcg_cost: float = 0.05) -> str:
                      f"test TailRecall@{k} | test APLT@{k} | NDCG change | TailRecall change |")
         lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for method, runs_of in sorted(methods.items(), key=lambda kv: kv[0] != BASELINE):
-            for run in runs_of:
+            for run in runs_of[:1] if method == BASELINE else runs_of:
                 lines.append(
                     f"| {method} | {run.weight:g} | {run.get(f'val/ndcg@{k}'):.4f} | "
                     f"{run.get(f'val/tail_recall@{k}'):.4f} | {run.get(f'test/ndcg@{k}'):.4f} | "
