@@ -13,6 +13,15 @@ runs by (data, model, debias, re-ranker), and
 Usage::
 
     python -m recozoo.rerank.tradeoff logs/train/multiruns/<time> --out tradeoff.png
+
+A sweep need not retrain the model for every λ: train once (``rerank=none``), then resume each
+job from that run's best checkpoint with no epoch left to train, so only evaluation runs::
+
+    python train.py model=bpr hydra.run.dir=runs/bpr
+    python train.py -m model=bpr rerank=xquad,calibrated rerank.weight=0.1,0.2,0.3,0.4 \
+        ckpt_path=runs/bpr/checkpoints/best.ckpt trainer.max_epochs=<best epoch + 1> \
+        hydra.sweep.dir=runs/bpr_rerank
+    python -m recozoo.rerank.tradeoff runs/bpr runs/bpr_rerank --out tradeoff.png
 """
 
 from __future__ import annotations
