@@ -57,6 +57,9 @@ class BenchSettings:
         sequence_epochs: RecBole's epochs for sequence models (and recozoo's equal-epoch run).
         sequence_max_epochs: recozoo's cap for sequence models trained to convergence.
         sequence_time_budget: RecBole's training time budget for a sequence model (seconds).
+        sequence_max_minutes: wall-clock cap of recozoo's sequence runs to convergence.
+        own_splits: score recozoo on its own split=random / split=loo even where RecBole's
+            exact splits are available.
         scale_sizes: interactions of the synthetic shops of the scaling section.
         loadtest_requests: requests per phase of the load test.
         max_load / max_wait: before starting, wait up to ``max_wait`` seconds for the 1-minute
@@ -76,6 +79,8 @@ class BenchSettings:
     sequence_epochs: int = 1
     sequence_max_epochs: int = 50
     sequence_time_budget: float = 600.0
+    sequence_max_minutes: float = 5.0
+    own_splits: bool = False
     scale_sizes: list[int] = field(default_factory=lambda: [100_000, 1_000_000])
     loadtest_requests: int = 200
     max_load: float | None = None
@@ -132,7 +137,9 @@ def run_compare(settings: BenchSettings, out: Path, results: dict[str, Any]) -> 
         general_max_epochs=settings.general_max_epochs, patience=settings.patience,
         sequence_epochs=settings.sequence_epochs,
         sequence_max_epochs=settings.sequence_max_epochs,
-        sequence_time_budget=settings.sequence_time_budget, threads=settings.threads)
+        sequence_time_budget=settings.sequence_time_budget,
+        sequence_max_minutes=settings.sequence_max_minutes, threads=settings.threads,
+        peer_splits=not settings.own_splits)
     shared = Path(settings.shared).resolve()
     if settings.quick:
         data_overrides = QUICK_SHOP + [f"paths.cache_dir={out / 'cache'}"]
@@ -147,13 +154,14 @@ def run_compare(settings: BenchSettings, out: Path, results: dict[str, Any]) -> 
         data_overrides = ["data=atomic", f"data.path={data}", "data.name=ml-100k"]
         peer, reason = RecBolePeer.find(shared, out / "recbole") if settings.peers else (
             None, "peers=false")
-    if peer is None:
-        results["notes"].append(f"RecBole not run ({reason}): recozoo alone.")
-        say(f"RecBole not run ({reason}): recozoo alone")
+    if peer is None or settings.own_splits:
         results["split_note"] = "recozoo used its own split=random / split=loo."
     else:
         results["split_note"] = ("recozoo was scored on RecBole's exact train/valid/test rows "
                                  "(export_splits.py, read by recozoo.bench.peers.PresetSplit).")
+    if peer is None:
+        results["notes"].append(f"RecBole not run ({reason}): recozoo alone.")
+        say(f"RecBole not run ({reason}): recozoo alone")
     if settings.quick:
         compare_settings.general_max_epochs = compare_settings.sequence_max_epochs = 2
     say(f"== compare: {', '.join(s.name for s in specs)}")

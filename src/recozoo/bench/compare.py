@@ -70,9 +70,12 @@ class CompareSettings:
     sequence_epochs: int = 1
     sequence_max_epochs: int = 50
     sequence_time_budget: float = 600.0
+    #: wall-clock cap of recozoo's sequence runs trained to convergence (Lightning max_time)
+    sequence_max_minutes: float = 5.0
     threads: int = 2
     seed: int = 2020
-    converged_sequence_runs: bool = True
+    #: score recozoo on RecBole's exact rows (false: recozoo's own split=random / split=loo)
+    peer_splits: bool = True
 
 
 def repo_root() -> Path:
@@ -201,7 +204,8 @@ def compare(specs: list[ModelSpec], data: list[str], peer: RecBolePeer | None,
         settings: epochs, patience, threads.
         out: scratch folder for run folders and logs.
     """
-    splits = peer.export_splits(settings.threads) if peer is not None else None
+    splits = (peer.export_splits(settings.threads)
+              if peer is not None and settings.peer_splits else None)
     rows = []
     for index, spec in enumerate(specs):
         split = [f"split={spec.split}"]
@@ -212,9 +216,10 @@ def compare(specs: list[ModelSpec], data: list[str], peer: RecBolePeer | None,
                 f"callbacks.early_stopping.patience={settings.patience}"]
         general = spec.kind == "general"
         max_epochs = settings.general_max_epochs if general else settings.sequence_max_epochs
+        cap = [] if general else [f"++trainer.max_time='{_duration(settings.sequence_max_minutes)}'"]
         sides = {
             "recozoo": partial(_recozoo_side, f"recozoo {spec.name}: up to {max_epochs} epochs "
-                               "(early stopping)", base + [f"trainer.max_epochs={max_epochs}"],
+                               "(early stopping)", base + [f"trainer.max_epochs={max_epochs}", *cap],
                                out / f"recozoo_{spec.name}", settings.threads, say),
             "recbole": partial(_recbole_side, spec, peer, settings, say),
         }
@@ -230,6 +235,12 @@ def compare(specs: list[ModelSpec], data: list[str], peer: RecBolePeer | None,
         rows.append(compare_row(spec, figures["recozoo"], figures["recbole"], same_epochs))
         say(summary_line(rows[-1]))
     return rows
+
+
+def _duration(minutes: float) -> str:
+    """Lightning's ``max_time`` string ``DD:HH:MM:SS``."""
+    seconds = round(minutes * 60)
+    return f"{seconds // 86400:02d}:{seconds // 3600 % 24:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def _failed(error: Exception) -> dict[str, Any]:
