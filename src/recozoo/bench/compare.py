@@ -19,6 +19,7 @@ load hits both sides alike.
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import sys
 from collections.abc import Callable
@@ -100,6 +101,7 @@ def thread_env(threads: int) -> dict[str, str]:
 def run_recozoo(overrides: list[str], out: Path, threads: int) -> dict[str, Any]:
     """``python train.py <overrides>`` into ``out``; its metrics.json plus process figures."""
     root = repo_root()
+    shutil.rmtree(out, ignore_errors=True)  # a leftover last.ckpt would make train.py resume
     command = [sys.executable, str(root / "train.py"), *overrides,
                "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
                f"hydra.run.dir={out}"]
