@@ -37,7 +37,7 @@ class KillOnce(L.Callback):
 def _overrides(model: str, marker: Path | None, sig: str) -> list[str]:
     extra = [f"model={model}", "trainer.max_epochs=4", "trainer.limit_train_batches=3",
              "eval.ks=[5,10]", "data.source.n_users=120", "data.source.n_items=60"]
-    if "batch_size:" in (CONF / "model" / f"{model}.yaml").read_text():
+    if "batch_size" in compose_config([f"model={model}"], Path("/nonexistent")).model:
         extra.append("model.batch_size=32")  # several batches per epoch: order matters
     if marker is not None:
         extra += ["+callbacks.kill._target_=test_resume.KillOnce", f"+callbacks.kill.marker={marker}",
