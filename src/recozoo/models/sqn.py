@@ -41,8 +41,7 @@ from torch import nn
 
 from recozoo.data.datamodule import DatasetInfo, EvalBatch, TrainView
 from recozoo.models.base import Recommender
-from recozoo.models.components.q_heads import (EventReward, QNetwork, TargetNetwork,
-                                               double_q_target)
+from recozoo.models.components.q_heads import EventReward, QNetwork, TargetNetwork, double_q_target
 from recozoo.models.components.sequence import CausalTransformerEncoder, GRUEncoder
 
 RankHead = Literal["supervised", "q", "mix"]
