@@ -4,8 +4,8 @@ Every member contributes, per user, its top-N (item, score) list. Scores are nor
 and member (min-max or z-score; an item a member did not list gets the member's floor: 0 after
 min-max, the lowest listed value after z-score), then summed with one weight per member
 (CombSUM with weights; Fox and Shaw, TREC-2 1994). The weights are tuned on the validation users
-only, by coordinate ascent over a grid, starting from the best single member, so the tuned fusion
-is never worse than that member on validation. Reciprocal rank fusion (Cormack, Clarke and
+only, by coordinate ascent over a grid, started from the best single member and from equal
+weights, so the tuned fusion is never worse than that member on validation. Reciprocal rank fusion (Cormack, Clarke and
 Buettcher, SIGIR 2009) is the parameter-free option: ``sum_m 1 / (60 + rank_m(item))``.
 
 The tuning objective is NDCG@K on validation, or, long-tail aware, NDCG@K + lambda *
@@ -111,11 +111,11 @@ class Candidates:
         """(U, C) target and tail-target flags and (U,) target counts for these users."""
         index = pd.Series(np.arange(len(self.users)), index=self.users)
         known = targets[targets["user"].isin(index.index)]
-        rows = index[known["user"]].to_numpy()
+        rows = torch.tensor(index[known["user"]].to_numpy())
         is_target = torch.zeros(len(self.users), int(tail.shape[0]) + 1, dtype=torch.bool)
-        is_target[rows, known["item"].to_numpy()] = True  # (U, n_items + 1); last = padding
+        is_target[rows, torch.tensor(known["item"].to_numpy())] = True  # (U, n_items + 1)
         column = self.items.clone()
-        column[~self.valid] = tail.shape[0]
+        column[~self.valid] = tail.shape[0]  # padding points at the extra, never-target column
         hit = is_target.gather(1, column)
         tail_t = torch.as_tensor(np.append(tail, False))
         tail_hit = hit & tail_t[column]
@@ -186,29 +186,38 @@ def objective(scores: torch.Tensor, flags: tuple[torch.Tensor, ...], spec: Fusio
 
 def tune_weights(cands: Candidates, flags: tuple[torch.Tensor, ...], spec: FusionSpec
                  ) -> tuple[torch.Tensor, list[float]]:
-    """Coordinate ascent over `WEIGHT_GRID`, from the best single member.
+    """Coordinate ascent over `WEIGHT_GRID` from two starts, the best single member and equal
+    weights (CombSUM); the better end point on validation wins. A greedy ascent from one member
+    alone can stall where no single other member helps, although a mix of them would.
 
     Returns:
         the weights (summing to 1) and each member's objective alone.
     """
     n = cands.values.shape[2]
     alone = [objective(cands.fused(torch.eye(n)[m]), flags, spec) for m in range(n)]
-    weights = torch.eye(n)[int(np.argmax(alone))]
-    best = max(alone)
+    starts = [torch.eye(n)[int(np.argmax(alone))], torch.ones(n)]
+    ends = [_coordinate_ascent(cands, flags, spec, start) for start in starts]
+    weights, _ = max(ends, key=lambda end: end[1])  # ties: the first start, the best member
+    return weights / weights.sum(), alone
+
+
+def _coordinate_ascent(cands: Candidates, flags: tuple[torch.Tensor, ...], spec: FusionSpec,
+                       weights: torch.Tensor) -> tuple[torch.Tensor, float]:
+    best = objective(cands.fused(weights), flags, spec)
     for _ in range(spec.max_passes):
         improved = False
-        for member in range(n):
+        for member in range(len(weights)):
             for value in WEIGHT_GRID:
                 trial = weights.clone()
                 trial[member] = value
-                if trial.sum() <= 0:
+                if trial.sum() <= 0 or torch.equal(trial, weights):
                     continue
                 score = objective(cands.fused(trial), flags, spec)
                 if score > best + 1e-9:
                     best, weights, improved = score, trial, True
         if not improved:
             break
-    return weights / weights.sum(), alone
+    return weights, best
 
 
 def _fill_short_lists(items: torch.Tensor, ok: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
