@@ -17,6 +17,7 @@ Two pieces make a DDP run report exactly the numbers of a one-process run:
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -121,3 +122,27 @@ def _job_command(local_rank: int) -> tuple[Sequence[str], str]:
     command += [f"hydra.run.dir={job.runtime.output_dir}",
                 f"hydra.job.name=train_ddp_process_{local_rank}", "hydra.output_subdir=null"]
     return command, get_original_cwd()
+
+
+#: what Lightning's script launcher puts in the environment of the process that starts DDP
+_LAUNCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+@contextmanager
+def job_scope() -> Iterator[None]:
+    """One training job's distributed lifetime: on leaving, the process group it created is
+    destroyed and the launch variables it set are removed.
+
+    Without this, the next job of a sweep run in the same process (Hydra's basic launcher)
+    would find the environment of a finished DDP job, start no processes and reuse a dead
+    process group.
+    """
+    initialized_before = dist.is_available() and dist.is_initialized()
+    present_before = {name for name in _LAUNCH_VARIABLES if name in os.environ}
+    try:
+        yield
+    finally:
+        if not initialized_before and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        for name in set(_LAUNCH_VARIABLES) - present_before:
+            os.environ.pop(name, None)

@@ -20,7 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 from recozoo import artifacts
 from recozoo.data.datamodule import RecDataModule
 from recozoo.debias import Debias
+from recozoo.distributed import job_scope
 from recozoo.models.base import Recommender
+from recozoo.training_callbacks import AtomicCheckpointIO, EpochSeed, KeepStopped
 from recozoo.rerank import Reranker
 from recozoo.training_callbacks import AtomicCheckpointIO, BatchSeed, KeepStopped
 
@@ -302,7 +304,8 @@ def run(cfg: DictConfig) -> float | None:
     """
     out = output_dir(cfg)
     try:
-        metrics = train(cfg)
+        with job_scope():  # a DDP job leaves no process group behind for the next job
+            metrics = train(cfg)
     except Exception as error:
         log.error("run failed: %s", error)
         failure = {"status": "failed", "error": f"{type(error).__name__}: {error}",
