@@ -22,7 +22,6 @@ from recozoo.data.datamodule import RecDataModule
 from recozoo.debias import Debias
 from recozoo.distributed import job_scope
 from recozoo.models.base import Recommender
-from recozoo.training_callbacks import AtomicCheckpointIO, EpochSeed, KeepStopped
 from recozoo.rerank import Reranker
 from recozoo.training_callbacks import AtomicCheckpointIO, BatchSeed, KeepStopped
 
