@@ -67,6 +67,7 @@ def test_zoo_sweeps_over_existing_model_configs():
     assert {"pop", "itemknn", "ease", "bpr"} <= set(models)
 
 
+@pytest.mark.slow
 def test_optuna_search_records_failed_trials_and_resumes(tmp_path):
     import optuna
 
@@ -89,6 +90,3 @@ def test_optuna_search_records_failed_trials_and_resumes(tmp_path):
     assert failed, "the seeded sampler is expected to try the impossible value"
     assert all(t.state == optuna.trial.TrialState.FAIL for t in failed)
 
-
-test_optuna_search_records_failed_trials_and_resumes = pytest.mark.slow(
-    test_optuna_search_records_failed_trials_and_resumes)
