@@ -89,4 +89,3 @@ def test_optuna_search_records_failed_trials_and_resumes(tmp_path):
     failed = [t for t in study.trials if t.params["model.reg_weight"] < 0]
     assert failed, "the seeded sampler is expected to try the impossible value"
     assert all(t.state == optuna.trial.TrialState.FAIL for t in failed)
-
