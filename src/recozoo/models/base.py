@@ -276,7 +276,7 @@ class Recommender(L.LightningModule):
         values = metrics.compute()
         # compute() synchronises across DDP ranks, so every rank must take the same branch
         if stage == "test" and self.predicts_ratings and _on_any_rank(
-                self.test_rating_metrics.update_called):
+                any(m.update_called for m in self.test_rating_metrics.values())):
             values.update(self.test_rating_metrics.compute())
             self.test_rating_metrics.reset()
         if stage == "test" and self.test_cold_metrics is not None:
