@@ -68,8 +68,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(model, sig, tmp_path):
 
     run_dir, marker = tmp_path / "killed", tmp_path / "killed.marker"
     cfg = compose_config(_overrides(model, marker, sig), run_dir)
-    # a forked process (imports already loaded) stands for a run killed mid-epoch
-    child = multiprocessing.get_context("fork").Process(target=_train_in_child, args=(cfg,))
+    # a child process stands for a run killed mid-epoch; spawned, not forked: a fork after
+    # torch has started its OpenMP threads (earlier tests in the session) can deadlock the child
+    child = multiprocessing.get_context("spawn").Process(target=_train_in_child, args=(cfg,))
     child.start()
     child.join(timeout=300)
     assert marker.exists(), "the run was not interrupted"
