@@ -205,8 +205,9 @@ RUNNERS = {"compare": run_compare, "scale": run_scale, "throughput": run_through
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     settings = parse_settings(BenchSettings, sys.argv[1:] if argv is None else argv)
     unknown = sorted(set(settings.sections) - set(SECTIONS))
-    if unknown:
-        raise SystemExit(f"sections: unknown {unknown}; choose from {list(SECTIONS)}")
+    if unknown or not settings.sections:
+        raise SystemExit(f"sections: unknown {unknown or 'none given'}; choose from "
+                         f"{list(SECTIONS)}")
     if settings.max_load is not None:
         wait_for_quiet(settings.max_load, settings.max_wait)
     out = Path(settings.out).resolve()
@@ -218,14 +219,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if settings.quick:
         results["notes"].append("quick smoke run on a tiny shop: the figures mean nothing")
     start = time.perf_counter()
+    folder = Path(settings.results) if settings.results else (
+        out / "quick" if settings.quick else comparison.repo_root() / "bench")
     for name in SECTIONS:
         if name in settings.sections:
             RUNNERS[name](settings, out, results)
-    results["machine"]["load_end"] = [round(x, 2) for x in os.getloadavg()]
-    results["seconds"] = round(time.perf_counter() - start, 1)
-    folder = Path(settings.results) if settings.results else (
-        out / "quick" if settings.quick else comparison.repo_root() / "bench")
-    md, js = report.write(results, folder)
+            # written after every section, so a run cut short keeps what it measured
+            results["machine"]["load_end"] = [round(x, 2) for x in os.getloadavg()]
+            results["seconds"] = round(time.perf_counter() - start, 1)
+            md, js = report.write(results, folder)
     say(md.read_text())
     say(f"wrote {md} and {js} in {results['seconds']:.0f} s")
     return results
