@@ -119,3 +119,9 @@ def test_bad_k_is_rejected_with_the_value():
         Recall(-1)
     with pytest.raises(ValueError, match="within 1..4"):
         F.recall(ranked().hits, ranked().n_targets, 5)
+
+
+def test_bucket_exposure_has_no_best_direction():
+    from recozoo.metrics.suite import has_direction
+    assert not has_direction("test/exposure@10/head")
+    assert has_direction("test/recall@10/tail") and higher_is_better("test/recall@10/tail")

@@ -21,10 +21,24 @@ from recozoo.metrics.ranking import (
 LOWER_IS_BETTER: frozenset[str] = frozenset({"gini", "arp", "rmse", "mae"})
 
 
+#: names that describe a list without a better direction (a bucket's share of exposure).
+UNDIRECTED: frozenset[str] = frozenset({"exposure"})
+
+
+def metric_name(key: str) -> str:
+    """``test/recall@10/tail`` -> ``recall``."""
+    name = key.split("/")[1] if "/" in key else key
+    return name.split("@")[0]
+
+
+def has_direction(key: str) -> bool:
+    """False for keys such as ``test/exposure@10/head`` that no table should mark as best."""
+    return metric_name(key) not in UNDIRECTED
+
+
 def higher_is_better(key: str) -> bool:
     """Direction of a metrics.json key such as ``test/gini@10`` or ``val/ndcg@20``."""
-    name = key.split("/")[1] if "/" in key else key
-    return name.split("@")[0] not in LOWER_IS_BETTER
+    return metric_name(key) not in LOWER_IS_BETTER
 
 
 def ranking_suite(ks: list[int], n_items: int, n_users: int, item_popularity: torch.Tensor,

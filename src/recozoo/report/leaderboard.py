@@ -22,7 +22,7 @@ import pandas as pd
 
 from recozoo.data.popularity import BUCKETS
 from recozoo.metrics.ranking import ACCURACY_METRICS
-from recozoo.metrics.suite import higher_is_better
+from recozoo.metrics.suite import has_direction, higher_is_better
 from recozoo.report import stats
 from recozoo.report.runs import Run, RunGroup, find_runs, group_runs
 
@@ -135,7 +135,7 @@ def _build_table(group: RunGroup, primary: str, n_resamples: int) -> tuple[Table
     frame = pd.DataFrame(rows).dropna(axis=1, how="all")  # e.g. no bucket metrics
     best: dict[str, str] = {}
     for key in metrics:
-        if key in frame and frame[key].notna().any():
+        if key in frame and has_direction(key) and frame[key].notna().any():
             column = frame[key] if higher_is_better(key) else -frame[key]
             best[key] = frame.loc[column.idxmax(), "model"]
     tests, significant = _significance(group, per_user, best, metrics)
