@@ -11,9 +11,9 @@ user are the decoder's logits for the mean code (no sampling at evaluation).
 The annealing step is saved in every checkpoint and restored on resume, so a resumed run
 continues the schedule instead of restarting it at beta = 0.
 
-The multinomial log-likelihood is ``Recommender.cross_entropy_loss`` with the user's items as
-targets, which is how it is computed here (each observed item is one target of its user's
-logits, and the per-user sum is recovered by scaling with the mean row length).
+The multinomial log-likelihood is ``Recommender.multinomial_loss``: the shared softmax
+cross-entropy of every (user, item) pair, summed per user, computed in one (B, n_items) pass and
+debiased like every other loss (``debias=``).
 
 Mult-DAE is the same module with ``variational: false`` (conf/model/multdae.yaml).
 """
@@ -68,9 +68,7 @@ class MultVAE(Recommender):
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         rows = batch["rows"]  # (B, n_items)
         logits, mu, logvar = self.net(rows)
-        user_of, item = rows.nonzero(as_tuple=True)  # every observed (user, item)
-        # mean over pairs x mean row length = mean over users of the per-user sum
-        nll = self.cross_entropy_loss(logits[user_of], item) * len(item) / len(rows)
+        nll = self.multinomial_loss(logits, rows)
         if logvar is None:
             return nll
         kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1).mean()
