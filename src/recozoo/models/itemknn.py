@@ -68,9 +68,19 @@ class ItemKNN(Recommender):
         return torch.sparse_coo_tensor(index, self.neighbor_weight.reshape(-1),
                                        (self.n_items, self.n_items)).coalesce()
 
+    def _transposed_similarity(self) -> torch.Tensor:
+        """The similarity's transpose as CSR, built once per state of the neighbour buffers
+        (keyed by their storage and in-place version, so a refit, a state-dict load or a
+        device move rebuilds it) rather than once per evaluation batch."""
+        key = tuple((t.data_ptr(), t._version) for t in (self.neighbor_index, self.neighbor_weight))
+        cached = getattr(self, "_similarity_cache", None)
+        if cached is None or cached[0] != key:
+            self._similarity_cache = (key, self.similarity().t().to_sparse_csr())
+        return self._similarity_cache[1]
+
     def score(self, batch: EvalBatch) -> torch.Tensor:
         rows = batch.seen_matrix(self.n_items)  # (B, n_items)
-        return torch.sparse.mm(self.similarity().t(), rows.t()).t()  # (B, n_items)
+        return (self._transposed_similarity() @ rows.t()).t()  # (B, n_items)
 
 
 def _dense_columns(csr: torch.Tensor, start: int, stop: int) -> torch.Tensor:
