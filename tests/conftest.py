@@ -48,6 +48,26 @@ def compose_config(overrides: list[str], output_dir: Path, tiny: bool = True) ->
     return cfg
 
 
+def fit_briefly(cfg: DictConfig, steps: int = 3):
+    """Build the data and model of ``cfg`` and train ``steps`` batches of one epoch (no
+    validation, no files); returns (datamodule, model in eval mode, trainer)."""
+    import lightning as L
+
+    from recozoo.train import build_datamodule, build_model
+
+    L.seed_everything(cfg.seed, workers=True)
+    dm = build_datamodule(cfg)
+    dm.setup()
+    model = build_model(cfg, dm)
+    dm.use_view(model.train_view())
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=steps, limit_val_batches=0,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", devices=1)
+    trainer.fit(model, datamodule=dm)
+    model.eval()
+    return dm, model, trainer
+
+
 @pytest.fixture
 def make_config(tmp_path: Path):
     """``make_config(["model=ease"])`` -> a tiny composed config writing under tmp_path."""

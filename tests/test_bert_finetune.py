@@ -3,14 +3,13 @@ three negative modes and cold-start scoring, on the tiny shop."""
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
+from conftest import fit_briefly
 
 from recozoo.data.datamodule import DatasetInfo
 from recozoo.models.bert_finetune import BertFinetune
 from recozoo.models.components.text_tower import TextTower
-from recozoo.train import build_datamodule, build_model
 
 TEXTS = ["red cotton shirt", "blue denim jeans", "red cotton shirt", "steel kitchen knife"]
 
@@ -73,16 +72,8 @@ def test_cold_items_keep_their_text_vector_with_id_embeddings():
 
 
 def _fit(cfg, steps: int = 2):
-    L.seed_everything(cfg.seed)
-    dm = build_datamodule(cfg)
-    dm.setup()
-    model = build_model(cfg, dm)
-    dm.use_view(model.train_view())
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=steps, limit_val_batches=0,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu")
-    trainer.fit(model, datamodule=dm)
-    return dm, model.eval()
+    dm, model, _ = fit_briefly(cfg, steps)
+    return dm, model
 
 
 @pytest.mark.parametrize("negatives", ["in_batch", "sampled", "catalogue"])

@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import math
 
-import lightning as L
 import pytest
 import torch
-from conftest import model_names
+from conftest import fit_briefly, model_names
 
-from recozoo.train import build_datamodule, build_model
 
 
 def _fit(cfg, steps: int = 3):
-    L.seed_everything(cfg.seed, workers=True)
-    dm = build_datamodule(cfg)
-    dm.setup()
-    model = build_model(cfg, dm)
-    dm.use_view(model.train_view())
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=steps, limit_val_batches=0,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", devices=1)
-    trainer.fit(model, datamodule=dm)
-    model.eval()
-    return dm, model, trainer
+    return fit_briefly(cfg, steps)
 
 
 @pytest.fixture(params=model_names())

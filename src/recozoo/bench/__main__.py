@@ -5,7 +5,7 @@ Sections (``sections=[...]`` picks some):
 - ``compare``: recozoo against RecBole 1.2.1 on ml-100k (`recozoo.bench.compare`), when the peer
   folder ``shared`` (default ``../shared``) holds the peer scripts and the data; otherwise
   recozoo is run alone on ml-100k if the data is there, and the report says so.
-- ``scale``: time and peak memory on synthetic shops of growing size (`recozoo.bench.scale`).
+- ``scale``: time and peak memory on synthetic shops of growing size (`recozoo.bench.scaling`).
 - ``throughput``: recozoo's full-ranking evaluation in GFLOP/s against a bare matmul + top-K of
   the same shape (`recozoo.bench.throughput`).
 - ``loadtest``: the serving load test (`recozoo.serve.loadtest`) on the EASE run of the

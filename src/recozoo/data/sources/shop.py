@@ -88,7 +88,7 @@ class ShopSource:
             ``price_word`` (`recozoo.data.text.render_item_text`).
         vectorised: walk all sessions at once in NumPy arrays (`_walk_sessions`): the same
             process, drawn in another order, so the logs differ from the default's; 10^6 events
-            take seconds instead of minutes. For large synthetic shops (``recozoo.bench.scale``).
+            take seconds instead of minutes. For large synthetic shops (``recozoo.bench.scaling``).
     """
 
     n_users: int = 3000
