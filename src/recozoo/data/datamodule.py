@@ -83,6 +83,11 @@ class DatasetInfo:
         return self.n_items
 
 
+#: score-matrix entries of one automatic evaluation batch (32 MB of float32 scores; the targets,
+#: the mask and top-K take a few times that while the batch is evaluated)
+EVAL_SCORES_PER_BATCH = 2**23
+
+
 @dataclass
 class EvalBatch:
     """One evaluation batch; identical for every model.
@@ -147,15 +152,23 @@ def _ragged(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rows, offsets
 
 
-class _Indexed(Dataset):
-    def __init__(self, n: int):
-        self.n = n
+class _Rows(Dataset):
+    """Row indices ``0..n-1`` (or the given values) fetched a whole batch at a time: the
+    DataLoader hands ``__getitems__`` the batch's indices, so a batch of thousands of rows costs
+    one array lookup instead of one Python call per row."""
+
+    def __init__(self, n: int, values: np.ndarray | None = None):
+        self.n, self.values = n, values
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, index: int) -> int:
-        return index
+        return int(self.values[index]) if self.values is not None else index
+
+    def __getitems__(self, indices: list[int]) -> np.ndarray:
+        indices = np.asarray(indices, dtype=np.int64)
+        return self.values[indices] if self.values is not None else indices
 
 
 class RecDataModule(L.LightningDataModule):
@@ -167,7 +180,9 @@ class RecDataModule(L.LightningDataModule):
         split: the splitter (leave-one-out by default).
         seed: seed of the split and of negative sampling.
         head_share: share of items (by training count) that form the head.
-        eval_batch_size: users per evaluation batch.
+        eval_batch_size: users per evaluation batch; None: as many as keep a batch's score
+            matrix near ``EVAL_SCORES_PER_BATCH`` entries (all 943 users of ml-100k in one batch,
+            ~180 users of a 47k-item catalogue), so small catalogues pay the per-batch cost once.
         history_len: how many recent items an evaluation batch carries per user.
         num_workers: DataLoader workers.
         negative_probabilities: maps training popularity (n_items,) to the probabilities of
@@ -184,7 +199,7 @@ class RecDataModule(L.LightningDataModule):
 
     def __init__(self, source: Source, preprocessing: Preprocessing | None = None,
                  split: Splitter | None = None, seed: int = 0, head_share: float = 0.2,
-                 eval_batch_size: int = 256, history_len: int = 50, num_workers: int = 0,
+                 eval_batch_size: int | None = None, history_len: int = 50, num_workers: int = 0,
                  negative_probabilities: Callable[[np.ndarray], np.ndarray | None] | None = None,
                  cold_items: float = 0.0):
         super().__init__()
@@ -275,14 +290,14 @@ class RecDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         view = self.view
         if view.kind == "pairs":
-            return self._shuffled(_Indexed(len(self.train)), self._collate_pairs)
+            return self._shuffled(_Rows(len(self.train)), self._collate_pairs)
         if view.kind == "user_rows":
             users = np.flatnonzero(self.train_items.lengths(np.arange(self.info.n_users)) > 0)
-            return self._shuffled(users.tolist(), self._collate_user_rows)
+            return self._shuffled(_Rows(len(users), users), self._collate_user_rows)
         if view.kind == "sequences":
             self._windows = self._sequence_windows(view.max_len)
-            return self._shuffled(_Indexed(len(self._windows[0])), self._collate_sequences)
-        return DataLoader(_Indexed(1), batch_size=1, collate_fn=self._collate_matrix)
+            return self._shuffled(_Rows(len(self._windows[0])), self._collate_sequences)
+        return DataLoader(_Rows(1), batch_size=1, collate_fn=self._collate_matrix)
 
     def _shuffled(self, dataset: Any, collate: Any) -> DataLoader:
         """A training loader whose order is a function of (seed, epoch) alone: Lightning sets
@@ -314,16 +329,26 @@ class RecDataModule(L.LightningDataModule):
             return np.minimum(np.searchsorted(cdf, rng.random(size) * cdf[-1], side="right"),
                               n_items - 1)
 
-        negatives = draw((len(users), n))
+        negatives = draw((len(users), n)).reshape(-1)
+        owners = np.repeat(users, n)
+        check = np.arange(len(negatives))  # the draws not yet known to be negatives
         for _ in range(20):  # rejection: collisions are rare, a few rounds suffice
-            keys = users[:, None] * n_items + negatives
-            pos = np.searchsorted(self._train_keys, keys)
-            pos = np.minimum(pos, len(self._train_keys) - 1)
-            bad = self._train_keys[pos] == keys
-            if not bad.any():
+            bad = check[self._is_training_pair(owners[check], negatives[check])]
+            if not len(bad):
                 break
-            negatives[bad] = draw(bad.sum())
-        return negatives
+            negatives[bad] = draw(len(bad))
+            check = bad  # only the redrawn ones need checking again
+        return negatives.reshape(len(users), n)
+
+    def _is_training_pair(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Whether each (user, item) is a training interaction: a search of the sorted pair
+        keys, with the queries sorted first (several times faster on large key arrays)."""
+        keys = users * self.info.n_items + items
+        order = np.argsort(keys)
+        pos = np.minimum(np.searchsorted(self._train_keys, keys[order]), len(self._train_keys) - 1)
+        found = np.empty(len(keys), dtype=bool)
+        found[order] = self._train_keys[pos] == keys[order]
+        return found
 
     def _collate_pairs(self, index: list[int]) -> dict[str, torch.Tensor]:
         index = np.asarray(index)
@@ -394,10 +419,17 @@ class RecDataModule(L.LightningDataModule):
     def _eval_loader(self, stage: str) -> DataLoader:
         # under DDP each rank evaluates its own contiguous block of users, none twice
         users = self.eval_users[stage]
-        return DataLoader(users, batch_size=self.eval_batch_size,
+        return DataLoader(_Rows(len(users), users), batch_size=self.users_per_eval_batch(),
                           sampler=UserShardSampler(len(users)),
                           collate_fn=lambda batch: self.eval_batch(stage, np.asarray(batch)),
                           num_workers=0)
+
+    def users_per_eval_batch(self) -> int:
+        """``eval_batch_size``, or when it is None the users whose (users, n_items) scores fill
+        about ``EVAL_SCORES_PER_BATCH`` entries (at least one)."""
+        if self.eval_batch_size is not None:
+            return int(self.eval_batch_size)
+        return max(1, EVAL_SCORES_PER_BATCH // max(self.info.n_items, 1))
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
