@@ -89,7 +89,8 @@ def test_cold_metrics_go_through_the_shared_evaluation(make_config):
     model = _ColdFirst(dm.info, eval_ks=[20], top_n=20)
     trainer = L.Trainer(logger=False, enable_progress_bar=False, accelerator="cpu",
                         enable_model_summary=False)
-    result = trainer.test(model, datamodule=dm, verbose=False)[0]
+    trainer.test(model, datamodule=dm, verbose=False)
+    result = model.stage_metrics["test"]
     # 4 cold items, all in every top 20: every cold target is found
     assert result["test_cold/recall@20"] == pytest.approx(1.0)
     assert result["test_cold/hit@20"] == pytest.approx(1.0)

@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 from conftest import fit_briefly, model_names
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
 
 
 
@@ -71,9 +73,32 @@ def test_batch_and_single_user_scores_agree(fitted):
     assert torch.allclose(together, alone, atol=1e-4)
 
 
+class _Recorder(Logger):
+    """A logger that keeps what it is handed."""
+
+    def __init__(self):
+        super().__init__()
+        self.logged: dict[str, float] = {}
+
+    name, version = "recorder", 0
+
+    @rank_zero_only
+    def log_metrics(self, metrics, step=None):
+        self.logged.update(metrics)
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+
 def test_full_evaluation_logs_every_metric(fitted):
     cfg, dm, model, trainer = fitted
-    result = trainer.test(model, datamodule=dm, verbose=False)[0]
+    recorder = _Recorder()
+    import lightning as L
+    tester = L.Trainer(logger=recorder, enable_progress_bar=False, enable_model_summary=False,
+                       accelerator="cpu")
+    tester.test(model, datamodule=dm, verbose=False)
+    result = model.stage_metrics["test"]
+    assert recorder.logged.keys() - {"epoch"} == result.keys()
     for k in cfg.eval.ks:
         for name in ("recall", "ndcg", "hit", "mrr", "precision", "map", "f1", "tail_recall",
                      "aplt", "coverage", "gini", "novelty", "arp"):

@@ -136,7 +136,8 @@ def test_rerank_config_changes_evaluation_lists(make_config):
                             enable_progress_bar=False, enable_model_summary=False,
                             accelerator="cpu", devices=1, limit_val_batches=0)
         trainer.fit(model, datamodule=dm)
-        metrics = trainer.test(model, datamodule=dm, verbose=False)[0]
+        trainer.test(model, datamodule=dm, verbose=False)
+        metrics = model.stage_metrics["test"]
         lists_by[choice] = (model.eval_outputs["test"]["items"], metrics)
     (plain, m_plain), (reranked, m_rerank) = lists_by["none"], lists_by["xquad"]
     assert set(plain[0].tolist()) == set(reranked[0].tolist())  # a re-ordering of the top-N

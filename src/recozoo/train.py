@@ -228,9 +228,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # for a one-step fit the last weights are the best ones
         best = getattr(checkpoint, "last_model_path", "") or None
     # evaluate the best weights: validation lists (for fusion weights) and test metrics
-    val_metrics = trainer.validate(model, datamodule=dm, ckpt_path=best, verbose=False)[0]
+    trainer.validate(model, datamodule=dm, ckpt_path=best, verbose=False)
+    val_metrics = model.stage_metrics["val"]
     val_outputs = model.eval_outputs.get("val")
-    test_metrics = trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False)[0]
+    trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False)
+    test_metrics = model.stage_metrics["test"]
     metrics: dict[str, Any] = {
         "status": "ok",
         "model": _choice("model", type(model).__name__.lower()),

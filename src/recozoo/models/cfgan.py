@@ -105,7 +105,7 @@ class CFGAN(Recommender):
         if not (torch.isfinite(d_loss) and torch.isfinite(g_loss)):
             raise FloatingPointError(f"CFGAN: losses d={d_loss.item()} g={g_loss.item()} at "
                                      f"epoch {self.current_epoch}; lower lr_g / lr_d")
-        self.log_dict({"train/d_loss": d_loss.detach(), "train/g_loss": g_loss.detach()},
+        self.log_train({"train/d_loss": d_loss.detach(), "train/g_loss": g_loss.detach()},
                       prog_bar=True, batch_size=len(rows))
 
     def score(self, batch: EvalBatch) -> torch.Tensor:

@@ -72,7 +72,7 @@ class MultVAE(Recommender):
         if logvar is None:
             return nll
         kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1).mean()
-        self.log("train/beta", self.beta, batch_size=len(rows))
+        self.log_train({"train/beta": self.beta}, batch_size=len(rows))
         return nll + self.beta * kl
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:

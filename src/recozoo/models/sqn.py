@@ -164,7 +164,7 @@ class SQN(Recommender):
                                 gradient_clip_algorithm="norm")
         optimizer.step()
         self.target.update(self.q_network)
-        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=False,
+        self.log_train({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=False,
                       batch_size=len(batch["user"]))
         return losses["loss"].detach()
 
