@@ -53,7 +53,12 @@ class BatchSeed(L.Callback):
         value = batch_seed(self.seed, trainer.current_epoch, batch_idx, trainer.global_rank)
         random.seed(value)
         np.random.seed(value)
-        torch.manual_seed(value)  # seeds every CUDA device too
+        # torch.manual_seed would also queue lazy seeding of every accelerator backend, each
+        # recording a stack trace when the backend is not initialised (~2.5 ms a step on CPU):
+        # seed the CPU generator, and CUDA where it is in use
+        torch.random.default_generator.manual_seed(value)
+        if torch.cuda.is_initialized():
+            torch.cuda.manual_seed_all(value)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
