@@ -13,7 +13,7 @@ import torch
 
 from recozoo.data.datamodule import DatasetInfo, EvalBatch, TrainView
 from recozoo.models.base import Recommender
-from recozoo.models.components.interaction_matrix import interaction_matrix
+from recozoo.models.components.interaction_matrix import item_cooccurrence
 
 
 class EASE(Recommender):
@@ -21,15 +21,21 @@ class EASE(Recommender):
 
     Args:
         reg_weight: the L2 weight (lambda in the paper).
+        inverse_dtype: "float64" or "float32", the precision of the inverse. float32 is about
+            twice as fast; the regulariser keeps the matrix well conditioned.
     """
 
     fits_in_one_step = True
     scores_new_users = True
 
-    def __init__(self, info: DatasetInfo, reg_weight: float = 250.0, **kwargs):
+    def __init__(self, info: DatasetInfo, reg_weight: float = 250.0,
+                 inverse_dtype: str = "float32", **kwargs):
         super().__init__(info, **kwargs)
         if reg_weight <= 0:
             raise ValueError(f"ease reg_weight must be > 0, got {reg_weight}")
+        if inverse_dtype not in ("float32", "float64"):
+            raise ValueError(f"ease inverse_dtype must be float32 or float64, got {inverse_dtype!r}")
+        self.precision_dtype = getattr(torch, inverse_dtype)
         self.automatic_optimization = False
         self.reg_weight = reg_weight
         self.register_buffer("item_weights", torch.zeros(info.n_items, info.n_items))
@@ -38,10 +44,11 @@ class EASE(Recommender):
         return TrainView("matrix")
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        matrix = interaction_matrix(batch["user"], batch["item"], self.n_users, self.n_items)
-        gram = torch.sparse.mm(matrix.t(), matrix.to_dense()).double()  # (n_items, n_items)
-        gram += self.reg_weight * torch.eye(self.n_items, dtype=gram.dtype, device=gram.device)
-        precision = torch.linalg.inv(gram)
+        gram = item_cooccurrence(batch["user"], batch["item"], self.n_users, self.n_items)
+        gram = gram.to(self.precision_dtype)  # (n_items, n_items)
+        gram.diagonal().add_(self.reg_weight)
+        # symmetric positive definite: a Cholesky inverse is ~2x cheaper than a general one
+        precision = torch.cholesky_inverse(torch.linalg.cholesky(gram))
         weights = -precision / torch.diag(precision)[None, :]
         weights.fill_diagonal_(0.0)
         self.item_weights.copy_(weights.float())
