@@ -64,6 +64,18 @@ def test_sasrec_attends_to_neither_the_future_nor_padding():
         assert torch.all(a[:, :2] == 0)
 
 
+@pytest.mark.parametrize("num_layers", [1, 3])
+def test_sasrec_last_state_is_the_last_column_of_every_state(num_layers):
+    torch.manual_seed(0)
+    encoder = CausalTransformerEncoder(n_items=30, dim=16, num_layers=num_layers, num_heads=2,
+                                       max_len=8, dropout=0.1).eval()
+    seq = torch.randint(0, 30, (5, 8))
+    seq[0, :5] = 30  # left padding
+    seq[1, :] = 30  # nothing at all
+    with torch.no_grad():
+        assert torch.allclose(encoder.last_state(seq), encoder(seq)[:, -1], atol=1e-5)
+
+
 def test_multvae_annealing_survives_checkpoint_and_resume(make_config, tmp_path):
     cfg = make_config(["model=multvae", "model.batch_size=16", "model.total_anneal_steps=10"])
     dm, model = _setup(cfg)

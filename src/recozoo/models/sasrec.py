@@ -44,5 +44,8 @@ class SASRec(SequentialRecommender):
     def encode(self, seq: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
         return self.encoder(seq)  # (B, L, hidden)
 
+    def encode_last(self, seq: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
+        return self.encoder.last_state(seq)  # (B, hidden)
+
     def item_logits(self, states: torch.Tensor) -> torch.Tensor:
         return states @ self.encoder.embedding.items.T  # (..., n_items)

@@ -52,6 +52,11 @@ class SequentialRecommender(Recommender):
         logits = self.item_logits(states[keep])  # (N, n_items)
         return self.cross_entropy_loss(logits, target[keep])
 
+    def encode_last(self, seq: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
+        """(B, d) the state after the newest item of ``seq``; encoders that can compute it
+        more cheaply than every position override this."""
+        return self.encode(seq, user)[:, -1]
+
     def score(self, batch: EvalBatch) -> torch.Tensor:
         history = batch.history[:, -self.max_len:]  # (B, L)
-        return self.item_logits(self.encode(history, batch.user)[:, -1])  # (B, n_items)
+        return self.item_logits(self.encode_last(history, batch.user))  # (B, n_items)
