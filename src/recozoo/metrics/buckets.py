@@ -35,11 +35,12 @@ class _BucketAccuracy(UserAveraged):
         self.index = _bucket_index(bucket)
 
     def values(self, ranked: RankedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        if ranked.item_bucket is None or ranked.n_bucket_targets is None:
+        if ranked.list_bucket is None or ranked.n_bucket_targets is None:
             raise ValueError(f"{type(self).__name__} needs a RankedBatch built with item_bucket")
-        in_bucket = (ranked.item_bucket[ranked.items] == self.index).to(ranked.hits.dtype)
+        top = slice(None, self.k)
+        in_bucket = (ranked.list_bucket[:, top] == self.index).to(ranked.hits.dtype)  # (B, k)
         n_targets = ranked.n_bucket_targets[:, self.index]  # (B,)
-        value = type(self).per_bucket(ranked.hits * in_bucket, n_targets, self.k)
+        value = type(self).per_bucket(ranked.hits[:, top] * in_bucket, n_targets, self.k)
         return value, (n_targets > 0).to(value.dtype)
 
 
@@ -63,11 +64,14 @@ class BucketExposure(UserAveraged):
     def __init__(self, k: int, bucket: str, item_bucket: torch.Tensor, **kwargs):
         super().__init__(k, **kwargs)
         self.bucket = bucket
-        self.register_buffer("in_bucket", (item_bucket == _bucket_index(bucket)).float(),
-                             persistent=False)
+        self.index = _bucket_index(bucket)
+        self.register_buffer("in_bucket", (item_bucket == self.index).float(), persistent=False)
 
     def values(self, ranked: RankedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        value = self.in_bucket[ranked.items[:, :self.k]].mean(1)
+        if ranked.list_bucket is not None:
+            value = (ranked.list_bucket[:, :self.k] == self.index).float().mean(1)
+        else:
+            value = self.in_bucket[ranked.items[:, :self.k]].mean(1)
         return value, torch.ones_like(value)
 
 

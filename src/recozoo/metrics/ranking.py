@@ -29,6 +29,7 @@ class RankedBatch:
         n_tail_targets: (B,) tail targets per user.
         item_bucket: (n_items,) popularity bucket per item (0 head, 1 mid, 2 tail), or None.
         n_bucket_targets: (B, n_buckets) targets per user in each bucket, or None.
+        list_bucket: (B, K) the bucket of each ranked item, or None.
     """
 
     items: torch.Tensor
@@ -38,6 +39,7 @@ class RankedBatch:
     n_tail_targets: torch.Tensor
     item_bucket: torch.Tensor | None = None
     n_bucket_targets: torch.Tensor | None = None
+    list_bucket: torch.Tensor | None = None
 
     @classmethod
     def from_scores(cls, scores: torch.Tensor, targets: torch.Tensor, tail_mask: torch.Tensor,
@@ -56,14 +58,16 @@ class RankedBatch:
         with ``item_bucket`` (n_items,) also count each user's targets per popularity bucket."""
         hits = targets.gather(1, items).float()
         tail_targets = targets * tail_mask.to(targets.dtype)
-        n_bucket_targets = None
+        n_bucket_targets = list_bucket = None
         if item_bucket is not None:
+            list_bucket = item_bucket[items]  # (B, K)
             onehot = torch.nn.functional.one_hot(item_bucket.long(), len(BUCKETS))
             onehot = onehot.to(targets.dtype)  # (n_items, n_buckets)
             n_bucket_targets = (targets @ onehot).float()  # (B, n_buckets)
         return cls(items=items, hits=hits, tail_hits=tail_targets.gather(1, items).float(),
                    n_targets=targets.sum(1).float(), n_tail_targets=tail_targets.sum(1).float(),
-                   item_bucket=item_bucket, n_bucket_targets=n_bucket_targets)
+                   item_bucket=item_bucket, n_bucket_targets=n_bucket_targets,
+                   list_bucket=list_bucket)
 
 
 class UserAveraged(Metric):
