@@ -41,6 +41,8 @@ class ModelSpec:
     kind: str  # "general" or "sequence"
     #: RecBole's time budget for its training (seconds); Caser needs ~15 min per epoch
     peer_time_budget: float | None = None
+    #: recozoo overrides that make an epoch the same work as RecBole's
+    overrides: tuple[str, ...] = ()
 
     @property
     def split(self) -> str:
@@ -52,7 +54,9 @@ MODELS: tuple[ModelSpec, ...] = (
     ModelSpec("bpr", "BPR", "general"),
     ModelSpec("ease", "EASE", "general"),
     ModelSpec("itemknn", "ItemKNN", "general"),
-    ModelSpec("multvae", "MultiVAE", "general"),
+    # RecBole's auto-encoders train on batches of 2048 users (one step per ml-100k epoch);
+    # recozoo's default is 128 (8 steps), so an epoch would compare different work
+    ModelSpec("multvae", "MultiVAE", "general", overrides=("model.batch_size=2048",)),
     ModelSpec("gru4rec", "GRU4Rec", "sequence"),
     ModelSpec("caser", "Caser", "sequence", peer_time_budget=180.0),
     ModelSpec("sasrec", "SASRec", "sequence"),
@@ -168,7 +172,8 @@ def compare_row(spec: ModelSpec, ours: dict[str, Any], peer: dict[str, Any] | No
                 same_epochs: dict[str, Any] | None = None) -> dict[str, Any]:
     """One model's comparison: both sides' figures, the ratios and the targets met."""
     row: dict[str, Any] = {"model": spec.name, "peer": spec.peer, "kind": spec.kind,
-                           "split": spec.split, "recozoo": ours, "recbole": peer}
+                           "split": spec.split, "overrides": list(spec.overrides),
+                           "recozoo": ours, "recbole": peer}
     if same_epochs is not None:
         row["recozoo_same_epochs"] = same_epochs
     if peer is None:
@@ -214,7 +219,7 @@ def compare(specs: list[ModelSpec], data: list[str], peer: RecBolePeer | None,
         if splits is not None:
             split += ["split._target_=recozoo.bench.peers.PresetSplit",
                       f"+split.folder={splits / RECBOLE_SPLIT_FOLDERS[spec.split]}"]
-        base = [f"model={spec.name}", *data, *split, f"seed={settings.seed}",
+        base = [f"model={spec.name}", *spec.overrides, *data, *split, f"seed={settings.seed}",
                 f"callbacks.early_stopping.patience={settings.patience}"]
         general = spec.kind == "general"
         max_epochs = settings.general_max_epochs if general else settings.sequence_max_epochs

@@ -53,7 +53,9 @@ def comparison_lines(rows: list[dict[str, Any]]) -> list[str]:
             _num(peer.get("recall@10")),
             f"{_num(quality.get('epochs'), 'd')} / {_num(peer.get('epochs'), 'd')}",
         ])
-    return _table(head, body)
+    notes = [f"- {row['model']} ran with `{' '.join(row['overrides'])}` so that an epoch is the "
+             "same work as RecBole's." for row in rows if row.get("overrides")]
+    return _table(head, body) + ([""] + notes if notes else [])
 
 
 def converged_lines(rows: list[dict[str, Any]]) -> list[str]:
