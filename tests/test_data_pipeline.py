@@ -148,3 +148,15 @@ def test_training_views(dm):
     rows = next(iter(dm.train_dataloader()))
     assert rows["rows"].shape == (8, dm.info.n_items)
     assert rows["rows"].sum(1).tolist() == dm.train_items.lengths(rows["user"].numpy()).tolist()
+
+
+def test_evaluation_batches_are_sized_to_the_catalogue_unless_fixed(dm):
+    from recozoo.data.datamodule import EVAL_SCORES_PER_BATCH
+
+    sizes = [len(batch) for batch in dm.test_dataloader()]
+    assert sizes == [len(dm.eval_users["test"])]  # a small catalogue: every user in one batch
+    assert dm.users_per_eval_batch() == EVAL_SCORES_PER_BATCH // dm.info.n_items
+    fixed = RecDataModule(ShopSource(n_users=150, n_items=80), seed=1, eval_batch_size=16)
+    fixed.setup()
+    sizes = [len(batch) for batch in fixed.test_dataloader()]
+    assert sizes[:-1] == [16] * (len(sizes) - 1) and sum(sizes) == len(fixed.eval_users["test"])

@@ -83,9 +83,11 @@ class DatasetInfo:
         return self.n_items
 
 
-#: score-matrix entries of one automatic evaluation batch (32 MB of float32 scores; the targets,
-#: the mask and top-K take a few times that while the batch is evaluated)
-EVAL_SCORES_PER_BATCH = 2**23
+#: score-matrix entries of one automatic evaluation batch: 64 MB of float32 scores (the targets,
+#: the mask and top-K take a few times that while the batch is evaluated). Keep each (users,
+#: items) block well above glibc's 32 MiB mmap ceiling: blocks just under it come from the heap,
+#: and a 1e6-interaction evaluation grew by 45 MB a batch to 16 GB (batches of 180 x 46,600)
+EVAL_SCORES_PER_BATCH = 2**24
 
 
 @dataclass
@@ -182,7 +184,7 @@ class RecDataModule(L.LightningDataModule):
         head_share: share of items (by training count) that form the head.
         eval_batch_size: users per evaluation batch; None: as many as keep a batch's score
             matrix near ``EVAL_SCORES_PER_BATCH`` entries (all 943 users of ml-100k in one batch,
-            ~180 users of a 47k-item catalogue), so small catalogues pay the per-batch cost once.
+            ~360 users of a 47k-item catalogue), so small catalogues pay the per-batch cost once.
         history_len: how many recent items an evaluation batch carries per user.
         num_workers: DataLoader workers.
         negative_probabilities: maps training popularity (n_items,) to the probabilities of

@@ -188,7 +188,7 @@ class Recommender(L.LightningModule):
         trainer = self._trainer
         if trainer is not None:
             every = max(int(trainer.log_every_n_steps), 1)
-            if (trainer.fit_loop.epoch_loop._batches_that_stepped + 1) % every:
+            if (_logging_step(trainer) + 1) % every:
                 return
         self.log_dict(values, **kwargs)
 
@@ -341,7 +341,8 @@ class Recommender(L.LightningModule):
             self.log(key, values[key], sync_dist=False)
         if trainer.is_global_zero:
             for logger in trainer.loggers:
-                logger.log_metrics({**values, "epoch": self.current_epoch}, step=self.global_step)
+                logger.log_metrics({**values, "epoch": self.current_epoch},
+                                   step=_logging_step(trainer))
                 logger.save()
 
     def on_validation_epoch_end(self) -> None:
@@ -371,6 +372,12 @@ class Recommender(L.LightningModule):
                      if name not in ("item_popularity", "tail_mask", "item_bucket",
                                      "item_category", "positive_weight", "logit_offset"))
         return params + fitted
+
+
+def _logging_step(trainer: L.Trainer) -> int:
+    """The step Lightning logs at: batches that stepped an optimiser (the x-axis of every
+    logger, for training and evaluation values alike)."""
+    return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
 
 
 def _distributed() -> bool:
