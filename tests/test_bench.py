@@ -126,3 +126,15 @@ def test_quick_scaling_and_throughput_sections(tmp_path):
     stages = {(p["stage"], p["model"]) for p in results["scaling"]["points"]}
     assert {("data", None), ("train", "bpr"), ("eval", "sasrec")} <= stages
     assert results["throughput"] and results["throughput"][0]["bare"]["gflops"] > 0
+
+
+def test_repeated_runs_report_median_seconds_and_keep_every_run():
+    from recozoo.bench.compare import median_figures
+
+    runs = [{"sec_per_epoch": s, "eval_seconds": e, "ndcg@10": 0.3, "recall@10": 0.2, "epochs": 9}
+            for s, e in ((0.30, 0.10), (0.20, 0.30), (0.25, 0.20))]
+    combined = median_figures([runs[0], None, runs[1], runs[2]])
+    assert combined["sec_per_epoch"] == 0.25 and combined["eval_seconds"] == 0.20
+    assert combined["ndcg@10"] == 0.3 and combined["epochs"] == 9
+    assert [run["sec_per_epoch"] for run in combined["runs"]] == [0.30, 0.20, 0.25]
+    assert median_figures([runs[0]]) is runs[0] and median_figures([None]) is None

@@ -58,6 +58,7 @@ class BenchSettings:
         sequence_max_epochs: recozoo's cap for sequence models trained to convergence.
         sequence_time_budget: RecBole's training time budget for a sequence model (seconds).
         sequence_max_minutes: wall-clock cap of recozoo's sequence runs to convergence.
+        repeats: alternating runs per side for each general model (seconds: their median).
         own_splits: score recozoo on its own split=random / split=loo even where RecBole's
             exact splits are available.
         scale_sizes: interactions of the synthetic shops of the scaling section.
@@ -80,6 +81,7 @@ class BenchSettings:
     sequence_max_epochs: int = 50
     sequence_time_budget: float = 600.0
     sequence_max_minutes: float = 5.0
+    repeats: int = 3
     own_splits: bool = False
     scale_sizes: list[int] = field(default_factory=lambda: [100_000, 1_000_000])
     loadtest_requests: int = 200
@@ -139,7 +141,7 @@ def run_compare(settings: BenchSettings, out: Path, results: dict[str, Any]) -> 
         sequence_max_epochs=settings.sequence_max_epochs,
         sequence_time_budget=settings.sequence_time_budget,
         sequence_max_minutes=settings.sequence_max_minutes, threads=settings.threads,
-        peer_splits=not settings.own_splits)
+        peer_splits=not settings.own_splits, repeats=1 if settings.quick else settings.repeats)
     shared = Path(settings.shared).resolve()
     if settings.quick:
         data_overrides = QUICK_SHOP + [f"paths.cache_dir={out / 'cache'}"]

@@ -24,7 +24,6 @@ import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +78,9 @@ class CompareSettings:
     sequence_max_minutes: float = 5.0
     threads: int = 2
     seed: int = 2020
+    #: alternating runs per side for general models; their seconds are reported as medians
+    #: (RecBole's own timings vary by ~40% between runs on this machine)
+    repeats: int = 3
     #: score recozoo on RecBole's exact rows (false: recozoo's own split=random / split=loo)
     peer_splits: bool = True
 
@@ -225,13 +227,20 @@ def compare(specs: list[ModelSpec], data: list[str], peer: RecBolePeer | None,
         max_epochs = settings.general_max_epochs if general else settings.sequence_max_epochs
         cap = [] if general else [f"++trainer.max_time='{_duration(settings.sequence_max_minutes)}'"]
         sides = {
-            "recozoo": partial(_recozoo_side, f"recozoo {spec.name}: up to {max_epochs} epochs "
-                               "(early stopping)", base + [f"trainer.max_epochs={max_epochs}", *cap],
-                               out / f"recozoo_{spec.name}", settings.threads, say),
-            "recbole": partial(_recbole_side, spec, peer, settings, say),
+            "recozoo": lambda repeat: _recozoo_side(
+                f"recozoo {spec.name}: up to {max_epochs} epochs (early stopping)"
+                + (f", run {repeat + 1}" if repeat else ""),
+                base + [f"trainer.max_epochs={max_epochs}", *cap],
+                out / (f"recozoo_{spec.name}" + (f"_{repeat + 1}" if repeat else "")),
+                settings.threads, say),
+            "recbole": lambda repeat: _recbole_side(spec, peer, settings, say),
         }
-        order = ["recozoo", "recbole"] if index % 2 == 0 else ["recbole", "recozoo"]
-        figures = {side: sides[side]() for side in order}
+        runs: dict[str, list[dict[str, Any] | None]] = {"recozoo": [], "recbole": []}
+        for repeat in range(max(1, settings.repeats) if general else 1):
+            order = ["recozoo", "recbole"] if (index + repeat) % 2 == 0 else ["recbole", "recozoo"]
+            for side in order:
+                runs[side].append(sides[side](repeat))
+        figures = {side: median_figures(found) for side, found in runs.items()}
         same_epochs = None
         if not general and figures["recbole"] is not None:
             epochs = settings.sequence_epochs
@@ -242,6 +251,23 @@ def compare(specs: list[ModelSpec], data: list[str], peer: RecBolePeer | None,
         rows.append(compare_row(spec, figures["recozoo"], figures["recbole"], same_epochs))
         say(summary_line(rows[-1]))
     return rows
+
+
+def median_figures(runs: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """One side's figures over repeated runs: the first run's, with the median of each run's
+    seconds per epoch and evaluation seconds (every run's seconds kept under ``runs``)."""
+    found = [run for run in runs if run is not None]
+    if not found:
+        return None
+    if len(found) == 1:
+        return found[0]
+    combined = dict(found[0])
+    for key in ("sec_per_epoch", "eval_seconds"):
+        values = [run[key] for run in found if run.get(key) is not None]
+        combined[key] = round(statistics.median(values), 4) if values else None
+    combined["runs"] = [{key: run.get(key) for key in ("sec_per_epoch", "eval_seconds",
+                                                        *QUALITY)} for run in found]
+    return combined
 
 
 def _duration(minutes: float) -> str:

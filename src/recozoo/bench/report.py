@@ -158,8 +158,9 @@ def render(results: dict[str, Any]) -> str:
             (f"Targets: seconds per epoch at most {EPOCH_TARGET['general']}x RecBole's for general "
             f"models and {EPOCH_TARGET['sequence']}x for sequence models; full-ranking "
             f"evaluation at most {EVAL_TARGET}x; NDCG@10 at least RecBole's. General models: "
-            "per-user random 8:1:1, both sides early-stopped on validation NDCG@10; sequence "
-            "models: leave-one-out by time, quality after the same number of epochs. "
+            "per-user random 8:1:1, both sides early-stopped on validation NDCG@10, seconds "
+            "the median of alternating repeated runs (`repeats`; every run is in results.json); "
+            "sequence models: leave-one-out by time, quality after the same number of epochs. "
             f"{results.get('split_note', '')}"), "",
             *comparison_lines(rows), "",
         ]
