@@ -160,3 +160,8 @@ def test_evaluation_batches_are_sized_to_the_catalogue_unless_fixed(dm):
     fixed.setup()
     sizes = [len(batch) for batch in fixed.test_dataloader()]
     assert sizes[:-1] == [16] * (len(sizes) - 1) and sum(sizes) == len(fixed.eval_users["test"])
+
+
+def test_cpu_batches_are_handed_over_as_built(dm):
+    batch = dm.eval_batch("test", dm.eval_users["test"][:4])
+    assert dm.transfer_batch_to_device(batch, torch.device("cpu"), 0) is batch

@@ -192,13 +192,6 @@ class Recommender(L.LightningModule):
                 return
         self.log_dict(values, **kwargs)
 
-    def transfer_batch_to_device(self, batch: Any, device: torch.device,
-                                 dataloader_idx: int) -> Any:
-        """Batches are built on the CPU: on a CPU run there is nothing to move (Lightning's
-        generic walk over the batch costs ~1 ms a batch)."""
-        if device.type == "cpu":
-            return batch
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
