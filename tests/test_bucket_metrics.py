@@ -60,7 +60,7 @@ def test_bucket_exposure_is_share_of_list_slots():
     batch = ranked([[0, 5, 6, 2], [1, 0, 3, 9]], [[0], [1]])
     shares = {}
     for bucket in BUCKETS:
-        metric = BucketExposure(4, bucket, BUCKET)
+        metric = BucketExposure(4, bucket)
         metric.update(batch)
         shares[bucket] = metric.compute().item()
     assert shares == pytest.approx({"head": 3 / 8, "mid": 2 / 8, "tail": 3 / 8})

@@ -24,6 +24,13 @@ def _bucket_index(bucket: str) -> int:
     return BUCKETS.index(bucket)
 
 
+def _list_bucket(metric: UserAveraged, ranked: RankedBatch) -> torch.Tensor:
+    """(B, k) the bucket of each of the top k ranked items."""
+    if ranked.list_bucket is None or ranked.n_bucket_targets is None:
+        raise ValueError(f"{type(metric).__name__} needs a RankedBatch built with item_bucket")
+    return ranked.list_bucket[:, :metric.k]
+
+
 class _BucketAccuracy(UserAveraged):
     """An accuracy metric over the targets of one popularity bucket."""
 
@@ -35,12 +42,9 @@ class _BucketAccuracy(UserAveraged):
         self.index = _bucket_index(bucket)
 
     def values(self, ranked: RankedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        if ranked.list_bucket is None or ranked.n_bucket_targets is None:
-            raise ValueError(f"{type(self).__name__} needs a RankedBatch built with item_bucket")
-        top = slice(None, self.k)
-        in_bucket = (ranked.list_bucket[:, top] == self.index).to(ranked.hits.dtype)  # (B, k)
+        in_bucket = (_list_bucket(self, ranked) == self.index).to(ranked.hits.dtype)  # (B, k)
         n_targets = ranked.n_bucket_targets[:, self.index]  # (B,)
-        value = type(self).per_bucket(ranked.hits[:, top] * in_bucket, n_targets, self.k)
+        value = type(self).per_bucket(ranked.hits[:, :self.k] * in_bucket, n_targets, self.k)
         return value, (n_targets > 0).to(value.dtype)
 
 
@@ -61,25 +65,21 @@ class BucketExposure(UserAveraged):
 
     higher_is_better: ClassVar[bool] = True
 
-    def __init__(self, k: int, bucket: str, item_bucket: torch.Tensor, **kwargs):
+    def __init__(self, k: int, bucket: str, **kwargs):
         super().__init__(k, **kwargs)
         self.bucket = bucket
         self.index = _bucket_index(bucket)
-        self.register_buffer("in_bucket", (item_bucket == self.index).float(), persistent=False)
 
     def values(self, ranked: RankedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        if ranked.list_bucket is not None:
-            value = (ranked.list_bucket[:, :self.k] == self.index).float().mean(1)
-        else:
-            value = self.in_bucket[ranked.items[:, :self.k]].mean(1)
+        value = (_list_bucket(self, ranked) == self.index).float().mean(1)
         return value, torch.ones_like(value)
 
 
-def bucket_metrics(k: int, item_bucket: torch.Tensor) -> dict[str, UserAveraged]:
+def bucket_metrics(k: int) -> dict[str, UserAveraged]:
     """``recall@k/<bucket>``, ``ndcg@k/<bucket>``, ``exposure@k/<bucket>`` for every bucket."""
     metrics: dict[str, UserAveraged] = {}
     for bucket in BUCKETS:
         metrics[f"recall@{k}/{bucket}"] = BucketRecall(k, bucket)
         metrics[f"ndcg@{k}/{bucket}"] = BucketNDCG(k, bucket)
-        metrics[f"exposure@{k}/{bucket}"] = BucketExposure(k, bucket, item_bucket)
+        metrics[f"exposure@{k}/{bucket}"] = BucketExposure(k, bucket)
     return metrics

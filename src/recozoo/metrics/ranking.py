@@ -27,9 +27,9 @@ class RankedBatch:
         tail_hits: (B, K) 1.0 where the item is a target and a tail item.
         n_targets: (B,) targets per user.
         n_tail_targets: (B,) tail targets per user.
-        item_bucket: (n_items,) popularity bucket per item (0 head, 1 mid, 2 tail), or None.
         n_bucket_targets: (B, n_buckets) targets per user in each bucket, or None.
-        list_bucket: (B, K) the bucket of each ranked item, or None.
+        list_bucket: (B, K) popularity bucket (0 head, 1 mid, 2 tail) of each ranked item,
+            or None.
     """
 
     items: torch.Tensor
@@ -37,7 +37,6 @@ class RankedBatch:
     tail_hits: torch.Tensor
     n_targets: torch.Tensor
     n_tail_targets: torch.Tensor
-    item_bucket: torch.Tensor | None = None
     n_bucket_targets: torch.Tensor | None = None
     list_bucket: torch.Tensor | None = None
 
@@ -66,8 +65,7 @@ class RankedBatch:
             n_bucket_targets = (targets @ onehot).float()  # (B, n_buckets)
         return cls(items=items, hits=hits, tail_hits=tail_targets.gather(1, items).float(),
                    n_targets=targets.sum(1).float(), n_tail_targets=tail_targets.sum(1).float(),
-                   item_bucket=item_bucket, n_bucket_targets=n_bucket_targets,
-                   list_bucket=list_bucket)
+                   n_bucket_targets=n_bucket_targets, list_bucket=list_bucket)
 
 
 class UserAveraged(Metric):

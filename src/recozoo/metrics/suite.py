@@ -71,7 +71,7 @@ def ranking_suite(ks: list[int], n_items: int, n_users: int, item_popularity: to
         metrics[f"novelty@{k}"] = Novelty(k, item_popularity, n_users)
         metrics[f"arp@{k}"] = ARP(k, item_popularity)
         if item_bucket is not None:
-            metrics.update(bucket_metrics(k, item_bucket))
+            metrics.update(bucket_metrics(k))
     return MetricCollection(metrics, compute_groups=False)
 
 

@@ -192,7 +192,6 @@ class Recommender(L.LightningModule):
                 return
         self.log_dict(values, **kwargs)
 
-
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         self._check_finite_loss(loss, f"batch {batch_idx}")

@@ -51,7 +51,7 @@ class EASE(Recommender):
         precision = torch.cholesky_inverse(torch.linalg.cholesky(gram))
         weights = -precision / torch.diag(precision)[None, :]
         weights.fill_diagonal_(0.0)
-        self.item_weights.copy_(weights.float())
+        self.item_weights.copy_(weights)  # float32 buffer
 
     def score(self, batch: EvalBatch) -> torch.Tensor:
         return batch.seen_matrix(self.n_items) @ self.item_weights  # (B, n_items)
