@@ -9,8 +9,10 @@ for test.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from recozoo.data.interactions import Interactions
 
@@ -114,6 +116,114 @@ class RandomRatioSplit(_RatioSplit):
     def _order(self, data: Interactions, seed: int) -> np.ndarray:
         shuffle = np.random.default_rng(seed).permutation(len(data))
         return shuffle[np.argsort(data.user[shuffle], kind="stable")]
+
+
+@dataclass
+class PresetSplit:
+    """Train/validation/test rows listed in files (``split=preset``), for instance RecBole's
+    exact splits, so that two libraries are scored on the same rows.
+
+    Each file is a table with a header naming the external user and item id columns (other
+    columns are ignored; a RecBole type suffix such as ``user_id:token`` is dropped). A listed
+    (user, item) pair names the one data row with those ids, so the data must not repeat pairs
+    (``data.preprocess.dedupe=true``). Validation and test are the listed rows. Training is every
+    other row: a training file that lists only training *targets* (RecBole's sequential protocol
+    leaves out each user's first item) still gives the whole history; the training file is only
+    checked against the data, and ``train: null`` skips it.
+
+    Args:
+        folder: the folder holding the files.
+        train: the training file in ``folder`` (null: none, every row not held out trains).
+        valid: the validation file in ``folder``.
+        test: the test file in ``folder``.
+        user_column: header of the external user id column.
+        item_column: header of the external item id column.
+        sep: the column separator.
+
+    Example:
+        ``python train.py data=atomic data.path=<folder> data.name=ml-100k split=preset
+        split.folder=<splits>/general_RO_811`` (RecBole's benchmark files:
+        ``split.train=ml-100k.train.inter split.valid=ml-100k.valid.inter
+        split.test=ml-100k.test.inter``).
+    """
+
+    folder: str
+    train: str | None = "train.tsv"
+    valid: str = "valid.tsv"
+    test: str = "test.tsv"
+    user_column: str = "user_id"
+    item_column: str = "item_id"
+    sep: str = "\t"
+    name: str = "preset"
+
+    def _path(self, part: str) -> Path:
+        return Path(self.folder) / str(getattr(self, part))
+
+    def _read(self, part: str) -> pd.DataFrame:
+        """The (user_id, item_id) rows of one file, as strings, in file order."""
+        path = self._path(part)
+        if not path.is_file():
+            raise FileNotFoundError(f"split=preset: the {part} file {path} is missing "
+                                    f"(split.folder={self.folder}, split.{part}="
+                                    f"{getattr(self, part)})")
+        frame = pd.read_csv(path, sep=self.sep, dtype=str, keep_default_na=False)
+        columns = {str(column).split(":", 1)[0]: column for column in frame.columns}
+        wanted = (self.user_column, self.item_column)
+        missing = [column for column in wanted if column not in columns]
+        if missing:
+            raise ValueError(f"{path}: expected columns {list(wanted)} (split.user_column, "
+                             f"split.item_column), missing {missing}; found "
+                             f"{list(frame.columns)}")
+        return pd.DataFrame({"user_id": frame[columns[self.user_column]].str.strip(),
+                             "item_id": frame[columns[self.item_column]].str.strip()})
+
+    def _positions(self, part: str, rows: pd.DataFrame) -> np.ndarray:
+        """Data positions of the rows listed in one file; every listed pair must be a data row,
+        listed once."""
+        path = self._path(part)
+        found = self._read(part).merge(rows, on=["user_id", "item_id"], how="left")
+        lost = found["position"].isna()
+        if lost.any():
+            first = found[lost].iloc[0]
+            raise ValueError(f"{path}: {int(lost.sum())} of {len(found)} rows are not in the "
+                             f"data, e.g. user {first.user_id} item {first.item_id} (different "
+                             "ids, or rows that preprocessing dropped)")
+        repeated = found.duplicated(["user_id", "item_id"])
+        if repeated.any():
+            first = found[repeated].iloc[0]
+            raise ValueError(f"{path}: {int(repeated.sum())} rows are listed twice, e.g. user "
+                             f"{first.user_id} item {first.item_id}")
+        return found["position"].to_numpy(dtype=np.int64)
+
+    def __call__(self, data: Interactions, seed: int) -> SplitIndices:
+        """The split the files describe (``seed`` is unused: the files fix every row)."""
+        rows = pd.DataFrame({"user_id": data.user_ids[data.user].astype(str),
+                             "item_id": data.item_ids[data.item].astype(str),
+                             "position": np.arange(len(data))})
+        repeated = rows.duplicated(["user_id", "item_id"])
+        if repeated.any():
+            first = rows[repeated].iloc[0]
+            raise ValueError(f"split=preset ({self.folder}): the data repeats {int(repeated.sum())}"
+                             f" (user, item) pairs, e.g. user {first.user_id} item "
+                             f"{first.item_id}, so a listed pair cannot name one row; dedupe "
+                             "the data first (data.preprocess.dedupe=true)")
+        valid, test = self._positions("valid", rows), self._positions("test", rows)
+        part = np.zeros(len(data), dtype=np.int8)  # 0 train, 1 valid, 2 test
+        part[valid] = 1
+        both = test[part[test] == 1]
+        if len(both):
+            raise ValueError(f"{self._path('test')}: {len(both)} rows are also in "
+                             f"{self._path('valid')}, e.g. user {rows.user_id[both[0]]} item "
+                             f"{rows.item_id[both[0]]}")
+        part[test] = 2
+        if self.train is not None:
+            listed = self._positions("train", rows)
+            held = listed[part[listed] != 0]
+            if len(held):
+                raise ValueError(f"{self._path('train')}: {len(held)} rows are also held out "
+                                 "for validation or test, e.g. user "
+                                 f"{rows.user_id[held[0]]} item {rows.item_id[held[0]]}")
+        return SplitIndices(train=np.flatnonzero(part == 0), valid=valid, test=test)
 
 
 def hold_out_cold_items(data: Interactions, indices: SplitIndices, share: float,
