@@ -1,0 +1,200 @@
+"""Command-line settings: ``key=value`` arguments into a typed settings dataclass.
+
+One small parser for recozoo's ``python -m ...`` commands and the benchmark scripts. A command
+states its settings once, as a dataclass whose fields carry the types and defaults and whose
+docstring ``Args:`` section (or a field's ``metadata={"help": ...}``) describes each one; the
+parser checks keys and types through OmegaConf and ``--help`` prints every key with its default
+and description.
+
+Example::
+
+    @dataclass
+    class ExportSettings:
+        \"\"\"Write every user's top-k.
+
+        Args:
+            run: a run folder.
+            k: items per user.
+        \"\"\"
+
+        run: str = MISSING  # required
+        k: int = 10
+
+    settings = parse_settings(ExportSettings, sys.argv[1:], prog="python -m recozoo.export")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import re
+import typing
+from typing import Any, TypeVar
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+T = TypeVar("T")
+
+#: arguments that print the help instead of running
+HELP_FLAGS = ("-h", "--help")
+
+_SECTION = re.compile(r"^(\s*)([A-Z][A-Za-z ]*):\s*$")  # "Args:", "Returns:", "Example:"
+_ENTRY = re.compile(r"^(\s*)([A-Za-z_][\w]*(?:\s*[/,]\s*[A-Za-z_][\w]*)*)\s*(?:\([^)]*\))?:"
+                    r"(?:\s+(.*))?$")
+
+
+def docstring_args(cls: type) -> dict[str, str]:
+    """Each name of the ``Args:`` section of ``cls``'s docstring with its description on one line
+    (continuation lines joined). An entry ``a / b: text`` describes both ``a`` and ``b``.
+
+    Example:
+        >>> @dataclasses.dataclass
+        ... class S:
+        ...     '''Settings.
+        ...
+        ...     Args:
+        ...         port: TCP port
+        ...             of the server.
+        ...     '''
+        ...     port: int = 8000
+        >>> docstring_args(S)
+        {'port': 'TCP port of the server.'}
+    """
+    lines = inspect.cleandoc(cls.__doc__ or "").splitlines()
+    found: dict[str, list[str]] = {}
+    in_args, section_indent, entry_indent = False, 0, None
+    current: list[str] = []
+    for line in lines:
+        indent = len(line) - len(line.lstrip())
+        section = _SECTION.match(line)
+        if not in_args:
+            if section and section.group(2) == "Args":
+                in_args, section_indent, entry_indent = True, indent, None
+            continue
+        if not line.strip():
+            continue
+        if indent <= section_indent:  # the next section (Returns:, Example:) or plain text
+            break
+        entry = _ENTRY.match(line)
+        if entry and (entry_indent is None or indent == entry_indent):
+            entry_indent = indent
+            current = [entry.group(3) or ""]
+            for name in re.split(r"\s*[/,]\s*", entry.group(2)):
+                found[name] = current  # shared list: "a / b:" entries read alike
+        elif entry_indent is not None and indent > entry_indent:
+            current.append(line.strip())
+    return {name: " ".join(part for part in text if part) for name, text in found.items()}
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """The one-line description of every field of the dataclass ``cls``: its
+    ``metadata["help"]`` where given, else its entry in the docstring's ``Args:`` section, else
+    an empty string."""
+    from_doc = docstring_args(cls)
+    return {f.name: str(f.metadata.get("help") or from_doc.get(f.name, ""))
+            for f in dataclasses.fields(cls)}
+
+
+def format_value(value: Any) -> str:
+    """A value as it would be typed on the command line (``null``, ``true``, ``[a,b]``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    if isinstance(value, str) and value == "":
+        return "''"
+    return str(value)
+
+
+def _default(field: dataclasses.Field) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    if field.default is dataclasses.MISSING:
+        return MISSING
+    return field.default
+
+
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def help_text(cls: type, prog: str, description: str | None = None) -> str:
+    """The ``--help`` page: usage, the description (default: the summary of ``cls``'s
+    docstring) and every key with its type, default and one-line description."""
+    if description is None:
+        doc = inspect.cleandoc(cls.__doc__ or "")
+        description = doc.split("\n\n", 1)[0].strip()
+    hints = typing.get_type_hints(cls)
+    helps = field_help(cls)
+    lines = [f"usage: {prog} [key=value ...]", ""]
+    if description:
+        lines += [inspect.cleandoc(description), ""]
+    lines.append("keys (lists as [a,b], nothing as null):")
+    for field in dataclasses.fields(cls):
+        default = _default(field)
+        shown = "(required)" if default is MISSING else format_value(default)
+        lines.append(f"  {field.name}={shown}  ({_type_name(hints.get(field.name, field.type))})")
+        if helps[field.name]:
+            lines.append(f"      {helps[field.name]}")
+    return "\n".join(lines)
+
+
+def _unknown_keys(cls: type, argv: list[str]) -> list[str]:
+    keys = [f.name for f in dataclasses.fields(cls)]
+    messages = []
+    for arg in argv:
+        key = arg.split("=", 1)[0].strip().split(".", 1)[0]
+        if key not in keys:
+            close = difflib.get_close_matches(key, keys, n=1)
+            messages.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    return messages
+
+
+def parse_settings(cls: type[T], argv: list[str], prog: str | None = None,
+                   description: str | None = None) -> T:
+    """``cls`` (a dataclass) filled from ``key=value`` arguments.
+
+    ``-h`` or ``--help`` prints `help_text` and exits with status 0. Arguments without ``=``,
+    unknown keys, missing required keys (default ``omegaconf.MISSING``) and values of the wrong
+    type raise `SystemExit` with a message naming them.
+
+    Args:
+        cls: the settings dataclass.
+        argv: the arguments, e.g. ``sys.argv[1:]``.
+        prog: the command shown in the help and the errors (default: the class name).
+        description: the help's text under the usage line (default: the docstring's summary).
+
+    Example:
+        >>> parse_settings(ServeSettings, ["run=logs/ease", "port=8080"]).port
+        8080
+    """
+    prog = prog or cls.__name__
+    if any(arg in HELP_FLAGS for arg in argv):
+        print(help_text(cls, prog, description))
+        raise SystemExit(0)
+    keys = ", ".join(f.name for f in dataclasses.fields(cls))
+    hint = f"({prog} --help describes every key)"
+    bad = [arg for arg in argv if "=" not in arg]
+    if bad:
+        raise SystemExit(f"{prog}: expected key=value arguments, got {bad}; keys: {keys} {hint}")
+    unknown = _unknown_keys(cls, argv)
+    if unknown:
+        raise SystemExit(f"{prog}: unknown key {', '.join(unknown)}; keys: {keys} {hint}")
+    schema = OmegaConf.structured(cls)
+    try:
+        merged = OmegaConf.merge(schema, OmegaConf.from_dotlist(argv))
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None)
+        raise SystemExit(f"{prog}: bad value" + (f" for {key}" if key else "") + ": "
+                         f"{str(error).splitlines()[0]} {hint}") from None
+    missing = sorted(OmegaConf.missing_keys(merged))
+    if missing:
+        raise SystemExit(f"{prog}: missing required argument(s): "
+                         f"{', '.join(f'{m}=...' for m in missing)} {hint}")
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
