@@ -34,8 +34,8 @@ test-full: $(STAMP) ## every test, the slow ones too
 sweep: $(STAMP) ## the whole zoo on the shop data, then fusion and the leaderboard
 	$(PY) train.py -m experiment=zoo $(ARGS)
 
-bench: $(STAMP) ## speed and quality benchmarks (writes bench/results.md and bench/results.json)
-	$(PY) -m recozoo.bench $(ARGS)
+bench: $(STAMP) ## speed and quality benchmarks into bench/results.{md,json} (RecBole: ARGS="shared=<folder>" or RECOZOO_SHARED)
+	$(PY) -m bench $(ARGS)
 
 format: $(STAMP) ## format and lint with ruff
 	$(VENV)/bin/ruff format src tests train.py

@@ -1,20 +1,22 @@
-"""``make bench`` (``python -m recozoo.bench [key=value ...]``): speed and quality, one report.
+"""``make bench`` (``python -m bench [key=value ...]``): speed and quality, one report.
 
 Sections (``sections=[...]`` picks some):
 
-- ``compare``: recozoo against RecBole 1.2.1 on ml-100k (`recozoo.bench.compare`), when the peer
-  folder ``shared`` (default ``../shared``) holds the peer scripts and the data; otherwise
-  recozoo is run alone on ml-100k if the data is there, and the report says so.
-- ``scale``: time and peak memory on synthetic shops of growing size (`recozoo.bench.scaling`).
+- ``compare``: recozoo against RecBole 1.2.1 on ml-100k (`bench.compare`), when the peer
+  folder (``shared=<folder>``, or the environment variable ``RECOZOO_SHARED``) holds the peer
+  scripts and the data; otherwise recozoo is run alone on ml-100k if the data is there, and the
+  output and the report say so.
+- ``scale``: time and peak memory on synthetic shops of growing size (`bench.scaling`).
 - ``throughput``: recozoo's full-ranking evaluation in GFLOP/s against a bare matmul + top-K of
-  the same shape (`recozoo.bench.throughput`).
+  the same shape (`bench.throughput`).
 - ``loadtest``: the serving load test (`recozoo.serve.loadtest`) on the EASE run of the
   comparison.
 
 Writes ``bench/results.md`` and ``bench/results.json`` (``quick=true``: a minute-long smoke run on
 a tiny shop, written under ``out`` instead, so the published figures stay as they are). Examples::
 
-    make bench                                   # the full run (~25 min on 2 cores)
+    make bench ARGS="shared=../shared"           # the full run (~25 min on 2 cores)
+    python -m bench --help                       # every key, its default and meaning
     make bench ARGS="models=[bpr,ease] sections=[compare]"
     make bench ARGS="scale_sizes=[100000,1000000,10000000]"   # add the 10^7 shop (slow)
     make bench ARGS="max_load=3 max_wait=2400"   # wait for a quiet machine first
@@ -32,28 +34,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recozoo.bench import compare as comparison
-from recozoo.bench import report
-from recozoo.bench.peers import RecBolePeer
-from recozoo.serve.settings import parse_settings
+from bench import compare as comparison
+from bench import repo_root, report
+from bench.peers import RecBolePeer
+from recozoo.cli import parse_settings
 
 SECTIONS = ("compare", "scale", "throughput", "loadtest")
 
 
 @dataclass
 class BenchSettings:
-    """Arguments of ``python -m recozoo.bench``.
+    """Arguments of ``python -m bench``.
 
     Args:
-        shared: the folder with ``peers/recbole`` and ``data/ml-100k``; absent: recozoo alone.
+        shared: the folder with ``peers/recbole`` and ``data/ml-100k`` (null: the environment
+            variable RECOZOO_SHARED; neither set: no RecBole and no ml-100k, recozoo alone).
         peers: false runs recozoo alone even where the peer is available.
         models: recozoo model names to compare (default: every model with a RecBole peer).
         sections: which sections to run (see the module docstring).
         quick: a smoke run on a tiny shop, no peer, results under ``out``.
-        out: scratch folder (run folders, logs, RecBole's files); ignored by git.
-        results: folder of results.md / results.json (default ``bench``, quick: ``<out>/quick``).
+        out: scratch folder (run folders, logs, RecBole's files; relative: under the
+            repository root); ignored by git.
+        results: folder of results.md and results.json (null: ``bench``, quick: ``<out>/quick``).
         threads: torch threads of every run, on both sides.
-        general_max_epochs / patience: epoch cap and early-stopping patience of general models.
+        general_max_epochs: epoch cap of general models.
+        patience: early-stopping patience (validation epochs without improvement), both sides.
         sequence_epochs: RecBole's epochs for sequence models (and recozoo's equal-epoch run).
         sequence_max_epochs: recozoo's cap for sequence models trained to convergence.
         sequence_time_budget: RecBole's training time budget for a sequence model (seconds).
@@ -63,11 +68,12 @@ class BenchSettings:
             exact splits are available.
         scale_sizes: interactions of the synthetic shops of the scaling section.
         loadtest_requests: requests per phase of the load test.
-        max_load / max_wait: before starting, wait up to ``max_wait`` seconds for the 1-minute
-            load average to drop below ``max_load`` (null: start at once).
+        max_load: before starting, wait for the 1-minute load average to drop below this
+            (null: start at once).
+        max_wait: the longest wait for ``max_load`` (seconds).
     """
 
-    shared: str = "../shared"
+    shared: str | None = None
     peers: bool = True
     models: list[str] = field(default_factory=lambda: [m.name for m in comparison.MODELS])
     sections: list[str] = field(default_factory=lambda: list(SECTIONS))
@@ -94,8 +100,38 @@ QUICK_SHOP = ["data=shop", "data.source.n_users=200", "data.source.n_items=120",
               "data.source.sessions_per_user=3"]
 
 
+#: the environment variable naming the shared folder when ``shared`` is not given
+SHARED_VARIABLE = "RECOZOO_SHARED"
+
+
 def say(text: str) -> None:
+    """Print one progress line at once (the bench runs for minutes)."""
     print(text, flush=True)
+
+
+def shared_folder(given: str | None) -> tuple[Path | None, str]:
+    """The shared folder (``given``, else ``$RECOZOO_SHARED``) and a line saying where it came
+    from; None where neither names one.
+
+    Raises:
+        SystemExit: the named folder does not exist.
+    """
+    source = "shared" if given else SHARED_VARIABLE
+    value = given or os.environ.get(SHARED_VARIABLE) or None
+    if value is None:
+        return None, (f"shared folder: none (neither shared=<folder> nor {SHARED_VARIABLE} is "
+                      "set): RecBole and ml-100k are not available, recozoo alone is "
+                      "benchmarked")
+    folder = Path(value).expanduser().resolve()
+    if not folder.is_dir():
+        raise SystemExit(f"{source}={value}: no such folder (expected one holding "
+                         "peers/recbole and data/ml-100k)")
+    return folder, f"shared folder: {folder} (from {source})"
+
+
+def under_root(path: str) -> Path:
+    """``path`` as given when absolute, else under the repository root."""
+    return Path(path) if Path(path).is_absolute() else repo_root() / path
 
 
 def wait_for_quiet(max_load: float, max_wait: float) -> None:
@@ -124,9 +160,10 @@ def machine(threads: int) -> dict[str, Any]:
 
 
 def commit() -> str | None:
+    """The checkout's short commit hash, or None outside git."""
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, cwd=comparison.repo_root(), check=True).stdout.strip()
+                              text=True, cwd=repo_root(), check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
 
@@ -142,10 +179,16 @@ def run_compare(settings: BenchSettings, out: Path, results: dict[str, Any]) -> 
         sequence_time_budget=settings.sequence_time_budget,
         sequence_max_minutes=settings.sequence_max_minutes, threads=settings.threads,
         peer_splits=not settings.own_splits, repeats=1 if settings.quick else settings.repeats)
-    shared = Path(settings.shared).resolve()
+    shared = Path(settings.shared) if settings.shared else None
     if settings.quick:
         data_overrides = QUICK_SHOP + [f"paths.cache_dir={out / 'cache'}"]
         peer, reason = None, "quick run: recozoo alone on a tiny shop"
+    elif shared is None:
+        results["comparison_note"] = (f"not run: no shared folder (shared=<folder> or "
+                                      f"{SHARED_VARIABLE}) holding data/ml-100k and "
+                                      "peers/recbole")
+        say(results["comparison_note"])
+        return
     else:
         data = shared / "data" / "ml-100k"
         if not (data / "ml-100k.inter").is_file():
@@ -160,7 +203,7 @@ def run_compare(settings: BenchSettings, out: Path, results: dict[str, Any]) -> 
         results["split_note"] = "recozoo used its own split=random / split=loo."
     else:
         results["split_note"] = ("recozoo was scored on RecBole's exact train/valid/test rows "
-                                 "(export_splits.py, read by recozoo.bench.peers.PresetSplit).")
+                                 "(export_splits.py, read by recozoo.data.PresetSplit).")
     if peer is None:
         results["notes"].append(f"RecBole not run ({reason}): recozoo alone.")
         say(f"RecBole not run ({reason}): recozoo alone")
@@ -172,7 +215,7 @@ def run_compare(settings: BenchSettings, out: Path, results: dict[str, Any]) -> 
 
 
 def run_scale(settings: BenchSettings, out: Path, results: dict[str, Any]) -> None:
-    from recozoo.bench import scaling
+    from bench import scaling
     sizes = [2_000, 10_000] if settings.quick else list(settings.scale_sizes)
     say(f"== scale: {sizes}")
     results["scaling"] = scaling.scaling_section(sizes, out / "scale", settings.threads, say=say,
@@ -180,7 +223,7 @@ def run_scale(settings: BenchSettings, out: Path, results: dict[str, Any]) -> No
 
 
 def run_throughput(settings: BenchSettings, out: Path, results: dict[str, Any]) -> None:
-    from recozoo.bench import scaling
+    from bench import scaling
     say("== throughput")
     results["throughput"] = scaling.throughput_section(results, settings.threads)
 
@@ -205,24 +248,31 @@ RUNNERS = {"compare": run_compare, "scale": run_scale, "throughput": run_through
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    settings = parse_settings(BenchSettings, sys.argv[1:] if argv is None else argv)
+    """Run the chosen sections and write the report; returns the figures."""
+    settings = parse_settings(BenchSettings, sys.argv[1:] if argv is None else argv,
+                              prog="python -m bench", description=__doc__)
     unknown = sorted(set(settings.sections) - set(SECTIONS))
     if unknown or not settings.sections:
         raise SystemExit(f"sections: unknown {unknown or 'none given'}; choose from "
                          f"{list(SECTIONS)}")
     if settings.max_load is not None:
         wait_for_quiet(settings.max_load, settings.max_wait)
-    out = Path(settings.out).resolve()
+    shared, shared_line = shared_folder(settings.shared)
+    settings.shared = None if shared is None else str(shared)
+    say(shared_line)
+    out = under_root(settings.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"), "commit": commit(),
         "settings": vars(settings).copy(), "machine": machine(settings.threads), "notes": [],
     }
+    if shared is None:
+        results["notes"].append(shared_line + ".")
     if settings.quick:
         results["notes"].append("quick smoke run on a tiny shop: the figures mean nothing")
     start = time.perf_counter()
-    folder = Path(settings.results) if settings.results else (
-        out / "quick" if settings.quick else comparison.repo_root() / "bench")
+    folder = under_root(settings.results) if settings.results else (
+        out / "quick" if settings.quick else repo_root() / "bench")
     for name in SECTIONS:
         if name in settings.sections:
             RUNNERS[name](settings, out, results)

@@ -10,7 +10,7 @@ Protocols are RecBole's defaults (see ``<shared>/peers/recbole/README.md``):
   run twice: for the same number of epochs (quality at equal epochs, the comparison the peer
   README suggests) and with early stopping (the quality it reaches, with its training time).
 
-When the peer is available recozoo is scored on RecBole's exact splits (`PresetSplit`), so the
+When the peer is available recozoo is scored on RecBole's exact splits (``split=preset``), so the
 quality columns compare like with like; otherwise it uses its own ``split=random``/``split=loo``.
 Runs alternate (recozoo first for even rows, RecBole first for odd ones) so drift of the machine
 load hits both sides alike.
@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recozoo.bench.peers import RECBOLE_SPLIT_FOLDERS, PeerError, RecBolePeer
-from recozoo.bench.process import run_process
+from bench import repo_root
+from bench.peers import RECBOLE_SPLIT_FOLDERS, PeerError, RecBolePeer
+from bench.process import run_process
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ QUALITY = ("ndcg@10", "recall@10")
 
 @dataclass
 class CompareSettings:
-    """How long each side trains (see `recozoo.bench.__main__.BenchSettings`)."""
+    """How long each side trains (see `bench.__main__.BenchSettings`)."""
 
     general_max_epochs: int = 200
     patience: int = 10
@@ -83,15 +84,6 @@ class CompareSettings:
     repeats: int = 3
     #: score recozoo on RecBole's exact rows (false: recozoo's own split=random / split=loo)
     peer_splits: bool = True
-
-
-def repo_root() -> Path:
-    """The checkout holding ``train.py`` and ``conf/`` (the bench runs recozoo as users do)."""
-    root = Path(__file__).resolve().parents[3]
-    if not (root / "train.py").is_file():
-        raise FileNotFoundError(f"train.py not found in {root}: run the bench from a checkout "
-                                "of recozoo (`make bench`)")
-    return root
 
 
 def thread_env(threads: int) -> dict[str, str]:
@@ -217,10 +209,8 @@ def compare(specs: list[ModelSpec], data: list[str], peer: RecBolePeer | None,
               if peer is not None and settings.peer_splits else None)
     rows = []
     for index, spec in enumerate(specs):
-        split = [f"split={spec.split}"]
-        if splits is not None:
-            split += ["split._target_=recozoo.bench.peers.PresetSplit",
-                      f"+split.folder={splits / RECBOLE_SPLIT_FOLDERS[spec.split]}"]
+        split = ([f"split={spec.split}"] if splits is None else
+                 ["split=preset", f"split.folder={splits / RECBOLE_SPLIT_FOLDERS[spec.split]}"])
         base = [f"model={spec.name}", *spec.overrides, *data, *split, f"seed={settings.seed}",
                 f"callbacks.early_stopping.patience={settings.patience}"]
         general = spec.kind == "general"

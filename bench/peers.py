@@ -4,7 +4,7 @@ The scripts live outside the project, in ``<shared>/peers/recbole`` (README.md t
 called as they are, in their own virtual environment, and print one JSON line per run. This
 module only finds them, runs them as subprocesses and reads their JSON. It also exports
 RecBole's exact ml-100k train/validation/test splits (``export_splits.py``) so that recozoo is
-evaluated on the very same rows (`PresetSplit`).
+evaluated on the very same rows (``split=preset``, `recozoo.data.PresetSplit`).
 """
 
 from __future__ import annotations
@@ -16,12 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
-from recozoo.bench.process import ProcessResult, run_process
-from recozoo.data.interactions import Interactions
-from recozoo.data.split import SplitIndices
+from bench.process import ProcessResult, run_process
 
 #: RecBole's split folders written by export_splits.py, by recozoo split name
 RECBOLE_SPLIT_FOLDERS = {"random": "general_RO_811", "loo": "sequential_TO_LOO"}
@@ -123,61 +118,3 @@ class RecBolePeer:
 def _process_figures(result: ProcessResult) -> dict[str, Any]:
     return {"peak_rss_mb": round(result.peak_rss_mb, 1),
             "wall_seconds_process": round(result.seconds, 2)}
-
-
-@dataclass
-class PresetSplit:
-    """Train/validation/test rows read from ``<folder>/{train,valid,test}.tsv`` (columns
-    ``user_id``, ``item_id``: the external ids), e.g. RecBole's exact splits written by
-    ``export_splits.py``, so that two libraries are scored on the same rows.
-
-    Validation and test are the listed rows. Training is every other row: a file that lists
-    only training *targets* (RecBole's sequential protocol leaves out each user's first item)
-    still gives the whole training history. Each (user, item) pair must name one row.
-
-    Use from the command line with ``split=random split._target_=recozoo.bench.peers.PresetSplit
-    +split.folder=<folder>`` (any split config works as the base).
-    """
-
-    folder: str
-    name: str = "preset"
-    ratios: Any = None  # accepted (and ignored) so that any split config can be the base
-
-    def _read(self, part: str) -> pd.DataFrame:
-        path = Path(self.folder) / f"{part}.tsv"
-        if not path.is_file():
-            raise FileNotFoundError(f"split folder {self.folder}: {path.name} is missing")
-        frame = pd.read_csv(path, sep="\t", dtype=str)
-        missing = {"user_id", "item_id"} - set(frame.columns)
-        if missing:
-            raise ValueError(f"{path}: expected columns user_id and item_id, missing "
-                             f"{sorted(missing)} (found {list(frame.columns)})")
-        return frame[["user_id", "item_id"]]
-
-    def __call__(self, data: Interactions, seed: int) -> SplitIndices:
-        rows = pd.DataFrame({"user_id": data.user_ids[data.user].astype(str),
-                             "item_id": data.item_ids[data.item].astype(str),
-                             "position": np.arange(len(data))})
-        if rows.duplicated(["user_id", "item_id"]).any():
-            raise ValueError(f"split folder {self.folder}: the data repeats (user, item) pairs, "
-                             "so a listed pair cannot name one row; dedupe the data first")
-        held = {}
-        for part in ("valid", "test"):
-            frame = self._read(part)
-            found = frame.merge(rows, on=["user_id", "item_id"], how="left")
-            lost = found["position"].isna()
-            if lost.any():
-                first = found[lost].iloc[0]
-                raise ValueError(f"{Path(self.folder) / (part + '.tsv')}: {int(lost.sum())} rows "
-                                 f"are not in the data, e.g. user {first.user_id} item "
-                                 f"{first.item_id}")
-            held[part] = found["position"].to_numpy(dtype=np.int64)
-        in_train = np.ones(len(data), dtype=bool)
-        in_train[held["valid"]] = in_train[held["test"]] = False
-        listed = self._read("train").merge(rows, on=["user_id", "item_id"], how="left")
-        if listed["position"].isna().any() or not in_train[
-                listed["position"].to_numpy(dtype=np.int64)].all():
-            raise ValueError(f"{Path(self.folder) / 'train.tsv'}: rows missing from the data or "
-                             "also held out for validation/test")
-        return SplitIndices(train=np.flatnonzero(in_train), valid=held["valid"],
-                            test=held["test"])

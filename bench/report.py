@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from recozoo.bench.compare import EPOCH_TARGET, EVAL_TARGET
+from bench.compare import EPOCH_TARGET, EVAL_TARGET
 
 
 def _num(value: Any, spec: str = ".4f") -> str:

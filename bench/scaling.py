@@ -16,7 +16,7 @@ torch and Lightning) is reported too, and memory growth is fitted on the peak ab
 in its own process, and reported as ``generate``. The growth rate is the least-squares slope of
 log(seconds) and log(peak MB) against log(interactions): 1.0 is linear growth.
 
-Run one point alone: ``python -m recozoo.bench.scaling '<json of point arguments>'``.
+Run one point alone: ``python -m bench.scaling '<json of point arguments>'``.
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from recozoo.bench.compare import repo_root, thread_env
-from recozoo.bench.process import run_process
-from recozoo.bench.throughput import achieved, matmul_topk
+from bench import repo_root
+from bench.compare import thread_env
+from bench.process import run_process
+from bench.throughput import achieved, matmul_topk
 
 #: models whose training epoch is measured
 SCALE_MODELS = ("bpr", "sasrec")
@@ -121,7 +122,7 @@ def measure_point(overrides: list[str], stages: list[str], max_batches: int,
 
 def _run_point(arguments: dict[str, Any], threads: int, log: Path) -> dict[str, Any]:
     arguments = {**arguments, "output_dir": str(log.with_suffix(""))}
-    result = run_process([sys.executable, "-m", "recozoo.bench.scaling", json.dumps(arguments)],
+    result = run_process([sys.executable, "-m", "bench.scaling", json.dumps(arguments)],
                          env=thread_env(threads), cwd=repo_root(), log=log)
     lines = [line for line in result.output.splitlines() if line.startswith("{")]
     if result.returncode != 0 or not lines:

@@ -1,58 +1,63 @@
-"""`make bench` plumbing: RecBole's splits read back exactly, ratios and targets, the growth fit,
-the report, and a smoke run on a tiny shop. Timings are measured, never asserted."""
+"""`make bench` plumbing (the ``bench/`` scripts beside the package): where the shared folder
+comes from, ratios and targets, the growth fit, the report, and a smoke run on a tiny shop.
+Timings are measured, never asserted. RecBole's splits read back are `split=preset`'s tests
+(tests/test_preset_split.py)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
+from bench import repo_root
+from bench.__main__ import SHARED_VARIABLE, main, shared_folder
+from bench.compare import ModelSpec, compare_row, median_figures
+from bench.peers import RecBolePeer
+from bench.report import render
+from bench.scaling import growth
+from bench.throughput import achieved, matmul_topk
 
-from recozoo.bench.compare import ModelSpec, compare_row
-from recozoo.bench.peers import PresetSplit, RecBolePeer
-from recozoo.bench.report import render
-from recozoo.bench.scaling import growth
-from recozoo.bench.throughput import achieved, matmul_topk
-from recozoo.data import Interactions
+import recozoo
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def interactions() -> Interactions:
-    # user a: items x, y, z, w; user b: items x, y, z (external ids are strings and ints mixed)
-    return Interactions(user=np.array([0, 0, 0, 0, 1, 1, 1]),
-                        item=np.array([0, 1, 2, 3, 0, 1, 2]),
-                        timestamp=np.arange(7, dtype=float),
-                        user_ids=np.array(["a", "b"]), item_ids=np.array([10, 11, 12, 13]))
+def test_bench_lives_beside_the_package_and_finds_the_checkout():
+    assert repo_root() == ROOT
+    assert not (Path(recozoo.__file__).parent / "bench").exists()  # not in the installed package
 
 
-def write_split(folder: Path, train, valid, test) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("train", train), ("valid", valid), ("test", test)):
-        lines = ["user_id\titem_id\ttimestamp"] + [f"{u}\t{i}\t0" for u, i in rows]
-        (folder / f"{name}.tsv").write_text("\n".join(lines) + "\n")
+def test_shared_folder_from_the_argument_then_the_environment(tmp_path, monkeypatch):
+    given, from_env = tmp_path / "given", tmp_path / "env"
+    given.mkdir()
+    from_env.mkdir()
+    monkeypatch.delenv(SHARED_VARIABLE, raising=False)
+    folder, line = shared_folder(None)
+    assert folder is None and "recozoo alone is benchmarked" in line and SHARED_VARIABLE in line
+    monkeypatch.setenv(SHARED_VARIABLE, str(from_env))
+    assert shared_folder(None) == (from_env, f"shared folder: {from_env} (from {SHARED_VARIABLE})")
+    assert shared_folder(str(given))[0] == given  # the argument wins over the environment
+    with pytest.raises(SystemExit, match=r"shared=.*nowhere: no such folder"):
+        shared_folder(str(tmp_path / "nowhere"))
+    monkeypatch.setenv(SHARED_VARIABLE, str(tmp_path / "gone"))
+    with pytest.raises(SystemExit, match=rf"{SHARED_VARIABLE}=.*gone: no such folder"):
+        shared_folder(None)
 
 
-def test_preset_split_reads_the_listed_rows_and_trains_on_the_rest(tmp_path):
-    # train.tsv leaves out user a's first item (RecBole's sequential file lists targets only)
-    write_split(tmp_path, train=[("a", 11), ("b", 10)], valid=[("a", 12), ("b", 11)],
-                test=[("a", 13), ("b", 12)])
-    split = PresetSplit(folder=str(tmp_path))(interactions(), seed=0)
-    assert split.valid.tolist() == [2, 5]
-    assert split.test.tolist() == [3, 6]
-    assert split.train.tolist() == [0, 1, 4]
-
-
-def test_preset_split_names_the_file_and_row_it_cannot_find(tmp_path):
-    write_split(tmp_path, train=[("a", 10)], valid=[("a", 11)], test=[("b", 13)])
-    with pytest.raises(ValueError, match=r"test\.tsv.*user b item 13"):
-        PresetSplit(folder=str(tmp_path))(interactions(), seed=0)
-    write_split(tmp_path, train=[("a", 11)], valid=[("a", 11)], test=[("a", 12)])
-    with pytest.raises(ValueError, match=r"train\.tsv"):  # a training row also held out
-        PresetSplit(folder=str(tmp_path))(interactions(), seed=0)
+def test_help_lists_every_key_with_its_default(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: python -m bench [key=value ...]")
+    assert "  shared=null  (str | None)" in text and SHARED_VARIABLE in text
+    assert "  threads=2  (int)\n      torch threads of every run, on both sides." in text
+    assert "  models=[bpr,ease,itemknn,multvae,gru4rec,caser,sasrec]" in text
+    with pytest.raises(SystemExit, match="unknown key 'thread' .did you mean 'threads'"):
+        main(["thread=1"])
 
 
 def test_peer_is_missing_without_the_shared_folder(tmp_path):
@@ -106,10 +111,14 @@ def test_report_marks_missed_targets():
 
 def test_quick_bench_runs_alone_and_writes_results(tmp_path):
     out = tmp_path / "bench"
-    subprocess.run([sys.executable, "-m", "recozoo.bench", "quick=true", "threads=1",
-                    "sections=[compare]", "models=[ease]", f"out={out}"],
-                   cwd=ROOT, check=True, capture_output=True, text=True, timeout=600)
+    env = {k: v for k, v in os.environ.items() if k != SHARED_VARIABLE}
+    done = subprocess.run([sys.executable, "-m", "bench", "quick=true", "threads=1",
+                           "sections=[compare]", "models=[ease]", f"out={out}"],
+                          cwd=ROOT, env=env, check=True, capture_output=True, text=True,
+                          timeout=600)
+    assert "shared folder: none" in done.stdout  # said at once, and kept in the report
     results = json.loads((out / "quick" / "results.json").read_text())
+    assert any("recozoo alone is benchmarked" in note for note in results["notes"])
     (row,) = results["comparison"]
     assert row["model"] == "ease" and row["recbole"] is None
     assert 0 < row["recozoo"]["ndcg@10"] <= 1
@@ -119,7 +128,7 @@ def test_quick_bench_runs_alone_and_writes_results(tmp_path):
 @pytest.mark.slow
 def test_quick_scaling_and_throughput_sections(tmp_path):
     out = tmp_path / "bench"
-    subprocess.run([sys.executable, "-m", "recozoo.bench", "quick=true", "threads=1",
+    subprocess.run([sys.executable, "-m", "bench", "quick=true", "threads=1",
                     "sections=[scale,throughput]", f"out={out}"],
                    cwd=ROOT, check=True, capture_output=True, text=True, timeout=900)
     results = json.loads((out / "quick" / "results.json").read_text())
@@ -129,8 +138,6 @@ def test_quick_scaling_and_throughput_sections(tmp_path):
 
 
 def test_repeated_runs_report_median_seconds_and_keep_every_run():
-    from recozoo.bench.compare import median_figures
-
     runs = [{"sec_per_epoch": s, "eval_seconds": e, "ndcg@10": 0.3, "recall@10": 0.2, "epochs": 9}
             for s, e in ((0.30, 0.10), (0.20, 0.30), (0.25, 0.20))]
     combined = median_figures([runs[0], None, runs[1], runs[2]])
