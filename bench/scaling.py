@@ -4,7 +4,8 @@ For each size (interactions; items grow with them, a tenth as many, users ~a twe
 fresh process per model measures, in order:
 
 - ``data``: reading the generated shop from its cache, preprocessing, splitting (leave-one-out)
-  and building the evaluation inputs (`RecDataModule.setup`);
+  and building the evaluation inputs (`RecDataModule.setup`), with the model and its evaluator
+  (`recozoo.train.build_experiment`, as a run prepares them);
 - ``train``: one training epoch (``bpr``, ``sasrec``); where an epoch has more than
   ``max_batches`` batches, the first ``max_batches`` are timed and the epoch is extrapolated
   (marked ``estimated``);
@@ -69,7 +70,7 @@ def measure_point(overrides: list[str], stages: list[str], max_batches: int,
     from hydra.utils import instantiate
     from omegaconf import open_dict
 
-    from recozoo.train import build_datamodule, build_model
+    from recozoo.train import build_experiment
 
     baseline = round(_peak_mb(), 1)  # the interpreter, torch and Lightning, before any data
     GlobalHydra.instance().clear()
@@ -89,21 +90,19 @@ def measure_point(overrides: list[str], stages: list[str], max_batches: int,
     L.seed_everything(cfg.seed, workers=True)
     figures: dict[str, Any] = {"baseline_rss_mb": baseline}
     start = time.perf_counter()
-    dm = build_datamodule(cfg)
-    dm.setup()
+    experiment = build_experiment(cfg)
+    dm, model = experiment.datamodule, experiment.model
     figures["data"] = {"seconds": round(time.perf_counter() - start, 3),
                        "peak_rss_mb": round(_peak_mb(), 1)}
     figures["shape"] = {"interactions": len(dm.data), "users": dm.info.n_users,
                         "items": dm.info.n_items, "test_users": len(dm.indices.test)}
-    model = build_model(cfg, dm)
-    dm.use_view(model.train_view())
     n_batches = len(dm.train_dataloader())
     limited = n_batches > max_batches
     with open_dict(cfg):
         cfg.trainer.enable_progress_bar = False
         cfg.trainer.enable_model_summary = False
-    trainer = instantiate(cfg.trainer, callbacks=[], logger=False, enable_checkpointing=False,
-                          max_epochs=1, limit_val_batches=0,
+    trainer = instantiate(cfg.trainer, callbacks=[experiment.evaluator], logger=False,
+                          enable_checkpointing=False, max_epochs=1, limit_val_batches=0,
                           limit_train_batches=max_batches if limited else None)
     start = time.perf_counter()
     trainer.fit(model, datamodule=dm)
