@@ -9,9 +9,18 @@ import pytest
 import torch
 from sklearn.metrics import ndcg_score
 
+from recozoo.data.popularity import BUCKETS
 from recozoo.metrics import functional as F
-from recozoo.metrics.ranking import NDCG, RankedBatch, Recall, TailRecall
-from recozoo.metrics.suite import higher_is_better, ranking_suite
+from recozoo.metrics.buckets import BUCKET_METRICS
+from recozoo.metrics.ranking import NDCG, Gini, ItemCoverage, RankedBatch, Recall, TailRecall
+from recozoo.metrics.suite import (
+    RANKING_METRICS,
+    RATING_METRICS,
+    higher_is_better,
+    metric_class,
+    ranking_suite,
+    rating_suite,
+)
 
 # two users, catalogue of 6 items; user 0 targets {1, 4}, user 1 targets {5}
 TARGETS = torch.tensor([[0, 1, 0, 0, 1, 0], [0, 0, 0, 0, 0, 1]], dtype=torch.float32)
@@ -107,9 +116,35 @@ def test_gini_extremes():
 def test_direction_of_every_metric_key():
     assert higher_is_better("test/ndcg@10")
     assert higher_is_better("val/tail_recall@20")
-    assert not higher_is_better("test/gini@10")
-    assert not higher_is_better("test/arp@10")
-    assert not higher_is_better("test/rmse")
+    assert higher_is_better("test/gini@10") is False
+    assert higher_is_better("test/arp@10") is False
+    assert higher_is_better("test/rmse") is False
+    assert higher_is_better("test/mae") is False
+    assert higher_is_better("ndcg@10")  # per-user columns carry no stage
+    assert higher_is_better("test_cold/recall@20")
+
+
+def test_direction_is_read_from_the_metric_class():
+    # the suites are built from the same tables, so every key a suite writes has a class
+    suite = ranking_suite([2], n_items=6, n_users=10, item_popularity=POP, tail_mask=TAIL,
+                          item_bucket=torch.tensor([0, 0, 1, 1, 2, 2]))
+    for key, metric in {**suite, **rating_suite()}.items():
+        assert metric_class(f"test/{key}") is type(metric), key
+        assert higher_is_better(f"test/{key}") is type(metric).higher_is_better, key
+    # every class states its direction (None only where a metric has none)
+    classes = {**RANKING_METRICS, **RATING_METRICS, **BUCKET_METRICS}
+    assert {name for name, cls in classes.items() if cls.higher_is_better is None} == {"exposure"}
+    assert {name for name, cls in {**RANKING_METRICS, **RATING_METRICS}.items()
+            if cls.higher_is_better is False} == {"gini", "arp", "rmse", "mae"}
+
+
+def test_unknown_metric_keys_are_refused_with_the_key():
+    with pytest.raises(ValueError, match="'test/loss@10'"):
+        higher_is_better("test/loss@10")
+    with pytest.raises(ValueError, match="'test/recall@10/tail'.*distant"):
+        higher_is_better("test/recall@10/tail")  # the bucket is "distant" now
+    with pytest.raises(ValueError, match="'test/gini@10/head'"):
+        higher_is_better("test/gini@10/head")
 
 
 def test_bad_k_is_rejected_with_the_value():
@@ -122,6 +157,49 @@ def test_bad_k_is_rejected_with_the_value():
 
 
 def test_bucket_exposure_has_no_best_direction():
-    from recozoo.metrics.suite import has_direction
-    assert not has_direction("test/exposure@10/head")
-    assert has_direction("test/recall@10/tail") and higher_is_better("test/recall@10/tail")
+    assert higher_is_better("test/exposure@10/head") is None
+    assert higher_is_better("test/recall@10/distant") is True
+
+
+def test_a_mean_over_no_qualifying_user_is_nan():
+    # no user has a tail target: tail recall has no value (not 0)
+    metric = TailRecall(4)
+    metric.update(RankedBatch.from_lists(LISTS, TARGETS, torch.zeros(6, dtype=torch.bool)))
+    assert math.isnan(metric.compute().item())
+    # no user has any target: every user-averaged accuracy metric has no value
+    for cls in (Recall, NDCG):
+        metric = cls(2)
+        metric.update(RankedBatch.from_lists(LISTS, torch.zeros_like(TARGETS), TAIL))
+        assert math.isnan(metric.compute().item())
+    # one qualifying user in a second batch: the mean is over that user alone
+    metric = TailRecall(4)
+    metric.update(RankedBatch.from_lists(LISTS, TARGETS, torch.zeros(6, dtype=torch.bool)))
+    metric.update(ranked())
+    assert metric.compute().item() == pytest.approx(1.0)
+
+
+def test_exposure_metrics_without_a_list_are_nan():
+    for cls in (ItemCoverage, Gini):
+        metric = cls(2, 6)
+        empty = RankedBatch.from_lists(LISTS[:0], TARGETS[:0], TAIL)
+        metric.update(empty)
+        assert math.isnan(metric.compute().item()), cls.__name__
+
+
+def test_suite_where_no_test_user_has_a_tail_target_gives_nan_tail_recall():
+    # every target is a head item: tail_recall and the mid/distant recalls have no value
+    head_targets = torch.tensor([[1, 0, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0]], dtype=torch.float32)
+    bucket = torch.tensor([0, 0, 1, 1, 2, 2])
+    suite = ranking_suite([4], n_items=6, n_users=10, item_popularity=POP, tail_mask=bucket > 0,
+                          item_bucket=bucket).clone(prefix="test/")
+    suite.update(RankedBatch.from_lists(LISTS, head_targets, bucket > 0, bucket))
+    values = {k: v.item() for k, v in suite.compute().items()}
+    assert math.isnan(values["test/tail_recall@4"])
+    for name in ("recall", "ndcg"):
+        assert math.isnan(values[f"test/{name}@4/{BUCKETS[1]}"])
+        assert math.isnan(values[f"test/{name}@4/distant"])
+    # user 0's target (item 0) is at rank 4, user 1's (item 1) is not in the list
+    assert values["test/recall@4/head"] == pytest.approx(0.5)
+    assert values["test/recall@4"] == pytest.approx(0.5)
+    # list properties do not depend on targets and keep their values: tail items {2, 3, 4, 5}
+    assert values["test/aplt@4"] == pytest.approx((2 / 4 + 3 / 4) / 2)

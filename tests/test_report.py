@@ -157,3 +157,95 @@ def test_cli_writes_every_file_and_refuses_empty_folders(tmp_path, capsys):
     empty.mkdir()
     assert report_main([str(empty)]) == 2
     assert "holds no metrics.json" in capsys.readouterr().err
+
+
+def test_a_metric_without_value_is_missing_and_never_best(tmp_path):
+    # no test user of either run had a tail target: tail_recall is null in metrics.json
+    write_run(tmp_path / "0", "ease", noisy(0.30, 3), **{"test/tail_recall@10": None})
+    write_run(tmp_path / "1", "pop", noisy(0.10, 2), **{"test/tail_recall@10": None})
+    board = build_leaderboard([tmp_path], bootstrap_resamples=50)
+    (table,) = board.tables
+    assert "test/tail_recall@10" in table.metrics and "test/tail_recall@10" not in table.best
+    assert table.frame["test/tail_recall@10"].isna().all()
+    assert table.best["test/ndcg@10"] == "ease"  # the other columns are unaffected
+    report_main([str(tmp_path), "--no-plots"])
+    lines = (tmp_path / "leaderboard.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| rank |")).split(" | ")
+    column = header.index("test/tail_recall@10")
+    for model in ("ease", "pop"):
+        cells = next(line for line in lines if f"| {model} |" in line).split(" | ")
+        assert cells[column] == "–", model
+    html = (tmp_path / "leaderboard.html").read_text()
+    assert "<td data-v=''>–</td>" in html and "class='best'>–" not in html
+
+
+def test_a_run_without_value_is_not_ranked_above_a_zero(tmp_path):
+    # a 0 is a value, NaN (null) is none: with gini lower-is-better, NaN must not win either way
+    write_run(tmp_path / "0", "ease", noisy(0.30, 3), gini=float("nan"),
+              **{"test/tail_recall@10": None})
+    write_run(tmp_path / "1", "pop", noisy(0.10, 2), gini=0.8, **{"test/tail_recall@10": 0.0})
+    write_run(tmp_path / "2", "bpr", noisy(0.20, 4), gini=0.9,
+              **{"test/ndcg@10": None, "test/tail_recall@10": None})
+    board = build_leaderboard([tmp_path], bootstrap_resamples=50)
+    (table,) = board.tables
+    assert table.best["test/tail_recall@10"] == "pop"
+    assert table.best["test/gini@10"] == "pop"
+    # a row without the primary metric goes last, without a rank
+    frame = table.frame.set_index("model")
+    assert list(table.frame["model"]) == ["ease", "pop", "bpr"]
+    assert frame.loc["ease", "rank"] == 1 and frame.loc["pop", "rank"] == 2
+    assert pd.isna(frame.loc["bpr", "rank"])
+
+
+def test_per_user_values_without_value_are_not_tested(tmp_path):
+    # pop's users have no tail target (NaN per user, null in metrics.json): ease is the best
+    # tail_recall and pop is not tested against it
+    per_user_tail = {"ease": noisy(0.3, 5), "pop": np.full(N_USERS, np.nan)}
+    for folder, (model, tail) in enumerate(per_user_tail.items()):
+        mean = float(np.nanmean(tail)) if model == "ease" else None
+        run = write_run(tmp_path / str(folder), model, noisy(0.3 if model == "ease" else 0.1, 6),
+                        **{"test/tail_recall@10": mean})
+        frame = pd.read_parquet(run / "per_user_test.parquet")
+        frame["tail_recall@10"] = tail
+        frame.to_parquet(run / "per_user_test.parquet")
+    board = build_leaderboard([tmp_path], bootstrap_resamples=50)
+    assert board.tables[0].best["test/tail_recall@10"] == "ease"
+    assert set(board.significance["metric"]) == {"test/ndcg@10", "test/recall@10"}
+
+
+def test_legend_states_the_directions_of_the_metric_classes(tmp_path):
+    write_run(tmp_path / "0", "ease", 0.3, **{"test/rmse": 0.9})
+    board = build_leaderboard([tmp_path], bootstrap_resamples=50)
+    from recozoo.report.leaderboard import to_markdown
+    legend = to_markdown(board).splitlines()[2]
+    assert "lower is better for gini, rmse" in legend  # the columns shown, in table order
+    assert "arp" not in legend.split("lower is better for")[1].split(")")[0]
+    assert "/distant" in legend and "/tail" not in legend
+
+
+def test_report_package_has_no_import_cycle():
+    import ast
+
+    import recozoo.report
+
+    folder = Path(recozoo.report.__file__).parent
+    imports: dict[str, set[str]] = {}
+    for path in folder.glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                found |= {n.rsplit(".", 1)[-1] for n in names if n.startswith("recozoo.report.")}
+            elif isinstance(node, ast.Import):
+                found |= {a.name.rsplit(".", 1)[-1] for a in node.names
+                          if a.name.startswith("recozoo.report.")}
+        imports[path.stem] = found - {path.stem}
+    assert "leaderboard" not in imports["plots"]
+    for module, needed in imports.items():  # no module reaches back to itself
+        seen, todo = set(), list(needed)
+        while todo:
+            other = todo.pop()
+            if other not in seen and other != "__init__":
+                seen.add(other)
+                todo += imports.get(other, set())
+        assert module not in seen, f"{module} imports itself through {seen}"

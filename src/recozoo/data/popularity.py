@@ -25,20 +25,22 @@ def tail_mask(popularity: np.ndarray, head_share: float = 0.2) -> np.ndarray:
     return mask
 
 
-#: names of the popularity buckets, in the order of ``popularity_buckets``' indices.
-BUCKETS: tuple[str, ...] = ("head", "mid", "tail")
+#: names of the popularity buckets, in the order of ``popularity_buckets``' indices. The bottom
+#: bucket is "distant" (the distant tail), not "tail": the tail is every item outside the head
+#: (`tail_mask`), i.e. mid and distant together.
+BUCKETS: tuple[str, ...] = ("head", "mid", "distant")
 
 
 def popularity_buckets(popularity: np.ndarray, head_share: float = 0.2,
                        tail_share: float = 0.5) -> np.ndarray:
-    """Popularity bucket per item: 0 = head, 1 = mid, 2 = tail (names in ``BUCKETS``).
+    """Popularity bucket per item: 0 = head, 1 = mid, 2 = distant (names in ``BUCKETS``).
 
     The head is exactly the head of `tail_mask` (the top ``head_share`` of items by training
-    count, ties broken by item index), so ``buckets > 0`` equals ``tail_mask``. The rest of the
-    catalogue is split by the same order: the bottom ``tail_share`` of all items form the tail
-    (the "distant tail" of Abdollahpouri et al., FLAIRS 2019), the items in between the mid.
-    With the defaults: 20% head, 30% mid, 50% tail. Note the metric ``tail_recall`` uses
-    `tail_mask` (mid and tail together), while ``recall@k/tail`` uses the tail bucket only.
+    count, ties broken by item index), so ``buckets > 0`` equals ``tail_mask``: the tail is mid
+    and distant together. The tail is split by the same order: the bottom ``tail_share`` of all
+    items form the distant bucket (the "distant tail" of Abdollahpouri et al., FLAIRS 2019), the
+    items in between the mid. With the defaults: 20% head, 30% mid, 50% distant. So
+    ``tail_recall`` counts mid and distant targets, ``recall@k/distant`` the distant ones only.
     """
     if not 0.0 <= tail_share <= 1.0:
         raise ValueError(f"tail_share must be within [0, 1], got {tail_share}")

@@ -1,10 +1,13 @@
-"""Metrics per popularity bucket (head, mid, tail; see `recozoo.data.popularity`).
+"""Metrics per popularity bucket (head, mid, distant; see `recozoo.data.popularity`).
 
 For a bucket b: ``recall@k/b`` and ``ndcg@k/b`` score the list against the user's test targets
-in b only (averaged over users with at least one such target, as ``tail_recall`` is), and
-``exposure@k/b`` is the share of list slots that hold items of b (averaged over users). The
-three exposures sum to 1; comparing them with the buckets' shares of the catalogue (20/30/50 by
-default) shows how a model spreads its attention.
+in b only (averaged over users with at least one such target, as ``tail_recall`` is; NaN when no
+user has one), and ``exposure@k/b`` is the share of list slots that hold items of b (averaged
+over users). The three exposures sum to 1; comparing them with the buckets' shares of the
+catalogue (20/30/50 by default) shows how a model spreads its attention. An exposure share has
+no better direction (``higher_is_better = None``): more of one bucket is less of another.
+
+The tail (``tail_recall``, ``aplt``) is mid and distant together: every item outside the head.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ def _list_bucket(metric: UserAveraged, ranked: RankedBatch) -> torch.Tensor:
 class _BucketAccuracy(UserAveraged):
     """An accuracy metric over the targets of one popularity bucket."""
 
+    higher_is_better = True
     per_bucket: ClassVar = None
 
     def __init__(self, k: int, bucket: str, **kwargs):
@@ -61,9 +65,9 @@ class BucketNDCG(_BucketAccuracy):
 
 
 class BucketExposure(UserAveraged):
-    """Share of the top-k slots given to items of one popularity bucket."""
+    """Share of the top-k slots given to items of one popularity bucket (no better direction)."""
 
-    higher_is_better: ClassVar[bool] = True
+    higher_is_better = None
 
     def __init__(self, k: int, bucket: str, **kwargs):
         super().__init__(k, **kwargs)
@@ -75,11 +79,25 @@ class BucketExposure(UserAveraged):
         return value, torch.ones_like(value)
 
 
+#: metric name in metrics.json -> class of the per-bucket metrics.
+BUCKET_METRICS: dict[str, type[UserAveraged]] = {
+    "recall": BucketRecall, "ndcg": BucketNDCG, "exposure": BucketExposure,
+}
+
+
+def bucket_key(name: str, k: int | str, bucket: str) -> str:
+    """The metrics.json name (without stage) of a per-bucket metric: ``recall@10/distant``.
+
+    Raises:
+        ValueError: ``name`` is not a per-bucket metric or ``bucket`` not a bucket name.
+    """
+    if name not in BUCKET_METRICS:
+        raise ValueError(f"per-bucket metric must be one of {tuple(BUCKET_METRICS)}, got {name!r}")
+    _bucket_index(bucket)
+    return f"{name}@{k}/{bucket}"
+
+
 def bucket_metrics(k: int) -> dict[str, UserAveraged]:
     """``recall@k/<bucket>``, ``ndcg@k/<bucket>``, ``exposure@k/<bucket>`` for every bucket."""
-    metrics: dict[str, UserAveraged] = {}
-    for bucket in BUCKETS:
-        metrics[f"recall@{k}/{bucket}"] = BucketRecall(k, bucket)
-        metrics[f"ndcg@{k}/{bucket}"] = BucketNDCG(k, bucket)
-        metrics[f"exposure@{k}/{bucket}"] = BucketExposure(k, bucket)
-    return metrics
+    return {bucket_key(name, k, bucket): cls(k, bucket)
+            for bucket in BUCKETS for name, cls in BUCKET_METRICS.items()}

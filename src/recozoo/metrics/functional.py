@@ -68,6 +68,11 @@ def f1(hits: torch.Tensor, n_targets: torch.Tensor, k: int) -> torch.Tensor:
     return torch.where(p + r > 0, 2 * p * r / (p + r).clamp(min=1e-12), torch.zeros_like(p))
 
 
+def coverage(exposure: torch.Tensor) -> torch.Tensor:
+    """Share of items with a non-zero exposure count."""
+    return (exposure > 0).double().mean()
+
+
 def gini(exposure: torch.Tensor) -> torch.Tensor:
     """Gini coefficient of item exposure counts (0 = equal exposure, 1 = one item gets all)."""
     x = torch.sort(exposure.double()).values

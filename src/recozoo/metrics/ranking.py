@@ -7,8 +7,10 @@ processes (DDP-safe) and nothing grows with the number of users.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 from torchmetrics import Metric
@@ -24,12 +26,12 @@ class RankedBatch:
     Args:
         items: (B, K) ranked item indices, best first.
         hits: (B, K) 1.0 where the item is a target.
-        tail_hits: (B, K) 1.0 where the item is a target and a tail item.
+        tail_hits: (B, K) 1.0 where the item is a target and a tail item (outside the head).
         n_targets: (B,) targets per user.
         n_tail_targets: (B,) tail targets per user.
-        n_bucket_targets: (B, n_buckets) targets per user in each bucket, or None.
-        list_bucket: (B, K) popularity bucket (0 head, 1 mid, 2 tail) of each ranked item,
-            or None.
+        n_bucket_targets: (B, n_buckets) targets per user in each popularity bucket, or None.
+        list_bucket: (B, K) popularity bucket of each ranked item (an index into
+            `recozoo.data.popularity.BUCKETS`: 0 head, 1 mid, 2 distant), or None.
     """
 
     items: torch.Tensor
@@ -42,7 +44,7 @@ class RankedBatch:
 
     @classmethod
     def from_scores(cls, scores: torch.Tensor, targets: torch.Tensor, tail_mask: torch.Tensor,
-                    k: int) -> "RankedBatch":
+                    k: int) -> RankedBatch:
         """Rank ``scores`` (B, n_items; seen items already at -inf) against the 0/1 ``targets``
         matrix (B, n_items)."""
         if k > scores.shape[1]:
@@ -52,7 +54,7 @@ class RankedBatch:
 
     @classmethod
     def from_lists(cls, items: torch.Tensor, targets: torch.Tensor, tail_mask: torch.Tensor,
-                   item_bucket: torch.Tensor | None = None) -> "RankedBatch":
+                   item_bucket: torch.Tensor | None = None) -> RankedBatch:
         """Score given ranked lists (B, K) against the 0/1 ``targets`` matrix (B, n_items);
         with ``item_bucket`` (n_items,) also count each user's targets per popularity bucket."""
         hits = targets.gather(1, items).float()
@@ -69,10 +71,14 @@ class RankedBatch:
 
 
 class UserAveraged(Metric):
-    """Mean over users of a per-user metric at K. Subclasses set ``per_user``."""
+    """Mean over users of a per-user metric at K, over the users that qualify (weight 1).
+
+    Subclasses set ``per_user`` (or override `values`) and state ``higher_is_better``. With no
+    qualifying user, `compute` is NaN: "no value", which no table may rank.
+    """
 
     is_differentiable = False
-    higher_is_better: ClassVar[bool] = True
+    higher_is_better: ClassVar[bool | None]
     full_state_update = False
     per_user: ClassVar[Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]]
 
@@ -95,39 +101,51 @@ class UserAveraged(Metric):
         self.count += weight.sum().double()
 
     def compute(self) -> torch.Tensor:
-        return (self.total / self.count.clamp(min=1)).float()
+        """The weighted mean, or NaN when no user qualified."""
+        mean = self.total / self.count.clamp(min=1)
+        return torch.where(self.count > 0, mean, torch.full_like(mean, math.nan)).float()
 
 
 class Recall(UserAveraged):
+    higher_is_better = True
     per_user = staticmethod(F.recall)
 
 
 class NDCG(UserAveraged):
+    higher_is_better = True
     per_user = staticmethod(F.ndcg)
 
 
 class HitRate(UserAveraged):
+    higher_is_better = True
     per_user = staticmethod(F.hit_rate)
 
 
 class MRR(UserAveraged):
+    higher_is_better = True
     per_user = staticmethod(F.mrr)
 
 
 class Precision(UserAveraged):
+    higher_is_better = True
     per_user = staticmethod(F.precision)
 
 
 class MAP(UserAveraged):
+    higher_is_better = True
     per_user = staticmethod(F.average_precision)
 
 
 class F1(UserAveraged):
+    higher_is_better = True
     per_user = staticmethod(F.f1)
 
 
 class TailRecall(UserAveraged):
-    """Recall over the tail targets only, averaged over users who have a tail target."""
+    """Recall over the tail targets only (items outside the head), averaged over users who have
+    a tail target; NaN when no user has one."""
+
+    higher_is_better = True
 
     def values(self, ranked: RankedBatch) -> tuple[torch.Tensor, torch.Tensor]:
         value = F.recall(ranked.tail_hits, ranked.n_tail_targets, self.k)
@@ -149,12 +167,16 @@ class _ListAveraged(UserAveraged):
 class APLT(_ListAveraged):
     """Average percentage of long-tail items: the share of tail items in each list."""
 
+    higher_is_better = True
+
     def __init__(self, k: int, tail_mask: torch.Tensor, **kwargs):
         super().__init__(k, tail_mask.float(), **kwargs)
 
 
 class Novelty(_ListAveraged):
     """Mean self-information (-log2 popularity share) of the recommended items."""
+
+    higher_is_better = True
 
     def __init__(self, k: int, item_popularity: torch.Tensor, n_users: int, **kwargs):
         super().__init__(k, F.self_information(item_popularity.float(), n_users), **kwargs)
@@ -170,10 +192,16 @@ class ARP(_ListAveraged):
 
 
 class _Exposure(Metric):
-    """Counts how often each item is recommended in the top K, across all users."""
+    """A statistic of how often each item is recommended in the top K, across all users.
+
+    Subclasses set ``of_exposure`` (a function of the (n_items,) counts); with no list seen,
+    `compute` is NaN ("no value").
+    """
 
     is_differentiable = False
     full_state_update = False
+    higher_is_better: ClassVar[bool | None]
+    of_exposure: ClassVar[Callable[[torch.Tensor], torch.Tensor]]
 
     def __init__(self, k: int, n_items: int, **kwargs):
         super().__init__(**kwargs)
@@ -181,28 +209,32 @@ class _Exposure(Metric):
             raise ValueError(f"k must be a positive integer, got {k!r}")
         self.k = k
         self.add_state("exposure", torch.zeros(n_items, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("n_lists", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, ranked: RankedBatch) -> None:
         top = ranked.items[:, :self.k].reshape(-1)
         self.exposure += torch.bincount(top, minlength=self.exposure.numel()).double()
+        self.n_lists += ranked.items.shape[0]
+
+    def compute(self) -> torch.Tensor:
+        """The statistic of the exposure counts, or NaN when no list was seen."""
+        if self.n_lists == 0:
+            return torch.tensor(math.nan)
+        return type(self).of_exposure(self.exposure).float()
 
 
 class ItemCoverage(_Exposure):
     """Share of the catalogue that appears in at least one top-K list."""
 
     higher_is_better = True
-
-    def compute(self) -> torch.Tensor:
-        return (self.exposure > 0).float().mean()
+    of_exposure = staticmethod(F.coverage)
 
 
 class Gini(_Exposure):
     """Gini index of how exposure is spread over items (lower is more even)."""
 
     higher_is_better = False
-
-    def compute(self) -> torch.Tensor:
-        return F.gini(self.exposure).float()
+    of_exposure = staticmethod(F.gini)
 
 
 #: metric name in metrics.json -> class; the order is the order of tables.

@@ -1,11 +1,19 @@
-"""The shared metric suite: every ranking metric at every K, named as in metrics.json."""
+"""The shared metric suite: every ranking metric at every K, named as in metrics.json.
+
+The tables below map each metrics.json name to the class that computes it. The suites are built
+from them, and `higher_is_better` answers a key's direction by asking that class, so a metric's
+direction is stated once: on its class.
+"""
 
 from __future__ import annotations
 
-import torch
-from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
+import re
 
-from recozoo.metrics.buckets import bucket_metrics
+import torch
+from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric, MetricCollection
+
+from recozoo.data.popularity import BUCKETS
+from recozoo.metrics.buckets import BUCKET_METRICS, bucket_metrics
 from recozoo.metrics.ranking import (
     ACCURACY_METRICS,
     APLT,
@@ -17,28 +25,48 @@ from recozoo.metrics.ranking import (
     TailRecall,
 )
 
-#: names of metrics whose lower values are better (all others: higher is better).
-LOWER_IS_BETTER: frozenset[str] = frozenset({"gini", "arp", "rmse", "mae"})
+#: metrics.json name -> class of every ranking metric at K; the order is the order of tables.
+RANKING_METRICS: dict[str, type[Metric]] = {
+    **ACCURACY_METRICS, "tail_recall": TailRecall, "aplt": APLT, "coverage": ItemCoverage,
+    "gini": Gini, "novelty": Novelty, "arp": ARP,
+}
+#: metrics.json name -> class of the rating errors (torchmetrics' own classes and directions).
+RATING_METRICS: dict[str, type[Metric]] = {"rmse": MeanSquaredError, "mae": MeanAbsoluteError}
+
+_KEY = re.compile(r"^(?:(?P<stage>[a-z_]+)/)?(?P<name>[a-z_][a-z0-9_]*)(?:@(?P<k>\d+))?"
+                  r"(?:/(?P<bucket>[a-z_]+))?$")
 
 
-#: names that describe a list without a better direction (a bucket's share of exposure).
-UNDIRECTED: frozenset[str] = frozenset({"exposure"})
+def metric_class(key: str) -> type[Metric]:
+    """The class that computes a metrics.json key.
+
+    Args:
+        key: ``[<stage>/]<name>[@<k>][/<bucket>]``, e.g. ``test/gini@10``,
+            ``val/recall@20/distant``, ``test/rmse`` or ``ndcg@10``.
+
+    Raises:
+        ValueError: the key names no metric of the suites (the message lists the known names).
+    """
+    match = _KEY.match(key)
+    if match is None:
+        raise ValueError(f"metric key {key!r} is not of the form [<stage>/]<name>[@<k>][/<bucket>]")
+    name, bucket = match["name"], match["bucket"]
+    if bucket is not None:
+        if bucket not in BUCKETS or name not in BUCKET_METRICS:
+            raise ValueError(f"metric key {key!r}: per-bucket metrics are "
+                             f"{tuple(BUCKET_METRICS)} over buckets {BUCKETS}")
+        return BUCKET_METRICS[name]
+    table = RANKING_METRICS if match["k"] is not None else RATING_METRICS
+    if name not in table:
+        raise ValueError(f"metric key {key!r}: no such metric; known are "
+                         f"{tuple(RANKING_METRICS)} at @<k> and {tuple(RATING_METRICS)}")
+    return table[name]
 
 
-def metric_name(key: str) -> str:
-    """``test/recall@10/tail`` -> ``recall``."""
-    name = key.split("/")[1] if "/" in key else key
-    return name.split("@")[0]
-
-
-def has_direction(key: str) -> bool:
-    """False for keys such as ``test/exposure@10/head`` that no table should mark as best."""
-    return metric_name(key) not in UNDIRECTED
-
-
-def higher_is_better(key: str) -> bool:
-    """Direction of a metrics.json key such as ``test/gini@10`` or ``val/ndcg@20``."""
-    return metric_name(key) not in LOWER_IS_BETTER
+def higher_is_better(key: str) -> bool | None:
+    """Direction of a metrics.json key, as its metric class states it: True, False, or None for
+    a metric with no better direction (e.g. ``test/exposure@10/head``)."""
+    return metric_class(key).higher_is_better
 
 
 def ranking_suite(ks: list[int], n_items: int, n_users: int, item_popularity: torch.Tensor,
@@ -49,7 +77,7 @@ def ranking_suite(ks: list[int], n_items: int, n_users: int, item_popularity: to
     Args:
         ks: cut-offs, e.g. [10, 20]; each must be at most ``n_items``.
         item_popularity: (n_items,) training counts (for novelty and ARP).
-        tail_mask: (n_items,) True for tail items.
+        tail_mask: (n_items,) True for tail items (every item outside the head).
         item_bucket: (n_items,) popularity bucket per item; adds ``recall@<k>/<bucket>``,
             ``ndcg@<k>/<bucket>`` and ``exposure@<k>/<bucket>`` (`recozoo.metrics.buckets`);
             the `RankedBatch` must then be built with the same ``item_bucket``.
@@ -60,16 +88,13 @@ def ranking_suite(ks: list[int], n_items: int, n_users: int, item_popularity: to
         if k > n_items:
             raise ValueError(f"metric cut-off K={k} is larger than the catalogue ({n_items} items);"
                              " lower eval.ks")
+    # what each metric needs besides K (the accuracy metrics need nothing)
+    facts = {"aplt": (tail_mask,), "coverage": (n_items,), "gini": (n_items,),
+             "novelty": (item_popularity, n_users), "arp": (item_popularity,)}
     metrics = {}
     for k in ks:
-        for name, cls in ACCURACY_METRICS.items():
-            metrics[f"{name}@{k}"] = cls(k)
-        metrics[f"tail_recall@{k}"] = TailRecall(k)
-        metrics[f"aplt@{k}"] = APLT(k, tail_mask)
-        metrics[f"coverage@{k}"] = ItemCoverage(k, n_items)
-        metrics[f"gini@{k}"] = Gini(k, n_items)
-        metrics[f"novelty@{k}"] = Novelty(k, item_popularity, n_users)
-        metrics[f"arp@{k}"] = ARP(k, item_popularity)
+        for name, cls in RANKING_METRICS.items():
+            metrics[f"{name}@{k}"] = cls(k, *facts.get(name, ()))
         if item_bucket is not None:
             metrics.update(bucket_metrics(k))
     return MetricCollection(metrics, compute_groups=False)
@@ -77,8 +102,17 @@ def ranking_suite(ks: list[int], n_items: int, n_users: int, item_popularity: to
 
 def rating_suite() -> MetricCollection:
     """RMSE and MAE for models that predict ratings."""
-    return MetricCollection({"rmse": MeanSquaredError(squared=False), "mae": MeanAbsoluteError()},
-                            compute_groups=False)
+    arguments = {"rmse": {"squared": False}}
+    return MetricCollection({name: cls(**arguments.get(name, {}))
+                             for name, cls in RATING_METRICS.items()}, compute_groups=False)
 
 
-__all__ = ["RankedBatch", "ranking_suite", "rating_suite", "higher_is_better", "LOWER_IS_BETTER"]
+__all__ = [
+    "RANKING_METRICS",
+    "RATING_METRICS",
+    "RankedBatch",
+    "higher_is_better",
+    "metric_class",
+    "ranking_suite",
+    "rating_suite",
+]

@@ -2,14 +2,17 @@
 tests against the best model, bootstrap intervals, and mean ± std over seeds.
 
 Each table ranks the variants of one `RunGroup` by the primary metric (``test/ndcg@10``); every
-metric is read in its own direction (`recozoo.metrics.suite.higher_is_better`): the best value of
-each column is bold, and a value marked ``*`` differs from that column's best with a
-Holm-adjusted Wilcoxon p < 0.05 on the per-user test values (per_user_test.parquet; metrics
-without per-user values are not tested). Failed runs are listed under their table with the error.
+metric is read in the direction its metric class states (`recozoo.metrics.suite.higher_is_better`):
+the best value of each column is bold (none for a metric without a direction), and a value marked
+``*`` differs from that column's best with a Holm-adjusted Wilcoxon p < 0.05 on the per-user test
+values (per_user_test.parquet; metrics without per-user values are not tested). A metric with no
+value (NaN in compute, null in metrics.json: no qualifying user) is shown as missing, never marked
+best, ranked or tested. Failed runs are listed under their table with the error.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -21,20 +24,21 @@ import numpy as np
 import pandas as pd
 
 from recozoo.data.popularity import BUCKETS
-from recozoo.metrics.ranking import ACCURACY_METRICS
-from recozoo.metrics.suite import has_direction, higher_is_better
+from recozoo.metrics.suite import RANKING_METRICS, RATING_METRICS, higher_is_better
 from recozoo.report import stats
+from recozoo.report.plots import bucket_columns, plot_table
 from recozoo.report.runs import Run, RunGroup, find_runs, group_runs
 
 log = logging.getLogger(__name__)
 
 PRIMARY = "test/ndcg@10"
 #: column order of the metrics (then by K).
-METRIC_ORDER: tuple[str, ...] = (*ACCURACY_METRICS, "tail_recall", "aplt", "coverage", "gini",
-                                 "novelty", "arp", "rmse", "mae")
+METRIC_ORDER: tuple[str, ...] = (*RANKING_METRICS, *RATING_METRICS)
+#: what a metric cell shows when the metric has no value (no qualifying user).
+MISSING = "–"
 #: facts shown after the metrics.
 FACTS: tuple[str, ...] = ("train_seconds", "n_params", "epochs")
-_METRIC_KEY = re.compile(r"^test/([a-z_]+)(?:@(\d+))?$")
+_METRIC_KEY = re.compile(r"^test/([a-z_][a-z0-9_]*)(?:@(\d+))?$")
 
 
 def _metric_sort_key(key: str) -> tuple:
@@ -103,24 +107,41 @@ def _per_user(runs: list[Run]) -> pd.DataFrame | None:
     return pd.concat(frames).groupby(level=0).mean()
 
 
-def bucket_columns(k: int | str) -> list[str]:
-    """metrics.json keys of recall@k per item-popularity bucket (`recozoo.metrics.buckets`)."""
-    return [f"test/recall@{k}/{bucket}" for bucket in BUCKETS]
+@functools.cache  # warn once per unknown key
+def _direction(key: str) -> bool | None:
+    """`higher_is_better` of a column; None (no best, no order) for a metric this version of
+    recozoo does not compute, e.g. one from an older or newer run."""
+    try:
+        return higher_is_better(key)
+    except ValueError as error:
+        log.warning("%s: shown without a best value", error)
+        return None
+
+
+def _number(value: Any) -> float | None:
+    """A metrics.json value as a float, or None when it is missing, null or NaN."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        return None
+    return float(value)
 
 
 def _build_table(group: RunGroup, primary: str, n_resamples: int) -> tuple[Table, pd.DataFrame]:
-    metrics = sorted({k for runs in group.variants.values() for r in runs for k in r.metrics
-                      if _METRIC_KEY.match(k) and isinstance(r.metrics[k], (int, float))},
+    runs_of_group = [r for runs in group.variants.values() for r in runs]
+    # a metric null in every run (no qualifying user) keeps its column, shown as missing
+    metrics = sorted({k for r in runs_of_group for k in r.metrics
+                      if _METRIC_KEY.match(k) and (r.metrics[k] is None
+                                                   or _number(r.metrics[k]) is not None)},
                      key=_metric_sort_key)
     primary_k = int(primary.split("@")[1]) if "@" in primary else 10
+    buckets = [k for k in bucket_columns(primary_k) if any(k in r.metrics for r in runs_of_group)]
     rows: list[dict[str, Any]] = []
     per_user: dict[str, pd.DataFrame] = {}
     for label, runs in group.variants.items():
         row: dict[str, Any] = {"model": label, "status": "ok", "runs": len(runs),
                                "folder": ", ".join(str(r.path) for r in runs)}
-        for key in (*metrics, *bucket_columns(primary_k), *FACTS):
-            values = [r.metrics.get(key) for r in runs]
-            values = [float(v) for v in values if isinstance(v, (int, float))]
+        for key in (*metrics, *buckets, *FACTS):
+            values = [_number(r.metrics.get(key)) for r in runs]
+            values = [v for v in values if v is not None]
             row[key] = float(np.mean(values)) if values else math.nan
             if len(runs) > 1 and key in metrics:
                 row[f"{key} std"] = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
@@ -132,22 +153,31 @@ def _build_table(group: RunGroup, primary: str, n_resamples: int) -> tuple[Table
                 row["ci_low"], row["ci_high"] = stats.bootstrap_ci(users[column],
                                                                    n_resamples=n_resamples)
         rows.append(row)
-    frame = pd.DataFrame(rows).dropna(axis=1, how="all")  # e.g. no bucket metrics
+    frame = pd.DataFrame(rows)
+    # empty facts go; metric columns stay, even with no value
+    frame = frame.drop(columns=[c for c in frame if c not in (*metrics, *buckets)
+                                and frame[c].isna().all()])
     best: dict[str, str] = {}
     for key in metrics:
-        if key in frame and has_direction(key) and frame[key].notna().any():
-            column = frame[key] if higher_is_better(key) else -frame[key]
+        direction = _direction(key)
+        if direction is not None and frame[key].notna().any():  # idxmax skips NaN
+            column = frame[key] if direction else -frame[key]
             best[key] = frame.loc[column.idxmax(), "model"]
     tests, significant = _significance(group, per_user, best, metrics)
+    rank = pd.array([pd.NA] * len(frame), dtype="Int64")
     if primary in frame:
         main = tests[tests["metric"] == primary].set_index("model") if len(tests) else None
         for name in ("p_wilcoxon", "p_ttest"):
             frame[name] = (frame["model"].map(main[f"{name}_holm"]) if main is not None
                            else math.nan)
-        ascending = not higher_is_better(primary)
-        frame = frame.sort_values(primary, ascending=ascending, na_position="last",
-                                  kind="stable").reset_index(drop=True)
-    frame.insert(0, "rank", np.arange(1, len(frame) + 1))
+        direction = _direction(primary)
+        if direction is not None:
+            frame = frame.sort_values(primary, ascending=not direction, na_position="last",
+                                      kind="stable").reset_index(drop=True)
+            # rows without a value of the primary metric stay last, without a rank
+            ranked = frame[primary].notna().to_numpy()
+            rank[ranked] = np.arange(1, ranked.sum() + 1)
+    frame.insert(0, "rank", rank)
     failed = [{"model": r.label or r.model, "status": "failed", "runs": 1, "folder": str(r.path),
                "error": r.metrics.get("error", "no error recorded")} for r in group.failed]
     if failed:
@@ -165,8 +195,8 @@ def _significance(group: RunGroup, per_user: dict[str, pd.DataFrame], best: dict
         reference = best.get(key)
         if reference not in per_user or column not in per_user[reference]:
             continue
-        others = [label for label, users in per_user.items()
-                  if label != reference and column in users]
+        others = [label for label, users in per_user.items()  # no value: nothing to test
+                  if label != reference and column in users and users[column].notna().any()]
         results = [stats.paired_test(per_user[reference][column], per_user[label][column])
                    for label in others]
         p_w = stats.holm([r.p_wilcoxon for r in results])
@@ -210,14 +240,15 @@ def _headers(table: Table, primary: str) -> list[str]:
 
 
 def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    return value is None or (not isinstance(value, str) and bool(pd.isna(value)))
 
 
 def _text(table: Table, row: pd.Series, column: str) -> str:
     """The cell of ``column`` in ``row`` as shown in markdown and HTML."""
     value = row.get("ci_low" if column == "95% CI" else column)
     if _missing(value):
-        return ""
+        # a metric of a finished run without a value (no qualifying user) is shown as missing
+        return MISSING if column.startswith("test/") and row["status"] == "ok" else ""
     if column == "95% CI":
         return f"[{value:.4f}, {row['ci_high']:.4f}]"
     if column in ("p_wilcoxon", "p_ttest"):
@@ -229,20 +260,44 @@ def _text(table: Table, row: pd.Series, column: str) -> str:
     return _cell(table, row, column)
 
 
-def _legend(primary: str) -> str:
+def _metric_name(key: str) -> str:
+    """``test/recall@10/distant`` -> ``recall``."""
+    return key.split("/")[1].split("@")[0]
+
+
+def _legend(board: Leaderboard) -> str:
+    """The legend, with each shown metric's direction as its metric class states it."""
+    keys = [c for t in board.tables for c in _headers(t, board.primary) if c.startswith("test/")]
+    by_direction: dict[bool | None, list[str]] = {True: [], False: [], None: []}
+    for key in keys:
+        names = by_direction[_direction(key)]
+        if _metric_name(key) not in names:
+            names.append(_metric_name(key))
+    clauses = []
+    if by_direction[False]:
+        clauses.append(f"lower is better for {', '.join(by_direction[False])}")
+    if by_direction[None]:
+        clauses.append(f"no better direction, so never bold: {', '.join(by_direction[None])}")
+    if by_direction[True]:
+        clauses.append("higher is better for the others" if clauses else "higher is better")
+    directions = "; ".join(clauses)
+    primary = board.primary
+    buckets = ", ".join(f"/{b}" for b in BUCKETS)
     return (f"Rows are ordered by {primary}. Bold: the best value of a column, in that metric's "
-            "direction (lower is better for gini, arp, rmse, mae). *: differs from the column's "
-            f"best (paired Wilcoxon signed-rank test over test users, Holm-adjusted p < "
-            f"{stats.ALPHA}). 95% CI: percentile bootstrap of {primary}. p_wilcoxon / p_ttest: "
-            f"Holm-adjusted p-values of {primary} against the best row. recall@k/head, /mid, "
-            "/tail: recall of the test targets in each item-popularity bucket (head = the head "
-            "items, the top head-share by training count; tail = the bottom 50% of items). "
-            "With several seeds: mean ± std.")
+            f"direction ({directions or 'no metrics'}). {MISSING}: no value (no test user "
+            "qualified, e.g. none had a tail target); never bold, ranked or tested. *: differs "
+            "from the column's best (paired Wilcoxon signed-rank test over test users, "
+            f"Holm-adjusted p < {stats.ALPHA}). 95% CI: percentile bootstrap of {primary}. "
+            f"p_wilcoxon / p_ttest: Holm-adjusted p-values of {primary} against the best row. "
+            f"recall@k{buckets}: recall of the test targets in each item-popularity bucket (head "
+            "= the top head-share of items by training count; distant = the bottom 50% of "
+            "items; mid = the rest). The tail (tail_recall, aplt) is every item outside the "
+            "head: mid and distant together. With several seeds: mean ± std.")
 
 
 def to_markdown(board: Leaderboard) -> str:
     """leaderboard.md: one section per table, then the grouping notes."""
-    lines = ["# Leaderboard", "", _legend(board.primary), ""]
+    lines = ["# Leaderboard", "", _legend(board), ""]
     for note in board.notes:
         lines += [f"> {note}", ""]
     for table in board.tables:
@@ -284,13 +339,13 @@ def to_html(board: Leaderboard) -> str:
 
     head = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>recozoo leaderboard"
             f"</title><style>{_HTML_STYLE}</style></head><body><h1>Leaderboard</h1>")
-    parts = [head, f"<p class='note'>{escape(_legend(board.primary))}</p>"]
+    parts = [head, f"<p class='note'>{escape(_legend(board))}</p>"]
     parts += [f"<p class='note'>{escape(n)}</p>" for n in board.notes]
     for table in board.tables:
         columns = _headers(table, board.primary)
         parts.append(f"<h2>{escape(table.group.title)}</h2><table class='lb'><thead><tr>")
         for column in columns:
-            higher = "1" if column.startswith("test/") and higher_is_better(column) else "0"
+            higher = "1" if column.startswith("test/") and _direction(column) else "0"
             cls = " class='t'" if column in ("model", "error") else ""
             parts.append(f"<th data-higher='{higher}'{cls}>{escape(column)}</th>")
         parts.append("</tr></thead><tbody>")
@@ -332,6 +387,8 @@ def write_leaderboard(board: Leaderboard, out_dir: Path | str, plots: bool = Tru
     artifacts.atomic_write_bytes(written[2], to_html(board).encode())
     artifacts.atomic_write_bytes(written[3], board.significance.to_csv(index=False).encode())
     if plots:
-        from recozoo.report.plots import plot_leaderboard
-        written += plot_leaderboard(board, out)
+        for table in board.tables:
+            suffix = "" if len(board.tables) == 1 else f"_{table.group.slug}"
+            written += plot_table(table.frame, table.group.title, board.primary, out, suffix,
+                                  table.group.protocol.get("head_share"))
     return written

@@ -1,23 +1,27 @@
-"""PNG plots of a leaderboard (matplotlib, no display needed).
+"""PNG plots of a leaderboard table (matplotlib, no display needed).
 
 Per table: ``ndcg_by_model.png`` (the primary metric with its bootstrap 95% interval, or the
 std over seeds), ``accuracy_vs_tail.png`` (the primary metric against APLT@K and TailRecall@K,
-Pareto front marked) and ``recall_by_popularity.png`` (recall of head, mid and tail targets).
-With several tables the names get the table's slug as a suffix.
+Pareto front marked) and ``recall_by_popularity.png`` (recall of head, mid and distant targets).
+The plots read a table's frame only (one row per variant, columns named as in metrics.json), so
+this module knows nothing of the leaderboard that builds it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from recozoo.report.leaderboard import bucket_columns
+from recozoo.data.popularity import BUCKETS
+from recozoo.metrics.buckets import bucket_key
+from recozoo.metrics.suite import higher_is_better
 
-if TYPE_CHECKING:
-    from recozoo.report.leaderboard import Leaderboard, Table
+
+def bucket_columns(k: int | str) -> list[str]:
+    """Leaderboard columns of recall@k per item-popularity bucket (`recozoo.metrics.buckets`)."""
+    return [f"test/{bucket_key('recall', k, bucket)}" for bucket in BUCKETS]
 
 
 def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -29,31 +33,38 @@ def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return front
 
 
-def plot_leaderboard(board: Leaderboard, out_dir: Path) -> list[Path]:
-    """Write the plots of every table; returns the files."""
+def plot_table(frame: pd.DataFrame, title: str, primary: str, out_dir: Path, suffix: str = "",
+               head_share: float | None = None) -> list[Path]:
+    """Write the plots of one leaderboard table; returns the files.
+
+    Args:
+        frame: the table, one row per variant: ``model``, ``status`` and metric columns.
+        title: the table's title (data, split, seeds), shown on every plot.
+        primary: the metric that ranks the rows, e.g. ``test/ndcg@10``.
+        suffix: appended to each file name (several tables in one folder).
+        head_share: the head's share of items, named in the popularity plot.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     written: list[Path] = []
-    for table in board.tables:
-        ok = table.frame[table.frame["status"] == "ok"]
-        if ok.empty or board.primary not in ok:
-            continue
-        suffix = "" if len(board.tables) == 1 else f"_{table.group.slug}"
-        written.append(_primary_bars(table, ok, board.primary, out_dir / f"ndcg_by_model{suffix}.png"))
-        k = board.primary.split("@")[1] if "@" in board.primary else "10"
-        tail_keys = [f"test/aplt@{k}", f"test/tail_recall@{k}"]
-        if all(key in ok for key in tail_keys):
-            written.append(_tail_tradeoff(table, ok, board.primary, tail_keys,
-                                          out_dir / f"accuracy_vs_tail{suffix}.png"))
-        buckets = bucket_columns(k)
-        if all(key in ok for key in buckets):
-            written.append(_bucket_bars(table, ok, buckets,
-                                        out_dir / f"recall_by_popularity{suffix}.png"))
+    ok = frame[frame["status"] == "ok"]
+    if ok.empty or primary not in ok:
+        return written
+    written.append(_primary_bars(ok, title, primary, out_dir / f"ndcg_by_model{suffix}.png"))
+    k = primary.split("@")[1] if "@" in primary else "10"
+    tail_keys = [f"test/aplt@{k}", f"test/tail_recall@{k}"]
+    if all(key in ok for key in tail_keys):
+        written.append(_tail_tradeoff(ok, title, primary, tail_keys,
+                                      out_dir / f"accuracy_vs_tail{suffix}.png"))
+    buckets = bucket_columns(k)
+    if all(key in ok for key in buckets):
+        written.append(_bucket_bars(ok, title, buckets, head_share,
+                                    out_dir / f"recall_by_popularity{suffix}.png"))
     return written
 
 
-def _primary_bars(table: Table, ok: pd.DataFrame, primary: str, path: Path) -> Path:
+def _primary_bars(ok: pd.DataFrame, title: str, primary: str, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     ok = ok.iloc[::-1]  # best at the top
@@ -69,39 +80,42 @@ def _primary_bars(table: Table, ok: pd.DataFrame, primary: str, path: Path) -> P
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(ok) + 1.5))
     ax.barh(ok["model"], values, xerr=err, color="#4c72b0", capsize=3)
     ax.set_xlabel(f"{primary}" + (f" ({what})" if what else ""))
-    ax.set_title(table.group.title, fontsize=9)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
-def _tail_tradeoff(table: Table, ok: pd.DataFrame, primary: str, tail_keys: list[str],
+def _tail_tradeoff(ok: pd.DataFrame, title: str, primary: str, tail_keys: list[str],
                    path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(tail_keys), figsize=(6 * len(tail_keys), 4.8))
-    y = ok[primary].to_numpy(float)
     for ax, key in zip(np.atleast_1d(axes), tail_keys):
-        x = ok[key].to_numpy(float)
-        front = pareto_front(x, y)
+        shown = ok.dropna(subset=[key, primary])  # a metric with no value has no point
+        x, y = shown[key].to_numpy(float), shown[primary].to_numpy(float)
+        # the front maximises both axes, each in its metric's direction
+        front = pareto_front(x if higher_is_better(key) else -x,
+                             y if higher_is_better(primary) else -y)
         ax.scatter(x[~front], y[~front], color="#999999", label="dominated")
         ax.scatter(x[front], y[front], color="#c44e52", label="Pareto front", zorder=3)
         order = np.argsort(x[front])
         ax.plot(x[front][order], y[front][order], color="#c44e52", linestyle="--", zorder=2)
-        for xi, yi, name in zip(x, y, ok["model"]):
+        for xi, yi, name in zip(x, y, shown["model"]):
             ax.annotate(name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel(f"{key} (higher: more long tail)")
         ax.set_ylabel(primary)
         ax.legend(fontsize=8)
-    fig.suptitle(f"Accuracy against the long tail: {table.group.title}", fontsize=9)
+    fig.suptitle(f"Accuracy against the long tail: {title}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
-def _bucket_bars(table: Table, ok: pd.DataFrame, buckets: list[str], path: Path) -> Path:
+def _bucket_bars(ok: pd.DataFrame, title: str, buckets: list[str], head_share: float | None,
+                 path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     ok = ok.dropna(subset=buckets, how="all")  # runs from before the bucket metrics
@@ -109,13 +123,13 @@ def _bucket_bars(table: Table, ok: pd.DataFrame, buckets: list[str], path: Path)
     positions = np.arange(len(ok))
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(ok) + 2), 4.5))
     for i, (key, color) in enumerate(zip(buckets, ("#4c72b0", "#dd8452", "#55a868"))):
-        ax.bar(positions + (i - (len(buckets) - 1) / 2) * width, ok[key].fillna(0), width,
+        # a bucket without a qualifying user has no value: no bar, not a bar at 0
+        ax.bar(positions + (i - (len(buckets) - 1) / 2) * width, ok[key].to_numpy(float), width,
                label=key.rsplit("/", 1)[1], color=color)
     ax.set_xticks(positions, ok["model"], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(f"{buckets[0].rsplit('/', 1)[0]} of the bucket's test targets")
-    head = table.group.protocol.get("head_share")
-    ax.set_title(f"Recall by item popularity (head: top {head} of items by training count, "
-                 f"tail: bottom 50%)\n{table.group.title}", fontsize=8)
+    ax.set_title(f"Recall by item popularity (head: top {head_share} of items by training count, "
+                 f"distant: bottom 50%)\n{title}", fontsize=8)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
