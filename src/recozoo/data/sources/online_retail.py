@@ -10,7 +10,8 @@ InvoiceDate, Price, Customer ID, Country`` (the first Online Retail release's ``
 Cleaning, in this order, each rule counted in the log:
 
 1. drop rows without a customer;
-2. drop cancelled invoices (``Invoice`` starting with "C");
+2. drop cancelled invoices (``Invoice`` starting with "C"; without an ``Invoice`` column,
+   cancellations and returns are the negative quantities of rule 3);
 3. drop rows with quantity or price <= 0 (or missing);
 4. drop non-product stock codes (`NON_PRODUCT_CODES`: postage, manual, carriage, adjustments,
    bank charges, discounts, samples, fees, gift vouchers, test codes; for exports without
@@ -19,8 +20,11 @@ Cleaning, in this order, each rule counted in the log:
    the median unit price as the numeric item feature ``price``;
 6. one interaction per (customer, item, invoice), at the invoice time (event "purchase").
 
-Some exports have no ``StockCode`` column: the description is then the item id (the loader
-logs it). Daqing Chen, Online Retail II, UCI Machine Learning Repository, 2019 (CC BY 4.0).
+Some exports have no ``StockCode`` column: the description (stripped, upper case) is then the
+item id (the loader logs it). Some have no ``Invoice`` column either, such as the common export
+of the 2010-2011 data (``Description, Quantity, InvoiceDate, UnitPrice, CustomerID, Country``):
+an invoice is then a customer's purchase at one time (the loader logs it). Daqing Chen, Online
+Retail II, UCI Machine Learning Repository, 2019 (CC BY 4.0).
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ COLUMN_ALIASES = {
     "description": "description", "quantity": "quantity", "invoicedate": "time",
     "price": "price", "unitprice": "price", "customerid": "customer", "country": "country",
 }
-REQUIRED = ("invoice", "description", "quantity", "time", "price", "customer")
+REQUIRED = ("description", "quantity", "time", "price", "customer")
 #: our column name -> the official header, for error messages
 OFFICIAL = {"invoice": "Invoice", "stock_code": "StockCode", "description": "Description",
             "quantity": "Quantity", "time": "InvoiceDate", "price": "Price",
@@ -144,7 +148,12 @@ def _encoding(path: Path) -> str:
 
 
 def _standard_columns(frame: pd.DataFrame, where: str, first_row: int) -> pd.DataFrame:
-    """Rename to our column names, check them and convert types (errors name row and column)."""
+    """Rename to our column names, check them and convert types (errors name row and column).
+
+    Adds ``cancelled`` (the invoice starts with "C"). Without an ``Invoice`` column the invoice
+    is the customer's purchase at one time, ``<customer>@<unix seconds>``, and nothing is marked
+    cancelled (returns there are negative quantities, dropped by the quantity rule).
+    """
     renamed = {c: COLUMN_ALIASES[_normalise_header(c)] for c in frame.columns
                if _normalise_header(c) in COLUMN_ALIASES}
     original = {ours: theirs for theirs, ours in renamed.items()}
@@ -163,7 +172,15 @@ def _standard_columns(frame: pd.DataFrame, where: str, first_row: int) -> pd.Dat
         raise DataFormatError(message) from None
     customer = out["customer"].astype("string").str.strip().str.replace(r"\.0$", "", regex=True)
     out["customer"] = customer.replace("", pd.NA)
-    out["invoice"] = out["invoice"].astype(str).str.strip()
+    if "invoice" in out:
+        out["invoice"] = out["invoice"].astype(str).str.strip()
+        out["cancelled"] = out["invoice"].str.upper().str.startswith("C")
+    else:
+        log.info("%s has no Invoice column: an invoice is a customer's purchase at one time; "
+                 "returns are its negative quantities", where)
+        seconds = out["time"].astype(np.int64).astype(str)
+        out["invoice"] = out["customer"] + "@" + seconds
+        out["cancelled"] = False
     if "stock_code" in out:
         out["stock_code"] = out["stock_code"].astype("string").str.strip().str.upper()
     out["description"] = out["description"].astype("string").str.strip()
@@ -246,7 +263,7 @@ class OnlineRetailSource:
         pattern = re.compile("|".join(f"(?:{p})" for p in non_products), re.IGNORECASE)
         rules = [
             ("no customer", lambda r: r["customer"].isna()),
-            ("cancelled invoice", lambda r: r["invoice"].str.upper().str.startswith("C")),
+            ("cancelled invoice", lambda r: r["cancelled"]),
             ("quantity or price <= 0 or missing",
              lambda r: ~(r["quantity"] > 0) | ~(r["price"] > 0)),
             ("non-product stock code",

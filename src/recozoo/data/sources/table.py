@@ -7,6 +7,8 @@ any date format pandas reads; events are names (``view``, ``cart``, ``purchase``
 aliases such as ``click``, ``addtocart``, ``transaction``) or their codes 0-2. The items table
 is keyed by ``item_key``; ``item_fields`` maps canonical item columns (``title``, ``category``,
 ``brand``, ``price``) to its columns for the text template and the numeric ``price`` feature.
+A row without a user or an item is an error naming it; ``data.drop_missing=true`` drops such
+rows instead and logs how many.
 
 `read_table` is the one reader of tabular files for every source: it turns pandas' parse errors
 into `DataFormatError` messages that name the file and the line.
@@ -26,6 +28,7 @@ import pandas as pd
 from recozoo.data.interactions import EVENT_CODES, Interactions
 from recozoo.data.sources.base import (
     DataFormatError,
+    log_dropped,
     numeric_column,
     require_columns,
     require_nonempty,
@@ -151,6 +154,8 @@ class TableSource:
         min_rating: keep rows with rating >= this (None keeps every row).
         sep: CSV separator (default from the file suffix).
         time_format: ``pd.to_datetime`` format of the time column, when it is not numeric.
+        drop_missing: drop rows without a user or an item (counted in the log); False makes
+            such a row an error naming it.
         name: the dataset's label.
     """
 
@@ -165,6 +170,7 @@ class TableSource:
     min_rating: float | None = None
     sep: str | None = None
     time_format: str | None = None
+    drop_missing: bool = False
     name: str = "table"
 
     def load(self) -> Interactions:
@@ -177,12 +183,7 @@ class TableSource:
         raw = read_table(path, self.sep, dtype={columns["user"]: str, columns["item"]: str})
         first_row = first_data_row(path)
         require_columns(raw, [c for c in columns.values() if c], path)
-        ids = raw[[columns["user"], columns["item"]]]
-        empty = ids.isna().any(axis=1).to_numpy()
-        if empty.any():
-            pos = int(np.flatnonzero(empty)[0])
-            raise DataFormatError(f"{path}, row {pos + first_row}: empty '{columns['user']}' or "
-                                  f"'{columns['item']}'")
+        raw = self._without_missing_ids(raw, columns["user"], columns["item"], path, first_row)
         frame = pd.DataFrame({"user_id": raw[columns["user"]].astype(str).to_numpy(),
                               "item_id": raw[columns["item"]].astype(str).to_numpy()})
         if columns["time"]:
@@ -219,3 +220,27 @@ class TableSource:
             title_col="title" if items is not None and "title" in items else None,
             category_col=self.category_col, numeric_cols=numeric, name=self.name,
         )
+
+    def _without_missing_ids(self, raw: pd.DataFrame, user: str, item: str, path: Path,
+                             first_row: int) -> pd.DataFrame:
+        """``raw`` without rows whose ``user`` or ``item`` cell is empty: dropped and counted
+        when ``drop_missing``, else the first such row is an error naming file, row and column.
+        The kept rows keep their index, so later errors still name the file's row."""
+        no_user = raw[user].isna().to_numpy()
+        no_item = raw[item].isna().to_numpy() & ~no_user
+        missing = no_user | no_item
+        if not missing.any():
+            return raw
+        if not self.drop_missing:
+            pos = int(np.flatnonzero(missing)[0])
+            kind, column = ("user", user) if no_user[pos] else ("item", item)
+            raise DataFormatError(f"{path}, row {row_label(raw, pos, first_row)}, column "
+                                  f"'{column}': no {kind} id; set data.drop_missing=true to "
+                                  "drop rows without a user or item")
+        log_dropped(f"table ({path.name})", len(raw),
+                    {f"no user ('{user}')": int(no_user.sum()),
+                     f"no item ('{item}')": int(no_item.sum())})
+        if missing.all():
+            raise DataFormatError(f"{path}: every row lacks a user ('{user}') or an item "
+                                  f"('{item}')")
+        return raw[~missing]
