@@ -14,7 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
+from conftest import CONF
 from recozoo.data.interactions import EVENT_CODES
 from recozoo.data.sources import (
     AmazonSource,
@@ -225,6 +227,89 @@ def test_online_retail_malformed_files(tmp_path):
         OnlineRetailSource(path=str(empty)).load()
 
 
+#: the common export of the 2010-2011 data: no Invoice, no StockCode, US dates, CustomerID
+#: sometimes empty (a quarter of the rows in the real file)
+EXPORT_2010 = [
+    ["WHITE HANGING HEART", 6, "12/1/2010 8:26", 2.55, 17850.0],
+    [" WHITE HANGING HEART ", 2, "12/1/2010 8:26", 2.55, 17850.0],  # same item, same invoice
+    ["WHITE METAL LANTERN", 6, "12/1/2010 8:26", 3.39, 17850.0],
+    ["WHITE HANGING HEART", 4, "12/2/2010 9:01", 2.55, 17850.0],  # a later purchase
+    ["WHITE HANGING HEART", 1, "12/1/2010 8:26", 2.95, 13047.0],  # same time, other customer
+    ["POSTAGE", 1, "12/1/2010 8:26", 18.0, 13047.0],  # not a product
+    ["WHITE METAL LANTERN", -1, "12/3/2010 10:00", 3.39, 13047.0],  # a return
+    ["Cream Cupid Hearts", 8, "12/1/2010 8:45", 3.39, 12583.0],
+    ["CREAM CUPID HEARTS", 8, "12/1/2010 8:45", 0.0, 12583.0],  # price 0
+    ["WHITE METAL LANTERN", 1, "12/1/2010 9:00", 3.39, None],  # no customer
+    ["CREAM CUPID HEARTS", 2, "12/1/2010 9:00", 3.39, None],  # no customer
+]
+
+
+def write_retail_export(tmp_path: Path, kind: str, price: str = "UnitPrice",
+                        customer: str = "CustomerID") -> Path:
+    """The 2010-2011 export as ``kind`` (csv or xlsx, with real date cells), headers as given."""
+    frame = pd.DataFrame(EXPORT_2010, columns=["Description", "Quantity", "InvoiceDate", price,
+                                               customer])
+    frame["Country"] = "United Kingdom"
+    path = tmp_path / f"Online Retail.{kind}"
+    if kind == "xlsx":
+        frame["InvoiceDate"] = pd.to_datetime(frame["InvoiceDate"], format="%m/%d/%Y %H:%M")
+        frame.to_excel(path, sheet_name="Online Retail", index=False)
+    else:
+        frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("kind, price, customer", [("csv", "UnitPrice", "CustomerID"),
+                                                   ("xlsx", "UnitPrice", "CustomerID"),
+                                                   ("csv", "Price", "Customer ID")])
+def test_online_retail_export_without_invoices_or_stock_codes(tmp_path, kind, price, customer,
+                                                               caplog):
+    caplog.set_level(logging.INFO)
+    path = write_retail_export(tmp_path, kind, price, customer)
+    data = OnlineRetailSource(path=str(path), cache_dir=str(tmp_path / "cache")).load()
+    assert sorted(data.user_ids) == ["12583", "13047", "17850"]
+    assert sorted(data.item_ids) == ["CREAM CUPID HEARTS", "WHITE HANGING HEART",
+                                     "WHITE METAL LANTERN"]
+    # invoices = (customer, time): 17850 @8:26 {heart, lantern} and @9:01 {heart}; 13047 @8:26
+    # {heart}; 12583 @8:45 {cupid}
+    pairs = sorted(zip(data.user_ids[data.user], data.item_ids[data.item], data.timestamp))
+    at = {t: pd.Timestamp(t).timestamp()
+          for t in ("2010-12-01 08:26", "2010-12-01 08:45", "2010-12-02 09:01")}
+    assert pairs == [("12583", "CREAM CUPID HEARTS", at["2010-12-01 08:45"]),
+                     ("13047", "WHITE HANGING HEART", at["2010-12-01 08:26"]),
+                     ("17850", "WHITE HANGING HEART", at["2010-12-01 08:26"]),
+                     ("17850", "WHITE HANGING HEART", at["2010-12-02 09:01"]),
+                     ("17850", "WHITE METAL LANTERN", at["2010-12-01 08:26"])]
+    # the id is upper case; the title is the kept line's own spelling (the other had price 0)
+    assert text_of(data, "CREAM CUPID HEARTS") == "Cream Cupid Hearts."
+    heart = list(data.item_ids).index("WHITE HANGING HEART")
+    assert data.items.numeric["price"][heart] == pytest.approx(2.55)  # median of 2.55 x3, 2.95
+    log = caplog.text
+    assert "no Invoice column" in log and "no StockCode column" in log
+    for rule in ("11 rows in, 6 kept", "no customer: 2", "cancelled invoice: 0",
+                 "quantity or price <= 0 or missing: 2", "non-product stock code: 1"):
+        assert rule in log
+
+
+def test_online_retail_export_trains_from_the_config(make_config, tmp_path):
+    """``data=online_retail data.path=<export>`` with its defaults (dedupe, 5-core) trains."""
+    from recozoo.train import train
+
+    rng = np.random.default_rng(0)
+    rows = [[f"ITEM {rng.integers(40)}", 1, f"12/{day + 1}/2010 10:00", 1.5, 10000.0 + c]
+            for c in range(30) for day in range(16)]
+    rows += [["ITEM 1", 1, "12/9/2010 10:00", 1.5, None]] * 10
+    path = tmp_path / "export.csv"
+    pd.DataFrame(rows, columns=["Description", "Quantity", "InvoiceDate", "UnitPrice",
+                                "CustomerID"]).to_csv(path, index=False)
+    cfg = make_config(["data=online_retail", f"data.path={path}", "model=pop",
+                       "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+                       "trainer.enable_model_summary=false"], tiny=False)
+    metrics = train(cfg)
+    assert metrics["status"] == "ok" and metrics["data"] == "online_retail"
+    assert metrics["n_users"] == 30 and 20 < metrics["n_items"] <= 40
+
+
 # ---------------------------------------------------------------------------- Amazon
 def write_jsonl(path: Path, records: list, literal: bool = False) -> Path:
     lines = [repr(r) if literal else (r if isinstance(r, str) else json.dumps(r))
@@ -369,6 +454,43 @@ def test_table_malformed_files(tmp_path):
         TableSource(path=str(tmp_path / "x.xls")).load()
 
 
+def test_table_rows_without_a_user_or_item_are_an_error_unless_dropped(tmp_path, caplog):
+    path = tmp_path / "log.csv"
+    path.write_text("customer,sku,ts\na,x,1\n,x,2\nb,,3\n,,4\nb,y,5\n")
+    columns = {"user": "customer", "item": "sku", "time": "ts"}
+    with pytest.raises(DataFormatError, match=r"log.csv, row 3, column 'customer': no user id; "
+                                              r"set data.drop_missing=true"):
+        TableSource(path=str(path), columns=columns).load()
+    caplog.set_level(logging.INFO)
+    data = TableSource(path=str(path), columns=columns, drop_missing=True).load()
+    assert list(zip(data.user_ids[data.user], data.item_ids[data.item], data.timestamp)) == [
+        ("a", "x", 1.0), ("b", "y", 5.0)]
+    assert ("5 rows in, 2 kept; dropped no user ('customer'): 2, no item ('sku'): 1"
+            in caplog.text)
+    path.write_text("customer,sku,ts\na,,1\n")
+    with pytest.raises(DataFormatError, match=r"row 2, column 'sku': no item id"):
+        TableSource(path=str(path), columns=columns).load()
+    with pytest.raises(DataFormatError, match=r"log.csv: every row lacks a user \('customer'\) "
+                                              r"or an item \('sku'\)"):
+        TableSource(path=str(path), columns=columns, drop_missing=True).load()
+    path.write_text("customer,sku,ts\n,x,1\na,x,oops\n")  # later errors name the file's row
+    with pytest.raises(DataFormatError, match=r"log.csv, row 3, column 'ts': 'oops'"):
+        TableSource(path=str(path), columns=columns, drop_missing=True).load()
+
+
+def test_table_drop_missing_from_the_config_loads_the_retail_export(make_config, tmp_path):
+    path = write_retail_export(tmp_path, "csv")
+    mapping = ["data=table", f"data.path={path}", "data.columns.user=CustomerID",
+               "data.columns.item=Description", "data.columns.time=InvoiceDate"]
+    with pytest.raises(DataFormatError, match=r"Online Retail.csv, row 11, column 'CustomerID': "
+                                              "no user id"):
+        instantiate(make_config(mapping, tiny=False).data.source).load()
+    data = instantiate(make_config(mapping + ["data.drop_missing=true"],
+                                   tiny=False).data.source).load()
+    # the table source keeps ids as the file writes them (pandas wrote the float column)
+    assert len(data) == 9 and sorted(data.user_ids) == ["12583.0", "13047.0", "17850.0"]
+
+
 # ---------------------------------------------------------------------------- atomic
 def test_atomic_name_is_inferred_and_item_fields_feed_the_template(tmp_path):
     (tmp_path / "shop.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n"
@@ -407,14 +529,56 @@ def test_one_template_for_every_source_from_config(make_config, tmp_path):
     assert render_item_text(pd.DataFrame({"title": ["Cup"]}), template) == ["Cup by ()"]
 
 
-@pytest.mark.parametrize("data", ["ml100k", "ml1m", "online_retail", "amazon", "table", "atomic",
-                                  "shop"])
+DATA_CONFIGS = ["ml100k", "ml1m", "online_retail", "amazon", "table", "atomic", "shop"]
+
+
+@pytest.mark.parametrize("data", DATA_CONFIGS)
 def test_every_data_config_exposes_a_text_template(make_config, data, tmp_path):
     overrides = [f"data={data}"] + ([f"data.path={tmp_path}"] if data in ("table", "atomic")
                                     else [])
     cfg = make_config(overrides, tiny=False)
     assert "text_template" in cfg.data
     assert cfg.data.source.text_template == cfg.data.text_template
+
+
+def test_data_configs_share_one_preprocessing_default(make_config, tmp_path):
+    """conf/data/preprocess/default.yaml is the one preprocessing block; a data config
+    overrides only what differs (5-core for the sparse real logs)."""
+    shared = OmegaConf.to_container(OmegaConf.load(CONF / "data" / "preprocess" / "default.yaml"))
+    differs = {"online_retail": {"kcore": 5}, "amazon": {"kcore": 5}}
+    for data in DATA_CONFIGS:
+        cfg = make_config([f"data={data}", f"data.path={tmp_path}"] if data in ("table", "atomic")
+                          else [f"data={data}"], tiny=False)
+        assert OmegaConf.to_container(cfg.data.preprocess) == {**shared, **differs.get(data, {})}
+    texts = [p.read_text() for p in (CONF / "data").rglob("*.yaml")]
+    assert sum("recozoo.data.Preprocessing" in t for t in texts) == 1
+
+
+#: the command-line names each data config offers beside data.name and data.text_template
+SOURCE_KEYS = {"ml100k": ["path", "min_rating"], "ml1m": ["path", "min_rating"],
+               "online_retail": ["path", "sheets"], "amazon": ["path", "min_rating", "category"],
+               "table": ["path", "min_rating", "items_path", "drop_missing"],
+               "atomic": ["path", "min_rating"], "shop": []}
+
+
+@pytest.mark.parametrize("data", DATA_CONFIGS)
+def test_data_command_line_names_reach_the_source(make_config, data, tmp_path):
+    values = {"path": str(tmp_path), "min_rating": 4.0, "sheets": ["Year 2009-2010"],
+              "category": "Beauty", "items_path": str(tmp_path / "items.csv"),
+              "drop_missing": True}
+    overrides = [f"data={data}", "data.name=mine", "data.text_template='{title}!'",
+                 "data.preprocess.kcore=7"]
+    overrides += [f"data.{key}={values[key]}" for key in SOURCE_KEYS[data]]
+    cfg = make_config(overrides, tiny=False)
+    source = cfg.data.source
+    assert (source.name, source.text_template) == ("mine", "{title}!")
+    assert {key: source[key] for key in SOURCE_KEYS[data]} == {
+        key: values[key] for key in SOURCE_KEYS[data]}
+    assert cfg.data.preprocess.kcore == 7 and cfg.data.num_workers == 0
+    instantiate(source)  # the source takes every argument the config passes
+    if data.startswith("ml"):
+        assert source.variant == {"ml100k": "100k", "ml1m": "1m"}[data]
+        assert make_config([f"data={data}"], tiny=False).data.name == f"ml-{source.variant}"
 
 
 def test_table_trains_end_to_end(make_config, tmp_path):
@@ -462,3 +626,21 @@ def test_shared_online_retail_2009_2010(shared_data):
     assert not {"POST", "M", "DOT", "BANK CHARGES"} & set(data.item_ids)
     cleaned, _ = Preprocessing(kcore=5)(data)
     assert cleaned.n_users == 4035 and cleaned.n_items == 3457
+
+
+@pytest.mark.slow
+def test_shared_online_retail_as_an_export_without_invoices(shared_data, tmp_path, caplog):
+    """The 2009-2010 sheet written the way the common 2010-2011 export is (no Invoice, no
+    StockCode, UnitPrice, CustomerID): the same customers, and the same rows dropped, with
+    cancellations now dropped as negative quantities (9,839 cancelled + 31 <= 0)."""
+    raw = pd.read_parquet(shared_data / "online-retail-ii" / "online_retail_II_2009_2010.parquet")
+    export = tmp_path / "export.csv"
+    raw.drop(columns=["Invoice", "StockCode"]).rename(
+        columns={"Price": "UnitPrice", "Customer ID": "CustomerID"}).to_csv(export, index=False)
+    caplog.set_level(logging.INFO)
+    data = OnlineRetailSource(path=str(export)).load()
+    for rule in ("525,461 rows in", "no customer: 107,927",
+                 "quantity or price <= 0 or missing: 9,870", "non-product stock code: 1,367"):
+        assert rule in caplog.text
+    assert data.n_users == 4285 and len(data) > 390_000
+    assert not {"POSTAGE", "MANUAL", "DOTCOM POSTAGE", "BANK CHARGES"} & set(data.item_ids)
