@@ -37,6 +37,7 @@ from typing import Any
 from bench import compare as comparison
 from bench import repo_root, report
 from bench.peers import RecBolePeer
+from recozoo.artifacts import RunDir
 from recozoo.cli import parse_settings
 
 SECTIONS = ("compare", "scale", "throughput", "loadtest")
@@ -230,7 +231,7 @@ def run_throughput(settings: BenchSettings, out: Path, results: dict[str, Any]) 
 
 def run_loadtest(settings: BenchSettings, out: Path, results: dict[str, Any]) -> None:
     run = out / "runs" / "recozoo_ease"
-    if not (run / "metrics.json").exists():
+    if not RunDir(run).metrics.exists():
         results["loadtest"] = {"error": f"no EASE run in {run} (the compare section makes it)"}
         return
     say("== loadtest")

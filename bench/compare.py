@@ -18,7 +18,6 @@ load hits both sides alike.
 
 from __future__ import annotations
 
-import json
 import shutil
 import statistics
 import sys
@@ -30,6 +29,7 @@ from typing import Any
 from bench import repo_root
 from bench.peers import RECBOLE_SPLIT_FOLDERS, PeerError, RecBolePeer
 from bench.process import run_process
+from recozoo.artifacts import RunDir
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,8 @@ def run_recozoo(overrides: list[str], out: Path, threads: int) -> dict[str, Any]
                f"hydra.run.dir={out}"]
     result = run_process(command, env=thread_env(threads), cwd=root,
                          log=out.with_suffix(".log"))
-    metrics_file = out / "metrics.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    record = RunDir(out)
+    metrics = dict(record.read_record()) if record.metrics.exists() else {}
     if result.returncode != 0 or metrics.get("status") != "ok":
         raise RuntimeError(f"recozoo run {' '.join(overrides)} failed (exit {result.returncode}):"
                            f"\n{result.tail()}")

@@ -48,24 +48,22 @@ def compose_config(overrides: list[str], output_dir: Path, tiny: bool = True) ->
     return cfg
 
 
-def fit_briefly(cfg: DictConfig, steps: int = 3):
-    """Build the data and model of ``cfg`` and train ``steps`` batches of one epoch (no
-    validation, no files); returns (datamodule, model in eval mode, trainer)."""
+def fit_briefly(cfg: DictConfig, steps: int = 3, epochs: int = 1):
+    """Build the data, model and evaluator of ``cfg`` and train ``steps`` batches a epoch (no
+    validation, no files); returns (datamodule, model in eval mode, trainer, evaluator)."""
     import lightning as L
 
-    from recozoo.train import build_datamodule, build_model
+    from recozoo.train import build_experiment
 
     L.seed_everything(cfg.seed, workers=True)
-    dm = build_datamodule(cfg)
-    dm.setup()
-    model = build_model(cfg, dm)
-    dm.use_view(model.train_view())
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=steps, limit_val_batches=0,
+    experiment = build_experiment(cfg)
+    trainer = L.Trainer(max_epochs=epochs, limit_train_batches=steps, limit_val_batches=0,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", devices=1)
-    trainer.fit(model, datamodule=dm)
-    model.eval()
-    return dm, model, trainer
+                        enable_model_summary=False, accelerator="cpu", devices=1,
+                        callbacks=[experiment.evaluator])
+    trainer.fit(experiment.model, datamodule=experiment.datamodule)
+    experiment.model.eval()
+    return experiment.datamodule, experiment.model, trainer, experiment.evaluator
 
 
 @pytest.fixture

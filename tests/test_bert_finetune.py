@@ -28,12 +28,12 @@ def _trainable(module: torch.nn.Module) -> list[str]:
 
 def test_needs_item_text_and_names_the_dataset():
     with pytest.raises(ValueError, match="'toy' has none"):
-        BertFinetune(_info(None), eval_ks=[2])
+        BertFinetune(_info(None))
 
 
 def test_unknown_negatives_are_refused():
     with pytest.raises(ValueError, match="model.negatives"):
-        BertFinetune(_info(TEXTS), negatives="hard", eval_ks=[2])
+        BertFinetune(_info(TEXTS), negatives="hard")
 
 
 def test_train_layers_and_lora_choose_what_trains():
@@ -60,7 +60,7 @@ def test_frozen_layer_cache_gives_the_same_vectors_as_the_full_forward():
 
 def test_cold_items_keep_their_text_vector_with_id_embeddings():
     """An item without training interactions (popularity 0) is scored from its text alone."""
-    model = BertFinetune(_info(TEXTS, [5.0, 4.0, 0.0, 2.0]), id_embeddings=True, eval_ks=[2])
+    model = BertFinetune(_info(TEXTS, [5.0, 4.0, 0.0, 2.0]), id_embeddings=True)
     with torch.no_grad():
         model.ids.embedding.weight.fill_(1.0)
         model.ids.embedding.weight[2].zero_()  # what a never-trained row holds
@@ -72,7 +72,7 @@ def test_cold_items_keep_their_text_vector_with_id_embeddings():
 
 
 def _fit(cfg, steps: int = 2):
-    dm, model, _ = fit_briefly(cfg, steps)
+    dm, model, _, _ = fit_briefly(cfg, steps)
     return dm, model
 
 

@@ -36,7 +36,7 @@ def test_ease_weights_are_the_closed_form(dtype):
     info = DatasetInfo(name="tiny", n_users=n_users, n_items=n_items,
                        item_popularity=torch.as_tensor(dense.sum(0)),
                        tail_mask=torch.zeros(n_items, dtype=torch.bool), head_share=0.2)
-    model = EASE(info, reg_weight=reg, inverse_dtype=dtype, eval_ks=[5], top_n=5)
+    model = EASE(info, reg_weight=reg, inverse_dtype=dtype)
     model.training_step({"user": user, "item": item}, 0)
     precision = np.linalg.inv(dense.T @ dense + reg * np.eye(n_items))
     expected = -precision / np.diag(precision)[None, :]
@@ -51,4 +51,4 @@ def test_ease_rejects_an_unknown_precision():
     info = DatasetInfo(name="tiny", n_users=2, n_items=3, item_popularity=torch.ones(3),
                        tail_mask=torch.zeros(3, dtype=torch.bool), head_share=0.2)
     with pytest.raises(ValueError, match="inverse_dtype"):
-        EASE(info, inverse_dtype="float16", eval_ks=[2], top_n=2)
+        EASE(info, inverse_dtype="float16")

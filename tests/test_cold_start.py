@@ -12,7 +12,8 @@ import torch
 
 from recozoo.data.interactions import Interactions
 from recozoo.data.split import LeaveOneOut, hold_out_cold_items
-from recozoo.models.base import Recommender
+from recozoo.evaluation import Evaluator, Ranker
+from recozoo.models.base import ClosedFormRecommender
 from recozoo.train import build_datamodule, train
 
 
@@ -65,20 +66,11 @@ def test_without_the_option_nothing_is_cold(make_config):
     assert dm.info.cold_items is None
 
 
-class _ColdFirst(Recommender):
+class _ColdFirst(ClosedFormRecommender):
     """Ranks cold items above every warm item (a known answer for the cold metrics)."""
 
-    fits_in_one_step = True
-
-    def train_view(self):
-        from recozoo.data.datamodule import TrainView
-        return TrainView("matrix")
-
-    def training_step(self, batch, batch_idx):
-        return None
-
     def score(self, batch):
-        return self.cold_items.float().expand(len(batch), -1) + 0.0
+        return self.info.cold_items.float().expand(len(batch), -1) + 0.0
 
 
 def test_cold_metrics_go_through_the_shared_evaluation(make_config):
@@ -86,11 +78,12 @@ def test_cold_metrics_go_through_the_shared_evaluation(make_config):
 
     dm = build_datamodule(make_config(["eval.cold_items=0.05", "eval.ks=[20]"]))
     dm.setup()
-    model = _ColdFirst(dm.info, eval_ks=[20], top_n=20)
+    model = _ColdFirst(dm.info)
+    evaluator = Evaluator(Ranker(model, dm.info, top_n=20), ks=[20])
     trainer = L.Trainer(logger=False, enable_progress_bar=False, accelerator="cpu",
-                        enable_model_summary=False)
+                        enable_model_summary=False, callbacks=[evaluator])
     trainer.test(model, datamodule=dm, verbose=False)
-    result = model.stage_metrics["test"]
+    result = evaluator.stage_metrics["test"]
     # 4 cold items, all in every top 20: every cold target is found
     assert result["test_cold/recall@20"] == pytest.approx(1.0)
     assert result["test_cold/hit@20"] == pytest.approx(1.0)

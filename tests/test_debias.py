@@ -31,7 +31,7 @@ def model(make_config):
     cfg = make_config(["model=bpr"])
     dm = build_datamodule(cfg)
     dm.setup()
-    return build_model(cfg, dm)
+    return build_model(cfg, dm.info)
 
 
 def test_pairwise_loss_weights_each_positive(model):
@@ -43,7 +43,7 @@ def test_pairwise_loss_weights_each_positive(model):
     per_pair = -torch.nn.functional.logsigmoid(pos_score[:, None] - neg_score)
     assert plain.item() == pytest.approx(per_pair.mean().item())
     ips = IPS()
-    model.configure_long_tail(debias=ips)
+    model.configure_debias(ips)
     weights = ips.loss_weights(model.item_popularity)
     weighted = model.pairwise_loss(pos_item, pos_score, neg_item, neg_score)
     expected = (per_pair.mean(1) * weights[pos_item]).mean()
@@ -60,19 +60,19 @@ def test_cross_entropy_loss_ips_and_logit_adjustment(model):
         per_row.mean().item(), rel=1e-5)
 
     ips = IPS(alpha=1.0, clip=0.01)
-    model.configure_long_tail(debias=ips)
+    model.configure_debias(ips)
     weights = ips.loss_weights(model.item_popularity)[target[keep]]
     assert model.cross_entropy_loss(logits, target).item() == pytest.approx(
         (per_row * weights).sum().item() / 3, rel=1e-5)
 
     pop_neg = PopularityNegatives(exponent=0.75, tau=1.0)
-    model.configure_long_tail(debias=pop_neg)
+    model.configure_debias(pop_neg)
     prior = (model.item_popularity + 1) / (model.item_popularity + 1).sum()
     adjusted = torch.nn.functional.cross_entropy(logits[keep] + prior.log(), target[keep])
     assert model.cross_entropy_loss(logits, target).item() == pytest.approx(
         adjusted.item(), rel=1e-5)
     # evaluation is untouched by debiasing
-    model.configure_long_tail()
+    model.configure_debias()
     assert model.positive_weight is None and model.logit_offset is None
 
 
@@ -80,7 +80,7 @@ def test_popularity_negatives_follow_popularity_and_skip_positives(make_config):
     cfg = make_config(["model=bpr", "debias=pop_neg", "debias.exponent=1.0"])
     dm = build_datamodule(cfg)
     dm.setup()
-    model = build_model(cfg, dm)
+    model = build_model(cfg, dm.info)
     assert isinstance(model.debias, PopularityNegatives) and model.logit_offset is not None
     users = np.repeat(dm.train.user[:50], 200)
     negatives = dm.sample_negatives(users, 1, np.random.default_rng(0))[:, 0]
@@ -99,7 +99,7 @@ def test_debias_ips_from_config(make_config):
     cfg = make_config(["model=bpr", "debias=ips", "debias.alpha=1.0"])
     dm = build_datamodule(cfg)
     dm.setup()
-    model = build_model(cfg, dm)
+    model = build_model(cfg, dm.info)
     assert isinstance(model.debias, IPS) and model.debias.alpha == 1.0
     assert model.positive_weight is not None and dm._negative_cdf is None
     popular = int(dm.info.item_popularity.argmax())

@@ -23,7 +23,7 @@ def fitted(request, make_config):
 
 
 def test_scores_have_one_column_per_item(fitted):
-    cfg, dm, model, _ = fitted
+    cfg, dm, model, _, _ = fitted
     batch = dm.eval_batch("test", dm.eval_users["test"][:7])
     with torch.no_grad():
         scores = model.score(batch)
@@ -32,11 +32,11 @@ def test_scores_have_one_column_per_item(fitted):
 
 
 def test_seen_items_are_masked_and_targets_rankable(fitted):
-    cfg, dm, model, _ = fitted
+    cfg, dm, model, _, evaluator = fitted
     users = dm.eval_users["test"][:16]
     batch = dm.eval_batch("test", users)
     with torch.no_grad():
-        ranked = model.ranking_scores(batch)
+        ranked = evaluator.ranker.scores(batch)
     assert torch.isinf(ranked[batch.seen_rows, batch.seen_cols]).all()
     assert torch.isfinite(ranked[batch.target_rows, batch.target_cols]).all()
     top = torch.topk(ranked, 10).indices
@@ -45,15 +45,15 @@ def test_seen_items_are_masked_and_targets_rankable(fitted):
 
 
 def test_deterministic_under_seed(fitted, make_config):
-    cfg, dm, model, _ = fitted
-    _, model2, _ = _fit(cfg)
+    cfg, dm, model, _, _ = fitted
+    _, model2, _, _ = _fit(cfg)
     batch = dm.eval_batch("test", dm.eval_users["test"][:8])
     with torch.no_grad():
         assert torch.allclose(model.score(batch), model2.score(batch), atol=1e-5)
 
 
 def test_same_scores_after_checkpoint_save_and_load(fitted, tmp_path):
-    cfg, dm, model, trainer = fitted
+    cfg, dm, model, trainer, _ = fitted
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
     restored = type(model).load_from_checkpoint(path, info=dm.info, weights_only=True)
@@ -64,7 +64,7 @@ def test_same_scores_after_checkpoint_save_and_load(fitted, tmp_path):
 
 
 def test_batch_and_single_user_scores_agree(fitted):
-    cfg, dm, model, _ = fitted
+    cfg, dm, model, _, _ = fitted
     users = dm.eval_users["test"][:5]
     with torch.no_grad():
         together = model.score(dm.eval_batch("test", users))
@@ -91,13 +91,13 @@ class _Recorder(Logger):
 
 
 def test_full_evaluation_logs_every_metric(fitted):
-    cfg, dm, model, trainer = fitted
+    cfg, dm, model, trainer, evaluator = fitted
     recorder = _Recorder()
     import lightning as L
     tester = L.Trainer(logger=recorder, enable_progress_bar=False, enable_model_summary=False,
-                       accelerator="cpu")
+                       accelerator="cpu", callbacks=[evaluator])
     tester.test(model, datamodule=dm, verbose=False)
-    result = model.stage_metrics["test"]
+    result = evaluator.stage_metrics["test"]
     assert recorder.logged.keys() - {"epoch"} == result.keys()
     for k in cfg.eval.ks:
         for name in ("recall", "ndcg", "hit", "mrr", "precision", "map", "f1", "tail_recall",

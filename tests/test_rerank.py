@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from recozoo.rerank import MMR, Calibrated, ItemFacts, XQuAD
-from recozoo.train import build_datamodule, build_model
+from recozoo.train import build_experiment
 
 INF = math.inf
 # 10 items by falling popularity: head {0, 1}, mid {2, 3, 4}, tail {5..9}
@@ -128,17 +128,16 @@ def test_rerank_config_changes_evaluation_lists(make_config):
         cfg = make_config(["model=pop", f"rerank={choice}"] +
                           (["rerank.weight=0.9"] if choice == "xquad" else []))
         L.seed_everything(cfg.seed)
-        dm = build_datamodule(cfg)
-        dm.setup()
-        model = build_model(cfg, dm)
-        dm.use_view(model.train_view())
+        experiment = build_experiment(cfg)
+        dm, model, evaluator = experiment.datamodule, experiment.model, experiment.evaluator
         trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False,
-                            accelerator="cpu", devices=1, limit_val_batches=0)
+                            accelerator="cpu", devices=1, limit_val_batches=0,
+                            callbacks=[evaluator])
         trainer.fit(model, datamodule=dm)
         trainer.test(model, datamodule=dm, verbose=False)
-        metrics = model.stage_metrics["test"]
-        lists_by[choice] = (model.eval_outputs["test"]["items"], metrics)
+        metrics = evaluator.stage_metrics["test"]
+        lists_by[choice] = (evaluator.outputs["test"]["items"], metrics)
     (plain, m_plain), (reranked, m_rerank) = lists_by["none"], lists_by["xquad"]
     assert set(plain[0].tolist()) == set(reranked[0].tolist())  # a re-ordering of the top-N
     assert m_rerank["test/aplt@10"] > m_plain["test/aplt@10"]

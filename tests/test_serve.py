@@ -69,6 +69,46 @@ def test_served_model_ranks_as_evaluated(sweep, model):
     # top-10 of every test user
     assert_ranks_as_evaluated(Engine.load(sweep / model), sweep / model)
 
+@pytest.fixture(scope="module")
+def reranked(tmp_path_factory) -> Path:
+    """Runs whose evaluated lists are not the top of the model's scores: re-ranked ones
+    (``rerank=``) and a sequence model (its input is the order of the history)."""
+    folder = tmp_path_factory.mktemp("reranked")
+    for name, overrides in (("bpr_xquad", ["model=bpr", "rerank=xquad", "rerank.weight=0.6"]),
+                            ("ease_calibrated", ["model=ease", "rerank=calibrated",
+                                                 "rerank.weight=0.7"]),
+                            ("sasrec", ["model=sasrec"])):
+        run(compose_config(overrides, folder / name))
+    return folder
+
+
+@pytest.mark.parametrize("name", ["bpr_xquad", "ease_calibrated", "sasrec"])
+def test_served_lists_are_the_evaluated_lists(reranked, name):
+    """A served run ranks through the run's own re-ranker: every test user's top-10 is the
+    evaluated one (before, serving skipped ``rerank=`` and served the model's plain order)."""
+    engine = Engine.load(reranked / name)
+    assert engine.scorer.ranker.reranker is not None or name == "sasrec"
+    assert_ranks_as_evaluated(engine, reranked / name)
+
+
+def test_reranking_changes_the_lists_it_serves(reranked):
+    # the check above could pass vacuously if the re-ranker never moved an item
+    rankings = pd.read_parquet(reranked / "bpr_xquad" / "rankings_test.parquet")
+    engine = Engine.load(reranked / "bpr_xquad")
+    engine.scorer.ranker.reranker = None
+    users, queries = evaluation_queries(engine, reranked / "bpr_xquad")
+    plain = [items.tolist() for items, _ in engine.rank(queries)]
+    evaluated = [rankings[rankings["user"] == u].sort_values("rank")["item"].head(10).tolist()
+                 for u in users]
+    assert plain != evaluated
+
+
+def test_served_fusion_of_reranked_members_ranks_as_evaluated(reranked, tmp_path):
+    (fusion,) = fuse_sweep([reranked / "bpr_xquad", reranked / "sasrec"],
+                           out_dir=tmp_path / "fusion")
+    assert_ranks_as_evaluated(Engine.load(fusion), fusion)
+
+
 def test_served_fusion_ranks_as_evaluated(sweep, tmp_path):
     (fusion,) = fuse_sweep(sweep, out_dir=tmp_path / "fusion")
     engine = Engine.load(fusion)

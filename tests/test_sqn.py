@@ -12,13 +12,14 @@ from recozoo.data.datamodule import DatasetInfo
 from recozoo.data.interactions import EVENT_CODES
 from recozoo.models.components.q_heads import EventReward, TargetNetwork, double_q_target
 from recozoo.models.sqn import SQN
-from recozoo.train import build_datamodule, build_model
+from recozoo.evaluation import Ranker
+from recozoo.train import build_experiment, build_model
 
 WEIGHTS = {"view": 0.2, "cart": 0.5, "purchase": 1.0}
 
 
 def _sqn(info: DatasetInfo, **kwargs) -> SQN:
-    return SQN(info, eval_ks=[3], top_n=3, **kwargs)
+    return SQN(info, **kwargs)
 
 
 def _info(n_items: int = 6) -> DatasetInfo:
@@ -154,10 +155,8 @@ def test_dqn_needs_q_ranking():
 
 def _fit(cfg, epochs: int):
     L.seed_everything(cfg.seed, workers=True)
-    dm = build_datamodule(cfg)
-    dm.setup()
-    model = build_model(cfg, dm)
-    dm.use_view(model.train_view())
+    experiment = build_experiment(cfg)
+    dm, model = experiment.datamodule, experiment.model
     trainer = L.Trainer(max_epochs=epochs, limit_val_batches=0, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, accelerator="cpu", devices=1)
@@ -180,7 +179,7 @@ def test_target_network_and_counter_survive_checkpoint_and_resume(make_config, t
         assert torch.equal(restored.target.state_dict()[name], value), name
 
     # resuming continues the counter (and the periodic schedule) where it stopped
-    resumed = build_model(cfg, dm)
+    resumed = build_model(cfg, dm.info)
     trainer2 = L.Trainer(max_epochs=2, limit_val_batches=0, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu", devices=1)
@@ -192,7 +191,7 @@ def _tail_share(dm, model, k: int = 10) -> float:
     model.eval()
     batch = dm.eval_batch("test", dm.eval_users["test"])
     with torch.no_grad():
-        top = torch.topk(model.ranking_scores(batch), k).indices
+        top = torch.topk(Ranker(model, dm.info).scores(batch), k).indices
     return dm.info.tail_mask[top].float().mean().item()
 
 

@@ -7,16 +7,13 @@ import pytest
 import torch
 
 from recozoo.models.components.sequence import CausalTransformerEncoder
-from recozoo.train import build_datamodule, build_model
+from recozoo.train import build_experiment
 
 
 def _setup(cfg):
     L.seed_everything(cfg.seed, workers=True)
-    dm = build_datamodule(cfg)
-    dm.setup()
-    model = build_model(cfg, dm)
-    dm.use_view(model.train_view())
-    return dm, model
+    experiment = build_experiment(cfg)
+    return experiment.datamodule, experiment.model
 
 
 def _trainer(steps: int, max_epochs: int = 1) -> L.Trainer:

@@ -13,10 +13,15 @@ A run directory holds::
     rankings_test.parquet  top-N (item, score) per test user
     targets_val.parquet    held-out validation items per user
     targets_test.parquet   held-out test items per user
-    items.parquet          item index, external id, title, popularity, tail flag, category (+ index)
+    items.parquet          item index, external id, title, popularity, tail flag, popularity
+                           bucket, category (+ index)
     users.parquet          user index, external id
     history.parquet        every known (user, item) interaction in time order (for serving)
     checkpoints/best.ckpt  the best checkpoint
+    fusion.json            (fusion folders only) how the fusion was built
+
+`RunDir` names these files (nothing else spells them) and `RunRecord` reads and writes
+metrics.json.
 """
 
 from __future__ import annotations
@@ -25,14 +30,222 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-METRICS_FILE = "metrics.json"
+if TYPE_CHECKING:
+    from recozoo.data.datamodule import DatasetInfo
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run folder: the one place that names its files.
+
+    Example:
+        >>> run = RunDir("logs/runs/ease")
+        >>> pd.read_parquet(run.rankings("test"))
+    """
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def config(self) -> Path:
+        """The resolved config (``config.yaml``)."""
+        return self.path / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        """The flat metrics and facts (``metrics.json``, a `RunRecord`)."""
+        return self.path / "metrics.json"
+
+    @property
+    def per_user_test(self) -> Path:
+        return self.path / "per_user_test.parquet"
+
+    def rankings(self, stage: str) -> Path:
+        """The top-N (user, rank, item, score) of every ``stage`` ("val"/"test") user."""
+        return self.path / f"rankings_{_stage(stage)}.parquet"
+
+    def targets(self, stage: str) -> Path:
+        """The held-out (user, item) rows of ``stage``."""
+        return self.path / f"targets_{_stage(stage)}.parquet"
+
+    @property
+    def items(self) -> Path:
+        return self.path / "items.parquet"
+
+    @property
+    def users(self) -> Path:
+        return self.path / "users.parquet"
+
+    @property
+    def history(self) -> Path:
+        return self.path / "history.parquet"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def fusion(self) -> Path:
+        """A fusion folder's description (``fusion.json``, `recozoo.ensemble`)."""
+        return self.path / "fusion.json"
+
+    @property
+    def hydra_overrides(self) -> Path:
+        """The command-line overrides of a Hydra job."""
+        return self.path / ".hydra" / "overrides.yaml"
+
+    @property
+    def catalogue_files(self) -> tuple[Path, ...]:
+        """What serving needs besides the model: item and user tables and the history."""
+        return (self.items, self.users, self.history)
+
+    @property
+    def protocol_files(self) -> tuple[Path, ...]:
+        """The files that are the same for every run of one protocol (a fusion copies them)."""
+        return (self.targets("val"), self.targets("test"), *self.catalogue_files)
+
+    @property
+    def is_fusion(self) -> bool:
+        return self.fusion.exists()
+
+    def read_record(self) -> RunRecord:
+        return RunRecord.read(self.metrics)
+
+    def write_record(self, record: RunRecord) -> None:
+        record.write(self.metrics)
+
+
+def _stage(stage: str) -> str:
+    if stage not in ("val", "test"):
+        raise ValueError(f"stage must be 'val' or 'test', got {stage!r}")
+    return stage
+
+
+#: metrics.json facts in the order they are written (DESIGN.md, "Run artifacts")
+FACTS: tuple[str, ...] = (
+    "status", "error", "traceback", "model", "data", "split", "seed", "n_users", "n_items",
+    "n_interactions", "n_params", "head_share", "rerank", "rerank_weight", "debias", "epochs",
+    "train_seconds", "epoch_seconds", "eval_seconds", "fusion_seconds", "best_checkpoint")
+#: facts written (as null) even when unknown, in a successful run
+_ALWAYS = frozenset(FACTS) - {"error", "traceback", "fusion_seconds"}
+#: metric keys start with one of these stages
+METRIC_STAGES: tuple[str, ...] = ("val/", "test/", "test_cold/")
+
+
+@dataclass
+class RunRecord(Mapping[str, Any]):
+    """``metrics.json``: a run's facts and metric values, typed.
+
+    Facts are attributes (``record.model``, ``record.seed``); metric values are in ``metrics``
+    keyed ``"<stage>/<name>@<k>"`` (null/None where no user qualified). It reads as the flat
+    mapping written to disk too (``record["test/ndcg@10"]``, ``record.get("n_params")``).
+    Keys it does not know are kept in ``extra`` and written back unchanged.
+
+    Old run folders stay readable: missing facts are None, and the popularity bucket formerly
+    named ``tail`` (the bottom half of the catalogue) is read as ``distant``.
+    """
+
+    status: str = "ok"
+    model: str | None = None
+    data: str | None = None
+    split: str | None = None
+    seed: int | None = None
+    n_users: int | None = None
+    n_items: int | None = None
+    n_interactions: int | None = None
+    n_params: int | None = None
+    head_share: float | None = None
+    rerank: str | None = None
+    rerank_weight: float | None = None
+    debias: str | None = None
+    epochs: int | None = None
+    train_seconds: float | None = None
+    epoch_seconds: list[float] | None = None
+    eval_seconds: float | None = None
+    fusion_seconds: float | None = None
+    best_checkpoint: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat JSON object: facts first, then the metrics in key order."""
+        flat: dict[str, Any] = {}
+        for name in FACTS:
+            value = getattr(self, name)
+            if value is not None or (self.ok and name in _ALWAYS):
+                flat[name] = value
+        flat.update(self.extra)
+        flat.update(sorted(self.metrics.items()))
+        return flat
+
+    @classmethod
+    def from_dict(cls, flat: dict[str, Any]) -> RunRecord:
+        facts: dict[str, Any] = {}
+        metrics: dict[str, float | None] = {}
+        extra: dict[str, Any] = {}
+        for key, value in flat.items():
+            if key in FACTS:
+                facts[key] = value
+            elif key.startswith(METRIC_STAGES):
+                metrics[_current_metric_key(key)] = None if value is None else float(value)
+            else:
+                extra[key] = value
+        return cls(**facts, metrics=metrics, extra=extra)
+
+    @classmethod
+    def read(cls, path: Path) -> RunRecord:
+        """Read a ``metrics.json``; the error names the file."""
+        path = Path(path)
+        try:
+            flat = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path} not found: is {path.parent} a finished recozoo "
+                                    "run?") from None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON ({error})") from None
+        if not isinstance(flat, dict):
+            raise ValueError(f"{path}: expected a JSON object, found {type(flat).__name__}")
+        return cls.from_dict(flat)
+
+    def write(self, path: Path) -> None:
+        write_json(path, self.to_dict())
+
+    # the flat mapping, as written to disk
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())
+
+
+def _current_metric_key(key: str) -> str:
+    """A metric key in today's names: ``test/recall@10/tail`` (the bucket renamed ``distant``)
+    -> ``test/recall@10/distant``."""
+    parts = key.split("/")
+    if len(parts) == 3 and parts[2] == "tail":
+        return f"{parts[0]}/{parts[1]}/distant"
+    return key
+
+
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -80,17 +293,6 @@ def write_parquet(path: Path, frame: pd.DataFrame) -> None:
         raise
 
 
-def read_metrics(run_dir: Path) -> dict[str, Any]:
-    """The run's metrics.json as a dict."""
-    path = Path(run_dir) / METRICS_FILE
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} not found: is {run_dir} a finished recozoo run?") from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error})") from None
-
-
 def rankings_frame(outputs: dict[str, torch.Tensor]) -> pd.DataFrame:
     """Long-format top-N table (user, rank, item, score) from a stage's gathered outputs;
     entries at -inf (masked items that filled a short list) are dropped."""
@@ -109,3 +311,65 @@ def per_user_frame(outputs: dict[str, torch.Tensor]) -> pd.DataFrame:
     """Per-user metric values of the test stage (one row per user)."""
     columns = {k: v.numpy() for k, v in outputs.items() if k not in ("items", "scores")}
     return pd.DataFrame(columns).sort_values("user").reset_index(drop=True)
+
+
+class RunFileError(ValueError):
+    """A run folder's file that is missing or not what a run writes (the message says why)."""
+
+
+def read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    """A Parquet file of a run folder with at least ``columns``; the error names the file."""
+    try:
+        frame = pd.read_parquet(path)
+    except FileNotFoundError:
+        raise RunFileError(f"{path} not found: is {Path(path).parent} a finished recozoo "
+                           "run?") from None
+    missing = [c for c in columns if c not in frame]
+    if missing:
+        raise RunFileError(f"{path}: missing columns {missing} (found {list(frame.columns)})")
+    return frame
+
+
+def read_items(run: RunDir) -> pd.DataFrame:
+    """``items.parquet``, checked: one row per item index 0..n_items-1, in order."""
+    items = read_table(run.items, ("item", "item_id", "popularity", "is_tail"))
+    if not np.array_equal(items["item"].to_numpy(), np.arange(len(items))):
+        raise RunFileError(f"{run.items}: column 'item' must be 0..n_items-1 in order")
+    return items
+
+
+def item_facts(items: pd.DataFrame, name: str, n_users: int,
+               head_share: float | None) -> DatasetInfo:
+    """The `DatasetInfo` a run's model was built with, from its ``items.parquet`` alone.
+
+    The tail mask and popularity buckets are read from the table; runs written before the
+    ``bucket`` column existed get them from the popularity, as training decided them.
+    """
+    from recozoo.data.datamodule import DatasetInfo
+    from recozoo.data.popularity import DEFAULT_HEAD_SHARE
+
+    share = DEFAULT_HEAD_SHARE if head_share is None else float(head_share)
+    category = None
+    if "category_index" in items:
+        category = torch.tensor(items["category_index"].to_numpy(np.int64))
+    elif "category" in items:
+        # runs written before category_index existed: first-appearance order, as the sources
+        # factorize it (exact unless preprocessing dropped items)
+        category = torch.as_tensor(pd.factorize(items["category"], sort=False)[0])
+    facts: dict[str, Any] = {
+        "item_text": items["text"].astype(str).tolist() if "text" in items else None,
+        "item_category": category}
+    popularity = items["popularity"].to_numpy(np.float64)
+    if "bucket" not in items:
+        return DatasetInfo.from_popularity(name, n_users, popularity, share, **facts)
+    return DatasetInfo(name=name, n_users=n_users, n_items=len(items),
+                       item_popularity=torch.as_tensor(popularity, dtype=torch.float32),
+                       tail_mask=torch.as_tensor(items["is_tail"].to_numpy(bool)),
+                       head_share=share, item_bucket=torch.as_tensor(
+                           items["bucket"].to_numpy(np.int64)), **facts)
+
+
+def read_item_facts(run: RunDir, n_users: int, head_share: float | None,
+                    name: str = "") -> DatasetInfo:
+    """`item_facts` of a run folder's ``items.parquet``."""
+    return item_facts(read_items(run), name or run.path.name, n_users, head_share)

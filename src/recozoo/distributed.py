@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from unittest import mock
 
 import numpy as np
+import torch
 import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.strategies.launchers import subprocess_script
@@ -35,6 +36,32 @@ def rank_and_world_size() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def is_distributed() -> bool:
+    """True inside a process group of more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def on_any_rank(flag: bool) -> bool:
+    """True if ``flag`` holds on any rank (plain ``flag`` in one process)."""
+    if not is_distributed():
+        return flag
+    gathered: list[bool] = [False] * dist.get_world_size()
+    dist.all_gather_object(gathered, bool(flag))
+    return any(gathered)
+
+
+def gather_tensors(local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every rank's ``local`` tensors concatenated in rank order (``local`` in one process).
+
+    Every rank must call it, also one whose share of the work was empty (an empty dict)."""
+    if not is_distributed():
+        return local
+    parts: list[dict[str, torch.Tensor]] = [{}] * dist.get_world_size()
+    dist.all_gather_object(parts, local)
+    keys = next((p.keys() for p in parts if p), ())
+    return {k: torch.cat([p[k] for p in parts if p]) for k in keys}
 
 
 class UserShardSampler(DistributedSampler):

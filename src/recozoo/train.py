@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from recozoo import artifacts
-from recozoo.data.datamodule import RecDataModule
+from recozoo.artifacts import RunDir, RunRecord
+from recozoo.data.datamodule import DatasetInfo, RecDataModule
 from recozoo.debias import Debias
 from recozoo.distributed import job_scope
-from recozoo.models.base import Recommender
+from recozoo.evaluation import Evaluator, Ranker
+from recozoo.models.base import ClosedFormRecommender, Recommender
 from recozoo.rerank import Reranker
 from recozoo.training_callbacks import AtomicCheckpointIO, BatchSeed, KeepStopped
 
@@ -91,16 +94,43 @@ def build_reranker(cfg: DictConfig) -> Reranker | None:
     return instantiate(cfg.rerank) if cfg.get("rerank") else None
 
 
-def build_model(cfg: DictConfig, dm: RecDataModule) -> Recommender:
-    """The model of ``cfg.model`` with the dataset facts, the evaluation settings and the
-    long-tail levers (``rerank=``, ``debias=``)."""
+def build_model(cfg: DictConfig, info: DatasetInfo) -> Recommender:
+    """The model of ``cfg.model`` with the dataset facts and the popularity debiasing of
+    ``cfg.debias``."""
     # config values become plain Python (checkpoint hparams must load with weights_only=True);
     # the dataset facts are passed as they are
     factory = instantiate(cfg.model, _partial_=True, _convert_="all")
-    model = factory(info=dm.info, eval_ks=[int(k) for k in cfg.eval.ks],
-                    top_n=int(cfg.eval.top_n))
-    model.configure_long_tail(reranker=build_reranker(cfg), debias=build_debias(cfg))
+    model = factory(info=info)
+    model.configure_debias(build_debias(cfg))
     return model
+
+
+def build_ranker(cfg: DictConfig, model: Recommender, info: DatasetInfo) -> Ranker:
+    """How ``model``'s scores become ranked lists: top ``eval.top_n`` (at least the largest
+    metric cut-off), re-ranked by ``cfg.rerank``. Evaluation, the batch export and serving all
+    rank through it."""
+    top_n = max(int(cfg.eval.top_n), *(int(k) for k in cfg.eval.ks))
+    return Ranker(model, info, top_n=top_n, reranker=build_reranker(cfg))
+
+
+@dataclass
+class Experiment:
+    """What one run trains and evaluates: the data, the model and its evaluator."""
+
+    datamodule: RecDataModule
+    model: Recommender
+    evaluator: Evaluator
+
+
+def build_experiment(cfg: DictConfig) -> Experiment:
+    """Prepare the data of ``cfg``, build its model and evaluator, and serve the model's
+    training view."""
+    dm = build_datamodule(cfg)
+    dm.setup()
+    model = build_model(cfg, dm.info)
+    dm.use_view(model.train_view())
+    evaluator = Evaluator(build_ranker(cfg, model, dm.info), ks=[int(k) for k in cfg.eval.ks])
+    return Experiment(dm, model, evaluator)
 
 
 def _choice(group: str, default: str) -> str:
@@ -162,12 +192,12 @@ def _resolve_ckpt(cfg: DictConfig) -> str | None:
     different config are moved aside to ``checkpoints.stale/``. Call before config.yaml is
     rewritten; every DDP rank then takes the decision of rank 0.
     """
-    folder = output_dir(cfg) / "checkpoints"
+    folder = RunDir(output_dir(cfg)).checkpoints
     last = folder / "last.ckpt"
     if cfg.get("ckpt_path") in (None, ""):
         if not last.exists():
             return None
-        saved = output_dir(cfg) / "config.yaml"
+        saved = RunDir(output_dir(cfg)).config
         if saved.exists() and saved.read_text() == OmegaConf.to_yaml(cfg, resolve=True):
             log.info("resuming the interrupted run of this config from %s", last)
             return str(last)
@@ -184,34 +214,30 @@ def _resolve_ckpt(cfg: DictConfig) -> str | None:
     return str(cfg.ckpt_path)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(cfg: DictConfig) -> RunRecord:
     """Fit and evaluate one model; write the run artifacts; return metrics.json's content."""
     out = output_dir(cfg)
     _prepare_output_dir(out)
     ckpt_path = _resolve_ckpt(cfg)  # before config.yaml is rewritten: resuming compares with it
     if _launch_rank() == 0:
-        artifacts.atomic_write_bytes(out / "config.yaml",
+        artifacts.atomic_write_bytes(RunDir(out).config,
                                      OmegaConf.to_yaml(cfg, resolve=True).encode())
     L.seed_everything(cfg.seed, workers=True)
-    dm = build_datamodule(cfg)
-    dm.setup()
-    model = build_model(cfg, dm)
-    dm.use_view(model.train_view())
+    experiment = build_experiment(cfg)
+    dm, model, evaluator = experiment.datamodule, experiment.model, experiment.evaluator
 
     timer = RunTimer()
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(c, **_logger_settings(c, cfg))
                for c in (cfg.get("logger") or {}).values() if c is not None]
     overrides: dict[str, Any] = {}
-    if model.fits_in_one_step:
-        overrides["max_epochs"] = 1  # closed-form: a second epoch would refit the same thing
+    if isinstance(model, ClosedFormRecommender):
+        overrides.update(model.trainer_overrides)
         log.info("%s fits in one step: training for one epoch", type(model).__name__)
-        if "16" in str(cfg.trainer.get("precision", "")):  # counts and inverses need fp32
-            overrides["precision"] = "32-true"
     if "plugins" not in cfg.trainer:
         overrides["plugins"] = [AtomicCheckpointIO()]  # a kill never leaves half a checkpoint
     # BatchSeed and KeepStopped make a resumed run train exactly like an uninterrupted one
-    callbacks += [timer, BatchSeed(cfg.seed), KeepStopped()]
+    callbacks += [evaluator, timer, BatchSeed(cfg.seed), KeepStopped()]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks,
                                      logger=loggers or False, **overrides)
     for logger in loggers:
@@ -223,64 +249,64 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     epoch_seconds = list(timer.epoch_seconds)  # before loading the best checkpoint resets them
     checkpoint = trainer.checkpoint_callback
     best = getattr(checkpoint, "best_model_path", "") or None
-    if best is None and model.fits_in_one_step:
+    if best is None and isinstance(model, ClosedFormRecommender):
         # no optimiser step means global_step stays 0 and ModelCheckpoint saves only last.ckpt;
         # for a one-step fit the last weights are the best ones
         best = getattr(checkpoint, "last_model_path", "") or None
     # evaluate the best weights: validation lists (for fusion weights) and test metrics
     trainer.validate(model, datamodule=dm, ckpt_path=best, verbose=False)
-    val_metrics = model.stage_metrics["val"]
-    val_outputs = model.eval_outputs.get("val")
+    val_metrics = evaluator.stage_metrics["val"]
+    val_outputs = evaluator.outputs.get("val")
     trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False)
-    test_metrics = model.stage_metrics["test"]
-    metrics: dict[str, Any] = {
-        "status": "ok",
-        "model": _choice("model", type(model).__name__.lower()),
-        "data": dm.info.name,
-        "split": _choice("split", dm.split.name),
-        "seed": int(cfg.seed),
-        "n_users": dm.info.n_users,
-        "n_items": dm.info.n_items,
-        "n_interactions": len(dm.data),
-        "n_params": model.n_params,
-        "head_share": dm.info.head_share,
-        "rerank": _choice("rerank", "none"),
-        "rerank_weight": float(cfg.rerank.weight) if cfg.get("rerank") else None,
-        "debias": _choice("debias", "none"),
-        "epochs": trainer.current_epoch,
-        "train_seconds": round(train_seconds, 4),
-        "epoch_seconds": epoch_seconds,
-        "eval_seconds": timer.eval_seconds,
-        "best_checkpoint": str(Path(best).relative_to(out)) if best and
+    test_metrics = evaluator.stage_metrics["test"]
+    record = RunRecord(
+        status="ok",
+        model=_choice("model", type(model).__name__.lower()),
+        data=dm.info.name,
+        split=_choice("split", dm.split.name),
+        seed=int(cfg.seed),
+        n_users=dm.info.n_users,
+        n_items=dm.info.n_items,
+        n_interactions=len(dm.data),
+        n_params=model.n_params,
+        head_share=dm.info.head_share,
+        rerank=_choice("rerank", "none"),
+        rerank_weight=float(cfg.rerank.weight) if cfg.get("rerank") else None,
+        debias=_choice("debias", "none"),
+        epochs=trainer.current_epoch,
+        train_seconds=round(train_seconds, 4),
+        epoch_seconds=epoch_seconds,
+        eval_seconds=timer.eval_seconds,
+        best_checkpoint=str(Path(best).relative_to(out)) if best and
         Path(best).is_relative_to(out) else best,
-    }
-    metrics.update({k: float(v) for k, v in sorted(val_metrics.items()) if k.startswith("val/")})
-    metrics.update({k: float(v) for k, v in sorted(test_metrics.items())
-                    if k.startswith(("test/", "test_cold/"))})
+        metrics={**{k: v for k, v in val_metrics.items() if k.startswith("val/")},
+                 **{k: v for k, v in test_metrics.items()
+                    if k.startswith(("test/", "test_cold/"))}},
+    )
     if trainer.is_global_zero:
-        write_run_artifacts(out, dm, val_outputs, model.eval_outputs.get("test"))
-        artifacts.write_json(out / artifacts.METRICS_FILE, metrics)
-    return metrics
+        run_dir = RunDir(out)
+        write_run_artifacts(run_dir, dm, val_outputs, evaluator.outputs.get("test"))
+        run_dir.write_record(record)
+    return record
 
 
-def write_run_artifacts(out: Path, dm: RecDataModule, val_outputs: dict | None,
+def write_run_artifacts(run_dir: RunDir, dm: RecDataModule, val_outputs: dict | None,
                         test_outputs: dict | None) -> None:
     """Rankings, targets, per-user metrics and the id maps (see `recozoo.artifacts`)."""
     data = dm.data
     if val_outputs:
-        artifacts.write_parquet(out / "rankings_val.parquet", artifacts.rankings_frame(val_outputs))
+        artifacts.write_parquet(run_dir.rankings("val"), artifacts.rankings_frame(val_outputs))
     if test_outputs:
-        artifacts.write_parquet(out / "rankings_test.parquet",
-                                artifacts.rankings_frame(test_outputs))
-        artifacts.write_parquet(out / "per_user_test.parquet",
-                                artifacts.per_user_frame(test_outputs))
+        artifacts.write_parquet(run_dir.rankings("test"), artifacts.rankings_frame(test_outputs))
+        artifacts.write_parquet(run_dir.per_user_test, artifacts.per_user_frame(test_outputs))
     for stage, idx in (("val", dm.indices.valid), ("test", dm.indices.test)):
-        artifacts.write_parquet(out / f"targets_{stage}.parquet",
+        artifacts.write_parquet(run_dir.targets(stage),
                                 pd.DataFrame({"user": data.user[idx], "item": data.item[idx]}))
     info = dm.info
     items = pd.DataFrame({
         "item": np.arange(info.n_items), "item_id": data.item_ids,
         "popularity": info.item_popularity.numpy(), "is_tail": info.tail_mask.numpy(),
+        "bucket": info.item_bucket.numpy(),
     })
     if data.items.titles is not None:
         items["title"] = data.items.titles
@@ -290,11 +316,11 @@ def write_run_artifacts(out: Path, dm: RecDataModule, val_outputs: dict | None,
         items["category"] = [data.items.category_names[c] for c in data.items.category]
         # the index the model saw (DatasetInfo.item_category), so serving rebuilds it exactly
         items["category_index"] = data.items.category
-    artifacts.write_parquet(out / "items.parquet", items)
-    artifacts.write_parquet(out / "users.parquet",
-                            pd.DataFrame({"user": np.arange(info.n_users), "user_id": data.user_ids}))
+    artifacts.write_parquet(run_dir.items, items)
+    artifacts.write_parquet(run_dir.users, pd.DataFrame({"user": np.arange(info.n_users),
+                                                         "user_id": data.user_ids}))
     order = data.chronological_order()
-    artifacts.write_parquet(out / "history.parquet",
+    artifacts.write_parquet(run_dir.history,
                             pd.DataFrame({"user": data.user[order], "item": data.item[order]}))
 
 
@@ -309,13 +335,13 @@ def run(cfg: DictConfig) -> float | None:
             metrics = train(cfg)
     except Exception as error:
         log.error("run failed: %s", error)
-        failure = {"status": "failed", "error": f"{type(error).__name__}: {error}",
-                   "traceback": traceback.format_exc(limit=20),
-                   "model": _choice("model", str(cfg.model.get("_target_", "?"))),
-                   "data": str(cfg.data.get("name", "?")), "split": _choice("split", "?"),
-                   "seed": int(cfg.seed)}
+        failure = RunRecord(status="failed", error=f"{type(error).__name__}: {error}",
+                            traceback=traceback.format_exc(limit=20),
+                            model=_choice("model", str(cfg.model.get("_target_", "?"))),
+                            data=str(cfg.data.get("name", "?")), split=_choice("split", "?"),
+                            seed=int(cfg.seed))
         try:
-            artifacts.write_json(out / artifacts.METRICS_FILE, failure)
+            RunDir(out).write_record(failure)
         except OSError as write_error:
             log.error("could not record the failure in %s: %s", out, write_error)
         if _is_multirun():
@@ -346,7 +372,7 @@ def print_metrics(metrics: dict[str, Any]) -> None:
     for key, value in metrics.items():
         if key.startswith("test/") and isinstance(value, (int, float)):
             name, _, k = key[5:].partition("@")
-            k, _, bucket = k.partition("/")  # per-bucket keys such as recall@10/tail
+            k, _, bucket = k.partition("/")  # per-bucket keys such as recall@10/distant
             name = f"{name}/{bucket}" if bucket else name
             rows.setdefault(name, {})[k or "-"] = value
     ks = sorted({k for row in rows.values() for k in row}, key=lambda k: (k == "-", k))

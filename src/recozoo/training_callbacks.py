@@ -93,3 +93,10 @@ class KeepStopped(L.Callback):
         if any(getattr(callback, "stopped_epoch", 0) > 0
                for callback in trainer.early_stopping_callbacks):
             trainer.should_stop = True
+
+
+def logging_step(trainer: L.Trainer) -> int:
+    """The step Lightning's own logs use: batches that stepped an optimiser (the x-axis of every
+    logger, for training and evaluation values alike). Lightning has no public accessor for it;
+    this is the one place that reads it."""
+    return int(trainer.fit_loop.epoch_loop._batches_that_stepped)

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from recozoo.data.interactions import Interactions
-from recozoo.data.popularity import item_popularity, tail_mask
+from recozoo.data.popularity import DEFAULT_HEAD_SHARE, item_popularity, popularity_buckets
 from recozoo.data.preprocess import Preprocessing, PreprocessReport
 from recozoo.data.split import LeaveOneOut, SplitIndices, hold_out_cold_items
 from recozoo.distributed import UserShardSampler, rank_and_world_size
@@ -60,11 +60,17 @@ class DatasetInfo:
 
     Args:
         item_popularity: (n_items,) training interaction counts.
-        tail_mask: (n_items,) True for tail items.
+        tail_mask: (n_items,) True for tail items (every item outside the head).
+        head_share: the share of items that forms the head (``eval.head_share``).
         item_text: one string per item, or None.
         item_category: (n_items,) category index per item, or None.
         cold_items: (n_items,) True for items held out of training and validation
             (``eval.cold_items``, cold-start evaluation), or None when none are.
+        item_bucket: (n_items,) popularity bucket per item (`recozoo.data.popularity.BUCKETS`);
+            computed from the popularity and ``head_share`` when not given.
+
+    ``DatasetInfo.from_popularity`` derives the tail mask and the buckets from the training
+    counts: the one place where a dataset's head and tail are decided.
     """
 
     name: str
@@ -76,6 +82,23 @@ class DatasetInfo:
     item_text: list[str] | None = None
     item_category: torch.Tensor | None = None
     cold_items: torch.Tensor | None = None
+    item_bucket: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.item_bucket is None:
+            self.item_bucket = torch.as_tensor(popularity_buckets(
+                self.item_popularity.cpu().numpy(), self.head_share))
+
+    @classmethod
+    def from_popularity(cls, name: str, n_users: int, item_popularity: np.ndarray | torch.Tensor,
+                        head_share: float, **facts: Any) -> DatasetInfo:
+        """Facts from training counts: the tail mask and the popularity buckets follow from
+        ``item_popularity`` and ``head_share`` (`recozoo.data.popularity`)."""
+        popularity = np.asarray(item_popularity, dtype=np.float64)
+        bucket = torch.as_tensor(popularity_buckets(popularity, head_share))
+        return cls(name=name, n_users=n_users, n_items=len(popularity),
+                   item_popularity=torch.as_tensor(popularity, dtype=torch.float32),
+                   tail_mask=bucket > 0, head_share=head_share, item_bucket=bucket, **facts)
 
     @property
     def pad_item(self) -> int:
@@ -200,7 +223,8 @@ class RecDataModule(L.LightningDataModule):
     """
 
     def __init__(self, source: Source, preprocessing: Preprocessing | None = None,
-                 split: Splitter | None = None, seed: int = 0, head_share: float = 0.2,
+                 split: Splitter | None = None, seed: int = 0,
+                 head_share: float = DEFAULT_HEAD_SHARE,
                  eval_batch_size: int | None = None, history_len: int = 50, num_workers: int = 0,
                  negative_probabilities: Callable[[np.ndarray], np.ndarray | None] | None = None,
                  cold_items: float = 0.0):
@@ -245,10 +269,8 @@ class RecDataModule(L.LightningDataModule):
         self.eval_users = {stage: np.unique(part.user) for stage, part in
                            (("val", valid), ("test", test))}
         popularity = item_popularity(self.train.item, data.n_items)
-        self.info = DatasetInfo(
-            name=data.name, n_users=data.n_users, n_items=data.n_items,
-            item_popularity=torch.as_tensor(popularity, dtype=torch.float32),
-            tail_mask=torch.as_tensor(tail_mask(popularity, self.head_share)),
+        self.info = DatasetInfo.from_popularity(
+            name=data.name, n_users=data.n_users, item_popularity=popularity,
             head_share=self.head_share, item_text=data.items.text,
             item_category=(torch.as_tensor(data.items.category)
                            if data.items.category is not None else None),

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
+#: the share of items (by training count) that forms the head, unless ``eval.head_share`` says
+#: otherwise; every default in the code refers to this one
+DEFAULT_HEAD_SHARE = 0.2
+
 
 def item_popularity(items: np.ndarray, n_items: int) -> np.ndarray:
     """Training interaction count per item, shape (n_items,)."""
     return np.bincount(items, minlength=n_items).astype(np.float64)
 
 
-def tail_mask(popularity: np.ndarray, head_share: float = 0.2) -> np.ndarray:
+def tail_mask(popularity: np.ndarray, head_share: float = DEFAULT_HEAD_SHARE) -> np.ndarray:
     """True for tail items: everything outside the top ``head_share`` of items by count.
 
     Ties at the boundary are broken by item index so the head has exactly
@@ -31,7 +35,7 @@ def tail_mask(popularity: np.ndarray, head_share: float = 0.2) -> np.ndarray:
 BUCKETS: tuple[str, ...] = ("head", "mid", "distant")
 
 
-def popularity_buckets(popularity: np.ndarray, head_share: float = 0.2,
+def popularity_buckets(popularity: np.ndarray, head_share: float = DEFAULT_HEAD_SHARE,
                        tail_share: float = 0.5) -> np.ndarray:
     """Popularity bucket per item: 0 = head, 1 = mid, 2 = distant (names in ``BUCKETS``).
 

@@ -20,7 +20,8 @@ writes a fusion folder that is itself a run folder, so leaderboards and serving 
       targets_*.parquet, items.parquet, users.parquet, history.parquet   copied from a member
 
 To serve a fused model for a new user, score the user with every member run (each one's best
-checkpoint), normalise each member's top-N per `fusion.json` "spec" (`normalise`), and sum with
+checkpoint), normalise each member's top-N per `fusion.json` "spec"
+(`recozoo.ensemble.normalise.normalise_lists`, the one implementation both use), and sum with
 "weights".
 """
 
@@ -33,6 +34,7 @@ from recozoo.ensemble.fusion import (
     member_sets,
     normalise,
 )
+from recozoo.ensemble.normalise import FusionRule, normalise_lists
 
-__all__ = ["FusionSpec", "Members", "candidates", "fuse", "fuse_sweep", "member_sets",
-           "normalise"]
+__all__ = ["FusionRule", "FusionSpec", "Members", "candidates", "fuse", "fuse_sweep",
+           "member_sets", "normalise", "normalise_lists"]

@@ -4,12 +4,13 @@ the leaderboard of the (first) folder (see `recozoo.ensemble` for the folder it 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
-from recozoo.ensemble.fusion import METHODS, NORMALISATIONS, OBJECTIVES, FusionSpec, fuse_sweep
+from recozoo.artifacts import RunDir
+from recozoo.ensemble.fusion import OBJECTIVES, FusionSpec, fuse_sweep
+from recozoo.ensemble.normalise import METHODS, NORMALISATIONS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,9 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     for folder in fused:
-        metrics = json.loads((folder / "metrics.json").read_text())
-        print(f"{folder}: test/ndcg@10 {metrics.get('test/ndcg@10', float('nan')):.4f}, "
-              f"test/tail_recall@10 {metrics.get('test/tail_recall@10', float('nan')):.4f}")
+        values = RunDir(folder).read_record().metrics
+        shown = {key: values.get(key) for key in ("test/ndcg@10", "test/tail_recall@10")}
+        print(f"{folder}: " + ", ".join(
+            f"{key} {'–' if value is None else f'{value:.4f}'}" for key, value in shown.items()))
     if not args.no_report:
         from recozoo.report import report
 

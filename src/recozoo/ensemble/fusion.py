@@ -22,29 +22,26 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from recozoo import artifacts
-from recozoo.data.popularity import popularity_buckets
+from recozoo.artifacts import RunDir, RunRecord
+from recozoo.data.datamodule import DatasetInfo
+from recozoo.ensemble.normalise import FusionRule, normalise_lists
+from recozoo.evaluation.evaluator import per_user_values
 from recozoo.metrics import functional as F
-from recozoo.metrics.ranking import PER_USER_METRICS, RankedBatch
+from recozoo.metrics.ranking import RankedBatch
 from recozoo.metrics.suite import ranking_suite
 from recozoo.report.runs import Run, RunGroup, find_runs, group_runs
 
 log = logging.getLogger(__name__)
 
-METHODS = ("weighted", "rrf")
-NORMALISATIONS = ("minmax", "zscore")
 OBJECTIVES = ("ndcg", "tail")
 #: relative member weights tried by the coordinate ascent (the start member has weight 1).
 WEIGHT_GRID: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0)
-#: the run files a fusion folder copies from its first member (identical under one protocol).
-COPIED_FILES = ("targets_val.parquet", "targets_test.parquet", "items.parquet", "users.parquet",
-                "history.parquet")
 
 
 @dataclass
@@ -72,14 +69,18 @@ class FusionSpec:
     max_passes: int = 4
 
     def __post_init__(self) -> None:
-        for name, value, allowed in (("method", self.method, METHODS),
-                                     ("normalization", self.normalization, NORMALISATIONS),
-                                     ("objective", self.objective, OBJECTIVES)):
-            if value not in allowed:
-                raise ValueError(f"fusion {name} must be one of {allowed}, got {value!r}")
-        if self.tail_weight < 0 or self.k < 1 or self.rrf_k < 0:
-            raise ValueError(f"fusion needs tail_weight >= 0, k >= 1, rrf_k >= 0; got "
-                             f"{self.tail_weight}, {self.k}, {self.rrf_k}")
+        self.rule  # noqa: B018 (checks method, normalization and rrf_k)
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"fusion objective must be one of {OBJECTIVES}, got "
+                             f"{self.objective!r}")
+        if self.tail_weight < 0 or self.k < 1:
+            raise ValueError(f"fusion needs tail_weight >= 0 and k >= 1; got "
+                             f"{self.tail_weight}, {self.k}")
+
+    @property
+    def rule(self) -> FusionRule:
+        """How each member's list is normalised (what serving needs to fuse the same way)."""
+        return FusionRule(self.method, self.normalization, self.rrf_k)
 
     @property
     def name(self) -> str:
@@ -124,28 +125,28 @@ class Candidates:
         return hit, tail_hit, n_targets, n_tail
 
 
-def normalise(frame: pd.DataFrame, spec: FusionSpec) -> tuple[pd.Series, pd.Series]:
-    """Per-user normalised scores of one member's rankings and each user's floor (the value of
-    an item the member did not list)."""
-    by_user = frame.groupby("user")["score"]
-    if spec.method == "rrf":
-        value = 1.0 / (spec.rrf_k + frame["rank"].astype(float))
-        return value, pd.Series(0.0, index=frame["user"].unique())
-    if spec.normalization == "minmax":
-        low, high = by_user.transform("min"), by_user.transform("max")
-        spread = (high - low).to_numpy()
-        value = np.where(spread > 0, (frame["score"] - low) / np.where(spread > 0, spread, 1), 1.0)
-        return pd.Series(value, index=frame.index), pd.Series(0.0, index=frame["user"].unique())
-    mean, std = by_user.transform("mean"), by_user.transform("std").fillna(0.0)
-    value = (frame["score"] - mean) / std.where(std > 0, 1.0)
-    return value, value.groupby(frame["user"]).min()
+def normalise(frame: pd.DataFrame, rule: FusionRule) -> tuple[np.ndarray, pd.Series]:
+    """Per-row normalised scores of one member's rankings (`normalise_lists` over each user's
+    list) and each user's floor (the value of an item the member did not list)."""
+    users, row_user = np.unique(frame["user"].to_numpy(), return_inverse=True)
+    order = np.lexsort((frame["rank"].to_numpy(), row_user))
+    position = np.empty(len(frame), dtype=np.int64)
+    position[order] = pd.Series(row_user[order]).groupby(row_user[order]).cumcount().to_numpy()
+    width = int(position.max()) + 1 if len(frame) else 1
+    rows, cols = torch.as_tensor(row_user), torch.as_tensor(position)
+    scores = torch.zeros(len(users), width, dtype=torch.float64)
+    valid = torch.zeros(len(users), width, dtype=torch.bool)
+    scores[rows, cols] = torch.as_tensor(frame["score"].to_numpy(), dtype=torch.float64)
+    valid[rows, cols] = True
+    values, floor = normalise_lists(scores, valid, rule)
+    return values[rows, cols].numpy(), pd.Series(floor[:, 0].numpy(), index=users)
 
 
 def candidates(frames: list[pd.DataFrame], spec: FusionSpec) -> Candidates:
     """The padded candidate tensor of a stage from the members' rankings frames."""
     parts, floors = [], []
     for member, frame in enumerate(frames):
-        value, floor = normalise(frame, spec)
+        value, floor = normalise(frame, spec.rule)
         parts.append(pd.DataFrame({"user": frame["user"].to_numpy(),
                                    "item": frame["item"].to_numpy(), "member": member,
                                    "value": np.asarray(value, dtype=np.float32)}))
@@ -251,8 +252,8 @@ class Members:
 def member_sets(folders: list[Path | str]) -> list[Members]:
     """The finished runs under ``folders`` that can be fused, one set per protocol and seed."""
     runs = [r for r in find_runs(folders) if r.ok and not r.is_fusion
-            and (r.path / "rankings_val.parquet").exists()
-            and (r.path / "rankings_test.parquet").exists()]
+            and RunDir(r.path).rankings("val").exists()
+            and RunDir(r.path).rankings("test").exists()]
     groups, _ = group_runs(runs)
     sets = []
     for group in groups:
@@ -266,21 +267,24 @@ def member_sets(folders: list[Path | str]) -> list[Members]:
     return sets
 
 
-def fuse(members: Members, spec: FusionSpec, out_dir: Path | str) -> dict[str, Any]:
+def fuse(members: Members, spec: FusionSpec, out_dir: Path | str) -> RunRecord:
     """Fuse ``members`` into a run folder ``out_dir``; returns its metrics.json content."""
     if len(members.runs) < 2:
         raise ValueError(f"fusion needs at least two finished runs with rankings, found "
                          f"{len(members.runs)} ({[str(r.path) for r in members.runs]})")
     start = time.perf_counter()
-    out = Path(out_dir)
-    items = pd.read_parquet(members.first / "items.parquet").sort_values("item")
-    tail = items["is_tail"].to_numpy(dtype=bool)
+    out = RunDir(Path(out_dir))
+    first = RunDir(members.first)
+    facts = members.runs[0].metrics
+    info = artifacts.read_item_facts(first, n_users=int(facts["n_users"]),
+                                     head_share=facts.get("head_share"))
+    tail = info.tail_mask.numpy()
     labels = [r.label or r.model for r in members.runs]
     stages = {}
     for stage in ("val", "test"):
-        frames = [pd.read_parquet(r.path / f"rankings_{stage}.parquet") for r in members.runs]
+        frames = [pd.read_parquet(RunDir(r.path).rankings(stage)) for r in members.runs]
         cands = candidates(frames, spec)
-        targets = pd.read_parquet(members.first / f"targets_{stage}.parquet")
+        targets = pd.read_parquet(first.targets(stage))
         stages[stage] = (cands, targets, frames)
     val_cands, val_targets, _ = stages["val"]
     val_flags = val_cands.flags(val_targets, tail)
@@ -294,16 +298,13 @@ def fuse(members: Members, spec: FusionSpec, out_dir: Path | str) -> dict[str, A
     log.info("%s of %d runs: validation objective %.4f (best single %s %.4f)", spec.name, n,
              fused_val, labels[int(np.argmax(alone))], max(alone))
     top_n = max(int(f["rank"].max()) for f in stages["test"][2])
-    popularity = torch.as_tensor(items["popularity"].to_numpy(dtype=np.float32))
-    order = torch.argsort(popularity, descending=True, stable=True)
-    facts = members.runs[0].metrics
-    metrics: dict[str, Any] = {
-        "status": "ok", "model": spec.name, "data": facts.get("data"), "split": facts.get("split"),
-        "seed": facts.get("seed"), "n_users": facts.get("n_users"),
-        "n_items": facts.get("n_items"), "n_interactions": facts.get("n_interactions"),
-        "n_params": int(sum(r.metrics.get("n_params") or 0 for r in members.runs)),
-        "head_share": facts.get("head_share"), "epochs": None,
-    }
+    order = torch.argsort(info.item_popularity, descending=True, stable=True)
+    record = RunRecord(
+        status="ok", model=spec.name, data=facts.get("data"), split=facts.get("split"),
+        seed=facts.get("seed"), n_users=facts.get("n_users"), n_items=facts.get("n_items"),
+        n_interactions=facts.get("n_interactions"),
+        n_params=int(sum(r.metrics.get("n_params") or 0 for r in members.runs)),
+        head_share=facts.get("head_share"), epochs=None)
     for stage in ("val", "test"):
         cands, targets, _ = stages[stage]
         scores = cands.fused(weights)
@@ -314,34 +315,33 @@ def fuse(members: Members, spec: FusionSpec, out_dir: Path | str) -> dict[str, A
             "user": np.repeat(cands.users, ok.sum(1).numpy()),
             "rank": (torch.cumsum(ok.int(), 1)[ok]).numpy().astype(np.int32),
             "item": ranked_items[ok].numpy(), "score": top.values[ok].numpy()})
-        artifacts.write_parquet(out / f"rankings_{stage}.parquet", rankings)
+        artifacts.write_parquet(out.rankings(stage), rankings)
         lists = _fill_short_lists(ranked_items, ok, order)
-        values, per_user = _evaluate(lists, cands.users, targets, members, popularity, tail,
-                                     float(facts.get("head_share") or 0.2))
-        metrics.update({f"{stage}/{k}": v for k, v in values.items()})
+        values, per_user = _evaluate(lists, cands.users, targets, members.ks, info)
+        record.metrics.update({f"{stage}/{k}": v for k, v in values.items()})
         if stage == "test":
-            artifacts.write_parquet(out / "per_user_test.parquet", per_user)
-    for name in COPIED_FILES:
-        if (members.first / name).exists():
-            shutil.copyfile(members.first / name, out / name)
+            artifacts.write_parquet(out.per_user_test, per_user)
+    for source, copy in zip(first.protocol_files, out.protocol_files):
+        if source.exists():
+            shutil.copyfile(source, copy)
     fusion_seconds = time.perf_counter() - start
-    metrics["train_seconds"] = round(fusion_seconds + sum(r.metrics.get("train_seconds") or 0
-                                                          for r in members.runs), 4)
-    metrics["fusion_seconds"] = round(fusion_seconds, 4)
-    metrics["epoch_seconds"] = []
+    record.train_seconds = round(fusion_seconds + sum(r.metrics.get("train_seconds") or 0
+                                                      for r in members.runs), 4)
+    record.fusion_seconds = round(fusion_seconds, 4)
+    record.epoch_seconds = []
     description = {
         "spec": asdict(spec), "name": spec.name,
         "weights": {label: float(w) for label, w in zip(labels, weights)},
-        "members": [{"label": label, "model": r.model, "run": _relative(r.path, out),
+        "members": [{"label": label, "model": r.model, "run": _relative(r.path, out.path),
                      "weight": float(w), "val_objective_alone": a}
                     for label, r, w, a in zip(labels, members.runs, weights, alone)],
         "val_objective": fused_val, "best_single_val_objective": max(alone),
         "best_single": labels[int(np.argmax(alone))], "top_n": top_n,
         "ks": members.ks, "normalization": None if spec.method == "rrf" else spec.normalization,
     }
-    artifacts.write_json(out / "fusion.json", description)
-    artifacts.write_json(out / artifacts.METRICS_FILE, metrics)
-    return metrics
+    artifacts.write_json(out.fusion, description)
+    out.write_record(record)
+    return record
 
 
 def _relative(path: Path, base: Path) -> str:
@@ -351,17 +351,12 @@ def _relative(path: Path, base: Path) -> str:
         return str(path.resolve())
 
 
-def _evaluate(lists: torch.Tensor, users: np.ndarray, targets: pd.DataFrame, members: Members,
-              popularity: torch.Tensor, tail: np.ndarray, head_share: float,
-              batch_size: int = 1024) -> tuple[dict[str, float], pd.DataFrame]:
+def _evaluate(lists: torch.Tensor, users: np.ndarray, targets: pd.DataFrame, ks: list[int],
+              info: DatasetInfo, batch_size: int = 1024) -> tuple[dict[str, float], pd.DataFrame]:
     """The shared metric suite (with the popularity buckets every model reports) on the fused
     lists, and the per-user test values."""
-    ks = members.ks
-    n_items = len(tail)
-    tail_mask = torch.as_tensor(tail)
-    bucket = torch.as_tensor(popularity_buckets(popularity.numpy(), head_share))
-    suite = ranking_suite(ks, n_items, int(members.runs[0].metrics["n_users"]), popularity,
-                          tail_mask, item_bucket=bucket)
+    suite = ranking_suite(ks, info.n_items, info.n_users, info.item_popularity, info.tail_mask,
+                          item_bucket=info.item_bucket)
     index = pd.Series(np.arange(len(users)), index=users)
     known = targets[targets["user"].isin(index.index)]
     target_row, target_item = index[known["user"]].to_numpy(), known["item"].to_numpy()
@@ -369,15 +364,12 @@ def _evaluate(lists: torch.Tensor, users: np.ndarray, targets: pd.DataFrame, mem
     for start in range(0, len(users), batch_size):
         rows = slice(start, start + batch_size)
         block = (target_row >= start) & (target_row < start + batch_size)
-        dense = torch.zeros(len(users[rows]), n_items)  # (B, n_items) 0/1 targets
+        dense = torch.zeros(len(users[rows]), info.n_items)  # (B, n_items) 0/1 targets
         dense[target_row[block] - start, target_item[block]] = 1.0
-        ranked = RankedBatch.from_lists(lists[rows], dense, tail_mask, bucket)
+        ranked = RankedBatch.from_lists(lists[rows], dense, info.tail_mask, info.item_bucket)
         suite.update(ranked)
-        for name in PER_USER_METRICS:
-            for k in ks:
-                value, weight = suite[f"{name}@{k}"].values(ranked)
-                value = torch.where(weight > 0, value, torch.full_like(value, math.nan))
-                per_user.setdefault(f"{name}@{k}", []).append(value)
+        for key, value in per_user_values(suite, ranked, ks).items():
+            per_user.setdefault(key, []).append(value)
     values = {k: float(v) for k, v in suite.compute().items()}
     frame = pd.DataFrame({"user": users, **{k: torch.cat(v).numpy() for k, v in per_user.items()}})
     return values, frame

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from recozoo.data.datamodule import DatasetInfo, EvalBatch, TrainView
-from recozoo.models.base import Recommender
+from recozoo.data.datamodule import DatasetInfo, EvalBatch
+from recozoo.models.base import ClosedFormRecommender
 from recozoo.models.components.interaction_matrix import item_cooccurrence
 
 
-class EASE(Recommender):
+class EASE(ClosedFormRecommender):
     """Closed-form linear item-item model (fits in one step).
 
     Args:
@@ -25,7 +25,6 @@ class EASE(Recommender):
             twice as fast; the regulariser keeps the matrix well conditioned.
     """
 
-    fits_in_one_step = True
     scores_new_users = True
 
     def __init__(self, info: DatasetInfo, reg_weight: float = 250.0,
@@ -36,14 +35,10 @@ class EASE(Recommender):
         if inverse_dtype not in ("float32", "float64"):
             raise ValueError(f"ease inverse_dtype must be float32 or float64, got {inverse_dtype!r}")
         self.precision_dtype = getattr(torch, inverse_dtype)
-        self.automatic_optimization = False
         self.reg_weight = reg_weight
         self.register_buffer("item_weights", torch.zeros(info.n_items, info.n_items))
 
-    def train_view(self) -> TrainView:
-        return TrainView("matrix")
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+    def fit(self, batch: dict[str, torch.Tensor]) -> None:
         gram = item_cooccurrence(batch["user"], batch["item"], self.n_users, self.n_items)
         gram = gram.to(self.precision_dtype)  # (n_items, n_items)
         gram.diagonal().add_(self.reg_weight)

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import torch
 
-from recozoo.data.datamodule import DatasetInfo, EvalBatch, TrainView
-from recozoo.models.base import Recommender
+from recozoo.data.datamodule import DatasetInfo, EvalBatch
+from recozoo.models.base import ClosedFormRecommender
 from recozoo.models.components.interaction_matrix import interaction_matrix
 
 
-class ItemKNN(Recommender):
+class ItemKNN(ClosedFormRecommender):
     """Item-item cosine neighbourhood model (fits in one step).
 
     Args:
@@ -26,7 +26,6 @@ class ItemKNN(Recommender):
         block_size: items per block when computing similarities.
     """
 
-    fits_in_one_step = True
     scores_new_users = True
 
     def __init__(self, info: DatasetInfo, k: int = 100, shrink: float = 0.0,
@@ -34,7 +33,6 @@ class ItemKNN(Recommender):
         super().__init__(info, **kwargs)
         if k < 1:
             raise ValueError(f"itemknn k must be >= 1, got {k}")
-        self.automatic_optimization = False
         self.k = min(k, info.n_items - 1) if info.n_items > 1 else 1
         self.shrink = shrink
         self.block_size = block_size
@@ -42,10 +40,7 @@ class ItemKNN(Recommender):
         self.register_buffer("neighbor_index", torch.zeros(self.k, info.n_items, dtype=torch.long))
         self.register_buffer("neighbor_weight", torch.zeros(self.k, info.n_items))
 
-    def train_view(self) -> TrainView:
-        return TrainView("matrix")
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+    def fit(self, batch: dict[str, torch.Tensor]) -> None:
         matrix = interaction_matrix(batch["user"], batch["item"], self.n_users, self.n_items)
         csr = matrix.to_sparse_csr()
         norms = torch.sqrt(torch.bincount(matrix.indices()[1], minlength=self.n_items).float())

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recozoo.artifacts import RunDir
 from recozoo.data.popularity import BUCKETS
 from recozoo.metrics.suite import RANKING_METRICS, RATING_METRICS, higher_is_better
 from recozoo.report import stats
@@ -99,7 +100,7 @@ def _per_user(runs: list[Run]) -> pd.DataFrame | None:
     """Per-user test values, averaged over the runs (seeds) of one variant."""
     frames = []
     for run in runs:
-        path = run.path / "per_user_test.parquet"
+        path = RunDir(run.path).per_user_test
         if path.exists():
             frames.append(pd.read_parquet(path).set_index("user"))
     if not frames:

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from recozoo import artifacts
+from recozoo.artifacts import RunDir, RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +37,19 @@ class Run:
 
     Args:
         path: the run folder.
-        metrics: its metrics.json.
+        metrics: its metrics.json (a `RunRecord`, read as the flat mapping on disk).
         overrides: the Hydra command-line overrides of the job (``.hydra/overrides.yaml``), empty
             where the run was not started by Hydra.
     """
 
     path: Path
-    metrics: dict[str, Any]
+    metrics: RunRecord
     overrides: tuple[str, ...] = ()
     label: str = ""
 
     @property
     def ok(self) -> bool:
-        return self.metrics.get("status") == "ok"
+        return self.metrics.ok
 
     @property
     def model(self) -> str:
@@ -66,7 +66,7 @@ class Run:
 
     @property
     def is_fusion(self) -> bool:
-        return (self.path / "fusion.json").exists()
+        return RunDir(self.path).is_fusion
 
 
 @dataclass
@@ -108,24 +108,24 @@ def find_runs(folders: list[Path | str]) -> list[Run]:
             raise FileNotFoundError(f"{folder} is not a folder")
         found = [p.parent for p in _metrics_files(folder)]
         if not found:
-            raise FileNotFoundError(f"{folder} holds no {artifacts.METRICS_FILE}: not a recozoo "
+            raise FileNotFoundError(f"{folder} holds no metrics.json: not a recozoo "
                                     "run or sweep folder (or its jobs have not finished)")
         for run_dir in sorted(found, key=_natural_key):
             if run_dir.resolve() in seen:
                 continue
             seen.add(run_dir.resolve())
             try:
-                metrics = artifacts.read_metrics(run_dir)
+                metrics = RunDir(run_dir).read_record()
             except ValueError as error:
-                metrics = {"status": "failed", "error": str(error), "model": run_dir.name}
+                metrics = RunRecord(status="failed", error=str(error), model=run_dir.name)
             runs.append(Run(run_dir, metrics, _read_overrides(run_dir)))
     label_runs(runs)
     return runs
 
 
 def _metrics_files(folder: Path) -> list[Path]:
-    if (folder / artifacts.METRICS_FILE).exists():
-        found = [folder / artifacts.METRICS_FILE]
+    if RunDir(folder).metrics.exists():
+        found = [RunDir(folder).metrics]
     else:
         found = []
     for child in sorted(folder.iterdir()) if folder.is_dir() else []:
@@ -139,7 +139,7 @@ def _natural_key(path: Path) -> tuple:
 
 
 def _read_overrides(run_dir: Path) -> tuple[str, ...]:
-    path = run_dir / ".hydra" / "overrides.yaml"
+    path = RunDir(run_dir).hydra_overrides
     if not path.exists():
         return ()
     try:
@@ -225,5 +225,5 @@ def group_runs(runs: list[Run]) -> tuple[list[RunGroup], list[str]]:
 
 def fusion_config(run: Run) -> dict[str, Any] | None:
     """The run's fusion.json when it is a fusion folder."""
-    path = run.path / "fusion.json"
+    path = RunDir(run.path).fusion
     return json.loads(path.read_text()) if path.exists() else None

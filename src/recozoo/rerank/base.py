@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from recozoo.data.popularity import BUCKETS, popularity_buckets
+from recozoo.data.datamodule import DatasetInfo
+from recozoo.data.popularity import BUCKETS, DEFAULT_HEAD_SHARE
 
 
 @dataclass
@@ -24,7 +25,7 @@ class ItemFacts:
 
     Args:
         tail_mask: True for tail items (everything outside the head).
-        bucket: popularity bucket per item: 0 head, 1 mid, 2 tail (see ``popularity_buckets``).
+        bucket: popularity bucket per item: 0 head, 1 mid, 2 distant (see ``popularity_buckets``).
         category: category index per item, or None.
         embeddings: (n_items, d) item vectors (from the model), or None.
     """
@@ -35,14 +36,21 @@ class ItemFacts:
     embeddings: torch.Tensor | None = None
 
     @classmethod
-    def from_popularity(cls, item_popularity: torch.Tensor, head_share: float = 0.2,
+    def from_info(cls, info: DatasetInfo, embeddings: torch.Tensor | None = None) -> ItemFacts:
+        """The facts of a dataset (`DatasetInfo`: its tail mask, buckets and categories)."""
+        category = None if info.item_category is None else info.item_category.long()
+        return cls(tail_mask=info.tail_mask.bool(), bucket=info.item_bucket, category=category,
+                   embeddings=embeddings)
+
+    @classmethod
+    def from_popularity(cls, item_popularity: torch.Tensor,
+                        head_share: float = DEFAULT_HEAD_SHARE,
                         category: torch.Tensor | None = None,
                         embeddings: torch.Tensor | None = None) -> ItemFacts:
-        """Facts from training counts: the head is the top ``head_share`` of items, as in
-        `recozoo.data.popularity.tail_mask` (e.g. from a run's ``items.parquet``)."""
-        bucket = torch.as_tensor(popularity_buckets(item_popularity.cpu().numpy(), head_share))
-        return cls(tail_mask=bucket > 0, bucket=bucket.to(item_popularity.device),
-                   category=category, embeddings=embeddings)
+        """Facts from training counts alone (head and buckets as `DatasetInfo` decides them)."""
+        info = DatasetInfo.from_popularity("items", 0, item_popularity.cpu().numpy(),
+                                           head_share, item_category=category)
+        return cls.from_info(info, embeddings).to(item_popularity.device)
 
     @property
     def n_items(self) -> int:

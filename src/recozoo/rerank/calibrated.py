@@ -5,7 +5,7 @@ q(g|I), should match the user's history distribution p(g|u). The greedy list max
 
     (1 - λ) Σ_{i ∈ I} s(i) - λ KL(p || q̃),    q̃ = (1 - α) q + α p
 
-(α small, so the divergence stays finite). Groups are the popularity buckets (head, mid, tail;
+(α small, so the divergence stays finite). Groups are the popularity buckets (head, mid, distant;
 the "calibrated popularity" of Abdollahpouri et al., RecSys 2021) or the item categories.
 Steck's history and list weights are uniform here.
 """
@@ -25,7 +25,7 @@ class Calibrated(Reranker):
     Args:
         weight: λ in [0, 1].
         candidates: model top-N re-ranked.
-        groups: ``popularity`` (head/mid/tail buckets) or ``category`` (needs item categories).
+        groups: ``popularity`` (head/mid/distant buckets) or ``category`` (needs item categories).
         alpha: the smoothing α of q̃.
     """
 

@@ -27,7 +27,6 @@ job from that run's best checkpoint with no epoch left to train, so only evaluat
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,21 +54,19 @@ class Run:
 
 def load_runs(folders: list[str | Path]) -> list[Run]:
     """Every successful run (``status == "ok"``) under ``folders``."""
+    from recozoo.report.runs import find_runs
+
     runs = []
-    for folder in folders:
-        folder = Path(folder)
+    for folder in map(Path, folders):
         if not folder.exists():
             raise FileNotFoundError(f"{folder} does not exist")
-        files = [folder] if folder.is_file() else sorted(folder.rglob("metrics.json"))
-        for file in files:
-            metrics = json.loads(file.read_text())
-            if metrics.get("status") != "ok":
+        for found in find_runs([folder.parent if folder.is_file() else folder]):
+            record = found.metrics
+            if not record.ok:
                 continue
-            rerank = str(metrics.get("rerank") or BASELINE)
-            weight = metrics.get("rerank_weight")
-            runs.append(Run(file.parent, str(metrics.get("data")), str(metrics.get("model")),
-                            str(metrics.get("debias") or "none"), rerank,
-                            float(weight) if weight is not None else 0.0, metrics))
+            runs.append(Run(found.path, str(record.data), str(record.model),
+                            str(record.debias or "none"), str(record.rerank or BASELINE),
+                            float(record.rerank_weight or 0.0), dict(record)))
     if not runs:
         raise ValueError(f"no finished runs (metrics.json with status ok) under {folders}")
     return runs
@@ -95,8 +92,11 @@ def select_weight(baseline: Run, candidates: list[Run], k: int = 10,
     qualifies)."""
     floor = (1 - max_ndcg_cost) * baseline.get(f"val/ndcg@{k}")
     allowed = [r for r in candidates if r.get(f"val/ndcg@{k}") >= floor]
-    return max(allowed, key=lambda r: (r.get(f"val/tail_recall@{k}"), r.get(f"val/aplt@{k}")),
-               default=None)
+    def rank(run: Run) -> tuple[float, float]:  # no value (NaN) never wins
+        values = (run.get(f"val/tail_recall@{k}"), run.get(f"val/aplt@{k}"))
+        return tuple(-math.inf if math.isnan(v) else v for v in values)  # type: ignore[return-value]
+
+    return max(allowed, key=rank, default=None)
 
 
 def _change(value: float, base: float) -> str:

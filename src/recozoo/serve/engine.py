@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from recozoo.data.datamodule import EvalBatch
-from recozoo.rerank import ItemFacts, XQuAD
+from recozoo.evaluation import mask_seen
+from recozoo.rerank import XQuAD
 from recozoo.serve.loading import LoadedRun, load_run
 from recozoo.serve.schema import RecommendRequest, RequestError, Strategy
 
@@ -79,8 +80,6 @@ class Engine:
         self.scorer = run.scorer
         self.device = torch.device(device)
         self.popularity = self.catalog.popularity.to(self.device)
-        self.item_facts = ItemFacts.from_popularity(self.catalog.popularity,
-                                                    self.catalog.head_share).to(self.device)
 
     @classmethod
     def load(cls, path: str, device: str | torch.device = "cpu") -> Engine:
@@ -189,14 +188,15 @@ class Engine:
         model_rows = [row for row, q in enumerate(queries) if q.strategy != "popularity"]
         if model_rows:
             batch = self.eval_batch([queries[row] for row in model_rows])
-            scores[model_rows] = self.scorer.score(batch).to(self.device, torch.float32)
+            scores[model_rows] = self.scorer.ranker.scores(batch, mask_inputs=False).to(
+                self.device, torch.float32)
         excluded = [row for row, q in enumerate(queries) if q.exclude_seen and len(q.inputs)]
         if excluded:
             lengths = [len(queries[row].inputs) for row in excluded]
             rows = torch.as_tensor(np.repeat(excluded, lengths), device=self.device)
             cols = torch.as_tensor(np.concatenate([queries[row].inputs for row in excluded]),
                                    device=self.device)
-            scores[rows, cols] = -math.inf
+            mask_seen(scores, rows, cols)
         for category in {q.category for q in queries if q.category is not None}:
             rows = [row for row, q in enumerate(queries) if q.category == category]
             outside = ~self.catalog.category_mask(category).to(self.device)  # (n_items,)
@@ -206,31 +206,28 @@ class Engine:
     @torch.inference_mode()
     def rank(self, queries: list[Query]) -> list[tuple[np.ndarray, np.ndarray]]:
         """(items, scores) best first for each query; at most ``k`` items, fewer where the
-        exclusions and the category filter leave fewer."""
+        exclusions and the category filter leave fewer.
+
+        Lists come from the run's `Ranker`, with the run's re-ranker (``rerank=``): a user
+        scored with the inputs of an evaluation gets the evaluated list. ``tail_boost`` > 0
+        re-ranks with xQuAD at that weight instead of the run's re-ranker."""
         if not queries:
             return []
-        scores = self.scores(queries)
-        k_max = max(q.k for q in queries)
-        top = torch.topk(scores, k_max, dim=1)  # (B, k_max)
-        items, values = top.indices, top.values
-        boosted = [row for row, q in enumerate(queries) if q.tail_boost > 0]
-        if boosted:
-            inputs = self.eval_batch([queries[row] for row in boosted]).history
-            for weight in sorted({queries[row].tail_boost for row in boosted}):
-                rows = [r for r in boosted if queries[r].tail_boost == weight]
-                positions = [boosted.index(r) for r in rows]
-                k = max(queries[r].k for r in rows)
-                n = min(self.n_items, max(TAIL_BOOST_CANDIDATES, k))
-                candidates = torch.topk(scores[rows], n, dim=1)  # (b, n)
-                xquad = XQuAD(weight=weight, candidates=n)
-                items[rows, :k], values[rows, :k] = xquad(
-                    candidates.indices, candidates.values, k, inputs[positions],
-                    self.item_facts)
-        items, values = items.cpu().numpy(), values.cpu().numpy()
-        out = []
-        for row, query in enumerate(queries):
-            keep = np.isfinite(values[row, :query.k])
-            out.append((items[row, :query.k][keep], values[row, :query.k][keep]))
+        scores = self.scores(queries)  # (B, n_items)
+        history = self.eval_batch(queries).history  # (B, L)
+        ranker = self.scorer.ranker
+        out: list[tuple[np.ndarray, np.ndarray]] = [None] * len(queries)  # type: ignore[list-item]
+        for boost in sorted({q.tail_boost for q in queries}):
+            rows = [row for row, q in enumerate(queries) if q.tail_boost == boost]
+            k = max(queries[row].k for row in rows)
+            reranker = (XQuAD(weight=boost, candidates=max(TAIL_BOOST_CANDIDATES, k))
+                        if boost > 0 else None)
+            items, values = ranker.top(scores[rows], history[rows], k, reranker=reranker)
+            items, values = items.cpu().numpy(), values.cpu().numpy()
+            for position, row in enumerate(rows):
+                keep = np.isfinite(values[position, :queries[row].k])
+                out[row] = (items[position, :queries[row].k][keep],
+                            values[position, :queries[row].k][keep])
         return out
 
     def recommend(self, queries: list[Query]) -> list[dict[str, Any]]:

@@ -15,7 +15,6 @@ read with ``torch.load(weights_only=True)`` or safetensors: a checkpoint can nev
 
 from __future__ import annotations
 
-import json
 import math
 import pickle
 from dataclasses import dataclass, replace
@@ -25,21 +24,22 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from recozoo import artifacts
+from recozoo.artifacts import RunDir
 from recozoo.data.datamodule import DatasetInfo, EvalBatch
+from recozoo.ensemble.normalise import FusionRule, normalise_lists
+from recozoo.evaluation import Ranker
 from recozoo.models.base import Recommender
 from recozoo.serve.run_files import (
-    CONFIG_FILE,
-    FUSION_FILE,
-    FusionRule,
     RunLoadError,
     fusion_members,
     read_config,
     resolve_checkpoint,
     run_dirs,
 )
+from recozoo.train import build_model, build_ranker
 
 
 # ---------------------------------------------------------------------------------- catalogue
@@ -48,26 +48,25 @@ class Catalog:
     """What serving knows about items and users, read from a run folder's artifacts.
 
     Args:
-        items: ``items.parquet`` (item, item_id, popularity, is_tail, and title, text, category
-            where the data has them), indexed by item index.
+        items: ``items.parquet`` (item, item_id, popularity, is_tail, bucket, and title, text,
+            category where the data has them), indexed by item index.
         user_ids: external user id per user index.
         history_items / history_indptr: every known interaction, CSR by user, in time order.
-        head_share: the run's head definition (``eval.head_share``), for re-rankers.
+        info: the dataset facts the run's model was built with (`recozoo.artifacts.item_facts`).
     """
 
     items: pd.DataFrame
     user_ids: np.ndarray
     history_items: np.ndarray
     history_indptr: np.ndarray
-    head_share: float = 0.2
+    info: DatasetInfo
 
     def __post_init__(self) -> None:
         self.item_ids = self.items["item_id"].astype(str).to_numpy()
         self.item_index = {item_id: i for i, item_id in enumerate(self.item_ids)}
         self.user_index = {str(user_id): u for u, user_id in enumerate(self.user_ids)}
-        self.popularity = torch.tensor(self.items["popularity"].to_numpy(np.float32))
-        self.is_tail = self.items["is_tail"].to_numpy(bool)
-        self.tail_mask = torch.tensor(self.is_tail)
+        self.popularity = self.info.item_popularity
+        self.is_tail = self.info.tail_mask.numpy()
         self.titles = (self.items["title"].astype(str).to_numpy() if "title" in self.items
                        else None)
         self.categories: list[str] | None = None
@@ -95,50 +94,22 @@ class Catalog:
         return torch.as_tensor(self.item_category_name == name)
 
     @classmethod
-    def from_run_dir(cls, run_dir: Path, head_share: float = 0.2) -> Catalog:
-        run_dir = Path(run_dir)
-        items = _read_parquet(run_dir / "items.parquet", ("item", "item_id", "popularity",
-                                                          "is_tail"))
-        if not np.array_equal(items["item"].to_numpy(), np.arange(len(items))):
-            raise RunLoadError(f"{run_dir / 'items.parquet'}: column 'item' must be 0..n_items-1 "
-                               "in order")
-        users = _read_parquet(run_dir / "users.parquet", ("user", "user_id"))
-        history = _read_parquet(run_dir / "history.parquet", ("user", "item"))
+    def from_run_dir(cls, run_dir: Path, head_share: float | None = None,
+                     name: str = "") -> Catalog:
+        """The catalogue of a run folder; ``head_share`` is the run's ``eval.head_share``
+        (used only for runs written before items.parquet held the popularity buckets)."""
+        run = RunDir(run_dir)
+        items = artifacts.read_items(run)
+        users = artifacts.read_table(run.users, ("user", "user_id"))
+        history = artifacts.read_table(run.history, ("user", "item"))
         user = history["user"].to_numpy(np.int64)
         # a stable sort by user keeps each user's items in the file's (time) order
         order = np.argsort(user, kind="stable")
         indptr = np.r_[0, np.cumsum(np.bincount(user, minlength=len(users)))]
+        info = artifacts.item_facts(items, name or run.path.name, len(users), head_share)
         return cls(items=items, user_ids=users["user_id"].astype(str).to_numpy(),
                    history_items=history["item"].to_numpy(np.int64)[order],
-                   history_indptr=indptr, head_share=head_share)
-
-    def dataset_info(self, name: str) -> DatasetInfo:
-        """The `DatasetInfo` the run's model was built with, from the artifacts alone."""
-        category = None
-        if "category_index" in self.items:
-            category = torch.tensor(self.items["category_index"].to_numpy(np.int64))
-        elif "category" in self.items:
-            # runs written before category_index existed: first-appearance order, as the sources
-            # factorize it (exact unless preprocessing dropped items)
-            category = torch.as_tensor(pd.factorize(self.items["category"], sort=False)[0])
-        return DatasetInfo(
-            name=name, n_users=self.n_users, n_items=self.n_items,
-            item_popularity=self.popularity.clone(), tail_mask=self.tail_mask.clone(),
-            head_share=self.head_share,
-            item_text=self.items["text"].astype(str).tolist() if "text" in self.items else None,
-            item_category=category,
-        )
-
-
-def _read_parquet(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    try:
-        frame = pd.read_parquet(path)
-    except FileNotFoundError:
-        raise RunLoadError(f"{path} not found: is {path.parent} a finished recozoo run?") from None
-    missing = [c for c in columns if c not in frame]
-    if missing:
-        raise RunLoadError(f"{path}: missing columns {missing} (found {list(frame.columns)})")
-    return frame
+                   history_indptr=indptr, info=info)
 
 
 # ---------------------------------------------------------------------------------- scorers
@@ -148,6 +119,10 @@ class Scorer(Protocol):
     name: str
     #: can score a user unknown at training time from a history (see Recommender)
     scores_new_users: bool
+    #: recent items a batch carries per user
+    history_len: int
+    #: how its scores become lists: the run's top-N and re-ranker (`recozoo.evaluation.Ranker`)
+    ranker: Ranker
 
     def score(self, batch: EvalBatch) -> torch.Tensor:
         """(B, n_items) scores, higher is better."""
@@ -159,12 +134,14 @@ class ModelScorer:
 
     Args:
         model: the rebuilt model with its weights, in eval mode.
+        ranker: the run's ranking of the model's scores (top-N, ``rerank=``).
         name: the model's name (the ``model=`` choice of the run).
         history_len: recent items a batch carries per user (the run's ``eval.history_len``).
     """
 
-    def __init__(self, model: Recommender, name: str, history_len: int):
+    def __init__(self, model: Recommender, ranker: Ranker, name: str, history_len: int):
         self.model = model
+        self.ranker = ranker
         self.name = name
         self.history_len = history_len
         self.scores_new_users = bool(type(model).scores_new_users)
@@ -173,75 +150,55 @@ class ModelScorer:
     def score(self, batch: EvalBatch) -> torch.Tensor:
         if batch.history.shape[1] > self.history_len:  # a fusion's batch: its longest history
             batch = replace(batch, history=batch.history[:, -self.history_len:])
-        return self.model.score(batch).float()  # (B, n_items)
+        return self.ranker.scores(batch, mask_inputs=False)  # (B, n_items)
+
+    @torch.inference_mode()
+    def ranked_lists(self, batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, top_n) items and scores of the batch's users, as evaluation ranked them."""
+        if batch.history.shape[1] > self.history_len:
+            batch = replace(batch, history=batch.history[:, -self.history_len:])
+        return self.ranker.rank(batch)
 
 
 class FusedScorer:
     """Scores of several runs' models fused exactly as `recozoo.ensemble.fusion` fuses their
     saved top-N lists, so a served fusion ranks as the evaluated one did.
 
-    For each member: its scores with the batch's input items masked (as in evaluation), its
-    top-N, normalised over that list (min-max, z-score, or ``1 / (rrf_k + rank)``); an item the
-    member did not list gets the member's floor (0, or the lowest listed z-score). The fused score
-    is the weighted sum (CombSUM; Fox and Shaw, TREC-2 1994) over the candidates, the items some
-    member listed. Other items follow every candidate, most popular first (the ensemble's own
-    rule for filling short lists).
+    For each member: its ranked list as its run evaluated it (inputs masked, its top-N, its
+    re-ranker), normalised by `recozoo.ensemble.normalise.normalise_lists`; an item the member
+    did not list gets the member's floor. The fused score is the weighted sum (CombSUM; Fox and
+    Shaw, TREC-2 1994) over the candidates, the items some member listed. Other items follow
+    every candidate, most popular first (the ensemble's own rule for filling short lists).
     """
 
     def __init__(self, members: list[ModelScorer], weights: list[float], rule: FusionRule,
-                 popularity: torch.Tensor, name: str):
+                 info: DatasetInfo, name: str):
         self.members, self.weights, self.rule, self.name = members, weights, rule, name
         self.scores_new_users = all(m.scores_new_users for m in members)
         self.history_len = max(m.history_len for m in members)
+        popularity = info.item_popularity.float()
         # in (0, 1), ordered by popularity: the fill order of items no member listed
-        self.fill = popularity.float() / (popularity.float().max() + 1.0)
+        self.fill = popularity / (popularity.max() + 1.0)
+        self.ranker = Ranker(self, info, top_n=max(m.ranker.top_n for m in members))
 
     @torch.inference_mode()
     def score(self, batch: EvalBatch) -> torch.Tensor:
-        fused, listed = None, None
+        n_items = len(self.fill)
+        fused = torch.zeros(len(batch), n_items, device=batch.user.device)
+        listed = torch.zeros(len(batch), n_items, dtype=torch.bool, device=batch.user.device)
+        rows = torch.arange(len(batch), device=batch.user.device)[:, None]
         for member, weight in zip(self.members, self.weights):
-            scores = member.score(batch).clone()  # (B, n_items)
-            scores[batch.seen_rows, batch.seen_cols] = -math.inf
-            value, in_list = self._normalised_top(scores, member.model.top_n)
-            fused = weight * value if fused is None else fused + weight * value
-            listed = in_list if listed is None else listed | in_list
+            items, scores = member.ranked_lists(batch)  # (B, N) in list order
+            valid = torch.isfinite(scores)
+            values, floor = normalise_lists(scores, valid, self.rule)
+            # float32, as the ensemble keeps the normalised values of saved lists
+            dense = floor.float().expand(-1, n_items).clone()  # (B, n_items)
+            dense[rows.expand_as(items)[valid], items[valid]] = values[valid].float()
+            fused += weight * dense
+            listed[rows.expand_as(items)[valid], items[valid]] = True
         low = fused.masked_fill(~listed, math.inf).min(dim=1, keepdim=True).values  # (B, 1)
         low = torch.where(torch.isfinite(low), low, torch.zeros_like(low))
         return torch.where(listed, fused, low - 1.0 + self.fill.to(fused.device))
-
-    def _normalised_top(self, scores: torch.Tensor, top_n: int
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, n_items) normalised values of a member's top-N (floor elsewhere) and the mask of
-        the listed items."""
-        rule = self.rule
-        top = torch.topk(scores, min(top_n, scores.shape[1]), dim=1)  # (B, N)
-        ok = torch.isfinite(top.values)
-        if rule.method == "rrf":
-            ranks = torch.cumsum(ok.int(), dim=1).float()
-            values, floor = 1.0 / (rule.rrf_k + ranks), torch.zeros(len(scores), 1)
-        elif rule.normalization == "minmax":
-            high = top.values.masked_fill(~ok, -math.inf).max(1, keepdim=True).values
-            low = top.values.masked_fill(~ok, math.inf).min(1, keepdim=True).values
-            spread = high - low
-            values = torch.where(spread > 0, (top.values - low) / spread.clamp_min(1e-12),
-                                 torch.ones_like(top.values))
-            floor = torch.zeros(len(scores), 1)
-        else:  # zscore, with pandas' sample standard deviation as the ensemble computes it
-            count = ok.sum(1, keepdim=True).clamp_min(1)
-            mean = top.values.masked_fill(~ok, 0.0).sum(1, keepdim=True) / count
-            var = ((top.values - mean).masked_fill(~ok, 0.0) ** 2).sum(1, keepdim=True) \
-                / (count - 1).clamp_min(1)
-            std = var.sqrt()
-            values = (top.values - mean) / torch.where(std > 0, std, torch.ones_like(std))
-            floor = values.masked_fill(~ok, math.inf).min(1, keepdim=True).values
-            floor = torch.where(torch.isfinite(floor), floor, torch.zeros_like(floor))
-        floor = floor.to(scores.device)
-        dense = floor.expand_as(scores).clone()
-        listed = torch.zeros_like(scores, dtype=torch.bool)
-        rows = torch.arange(len(scores), device=scores.device)[:, None].expand_as(top.indices)
-        dense[rows[ok], top.indices[ok]] = values[ok]
-        listed[rows[ok], top.indices[ok]] = True
-        return dense, listed
 
 
 # ---------------------------------------------------------------------------------- loading
@@ -285,26 +242,28 @@ def load_model(run_dir: Path, checkpoint: Path | None = None,
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
     eval_cfg = cfg.get("eval") or {}
-    catalog = Catalog.from_run_dir(run_dir, head_share=float(eval_cfg.get("head_share", 0.2)))
-    info = catalog.dataset_info(name=str(cfg.get("data", {}).get("name", run_dir.name)))
-    factory = instantiate(cfg.model, _partial_=True, _convert_="all")
-    model: Recommender = factory(info=info, eval_ks=[int(k) for k in eval_cfg.get("ks", [10])],
-                                 top_n=int(eval_cfg.get("top_n", 100)))
+    catalog = Catalog.from_run_dir(run_dir, head_share=eval_cfg.get("head_share"),
+                                   name=str(cfg.get("data", {}).get("name", run_dir.name)))
+    model = build_model(cfg, catalog.info)
     checkpoint = Path(checkpoint) if checkpoint else resolve_checkpoint(run_dir)
     state = load_state_dict(checkpoint)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise RunLoadError(f"{checkpoint} does not fit the model of {run_dir / CONFIG_FILE}: "
+        raise RunLoadError(f"{checkpoint} does not fit the model of {RunDir(run_dir).config}: "
                            f"{error}") from None
     model.eval().to(device)
-    return ModelScorer(model, name=_model_name(run_dir, cfg),
+    # the run's own ranking (top-N and re-ranker): a served list is the evaluated list
+    ranker = build_ranker(cfg, model, catalog.info)
+    return ModelScorer(model, ranker, name=_model_name(run_dir, cfg),
                        history_len=int(eval_cfg.get("history_len", 50))), catalog
 
 
 def load_catalog(path: str | Path) -> Catalog:
     """The catalogue of ``run=path`` alone (no model is built): ids, titles, histories."""
-    return Catalog.from_run_dir(run_dirs(Path(path).expanduser())[0])
+    run_dir = run_dirs(Path(path).expanduser())[0]
+    return Catalog.from_run_dir(run_dir, head_share=(read_config(run_dir).get("eval") or {}
+                                                     ).get("head_share"))
 
 
 def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
@@ -314,7 +273,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     if path.is_file():
         scorer, catalog = load_model(folders[0], path, device)
         return LoadedRun(folders[0], catalog, scorer)
-    if (path / FUSION_FILE).exists():
+    if RunDir(path).is_fusion:
         return _load_fusion(path, device)
     scorer, catalog = load_model(path, None, device)
     return LoadedRun(path, catalog, scorer)
@@ -329,20 +288,19 @@ def _load_fusion(folder: Path, device: str | torch.device) -> LoadedRun:
         if catalog is None:
             catalog = member_catalog
         elif not np.array_equal(catalog.item_ids, member_catalog.item_ids):
-            raise RunLoadError(f"{folder / FUSION_FILE}: members[{row}] ({run_dir}) has "
+            raise RunLoadError(f"{RunDir(folder).fusion}: members[{row}] ({run_dir}) has "
                                "another item catalogue than members[0]")
         scorers.append(scorer)
     name = "fusion(" + ",".join(s.name for s in scorers) + ")"
-    fused = FusedScorer(scorers, [w for _, w in members], rule,
-                        catalog.popularity.to(device), name)
+    fused = FusedScorer(scorers, [w for _, w in members], rule, catalog.info, name)
     return LoadedRun(folder, catalog, fused)
 
 
 def _model_name(run_dir: Path, cfg: DictConfig) -> str:
-    metrics_file = run_dir / "metrics.json"
-    if metrics_file.exists():
+    run = RunDir(run_dir)
+    if run.metrics.exists():
         try:
-            return str(json.loads(metrics_file.read_text()).get("model"))
-        except json.JSONDecodeError:
+            return str(run.read_record().model)
+        except ValueError:
             pass
     return str(cfg.model._target_).rsplit(".", 1)[-1].lower()

@@ -10,50 +10,33 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-CONFIG_FILE = "config.yaml"
-FUSION_FILE = "fusion.json"
+from recozoo.artifacts import RunDir, RunFileError
+from recozoo.ensemble.normalise import FusionRule
+
 CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth", ".safetensors")
 
 
-class RunLoadError(ValueError):
-    """A run folder, checkpoint or fusion folder that cannot be served (the message says why)."""
-
-
-@dataclass
-class FusionRule:
-    """How `recozoo.ensemble` fused its members (fusion.json's "spec"). Each member takes part
-    with its top-N, N being the list length its run saved (the model's ``top_n``).
-
-    Args:
-        method: ``weighted`` (normalised scores summed with weights) or ``rrf``.
-        normalization: ``minmax`` or ``zscore`` over each member's top-N of a user.
-        rrf_k: the constant of reciprocal rank fusion.
-    """
-
-    method: str = "weighted"
-    normalization: str = "minmax"
-    rrf_k: int = 60
+#: a run folder, checkpoint or fusion folder that cannot be served (the message says why)
+RunLoadError = RunFileError
 
 
 def resolve_checkpoint(run_dir: Path) -> Path:
     """The checkpoint a run folder is served with: ``metrics.json``'s ``best_checkpoint``, else
     ``checkpoints/best.ckpt``, else ``checkpoints/last.ckpt``."""
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
     candidates = []
-    metrics_file = run_dir / "metrics.json"
-    if metrics_file.exists():
+    if run.metrics.exists():
         try:
-            best = json.loads(metrics_file.read_text()).get("best_checkpoint")
-        except json.JSONDecodeError:
+            best = run.read_record().best_checkpoint
+        except ValueError:
             best = None
         if best:
-            candidates.append(Path(best) if Path(best).is_absolute() else run_dir / best)
-    candidates += [run_dir / "checkpoints" / "best.ckpt", run_dir / "checkpoints" / "last.ckpt"]
+            candidates.append(Path(best) if Path(best).is_absolute() else run.path / best)
+    candidates += [run.checkpoints / "best.ckpt", run.checkpoints / "last.ckpt"]
     for path in candidates:
         if path.is_file():
             return path
@@ -70,7 +53,7 @@ def run_dirs(path: Path) -> list[Path]:
             raise RunLoadError(f"run={path}: expected a run folder, a fusion folder or a "
                                f"checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})")
         return [path.parent.parent if path.parent.name == "checkpoints" else path.parent]
-    if (path / FUSION_FILE).exists():
+    if RunDir(path).is_fusion:
         return [run_dir for run_dir, _ in fusion_members(path)[0]]
     return [path]
 
@@ -81,21 +64,20 @@ def check_run(path: str | Path) -> None:
     starts workers)."""
     path = Path(path).expanduser()
     folders = run_dirs(path)
-    if path.is_dir() and not (path / FUSION_FILE).exists():
+    if path.is_dir() and not RunDir(path).is_fusion:
         resolve_checkpoint(path)
     for run_dir in folders:
         read_config(run_dir)
-        for name in ("items.parquet", "users.parquet", "history.parquet"):
-            if not (run_dir / name).is_file():
-                raise RunLoadError(f"{run_dir / name} not found: is {run_dir} a finished "
-                                   "recozoo run?")
+        for file in RunDir(run_dir).catalogue_files:
+            if not file.is_file():
+                raise RunLoadError(f"{file} not found: is {run_dir} a finished recozoo run?")
 
 
 def fusion_members(folder: Path) -> tuple[list[tuple[Path, float]], FusionRule]:
     """(member run folder, weight) pairs and the fusion rule of a fusion folder's fusion.json
     (member paths are relative to the folder holding the fusion folder, as the ensemble
     writes them)."""
-    spec_file = folder / FUSION_FILE
+    spec_file = RunDir(folder).fusion
     try:
         description = json.loads(spec_file.read_text())
     except json.JSONDecodeError as error:
@@ -116,17 +98,18 @@ def fusion_members(folder: Path) -> tuple[list[tuple[Path, float]], FusionRule]:
             run_dir = folder.resolve().parent / run_dir
         out.append((run_dir, float(weight)))
     spec = description.get("spec") or {}
-    rule = FusionRule(method=str(spec.get("method", "weighted")),
-                      normalization=str(spec.get("normalization", "minmax")),
-                      rrf_k=int(spec.get("rrf_k", 60)))
-    if rule.method not in ("weighted", "rrf") or rule.normalization not in ("minmax", "zscore"):
-        raise RunLoadError(f"{spec_file}: unknown fusion method {rule.method!r} or "
-                           f"normalization {rule.normalization!r}")
+    try:
+        rule = FusionRule(method=str(spec.get("method", "weighted")),
+                          normalization=str(spec.get("normalization", "minmax")),
+                          rrf_k=int(spec.get("rrf_k", 60)))
+    except ValueError as error:
+        raise RunLoadError(f"{spec_file}: {error}") from None
     return out, rule
 
 
 def read_config(run_dir: Path) -> DictConfig:
-    path = run_dir / CONFIG_FILE
+    """A run's resolved config; the error names the file."""
+    path = RunDir(run_dir).config
     if not path.exists():
         raise RunLoadError(f"{path} not found: is {run_dir} a recozoo run folder?")
     cfg = OmegaConf.load(path)

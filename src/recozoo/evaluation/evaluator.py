@@ -1,0 +1,190 @@
+"""`Evaluator`: everything that happens after a model has scored its users.
+
+It is a Lightning callback beside the model, not a part of it: the model (`Recommender`) only
+scores, and the evaluator ranks the scores (`Ranker`: masking, re-ranking, top-N), updates the
+metric suites, scores cold-start items, keeps per-user values and the ranked lists for the run
+folder, gathers them across DDP ranks and reports the values. A callback because that is how
+Lightning lets one object follow the validation and test loops of any model without the model
+knowing; it also makes an evaluation independent of how a model was trained (a GAN with manual
+optimisation is evaluated by the same hooks as BPR).
+
+Reported values: every value of a stage is in ``stage_metrics[stage]`` and goes to the loggers in
+one ``log_metrics`` call. Only the keys a callback monitors (checkpointing, early stopping) go
+through ``LightningModule.log`` into ``trainer.callback_metrics``: Lightning's per-key
+bookkeeping costs about 2 ms a key and the suite has ~44 keys, more than evaluating a small
+catalogue. So ``trainer.validate/test`` return only monitored keys; read ``stage_metrics``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torchmetrics import MetricCollection
+
+from recozoo.data.datamodule import DatasetInfo, EvalBatch
+from recozoo.distributed import gather_tensors, on_any_rank
+from recozoo.evaluation.ranking import Ranker
+from recozoo.metrics.ranking import PER_USER_METRICS, RankedBatch
+from recozoo.metrics.suite import ranking_suite, rating_suite
+from recozoo.training_callbacks import logging_step
+
+STAGES = ("val", "test")
+
+
+def target_matrix(batch: EvalBatch, n_items: int, device: torch.device) -> torch.Tensor:
+    """(B, n_items) 0/1 float matrix of the batch's held-out targets."""
+    targets = torch.zeros(len(batch), n_items, device=device)
+    targets[batch.target_rows, batch.target_cols] = 1.0
+    return targets
+
+
+def per_user_values(suite: MetricCollection, ranked: RankedBatch,
+                    ks: list[int]) -> dict[str, torch.Tensor]:
+    """``{"<name>@<k>": (B,)}`` per-user values of `PER_USER_METRICS`; NaN for a user the
+    metric does not apply to (e.g. tail recall of a user without a tail target)."""
+    out = {}
+    for name in PER_USER_METRICS:
+        for k in ks:
+            value, weight = suite[f"{name}@{k}"].values(ranked)
+            out[f"{name}@{k}"] = torch.where(weight > 0, value, torch.full_like(value, math.nan))
+    return out
+
+
+class Evaluator(L.Callback):
+    """Evaluates a model in Lightning's validation and test loops.
+
+    Args:
+        ranker: how the model's scores become ranked lists (`Ranker`, with the run's re-ranker).
+        ks: metric cut-offs (``eval.ks``).
+
+    After ``trainer.validate`` / ``trainer.test``: ``stage_metrics[stage]`` holds the values
+    (``"val/ndcg@10"`` ...) and ``outputs[stage]`` the users, their top-N ``items`` and
+    ``scores`` and, for the test stage, per-user metric values; under DDP every rank holds all
+    users, in one-process order.
+    """
+
+    def __init__(self, ranker: Ranker, ks: list[int] | tuple[int, ...] = (10, 20)):
+        self.ranker = ranker
+        self.info: DatasetInfo = ranker.info
+        self.ks = [int(k) for k in ks]
+        info = self.info
+        suite = ranking_suite(self.ks, info.n_items, info.n_users, info.item_popularity,
+                              info.tail_mask, item_bucket=info.item_bucket)
+        if max(self.ks) > ranker.top_n:
+            raise ValueError(f"metric cut-off K={max(self.ks)} is longer than the ranked lists "
+                             f"(eval.top_n={ranker.top_n}); raise eval.top_n or lower eval.ks")
+        self.suites: dict[str, MetricCollection] = {stage: suite.clone(prefix=f"{stage}/")
+                                                    for stage in STAGES}
+        # cold-start evaluation (eval.cold_items): the test metrics over the targets that are cold
+        # items, for the users who have one, reported as test_cold/<name>@<k>
+        self.cold_suite = (suite.clone(prefix="test_cold/") if info.cold_items is not None
+                           else None)
+        self.rating_suite = rating_suite().clone(prefix="test/")
+        self.outputs: dict[str, dict[str, Any]] = {}
+        self.stage_metrics: dict[str, dict[str, float]] = {}
+        self._facts: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ per batch
+    def _item_facts(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor,
+                                                         torch.Tensor | None]:
+        """(tail mask, bucket, cold items) on ``device``, moved once."""
+        if self._facts.get("device") != device:
+            info = self.info
+            self._facts = {"device": device, "tail": info.tail_mask.to(device),
+                           "bucket": info.item_bucket.to(device),
+                           "cold": None if info.cold_items is None else
+                           info.cold_items.bool().to(device)}
+        return self._facts["tail"], self._facts["bucket"], self._facts["cold"]
+
+    def evaluate_batch(self, model: torch.nn.Module, batch: EvalBatch, stage: str) -> None:
+        """Rank one batch, update the stage's metrics and keep its outputs."""
+        items, values = self.ranker.rank(batch)  # (B, top_n)
+        tail, bucket, cold = self._item_facts(items.device)
+        targets = target_matrix(batch, self.info.n_items, items.device)  # (B, n_items)
+        ranked = RankedBatch.from_lists(items, targets, tail, bucket)
+        suite = self.suites[stage]
+        suite.update(ranked)
+        out = self.outputs.setdefault(stage, {"user": [], "items": [], "scores": []})
+        out["user"].append(batch.user.cpu())
+        out["items"].append(items.cpu())
+        out["scores"].append(values.cpu())
+        if stage != "test":
+            return
+        for key, value in per_user_values(suite, ranked, self.ks).items():
+            out.setdefault(key, []).append(value.cpu())
+        if self.cold_suite is not None:
+            cold_targets = targets * cold.to(targets.dtype)  # (B, n_items)
+            rows = cold_targets.sum(1) > 0
+            if rows.any():
+                self.cold_suite.update(RankedBatch.from_lists(items[rows], cold_targets[rows],
+                                                              tail, bucket))
+        if getattr(model, "predicts_ratings", False) and batch.target_rating is not None:
+            users = batch.user[batch.target_rows]
+            predicted = model.predict_rating(users, batch.target_cols)
+            self.rating_suite.update(predicted.float(), batch.target_rating.float())
+
+    # ------------------------------------------------------------------ per stage
+    def _start(self, module: L.LightningModule, stage: str) -> None:
+        self.outputs.pop(stage, None)
+        for metrics in (self.suites[stage], self.cold_suite, self.rating_suite):
+            if metrics is not None:
+                metrics.to(module.device)
+
+    def compute(self, stage: str) -> dict[str, float]:
+        """The stage's metric values (synchronised across ranks); resets the suites and gathers
+        the outputs. Every DDP rank must call it."""
+        values = dict(self.suites[stage].compute())
+        self.suites[stage].reset()
+        if stage == "test":
+            # compute() synchronises across ranks, so every rank must take the same branch
+            if on_any_rank(any(m.update_called for m in self.rating_suite.values())):
+                values.update(self.rating_suite.compute())
+            self.rating_suite.reset()
+            if self.cold_suite is not None:
+                if on_any_rank(any(m.update_called for m in self.cold_suite.values())):
+                    values.update(self.cold_suite.compute())
+                self.cold_suite.reset()
+        out = self.outputs.get(stage)
+        gathered = gather_tensors({k: torch.cat(v) for k, v in out.items()} if out else {})
+        if gathered:
+            self.outputs[stage] = gathered
+        return {k: float(v) for k, v in values.items()}
+
+    def _publish(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        """Keep a stage's values, hand them to the loggers in one call, and put the keys that
+        callbacks monitor into ``trainer.callback_metrics`` (see the module docstring)."""
+        values = self.compute(stage)
+        self.stage_metrics[stage] = values
+        monitored = {getattr(c, "monitor", None) for c in trainer.callbacks}
+        for key in sorted(monitored.intersection(values)):
+            module.log(key, values[key], sync_dist=False)
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics({**values, "epoch": trainer.current_epoch},
+                                   step=logging_step(trainer))
+                logger.save()
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def on_validation_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._start(module, "val")
+
+    def on_test_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._start(module, "test")
+
+    def on_validation_batch_end(self, trainer: L.Trainer, module: L.LightningModule,
+                                outputs: Any, batch: EvalBatch, batch_idx: int,
+                                dataloader_idx: int = 0) -> None:
+        self.evaluate_batch(module, batch, "val")
+
+    def on_test_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any,
+                          batch: EvalBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.evaluate_batch(module, batch, "test")
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._publish(trainer, module, "val")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._publish(trainer, module, "test")

@@ -1,0 +1,97 @@
+"""Ranking: from a model's scores to the ranked lists that are evaluated, exported and served.
+
+One path for everything that ranks (`Evaluator`, ``python -m recozoo.recommend``, the HTTP
+service): the model scores every item (`Recommender.score`), the user's input items are set to
+-inf (`mask_seen`), the top of the catalogue is taken, and the run's re-ranker (``rerank=``), if
+any, re-orders its candidates. So a served list is the evaluated list, for every model and every
+re-ranker.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from recozoo.data.datamodule import DatasetInfo, EvalBatch
+from recozoo.rerank import ItemFacts, Reranker
+
+
+def mask_seen(scores: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``scores`` (B, n_items) with the (row, item) pairs ``rows``/``cols`` set to -inf, in
+    place; returns ``scores``. The one home of seen-item masking."""
+    scores[rows, cols] = -math.inf
+    return scores
+
+
+class Ranker:
+    """Ranks items for batches of users with one model and, optionally, a re-ranker.
+
+    Args:
+        model: anything with ``score(batch) -> (B, n_items)`` (a `Recommender`).
+        info: the dataset facts the model was built with (tail mask, buckets, categories).
+        top_n: length of the ranked lists (the run's ``eval.top_n``).
+        reranker: the run's re-ranker (``rerank=``), or None.
+
+    Example:
+        >>> ranker = Ranker(model, dm.info, top_n=100, reranker=XQuAD(weight=0.3))
+        >>> items, scores = ranker.rank(batch)  # (B, 100) each, best first
+    """
+
+    def __init__(self, model: torch.nn.Module, info: DatasetInfo, top_n: int = 100,
+                 reranker: Reranker | None = None):
+        self.model = model
+        self.info = info
+        self.n_items = int(info.n_items)
+        self.top_n = min(int(top_n), self.n_items)
+        if self.top_n < 1:
+            raise ValueError(f"eval.top_n must be a positive integer, got {top_n}")
+        self.reranker = reranker
+        self._facts: ItemFacts | None = None
+
+    def scores(self, batch: EvalBatch, mask_inputs: bool = True) -> torch.Tensor:
+        """(B, n_items) float32 scores, the batch's input items at -inf when ``mask_inputs``.
+
+        Scoring runs outside mixed-precision autocast: in bf16 many of a catalogue's scores tie,
+        and the ranking would depend on the training precision."""
+        device = batch.user.device
+        with torch.autocast(device.type, enabled=False):
+            scores = self.model.score(batch).float()
+        if scores.shape != (len(batch), self.n_items):
+            raise RuntimeError(f"{type(self.model).__name__}.score returned "
+                               f"{tuple(scores.shape)}, expected ({len(batch)}, {self.n_items})")
+        scores = scores.clone()  # a model may return a view of its own tensors (pop)
+        if mask_inputs:
+            mask_seen(scores, batch.seen_rows, batch.seen_cols)
+        return scores
+
+    def item_facts(self, device: torch.device) -> ItemFacts:
+        """What the re-ranker knows about items; the model's item vectors are read afresh
+        (they change while it trains)."""
+        if self._facts is None or self._facts.tail_mask.device != device:
+            self._facts = ItemFacts.from_info(self.info).to(device)
+        item_embeddings = getattr(self.model, "item_embeddings", None)
+        vectors = item_embeddings() if callable(item_embeddings) else None
+        return ItemFacts(self._facts.tail_mask, self._facts.bucket, self._facts.category,
+                         vectors)
+
+    def top(self, scores: torch.Tensor, history: torch.Tensor, k: int | None = None,
+            reranker: Reranker | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, k) items and their scores, best first, from masked ``scores`` (B, n_items).
+
+        Without a re-ranker: the top k. With one (``reranker``, else the run's): its greedy
+        re-ordering of the top ``max(candidates, top_n, k)`` items. A greedy list does not
+        depend on its length, so the first k items equal the first k of the evaluated top-N.
+        """
+        k = self.top_n if k is None else min(int(k), self.n_items)
+        reranker = reranker if reranker is not None else self.reranker
+        if reranker is None:
+            top = torch.topk(scores, k, dim=1)  # (B, k)
+            return top.indices, top.values
+        n = min(max(reranker.candidates, self.top_n, k), self.n_items)
+        top = torch.topk(scores, n, dim=1)  # (B, N)
+        return reranker(top.indices, top.values, k, history, self.item_facts(scores.device))
+
+    def rank(self, batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, top_n) items and scores of a batch, best first (what evaluation scores)."""
+        return self.top(self.scores(batch), batch.history)
