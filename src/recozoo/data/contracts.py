@@ -1,0 +1,135 @@
+"""The typed contracts between the data pipeline, models and evaluation: what a model trains on
+(`TrainView`), what it may know of the dataset (`DatasetInfo`) and what it scores
+(`EvalBatch`). `recozoo.data.datamodule.RecDataModule` produces them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+
+from recozoo.data.interactions import Interactions
+from recozoo.data.popularity import popularity_buckets
+from recozoo.data.split import SplitIndices
+
+TrainViewKind = Literal["pairs", "user_rows", "sequences", "matrix"]
+
+
+class Source(Protocol):
+    """Anything with ``load() -> Interactions`` (see ``recozoo.data.sources``)."""
+
+    def load(self) -> Interactions: ...
+
+
+class Splitter(Protocol):
+    name: str
+
+    def __call__(self, data: Interactions, seed: int) -> SplitIndices: ...
+
+
+@dataclass
+class TrainView:
+    """What a model trains on.
+
+    Args:
+        kind: ``pairs`` (user, positive, sampled negatives), ``user_rows`` (each user's row of the
+            interaction matrix), ``sequences`` (each user's chronological items, every position a
+            target) or ``matrix`` (all training interactions in one batch, for closed forms).
+        batch_size: training batch size (ignored by ``matrix``).
+        n_negatives: negatives per positive for ``pairs``.
+        max_len: window length for ``sequences``.
+    """
+
+    kind: TrainViewKind = "pairs"
+    batch_size: int = 1024
+    n_negatives: int = 1
+    max_len: int = 50
+
+
+@dataclass
+class DatasetInfo:
+    """Dataset facts that models and metrics may use, all derived from training data.
+
+    Args:
+        item_popularity: (n_items,) training interaction counts.
+        tail_mask: (n_items,) True for tail items (every item outside the head).
+        head_share: the share of items that forms the head (``eval.head_share``).
+        item_text: one string per item, or None.
+        item_category: (n_items,) category index per item, or None.
+        cold_items: (n_items,) True for items held out of training and validation
+            (``eval.cold_items``, cold-start evaluation), or None when none are.
+        item_bucket: (n_items,) popularity bucket per item (`recozoo.data.popularity.BUCKETS`);
+            computed from the popularity and ``head_share`` when not given.
+
+    ``DatasetInfo.from_popularity`` derives the tail mask and the buckets from the training
+    counts: the one place where a dataset's head and tail are decided.
+    """
+
+    name: str
+    n_users: int
+    n_items: int
+    item_popularity: torch.Tensor
+    tail_mask: torch.Tensor
+    head_share: float
+    item_text: list[str] | None = None
+    item_category: torch.Tensor | None = None
+    cold_items: torch.Tensor | None = None
+    item_bucket: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.item_bucket is None:
+            self.item_bucket = torch.as_tensor(popularity_buckets(
+                self.item_popularity.cpu().numpy(), self.head_share))
+
+    @classmethod
+    def from_popularity(cls, name: str, n_users: int, item_popularity: np.ndarray | torch.Tensor,
+                        head_share: float, **facts: Any) -> DatasetInfo:
+        """Facts from training counts: the tail mask and the popularity buckets follow from
+        ``item_popularity`` and ``head_share`` (`recozoo.data.popularity`)."""
+        popularity = np.asarray(item_popularity, dtype=np.float64)
+        bucket = torch.as_tensor(popularity_buckets(popularity, head_share))
+        return cls(name=name, n_users=n_users, n_items=len(popularity),
+                   item_popularity=torch.as_tensor(popularity, dtype=torch.float32),
+                   tail_mask=bucket > 0, head_share=head_share, item_bucket=bucket, **facts)
+
+    @property
+    def pad_item(self) -> int:
+        """The padding index used in item sequences (one past the last item)."""
+        return self.n_items
+
+
+#: score-matrix entries of one automatic evaluation batch: 64 MB of float32 scores (the targets,
+#: the mask and top-K take a few times that while the batch is evaluated). Keep each (users,
+#: items) block well above glibc's 32 MiB mmap ceiling: blocks just under it come from the heap,
+#: and a 1e6-interaction evaluation grew by 45 MB a batch to 16 GB (batches of 180 x 46,600)
+EVAL_SCORES_PER_BATCH = 2**24
+
+
+@dataclass
+class EvalBatch:
+    """One evaluation batch; identical for every model.
+
+    ``history`` holds each user's most recent input items, left-padded with ``pad_item``
+    (the newest item is in the last column). ``seen_*`` lists every input item as
+    (row in batch, item) pairs: these are masked before ranking. ``target_*`` lists the held-out
+    items the same way.
+    """
+
+    user: torch.Tensor  # (B,)
+    history: torch.Tensor  # (B, L)
+    seen_rows: torch.Tensor  # (nnz_seen,)
+    seen_cols: torch.Tensor  # (nnz_seen,)
+    target_rows: torch.Tensor  # (nnz_target,)
+    target_cols: torch.Tensor  # (nnz_target,)
+    target_rating: torch.Tensor | None = None  # (nnz_target,)
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def seen_matrix(self, n_items: int) -> torch.Tensor:
+        """(B, n_items) float 0/1 matrix of the inputs (what autoencoders and EASE read)."""
+        rows = torch.zeros(len(self.user), n_items, device=self.user.device)
+        rows[self.seen_rows, self.seen_cols] = 1.0
+        return rows
