@@ -11,10 +11,31 @@ import numpy as np
 import torch
 
 from recozoo.data.interactions import Interactions
-from recozoo.data.popularity import popularity_buckets
+from recozoo.data.popularity import popularity_buckets, tail_mask
 from recozoo.data.split import SplitIndices
 
-TrainViewKind = Literal["pairs", "user_rows", "sequences", "matrix"]
+TrainViewKind = Literal["pairs", "ratings", "user_rows", "sequences", "matrix"]
+
+#: the share of users (by training interactions) that are heavy users, unless
+#: ``eval.heavy_user_share`` says otherwise (``ndcg_heavy_users@<k>`` / ``ndcg_light_users@<k>``)
+DEFAULT_HEAVY_USER_SHARE = 0.2
+
+
+def heavy_user_mask(user_activity: np.ndarray | torch.Tensor,
+                    share: float = DEFAULT_HEAVY_USER_SHARE) -> torch.Tensor:
+    """(n_users,) True for heavy users: the top ``share`` of all users by training interactions,
+    exactly ``round(share * n_users)`` of them, ties broken by user index (the rule that makes
+    the item head, `recozoo.data.popularity.tail_mask`). Every other user is light.
+
+    Example:
+        >>> heavy_user_mask(np.array([5, 1, 9, 0, 2]), 0.4).tolist()
+        [True, False, True, False, False]
+    """
+    if not 0.0 <= float(share) <= 1.0:
+        raise ValueError(f"eval.heavy_user_share must be a share of the users in [0, 1], "
+                         f"got {share}")
+    activity = np.asarray(user_activity, dtype=np.float64)
+    return torch.as_tensor(~tail_mask(activity, float(share)))
 
 
 class Source(Protocol):
@@ -34,11 +55,13 @@ class TrainView:
     """What a model trains on.
 
     Args:
-        kind: ``pairs`` (user, positive, sampled negatives), ``user_rows`` (each user's row of the
-            interaction matrix), ``sequences`` (each user's chronological items, every position a
+        kind: ``pairs`` (user, positive, sampled negatives), ``ratings`` (user, item, explicit
+            rating of each training interaction; on data without ratings each interaction is
+            rated 1 and ``n_negatives`` sampled unobserved items per interaction are rated 0),
+            ``user_rows`` (each user's row of the interaction matrix), ``sequences`` (each user's chronological items, every position a
             target) or ``matrix`` (all training interactions in one batch, for closed forms).
         batch_size: training batch size (ignored by ``matrix``).
-        n_negatives: negatives per positive for ``pairs``.
+        n_negatives: negatives per positive for ``pairs`` (and ``ratings`` without ratings).
         max_len: window length for ``sequences``.
     """
 
@@ -62,6 +85,16 @@ class DatasetInfo:
             (``eval.cold_items``, cold-start evaluation), or None when none are.
         item_bucket: (n_items,) popularity bucket per item (`recozoo.data.popularity.BUCKETS`);
             computed from the popularity and ``head_share`` when not given.
+        user_activity: (n_users,) training interactions per user, or None when unknown.
+        heavy_user_share: the share of users that are heavy (``eval.heavy_user_share``).
+        heavy_users: (n_users,) True for heavy users (`heavy_user_mask`); computed from
+            ``user_activity`` and ``heavy_user_share`` when not given; None without activity
+            (the light/heavy user metrics then have no value).
+        train_pairs: (2, n_train) the (user, item) rows of the training interactions, for
+            models built on the interaction graph (LightGCN, SVD++); None where unknown (a
+            model rebuilt from a run folder reads them from its checkpoint).
+        rating_mean: mean explicit training rating, or None for data without ratings.
+        rating_range: (lowest, highest) explicit training rating, or None.
 
     ``DatasetInfo.from_popularity`` derives the tail mask and the buckets from the training
     counts: the one place where a dataset's head and tail are decided.
@@ -77,11 +110,23 @@ class DatasetInfo:
     item_category: torch.Tensor | None = None
     cold_items: torch.Tensor | None = None
     item_bucket: torch.Tensor | None = None
+    train_pairs: torch.Tensor | None = None
+    rating_mean: float | None = None
+    rating_range: tuple[float, float] | None = None
+    user_activity: torch.Tensor | None = None
+    heavy_user_share: float = DEFAULT_HEAVY_USER_SHARE
+    heavy_users: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.item_bucket is None:
             self.item_bucket = torch.as_tensor(popularity_buckets(
                 self.item_popularity.cpu().numpy(), self.head_share))
+        if self.heavy_users is None and self.user_activity is not None:
+            if len(self.user_activity) != self.n_users:
+                raise ValueError(f"user_activity has {len(self.user_activity)} values, expected "
+                                 f"one per user ({self.n_users})")
+            self.heavy_users = heavy_user_mask(self.user_activity.cpu().numpy(),
+                                               self.heavy_user_share)
 
     @classmethod
     def from_popularity(cls, name: str, n_users: int, item_popularity: np.ndarray | torch.Tensor,

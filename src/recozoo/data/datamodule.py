@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from recozoo.data.contracts import (
+    DEFAULT_HEAVY_USER_SHARE,
     EVAL_SCORES_PER_BATCH,
     DatasetInfo,
     EvalBatch,
@@ -103,6 +104,8 @@ class RecDataModule(L.LightningDataModule):
             `recozoo.debias.PopularityNegatives`); None or a None result: uniform.
         cold_items: share of the items held out of training and validation, their test rows
             kept (cold-start evaluation, `recozoo.data.split.hold_out_cold_items`); 0: none.
+        heavy_user_share: the top share of users by training interactions that are heavy users
+            (``ndcg_heavy_users@<k>``; `recozoo.data.contracts.heavy_user_mask`).
 
     Example:
         >>> dm = RecDataModule(ShopSource(n_users=200, n_items=100))
@@ -115,8 +118,10 @@ class RecDataModule(L.LightningDataModule):
                  head_share: float = DEFAULT_HEAD_SHARE,
                  eval_batch_size: int | None = None, history_len: int = 50, num_workers: int = 0,
                  negative_probabilities: Callable[[np.ndarray], np.ndarray | None] | None = None,
-                 cold_items: float = 0.0):
+                 cold_items: float = 0.0,
+                 heavy_user_share: float = DEFAULT_HEAVY_USER_SHARE):
         super().__init__()
+        self.heavy_user_share = float(heavy_user_share)
         self.cold_items = float(cold_items)
         self.negative_probabilities = negative_probabilities
         self.source = source
@@ -138,6 +143,9 @@ class RecDataModule(L.LightningDataModule):
         data, self.report = self.preprocessing(self.source.load())
         self.data = data
         self.indices = self.split(data, self.seed)
+        for reason, count in self.indices.dropped.items():
+            log.info("split '%s' left %d rows out of every part: %s", self.split.name, count,
+                     reason)
         cold = None
         if self.cold_items > 0:
             self.indices, cold = hold_out_cold_items(data, self.indices, self.cold_items,
@@ -163,6 +171,13 @@ class RecDataModule(L.LightningDataModule):
             item_category=(torch.as_tensor(data.items.category)
                            if data.items.category is not None else None),
             cold_items=torch.as_tensor(cold) if cold is not None else None,
+            user_activity=torch.as_tensor(np.bincount(self.train.user, minlength=data.n_users)),
+            heavy_user_share=self.heavy_user_share,
+            train_pairs=torch.as_tensor(np.stack([self.train.user, self.train.item])),
+            rating_mean=(float(self.train.rating.mean()) if self.train.rating is not None
+                         else None),
+            rating_range=((float(self.train.rating.min()), float(self.train.rating.max()))
+                          if self.train.rating is not None else None),
         )
         head = popularity[~self.info.tail_mask.numpy()].sum() / max(popularity.sum(), 1)
         log.info("%s: %d users, %d items, %d interactions (train %d, valid %d, test %d); "
@@ -195,14 +210,20 @@ class RecDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------ training views
     def use_view(self, view: TrainView) -> None:
         """Serve ``view`` from ``train_dataloader`` (called once the model is known)."""
-        if view.kind not in ("pairs", "user_rows", "sequences", "matrix"):
+        if view.kind not in ("pairs", "ratings", "user_rows", "sequences", "matrix"):
             raise ValueError(f"unknown training view '{view.kind}'")
+        if view.kind == "ratings" and self.train.rating is None:
+            log.warning("%s has no explicit ratings: the ratings view rates each training "
+                        "interaction 1 and %d sampled unobserved item(s) per interaction 0",
+                        self.info.name, view.n_negatives)
         self.view = view
 
     def train_dataloader(self) -> DataLoader:
         view = self.view
         if view.kind == "pairs":
             return self._shuffled(_Rows(len(self.train)), self._collate_pairs)
+        if view.kind == "ratings":
+            return self._shuffled(_Rows(len(self.train)), self._collate_ratings)
         if view.kind == "user_rows":
             users = np.flatnonzero(self.train_items.lengths(np.arange(self.info.n_users)) > 0)
             return self._shuffled(_Rows(len(users), users), self._collate_user_rows)
@@ -268,6 +289,20 @@ class RecDataModule(L.LightningDataModule):
         negatives = self.sample_negatives(users, self.view.n_negatives, self._batch_rng(index))
         return {"user": torch.as_tensor(users), "item": torch.as_tensor(items),
                 "negative": torch.as_tensor(negatives)}
+
+    def _collate_ratings(self, index: list[int]) -> dict[str, torch.Tensor]:
+        index = np.asarray(index)
+        users, items = self.train.user[index], self.train.item[index]
+        if self.train.rating is not None:
+            return {"user": torch.as_tensor(users), "item": torch.as_tensor(items),
+                    "rating": torch.as_tensor(self.train.rating[index], dtype=torch.float32)}
+        # implicit feedback: observed items rated 1, sampled unobserved items rated 0
+        negatives = self.sample_negatives(users, self.view.n_negatives, self._batch_rng(index))
+        n = negatives.shape[1]
+        return {"user": torch.as_tensor(np.r_[users, np.repeat(users, n)]),
+                "item": torch.as_tensor(np.r_[items, negatives.reshape(-1)]),
+                "rating": torch.as_tensor(np.r_[np.ones(len(users)), np.zeros(len(users) * n)],
+                                          dtype=torch.float32)}
 
     def _collate_user_rows(self, users: list[int]) -> dict[str, torch.Tensor]:
         users = np.asarray(users)

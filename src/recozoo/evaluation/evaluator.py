@@ -27,7 +27,7 @@ from torchmetrics import MetricCollection
 from recozoo.data.datamodule import DatasetInfo, EvalBatch
 from recozoo.distributed import gather_tensors, on_any_rank
 from recozoo.evaluation.ranking import Ranker
-from recozoo.metrics.ranking import PER_USER_METRICS, RankedBatch
+from recozoo.metrics.ranking import PER_USER_METRICS, RankedBatch, inputs_per_group
 from recozoo.metrics.suite import ranking_suite, rating_suite
 from recozoo.training_callbacks import logging_step
 
@@ -72,7 +72,8 @@ class Evaluator(L.Callback):
         self.ks = [int(k) for k in ks]
         info = self.info
         suite = ranking_suite(self.ks, info.n_items, info.n_users, info.item_popularity,
-                              info.tail_mask, item_bucket=info.item_bucket)
+                              info.tail_mask, item_bucket=info.item_bucket,
+                              heavy_users=info.heavy_users)
         if max(self.ks) > ranker.top_n:
             raise ValueError(f"metric cut-off K={max(self.ks)} is longer than the ranked lists "
                              f"(eval.top_n={ranker.top_n}); raise eval.top_n or lower eval.ks")
@@ -82,7 +83,10 @@ class Evaluator(L.Callback):
         # items, for the users who have one, reported as test_cold/<name>@<k>
         self.cold_suite = (suite.clone(prefix="test_cold/") if info.cold_items is not None
                            else None)
-        self.rating_suite = rating_suite().clone(prefix="test/")
+        # rating errors of models that predict ratings, on both stages (val/rmse can stop
+        # early and pick the checkpoint)
+        self.rating_suites: dict[str, MetricCollection] = {
+            stage: rating_suite().clone(prefix=f"{stage}/") for stage in STAGES}
         self.outputs: dict[str, dict[str, Any]] = {}
         self.stage_metrics: dict[str, dict[str, float]] = {}
         self._facts: dict[str, torch.Tensor] = {}
@@ -104,13 +108,19 @@ class Evaluator(L.Callback):
         items, values = self.ranker.rank(batch)  # (B, top_n)
         tail, bucket, cold = self._item_facts(items.device)
         targets = target_matrix(batch, self.info.n_items, items.device)  # (B, n_items)
-        ranked = RankedBatch.from_lists(items, targets, tail, bucket)
+        n_inputs = inputs_per_group(batch.seen_rows, batch.seen_cols, len(batch), tail)  # (B, 2)
+        ranked = RankedBatch.from_lists(items, targets, tail, bucket, users=batch.user,
+                                        n_inputs=n_inputs)
         suite = self.suites[stage]
         suite.update(ranked)
         out = self.outputs.setdefault(stage, {"user": [], "items": [], "scores": []})
         out["user"].append(batch.user.cpu())
         out["items"].append(items.cpu())
         out["scores"].append(values.cpu())
+        if getattr(model, "predicts_ratings", False) and batch.target_rating is not None:
+            users = batch.user[batch.target_rows]
+            predicted = model.predict_rating(users, batch.target_cols)
+            self.rating_suites[stage].update(predicted.float(), batch.target_rating.float())
         if stage != "test":
             return
         for key, value in per_user_values(suite, ranked, self.ks).items():
@@ -119,17 +129,14 @@ class Evaluator(L.Callback):
             cold_targets = targets * cold.to(targets.dtype)  # (B, n_items)
             rows = cold_targets.sum(1) > 0
             if rows.any():
-                self.cold_suite.update(RankedBatch.from_lists(items[rows], cold_targets[rows],
-                                                              tail, bucket))
-        if getattr(model, "predicts_ratings", False) and batch.target_rating is not None:
-            users = batch.user[batch.target_rows]
-            predicted = model.predict_rating(users, batch.target_cols)
-            self.rating_suite.update(predicted.float(), batch.target_rating.float())
+                self.cold_suite.update(RankedBatch.from_lists(
+                    items[rows], cold_targets[rows], tail, bucket, users=batch.user[rows],
+                    n_inputs=n_inputs[rows]))
 
     # ------------------------------------------------------------------ per stage
     def _start(self, module: L.LightningModule, stage: str) -> None:
         self.outputs.pop(stage, None)
-        for metrics in (self.suites[stage], self.cold_suite, self.rating_suite):
+        for metrics in (self.suites[stage], self.cold_suite, self.rating_suites[stage]):
             if metrics is not None:
                 metrics.to(module.device)
 
@@ -138,11 +145,12 @@ class Evaluator(L.Callback):
         the outputs. Every DDP rank must call it."""
         values = dict(self.suites[stage].compute())
         self.suites[stage].reset()
+        # compute() synchronises across ranks, so every rank must take the same branch
+        ratings = self.rating_suites[stage]
+        if on_any_rank(any(m.update_called for m in ratings.values())):
+            values.update(ratings.compute())
+        ratings.reset()
         if stage == "test":
-            # compute() synchronises across ranks, so every rank must take the same branch
-            if on_any_rank(any(m.update_called for m in self.rating_suite.values())):
-                values.update(self.rating_suite.compute())
-            self.rating_suite.reset()
             if self.cold_suite is not None:
                 if on_any_rank(any(m.update_called for m in self.cold_suite.values())):
                     values.update(self.cold_suite.compute())
