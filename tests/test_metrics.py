@@ -135,7 +135,8 @@ def test_direction_is_read_from_the_metric_class():
     classes = {**RANKING_METRICS, **RATING_METRICS, **BUCKET_METRICS}
     assert {name for name, cls in classes.items() if cls.higher_is_better is None} == {"exposure"}
     assert {name for name, cls in {**RANKING_METRICS, **RATING_METRICS}.items()
-            if cls.higher_is_better is False} == {"gini", "arp", "rmse", "mae"}
+            if cls.higher_is_better is False} == {"gini", "arp", "popreo", "poprsp", "rmse",
+                                                  "mae"}
 
 
 def test_unknown_metric_keys_are_refused_with_the_key():

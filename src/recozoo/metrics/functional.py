@@ -2,10 +2,13 @@
 
 Every function takes ``hits`` (B, K) with 1.0 where the ranked item is a held-out target, and
 ``n_targets`` (B,) the number of targets per user, and returns one value per user (B,).
-Lists are full-catalogue rankings with the user's seen items removed.
+Lists are full-catalogue rankings with the user's seen items removed. The group measures at
+the end (`relative_std`, `group_disparity`) take per-group sums instead.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -87,3 +90,26 @@ def self_information(popularity: torch.Tensor, n_users: int) -> torch.Tensor:
     """-log2 of the share of training users who interacted with each item, add-one smoothed
     so that items never seen in training have finite (maximal) novelty."""
     return -torch.log2((popularity + 1.0) / (n_users + 1.0))
+
+
+def relative_std(values: torch.Tensor) -> torch.Tensor:
+    """Population standard deviation over mean of ``values`` (n_groups,): 0 when the groups
+    are equal; NaN when the mean is 0 or a value is NaN (no value)."""
+    values = values.double()
+    mean = values.mean()
+    std = values.std(unbiased=False)
+    if torch.isnan(mean) or mean == 0:
+        return torch.tensor(math.nan, dtype=torch.float64)
+    return std / mean
+
+
+def group_disparity(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """`relative_std` of the groups' probabilities ``numerator / denominator`` (n_groups,), as
+    in PopRSP and PopREO (Zhu, Wang and Caverlee, WSDM 2021); NaN when a group's denominator is 0
+    (the probability of that group is undefined). With two groups it is |p1 - p2| / (p1 + p2)."""
+    if numerator.shape != denominator.shape:
+        raise ValueError(f"numerator {tuple(numerator.shape)} and denominator "
+                         f"{tuple(denominator.shape)} must have one value per group")
+    if bool((denominator <= 0).any()):
+        return torch.tensor(math.nan, dtype=torch.float64)
+    return relative_std(numerator.double() / denominator.double())

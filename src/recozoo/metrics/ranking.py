@@ -3,11 +3,15 @@
 The evaluation path ranks the full catalogue once per batch, keeps the top K, and hands every
 metric the same `RankedBatch`. States are per-batch sums, so they reduce with ``sum`` across
 processes (DDP-safe) and nothing grows with the number of users.
+
+Besides accuracy and the long tail: ACLT (tail items per list), PopREO and PopRSP (how unequally
+head and tail items are recommended) and NDCG of light and heavy users (by training activity).
 """
 
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -19,19 +23,33 @@ from recozoo.data.popularity import BUCKETS
 from recozoo.metrics import functional as F
 
 
+#: the item index of an empty slot in a ranked list: a list shorter than K (a list made by
+#: another tool, `recozoo.report.external`, or a user it has no list for) is padded with it. It
+#: is never a target and in no group or bucket; the Evaluator's lists never hold it.
+NO_ITEM = -1
+#: the two item groups of the popularity-parity metrics (PopREO, PopRSP): column 0 of
+#: `RankedBatch.n_inputs` is the head, column 1 the tail (every item outside the head).
+POPULARITY_GROUPS: tuple[str, ...] = ("head", "tail")
+
+
 @dataclass
 class RankedBatch:
     """Top-K lists of a batch of users, with what the metrics need to score them.
 
     Args:
-        items: (B, K) ranked item indices, best first.
+        items: (B, K) ranked item indices, best first; `NO_ITEM` pads a shorter list.
         hits: (B, K) 1.0 where the item is a target.
         tail_hits: (B, K) 1.0 where the item is a target and a tail item (outside the head).
         n_targets: (B,) targets per user.
         n_tail_targets: (B,) tail targets per user.
         n_bucket_targets: (B, n_buckets) targets per user in each popularity bucket, or None.
         list_bucket: (B, K) popularity bucket of each ranked item (an index into
-            `recozoo.data.popularity.BUCKETS`: 0 head, 1 mid, 2 distant), or None.
+            `recozoo.data.popularity.BUCKETS`: 0 head, 1 mid, 2 distant; `NO_ITEM` for an
+            empty slot), or None.
+        users: (B,) the user index of each row (for user-group metrics), or None.
+        n_inputs: (B, 2) distinct input items (the masked, already seen ones) of each user in
+            the head and in the tail (`POPULARITY_GROUPS`; for PopRSP), or None when unknown.
+        present: (B, K) True where a slot holds an item; derived from ``items`` when not given.
     """
 
     items: torch.Tensor
@@ -41,6 +59,18 @@ class RankedBatch:
     n_tail_targets: torch.Tensor
     n_bucket_targets: torch.Tensor | None = None
     list_bucket: torch.Tensor | None = None
+    users: torch.Tensor | None = None
+    n_inputs: torch.Tensor | None = None
+    present: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.present is None:
+            self.present = self.items != NO_ITEM
+
+    def top(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, k) the first k items, empty slots replaced by item 0 so they can index per-item
+        tables, and (B, k) whether each slot holds an item (weight the looked-up values by it)."""
+        return self.items[:, :k].clamp(min=0), self.present[:, :k]
 
     @classmethod
     def from_scores(cls, scores: torch.Tensor, targets: torch.Tensor, tail_mask: torch.Tensor,
@@ -54,20 +84,43 @@ class RankedBatch:
 
     @classmethod
     def from_lists(cls, items: torch.Tensor, targets: torch.Tensor, tail_mask: torch.Tensor,
-                   item_bucket: torch.Tensor | None = None) -> RankedBatch:
-        """Score given ranked lists (B, K) against the 0/1 ``targets`` matrix (B, n_items);
-        with ``item_bucket`` (n_items,) also count each user's targets per popularity bucket."""
-        hits = targets.gather(1, items).float()
+                   item_bucket: torch.Tensor | None = None, users: torch.Tensor | None = None,
+                   n_inputs: torch.Tensor | None = None) -> RankedBatch:
+        """Score given ranked lists (B, K; `NO_ITEM` pads a short list) against the 0/1
+        ``targets`` matrix (B, n_items); with ``item_bucket`` (n_items,) also count each user's
+        targets per popularity bucket. ``users`` (B,) and ``n_inputs`` (B, 2) are passed on
+        (see the class)."""
+        present = items != NO_ITEM
+        safe = items.clamp(min=0)
+        hits = targets.gather(1, safe).float() * present  # (B, K)
         tail_targets = targets * tail_mask.to(targets.dtype)
         n_bucket_targets = list_bucket = None
         if item_bucket is not None:
-            list_bucket = item_bucket[items]  # (B, K)
+            list_bucket = torch.where(present, item_bucket[safe], NO_ITEM)  # (B, K)
             onehot = torch.nn.functional.one_hot(item_bucket.long(), len(BUCKETS))
             onehot = onehot.to(targets.dtype)  # (n_items, n_buckets)
             n_bucket_targets = (targets @ onehot).float()  # (B, n_buckets)
-        return cls(items=items, hits=hits, tail_hits=tail_targets.gather(1, items).float(),
+        return cls(items=items, hits=hits,
+                   tail_hits=tail_targets.gather(1, safe).float() * present,
                    n_targets=targets.sum(1).float(), n_tail_targets=tail_targets.sum(1).float(),
-                   n_bucket_targets=n_bucket_targets, list_bucket=list_bucket)
+                   n_bucket_targets=n_bucket_targets, list_bucket=list_bucket, users=users,
+                   n_inputs=n_inputs, present=present)
+
+
+def inputs_per_group(rows: torch.Tensor, cols: torch.Tensor, n_rows: int,
+                     tail_mask: torch.Tensor) -> torch.Tensor:
+    """(n_rows, 2) distinct input items of each row in the head and in the tail
+    (`POPULARITY_GROUPS`), from the (row, item) pairs of the inputs; a repeated pair counts once.
+
+    Example:
+        >>> inputs_per_group(batch.seen_rows, batch.seen_cols, len(batch), info.tail_mask)
+    """
+    n_items = tail_mask.numel()
+    keys = torch.unique(rows.long() * n_items + cols.long())  # one key per distinct pair
+    slot = (keys // n_items) * 2 + tail_mask[keys % n_items].long()
+    counts = torch.zeros(n_rows * 2, dtype=torch.float64, device=tail_mask.device)
+    counts.index_add_(0, slot, torch.ones_like(slot, dtype=torch.float64))
+    return counts.view(n_rows, 2)
 
 
 class UserAveraged(Metric):
@@ -160,8 +213,12 @@ class _ListAveraged(UserAveraged):
         self.register_buffer("item_values", item_values.float(), persistent=False)
 
     def values(self, ranked: RankedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        value = self.item_values[ranked.items[:, :self.k]].mean(1)
-        return value, torch.ones_like(value)
+        """The mean over the items in the list; a user with an empty list does not count."""
+        top, present = ranked.top(self.k)
+        present = present.to(self.item_values.dtype)
+        n_listed = present.sum(1)
+        value = (self.item_values[top] * present).sum(1) / n_listed.clamp(min=1)
+        return value, (n_listed > 0).to(value.dtype)
 
 
 class APLT(_ListAveraged):
@@ -212,8 +269,9 @@ class _Exposure(Metric):
         self.add_state("n_lists", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, ranked: RankedBatch) -> None:
-        top = ranked.items[:, :self.k].reshape(-1)
-        self.exposure += torch.bincount(top, minlength=self.exposure.numel()).double()
+        top, present = ranked.top(self.k)
+        self.exposure += torch.bincount(top.reshape(-1), weights=present.reshape(-1).double(),
+                                        minlength=self.exposure.numel())
         self.n_lists += ranked.items.shape[0]
 
     def compute(self) -> torch.Tensor:
@@ -237,10 +295,147 @@ class Gini(_Exposure):
     of_exposure = staticmethod(F.gini)
 
 
+class ACLT(UserAveraged):
+    """Average coverage of long-tail items (Abdollahpouri, Burke and Mobasher, "Managing
+    Popularity Bias in Recommendation with Personalized Re-ranking", FLAIRS 2019): the number of
+    tail items in each top-K list, averaged over users (a user with an empty list counts 0), as
+    Elliot's and WarpRec's ``ACLT``. Higher is better for the long tail; at most K."""
+
+    higher_is_better = True
+
+    def __init__(self, k: int, tail_mask: torch.Tensor, **kwargs):
+        super().__init__(k, **kwargs)
+        self.register_buffer("tail", tail_mask.float(), persistent=False)
+
+    def values(self, ranked: RankedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        top, present = ranked.top(self.k)
+        value = (self.tail[top] * present).sum(1)
+        return value, torch.ones_like(value)
+
+
+class _PopularityParity(Metric):
+    """How unequally the head and the tail (`POPULARITY_GROUPS`) are treated: the relative
+    standard deviation (population std / mean) of a per-group probability P(g) = sum over users
+    of a count / sum over users of an opportunity (`F.group_disparity`). 0 = both groups equal;
+    NaN where a group's probability is undefined (no opportunity) or both are 0.
+
+    Subclasses set ``counts``: the batch's (2,) numerator and denominator. States are per-group
+    sums, so they reduce with ``sum`` across processes.
+    """
+
+    is_differentiable = False
+    full_state_update = False
+    higher_is_better = False
+
+    def __init__(self, k: int, tail_mask: torch.Tensor, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        self.k = k
+        self.register_buffer("tail", tail_mask.float(), persistent=False)
+        self.add_state("numerator", torch.zeros(2, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("denominator", torch.zeros(2, dtype=torch.float64), dist_reduce_fx="sum")
+        # batches whose denominator was unknown (PopRSP without the users' inputs)
+        self.add_state("unknown", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    @abstractmethod
+    def counts(self, ranked: RankedBatch) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(2,) numerator and (2,) denominator of the batch (head, tail); None: unknown."""
+
+    def update(self, ranked: RankedBatch) -> None:
+        counts = self.counts(ranked)
+        if counts is None:
+            self.unknown += 1
+            return
+        self.numerator += counts[0].double()
+        self.denominator += counts[1].double()
+
+    def compute(self) -> torch.Tensor:
+        """The relative std of the groups' probabilities, or NaN (see the class)."""
+        if self.unknown > 0:
+            return torch.tensor(math.nan)
+        return F.group_disparity(self.numerator, self.denominator).float()
+
+
+class PopREO(_PopularityParity):
+    """Popularity-based ranking-based equal opportunity (Zhu, Wang and Caverlee, "Measuring and
+    Mitigating Item Under-Recommendation Bias in Personalized Ranking Systems", SIGIR 2020;
+    "Popularity-Opportunity Bias in Collaborative Filtering", WSDM 2021): the relative std over
+    head and tail of P(rec@K | group, relevant) = (hits of the group's test targets in the top-K
+    lists) / (the group's test targets), each summed over users. Follows Elliot's ``PopREO``
+    (sisinflab/elliot, ``evaluation/metrics/bias/pop_reo``): population std, per-group sums
+    over users, the short head/long tail split. Lower is better (0: a tail target is as likely
+    to be recommended as a head one). NaN when one group has no test target."""
+
+    def counts(self, ranked: RankedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        hits = ranked.hits[:, :self.k].sum()
+        tail_hits = ranked.tail_hits[:, :self.k].sum()
+        targets, tail_targets = ranked.n_targets.sum(), ranked.n_tail_targets.sum()
+        return (torch.stack([hits - tail_hits, tail_hits]),
+                torch.stack([targets - tail_targets, tail_targets]))
+
+
+class PopRSP(_PopularityParity):
+    """Popularity-based ranking-based statistical parity (Zhu, Wang and Caverlee, SIGIR 2020 and
+    WSDM 2021): the relative std over head and tail of P(rec@K | group) = (the group's items in
+    the top-K lists) / (the group's items that are not the user's inputs, i.e. could have been
+    recommended), each summed over users. Follows Elliot's ``PopRSP`` (sisinflab/elliot,
+    ``evaluation/metrics/bias/pop_rsp``): the denominator excludes each user's own inputs.
+    Lower is better (0: a candidate tail item is as likely to be shown as a head one). NaN when
+    the lists came without the users' inputs (`RankedBatch.n_inputs` is None) or a group has no
+    item."""
+
+    def counts(self, ranked: RankedBatch) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if ranked.n_inputs is None:
+            return None
+        top, present = ranked.top(self.k)
+        listed = present.sum().double()
+        tail_listed = (self.tail[top] * present).sum().double()
+        n_tail = self.tail.sum().double()
+        group_size = torch.stack([self.tail.numel() - n_tail, n_tail])  # (2,)
+        candidates = group_size * len(ranked.items) - ranked.n_inputs.double().sum(0)
+        return torch.stack([listed - tail_listed, tail_listed]), candidates
+
+
+class _UserGroupNDCG(UserAveraged):
+    """NDCG@K over the users of one activity group (light or heavy users, by training
+    interactions: `recozoo.data.contracts.heavy_user_mask`). NaN when no user of the group has a
+    target, or when the users or the group of each user are unknown."""
+
+    higher_is_better = True
+    heavy: ClassVar[bool]
+
+    def __init__(self, k: int, heavy_users: torch.Tensor | None = None, **kwargs):
+        super().__init__(k, **kwargs)
+        self.register_buffer("heavy_users", None if heavy_users is None else heavy_users.bool(),
+                             persistent=False)
+
+    def values(self, ranked: RankedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        value = F.ndcg(ranked.hits, ranked.n_targets, self.k)
+        if self.heavy_users is None or ranked.users is None:
+            return value, torch.zeros_like(value)
+        in_group = self.heavy_users[ranked.users] == type(self).heavy
+        return value, ((ranked.n_targets > 0) & in_group).to(value.dtype)
+
+
+class LightUserNDCG(_UserGroupNDCG):
+    """NDCG@K over light users (every user outside the heavy share)."""
+
+    heavy = False
+
+
+class HeavyUserNDCG(_UserGroupNDCG):
+    """NDCG@K over heavy users (the top ``heavy_user_share`` of users by training
+    interactions)."""
+
+    heavy = True
+
+
 #: metric name in metrics.json -> class; the order is the order of tables.
 ACCURACY_METRICS: dict[str, type[UserAveraged]] = {
     "recall": Recall, "ndcg": NDCG, "hit": HitRate, "mrr": MRR,
     "precision": Precision, "map": MAP, "f1": F1,
 }
 #: metrics kept per user on the test set (for paired significance tests).
-PER_USER_METRICS: tuple[str, ...] = ("recall", "ndcg", "hit", "mrr", "tail_recall")
+PER_USER_METRICS: tuple[str, ...] = ("recall", "ndcg", "hit", "mrr", "tail_recall", "aclt",
+                                     "ndcg_light_users", "ndcg_heavy_users")

@@ -3,6 +3,9 @@
 The tables below map each metrics.json name to the class that computes it. The suites are built
 from them, and `higher_is_better` answers a key's direction by asking that class, so a metric's
 direction is stated once: on its class.
+
+A user group is part of a metric's name (``ndcg_heavy_users@10``, ``ndcg_light_users@10``), not
+a ``/<bucket>`` suffix: that slot names item-popularity buckets (head, mid, distant) only.
 """
 
 from __future__ import annotations
@@ -16,19 +19,25 @@ from recozoo.data.popularity import BUCKETS
 from recozoo.metrics.buckets import BUCKET_METRICS, bucket_metrics
 from recozoo.metrics.ranking import (
     ACCURACY_METRICS,
+    ACLT,
     APLT,
     ARP,
     Gini,
+    HeavyUserNDCG,
     ItemCoverage,
+    LightUserNDCG,
     Novelty,
+    PopREO,
+    PopRSP,
     RankedBatch,
     TailRecall,
 )
 
 #: metrics.json name -> class of every ranking metric at K; the order is the order of tables.
 RANKING_METRICS: dict[str, type[Metric]] = {
-    **ACCURACY_METRICS, "tail_recall": TailRecall, "aplt": APLT, "coverage": ItemCoverage,
-    "gini": Gini, "novelty": Novelty, "arp": ARP,
+    **ACCURACY_METRICS, "tail_recall": TailRecall, "aplt": APLT, "aclt": ACLT,
+    "coverage": ItemCoverage, "gini": Gini, "novelty": Novelty, "arp": ARP, "popreo": PopREO,
+    "poprsp": PopRSP, "ndcg_light_users": LightUserNDCG, "ndcg_heavy_users": HeavyUserNDCG,
 }
 #: metrics.json name -> class of the rating errors (torchmetrics' own classes and directions).
 RATING_METRICS: dict[str, type[Metric]] = {"rmse": MeanSquaredError, "mae": MeanAbsoluteError}
@@ -70,8 +79,8 @@ def higher_is_better(key: str) -> bool | None:
 
 
 def ranking_suite(ks: list[int], n_items: int, n_users: int, item_popularity: torch.Tensor,
-                  tail_mask: torch.Tensor,
-                  item_bucket: torch.Tensor | None = None) -> MetricCollection:
+                  tail_mask: torch.Tensor, item_bucket: torch.Tensor | None = None,
+                  heavy_users: torch.Tensor | None = None) -> MetricCollection:
     """All ranking metrics at each K, keyed ``<name>@<k>``.
 
     Args:
@@ -81,6 +90,9 @@ def ranking_suite(ks: list[int], n_items: int, n_users: int, item_popularity: to
         item_bucket: (n_items,) popularity bucket per item; adds ``recall@<k>/<bucket>``,
             ``ndcg@<k>/<bucket>`` and ``exposure@<k>/<bucket>`` (`recozoo.metrics.buckets`);
             the `RankedBatch` must then be built with the same ``item_bucket``.
+        heavy_users: (n_users,) True for heavy users (`recozoo.data.contracts.heavy_user_mask`),
+            for ``ndcg_light_users@<k>`` and ``ndcg_heavy_users@<k>`` (NaN without it, or when
+            the `RankedBatch` has no ``users``). PopRSP needs the batch's ``n_inputs``.
     """
     if not ks:
         raise ValueError("metric cut-offs ks must not be empty")
@@ -89,8 +101,10 @@ def ranking_suite(ks: list[int], n_items: int, n_users: int, item_popularity: to
             raise ValueError(f"metric cut-off K={k} is larger than the catalogue ({n_items} items);"
                              " lower eval.ks")
     # what each metric needs besides K (the accuracy metrics need nothing)
-    facts = {"aplt": (tail_mask,), "coverage": (n_items,), "gini": (n_items,),
-             "novelty": (item_popularity, n_users), "arp": (item_popularity,)}
+    facts = {"aplt": (tail_mask,), "aclt": (tail_mask,), "coverage": (n_items,),
+             "gini": (n_items,), "novelty": (item_popularity, n_users), "arp": (item_popularity,),
+             "popreo": (tail_mask,), "poprsp": (tail_mask,),
+             "ndcg_light_users": (heavy_users,), "ndcg_heavy_users": (heavy_users,)}
     metrics = {}
     for k in ks:
         for name, cls in RANKING_METRICS.items():
