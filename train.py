@@ -1,13 +1,11 @@
 """Train one recommender: `python train.py model=ease data=ml100k` (see README.md)."""
 
-import warnings
+from recozoo.runtime import configure_process
+
+configure_process()  # thread settings and warning filters, before anything imports torch
 
 import hydra
 from omegaconf import DictConfig
-
-# conf/hydra/launcher/{joblib,submitit_slurm}.yaml replace the plugins' defaults under the same
-# names; Hydra validates them against the plugins' schemas (wanted) and warns that it does so
-warnings.filterwarnings("ignore", message="(?s).*is validated against ConfigStore schema")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

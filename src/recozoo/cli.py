@@ -6,6 +6,11 @@ docstring ``Args:`` section (or a field's ``metadata={"help": ...}``) describes 
 parser checks keys and types through OmegaConf and ``--help`` prints every key with its default
 and description.
 
+The convention is Hydra's, like ``train.py``: ``key=value``. ``--key value`` and ``--key=value``
+are accepted as the same thing (dashes in a key read as underscores), and a true/false key also
+as ``--key`` (true) or ``--no-key`` (false). One list field may take the bare arguments
+(``metadata={"positional": True}``), as ``python -m recozoo.report runs/a runs/b out=board``.
+
 Example::
 
     @dataclass
@@ -39,6 +44,10 @@ T = TypeVar("T")
 
 #: arguments that print the help instead of running
 HELP_FLAGS = ("-h", "--help")
+#: field metadata that makes a list field take the bare arguments
+POSITIONAL = "positional"
+_KEY = re.compile(r"^[A-Za-z_][\w]*(?:\.[\w]+)*$")  # a key (or dotted key) before "="
+_BOOLS = ("true", "false", "yes", "no", "on", "off", "1", "0")
 
 _SECTION = re.compile(r"^(\s*)([A-Z][A-Za-z ]*):\s*$")  # "Args:", "Returns:", "Example:"
 _ENTRY = re.compile(r"^(\s*)([A-Za-z_][\w]*(?:\s*[/,]\s*[A-Za-z_][\w]*)*)\s*(?:\([^)]*\))?:"
@@ -132,17 +141,92 @@ def help_text(cls: type, prog: str, description: str | None = None) -> str:
         description = doc.split("\n\n", 1)[0].strip()
     hints = typing.get_type_hints(cls)
     helps = field_help(cls)
-    lines = [f"usage: {prog} [key=value ...]", ""]
+    positional = positional_field(cls)
+    bare = f" <{positional}> ..." if positional else ""
+    lines = [f"usage: {prog}{bare} [key=value ...]", ""]
     if description:
         lines += [inspect.cleandoc(description), ""]
+    lines += ["key=value may also be written --key value or --key=value;",
+              "a true/false key also --key (true) or --no-key (false)."
+              + (f" Bare arguments are {positional}." if positional else ""), ""]
     lines.append("keys (lists as [a,b], nothing as null):")
     for field in dataclasses.fields(cls):
         default = _default(field)
         shown = "(required)" if default is MISSING else format_value(default)
         lines.append(f"  {field.name}={shown}  ({_type_name(hints.get(field.name, field.type))})")
-        if helps[field.name]:
-            lines.append(f"      {helps[field.name]}")
+        text = helps[field.name] + (" Given as the bare arguments." if field.name == positional else "")
+        if text:
+            lines.append(f"      {text.strip()}")
     return "\n".join(lines)
+
+
+def positional_field(cls: type) -> str | None:
+    """The field of ``cls`` that takes the bare arguments (``metadata={"positional": True}``),
+    or None.
+
+    Raises:
+        TypeError: more than one field is marked, or the marked field is not a list.
+    """
+    marked = [f for f in dataclasses.fields(cls) if f.metadata.get(POSITIONAL)]
+    if len(marked) > 1:
+        raise TypeError(f"{cls.__name__}: one positional field at most, got "
+                        f"{[f.name for f in marked]}")
+    if not marked:
+        return None
+    hint = typing.get_type_hints(cls)[marked[0].name]
+    if typing.get_origin(hint) is not list:
+        raise TypeError(f"{cls.__name__}.{marked[0].name}: a positional field must be a list, "
+                        f"got {_type_name(hint)}")
+    return marked[0].name
+
+
+def _is_bool(cls: type, key: str) -> bool:
+    return typing.get_type_hints(cls).get(key) is bool
+
+
+def normalise_arguments(cls: type, argv: list[str], prog: str
+                        ) -> tuple[list[str], list[str]]:
+    """``argv`` as ``key=value`` items and bare arguments: ``--key value`` and ``--key=value``
+    become ``key=value`` (``-`` in a key read as ``_``), ``--flag`` / ``--no-flag`` of a
+    true/false field ``flag=true`` / ``flag=false``.
+
+    Raises:
+        SystemExit: ``--key`` without a value, or a bare argument where the command takes none.
+    """
+    hint = f"({prog} --help describes every key)"
+    items: list[str] = []
+    bare: list[str] = []
+    positional = positional_field(cls)
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg.startswith("--") and len(arg) > 2:
+            key, has_value, value = arg[2:].partition("=")
+            key = key.replace("-", "_")
+            if has_value:
+                items.append(f"{key}={value}")
+            elif _is_bool(cls, key) and (i == len(argv) or argv[i].lower() not in _BOOLS):
+                items.append(f"{key}=true")
+            elif key.startswith("no_") and _is_bool(cls, key[3:]):
+                items.append(f"{key[3:]}=false")
+            elif i < len(argv):
+                items.append(f"{key}={argv[i]}")
+                i += 1
+            else:
+                raise SystemExit(f"{prog}: {arg} needs a value ({arg} <value> or "
+                                 f"{key}=<value>) {hint}")
+            continue
+        key, has_value, _ = arg.partition("=")
+        if has_value and _KEY.match(key.strip()):
+            items.append(arg)
+        elif positional:
+            bare.append(arg)
+        else:
+            keys = ", ".join(f.name for f in dataclasses.fields(cls))
+            raise SystemExit(f"{prog}: expected key=value arguments, got {[arg]}; keys: {keys} "
+                             f"{hint}")
+    return items, bare
 
 
 def _unknown_keys(cls: type, argv: list[str]) -> list[str]:
@@ -158,11 +242,13 @@ def _unknown_keys(cls: type, argv: list[str]) -> list[str]:
 
 def parse_settings(cls: type[T], argv: list[str], prog: str | None = None,
                    description: str | None = None) -> T:
-    """``cls`` (a dataclass) filled from ``key=value`` arguments.
+    """``cls`` (a dataclass) filled from ``key=value`` arguments (or ``--key value``,
+    ``--key=value``, ``--flag``, ``--no-flag``; bare arguments go to the field marked
+    ``metadata={"positional": True}``, after any value given as ``key=[...]``).
 
-    ``-h`` or ``--help`` prints `help_text` and exits with status 0. Arguments without ``=``,
-    unknown keys, missing required keys (default ``omegaconf.MISSING``) and values of the wrong
-    type raise `SystemExit` with a message naming them.
+    ``-h`` or ``--help`` prints `help_text` and exits with status 0. Bare arguments where the
+    command takes none, unknown keys, missing required keys (default ``omegaconf.MISSING``) and
+    values of the wrong type raise `SystemExit` with a message naming them.
 
     Args:
         cls: the settings dataclass.
@@ -180,15 +266,17 @@ def parse_settings(cls: type[T], argv: list[str], prog: str | None = None,
         raise SystemExit(0)
     keys = ", ".join(f.name for f in dataclasses.fields(cls))
     hint = f"({prog} --help describes every key)"
-    bad = [arg for arg in argv if "=" not in arg]
-    if bad:
-        raise SystemExit(f"{prog}: expected key=value arguments, got {bad}; keys: {keys} {hint}")
+    argv, bare = normalise_arguments(cls, argv, prog)
     unknown = _unknown_keys(cls, argv)
     if unknown:
         raise SystemExit(f"{prog}: unknown key {', '.join(unknown)}; keys: {keys} {hint}")
     schema = OmegaConf.structured(cls)
     try:
         merged = OmegaConf.merge(schema, OmegaConf.from_dotlist(argv))
+        if bare:  # set as values, not parsed: a path may hold "," or "["
+            name = positional_field(cls)
+            given = [] if OmegaConf.is_missing(merged, name) else list(merged[name])
+            merged[name] = given + bare
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None)
         raise SystemExit(f"{prog}: bad value" + (f" for {key}" if key else "") + ": "

@@ -11,6 +11,11 @@ under its name only once complete.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # run as a program: thread settings before torch is imported
+    from recozoo.runtime import configure_process
+
+    configure_process()
+
 import os
 import sys
 import tempfile
@@ -25,9 +30,9 @@ import torch
 from omegaconf import MISSING
 from tqdm.auto import tqdm
 
+from recozoo.cli import parse_settings
 from recozoo.serve.engine import Engine
 from recozoo.serve.loading import RunLoadError
-from recozoo.serve.settings import parse_settings
 
 SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()),
                     ("score", pa.float32())])
@@ -35,7 +40,7 @@ SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", 
 
 @dataclass
 class RecommendSettings:
-    """Arguments of ``python -m recozoo.recommend``.
+    """Write every known user's top-k of a run (or a fusion) into one Parquet file.
 
     Args:
         run: a run folder, a checkpoint in one, or a fusion folder.
@@ -108,7 +113,8 @@ def export_recommendations(engine: Engine, out: str | Path, k: int = 10,
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    settings = parse_settings(RecommendSettings, sys.argv[1:] if argv is None else argv)
+    settings = parse_settings(RecommendSettings, sys.argv[1:] if argv is None else argv,
+                              prog="python -m recozoo.recommend")
     device = settings.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -26,6 +26,7 @@ from recozoo.distributed import job_scope
 from recozoo.evaluation import Evaluator, Ranker
 from recozoo.models.base import ClosedFormRecommender, Recommender
 from recozoo.rerank import Reranker
+from recozoo.runtime import quiet_lightning_logs
 from recozoo.training_callbacks import AtomicCheckpointIO, BatchSeed, KeepStopped
 
 log = logging.getLogger(__name__)
@@ -330,6 +331,7 @@ def run(cfg: DictConfig) -> float | None:
     In a multirun a failed job is recorded and the sweep goes on; a single run re-raises.
     """
     out = output_dir(cfg)
+    quiet_lightning_logs()  # after Hydra configured logging: each Lightning message once
     try:
         with job_scope():  # a DDP job leaves no process group behind for the next job
             metrics = train(cfg)
@@ -350,6 +352,8 @@ def run(cfg: DictConfig) -> float | None:
     finally:
         _finish_wandb()
     print_metrics(metrics)
+    if not _is_multirun() and _launch_rank() == 0:
+        print(next_steps(cfg, metrics), flush=True)
     value = metrics.get(cfg.get("optimized_metric") or "")
     return float(value) if value is not None else None
 
@@ -384,3 +388,32 @@ def print_metrics(metrics: dict[str, Any]) -> None:
     for name, row in rows.items():
         table.add_row(name, *[f"{row[k]:.4f}" if k in row else "" for k in ks])
     Console().print(table)
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory where it lies under it (shorter to copy)."""
+    path = Path(path).absolute()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
+def next_steps(cfg: DictConfig, metrics: dict[str, Any]) -> str:
+    """What a single run prints last: its folder, what its long-tail figure means, and the next
+    three commands (serve it, sweep three models into a leaderboard, open the leaderboard)."""
+    run = _shown(output_dir(cfg))
+    sweep = _shown(Path(cfg.paths.log_dir) / str(cfg.task_name) / "three_models")
+    lines = [f"Run folder: {run}  (metrics.json, checkpoints/, rankings, train.log)"]
+    tail = metrics.get("test/tail_recall@10")
+    if isinstance(tail, (int, float)):
+        lines.append(
+            f"tail_recall@10 = {tail:.4f}: the share of test targets outside the top "
+            f"{float(cfg.eval.head_share):.0%} most popular items that the top 10 finds; raise it "
+            "with rerank=xquad rerank.weight=0.3 or debias=ips (README: Long-tail levers).")
+    lines += [
+        "Next:",
+        f"  python -m recozoo.serve run={run}    # serve it: POST /predict on 127.0.0.1:8000",
+        f"  python train.py -m model=pop,ease,bpr hydra.sweep.dir={sweep}    # three models "
+        "-> leaderboard",
+        f"  less {sweep}/leaderboard.md    # the leaderboard (all columns: leaderboard.html; "
+        "plot: accuracy_vs_tail.png)",
+    ]
+    return "\n".join(lines)

@@ -1,41 +1,66 @@
-"""``python -m recozoo.ensemble <sweep folder> [more folders]``: fuse the runs, then refresh
-the leaderboard of the (first) folder (see `recozoo.ensemble` for the folder it writes)."""
+"""``python -m recozoo.ensemble <sweep folder> [more folders] [key=value ...]``: fuse the runs,
+then refresh the leaderboard of the (first) folder (see `recozoo.ensemble` for the folder it
+writes; ``--help`` lists every key)."""
 
 from __future__ import annotations
 
-import argparse
-import logging
+from recozoo.runtime import configure_process
+
+configure_process()  # thread settings, before anything imports torch
+
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from recozoo.artifacts import RunDir
-from recozoo.ensemble.fusion import OBJECTIVES, FusionSpec, fuse_sweep
-from recozoo.ensemble.normalise import METHODS, NORMALISATIONS
+from omegaconf import MISSING
+
+from recozoo.cli import parse_settings
+from recozoo.runtime import setup_command_logging
+
+PROG = "python -m recozoo.ensemble"
+
+
+@dataclass
+class EnsembleSettings:
+    """Fuse the saved top-N scores of a sweep's runs into a fusion run folder.
+
+    Args:
+        folders: the sweep folder (or several folders of runs, fused together).
+        method: weighted (score fusion, weights tuned on validation users) or rrf
+            (reciprocal rank fusion).
+        normalization: how each run's scores are made comparable before fusing
+            (`recozoo.ensemble.normalise`).
+        objective: validation objective of the weights: ndcg = NDCG@k, tail = NDCG@k +
+            tail_weight * TailRecall@k.
+        tail_weight: weight of TailRecall@k in the tail objective.
+        k: cut-off of the objective.
+        out: the fusion folder (null: <sweep>/fusion, fusion_rrf or fusion_tail).
+        report: rewrite the sweep's leaderboard afterwards.
+    """
+
+    folders: list[str] = field(default=MISSING, metadata={"positional": True})
+    method: str = "weighted"
+    normalization: str = "minmax"
+    objective: str = "ndcg"
+    tail_weight: float = 1.0
+    k: int = 10
+    out: str | None = None
+    report: bool = True
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m recozoo.ensemble",
-        description="Fuse the saved top-N scores of a sweep's runs into a fusion run folder.")
-    parser.add_argument("folders", nargs="+", type=Path,
-                        help="sweep folder (or several folders of runs, fused together)")
-    parser.add_argument("--method", choices=METHODS, default="weighted")
-    parser.add_argument("--normalization", choices=NORMALISATIONS, default="minmax")
-    parser.add_argument("--objective", choices=OBJECTIVES, default="ndcg",
-                        help="validation objective of the weights: ndcg = NDCG@k, tail = "
-                             "NDCG@k + tail-weight * TailRecall@k")
-    parser.add_argument("--tail-weight", type=float, default=1.0)
-    parser.add_argument("--k", type=int, default=10, help="cut-off of the objective")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="fusion folder (default: <sweep>/fusion, fusion_rrf, fusion_tail)")
-    parser.add_argument("--no-report", action="store_true",
-                        help="do not rewrite the sweep's leaderboard afterwards")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    settings = parse_settings(EnsembleSettings, sys.argv[1:] if argv is None else argv,
+                              prog=PROG)
+    setup_command_logging()
+    from recozoo.artifacts import RunDir
+    from recozoo.ensemble.fusion import FusionSpec, fuse_sweep
+
+    folders = [Path(f) for f in settings.folders]
     try:
-        spec = FusionSpec(method=args.method, normalization=args.normalization,
-                          objective=args.objective, tail_weight=args.tail_weight, k=args.k)
-        fused = fuse_sweep(args.folders, spec, args.out)
+        spec = FusionSpec(method=settings.method, normalization=settings.normalization,
+                          objective=settings.objective, tail_weight=settings.tail_weight,
+                          k=settings.k)
+        fused = fuse_sweep(folders, spec, Path(settings.out) if settings.out else None)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -44,11 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         shown = {key: values.get(key) for key in ("test/ndcg@10", "test/tail_recall@10")}
         print(f"{folder}: " + ", ".join(
             f"{key} {'–' if value is None else f'{value:.4f}'}" for key, value in shown.items()))
-    if not args.no_report:
+    if settings.report:
         from recozoo.report import report
 
-        report([*args.folders, *(f for f in fused if not f.is_relative_to(args.folders[0]))])
-        print(f"leaderboard refreshed: {args.folders[0]}/leaderboard.md")
+        report([*folders, *(f for f in fused if not f.is_relative_to(folders[0]))])
+        print(f"leaderboard refreshed: {folders[0]}/leaderboard.md")
     return 0
 
 

@@ -10,9 +10,9 @@ runs by (data, model, debias, re-ranker), and
   ``max_ndcg_cost`` of the baseline's, and reports its test figures;
 * draws NDCG@K against TailRecall@K and against APLT@K, one curve per re-ranker, into a PNG.
 
-Usage::
+Usage (``--help`` lists every key)::
 
-    python -m recozoo.rerank.tradeoff logs/train/multiruns/<time> --out tradeoff.png
+    python -m recozoo.rerank.tradeoff logs/train/multiruns/<time> out=tradeoff.png
 
 A sweep need not retrain the model for every λ: train once (``rerank=none``), then resume each
 job from that run's best checkpoint with no epoch left to train, so only evaluation runs::
@@ -21,16 +21,17 @@ job from that run's best checkpoint with no epoch left to train, so only evaluat
     python train.py -m model=bpr rerank=xquad,calibrated rerank.weight=0.1,0.2,0.3,0.4 \
         ckpt_path=runs/bpr/checkpoints/best.ckpt trainer.max_epochs=<best epoch + 1> \
         hydra.sweep.dir=runs/bpr_rerank
-    python -m recozoo.rerank.tradeoff runs/bpr runs/bpr_rerank --out tradeoff.png
+    python -m recozoo.rerank.tradeoff runs/bpr runs/bpr_rerank out=tradeoff.png
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from omegaconf import MISSING
 
 BASELINE = "none"
 
@@ -178,19 +179,42 @@ def plot(runs: list[Run], out: str | Path, k: int = 10, stage: str = "test") -> 
     return out
 
 
+@dataclass
+class TradeoffSettings:
+    """The accuracy / long-tail trade-off of re-rankers over a λ sweep, from finished runs:
+    tables, the λ chosen on validation, and a plot.
+
+    Args:
+        folders: multirun folders (or run folders) of a re-ranking sweep and its baseline.
+        out: the PNG to write.
+        k: the cut-off of NDCG, TailRecall and APLT.
+        max_ndcg_cost: the largest share of validation NDCG@k accepted to lose against the
+            baseline when choosing λ.
+    """
+
+    folders: list[str] = field(default=MISSING, metadata={"positional": True})
+    out: str = "tradeoff.png"
+    k: int = 10
+    max_ndcg_cost: float = 0.05
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folders", nargs="+", help="multirun folders (or run folders)")
-    parser.add_argument("--out", default="tradeoff.png", help="PNG to write")
-    parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--max-ndcg-cost", type=float, default=0.05,
-                        help="largest validation NDCG loss accepted when choosing λ")
-    args = parser.parse_args(argv)
-    runs = load_runs(args.folders)
-    print(report(runs, args.k, args.max_ndcg_cost))
-    print(f"\nwrote {plot(runs, args.out, args.k)}")
+    import sys
+
+    from recozoo.cli import parse_settings
+
+    settings = parse_settings(TradeoffSettings, sys.argv[1:] if argv is None else argv,
+                              prog="python -m recozoo.rerank.tradeoff")
+    try:
+        runs = load_runs(settings.folders)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"python -m recozoo.rerank.tradeoff: {error}") from None
+    print(report(runs, settings.k, settings.max_ndcg_cost))
+    print(f"\nwrote {plot(runs, settings.out, settings.k)}")
 
 
 if __name__ == "__main__":
+    from recozoo.runtime import configure_process
+
+    configure_process()  # warning filters (torch is already imported by recozoo.rerank)
     main()

@@ -1,10 +1,14 @@
 """``python -m recozoo.serve run=<run folder | checkpoint | fusion folder> [key=value ...]``
 
 Starts the recommendation service (see `recozoo.serve.service`) on ``host:port`` (default
-127.0.0.1:8000) until Ctrl+C or SIGTERM. Keys: see `ServeSettings`.
+127.0.0.1:8000) until Ctrl+C or SIGTERM. Keys: see `ServeSettings` (``--help``).
 """
 
 from __future__ import annotations
+
+from recozoo.runtime import configure_process
+
+configure_process()  # thread settings, before anything imports torch
 
 import os
 import signal
@@ -14,18 +18,20 @@ from types import FrameType
 
 from omegaconf import MISSING
 
+from recozoo.cli import parse_settings
 from recozoo.serve.run_files import RunLoadError, check_run
-from recozoo.serve.settings import parse_settings
+
+PROG = "python -m recozoo.serve"
 
 
 @dataclass
 class ServeSettings:
-    """Arguments of ``python -m recozoo.serve``.
+    """Serve a run's recommendations over HTTP: POST /predict, GET /health, GET /docs.
 
     Args:
         run: a run folder, a checkpoint in one, or a fusion folder.
         host: ``127.0.0.1`` (this machine only) or ``0.0.0.0`` (every interface).
-        port: TCP port.
+        port: the TCP port to listen on.
         accelerator: ``auto`` (CUDA where present), ``cpu`` or ``cuda``.
         workers: inference worker processes per device.
         max_batch_size: requests scored together at most.
@@ -58,7 +64,7 @@ def _stop_on_sigterm() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = parse_settings(ServeSettings, sys.argv[1:] if argv is None else argv)
+    settings = parse_settings(ServeSettings, sys.argv[1:] if argv is None else argv, prog=PROG)
     try:
         check_run(settings.run)
     except RunLoadError as error:

@@ -12,6 +12,11 @@ them (``make bench`` calls `load_test`).
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # run as a program: thread settings before torch is imported
+    from recozoo.runtime import configure_process
+
+    configure_process()
+
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,15 +29,15 @@ import pandas as pd
 import requests as requests_lib
 from omegaconf import MISSING
 
+from recozoo.cli import parse_settings
 from recozoo.serve.loading import load_catalog
 from recozoo.serve.process import ServerProcess
 from recozoo.serve.run_files import RunLoadError, check_run
-from recozoo.serve.settings import parse_settings
 
 
 @dataclass
 class LoadTestSettings:
-    """Arguments of ``python -m recozoo.serve.loadtest``.
+    """Load-test the recommendation service on localhost: one client, then many.
 
     Args:
         run: a run folder, a checkpoint in one, or a fusion folder.
@@ -149,7 +154,8 @@ def format_figures(figures: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    settings = parse_settings(LoadTestSettings, sys.argv[1:] if argv is None else argv)
+    settings = parse_settings(LoadTestSettings, sys.argv[1:] if argv is None else argv,
+                              prog="python -m recozoo.serve.loadtest")
     try:
         return load_test(settings.run, requests=settings.requests, clients=settings.clients,
                          time_cap=settings.time_cap, k=settings.k,

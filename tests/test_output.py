@@ -1,0 +1,44 @@
+"""What a user sees: `python train.py` prints each message once, no advertisement, no warning a
+user cannot act on, and ends with the run folder and the next commands."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+from conftest import ROOT
+
+#: Hydra's log prefix ``[2026-01-01 12:00:00,123][logger][INFO] - `` (its time differs per line)
+_HYDRA_PREFIX = re.compile(r"^\[[^\]]*\]\[[^\]]*\]\[[A-Z]+\] - ")
+
+
+def _train_output(tmp_path: Path, *overrides: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}  # train.py sets it
+    result = subprocess.run(
+        [sys.executable, "train.py", "data.source.n_users=150", "data.source.n_items=80",
+         "data.source.sessions_per_user=3", "trainer.max_epochs=2",
+         "trainer.limit_train_batches=2", f"hydra.run.dir={tmp_path / 'run'}",
+         f"paths.cache_dir={tmp_path / 'cache'}", *overrides],
+        check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def test_train_prints_each_message_once_without_adverts_and_says_what_next(tmp_path):
+    text = _train_output(tmp_path)
+    # the same message from two handlers differs only by Hydra's prefix (with its time)
+    lines = [_HYDRA_PREFIX.sub("", line).removeprefix("INFO: ").strip()
+             for line in re.split(r"[\r\n]", text)]
+    repeated = {line: n for line, n in Counter(l for l in lines if l).items()
+                if n > 1 and not set(line) <= set("─━═│┃ ")}  # table rules may repeat
+    assert repeated == {}
+    assert "Seed set to 12345" in text  # the message is there, once
+    assert "Tip:" not in text and "litlogger" not in text
+    assert "LeafSpec" not in text
+    assert f"Run folder: {tmp_path / 'run'}" in text
+    assert f"python -m recozoo.serve run={tmp_path / 'run'}" in text
+    assert "python train.py -m model=pop,ease,bpr" in text
