@@ -8,8 +8,10 @@ for test.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -19,11 +21,13 @@ from recozoo.data.interactions import Interactions
 
 @dataclass
 class SplitIndices:
-    """Positions of the train, validation and test rows."""
+    """Positions of the train, validation and test rows; ``dropped`` counts the rows a split
+    left out of every part, by reason (only `GlobalTemporalSplit` leaves rows out)."""
 
     train: np.ndarray
     valid: np.ndarray
     test: np.ndarray
+    dropped: dict[str, int] = field(default_factory=dict)
 
 
 def _groups(data: Interactions, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -57,6 +61,16 @@ class LeaveOneOut:
         return SplitIndices(train=np.flatnonzero(~held), valid=valid, test=test)
 
 
+def check_ratios(ratios: Any) -> tuple[float, float, float]:
+    """``split.ratios`` as three floats; ValueError unless three non-negative shares summing
+    to 1."""
+    shares = tuple(float(r) for r in ratios)
+    if len(shares) != 3 or min(shares) < 0 or abs(sum(shares) - 1) > 1e-6:
+        raise ValueError(f"split.ratios must be three non-negative shares summing to 1, "
+                         f"got {list(ratios)}")
+    return shares  # type: ignore[return-value]
+
+
 def ratio_counts(n: np.ndarray, ratios: tuple[float, float, float]) -> tuple[np.ndarray, ...]:
     """Train/valid/test counts per user: floor of each held-out share, at least one held out
     when the share is positive and the user has enough rows (RecBole's rounding rule)."""
@@ -77,11 +91,7 @@ class _RatioSplit:
     name: str = "ratio"
 
     def __post_init__(self) -> None:
-        ratios = tuple(float(r) for r in self.ratios)
-        if len(ratios) != 3 or min(ratios) < 0 or abs(sum(ratios) - 1) > 1e-6:
-            raise ValueError(f"split.ratios must be three non-negative shares summing to 1, "
-                             f"got {list(self.ratios)}")
-        self.ratios = ratios
+        self.ratios = check_ratios(self.ratios)
 
     def _order(self, data: Interactions, seed: int) -> np.ndarray:
         raise NotImplementedError
@@ -116,6 +126,137 @@ class RandomRatioSplit(_RatioSplit):
     def _order(self, data: Interactions, seed: int) -> np.ndarray:
         shuffle = np.random.default_rng(seed).permutation(len(data))
         return shuffle[np.argsort(data.user[shuffle], kind="stable")]
+
+
+def _time(value: Any, key: str) -> float:
+    """A cut-off as a number in the data's time unit: a number as it is, a date or date-time
+    string (UTC unless it names a zone) as Unix seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        pass
+    try:
+        stamp = pd.Timestamp(value)
+    except (TypeError, ValueError):
+        stamp = None
+    if stamp is None or pd.isna(stamp):
+        raise ValueError(f"split.{key} must be a time in the data's unit (e.g. Unix seconds) or a "
+                         f"date such as 2018-03-01, got {value!r}")
+    if stamp.tzinfo is None:
+        stamp = stamp.tz_localize("UTC")
+    return float(stamp.timestamp())
+
+
+@dataclass
+class GlobalTemporalSplit:
+    """One cut-off time for all users (``split=global_temporal``): every interaction before the
+    validation cut-off trains, those from it up to the test cut-off validate, the rest test.
+    Nothing a model trains on happened after anything it is tested on.
+
+    The cut-offs are explicit (``valid_from`` and ``test_from``, both or neither: numbers in the
+    data's time unit, or dates such as ``"1998-03-01"``, read as UTC Unix seconds) or, when both
+    are null, the times at the ``ratios`` quantiles of all interactions: the validation cut-off
+    is the time of the interaction at position ``round(ratios[0] * n)`` in time order, the test
+    cut-off the one at ``round((ratios[0] + ratios[1]) * n)``. Interactions at one time are
+    never split: ties at a cut-off go to the later part, so the shares are at most the ratios.
+
+    Held-out rows are kept where they can be evaluated; the others are left out of every part
+    and counted in `SplitIndices.dropped` (the DataModule logs the counts):
+
+    - rows of users with no training interaction (first seen after the validation cut-off):
+      such users are not evaluated;
+    - rows of items with no training interaction (first seen after the validation cut-off),
+      with ``new_items="drop"`` (default). With ``"keep"`` they stay as targets: tail items
+      with training popularity 0, which only a model that reads item text can rank;
+    - rows whose (user, item) is already among that user's inputs of the stage (training rows
+      for validation, training and validation rows for test; a repeat, which
+      ``data.preprocess.dedupe=true`` removes): inputs are masked before ranking, so such a
+      target could never be hit.
+
+    A dropped row is no one's input either: at test time the inputs are the kept training and
+    validation rows.
+
+    Args:
+        ratios: train/validation/test shares of all interactions, by time.
+        valid_from: explicit validation cut-off (null: from ``ratios``).
+        test_from: explicit test cut-off (null: from ``ratios``).
+        new_items: ``drop`` or ``keep`` the held-out rows of items first seen after the cut-off.
+
+    Example:
+        ``python train.py split=global_temporal split.valid_from=1998-03-01
+        split.test_from=1998-03-15`` or ``split=global_temporal split.ratios=[0.8,0.1,0.1]``.
+    """
+
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    valid_from: str | float | None = None
+    test_from: str | float | None = None
+    new_items: Literal["drop", "keep"] = "drop"
+    name: str = "global_temporal"
+
+    def __post_init__(self) -> None:
+        self.ratios = check_ratios(self.ratios)
+        if self.new_items not in ("drop", "keep"):
+            raise ValueError(f"split.new_items must be 'drop' or 'keep', got {self.new_items!r}")
+        if (self.valid_from is None) != (self.test_from is None):
+            raise ValueError("split.valid_from and split.test_from go together: set both "
+                             "(explicit cut-offs) or neither (cut-offs from split.ratios); got "
+                             f"valid_from={self.valid_from!r}, test_from={self.test_from!r}")
+
+    def cutoffs(self, timestamp: np.ndarray) -> tuple[float, float]:
+        """(validation cut-off, test cut-off) for interactions at ``timestamp`` (inf: none)."""
+        if self.valid_from is not None:
+            valid, test = _time(self.valid_from, "valid_from"), _time(self.test_from, "test_from")
+            if valid > test:
+                raise ValueError(f"split.valid_from ({self.valid_from}) is after split.test_from "
+                                 f"({self.test_from})")
+            return valid, test
+        ordered = np.sort(timestamp)
+
+        def at(share: float) -> float:
+            position = int(round(share * len(ordered)))
+            return float(ordered[position]) if position < len(ordered) else math.inf
+
+        return at(self.ratios[0]), at(self.ratios[0] + self.ratios[1])
+
+    def __call__(self, data: Interactions, seed: int) -> SplitIndices:
+        """The split by time (``seed`` is unused: time fixes every row)."""
+        time = data.timestamp
+        valid_from, test_from = self.cutoffs(time)
+        part = np.where(time < valid_from, 0, np.where(time < test_from, 1, 2))  # 0/1/2
+        span = f"the timestamps span {time.min():g}..{time.max():g}" if len(time) else "no rows"
+        if not (part == 0).any():
+            raise ValueError(f"split=global_temporal: no interaction before the validation "
+                             f"cut-off {valid_from:g}; {span}")
+        if not (part == 2).any() and math.isfinite(test_from):
+            raise ValueError(f"split=global_temporal: no interaction at or after the test "
+                             f"cut-off {test_from:g}; {span}")
+        train = part == 0
+        keep = np.ones(len(data), dtype=bool)
+        dropped: dict[str, int] = {}
+
+        def drop(rows: np.ndarray, reason: str) -> None:
+            rows = rows & keep & ~train
+            if rows.any():
+                dropped[reason] = int(rows.sum())
+                keep[rows] = False
+
+        trained_user = np.bincount(data.user[train], minlength=data.n_users) > 0
+        drop(~trained_user[data.user], "held-out rows of users with no training interaction "
+             "(first seen after the cut-off; not evaluated)")
+        if self.new_items == "drop":
+            trained_item = np.bincount(data.item[train], minlength=data.n_items) > 0
+            drop(~trained_item[data.item], "held-out rows of items with no training "
+                 "interaction (first seen after the cut-off; split.new_items=drop)")
+        pair = data.user.astype(np.int64) * data.n_items + data.item
+        repeat = (part == 1) & np.isin(pair, pair[train])
+        test_inputs = train | ((part == 1) & keep & ~repeat)
+        repeat |= (part == 2) & np.isin(pair, pair[test_inputs])
+        drop(repeat, "held-out rows whose (user, item) is already among the user's inputs "
+             "(masked at evaluation, so never a hit)")
+        return SplitIndices(train=np.flatnonzero(train), valid=np.flatnonzero(keep & (part == 1)),
+                            test=np.flatnonzero(keep & (part == 2)), dropped=dropped)
 
 
 @dataclass
@@ -245,4 +386,5 @@ def hold_out_cold_items(data: Interactions, indices: SplitIndices, share: float,
     cold[np.random.default_rng([seed, 17]).choice(data.n_items, n_cold, replace=False)] = True
     train = indices.train[~cold[data.item[indices.train]]]
     valid = indices.valid[~cold[data.item[indices.valid]]]
-    return SplitIndices(train=train, valid=valid, test=indices.test), cold
+    return SplitIndices(train=train, valid=valid, test=indices.test,
+                        dropped=indices.dropped), cold
