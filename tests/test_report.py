@@ -249,3 +249,50 @@ def test_report_package_has_no_import_cycle():
                 seen.add(other)
                 todo += imports.get(other, set())
         assert module not in seen, f"{module} imports itself through {seen}"
+
+
+def test_markdown_is_compact_and_html_and_csv_keep_every_column(tmp_path):
+    write_run(tmp_path / "0", "ease", noisy(0.30, 3), **{"test/coverage@10": 0.4,
+                                                         "test/ndcg@20": 0.35})
+    write_run(tmp_path / "1", "pop", noisy(0.10, 2), **{"test/coverage@10": 0.1,
+                                                        "test/ndcg@20": 0.12})
+    assert report_main([str(tmp_path), "plots=false"]) == 0
+    lines = (tmp_path / "leaderboard.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| rank |"))
+    assert header.strip("| ").split(" | ") == [
+        "rank", "model", "runs", "test/ndcg@10", "95% CI", "test/recall@10",
+        "test/tail_recall@10", "test/aplt@10", "test/coverage@10", "p_wilcoxon", "error"]
+    html = (tmp_path / "leaderboard.html").read_text()
+    for column in ("test/gini@10", "test/ndcg@20", "p_ttest", "train_seconds", "n_params"):
+        assert f">{column}</th>" in html, column
+    csv = pd.read_csv(tmp_path / "leaderboard.csv")
+    assert {"test/gini@10", "test/ndcg@20", "p_ttest"} <= set(csv.columns)
+
+
+def test_labels_of_coinciding_points_do_not_overlap(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from recozoo.report.plots import label_column, label_points
+
+    heights = label_column(np.array([0.5, 0.5, 0.5, 0.0, 1.0]), gap=0.1)
+    assert heights[3] == 0.0 and heights[4] == 1.0  # room to stay where they are
+    assert sorted(heights[:3]) == pytest.approx([0.4, 0.5, 0.6])  # spread around their point
+    assert label_column(np.array([0.9] * 3), gap=0.2) == pytest.approx([0.6, 0.8, 1.0])
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    x = np.array([0.1, 0.1, 0.1, 0.1, 0.3, 0.31])
+    y = np.array([0.2, 0.2, 0.2, 0.2, 0.25, 0.25])  # four points at one place, two near
+    ax.scatter(x, y)
+    labels = label_points(ax, x, y, ["ease", "ease (rerank)", "itemknn", "pop", "bpr", "sasrec"])
+    fig.canvas.draw()
+    from matplotlib.text import Text
+
+    boxes = [Text.get_window_extent(label) for label in labels]  # the text, not its line
+    assert len(boxes) == 6
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b)
+    plt.close(fig)

@@ -230,7 +230,14 @@ def _cell(table: Table, row: pd.Series, key: str) -> str:
     return text
 
 
-def _headers(table: Table, primary: str) -> list[str]:
+def _headers(table: Table, primary: str, compact: bool = False) -> list[str]:
+    """The columns shown: every one (html, csv), or with ``compact`` the `compact_metrics`
+    and the primary metric's interval and p-value (leaderboard.md)."""
+    if compact:  # in this order: the primary metric and its interval first
+        order = ["rank", "model", "runs", primary, "95% CI", *compact_metrics(primary)[1:],
+                 "p_wilcoxon", "error"]
+        full = set(_headers(table, primary))
+        return [c for c in order if c in full]
     columns = ["rank", "model", "runs", *table.metrics]
     if "ci_low" in table.frame:
         columns.insert(columns.index(primary) + 1 if primary in columns else 3, "95% CI")
@@ -238,6 +245,16 @@ def _headers(table: Table, primary: str) -> list[str]:
         columns += ["p_wilcoxon", "p_ttest"]
     columns += [c for c in table.frame.columns if c.count("/") == 2]  # recall@k/<bucket>
     return columns + [*FACTS, "error"]
+
+
+def compact_metrics(primary: str) -> list[str]:
+    """The metrics of the compact table (leaderboard.md), at the primary metric's cut-off: the
+    primary metric, recall, tail recall, APLT and coverage, and the rating errors where a model
+    predicts ratings."""
+    k = primary.split("@")[1] if "@" in primary else "10"
+    return [primary, *(f"test/{name}@{k}" for name in ("recall", "tail_recall", "aplt",
+                                                        "coverage")),
+            *(f"test/{name}" for name in RATING_METRICS)]
 
 
 def _missing(value: Any) -> bool:
@@ -296,13 +313,17 @@ def _legend(board: Leaderboard) -> str:
             "head: mid and distant together. With several seeds: mean ± std.")
 
 
-def to_markdown(board: Leaderboard) -> str:
-    """leaderboard.md: one section per table, then the grouping notes."""
+def to_markdown(board: Leaderboard, compact: bool = True) -> str:
+    """leaderboard.md: the notes, then one section per table; ``compact`` (default) shows the
+    columns of `compact_metrics` only (leaderboard.csv and .html hold every column)."""
     lines = ["# Leaderboard", "", _legend(board), ""]
+    if compact:
+        lines += [("Every metric at every cut-off, per-bucket recall, p_ttest and the training "
+                   "facts: leaderboard.html (click a header to sort) and leaderboard.csv."), ""]
     for note in board.notes:
         lines += [f"> {note}", ""]
     for table in board.tables:
-        columns = _headers(table, board.primary)
+        columns = _headers(table, board.primary, compact)
         lines += [f"## {table.group.title}", "", "| " + " | ".join(columns) + " |",
                   "|" + "|".join("---:" if c not in ("model", "error") else "---"
                                  for c in columns) + "|"]

@@ -91,7 +91,9 @@ def _tail_tradeoff(ok: pd.DataFrame, title: str, primary: str, tail_keys: list[s
                    path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(tail_keys), figsize=(6 * len(tail_keys), 4.8))
+    # tall enough for a column of every model's label (`label_points`)
+    fig, axes = plt.subplots(1, len(tail_keys), figsize=(6.5 * len(tail_keys),
+                                                        max(4.8, 0.16 * len(ok) + 1.2)))
     for ax, key in zip(np.atleast_1d(axes), tail_keys):
         shown = ok.dropna(subset=[key, primary])  # a metric with no value has no point
         x, y = shown[key].to_numpy(float), shown[primary].to_numpy(float)
@@ -102,16 +104,76 @@ def _tail_tradeoff(ok: pd.DataFrame, title: str, primary: str, tail_keys: list[s
         ax.scatter(x[front], y[front], color="#c44e52", label="Pareto front", zorder=3)
         order = np.argsort(x[front])
         ax.plot(x[front][order], y[front][order], color="#c44e52", linestyle="--", zorder=2)
-        for xi, yi, name in zip(x, y, shown["model"]):
-            ax.annotate(name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        label_points(ax, x, y, list(shown["model"]))
         ax.set_xlabel(f"{key} (higher: more long tail)")
         ax.set_ylabel(primary)
         ax.legend(fontsize=8)
     fig.suptitle(f"Accuracy against the long tail: {title}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # the label column lies right of the axes
     plt.close(fig)
     return path
+
+
+def label_column(targets: np.ndarray, gap: float) -> np.ndarray:
+    """Heights for labels stacked in one column, each as near its target height (0..1) as a
+    distance of at least ``gap`` between neighbours allows, all within [0, 1]: labels that
+    would collide form a block spaced by ``gap`` and centred on their targets' mean.
+
+    Args:
+        targets: the wanted heights, any order.
+        gap: the least distance between two labels (shrunk to fit when too many labels).
+
+    Returns:
+        the heights, in the order of ``targets``.
+    """
+    targets = np.clip(np.asarray(targets, dtype=float), 0.0, 1.0)
+    n = len(targets)
+    if n == 0:
+        return targets
+    gap = min(gap, 1.0 / max(n - 1, 1))
+    order = np.argsort(targets, kind="stable")
+    blocks = [[targets[i]] for i in order]  # the wanted heights of each block's labels
+
+    def start(block: list[float]) -> float:
+        span = (len(block) - 1) * gap
+        return min(max(float(np.mean(block)) - span / 2, 0.0), 1.0 - span)
+
+    merged = True
+    while merged:  # merge neighbouring blocks that collide, until none does
+        merged = False
+        for i in range(len(blocks) - 1):
+            end = start(blocks[i]) + (len(blocks[i]) - 1) * gap
+            if start(blocks[i + 1]) < end + gap - 1e-12:
+                blocks[i:i + 2] = [blocks[i] + blocks[i + 1]]
+                merged = True
+                break
+    placed = np.concatenate([start(b) + gap * np.arange(len(b)) for b in blocks])
+    heights = np.empty(n)
+    heights[order] = placed
+    return heights
+
+
+def label_points(ax, x: np.ndarray, y: np.ndarray, names: list[str], fontsize: int = 7) -> list:
+    """Name each point in a column of labels right of the axes, each joined to its point by a
+    thin line: labels never overlap, also for points that coincide.
+
+    Returns:
+        the label artists (matplotlib ``Annotation``).
+    """
+    if len(names) == 0:
+        return []
+    ax.figure.canvas.draw()  # the axes' final limits, to know each point's height
+    low, high = ax.get_ylim()
+    wanted = (np.asarray(y, dtype=float) - low) / ((high - low) or 1.0)
+    height_in_axes = ax.get_window_extent().height / ax.figure.dpi * 72  # points
+    gap = 1.35 * fontsize / max(height_in_axes, 1.0)
+    heights = label_column(wanted, gap)
+    return [ax.annotate(name, xy=(xi, yi), xycoords="data", xytext=(1.03, hi),
+                        textcoords="axes fraction", va="center", ha="left", fontsize=fontsize,
+                        arrowprops={"arrowstyle": "-", "color": "#888888", "lw": 0.5,
+                                    "shrinkA": 0, "shrinkB": 2})
+            for xi, yi, hi, name in zip(x, y, heights, names)]
 
 
 def _bucket_bars(ok: pd.DataFrame, title: str, buckets: list[str], head_share: float | None,
