@@ -6,6 +6,9 @@ Sections (``sections=[...]`` picks some):
   folder (``shared=<folder>``, or the environment variable ``RECOZOO_SHARED``) holds the peer
   scripts and the data; otherwise recozoo is run alone on ml-100k if the data is there, and the
   output and the report say so.
+- ``ratings``: recozoo's rating models (``experiment=ratings``) against scikit-surprise 1.1.5
+  (SVD, SVD++, BaselineOnly) on the same ml-100k splits, one per seed: RMSE, MAE and seconds
+  (`bench.surprise`; Surprise gets its own virtual environment on first use).
 - ``scale``: time and peak memory on synthetic shops of growing size (`bench.scaling`).
 - ``throughput``: recozoo's full-ranking evaluation in GFLOP/s against a bare matmul + top-K of
   the same shape (`bench.throughput`).
@@ -40,7 +43,7 @@ from bench.peers import RecBolePeer
 from recozoo.artifacts import RunDir
 from recozoo.cli import parse_settings
 
-SECTIONS = ("compare", "scale", "throughput", "loadtest")
+SECTIONS = ("compare", "ratings", "scale", "throughput", "loadtest")
 
 
 @dataclass
@@ -67,6 +70,8 @@ class BenchSettings:
         repeats: alternating runs per side for each general model (seconds: their median).
         own_splits: score recozoo on its own split=random / split=loo even where RecBole's
             exact splits are available.
+        rating_models: recozoo rating models of the ratings section.
+        rating_seeds: the splits (and training seeds) of the ratings section.
         scale_sizes: interactions of the synthetic shops of the scaling section.
         loadtest_requests: requests per phase of the load test.
         max_load: before starting, wait for the 1-minute load average to drop below this
@@ -90,6 +95,8 @@ class BenchSettings:
     sequence_max_minutes: float = 5.0
     repeats: int = 3
     own_splits: bool = False
+    rating_models: list[str] = field(default_factory=lambda: ["svd", "svdpp"])
+    rating_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     scale_sizes: list[int] = field(default_factory=lambda: [100_000, 1_000_000])
     loadtest_requests: int = 200
     max_load: float | None = None
@@ -215,6 +222,23 @@ def run_compare(settings: BenchSettings, out: Path, results: dict[str, Any]) -> 
                                                out / "runs", say=say)
 
 
+def run_ratings(settings: BenchSettings, out: Path, results: dict[str, Any]) -> None:
+    from bench import surprise
+    shared = Path(settings.shared) if settings.shared else None
+    data = shared / "data" / "ml-100k" if shared else None
+    if data is None or not (data / "ml-100k.inter").is_file():
+        results["ratings"] = {"note": f"not run: no ml-100k ratings in {data or 'no shared folder'}"
+                                      " (shared=<folder> holding data/ml-100k)"}
+        say(results["ratings"]["note"])
+        return
+    seeds = settings.rating_seeds[:1] if settings.quick else settings.rating_seeds
+    say(f"== ratings: {', '.join(settings.rating_models)} and Surprise, seeds {seeds}")
+    results["ratings"] = surprise.ratings_section(
+        settings.rating_models, seeds, ["data=ml100k", f"data.path={data}"], out,
+        settings.threads, peers=settings.peers,
+        extra=["trainer.max_epochs=2"] if settings.quick else None, say=say)
+
+
 def run_scale(settings: BenchSettings, out: Path, results: dict[str, Any]) -> None:
     from bench import scaling
     sizes = [2_000, 10_000] if settings.quick else list(settings.scale_sizes)
@@ -244,7 +268,7 @@ def run_loadtest(settings: BenchSettings, out: Path, results: dict[str, Any]) ->
         results["loadtest"] = {"error": f"{type(error).__name__}: {error}"}
 
 
-RUNNERS = {"compare": run_compare, "scale": run_scale, "throughput": run_throughput,
+RUNNERS = {"compare": run_compare, "ratings": run_ratings, "scale": run_scale, "throughput": run_throughput,
            "loadtest": run_loadtest}
 
 

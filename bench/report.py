@@ -83,6 +83,37 @@ def memory_lines(rows: list[dict[str, Any]]) -> list[str]:
                          for row in rows])
 
 
+def ratings_lines(section: dict[str, Any]) -> list[str]:
+    """Rating prediction: mean (and standard deviation) over the seeds per model and side."""
+    from bench.surprise import RMSE_TARGET
+    if "note" in section:
+        return [section["note"]]
+
+    def spread(row: dict[str, Any], key: str, spec: str) -> str:
+        std = row.get(f"{key}_std")
+        return _num(row.get(key), spec) + ("" if std is None else f" ± {std:{spec}}")
+
+    head = ["side", "model", "seeds", "test RMSE", "test MAE", "fit s", "test s"]
+    body = [[row["side"], row["model"], str(row["seeds"]), spread(row, "rmse", ".4f"),
+             spread(row, "mae", ".4f"), spread(row, "fit_seconds", ".2f"),
+             spread(row, "test_seconds", ".3f")] for row in section.get("summary", [])]
+    ours = [row for row in section.get("summary", []) if row["side"] == "recozoo"]
+    lines = [(f"{section['protocol']}; seeds {section['seeds']}"
+              + (f"; Surprise {section['surprise_version']}" if section.get("surprise_version")
+                 else "") + ". Lower is better; mean ± standard deviation over the seeds."), ""]
+    if section.get("peer_note"):
+        lines += [section["peer_note"], ""]
+    lines += _table(head, body)
+    if ours:
+        best = ours[0]
+        lines += ["", (f"Best recozoo model: {best['model']}, mean test RMSE "
+                       f"{best['rmse']:.4f} (target at most {RMSE_TARGET}: "
+                       f"{'met' if best['rmse'] <= RMSE_TARGET else '**missed**'}).")]
+    if any(run.get("same_test_rows") is False for run in section.get("runs", [])):
+        lines += ["", "**A recozoo run was tested on other rows than the exported split.**"]
+    return lines
+
+
 def scaling_lines(scaling: dict[str, Any]) -> list[str]:
     points = scaling["points"]
     head = ["interactions", "users", "items", "stage", "model", "seconds", "peak RSS MB",
@@ -173,6 +204,9 @@ def render(results: dict[str, Any]) -> str:
         lines += ["### Peak memory of each run (whole process)", "", *memory_lines(rows), ""]
     elif results.get("comparison_note"):
         lines += ["## recozoo against RecBole", "", results["comparison_note"], ""]
+    if "ratings" in results:
+        lines += ["## Rating prediction against scikit-surprise on ml-100k", "",
+                  *ratings_lines(results["ratings"]), ""]
     if "scaling" in results:
         scaling = results["scaling"]
         lines += ["## Scaling on synthetic shops", "", scaling.get("note", ""), "",

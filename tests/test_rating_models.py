@@ -169,3 +169,24 @@ def test_ratings_experiment_follows_val_rmse_in_its_direction(make_config):
         assert callback.mode == ("max" if higher_is_better(callback.monitor) else "min")
     assert make_config(["experiment=ratings", "model=svd"], tiny=False).model._target_ \
         == "recozoo.models.svd.BiasedMF"
+
+
+def test_bench_ratings_summary_and_report():
+    """The bench's ratings section: means and spreads per model over seeds, best RMSE first,
+    and the report line that says whether the target is met."""
+    from bench.report import ratings_lines
+    from bench.surprise import summarise
+    runs = [{"side": "recozoo", "model": "svdpp", "seed": s, "rmse": r, "mae": 0.7,
+             "fit_seconds": 2.0, "test_seconds": 0.1} for s, r in ((0, 0.90), (1, 0.91))]
+    runs += [{"side": "surprise", "model": "SVD", "seed": 0, "rmse": 0.93, "mae": 0.73,
+              "fit_seconds": 1.0, "test_seconds": 0.2},
+             {"side": "recozoo", "model": "svd", "seed": 0, "error": "failed"}]
+    summary = summarise(runs)
+    assert [(r["side"], r["model"]) for r in summary] == [("recozoo", "svdpp"),
+                                                          ("surprise", "SVD")]
+    assert summary[0]["rmse"] == pytest.approx(0.905)
+    assert summary[0]["rmse_std"] == pytest.approx(0.00707, abs=1e-5)
+    assert summary[1]["rmse_std"] is None
+    text = "\n".join(ratings_lines({"protocol": "p", "seeds": [0, 1], "runs": runs,
+                                    "summary": summary}))
+    assert "svdpp, mean test RMSE 0.9050" in text and "met" in text

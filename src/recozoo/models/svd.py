@@ -43,7 +43,7 @@ class BiasedMF(Recommender):
                  n_negatives: int = 1, **kwargs):
         super().__init__(info, **kwargs)
         self.batch_size, self.n_negatives = batch_size, n_negatives
-        self.factor_decay, self.bias_decay = factor_decay, bias_decay
+        self.factor_decay, self.bias_decay, self.init_std = factor_decay, bias_decay, init_std
         # the global mean starts at the training mean (a parameter: fitted, and saved)
         self.global_bias = nn.Parameter(torch.tensor(float(info.rating_mean or 0.0)))
         self.user_bias = nn.Embedding(info.n_users, 1)
@@ -86,8 +86,9 @@ class BiasedMF(Recommender):
                 + self.global_bias)
 
     # ------------------------------------------------------------------ training
-    def regularizer(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """L2 of the factors and biases that the batch's ratings touch, per rating."""
+    def regularizer(self, batch: dict[str, torch.Tensor], vectors: torch.Tensor) -> torch.Tensor:
+        """L2 of the factors and biases that the batch's ratings touch, per rating;
+        ``vectors``: (B, d) the batch's user vectors."""
         user, item = batch["user"], batch["item"]
         factors = self.user_embedding(user).pow(2).sum(-1) + self.item_embedding(item).pow(2).sum(-1)
         biases = self.user_bias(user).pow(2).squeeze(-1) + self.item_bias(item).pow(2).squeeze(-1)
@@ -95,5 +96,7 @@ class BiasedMF(Recommender):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         user, item = batch["user"], batch["item"]
-        predicted = self._raw_rating(user, item, self.user_vectors(user))  # (B,)
-        return torch.nn.functional.mse_loss(predicted, batch["rating"]) + self.regularizer(batch)
+        vectors = self.user_vectors(user)  # (B, d)
+        predicted = self._raw_rating(user, item, vectors)  # (B,)
+        return (torch.nn.functional.mse_loss(predicted, batch["rating"])
+                + self.regularizer(batch, vectors))

@@ -33,7 +33,7 @@ class SVDpp(BiasedMF):
         self.implicit_decay = implicit_decay
         self.graph = TrainingGraph(info)
         self.implicit_embedding = nn.Embedding(info.n_items, self.item_embedding.embedding_dim)
-        nn.init.normal_(self.implicit_embedding.weight, std=float(self.item_embedding.weight.std()))
+        nn.init.normal_(self.implicit_embedding.weight, std=self.init_std)
         self._neighbourhood: torch.Tensor | None = None
         self._implicit: torch.Tensor | None = None  # (n_users, d) cached in eval mode
 
@@ -59,10 +59,10 @@ class SVDpp(BiasedMF):
     def user_vectors(self, user: torch.Tensor) -> torch.Tensor:
         return self.user_embedding(user) + self.implicit_term()[user]  # (B, d)
 
-    def regularizer(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def regularizer(self, batch: dict[str, torch.Tensor], vectors: torch.Tensor) -> torch.Tensor:
         # the y_j of a user's neighbourhood, through the user's implicit term
-        implicit = self.implicit_term()[batch["user"]].pow(2).sum(-1)  # (B,)
-        return super().regularizer(batch) + self.implicit_decay * implicit.mean()
+        implicit = (vectors - self.user_embedding(batch["user"])).pow(2).sum(-1)  # (B,)
+        return super().regularizer(batch, vectors) + self.implicit_decay * implicit.mean()
 
     @property
     def n_params(self) -> int:
