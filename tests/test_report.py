@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -296,3 +297,28 @@ def test_labels_of_coinciding_points_do_not_overlap(tmp_path):
         for b in boxes[i + 1:]:
             assert not a.overlaps(b)
     plt.close(fig)
+
+
+def test_external_list_is_scored_against_the_run_and_added_as_a_row(tmp_path, monkeypatch):
+    import recozoo.report.external
+
+    run = write_run(tmp_path / "runs" / "ease", "ease", noisy(0.30, 3))
+    calls = []
+
+    def fake_score_external(list_file: Path, run_dir: Path, out_dir: Path | None = None) -> Path:
+        calls.append((list_file, run_dir, out_dir))
+        return write_run(run_dir.parent / "external_lists", "external", noisy(0.20, 4))
+
+    monkeypatch.setattr(recozoo.report.external, "score_external", fake_score_external)
+    lists = tmp_path / "lists.csv"
+    for argv in ([f"external={lists}", f"run={run}", "plots=false"],
+                 ["--external", str(lists), "--run", str(run), "--no-plots"]):
+        assert report_main(argv) == 0
+        assert calls.pop() == (lists, run, None)
+        shutil.rmtree(tmp_path / "runs" / "external_lists")
+    frame = pd.read_csv(run / "leaderboard.csv")  # written into the run folder by default
+    assert sorted(frame["model"]) == ["ease", "external"]
+    with pytest.raises(SystemExit, match=r"external=.*lists.csv needs run=<run folder>"):
+        report_main([f"external={lists}"])
+    with pytest.raises(SystemExit, match=r"run= is read with external="):
+        report_main([f"run={run}"])
