@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv if needed and install recozoo with torch 2.13.0 (CPU)
 
-train: $(STAMP) ## train the default model on the embedded shop data and print the metrics
+train: $(STAMP) ## train the default model on the embedded shop data; prints the metrics, the run folder and the next commands
 	$(PY) train.py $(ARGS)
 
 test: $(STAMP) ## the fast test suite (no slow tests)
