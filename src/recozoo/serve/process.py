@@ -49,10 +49,10 @@ class ServerProcess:
         args = [sys.executable, "-m", "recozoo.serve", f"run={self.run}", "host=127.0.0.1",
                 f"port={self.port}", *(f"{k}={v}" for k, v in self.settings.items())]
         self._log = open(self.log_file, "ab") if self.log_file else None  # closed in stop()
-        env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-        # its own process group, so that stop() can end the workers too if it must
-        self.process = subprocess.Popen(args, stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)
+        # its own process group, so that stop() can end the workers too if it must; the thread
+        # settings are the service's own (recozoo.runtime)
+        self.process = subprocess.Popen(args, stdout=self._log or subprocess.DEVNULL,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
         try:
             self._wait_healthy()
         except BaseException:
