@@ -134,7 +134,7 @@ def _stage(stage: str) -> str:
 #: metrics.json facts in the order they are written (DESIGN.md, "Run artifacts")
 FACTS: tuple[str, ...] = (
     "status", "error", "traceback", "model", "data", "split", "seed", "n_users", "n_items",
-    "n_interactions", "n_params", "head_share", "rerank", "rerank_weight", "debias", "epochs",
+    "n_interactions", "n_params", "head_share", "heavy_user_share", "rerank", "rerank_weight", "debias", "epochs",
     "train_seconds", "epoch_seconds", "eval_seconds", "fusion_seconds", "best_checkpoint")
 #: facts written (as null) even when unknown, in a successful run
 _ALWAYS = frozenset(FACTS) - {"error", "traceback", "fusion_seconds"}
@@ -165,6 +165,7 @@ class RunRecord(Mapping[str, Any]):
     n_interactions: int | None = None
     n_params: int | None = None
     head_share: float | None = None
+    heavy_user_share: float | None = None
     rerank: str | None = None
     rerank_weight: float | None = None
     debias: str | None = None

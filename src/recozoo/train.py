@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recozoo import artifacts
 from recozoo.artifacts import RunDir, RunRecord
+from recozoo.data.contracts import DEFAULT_HEAVY_USER_SHARE
 from recozoo.data.datamodule import DatasetInfo, RecDataModule
 from recozoo.debias import Debias
 from recozoo.distributed import job_scope
@@ -77,6 +78,7 @@ def build_datamodule(cfg: DictConfig) -> RecDataModule:
         split=instantiate(cfg.split),
         seed=cfg.seed,
         head_share=cfg.eval.head_share,
+        heavy_user_share=cfg.eval.get("heavy_user_share", DEFAULT_HEAVY_USER_SHARE),
         eval_batch_size=cfg.eval.batch_size,
         history_len=cfg.eval.history_len,
         num_workers=cfg.data.get("num_workers", 0),
@@ -271,6 +273,7 @@ def train(cfg: DictConfig) -> RunRecord:
         n_interactions=len(dm.data),
         n_params=model.n_params,
         head_share=dm.info.head_share,
+        heavy_user_share=dm.info.heavy_user_share,
         rerank=_choice("rerank", "none"),
         rerank_weight=float(cfg.rerank.weight) if cfg.get("rerank") else None,
         debias=_choice("debias", "none"),
@@ -318,8 +321,10 @@ def write_run_artifacts(run_dir: RunDir, dm: RecDataModule, val_outputs: dict | 
         # the index the model saw (DatasetInfo.item_category), so serving rebuilds it exactly
         items["category_index"] = data.items.category
     artifacts.write_parquet(run_dir.items, items)
-    artifacts.write_parquet(run_dir.users, pd.DataFrame({"user": np.arange(info.n_users),
-                                                         "user_id": data.user_ids}))
+    users = pd.DataFrame({"user": np.arange(info.n_users), "user_id": data.user_ids})
+    if info.user_activity is not None:  # training interactions (light and heavy users)
+        users["activity"] = info.user_activity.numpy()
+    artifacts.write_parquet(run_dir.users, users)
     order = data.chronological_order()
     artifacts.write_parquet(run_dir.history,
                             pd.DataFrame({"user": data.user[order], "item": data.item[order]}))

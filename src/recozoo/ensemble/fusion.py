@@ -29,12 +29,9 @@ import torch
 
 from recozoo import artifacts
 from recozoo.artifacts import RunDir, RunRecord
-from recozoo.data.datamodule import DatasetInfo
 from recozoo.ensemble.normalise import FusionRule, normalise_lists
-from recozoo.evaluation.evaluator import per_user_values
+from recozoo.evaluation.saved_lists import saved_facts, score_lists
 from recozoo.metrics import functional as F
-from recozoo.metrics.ranking import RankedBatch
-from recozoo.metrics.suite import ranking_suite
 from recozoo.report.runs import Run, RunGroup, find_runs, group_runs
 
 log = logging.getLogger(__name__)
@@ -276,8 +273,7 @@ def fuse(members: Members, spec: FusionSpec, out_dir: Path | str) -> RunRecord:
     out = RunDir(Path(out_dir))
     first = RunDir(members.first)
     facts = members.runs[0].metrics
-    info = artifacts.read_item_facts(first, n_users=int(facts["n_users"]),
-                                     head_share=facts.get("head_share"))
+    info, _ = saved_facts(first, facts, "test", int(facts["n_users"]))
     tail = info.tail_mask.numpy()
     labels = [r.label or r.model for r in members.runs]
     stages = {}
@@ -304,7 +300,8 @@ def fuse(members: Members, spec: FusionSpec, out_dir: Path | str) -> RunRecord:
         seed=facts.get("seed"), n_users=facts.get("n_users"), n_items=facts.get("n_items"),
         n_interactions=facts.get("n_interactions"),
         n_params=int(sum(r.metrics.get("n_params") or 0 for r in members.runs)),
-        head_share=facts.get("head_share"), epochs=None)
+        head_share=facts.get("head_share"), heavy_user_share=facts.get("heavy_user_share"),
+        epochs=None)
     for stage in ("val", "test"):
         cands, targets, _ = stages[stage]
         scores = cands.fused(weights)
@@ -317,7 +314,8 @@ def fuse(members: Members, spec: FusionSpec, out_dir: Path | str) -> RunRecord:
             "item": ranked_items[ok].numpy(), "score": top.values[ok].numpy()})
         artifacts.write_parquet(out.rankings(stage), rankings)
         lists = _fill_short_lists(ranked_items, ok, order)
-        values, per_user = _evaluate(lists, cands.users, targets, members.ks, info)
+        _, inputs = saved_facts(first, facts, stage, info.n_users)
+        values, per_user = score_lists(lists, cands.users, targets, members.ks, info, inputs)
         record.metrics.update({f"{stage}/{k}": v for k, v in values.items()})
         if stage == "test":
             artifacts.write_parquet(out.per_user_test, per_user)
@@ -349,30 +347,6 @@ def _relative(path: Path, base: Path) -> str:
         return str(path.resolve().relative_to(base.resolve().parent))
     except ValueError:
         return str(path.resolve())
-
-
-def _evaluate(lists: torch.Tensor, users: np.ndarray, targets: pd.DataFrame, ks: list[int],
-              info: DatasetInfo, batch_size: int = 1024) -> tuple[dict[str, float], pd.DataFrame]:
-    """The shared metric suite (with the popularity buckets every model reports) on the fused
-    lists, and the per-user test values."""
-    suite = ranking_suite(ks, info.n_items, info.n_users, info.item_popularity, info.tail_mask,
-                          item_bucket=info.item_bucket)
-    index = pd.Series(np.arange(len(users)), index=users)
-    known = targets[targets["user"].isin(index.index)]
-    target_row, target_item = index[known["user"]].to_numpy(), known["item"].to_numpy()
-    per_user: dict[str, list[torch.Tensor]] = {}
-    for start in range(0, len(users), batch_size):
-        rows = slice(start, start + batch_size)
-        block = (target_row >= start) & (target_row < start + batch_size)
-        dense = torch.zeros(len(users[rows]), info.n_items)  # (B, n_items) 0/1 targets
-        dense[target_row[block] - start, target_item[block]] = 1.0
-        ranked = RankedBatch.from_lists(lists[rows], dense, info.tail_mask, info.item_bucket)
-        suite.update(ranked)
-        for key, value in per_user_values(suite, ranked, ks).items():
-            per_user.setdefault(key, []).append(value)
-    values = {k: float(v) for k, v in suite.compute().items()}
-    frame = pd.DataFrame({"user": users, **{k: torch.cat(v).numpy() for k, v in per_user.items()}})
-    return values, frame
 
 
 def fuse_sweep(folders: list[Path | str] | Path | str, spec: FusionSpec | None = None,

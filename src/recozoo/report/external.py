@@ -38,10 +38,9 @@ import torch
 
 from recozoo import artifacts
 from recozoo.artifacts import RunDir, RunRecord, read_items, read_table
-from recozoo.data.contracts import DEFAULT_HEAVY_USER_SHARE, DatasetInfo, heavy_user_mask
-from recozoo.evaluation import per_user_values
-from recozoo.metrics.ranking import NO_ITEM, RankedBatch, inputs_per_group
-from recozoo.metrics.suite import ranking_suite
+from recozoo.data.contracts import DEFAULT_HEAVY_USER_SHARE
+from recozoo.evaluation.saved_lists import saved_facts, score_lists
+from recozoo.metrics.ranking import NO_ITEM
 
 log = logging.getLogger(__name__)
 
@@ -137,90 +136,6 @@ def _indices(frame: pd.DataFrame, run: RunDir, list_file: Path,
     return known, int(unknown.sum())
 
 
-def _pair_counts(rows: pd.DataFrame) -> pd.Series:
-    return rows.groupby(["user", "item"]).size()
-
-
-def _less(counts: pd.Series, taken: pd.Series) -> pd.Series:
-    """(user, item) counts less ``taken``, as multisets."""
-    left = counts - taken.reindex(counts.index, fill_value=0)
-    return left[left > 0]
-
-
-def _inputs_and_activity(run: RunDir, record: RunRecord, n_users: int
-                         ) -> tuple[pd.DataFrame | None, np.ndarray | None]:
-    """The (user, item) test inputs and the per-user training counts of the run, each None
-    where the run folder cannot tell it exactly (see the module docstring)."""
-    users = pd.read_parquet(run.users)
-    activity = users["activity"].to_numpy(np.float64) if "activity" in users else None
-    if record.split == "global_temporal":
-        why = "split=global_temporal leaves data rows out of every part"
-    elif any(key.startswith("test_cold/") for key in record.metrics):
-        why = "the cold items' (eval.cold_items) rows are nobody's inputs"
-    else:
-        why = None
-    if why is not None:
-        log.warning("%s: %s, so the users' inputs cannot be recounted from history.parquet: "
-                    "poprsp has no value%s", run.path, why,
-                    "" if activity is not None else ", nor the light/heavy user NDCG")
-        return None, activity
-    history = _pair_counts(read_table(run.history, ("user", "item")))
-    test_inputs = _less(history, _pair_counts(read_table(run.targets("test"), ("user", "item"))))
-    if activity is None:
-        train = _less(test_inputs, _pair_counts(read_table(run.targets("val"), ("user", "item"))))
-        activity = np.bincount(train.index.get_level_values("user"),
-                               weights=train.to_numpy(np.float64), minlength=n_users)
-    return test_inputs.index.to_frame(index=False), activity
-
-
-def score_lists(lists: torch.Tensor, users: np.ndarray, targets: pd.DataFrame, ks: list[int],
-                info: DatasetInfo, inputs: pd.DataFrame | None = None,
-                batch_size: int = 1024) -> tuple[dict[str, float], pd.DataFrame]:
-    """The shared metric suite on given ranked lists.
-
-    Args:
-        lists: (n_users, K) ranked item indices, best first, `NO_ITEM` in empty slots.
-        users: (n_users,) the user index of each list.
-        targets: the held-out (user, item) rows; those of other users are ignored.
-        ks: cut-offs, each at most K.
-        info: the item facts (tail, buckets, popularity) and ``heavy_users`` (or None).
-        inputs: every (user, item) input of these users (for PopRSP), or None: unknown.
-
-    Returns:
-        ``{"<name>@<k>": value}`` and the per-user values (one row per user).
-    """
-    suite = ranking_suite(ks, info.n_items, info.n_users, info.item_popularity, info.tail_mask,
-                          item_bucket=info.item_bucket, heavy_users=info.heavy_users)
-    row_of = pd.Series(np.arange(len(users)), index=users)
-    known = targets[targets["user"].isin(row_of.index)]
-    target_row, target_item = row_of[known["user"]].to_numpy(), known["item"].to_numpy()
-    if inputs is not None:
-        inputs = inputs[inputs["user"].isin(row_of.index)]
-        input_row, input_item = row_of[inputs["user"]].to_numpy(), inputs["item"].to_numpy()
-    per_user: dict[str, list[torch.Tensor]] = {}
-    for start in range(0, len(users), batch_size):
-        stop = min(start + batch_size, len(users))
-        block = (target_row >= start) & (target_row < stop)
-        dense = torch.zeros(stop - start, info.n_items)  # (B, n_items) 0/1 targets
-        dense[target_row[block] - start, target_item[block]] = 1.0
-        n_inputs = None
-        if inputs is not None:
-            mine = (input_row >= start) & (input_row < stop)
-            n_inputs = inputs_per_group(torch.as_tensor(input_row[mine] - start),
-                                        torch.as_tensor(input_item[mine]), stop - start,
-                                        info.tail_mask)
-        ranked = RankedBatch.from_lists(lists[start:stop], dense, info.tail_mask,
-                                        info.item_bucket, users=torch.as_tensor(users[start:stop]),
-                                        n_inputs=n_inputs)
-        suite.update(ranked)
-        for key, value in per_user_values(suite, ranked, ks).items():
-            per_user.setdefault(key, []).append(value)
-    values = {k: float(v) for k, v in suite.compute().items()}
-    frame = pd.DataFrame({"user": users,
-                          **{k: torch.cat(v).numpy() for k, v in per_user.items()}})
-    return values, frame
-
-
 def _run_ks(record: RunRecord, run: RunDir) -> list[int]:
     ks = sorted({int(m[1]) for key in record.metrics if (m := _NDCG_KEY.match(key))})
     if not ks:
@@ -295,25 +210,20 @@ def score_external(list_file: Path, run_dir: Path, out_dir: Path | None = None,
         log.info("%s: %d of %d test users of %s have no list and count with an empty one",
                  list_file, without_list, len(test_users), run.path)
 
-    heavy_share = record.extra.get("heavy_user_share", DEFAULT_HEAVY_USER_SHARE)
-    inputs, activity = _inputs_and_activity(run, record, n_users)
-    info = artifacts.read_item_facts(run, n_users, record.head_share, name)
-    if activity is not None:
-        info.user_activity = torch.as_tensor(activity)
-        info.heavy_users = heavy_user_mask(activity, heavy_share)
+    info, inputs = saved_facts(run, record, "test", n_users, name)
     values, per_user = score_lists(lists, test_users, targets, ks, info, inputs)
 
     scored = RunRecord(
         status="ok", model=name, data=record.data, split=record.split, seed=record.seed,
         n_users=record.n_users, n_items=record.n_items, n_interactions=record.n_interactions,
-        head_share=record.head_share, rerank="none", debias="none",
+        head_share=record.head_share, heavy_user_share=record.heavy_user_share,
+        rerank="none", debias="none",
         metrics={f"test/{key}": value for key, value in values.items()},
         extra={"external_list": str(list_file.resolve()), "external_run": str(run.path.resolve()),
                "external_rows_dropped": n_dropped,
                "external_users_without_list": int(without_list),
                "external_users_not_scored": int(not_scored),
-               **({"heavy_user_share": heavy_share} if "heavy_user_share" in record.extra
-                  else {})})
+               })
     rankings = pd.DataFrame({"user": listed["user"].to_numpy(),
                              "rank": listed["position"].to_numpy(np.int32) + 1,
                              "item": listed["item"].to_numpy(),
