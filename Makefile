@@ -9,7 +9,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-full sweep bench format clean
+.PHONY: help install train test test-full sweep bench panel format clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ sweep: $(STAMP) ## the whole zoo on the shop data, then fusion and the leaderboa
 
 bench: $(STAMP) ## speed and quality benchmarks into bench/results.{md,json} (RecBole: ARGS="shared=<folder>" or RECOZOO_SHARED)
 	$(PY) -m bench $(ARGS)
+
+panel: $(STAMP) ## every model x dataset x seed with defaults, resumable (writes bench/panel.md)
+	$(PY) -m bench.panel $(ARGS)
 
 format: $(STAMP) ## format and lint with ruff
 	$(VENV)/bin/ruff format src tests train.py

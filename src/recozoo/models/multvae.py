@@ -40,6 +40,7 @@ class MultVAE(Recommender):
         anneal_cap: the largest ``beta`` (paper: 0.2).
         total_anneal_steps: updates over which ``beta`` grows from 0 to 1 before the cap.
         batch_size: users per training batch.
+        sampling_std: scale of the reparameterisation noise while training (`MultVAENet`).
     """
 
     scores_new_users = True  # scores read only the user's items, never a user id
@@ -47,11 +48,12 @@ class MultVAE(Recommender):
     def __init__(self, info: DatasetInfo, hidden: tuple[int, ...] | list[int] = (600,),
                  latent: int = 200, dropout: float = 0.5, variational: bool = True,
                  anneal_cap: float = 0.2, total_anneal_steps: int = 2000, batch_size: int = 128,
-                 **kwargs):
+                 sampling_std: float = 1.0, **kwargs):
         super().__init__(info, **kwargs)
         if total_anneal_steps <= 0:
             raise ValueError(f"total_anneal_steps must be > 0, got {total_anneal_steps}")
-        self.net = MultVAENet(info.n_items, list(hidden), latent, dropout, variational)
+        self.net = MultVAENet(info.n_items, list(hidden), latent, dropout, variational,
+                              sampling_std)
         self.anneal_cap, self.total_anneal_steps = anneal_cap, total_anneal_steps
         self.batch_size = batch_size
         #: gradient updates seen so far (drives beta); saved in checkpoints

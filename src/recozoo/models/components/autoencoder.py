@@ -28,15 +28,18 @@ class MultVAENet(nn.Module):
         latent: size of the code.
         dropout: input dropout rate.
         variational: Mult-VAE (True) or Mult-DAE (False).
+        sampling_std: scale of the reparameterisation noise while training (1: the paper's
+            sampling ``z = mu + eps * sigma``; RecBole 1.2.1 draws ``eps`` with std 0.01).
 
     ``forward(rows)`` returns ``(logits (B, n_items), mu (B, latent), logvar (B, latent) or
     None)``.
     """
 
     def __init__(self, n_items: int, hidden: tuple[int, ...] | list[int] = (600,),
-                 latent: int = 200, dropout: float = 0.5, variational: bool = True):
+                 latent: int = 200, dropout: float = 0.5, variational: bool = True,
+                 sampling_std: float = 1.0):
         super().__init__()
-        self.variational, self.latent = variational, latent
+        self.variational, self.latent, self.sampling_std = variational, latent, sampling_std
         self.dropout = nn.Dropout(dropout)
         sizes = [n_items, *hidden]
         self.encoder = mlp([*sizes, 2 * latent if variational else latent], nn.Tanh, _xavier)
@@ -49,5 +52,8 @@ class MultVAENet(nn.Module):
         if not self.variational:
             return self.decoder(code), code, None
         mu, logvar = code[:, :self.latent], code[:, self.latent:]  # (B, latent) each
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
+        if self.training:
+            z = mu + self.sampling_std * torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        else:
+            z = mu
         return self.decoder(z), mu, logvar

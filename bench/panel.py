@@ -1,0 +1,337 @@
+"""``make panel`` (``python -m bench.panel``): every model with its defaults, over several datasets
+and seeds, so a default is judged by how it does everywhere, not on the data it was tuned on.
+
+Each (dataset, model, seed) is one ``python train.py`` run in ``<out>/<dataset>/<model>/s<seed>``.
+The panel is resumable: a run whose folder holds a finished ``metrics.json`` is not run again, so
+it can be completed over several sittings and in parts (``datasets=``, ``models=``, ``seeds=``,
+``budget_minutes=``). Every call rewrites the report from all the runs found (``report_only=true``
+only reports): per dataset a leaderboard of test metrics with the mean and a 95% interval over
+seeds (Student's t), and across datasets a summary (mean rank by NDCG@10, wins and losses against
+pop). The report names the exact commands and the runs still missing.
+
+Datasets: ``shop`` is embedded; the others read the files in ``<shared>/data`` (``shared=`` or
+``RECOZOO_SHARED``), and are skipped, with the reason, where they are absent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import repo_root
+from bench.compare import thread_env
+from bench.process import run_process
+from recozoo.artifacts import RunDir, RunRecord
+from recozoo.cli import parse_settings
+
+#: the metrics the tables show, primary first
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("test/ndcg@10", "NDCG@10"), ("test/recall@10", "Recall@10"),
+    ("test/tail_recall@10", "TailRecall@10"), ("test/coverage@10", "Coverage@10"))
+PRIMARY = COLUMNS[0][0]
+
+
+@dataclass(frozen=True)
+class PanelDataset:
+    """One dataset of the panel: the train.py overrides that select it (``{shared}`` is the
+    shared folder) and the file it needs there (None: embedded)."""
+
+    name: str
+    overrides: tuple[str, ...]
+    needs: str | None = None
+    note: str = ""
+
+    def resolved(self, shared: Path | None) -> list[str]:
+        return [o.format(shared=shared) for o in self.overrides]
+
+    def missing(self, shared: Path | None) -> str | None:
+        """Why the dataset cannot run here, or None."""
+        if self.needs is None:
+            return None
+        if shared is None:
+            return "no shared folder (set shared=<folder> or RECOZOO_SHARED)"
+        if not (shared / self.needs).exists():
+            return f"{shared / self.needs} not found"
+        return None
+
+
+DATASETS: dict[str, PanelDataset] = {d.name: d for d in (
+    PanelDataset("shop", ("data=shop",), note="embedded synthetic shop, leave-one-out"),
+    PanelDataset("ml100k_random", ("data=ml100k", "data.path={shared}/data/ml-100k",
+                                   "split=random"), "data/ml-100k/ml-100k.inter",
+                 "MovieLens 100K, all ratings, per-user random 8:1:1 (RecBole's protocol)"),
+    PanelDataset("ml100k_loo", ("data=ml100k", "data.path={shared}/data/ml-100k", "split=loo"),
+                 "data/ml-100k/ml-100k.inter", "MovieLens 100K, leave-one-out by time"),
+    PanelDataset("scientific", ("data=atomic", "data.path={shared}/data/amazon-scientific",
+                                "data.name=Scientific"),
+                 "data/amazon-scientific/Scientific.inter",
+                 "Amazon Industrial & Scientific (UniSRec files), leave-one-out"),
+    PanelDataset("online_retail", (
+        "data=online_retail",
+        "data.path={shared}/data/online-retail-ii/online_retail_II_2009_2010.parquet"),
+        "data/online-retail-ii/online_retail_II_2009_2010.parquet",
+        "UCI Online Retail II 2009-2010, leave-one-out"),
+)}
+
+
+@dataclass
+class PanelSettings:
+    """Run (or complete) the dataset x model x seed panel and write its report.
+
+    Args:
+        datasets: the datasets to run (all: every one in bench/panel.py's DATASETS).
+        models: the models to run (all: every ranking model of conf/model/).
+        seeds: the seeds.
+        out: where the runs go (resumable: finished runs are skipped).
+        shared: the folder with data/ (default: the RECOZOO_SHARED environment variable).
+        report: the Markdown report (a JSON twin is written beside it).
+        budget_minutes: start no new run after this many minutes (0: no limit).
+        threads: torch threads per run.
+        retry_failed: run again the runs that failed before.
+        report_only: write the report from the runs found, run nothing.
+        overrides: extra train.py overrides for every run (e.g. trainer.max_epochs=20).
+    """
+
+    datasets: list[str] = field(default_factory=lambda: list(DATASETS))
+    models: list[str] = field(default_factory=lambda: ["all"])
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    out: str = "~/.cache/recozoo/panel"
+    shared: str | None = None
+    report: str = "bench/panel.md"
+    budget_minutes: float = 0.0
+    threads: int = 2
+    retry_failed: bool = False
+    report_only: bool = False
+    overrides: list[str] = field(default_factory=list)
+
+
+def ranking_models(root: Path) -> list[str]:
+    """Every model config of conf/model/ that ranks items (rating-only models left out)."""
+    import yaml
+    from hydra.utils import get_class
+
+    names = []
+    for path in sorted((root / "conf" / "model").glob("*.yaml")):
+        target = (yaml.safe_load(path.read_text()) or {}).get("_target_", "")
+        if target and not getattr(get_class(target), "predicts_ratings", False):
+            names.append(path.stem)
+    return names
+
+
+def run_folder(out: Path, dataset: str, model: str, seed: int) -> Path:
+    return out / dataset / model / f"s{seed}"
+
+
+def train_command(dataset: PanelDataset, model: str, seed: int, shared: Path | None,
+                  folder: Path, extra: list[str]) -> list[str]:
+    """The train.py command of one panel run (what the report prints)."""
+    return [sys.executable, "train.py", *dataset.resolved(shared), f"model={model}",
+            f"seed={seed}", *extra, "logger=none", "trainer.enable_progress_bar=false",
+            f"hydra.run.dir={folder}"]
+
+
+def read_run(folder: Path) -> RunRecord | None:
+    run = RunDir(folder)
+    if not run.metrics.exists():
+        return None
+    try:
+        return run.read_record()
+    except ValueError:
+        return None
+
+
+def run_panel(settings: PanelSettings, root: Path, shared: Path | None, out: Path,
+              models: list[str]) -> list[str]:
+    """Run every missing (dataset, model, seed); returns what was skipped and why."""
+    skipped, start = [], time.monotonic()
+    for name in settings.datasets:
+        dataset = DATASETS[name]
+        why = dataset.missing(shared)
+        if why:
+            skipped.append(f"{name}: {why}")
+            continue
+        for seed in settings.seeds:
+            for model in models:
+                folder = run_folder(out, name, model, seed)
+                record = read_run(folder)
+                if record is not None and (record.ok or not settings.retry_failed):
+                    continue
+                elapsed = (time.monotonic() - start) / 60
+                if settings.budget_minutes and elapsed > settings.budget_minutes:
+                    skipped.append(f"budget of {settings.budget_minutes:g} min used: stopped "
+                                   f"before {name}/{model}/s{seed}")
+                    return skipped
+                command = train_command(dataset, model, seed, shared, folder, settings.overrides)
+                print(f"[{elapsed:6.1f} min] {name} {model} seed {seed}", flush=True)
+                folder.parent.mkdir(parents=True, exist_ok=True)
+                result = run_process(command, env=thread_env(settings.threads), cwd=root,
+                                     log=folder.with_suffix(".log"))
+                if result.returncode != 0 and read_run(folder) is None:
+                    # a crash before train.py could record it: record it here
+                    RunDir(folder).write_record(RunRecord(
+                        status="failed", model=model, seed=seed,
+                        error=f"exit {result.returncode}: {result.tail(3)}"))
+    return skipped
+
+
+# ---------------------------------------------------------------------------------- report
+def t_interval(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% Student-t interval (nan with fewer than 2 values)."""
+    from scipy import stats
+
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, math.nan
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+
+
+def collect(out: Path, datasets: list[str], models: list[str], seeds: list[int]
+            ) -> dict[str, dict[str, dict[str, Any]]]:
+    """dataset -> model -> {"seeds": {seed: {metric: value}}, "failed": [...], "missing": [...]}"""
+    table: dict[str, dict[str, dict[str, Any]]] = {}
+    for dataset in datasets:
+        for model in models:
+            entry: dict[str, Any] = {"seeds": {}, "failed": [], "missing": [], "seconds": []}
+            for seed in seeds:
+                record = read_run(run_folder(out, dataset, model, seed))
+                if record is None:
+                    entry["missing"].append(seed)
+                elif not record.ok:
+                    entry["failed"].append(f"s{seed}: {(record.error or '')[:120]}")
+                else:
+                    entry["seeds"][seed] = {key: record.metrics.get(key) for key, _ in COLUMNS}
+                    entry["seconds"].append(record.train_seconds or 0.0)
+            table.setdefault(dataset, {})[model] = entry
+    return table
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "–"
+    mean, half = t_interval(values)
+    return f"{mean:.4f}" if math.isnan(half) else f"{mean:.4f} ± {half:.4f}"
+
+
+def _values(entry: dict[str, Any], key: str) -> list[float]:
+    return [v[key] for v in entry["seeds"].values() if v.get(key) is not None]
+
+
+def summarise(table: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per model: its rank by mean NDCG@10 on each dataset, and wins/losses against pop."""
+    summary: dict[str, dict[str, Any]] = {}
+    for dataset, rows in table.items():
+        means = {m: sum(v) / len(v) for m, e in rows.items() if (v := _values(e, PRIMARY))}
+        order = sorted(means, key=lambda m: -means[m])
+        for model, mean in means.items():
+            row = summary.setdefault(model, {"ranks": {}, "wins": [], "losses": []})
+            row["ranks"][dataset] = order.index(model) + 1
+            if model != "pop" and "pop" in means:
+                (row["wins"] if mean > means["pop"] else row["losses"]).append(dataset)
+    for row in summary.values():
+        row["mean_rank"] = sum(row["ranks"].values()) / len(row["ranks"])
+    return summary
+
+
+def write_report(settings: PanelSettings, table: dict[str, dict[str, dict[str, Any]]],
+                 skipped: list[str], shared: Path | None, out: Path, root: Path) -> Path:
+    """bench/panel.md (and panel.json beside it)."""
+    summary = summarise(table)
+    lines = ["# recozoo panel: every model with its defaults, datasets x seeds", "",
+             f"Written {datetime.datetime.now():%Y-%m-%d %H:%M} on {platform.node()} "
+             f"({os.cpu_count()} CPUs, {settings.threads} torch threads per run, "
+             "OMP_WAIT_POLICY=PASSIVE). Test metrics of each model's best validation "
+             "checkpoint; mean ± half-width of the 95% Student-t interval over the seeds done "
+             "(n); full ranking over all items.", "",
+             "Reproduce (resumable; finished runs are skipped):", "", "```",
+             "make panel ARGS=\"shared=<folder with data/>\"   # or python -m bench.panel ...",
+             f"python -m bench.panel datasets=[{','.join(settings.datasets)}] "
+             f"seeds=[{','.join(map(str, settings.seeds))}] report_only=true   # the report alone",
+             "```", "", "One run is `" + shlex.join([
+                 "python", *train_command(DATASETS["shop"], "<model>", 1, shared,
+                                          Path("<run folder>"), settings.overrides)[1:]])
+             + "`, with each dataset's overrides:", ""]
+    for name in settings.datasets:
+        dataset = DATASETS[name]
+        lines.append(f"- `{name}`: `{' '.join(dataset.overrides)}` ({dataset.note})")
+    if skipped:
+        lines += ["", "Not run this time:", ""] + [f"- {s}" for s in skipped]
+    lines += ["", "## Summary across datasets", "",
+              "Rank by mean test NDCG@10 within each dataset (1 = best); wins/losses: datasets "
+              "where the model's mean NDCG@10 is above/below pop's.", "",
+              "| model | mean rank | " + " | ".join(settings.datasets) + " | beats pop on | "
+              "loses to pop on |", "|---|---:|" + "---:|" * len(settings.datasets) + "---|---|"]
+    for model, row in sorted(summary.items(), key=lambda kv: kv[1]["mean_rank"]):
+        ranks = [str(row["ranks"].get(d, "–")) for d in settings.datasets]
+        lines.append(f"| {model} | {row['mean_rank']:.1f} | " + " | ".join(ranks)
+                     + f" | {', '.join(row['wins']) or '–'} | {', '.join(row['losses']) or '–'} |")
+    for name in settings.datasets:
+        rows = table.get(name, {})
+        lines += ["", f"## {name}", "", DATASETS[name].note, "",
+                  "| model | n | " + " | ".join(label for _, label in COLUMNS)
+                  + " | train s (mean) |", "|---|---:|" + "---:|" * (len(COLUMNS) + 1)]
+        order = sorted(rows, key=lambda m: -(sum(v) / len(v) if (v := _values(rows[m], PRIMARY))
+                                             else -1))
+        for model in order:
+            entry = rows[model]
+            seconds = entry["seconds"]
+            lines.append(f"| {model} | {len(entry['seeds'])} | "
+                         + " | ".join(_cell(_values(entry, key)) for key, _ in COLUMNS)
+                         + f" | {sum(seconds) / len(seconds):.0f} |" if seconds else
+                         f"| {model} | 0 | " + " | ".join("–" for _ in COLUMNS) + " | – |")
+        failed = [f"{m} {f}" for m, e in rows.items() for f in e["failed"]]
+        missing = [f"{m} (seeds {', '.join(map(str, e['missing']))})" for m, e in rows.items()
+                   if e["missing"]]
+        if failed:
+            lines += ["", "Failed: " + "; ".join(failed)]
+        if missing:
+            lines += ["", "Missing: " + "; ".join(missing)]
+    path = Path(settings.report)
+    path = path if path.is_absolute() else root / path
+    path.write_text("\n".join(lines) + "\n")
+    path.with_suffix(".json").write_text(json.dumps(
+        {"settings": dataclasses.asdict(settings), "runs": table, "summary": summary,
+         "skipped": skipped, "out": str(out)}, indent=1, default=str))
+    return path
+
+
+def main(argv: list[str] | None = None) -> Path:
+    settings = parse_settings(PanelSettings, sys.argv[1:] if argv is None else argv,
+                              prog="python -m bench.panel")
+    root = repo_root()
+    unknown = [d for d in settings.datasets if d not in DATASETS]
+    if unknown:
+        raise SystemExit(f"unknown datasets {unknown}; known: {', '.join(DATASETS)}")
+    shared_name = settings.shared or os.environ.get("RECOZOO_SHARED")
+    shared = Path(shared_name).expanduser().resolve() if shared_name else None
+    if shared is not None and not shared.is_dir():
+        raise SystemExit(f"shared={shared} is not a folder")
+    available = ranking_models(root)
+    models = available if settings.models == ["all"] else settings.models
+    unknown = [m for m in models if m not in available]
+    if unknown:
+        raise SystemExit(f"unknown models {unknown}; known: {', '.join(available)}")
+    out = Path(settings.out).expanduser().resolve()
+    skipped = [] if settings.report_only else run_panel(settings, root, shared, out, models)
+    if settings.report_only:
+        skipped = [f"{d}: {why}" for d in settings.datasets
+                   if (why := DATASETS[d].missing(shared))]
+    table = collect(out, settings.datasets, models, settings.seeds)
+    path = write_report(settings, table, skipped, shared, out, root)
+    print(f"panel report: {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()

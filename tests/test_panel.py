@@ -1,0 +1,75 @@
+"""The panel's bookkeeping: finished runs are skipped, the report aggregates seeds with a t
+interval and ranks models against pop (fabricated run folders, nothing is trained)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench import panel
+from bench.process import ProcessResult
+from recozoo.artifacts import RunDir, RunRecord
+
+
+def _write(out, dataset, model, seed, ndcg, ok=True):
+    folder = panel.run_folder(out, dataset, model, seed)
+    record = (RunRecord(model=model, seed=seed, train_seconds=2.0,
+                        metrics={"test/ndcg@10": ndcg, "test/recall@10": ndcg,
+                                 "test/tail_recall@10": None, "test/coverage@10": 0.5})
+              if ok else RunRecord(status="failed", model=model, seed=seed, error="boom"))
+    RunDir(folder).write_record(record)
+
+
+def test_t_interval_matches_a_hand_computation():
+    mean, half = panel.t_interval([0.1, 0.2, 0.3])
+    assert mean == pytest.approx(0.2)
+    assert half == pytest.approx(4.302652729 * 0.1 / math.sqrt(3), rel=1e-6)
+    assert math.isnan(panel.t_interval([0.5])[1])
+
+
+def test_report_ranks_models_and_counts_wins_against_pop(tmp_path):
+    out = tmp_path / "runs"
+    for seed, (pop, bpr, ease) in zip((1, 2), ((0.10, 0.20, 0.30), (0.12, 0.08, 0.32))):
+        _write(out, "shop", "pop", seed, pop)
+        _write(out, "shop", "bpr", seed, bpr)
+        _write(out, "shop", "ease", seed, ease)
+    _write(out, "shop", "cfgan", 1, 0.0, ok=False)
+    table = panel.collect(out, ["shop"], ["pop", "bpr", "ease", "cfgan"], [1, 2])
+    summary = panel.summarise(table)
+    assert summary["ease"]["ranks"]["shop"] == 1 and summary["pop"]["ranks"]["shop"] == 3
+    assert summary["bpr"]["wins"] == ["shop"] and summary["pop"]["wins"] == []
+    settings = panel.PanelSettings(datasets=["shop"], seeds=[1, 2],
+                                   report=str(tmp_path / "panel.md"))
+    path = panel.write_report(settings, table, [], None, out, tmp_path)
+    text = path.read_text()
+    assert "| ease | 2 | 0.3100 ± " in text  # mean of 0.30 and 0.32 with its interval
+    assert "| 0.5000 ± 0.0000 |" in text and "–" in text  # no tail value is shown as missing
+    assert "cfgan s1: boom" in text and "Missing: cfgan (seeds 2)" in text
+    assert path.with_suffix(".json").exists()
+
+
+def test_finished_runs_are_not_run_again(tmp_path, monkeypatch):
+    out = tmp_path / "runs"
+    _write(out, "shop", "pop", 1, 0.1)
+    _write(out, "shop", "bpr", 1, 0.0, ok=False)
+    started = []
+
+    def fake_run(command, **_):
+        started.append(command)
+        return ProcessResult(returncode=0, output="", seconds=0.0, peak_rss_mb=0.0)
+
+    monkeypatch.setattr(panel, "run_process", fake_run)
+    settings = panel.PanelSettings(datasets=["shop"], seeds=[1])
+    panel.run_panel(settings, tmp_path, None, out, ["pop", "bpr", "ease"])
+    assert [c[c.index("train.py") + 2] for c in started] == ["model=ease"]  # failed: kept
+    started.clear()
+    settings.retry_failed = True
+    panel.run_panel(settings, tmp_path, None, out, ["pop", "bpr"])
+    assert [c[c.index("train.py") + 2] for c in started] == ["model=bpr"]
+
+
+def test_datasets_without_their_files_are_skipped_with_the_reason(tmp_path):
+    assert panel.DATASETS["ml100k_random"].missing(None).startswith("no shared folder")
+    assert "not found" in panel.DATASETS["scientific"].missing(tmp_path)
+    assert panel.DATASETS["shop"].missing(None) is None
