@@ -6,9 +6,9 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from bench import panel
 from bench.process import ProcessResult
+
 from recozoo.artifacts import RunDir, RunRecord
 
 
