@@ -32,6 +32,8 @@ QUIET_WARNINGS: tuple[tuple[str, str], ...] = (
      "conf/hydra/launcher/*.yaml replace the launcher plugins' defaults on purpose"),
     (r".*does not have many workers which may be a bottleneck",
      "the in-memory datasets need no loader workers (data.num_workers sets them)"),
+    (r".*`LightningModule.configure_optimizers` returned `None`",
+     "closed-form models (pop, itemknn, ease) fit in one step without an optimiser"),
     (r".*The number of training batches \(\d+\) is smaller than the logging interval",
      "tiny datasets log once per epoch, which is what is wanted"),
 )
