@@ -108,3 +108,18 @@ def test_learns_co_interaction_pattern():
         held_out = (user % 5) + (0 if user < 10 else 5)
         other = range(5, 10) if user < 10 else range(0, 5)
         assert scores[user, held_out] > scores[user, list(other)].max()
+
+
+def test_training_after_validation_ignores_the_eval_cache():
+    """Lightning restores training mode by setting ``module.training`` directly, not through
+    ``train()``: the loss must still reach the embeddings through the propagation."""
+    torch.manual_seed(0)
+    model = LightGCN(_info(), embedding_dim=4, n_layers=2, reg_weight=0.0).eval()
+    model.final_embeddings()  # validation fills the cache
+    for module in model.modules():
+        module.training = True
+    batch = {"user": torch.tensor([0, 1]), "item": torch.tensor([1, 2]),
+             "negative": torch.tensor([[3], [0]])}
+    model.loss(batch).backward()
+    assert model.user_embedding.weight.grad is not None
+    assert model.user_embedding.weight.grad.abs().sum() > 0

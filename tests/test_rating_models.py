@@ -190,3 +190,16 @@ def test_bench_ratings_summary_and_report():
     text = "\n".join(ratings_lines({"protocol": "p", "seeds": [0, 1], "runs": runs,
                                     "summary": summary}))
     assert "svdpp, mean test RMSE 0.9050" in text and "met" in text
+
+
+def test_svdpp_training_after_validation_ignores_the_eval_cache(ratings_data):
+    """As Lightning restores training mode (``training`` set directly, no ``train()``), the
+    implicit factors still get gradients."""
+    model = SVDpp(ratings_data.info, embedding_dim=3).eval()
+    model.implicit_term()  # validation fills the cache
+    for module in model.modules():
+        module.training = True
+    batch = {"user": torch.tensor([0, 1]), "item": torch.tensor([0, 1]),
+             "rating": torch.tensor([5.0, 1.0])}
+    model.loss(batch).backward()
+    assert model.implicit_embedding.weight.grad.abs().sum() > 0

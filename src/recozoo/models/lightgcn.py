@@ -85,7 +85,11 @@ class LightGCN(Recommender):
 
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """((n_users, d), (n_items, d)) the propagated user and item embeddings."""
-        if self._final is not None:
+        if self.training:
+            # Lightning restores training mode by setting ``training`` on each module, without
+            # ``train()``: a cache left by validation must not be read (it has no gradient)
+            self._final = None
+        elif self._final is not None:
             return self._final
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])  # (n, d)
         final = propagate(self.adjacency(), ego, self.n_layers)

@@ -47,7 +47,11 @@ class SVDpp(BiasedMF):
 
     def implicit_term(self) -> torch.Tensor:
         """(n_users, d) ``|N(u)|^-1/2 sum_{j in N(u)} y_j`` for every user."""
-        if self._implicit is not None:
+        if self.training:
+            # Lightning restores training mode by setting ``training`` on each module, without
+            # ``train()``: a cache left by validation must not be read (it has no gradient)
+            self._implicit = None
+        elif self._implicit is not None:
             return self._implicit
         if self._neighbourhood is None or self._neighbourhood.device != self.graph.user.device:
             self._neighbourhood = self.graph.user_neighbourhood()
