@@ -1,0 +1,11 @@
+"""recozoo: a PyTorch Lightning model zoo for long-tail recommendation.
+
+Importing the package sets the process settings every recozoo program needs before torch loads
+(`recozoo.runtime.configure_process`: passive OpenMP waiting unless the user chose otherwise,
+library warnings a user cannot act on filtered): ``python -m recozoo.<module>`` runs this file
+before the module's own imports, so no entry point can load torch first.
+"""
+
+from recozoo.runtime import configure_process
+
+configure_process()
