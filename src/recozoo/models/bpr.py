@@ -4,6 +4,11 @@ Rendle et al., "BPR: Bayesian Personalized Ranking from Implicit Feedback", UAI 
 User and item embeddings; for each observed (user, item) and a sampled unobserved item the loss
 is ``-log sigmoid(s(u, i) - s(u, j))`` with ``s(u, i) = <p_u, q_i>``. Full-catalogue scores are
 one matrix product.
+
+The tables have sparse gradients by default (``sparse=True``): a step updates only the rows of
+the batch's users and items (``torch.optim.SparseAdam``, see
+`recozoo.models.base.build_optimizer`), so an epoch costs O(interactions) rather than
+O(interactions x (users + items)) as with dense Adam over whole tables.
 """
 
 from __future__ import annotations
@@ -23,14 +28,17 @@ class BPR(Recommender):
         batch_size: training pairs per batch.
         n_negatives: sampled negatives per positive (the loss averages over them).
         weight_decay: L2 penalty on the embeddings used in a batch.
+        sparse: sparse gradients for the tables (updated by ``sparse_optimizer``, only the
+            rows a batch touches); False: dense gradients and ``optimizer`` for everything.
     """
 
     def __init__(self, info: DatasetInfo, embedding_dim: int = 64, batch_size: int = 2048,
-                 n_negatives: int = 1, weight_decay: float = 0.0, **kwargs):
+                 n_negatives: int = 1, weight_decay: float = 0.0, sparse: bool = True,
+                 **kwargs):
         super().__init__(info, **kwargs)
         self.batch_size, self.n_negatives, self.weight_decay = batch_size, n_negatives, weight_decay
-        self.user_embedding = nn.Embedding(info.n_users, embedding_dim)
-        self.item_embedding = nn.Embedding(info.n_items, embedding_dim)
+        self.user_embedding = nn.Embedding(info.n_users, embedding_dim, sparse=sparse)
+        self.item_embedding = nn.Embedding(info.n_items, embedding_dim, sparse=sparse)
         nn.init.xavier_normal_(self.user_embedding.weight)
         nn.init.xavier_normal_(self.item_embedding.weight)
 

@@ -1,0 +1,90 @@
+"""Sparse row updates: BPR's tables get sparse gradients and a step moves only the rows of the
+batch's users and items; `CombinedOptimizer` steps a sparse and a dense optimizer as one and
+round-trips through a checkpoint."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from conftest import fit_briefly
+
+from recozoo.models.base import CombinedOptimizer, build_optimizer, sparse_parameters
+
+
+class _Mixed(torch.nn.Module):
+    """A sparse table and a dense layer."""
+
+    def __init__(self, sparse: bool = True):
+        super().__init__()
+        self.table = torch.nn.Embedding(50, 4, sparse=sparse)
+        self.linear = torch.nn.Linear(4, 1)
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.table(rows)).pow(2).mean()
+
+
+def _step(model: _Mixed, optimizer: torch.optim.Optimizer, rows: torch.Tensor) -> None:
+    optimizer.zero_grad()
+    optimizer.step(lambda: model(rows).backward())
+
+
+def test_a_step_moves_only_the_rows_in_the_batch_and_every_dense_parameter():
+    torch.manual_seed(0)
+    model = _Mixed()
+    optimizer = build_optimizer(model, functools.partial(torch.optim.Adam, lr=0.1))
+    assert isinstance(optimizer, CombinedOptimizer)
+    assert [type(o) for o in optimizer.optimizers] == [torch.optim.SparseAdam, torch.optim.Adam]
+    assert optimizer.param_groups[0]["lr"] == 0.1  # SparseAdam takes Adam's learning rate
+    table, linear = model.table.weight.detach().clone(), model.linear.weight.detach().clone()
+    rows = torch.tensor([3, 7, 7, 20])
+    _step(model, optimizer, rows)
+    moved = (model.table.weight != table).any(1)
+    assert moved.nonzero().flatten().tolist() == [3, 7, 20]
+    assert (model.linear.weight != linear).all()
+
+
+def test_sparse_adam_matches_dense_adam_on_rows_every_batch_touches():
+    """On rows present in every batch lazy Adam is Adam: the same trajectory."""
+    torch.manual_seed(0)
+    sparse, dense = _Mixed(sparse=True), _Mixed(sparse=False)
+    dense.load_state_dict(sparse.state_dict())
+    adam = functools.partial(torch.optim.Adam, lr=0.05)
+    opt_sparse, opt_dense = build_optimizer(sparse, adam), build_optimizer(dense, adam)
+    assert isinstance(opt_dense, torch.optim.Adam)  # no sparse table: the plain optimizer
+    for _ in range(5):
+        rows = torch.tensor([1, 2, 5])
+        _step(sparse, opt_sparse, rows)
+        _step(dense, opt_dense, rows)
+    torch.testing.assert_close(sparse.table.weight[[1, 2, 5]], dense.table.weight[[1, 2, 5]])
+    torch.testing.assert_close(sparse.linear.weight, dense.linear.weight)
+    # rows never in a batch: dense Adam leaves them too (zero gradient, zero moments)
+    torch.testing.assert_close(sparse.table.weight, dense.table.weight)
+
+
+def test_combined_optimizer_state_round_trips_and_refuses_another_layout():
+    torch.manual_seed(0)
+    model = _Mixed()
+    optimizer = build_optimizer(model)
+    _step(model, optimizer, torch.tensor([0, 1]))
+    saved = optimizer.state_dict()
+    again = build_optimizer(model)
+    again.load_state_dict(saved)
+    assert again.optimizers[0].state[model.table.weight]["step"] == 1
+    assert set(again.state) == {model.table.weight, model.linear.weight, model.linear.bias}
+    with pytest.raises(ValueError, match="expected 2"):
+        again.load_state_dict({"optimizers": [saved["optimizers"][0]]})
+
+
+def test_bpr_trains_with_sparse_tables_and_its_config_can_turn_them_off(make_config):
+    _, model, trainer, _ = fit_briefly(make_config(["model=bpr", "model.batch_size=64"]))
+    assert len(sparse_parameters(model)) == 2
+    optimizer = trainer.optimizers[0]
+    assert isinstance(optimizer, torch.optim.SparseAdam)  # BPR has no dense parameter
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
+    assert max(s["step"] for s in optimizer.state.values()) == 3  # three steps trained
+    users_seen = (optimizer.state[model.user_embedding.weight]["exp_avg"] != 0).any(1)
+    assert 0 < users_seen.sum() < model.n_users  # only the batches' users have moments
+    _, dense, trainer, _ = fit_briefly(make_config(["model=bpr", "model.sparse=false"]))
+    assert sparse_parameters(dense) == [] and isinstance(trainer.optimizers[0], torch.optim.Adam)
