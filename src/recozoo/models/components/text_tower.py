@@ -4,7 +4,9 @@ The item texts are tokenised once, when the tower is built. Fine-tuning is limit
 ``train_layers`` transformer layers (fully, or through LoRA adapters, Hu et al., "LoRA: Low-Rank
 Adaptation of Large Language Models", ICLR 2022); the lower layers stay frozen, so their output
 for every item is computed once and cached (``cache_frozen_layers``): a training step and a
-catalogue refresh then only run the top layers. Pooling follows Sentence-BERT (Reimers and
+catalogue refresh then only run the top layers. With a ``cache_dir`` that output is also kept on
+disk, keyed by the model, the number of frozen layers, the precision and a hash of the
+tokenised texts, so a second run over the same items skips encoding them. Pooling follows Sentence-BERT (Reimers and
 Gurevych, EMNLP 2019): the mean of the token states, or the first ([CLS]) token.
 
 The cached path runs ``embeddings`` and the layer stack by hand, which holds for BERT-style
@@ -16,7 +18,11 @@ forward when it is built and says so when a model does not fit (set
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import os
+import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -59,6 +65,8 @@ class TextTower(nn.Module):
         bf16: run the encoder under bfloat16 autocast on its device (fast on GPUs and on CPUs
             with AMX; the states are returned as float32).
         encode_batch_size: texts per forward pass when encoding the whole catalogue.
+        cache_dir: folder for the frozen layers' output on disk (``<cache_dir>/text_tower/``);
+            None keeps it in memory only.
 
     Example:
         >>> tower = TextTower(["red pen", "blue mug"], train_layers=1)
@@ -69,7 +77,7 @@ class TextTower(nn.Module):
     def __init__(self, texts: list[str], pretrained: str | None = None, max_length: int = 32,
                  train_layers: int = 1, lora_rank: int = 0, lora_alpha: float = 16.0,
                  pooling: str = "mean", cache_frozen_layers: bool = True, bf16: bool = True,
-                 encode_batch_size: int = 256):
+                 encode_batch_size: int = 256, cache_dir: str | Path | None = None):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
@@ -82,6 +90,8 @@ class TextTower(nn.Module):
         except OSError as error:
             raise OSError(f"model.pretrained={source}: cannot load a tokenizer and encoder from "
                           f"this Hugging Face name or folder ({error})") from None
+        self.source = str(source)
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.pooling, self.bf16 = pooling, bool(bf16)
         self.encode_batch_size = int(encode_batch_size)
         self.hidden_size = int(encoder.config.hidden_size)
@@ -114,6 +124,8 @@ class TextTower(nn.Module):
         self.cache_frozen = bool(cache_frozen_layers) and train_layers >= 0 and layers is not None
         #: hidden states after the frozen layers, (n_items, T, H) float16; built lazily
         self._frozen_states: torch.Tensor | None = None
+        #: True once those states were read from ``frozen_cache_file`` instead of computed
+        self.frozen_from_disk = False
         if self.cache_frozen:
             self._check_manual_forward()
         self.encoder.train()  # from_pretrained returns eval mode; Lightning switches modes
@@ -163,25 +175,62 @@ class TextTower(nn.Module):
         weights = mask.unsqueeze(-1).to(hidden.dtype)  # (n, T, 1)
         return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
+    def frozen_cache_file(self) -> Path | None:
+        """Where the frozen layers' output is kept on disk (None without ``cache_dir``): one
+        file per model, frozen layer count, precision and tokenised texts."""
+        if self.cache_dir is None:
+            return None
+        digest = hashlib.sha256()
+        for part in (self.source, str(self.n_frozen), str(self.bf16),
+                     str(tuple(self.input_ids.shape))):
+            digest.update(part.encode() + b"\0")
+        digest.update(self.input_ids.numpy().tobytes())
+        digest.update(self.attention_mask.numpy().tobytes())
+        stem = Path(self.source.rstrip("/")).name or "encoder"
+        name = f"{stem}-frozen{self.n_frozen}-{digest.hexdigest()[:16]}.pt"
+        return self.cache_dir / "text_tower" / name
+
+    def _encode_frozen(self) -> torch.Tensor:
+        """(n_items, T, H) float16 states after the frozen layers, computed now."""
+        parts = []
+        was_training = self.encoder.training
+        self.encoder.eval()  # frozen layers: no dropout, the same states every time
+        with torch.no_grad(), self._autocast():
+            for start in range(0, len(self.input_ids), self.encode_batch_size):
+                ids = self.input_ids[start:start + self.encode_batch_size].to(self.device)
+                mask = self.attention_mask[start:start + self.encode_batch_size]
+                hidden = self.encoder.embeddings(input_ids=ids)
+                hidden = self._run_layers(hidden, mask.to(self.device), 0, self.n_frozen)
+                parts.append(hidden.to(torch.float16))
+        self.encoder.train(was_training)
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            return torch.cat(parts)
+
     def _frozen(self) -> torch.Tensor:
-        """(n_items, T, H) states after the frozen layers, computed once on the tower's device."""
-        if self._frozen_states is None or self._frozen_states.device != self.device:
-            parts = []
-            was_training = self.encoder.training
-            self.encoder.eval()  # frozen layers: no dropout, the same states every time
-            with torch.no_grad(), self._autocast():
-                for start in range(0, len(self.input_ids), self.encode_batch_size):
-                    ids = self.input_ids[start:start + self.encode_batch_size].to(self.device)
-                    mask = self.attention_mask[start:start + self.encode_batch_size]
-                    hidden = self.encoder.embeddings(input_ids=ids)
-                    hidden = self._run_layers(hidden, mask.to(self.device), 0, self.n_frozen)
-                    parts.append(hidden.to(torch.float16))
-            self.encoder.train(was_training)
-            with torch.autocast(device_type=self.device.type, enabled=False):
-                self._frozen_states = torch.cat(parts)
-            log.info("cached the output of %d frozen layers for %d items (%.0f MB)",
-                     self.n_frozen, len(self._frozen_states),
-                     self._frozen_states.numel() * 2 / 2**20)
+        """(n_items, T, H) states after the frozen layers, computed once on the tower's device
+        (read from ``frozen_cache_file`` when an earlier run wrote it)."""
+        if self._frozen_states is not None and self._frozen_states.device == self.device:
+            return self._frozen_states
+        path = self.frozen_cache_file()
+        if path is not None and path.exists():
+            stored = torch.load(path, map_location=self.device, weights_only=True)
+            self._frozen_states = stored["states"]
+            self.frozen_from_disk = True
+            log.info("read the output of %d frozen layers for %d items from %s (encoding them "
+                     "took %.1f s)", self.n_frozen, len(self._frozen_states), path,
+                     stored["seconds"])
+            return self._frozen_states
+        start = time.perf_counter()
+        self._frozen_states = self._encode_frozen()
+        seconds = time.perf_counter() - start
+        log.info("cached the output of %d frozen layers for %d items (%.0f MB, %.1f s)",
+                 self.n_frozen, len(self._frozen_states),
+                 self._frozen_states.numel() * 2 / 2**20, seconds)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            torch.save({"states": self._frozen_states.cpu(), "seconds": seconds}, partial)
+            os.replace(partial, path)  # another run reading it never sees half a file
         return self._frozen_states
 
     # ------------------------------------------------------------------ encoding
