@@ -1,5 +1,6 @@
-"""bert_finetune: the text tower (freezing, LoRA, frozen-layer cache), the catalogue cache, the
-three negative modes and cold-start scoring, on the tiny shop."""
+"""bert_finetune: the text tower (freezing, LoRA, frozen-layer cache in memory and on disk), the
+catalogue cache, consistent negatives, the popularity gate's fall-back on IDs, the epoch cap and
+cold-start scoring, on toy texts and the tiny shop."""
 
 from __future__ import annotations
 
@@ -58,17 +59,104 @@ def test_frozen_layer_cache_gives_the_same_vectors_as_the_full_forward():
     torch.testing.assert_close(vectors, cached(items), atol=1e-5, rtol=1e-5)
 
 
+def test_frozen_layer_output_is_read_from_disk_on_a_second_build(tmp_path, monkeypatch):
+    first = TextTower(TEXTS, train_layers=1, bf16=False, cache_dir=tmp_path)
+    states = first._frozen()
+    assert not first.frozen_from_disk and first.frozen_cache_file().exists()
+    second = TextTower(TEXTS, train_layers=1, bf16=False, cache_dir=tmp_path)
+    monkeypatch.setattr(second, "_encode_frozen", lambda: pytest.fail("re-encoded"))
+    torch.testing.assert_close(second._frozen(), states)
+    assert second.frozen_from_disk
+    # other texts or another frozen depth are other files
+    other = TextTower(TEXTS[:3], train_layers=1, bf16=False, cache_dir=tmp_path)
+    deeper = TextTower(TEXTS, train_layers=2, bf16=False, cache_dir=tmp_path)
+    files = {first.frozen_cache_file(), other.frozen_cache_file(), deeper.frozen_cache_file()}
+    assert len(files) == 3
+
+
 def test_cold_items_keep_their_text_vector_with_id_embeddings():
     """An item without training interactions (popularity 0) is scored from its text alone."""
     model = BertFinetune(_info(TEXTS, [5.0, 4.0, 0.0, 2.0]), id_embeddings=True)
     with torch.no_grad():
+        model.item_table()  # the ID embeddings start at the text vectors
         model.ids.embedding.weight.fill_(1.0)
-        model.ids.embedding.weight[2].zero_()  # what a never-trained row holds
         table = model.item_table()
         text = model.text.encode_all()
+    assert model.ids.gate()[2] == 0 and (model.ids.gate()[[0, 1, 3]] > 0).all()
     # the adapter starts at zero: the cold item's vector is its normalised text vector
     torch.testing.assert_close(table[2], torch.nn.functional.normalize(text[2], dim=0))
     assert not torch.allclose(table[0], table[2])  # same text, but item 0 has an ID vector
+
+
+def test_untrained_model_is_the_text_prior_with_or_without_ids():
+    info = _info(TEXTS, [5.0, 4.0, 0.0, 2.0])
+    with torch.no_grad():
+        with_ids = BertFinetune(info, id_embeddings=True).item_table()
+        text_only = BertFinetune(info, id_embeddings=False).item_table()
+    torch.testing.assert_close(with_ids, text_only)
+
+
+def _sequence_batch(next_items: list[int], length: int) -> dict[str, torch.Tensor]:
+    """Every item starts a walk of ``length`` steps along ``next_items`` (item i -> next[i])."""
+    inputs, targets = [], []
+    for start in range(len(next_items)):
+        walk = [start]
+        for _ in range(length):
+            walk.append(next_items[walk[-1]])
+        inputs.append(walk[:-1])
+        targets.append(walk[1:])
+    return {"input": torch.tensor(inputs), "target": torch.tensor(targets)}
+
+
+def test_fresh_negatives_are_encoded_by_the_current_weights():
+    """Changing the encoder between two steps changes the vectors of the drawn negatives in
+    the next step's softmax (they are not read from a cache made by older weights)."""
+    texts = [f"item number {i} of the shop" for i in range(12)]
+    model = BertFinetune(_info(texts, [2.0] * 12), train_layers=1, negatives="sampled",
+                         n_negatives=6, max_fresh_items=2, max_len=4, bf16=False)
+    model.eval()  # no dropout: a vector depends on the weights only
+    batch = _sequence_batch([(i + 1) % 12 for i in range(12)], length=4)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    encode = model.fresh_item_vectors
+    model.fresh_item_vectors = lambda items: seen.append((items, encode(items))) or seen[-1][1]
+    torch.manual_seed(0)
+    model.loss(batch)
+    with torch.no_grad():
+        model.text.encoder.encoder.layer[-1].output.dense.weight.mul_(1.5)
+    torch.manual_seed(0)
+    model.loss(batch)
+    (items, before), (same_items, after) = seen
+    assert torch.equal(items, same_items) and len(items) > 2  # targets and drawn negatives
+    changed = (before - after).norm(dim=1) > 1e-4
+    assert changed.all()
+    with torch.no_grad():
+        now = model._item_vectors(model.text(items), items)
+    torch.testing.assert_close(after.detach(), now, atol=1e-5, rtol=1e-5)
+
+
+def test_gate_falls_back_on_ids_when_text_is_constant():
+    """Every item has the same text: only the ID part can learn that item i is followed by
+    item i + 1; without ID embeddings the model cannot tell the items apart."""
+    n = 12
+    batch = _sequence_batch([(i + 1) % n for i in range(n)], length=6)
+    history = torch.tensor([[(i - 2) % n, (i - 1) % n, i] for i in range(n)])
+    hits = {}
+    for id_embeddings in (True, False):
+        torch.manual_seed(0)
+        model = BertFinetune(_info(["a product"] * n, [6.0] * n), train_layers=0, max_len=6,
+                             id_embeddings=id_embeddings, dropout=0.0)
+        optimizer = model.configure_optimizers()
+        for _ in range(60):
+            optimizer.zero_grad()
+            model.loss(batch).backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            table = model.item_table()
+            scores = model.user_states(table, history)[:, -1] @ table[:-1].T
+        hits[id_embeddings] = (scores.argmax(1) == (torch.arange(n) + 1) % n).float().mean()
+    assert hits[True] >= 0.9
+    assert hits[False] <= 0.25
 
 
 def _fit(cfg, steps: int = 2):
@@ -76,7 +164,7 @@ def _fit(cfg, steps: int = 2):
     return dm, model
 
 
-@pytest.mark.parametrize("negatives", ["in_batch", "sampled", "catalogue"])
+@pytest.mark.parametrize("negatives", ["catalogue", "sampled", "in_batch"])
 def test_every_negative_mode_trains_and_scores(make_config, negatives):
     cfg = make_config(["model=bert_finetune", f"model.negatives={negatives}",
                        "model.n_negatives=8", "model.max_fresh_items=16"])
@@ -103,12 +191,21 @@ def test_evaluation_reads_the_current_weights(make_config):
     torch.testing.assert_close(after, rebuilt)
 
 
-def test_cold_items_are_never_negatives_and_get_no_id_gradient(make_config):
-    cfg = make_config(["model=bert_finetune", "model.id_embeddings=true", "eval.cold_items=0.1",
-                       "model.negatives=catalogue"])
+def test_cold_items_are_never_negatives_and_keep_their_text_vector(make_config):
+    cfg = make_config(["model=bert_finetune", "eval.cold_items=0.1", "model.negatives=catalogue"])
     dm, model = _fit(cfg, steps=3)
     cold = dm.info.cold_items
     assert cold.any()
     assert not model.trained_items[cold].any()
-    assert (model.ids.embedding.weight[cold] == 0).all()
-    assert (model.ids.embedding.weight[~cold].abs().sum(1) > 0).any()
+    gate = model.ids.gate()
+    assert (gate[cold] == 0).all() and (gate[model.trained_items] > 0).all()
+    with torch.no_grad():
+        text = model._cached_text()[cold]
+        expected = torch.nn.functional.normalize(text + model.adapter(text), dim=-1)
+        torch.testing.assert_close(model.item_table()[:-1][cold], expected)
+
+
+def test_model_max_epochs_caps_the_trainer(make_config):
+    cfg = make_config(["model=bert_finetune", "model.train_layers=0", "model.max_epochs=1"])
+    _, _, trainer, _ = fit_briefly(cfg, steps=1, epochs=3)
+    assert trainer.current_epoch == 1 and trainer.max_epochs == 1
