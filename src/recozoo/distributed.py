@@ -1,6 +1,6 @@
 """Distributed training and evaluation (Lightning DDP: gloo on CPU, NCCL on GPU).
 
-Two pieces make a DDP run report exactly the numbers of a one-process run:
+What makes a DDP run match a one-process run:
 
 * `UserShardSampler`: evaluation users are cut into one contiguous, disjoint, *unpadded* block
   per rank. Lightning would otherwise inject its `DistributedSampler`, which pads the last
@@ -8,6 +8,9 @@ Two pieces make a DDP run report exactly the numbers of a one-process run:
   metric states are sums (``dist_reduce_fx="sum"``), so summing over ranks gives the
   one-process value; gathering the per-user outputs rank by rank restores the one-process user
   order because the blocks are contiguous.
+* `per_rank_batch_size`: under DDP each rank trains on ``batch_size / world_size`` rows of every
+  batch, so the global batch, the updates per epoch and the learning rate are those of one
+  process (the DataModule applies it and says so in the log).
 * `RecDDPStrategy`: Lightning's `DDPStrategy`, except that a model with no trainable parameter
   (pop, itemknn, ease: they fit in one step) is not wrapped in `DistributedDataParallel`, which
   refuses such modules. Every rank then fits the closed form on the whole ``matrix`` batch.
@@ -62,6 +65,25 @@ def gather_tensors(local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     dist.all_gather_object(parts, local)
     keys = next((p.keys() for p in parts if p), ())
     return {k: torch.cat([p[k] for p in parts if p]) for k in keys}
+
+
+def per_rank_batch_size(batch_size: int, world_size: int) -> int:
+    """The batch each of ``world_size`` DDP processes trains on so that, gradients averaged
+    across processes, a step is one step of ``batch_size`` rows: ``batch_size / world_size``,
+    rounded up (at least 1).
+
+    Without this every process would take ``batch_size`` rows of its 1/world_size share of the
+    data, and an epoch would make 1/world_size of one process's updates at the same learning
+    rate (bpr on the shop, 2 processes, 3 epochs: test NDCG@10 0.0049 against 0.0115).
+
+    Example:
+        >>> per_rank_batch_size(2048, 2)
+        1024
+    """
+    if batch_size < 1 or world_size < 1:
+        raise ValueError(f"batch_size and world_size must be >= 1, got {batch_size} and "
+                         f"{world_size}")
+    return max(1, -(-int(batch_size) // int(world_size)))
 
 
 class UserShardSampler(DistributedSampler):

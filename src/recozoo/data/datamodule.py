@@ -24,7 +24,7 @@ from recozoo.data.interactions import Interactions
 from recozoo.data.popularity import DEFAULT_HEAD_SHARE, item_popularity
 from recozoo.data.preprocess import Preprocessing, PreprocessReport
 from recozoo.data.split import LeaveOneOut, hold_out_cold_items
-from recozoo.distributed import UserShardSampler, rank_and_world_size
+from recozoo.distributed import UserShardSampler, per_rank_batch_size, rank_and_world_size
 
 log = logging.getLogger(__name__)
 
@@ -235,11 +235,18 @@ class RecDataModule(L.LightningDataModule):
     def _shuffled(self, dataset: Any, collate: Any) -> DataLoader:
         """A training loader whose order is a function of (seed, epoch) alone: Lightning sets
         the sampler's epoch, so a resumed run shuffles each epoch as an uninterrupted run did.
-        Under DDP each rank takes its share, as with Lightning's own sampler."""
+        Under DDP each rank takes its share, as with Lightning's own sampler, in batches of
+        `per_rank_batch_size`, so the global batch and the updates per epoch are those of one
+        process."""
         rank, world_size = rank_and_world_size()
         self._train_sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank,
                                                  shuffle=True, seed=self.seed)
-        return DataLoader(dataset, batch_size=self.view.batch_size, sampler=self._train_sampler,
+        batch_size = per_rank_batch_size(self.view.batch_size, world_size)
+        if world_size > 1 and rank == 0:
+            log.info("DDP: each of %d processes trains on %d of every batch of %d, so an epoch "
+                     "makes one process's updates at its global batch and learning rate",
+                     world_size, batch_size, self.view.batch_size)
+        return DataLoader(dataset, batch_size=batch_size, sampler=self._train_sampler,
                           collate_fn=collate, num_workers=self.num_workers)
 
     def _batch_rng(self, index: np.ndarray) -> np.random.Generator:
