@@ -15,6 +15,7 @@ the model. Non-gradient models (pop, ItemKNN, EASE) are `ClosedFormRecommender`s
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, ClassVar
 
 import lightning as L
@@ -114,6 +115,32 @@ class Recommender(L.LightningModule):
         keep = target != -100
         weight = self.positive_weight[target.clamp(min=0)] * keep
         return (loss * weight).sum() / keep.sum().clamp(min=1)
+
+    def sampled_cross_entropy_loss(self, pos_logits: torch.Tensor, neg_logits: torch.Tensor,
+                                   target: torch.Tensor, negatives: torch.Tensor,
+                                   log_q: torch.Tensor) -> torch.Tensor:
+        """Sampled softmax cross-entropy with the log-Q correction: the softmax over each target
+        and ``k`` negatives drawn from ``Q`` (shared by the batch), each negative's logit lowered
+        by ``log(k Q(item))``, so that ``sum_j exp(s_j) / (k Q(j))`` estimates the full
+        softmax's normaliser (Bengio & Senecal, IEEE TNN 2008; Yi et al., "Sampling-Bias-
+        Corrected Neural Modeling for Large Corpus Item Recommendations", RecSys 2019; the target
+        keeps its logit, as in Blanc & Rendle, ICML 2018). A negative equal to the row's target
+        is left out of that row. Debiasing acts as in ``cross_entropy_loss``.
+
+        Args:
+            pos_logits: (N,) scores of the targets; target: (N,) their items.
+            neg_logits: (N, k) scores of the shared negatives; negatives: (k,) their items.
+            log_q: (n_items,) log sampling probability of every item.
+        """
+        pos = pos_logits  # (N,)
+        neg = neg_logits - log_q[negatives] - math.log(len(negatives))  # (N, k)
+        if self.logit_offset is not None:
+            pos, neg = pos + self.logit_offset[target], neg + self.logit_offset[negatives]
+        neg = neg.masked_fill(negatives[None, :] == target[:, None], float("-inf"))
+        loss = torch.logsumexp(torch.cat([pos[:, None], neg], 1), 1) - pos  # (N,)
+        if self.positive_weight is None:
+            return loss.mean()
+        return (loss * self.positive_weight[target]).mean()
 
     def multinomial_loss(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Multinomial negative log-likelihood of each user's row of items (Mult-VAE/DAE),

@@ -31,7 +31,8 @@ class Caser(SequentialRecommender):
         window: items per convolution image (``L``).
         n_horizontal / n_vertical: filters per height / vertical filters (``n_h`` / ``n_v``).
         dropout: dropout before the fully connected layer.
-        max_len, batch_size: see `SequentialRecommender`.
+        max_len, batch_size, sampled_softmax, n_sampled, negative_sampling: see
+            `SequentialRecommender`.
     """
 
     def __init__(self, info: DatasetInfo, dim: int = 50, window: int = 5, n_horizontal: int = 16,
@@ -47,5 +48,8 @@ class Caser(SequentialRecommender):
     def encode(self, seq: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
         return self.encoder(seq, user)  # (B, L, 2 * dim)
 
-    def item_logits(self, states: torch.Tensor) -> torch.Tensor:
-        return self.output(states)  # (..., n_items)
+    def output_layer(self, items: torch.Tensor | None = None,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if items is None:
+            return self.output.weight, self.output.bias
+        return self.output.weight[items], self.output.bias[items]

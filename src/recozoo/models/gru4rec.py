@@ -22,9 +22,10 @@ What is implemented, following the authors' reference code rather than a framewo
   step; whole-sequence training sees the same (prefix, next item) pairs.
 
 What deliberately differs: Adam instead of the reference's Adagrad with momentum (both work; Adam
-needs no per-dataset momentum tuning), the full softmax instead of sampling (exact and cheap for
-catalogues up to ~10^5 items on a GPU; sampled softmax is the reference's choice for larger ones),
-and users' whole histories are sequences (the reference works on sessions).
+needs no per-dataset momentum tuning), the full softmax up to ``SAMPLED_SOFTMAX_ABOVE`` items and
+above it a sampled softmax with popularity negatives shared by the batch and the log-Q correction
+(the reference samples negatives by popularity within the mini-batch and adds extra shared
+samples), and users' whole histories are sequences (the reference works on sessions).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class GRU4Rec(SequentialRecommender):
         num_layers: stacked GRU layers.
         dropout_embed: dropout on the input embeddings (and between GRU layers).
         dropout_hidden: dropout on the GRU output before scoring.
-        max_len, batch_size: see `SequentialRecommender`.
+        max_len, batch_size, sampled_softmax, n_sampled, negative_sampling: see
+            `SequentialRecommender`.
     """
 
     scores_new_users = True  # scores read only the user's items, never a user id
@@ -61,5 +63,9 @@ class GRU4Rec(SequentialRecommender):
     def encode(self, seq: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
         return self.hidden_dropout(self.encoder(seq))  # (B, L, hidden)
 
-    def item_logits(self, states: torch.Tensor) -> torch.Tensor:
-        return states @ self.encoder.embedding.items.T + self.item_bias  # (..., n_items)
+    def output_layer(self, items: torch.Tensor | None = None,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        table = self.encoder.embedding  # constrained embedding: W_y is the input embedding
+        if items is None:
+            return table.items, self.item_bias
+        return table(items), self.item_bias[items]

@@ -29,7 +29,8 @@ class SASRec(SequentialRecommender):
         hidden_size: embedding and hidden size.
         num_layers / num_heads: self-attention blocks and heads.
         dropout: dropout on embeddings, attention and feed-forward outputs.
-        max_len, batch_size: see `SequentialRecommender`.
+        max_len, batch_size, sampled_softmax, n_sampled, negative_sampling: see
+            `SequentialRecommender`.
     """
 
     scores_new_users = True  # scores read only the user's items, never a user id
@@ -47,5 +48,7 @@ class SASRec(SequentialRecommender):
     def encode_last(self, seq: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
         return self.encoder.last_state(seq)  # (B, hidden)
 
-    def item_logits(self, states: torch.Tensor) -> torch.Tensor:
-        return states @ self.encoder.embedding.items.T  # (..., n_items)
+    def output_layer(self, items: torch.Tensor | None = None,
+                     ) -> tuple[torch.Tensor, None]:
+        table = self.encoder.embedding
+        return (table.items if items is None else table(items)), None  # tied embeddings

@@ -7,6 +7,12 @@ with softmax cross-entropy over the whole catalogue (``Recommender.cross_entropy
 forward pass therefore trains on all prefixes of a window, as SASRec and whole-sequence GRU4Rec
 do, and full cross-entropy is what makes SASRec strong (Petrov & Macdonald, "gSASRec", RecSys
 2023; Klenitskiy & Vasilev, RecSys 2023). Scoring reads the state after the user's newest item.
+
+The full softmax costs O(positions x n_items) per batch in time and memory; above
+``SAMPLED_SOFTMAX_ABOVE`` items (or with ``sampled_softmax=true``) the loss is a sampled softmax
+instead: ``n_sampled`` negatives drawn per batch from the items' training popularity (or
+uniformly), shared by every position, with the log-Q correction
+(``Recommender.sampled_cross_entropy_loss``). Evaluation always scores the whole catalogue.
 """
 
 from __future__ import annotations
@@ -15,24 +21,40 @@ import torch
 
 from recozoo.data.datamodule import DatasetInfo, EvalBatch, TrainView
 from recozoo.models.base import Recommender
+from recozoo.models.components.sequence import NegativeSampler
+
+#: catalogue size above which the sequential models train with sampled softmax by default
+SAMPLED_SOFTMAX_ABOVE = 20_000
 
 
 class SequentialRecommender(Recommender):
     """Base of Caser, GRU4Rec and SASRec.
 
-    Subclasses implement ``encode(seq, user) -> (B, L, d)`` and ``item_logits(states) ->
-    (..., n_items)``.
+    Subclasses implement ``encode(seq, user) -> (B, L, d)`` and ``output_layer(items) ->
+    (weights (n, d), bias (n,) or None)``: the output item vectors that score states.
 
     Args:
         max_len: training window length, and the number of recent items read when scoring.
         batch_size: windows per training batch.
+        sampled_softmax: train with sampled softmax (True) or the full softmax (False); None:
+            sampled when the catalogue has more than ``SAMPLED_SOFTMAX_ABOVE`` items.
+        n_sampled: negatives per batch for sampled softmax (shared by every position).
+        negative_sampling: ``popularity`` or ``uniform`` (`NegativeSampler`).
     """
 
-    def __init__(self, info: DatasetInfo, max_len: int = 50, batch_size: int = 256, **kwargs):
+    def __init__(self, info: DatasetInfo, max_len: int = 50, batch_size: int = 256,
+                 sampled_softmax: bool | None = None, n_sampled: int = 1000,
+                 negative_sampling: str = "popularity", **kwargs):
         super().__init__(info, **kwargs)
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
+        if n_sampled < 1:
+            raise ValueError(f"model.n_sampled must be >= 1, got {n_sampled}")
         self.max_len, self.batch_size = int(max_len), int(batch_size)
+        self.sampled_softmax = (info.n_items > SAMPLED_SOFTMAX_ABOVE if sampled_softmax is None
+                                else bool(sampled_softmax))
+        self.n_sampled = int(n_sampled)
+        self.negative_sampler = NegativeSampler(info.item_popularity, negative_sampling)
 
     def train_view(self) -> TrainView:
         return TrainView("sequences", batch_size=self.batch_size, max_len=self.max_len)
@@ -41,16 +63,35 @@ class SequentialRecommender(Recommender):
         """(B, L, d) one state per position of the left-padded ``seq`` (B, L)."""
         raise NotImplementedError
 
-    def item_logits(self, states: torch.Tensor) -> torch.Tensor:
-        """(..., n_items) item scores from (..., d) states."""
+    def output_layer(self, items: torch.Tensor | None = None,
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The output vectors (n, d) and biases (n,) (None: no bias) of ``items`` (n,), or of
+        the whole catalogue when ``items`` is None."""
         raise NotImplementedError
+
+    def item_logits(self, states: torch.Tensor, items: torch.Tensor | None = None,
+                    ) -> torch.Tensor:
+        """(..., n) scores of ``items`` (n,), or (..., n_items) of every item, from (..., d)
+        states."""
+        weights, bias = self.output_layer(items)
+        logits = states @ weights.T  # (..., n)
+        return logits if bias is None else logits + bias
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         states = self.encode(batch["input"], batch["user"])  # (B, L, d)
         target = batch["target"]  # (B, L), -100 where there is nothing to predict
         keep = target != -100
-        logits = self.item_logits(states[keep])  # (N, n_items)
-        return self.cross_entropy_loss(logits, target[keep])
+        states, target = states[keep], target[keep]  # (N, d), (N,)
+        if not self.sampled_softmax:
+            return self.cross_entropy_loss(self.item_logits(states), target)  # (N, n_items)
+        negatives = self.negative_sampler(self.n_sampled)  # (k,)
+        weights, bias = self.output_layer(torch.cat([target, negatives]))  # (N + k, d)
+        pos = (states * weights[:len(target)]).sum(-1)  # (N,)
+        neg = states @ weights[len(target):].T  # (N, k)
+        if bias is not None:
+            pos, neg = pos + bias[:len(target)], neg + bias[len(target):]
+        return self.sampled_cross_entropy_loss(pos, neg, target, negatives,
+                                               self.negative_sampler.log_q)
 
     def encode_last(self, seq: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
         """(B, d) the state after the newest item of ``seq``; encoders that can compute it

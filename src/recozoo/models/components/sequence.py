@@ -175,3 +175,34 @@ class CaserEncoder(nn.Module):
         z = z.view(batch, length, -1)
         u = self.user_embedding(user)[:, None].expand(-1, length, -1)  # (B, S, dim)
         return torch.cat([z, u], -1)  # (B, S, 2 * dim)
+
+
+class NegativeSampler(nn.Module):
+    """Draws negatives shared by a whole batch for sampled softmax, and knows each item's
+    sampling probability ``Q`` (for the log-Q correction).
+
+    ``popularity``: ``Q(i)`` proportional to the item's training count plus one (every item can
+    be drawn; popular items, the hard negatives of a softmax, more often); ``uniform``: ``1 /
+    n_items``. A draw costs O(k log n_items) (a search of the cumulative distribution), not
+    O(n_items).
+
+    Args:
+        item_popularity: (n_items,) training interaction counts.
+        distribution: ``popularity`` or ``uniform``.
+    """
+
+    def __init__(self, item_popularity: torch.Tensor, distribution: str = "popularity"):
+        super().__init__()
+        if distribution not in ("popularity", "uniform"):
+            raise ValueError(f"model.negative_sampling must be 'popularity' or 'uniform', got "
+                             f"'{distribution}'")
+        weight = (item_popularity.double() + 1 if distribution == "popularity"
+                  else torch.ones(len(item_popularity), dtype=torch.float64))
+        probability = weight / weight.sum()
+        self.register_buffer("log_q", probability.log().float(), persistent=False)  # (n_items,)
+        self.register_buffer("cdf", probability.cumsum(0), persistent=False)  # (n_items,)
+
+    def forward(self, k: int) -> torch.Tensor:
+        """(k,) items drawn with replacement from ``Q``."""
+        u = torch.rand(k, dtype=torch.float64, device=self.cdf.device) * self.cdf[-1]
+        return torch.searchsorted(self.cdf, u, right=True).clamp_(max=len(self.cdf) - 1)
