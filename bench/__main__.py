@@ -8,7 +8,7 @@ Sections (``sections=[...]`` picks some):
   output and the report say so.
 - ``ratings``: recozoo's rating models (``experiment=ratings``) against scikit-surprise 1.1.5
   (SVD, SVD++, BaselineOnly) on the same ml-100k splits, one per seed: RMSE, MAE and seconds
-  (`bench.surprise`; Surprise gets its own virtual environment on first use).
+  (`bench.ratings`; Surprise gets its own virtual environment on first use).
 - ``scale``: time and peak memory on synthetic shops of growing size (`bench.scaling`).
 - ``throughput``: recozoo's full-ranking evaluation in GFLOP/s against a bare matmul + top-K of
   the same shape (`bench.throughput`).
@@ -223,7 +223,7 @@ def run_compare(settings: BenchSettings, out: Path, results: dict[str, Any]) -> 
 
 
 def run_ratings(settings: BenchSettings, out: Path, results: dict[str, Any]) -> None:
-    from bench import surprise
+    from bench import ratings
     shared = Path(settings.shared) if settings.shared else None
     data = shared / "data" / "ml-100k" if shared else None
     if data is None or not (data / "ml-100k.inter").is_file():
@@ -233,7 +233,7 @@ def run_ratings(settings: BenchSettings, out: Path, results: dict[str, Any]) -> 
         return
     seeds = settings.rating_seeds[:1] if settings.quick else settings.rating_seeds
     say(f"== ratings: {', '.join(settings.rating_models)} and Surprise, seeds {seeds}")
-    results["ratings"] = surprise.ratings_section(
+    results["ratings"] = ratings.ratings_section(
         settings.rating_models, seeds, ["data=ml100k", f"data.path={data}"], out,
         settings.threads, peers=settings.peers,
         extra=["trainer.max_epochs=2"] if settings.quick else None, say=say)

@@ -85,7 +85,7 @@ def memory_lines(rows: list[dict[str, Any]]) -> list[str]:
 
 def ratings_lines(section: dict[str, Any]) -> list[str]:
     """Rating prediction: mean (and standard deviation) over the seeds per model and side."""
-    from bench.surprise import RMSE_TARGET
+    from bench.ratings import RMSE_TARGET
     if "note" in section:
         return [section["note"]]
 
@@ -109,6 +109,11 @@ def ratings_lines(section: dict[str, Any]) -> list[str]:
         lines += ["", (f"Best recozoo model: {best['model']}, mean test RMSE "
                        f"{best['rmse']:.4f} (target at most {RMSE_TARGET}: "
                        f"{'met' if best['rmse'] <= RMSE_TARGET else '**missed**'}).")]
+    failed = [run for run in section.get("runs", []) if run.get("error")]
+    for run in failed:
+        first = run["error"].strip().splitlines()[-1] if run["error"].strip() else ""
+        lines += ["", f"- failed: {run['side']} {run.get('model', '')} seed {run['seed']}: "
+                      f"{first}"]
     if any(run.get("same_test_rows") is False for run in section.get("runs", [])):
         lines += ["", "**A recozoo run was tested on other rows than the exported split.**"]
     return lines

@@ -1,6 +1,6 @@
 """Fit scikit-surprise models on one exported split and print their RMSE, MAE and seconds.
 
-Run by `bench.surprise` with the interpreter of Surprise's own virtual environment (it imports
+Run by `bench.ratings` with the interpreter of Surprise's own virtual environment (it imports
 surprise, never recozoo)::
 
     python surprise_runner.py --train train.tsv --test test.tsv --seed 0 --json-out out.json
@@ -13,17 +13,25 @@ the rating scale of the training ratings, and predictions clipped to it (Surpris
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import platform
 import time
 
-import pandas as pd
 import surprise
 from surprise import SVD, BaselineOnly, Dataset, Reader, SVDpp, accuracy
 
 MODELS = {"SVD": lambda seed: SVD(random_state=seed),
           "SVDpp": lambda seed: SVDpp(random_state=seed, cache_ratings=True),
           "BaselineOnly": lambda seed: BaselineOnly(verbose=False)}
+
+
+def read_ratings(path: str) -> list[tuple[str, str, float]]:
+    """(user, item, rating) rows of a TSV with a ``user, item, rating`` header (the csv module:
+    Surprise's environment has no pandas)."""
+    with open(path, newline="") as handle:
+        return [(row["user"], row["item"], float(row["rating"]))
+                for row in csv.DictReader(handle, delimiter="\t")]
 
 
 def main() -> None:
@@ -34,11 +42,11 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--json-out", required=True)
     args = parser.parse_args()
-    train = pd.read_csv(args.train, sep="\t")
-    test = pd.read_csv(args.test, sep="\t")
-    reader = Reader(rating_scale=(float(train.rating.min()), float(train.rating.max())))
-    trainset = Dataset.load_from_df(train[["user", "item", "rating"]], reader).build_full_trainset()
-    testset = list(test[["user", "item", "rating"]].itertuples(index=False, name=None))
+    train, testset = read_ratings(args.train), read_ratings(args.test)
+    ratings = [rating for _, _, rating in train]
+    reader = Reader(line_format="user item rating", sep="\t", skip_lines=1,
+                    rating_scale=(min(ratings), max(ratings)))
+    trainset = Dataset.load_from_file(args.train, reader).build_full_trainset()
     results = []
     for name in args.models.split(","):
         algo = MODELS[name](args.seed)

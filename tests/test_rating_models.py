@@ -175,7 +175,7 @@ def test_bench_ratings_summary_and_report():
     """The bench's ratings section: means and spreads per model over seeds, best RMSE first,
     and the report line that says whether the target is met."""
     from bench.report import ratings_lines
-    from bench.surprise import summarise
+    from bench.ratings import summarise
     runs = [{"side": "recozoo", "model": "svdpp", "seed": s, "rmse": r, "mae": 0.7,
              "fit_seconds": 2.0, "test_seconds": 0.1} for s, r in ((0, 0.90), (1, 0.91))]
     runs += [{"side": "surprise", "model": "SVD", "seed": 0, "rmse": 0.93, "mae": 0.73,
