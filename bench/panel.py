@@ -117,14 +117,15 @@ class PanelSettings:
 
 def ranking_models(root: Path) -> list[str]:
     """Every model config of conf/model/ that ranks items (rating-only models left out)."""
-    import yaml
+    from hydra import compose, initialize_config_dir
     from hydra.utils import get_class
 
     names = []
-    for path in sorted((root / "conf" / "model").glob("*.yaml")):
-        target = (yaml.safe_load(path.read_text()) or {}).get("_target_", "")
-        if target and not getattr(get_class(target), "predicts_ratings", False):
-            names.append(path.stem)
+    with initialize_config_dir(config_dir=str(root / "conf"), version_base="1.3"):
+        for path in sorted((root / "conf" / "model").glob("*.yaml")):
+            target = compose("train", overrides=[f"model={path.stem}"]).model._target_
+            if not getattr(get_class(target), "predicts_ratings", False):
+                names.append(path.stem)
     return names
 
 

@@ -33,6 +33,22 @@ def model_names() -> list[str]:
     return sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 
 
+def ranking_model_names() -> list[str]:
+    """The model configs whose class ranks items (rating-only models, which predict ratings and
+    are evaluated under the rating protocol, left out); composed, so inherited configs count."""
+    from hydra.utils import get_class
+
+    GlobalHydra.instance().clear()
+    names = []
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for name in model_names():
+            target = compose("train", overrides=[f"model={name}"]).model._target_
+            if not getattr(get_class(target), "predicts_ratings", False):
+                names.append(name)
+    GlobalHydra.instance().clear()
+    return names
+
+
 def compose_config(overrides: list[str], output_dir: Path, tiny: bool = True) -> DictConfig:
     """The config `python train.py <overrides>` would run, writing into ``output_dir``."""
     GlobalHydra.instance().clear()
