@@ -23,8 +23,12 @@ from recozoo.data.datamodule import DatasetInfo, EvalBatch, TrainView
 from recozoo.models.base import Recommender
 from recozoo.models.components.sequence import NegativeSampler
 
-#: catalogue size above which the sequential models train with sampled softmax by default
-SAMPLED_SOFTMAX_ABOVE = 20_000
+#: catalogue size above which the sequential models train with sampled softmax by default.
+#: Measured (SASRec, 128 windows x 20 positions, d=64, one CPU thread, seconds per step, full
+#: vs 1,000 sampled): 2k items 0.25 vs 0.21, 10k 0.87 vs 0.19, 30k 1.71 vs 0.19, 100k - vs
+#: 0.24. Up to a few thousand items (ml-100k, ml-1m, Online Retail) the exact loss costs little;
+#: from 10k on it is most of a step, and its (positions, n_items) logits most of the memory.
+SAMPLED_SOFTMAX_ABOVE = 10_000
 
 
 class SequentialRecommender(Recommender):
