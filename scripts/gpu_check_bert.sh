@@ -20,7 +20,7 @@ EPOCHS=${EPOCHS:-1}
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 start=$(date +%s)
 "$PY" train.py model=bert_finetune data=atomic data.path="$DATA" data.name=Scientific \
-  trainer=gpu trainer.max_epochs="$EPOCHS" trainer.enable_progress_bar=false \
+  trainer=gpu trainer.max_epochs="$EPOCHS" model.max_epochs=null trainer.enable_progress_bar=false \
   trainer.enable_model_summary=false hydra.run.dir="$RUN" "$@" > "$DEST/bert_gpu.log" 2>&1 \
   || { tail -40 "$DEST/bert_gpu.log"; exit 1; }
 cp "$RUN/metrics.json" "$DEST/bert_gpu_metrics.json"

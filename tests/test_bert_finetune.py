@@ -167,7 +167,7 @@ def _fit(cfg, steps: int = 2):
 @pytest.mark.parametrize("negatives", ["catalogue", "sampled", "in_batch"])
 def test_every_negative_mode_trains_and_scores(make_config, negatives):
     cfg = make_config(["model=bert_finetune", f"model.negatives={negatives}",
-                       "model.n_negatives=8", "model.max_fresh_items=16"])
+                       "model.train_layers=1", "model.n_negatives=8", "model.max_fresh_items=16"])
     dm, model = _fit(cfg)
     batch = dm.eval_batch("test", dm.eval_users["test"][:4])
     with torch.no_grad():
@@ -177,7 +177,7 @@ def test_every_negative_mode_trains_and_scores(make_config, negatives):
 
 def test_evaluation_reads_the_current_weights(make_config):
     """The catalogue cache is rebuilt after training steps, never stale at scoring time."""
-    dm, model = _fit(make_config(["model=bert_finetune"]))
+    dm, model = _fit(make_config(["model=bert_finetune", "model.train_layers=1"]))
     batch = dm.eval_batch("test", dm.eval_users["test"][:4])
     with torch.no_grad():
         before = model.score(batch)

@@ -114,6 +114,7 @@ class BertFinetune(Recommender):
         temperature: softmax temperature of the cosine scores.
         user_dim: width of the user Transformer.
         id_embeddings: mix popularity-gated ID embeddings into the item vectors.
+        id_lr: learning rate of the ID embeddings (None: the optimizer's own lr).
         user_layers / user_heads / max_len / dropout: the user tower.
         negatives: ``catalogue``, ``sampled`` or ``in_batch`` (see the module docstring).
         n_negatives: items drawn uniformly per step for the fresh softmax (``sampled``, and
@@ -132,10 +133,11 @@ class BertFinetune(Recommender):
     scores_new_users = True
 
     def __init__(self, info: DatasetInfo, pretrained: str | None = None, max_length: int = 32,
-                 train_layers: int = 1, lora_rank: int = 0, lora_alpha: float = 16.0,
+                 train_layers: int = 0, lora_rank: int = 0, lora_alpha: float = 16.0,
                  pooling: str = "mean", cache_frozen_layers: bool = True,
                  cache_dir: str | None = None, bf16: bool = False, encoder_lr: float = 5e-5,
                  temperature: float = 0.05, user_dim: int = 128, id_embeddings: bool = True,
+                 id_lr: float | None = None,
                  user_layers: int = 2, user_heads: int = 2, max_len: int = 50,
                  dropout: float = 0.1, negatives: str = "catalogue", n_negatives: int = 128,
                  max_fresh_items: int = 128, refresh_every: int = 0,
@@ -154,6 +156,7 @@ class BertFinetune(Recommender):
         self.max_fresh_items, self.refresh_every = int(max_fresh_items), int(refresh_every)
         self.batch_size, self.max_len, self.encoder_lr = int(batch_size), int(max_len), encoder_lr
         self.max_epochs = None if max_epochs is None else int(max_epochs)
+        self.id_lr = None if id_lr is None else float(id_lr)
         self.text = TextTower(info.item_text, pretrained, max_length=max_length,
                               train_layers=train_layers, lora_rank=lora_rank,
                               lora_alpha=lora_alpha, pooling=pooling,
@@ -326,11 +329,14 @@ class BertFinetune(Recommender):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         encoder = [p for p in self.text.parameters() if p.requires_grad]
-        encoder_ids = {id(p) for p in encoder}
-        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in encoder_ids]
+        ids = [self.ids.embedding.weight] if self.ids is not None and self.id_lr else []
+        own_lr = {id(p) for p in encoder + ids}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in own_lr]
         groups = [{"params": rest}]
         if encoder:
             groups.append({"params": encoder, "lr": self.encoder_lr})
+        if ids:
+            groups.append({"params": ids, "lr": self.id_lr})
         factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-3))
         return factory(groups)
 
