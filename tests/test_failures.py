@@ -13,9 +13,10 @@ import lightning as L
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, TINY
 
+from conftest import ROOT, TINY
 from recozoo import artifacts
+from recozoo.artifacts import RunDir
 from recozoo.models.base import Recommender
 from recozoo.train import build_datamodule, run, train
 from recozoo.training_callbacks import AtomicCheckpointIO
@@ -46,7 +47,7 @@ def test_impossible_hyperparameter_is_recorded(make_config):
     cfg = make_config(["model=ease", "model.reg_weight=-1"])
     with pytest.raises(ValueError, match="reg_weight"):
         run(cfg)  # a single run re-raises; a multirun job would return None
-    record = artifacts.read_metrics(cfg.paths.output_dir)
+    record = RunDir(cfg.paths.output_dir).read_record()
     assert record["status"] == "failed" and "reg_weight" in record["error"]
 
 

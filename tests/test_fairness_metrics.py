@@ -14,16 +14,8 @@ import torch
 
 from recozoo.data.contracts import DatasetInfo, heavy_user_mask
 from recozoo.metrics import functional as F
-from recozoo.metrics.ranking import (
-    ACLT,
-    NO_ITEM,
-    HeavyUserNDCG,
-    LightUserNDCG,
-    PopREO,
-    PopRSP,
-    RankedBatch,
-    inputs_per_group,
-)
+from recozoo.metrics.fairness import ACLT, HeavyUserNDCG, LightUserNDCG, PopREO, PopRSP
+from recozoo.metrics.ranking import NO_ITEM, RankedBatch, inputs_per_group
 from recozoo.metrics.suite import higher_is_better, ranking_suite
 from recozoo.report import build_leaderboard
 

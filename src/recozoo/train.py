@@ -28,44 +28,9 @@ from recozoo.evaluation import Evaluator, Ranker
 from recozoo.models.base import ClosedFormRecommender, Recommender
 from recozoo.rerank import Reranker
 from recozoo.runtime import quiet_lightning_logs
-from recozoo.training_callbacks import AtomicCheckpointIO, BatchSeed, KeepStopped
+from recozoo.training_callbacks import AtomicCheckpointIO, BatchSeed, KeepStopped, RunTimer
 
 log = logging.getLogger(__name__)
-
-
-class RunTimer(L.Callback):
-    """Wall-clock seconds of each training epoch (validation excluded) and of the test stage."""
-
-    def __init__(self) -> None:
-        self.epoch_seconds: list[float] = []
-        self.eval_seconds: float | None = None
-        self._epoch_start = self._val_start = 0.0
-        self._val_in_epoch = 0.0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch_seconds": list(self.epoch_seconds)}  # in checkpoints: kept across a resume
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.epoch_seconds = list(state_dict.get("epoch_seconds", []))
-
-    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self._epoch_start, self._val_in_epoch = time.perf_counter(), 0.0
-
-    def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self._val_start = time.perf_counter()
-
-    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self._val_in_epoch += time.perf_counter() - self._val_start
-
-    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        elapsed = time.perf_counter() - self._epoch_start - self._val_in_epoch
-        self.epoch_seconds.append(round(elapsed, 4))
-
-    def on_test_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self._test_start = time.perf_counter()
-
-    def on_test_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self.eval_seconds = round(time.perf_counter() - self._test_start, 4)
 
 
 def build_datamodule(cfg: DictConfig) -> RecDataModule:

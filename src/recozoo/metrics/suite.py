@@ -17,18 +17,14 @@ from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric, MetricColl
 
 from recozoo.data.popularity import BUCKETS
 from recozoo.metrics.buckets import BUCKET_METRICS, bucket_metrics
+from recozoo.metrics.fairness import ACLT, HeavyUserNDCG, LightUserNDCG, PopREO, PopRSP
 from recozoo.metrics.ranking import (
     ACCURACY_METRICS,
-    ACLT,
     APLT,
     ARP,
     Gini,
-    HeavyUserNDCG,
     ItemCoverage,
-    LightUserNDCG,
     Novelty,
-    PopREO,
-    PopRSP,
     RankedBatch,
     TailRecall,
 )
