@@ -76,3 +76,16 @@ def test_missing_atomic_folder_is_named(make_config, tmp_path):
                        "trainer.enable_progress_bar=false"], tiny=False)
     with pytest.raises(FileNotFoundError, match="nothing"):
         run(cfg)
+
+
+def test_split_without_validation(make_config):
+    """A split with no validation share: a clear error while callbacks monitor a validation
+    metric; without them the run trains its epochs and tests the last weights."""
+    overrides = ["model=pop", "split=random", "split.ratios=[0.8,0.0,0.2]"]
+    with pytest.raises(ValueError, match="left no validation users.*callbacks=none"):
+        run(make_config(overrides))
+    cfg = make_config(overrides + ["callbacks=none", "model=bpr"])
+    run(cfg)
+    metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert metrics["status"] == "ok" and metrics["test/ndcg@10"] >= 0
+    assert not any(key.startswith("val/") for key in metrics)

@@ -196,6 +196,13 @@ def train(cfg: DictConfig) -> RunRecord:
 
     timer = RunTimer()
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    monitored = sorted({str(c.monitor) for c in callbacks if getattr(c, "monitor", None)})
+    if len(dm.eval_users["val"]) == 0 and any(m.startswith("val/") for m in monitored):
+        raise ValueError(
+            f"split '{dm.split.name}' left no validation users in '{dm.info.name}', but "
+            f"callbacks monitor {monitored}: give the split a validation share (e.g. "
+            "split.ratios=[0.8,0.1,0.1]) or train without them (callbacks=none, fixed "
+            "trainer.max_epochs; the last weights are tested)")
     loggers = [instantiate(c, **_logger_settings(c, cfg))
                for c in (cfg.get("logger") or {}).values() if c is not None]
     overrides: dict[str, Any] = {}
@@ -223,7 +230,7 @@ def train(cfg: DictConfig) -> RunRecord:
         best = getattr(checkpoint, "last_model_path", "") or None
     # evaluate the best weights: validation lists (for fusion weights) and test metrics
     trainer.validate(model, datamodule=dm, ckpt_path=best, verbose=False)
-    val_metrics = evaluator.stage_metrics["val"]
+    val_metrics = evaluator.stage_metrics.get("val", {})  # none without validation users
     val_outputs = evaluator.outputs.get("val")
     trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False)
     test_metrics = evaluator.stage_metrics["test"]
