@@ -254,7 +254,10 @@ def write_report(settings: PanelSettings, table: dict[str, dict[str, dict[str, A
              f"({os.cpu_count()} CPUs, {settings.threads} torch threads per run, "
              "OMP_WAIT_POLICY=PASSIVE). Test metrics of each model's best validation "
              "checkpoint; mean ± half-width of the 95% Student-t interval over the seeds done "
-             "(n); full ranking over all items.", "",
+             "(n); full ranking over all items. The seed moves a random split and a model's "
+             "initialisation and sampling; a leave-one-out split is fixed by time and the shop's "
+             "data by its own seed, so deterministic models (pop, itemknn, ease) show ± 0 there.",
+             "",
              "Reproduce (resumable; finished runs are skipped):", "", "```",
              "make panel ARGS=\"shared=<folder with data/>\"   # or python -m bench.panel ...",
              f"python -m bench.panel datasets=[{','.join(settings.datasets)}] "
