@@ -165,3 +165,18 @@ def test_evaluation_batches_are_sized_to_the_catalogue_unless_fixed(dm):
 def test_cpu_batches_are_handed_over_as_built(dm):
     batch = dm.eval_batch("test", dm.eval_users["test"][:4])
     assert dm.transfer_batch_to_device(batch, torch.device("cpu"), 0) is batch
+
+
+def test_text_template_may_name_the_item_id():
+    """Item text made of ids alone (a dataset whose text says nothing): ``{item_id}`` renders
+    each item's external id, whatever the items table calls its key."""
+    import pandas as pd
+
+    from recozoo.data.interactions import Interactions
+
+    frame = pd.DataFrame({"u": ["a", "a", "b"], "sku": ["x1", "x2", "x1"], "t": [1, 2, 3]})
+    items = pd.DataFrame({"sku": ["x1", "x2"], "title": ["Pen", "Ink"]})
+    data = Interactions.from_frame(frame, user_col="u", item_col="sku", time_col="t",
+                                   items=items, item_key="sku",
+                                   text_template="item {item_id}: {title}. {sku}")
+    assert data.items.text == ["item x1: Pen. x1", "item x2: Ink. x2"]

@@ -153,8 +153,9 @@ class Interactions:
         Args:
             frame: one row per interaction.
             items: one row per item, keyed by ``item_key``; items absent from it get empty text.
-            text_template: ``str.format`` template over the items table's columns, e.g.
-                ``"{title}. {category}. {brand}."``; missing values become empty strings.
+            text_template: ``str.format`` template over the items table's columns and
+                ``item_id`` (the external id), e.g. ``"{title}. {category}. {brand}."``;
+                missing values become empty strings.
         """
         from recozoo.data.text import render_item_text  # local: avoids a cycle at import
 
@@ -168,9 +169,13 @@ class Interactions:
         rating = frame[rating_col].to_numpy(dtype=np.float32) if rating_col else None
         item_data = ItemData()
         if items is not None:
-            table = items.drop_duplicates(item_key).set_index(item_key).reindex(item_ids)
+            table = (items.drop_duplicates(item_key).set_index(item_key).reindex(item_ids)
+                     .rename_axis(item_key))  # reindex drops the key's name
             if text_template:
-                item_data.text = render_item_text(table.reset_index(), text_template)
+                fields = table.reset_index()
+                if "item_id" not in fields:  # every template may name the item's own id
+                    fields["item_id"] = np.asarray(item_ids, dtype=str)
+                item_data.text = render_item_text(fields, text_template)
             if title_col and title_col in table:
                 item_data.titles = [str(t) if isinstance(t, str) else str(i)
                                     for t, i in zip(table[title_col], item_ids)]
