@@ -34,6 +34,9 @@ from bench.process import run_process
 from recozoo.artifacts import RunDir, RunRecord
 from recozoo.cli import parse_settings
 
+#: recozoo model -> RecBole model, for the rows RecBole runs on its own splits
+RECBOLE_MODELS = {"pop": "Pop", "itemknn": "ItemKNN", "bpr": "BPR", "ease": "EASE",
+                  "multvae": "MultiVAE"}
 #: the metrics the tables show, primary first
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("test/ndcg@10", "NDCG@10"), ("test/recall@10", "Recall@10"),
@@ -44,15 +47,18 @@ PRIMARY = COLUMNS[0][0]
 @dataclass(frozen=True)
 class PanelDataset:
     """One dataset of the panel: the train.py overrides that select it (``{shared}`` is the
-    shared folder) and the file it needs there (None: embedded)."""
+    shared folder, ``{split}`` the seed's exported split folder) and the file it needs there
+    (None: embedded). ``recbole_splits``: scored on RecBole's own split of each seed, with
+    RecBole's rows beside recozoo's."""
 
     name: str
     overrides: tuple[str, ...]
     needs: str | None = None
     note: str = ""
+    recbole_splits: bool = False
 
-    def resolved(self, shared: Path | None) -> list[str]:
-        return [o.format(shared=shared) for o in self.overrides]
+    def resolved(self, shared: Path | None, split: Path | None = None) -> list[str]:
+        return [o.format(shared=shared, split=split) for o in self.overrides]
 
     def missing(self, shared: Path | None) -> str | None:
         """Why the dataset cannot run here, or None."""
@@ -70,6 +76,12 @@ DATASETS: dict[str, PanelDataset] = {d.name: d for d in (
     PanelDataset("ml100k_random", ("data=ml100k", "data.path={shared}/data/ml-100k",
                                    "split=random"), "data/ml-100k/ml-100k.inter",
                  "MovieLens 100K, all ratings, per-user random 8:1:1 (RecBole's protocol)"),
+    PanelDataset("ml100k_recbole", ("data=ml100k", "data.path={shared}/data/ml-100k",
+                                    "split=preset", "split.folder={split}"),
+                 "data/ml-100k/ml-100k.inter",
+                 "MovieLens 100K on RecBole 1.2.1's own random 8:1:1 split of each seed "
+                 "(`bench/recbole_split.py`), RecBole's rows beside recozoo's",
+                 recbole_splits=True),
     PanelDataset("ml100k_loo", ("data=ml100k", "data.path={shared}/data/ml-100k", "split=loo"),
                  "data/ml-100k/ml-100k.inter", "MovieLens 100K, leave-one-out by time"),
     PanelDataset("scientific", ("data=atomic", "data.path={shared}/data/amazon-scientific",
@@ -134,14 +146,21 @@ def run_folder(out: Path, dataset: str, model: str, seed: int) -> Path:
 
 
 def train_command(dataset: PanelDataset, model: str, seed: int, shared: Path | None,
-                  folder: Path, extra: list[str]) -> list[str]:
+                  folder: Path, extra: list[str], split: Path | None = None) -> list[str]:
     """The train.py command of one panel run (what the report prints)."""
-    return [sys.executable, "train.py", *dataset.resolved(shared), f"model={model}",
+    return [sys.executable, "train.py", *dataset.resolved(shared, split), f"model={model}",
             f"seed={seed}", *extra, "logger=none", "trainer.enable_progress_bar=false",
             f"hydra.run.dir={folder}"]
 
 
 def read_run(folder: Path) -> RunRecord | None:
+    """The run's record; a RecBole row's JSON is read as one (test metrics only)."""
+    if (folder / "recbole.json").exists():
+        figures = json.loads((folder / "recbole.json").read_text())
+        test = {k.lower(): v for k, v in (figures.get("test") or {}).items()}
+        return RunRecord(model=folder.parent.name, train_seconds=figures.get(
+            "train_seconds_total"), metrics={key: test.get(key.split("/", 1)[1])
+                                             for key, _ in COLUMNS})
     run = RunDir(folder)
     if not run.metrics.exists():
         return None
@@ -162,6 +181,13 @@ def run_panel(settings: PanelSettings, root: Path, shared: Path | None, out: Pat
             skipped.append(f"{name}: {why}")
             continue
         for seed in settings.seeds:
+            split = None
+            if dataset.recbole_splits:
+                try:
+                    split = recbole_seed(settings, shared, out, name, seed, models)
+                except (RuntimeError, OSError) as error:
+                    skipped.append(f"{name} seed {seed}: {error}")
+                    continue
             for model in models:
                 folder = run_folder(out, name, model, seed)
                 record = read_run(folder)
@@ -172,7 +198,8 @@ def run_panel(settings: PanelSettings, root: Path, shared: Path | None, out: Pat
                     skipped.append(f"budget of {settings.budget_minutes:g} min used: stopped "
                                    f"before {name}/{model}/s{seed}")
                     return skipped
-                command = train_command(dataset, model, seed, shared, folder, settings.overrides)
+                command = train_command(dataset, model, seed, shared, folder, settings.overrides,
+                                        split)
                 print(f"[{elapsed:6.1f} min] {name} {model} seed {seed}", flush=True)
                 folder.parent.mkdir(parents=True, exist_ok=True)
                 result = run_process(command, env=thread_env(settings.threads), cwd=root,
@@ -183,6 +210,38 @@ def run_panel(settings: PanelSettings, root: Path, shared: Path | None, out: Pat
                         status="failed", model=model, seed=seed,
                         error=f"exit {result.returncode}: {result.tail(3)}"))
     return skipped
+
+
+def recbole_seed(settings: PanelSettings, shared: Path | None, out: Path, dataset: str,
+                 seed: int, models: list[str]) -> Path:
+    """RecBole's split of ``seed`` exported for ``split=preset`` (once), and RecBole's own runs
+    of the compared models on it (once each); returns the split folder."""
+    from bench.peers import RecBolePeer
+
+    peer, why = RecBolePeer.find(shared, out / dataset / "recbole_scratch") if shared else (
+        None, "no shared folder")
+    if peer is None:
+        raise RuntimeError(f"RecBole cannot run ({why})")
+    split = out / dataset / "splits" / f"s{seed}"
+    if not (split / "test.tsv").exists():
+        peer.prepare_data()
+        result = run_process([str(peer.python), str(Path(__file__).with_name("recbole_split.py")),
+                              str(split), str(seed), str(peer.scratch / "data")],
+                             env=thread_env(1), cwd=peer.scratch)
+        if result.returncode != 0:
+            raise RuntimeError(f"exporting RecBole's split failed:\n{result.tail()}")
+    for model in models:
+        if model not in RECBOLE_MODELS:
+            continue
+        folder = run_folder(out, dataset, f"RecBole {RECBOLE_MODELS[model]}", seed)
+        if (folder / "recbole.json").exists():
+            continue
+        print(f"          {dataset} RecBole {RECBOLE_MODELS[model]} seed {seed}", flush=True)
+        figures = peer.run(RECBOLE_MODELS[model], epochs=300, threads=settings.threads,
+                           seed=seed)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "recbole.json").write_text(json.dumps(figures, default=str))
+    return split
 
 
 # ---------------------------------------------------------------------------------- report
@@ -203,7 +262,9 @@ def collect(out: Path, datasets: list[str], models: list[str], seeds: list[int]
     """dataset -> model -> {"seeds": {seed: {metric: value}}, "failed": [...], "missing": [...]}"""
     table: dict[str, dict[str, dict[str, Any]]] = {}
     for dataset in datasets:
-        for model in models:
+        peers = ([f"RecBole {RECBOLE_MODELS[m]}" for m in models if m in RECBOLE_MODELS]
+                 if DATASETS[dataset].recbole_splits else [])
+        for model in [*models, *peers]:
             entry: dict[str, Any] = {"seeds": {}, "failed": [], "missing": [], "seconds": []}
             for seed in seeds:
                 record = read_run(run_folder(out, dataset, model, seed))
