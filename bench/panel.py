@@ -157,7 +157,8 @@ def read_run(folder: Path) -> RunRecord | None:
     """The run's record; a RecBole row's JSON is read as one (test metrics only)."""
     if (folder / "recbole.json").exists():
         figures = json.loads((folder / "recbole.json").read_text())
-        test = {k.lower(): v for k, v in (figures.get("test") or {}).items()}
+        test = {k.lower().replace("itemcoverage", "coverage"): v
+                for k, v in (figures.get("test") or {}).items()}  # RecBole's names
         return RunRecord(model=folder.parent.name, train_seconds=figures.get(
             "train_seconds_total"), metrics={key: test.get(key.split("/", 1)[1])
                                              for key, _ in COLUMNS})
