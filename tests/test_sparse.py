@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import fit_briefly
 
-from recozoo.models.base import CombinedOptimizer, build_optimizer, sparse_parameters
+from recozoo.models.optimizers import CombinedOptimizer, build_optimizer, sparse_parameters
 
 
 class _Mixed(torch.nn.Module):

@@ -7,7 +7,7 @@ one matrix product.
 
 The tables have sparse gradients by default (``sparse=True``): a step updates only the rows of
 the batch's users and items (``torch.optim.SparseAdam``, see
-`recozoo.models.base.build_optimizer`), so an epoch costs O(interactions) rather than
+`recozoo.models.optimizers.build_optimizer`), so an epoch costs O(interactions) rather than
 O(interactions x (users + items)) as with dense Adam over whole tables.
 """
 

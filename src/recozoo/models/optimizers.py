@@ -1,0 +1,114 @@
+"""Optimizers of the zoo's gradient models: one configurable ``optimizer`` for dense weights and a
+``sparse_optimizer`` for the tables of ``nn.Embedding(sparse=True)`` modules, stepped as one
+(`CombinedOptimizer`), so a step costs what a batch touches rather than the size of the tables."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+def default_optimizer(params: Any) -> torch.optim.Optimizer:
+    """Adam(lr=1e-3): the optimizer of a model whose config names none."""
+    return torch.optim.Adam(params, lr=1e-3)
+
+
+def sparse_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The trainable weights of ``module``'s ``nn.Embedding(sparse=True)`` tables (their
+    gradients are sparse: the rows a batch looked up)."""
+    return [m.weight for m in module.modules()
+            if isinstance(m, torch.nn.Embedding) and m.sparse and m.weight.requires_grad]
+
+
+def build_optimizer(module: torch.nn.Module, factory: OptimizerFactory | None = None,
+                    sparse_factory: OptimizerFactory | None = None) -> torch.optim.Optimizer:
+    """One optimizer for ``module``'s trainable parameters.
+
+    Dense parameters go to ``factory`` (default Adam(lr=1e-3)). Tables with sparse gradients
+    (`sparse_parameters`) go to ``sparse_factory``, by default ``torch.optim.SparseAdam`` at the
+    learning rate of ``factory`` (its ``lr`` keyword): Adam's update restricted to the rows in the
+    batch ("lazy Adam": rows not in a batch keep their moments and do not move). Dense Adam
+    would touch every row of every table at every step, O(users + items) per step.
+
+    Args:
+        module: the model.
+        factory: partial optimizer of the dense parameters.
+        sparse_factory: partial optimizer of the sparse-gradient tables.
+
+    Returns:
+        ``factory``'s optimizer when there are no sparse tables, else a `CombinedOptimizer`.
+    """
+    factory = factory or default_optimizer
+    sparse = sparse_parameters(module)
+    sparse_ids = {id(p) for p in sparse}
+    dense = [p for p in module.parameters() if p.requires_grad and id(p) not in sparse_ids]
+    if not sparse:
+        return factory(dense)
+    if sparse_factory is None:
+        lr = getattr(factory, "keywords", {}).get("lr", 1e-3)
+        sparse_factory = functools.partial(torch.optim.SparseAdam, lr=lr)
+    optimizers = [sparse_factory(sparse)] + ([factory(dense)] if dense else [])
+    return optimizers[0] if len(optimizers) == 1 else CombinedOptimizer(optimizers)
+
+
+class CombinedOptimizer(torch.optim.Optimizer):
+    """Several optimizers over disjoint parameters, stepped as one (Lightning's automatic
+    optimisation takes one optimizer per model): a sparse one for embedding tables with sparse
+    gradients and a dense one for the rest.
+
+    ``param_groups`` are the children's own group dicts, so learning-rate schedulers reach
+    them; ``state_dict`` holds each child's state.
+
+    Args:
+        optimizers: the children, over disjoint parameters.
+    """
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = list(optimizers)
+        params = [p for o in self.optimizers for g in o.param_groups for p in g["params"]]
+        if len({id(p) for p in params}) != len(params):
+            raise ValueError("CombinedOptimizer: the optimizers share parameters")
+        super().__init__(params, {})
+        self.param_groups = [g for o in self.optimizers for g in o.param_groups]
+
+    @property
+    def state(self) -> dict[torch.Tensor, Any]:  # type: ignore[override]
+        """Every child's per-parameter state (read-only view; the children own it)."""
+        return {p: s for o in self.optimizers for p, s in o.state.items()}
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        """Ignored: `torch.optim.Optimizer.__init__` sets it; the children own the state."""
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Evaluate ``closure`` once (forward and backward), then step every child."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for optimizer in self.optimizers:
+            optimizer.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("optimizers")
+        if saved is None or len(saved) != len(self.optimizers):
+            raise ValueError(f"CombinedOptimizer: the checkpoint holds "
+                             f"{'no' if saved is None else len(saved)} optimizer state(s), "
+                             f"expected {len(self.optimizers)} (was the model's `sparse` "
+                             "setting changed since it was saved?)")
+        for optimizer, state in zip(self.optimizers, saved):
+            optimizer.load_state_dict(state)
