@@ -335,12 +335,16 @@ def write_report(settings: PanelSettings, table: dict[str, dict[str, dict[str, A
         lines += ["", "Not run this time:", ""] + [f"- {s}" for s in skipped]
     lines += ["", "## Summary across datasets", "",
               "Rank by mean test NDCG@10 within each dataset (1 = best); wins/losses: datasets "
-              "where the model's mean NDCG@10 is above/below pop's.", "",
-              "| model | mean rank | " + " | ".join(settings.datasets) + " | beats pop on | "
-              "loses to pop on |", "|---|---:|" + "---:|" * len(settings.datasets) + "---|---|"]
-    for model, row in sorted(summary.items(), key=lambda kv: kv[1]["mean_rank"]):
+              "where the model's mean NDCG@10 is above/below pop's. A mean rank compares models "
+              "only over the same datasets: read it with the number of datasets a model ran on.",
+              "", "| model | datasets | mean rank | " + " | ".join(settings.datasets)
+              + " | beats pop on | loses to pop on |",
+              "|---|---:|---:|" + "---:|" * len(settings.datasets) + "---|---|"]
+    for model, row in sorted(summary.items(),
+                             key=lambda kv: (-len(kv[1]["ranks"]), kv[1]["mean_rank"])):
         ranks = [str(row["ranks"].get(d, "–")) for d in settings.datasets]
-        lines.append(f"| {model} | {row['mean_rank']:.1f} | " + " | ".join(ranks)
+        lines.append(f"| {model} | {len(row['ranks'])} | {row['mean_rank']:.1f} | "
+                     + " | ".join(ranks)
                      + f" | {', '.join(row['wins']) or '–'} | {', '.join(row['losses']) or '–'} |")
     for name in settings.datasets:
         rows = table.get(name, {})
