@@ -136,8 +136,9 @@ FACTS: tuple[str, ...] = (
     "status", "error", "traceback", "model", "data", "split", "seed", "n_users", "n_items",
     "n_interactions", "n_params", "head_share", "heavy_user_share", "rerank", "rerank_weight", "debias", "epochs",
     "train_seconds", "epoch_seconds", "eval_seconds", "fusion_seconds", "best_checkpoint")
+_FACT_NAMES = frozenset(FACTS)
 #: facts written (as null) even when unknown, in a successful run
-_ALWAYS = frozenset(FACTS) - {"error", "traceback", "fusion_seconds"}
+_ALWAYS = _FACT_NAMES - {"error", "traceback", "fusion_seconds"}
 #: metric keys start with one of these stages
 METRIC_STAGES: tuple[str, ...] = ("val/", "test/", "test_cold/")
 
@@ -227,9 +228,17 @@ class RunRecord(Mapping[str, Any]):
     def write(self, path: Path) -> None:
         write_json(path, self.to_dict())
 
-    # the flat mapping, as written to disk
+    # the flat mapping, as written to disk (a key lookup does not build the whole mapping:
+    # leaderboards read many keys of many runs)
     def __getitem__(self, key: str) -> Any:
-        return self.to_dict()[key]
+        if key in self.metrics:
+            return self.metrics[key]
+        if key in _FACT_NAMES:
+            value = getattr(self, key)
+            if value is not None or (self.ok and key in _ALWAYS):
+                return value
+            raise KeyError(key)
+        return self.extra[key]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.to_dict())

@@ -273,7 +273,7 @@ def fuse(members: Members, spec: FusionSpec, out_dir: Path | str) -> RunRecord:
     out = RunDir(Path(out_dir))
     first = RunDir(members.first)
     facts = members.runs[0].metrics
-    info, _ = saved_facts(first, facts, "test", int(facts["n_users"]))
+    info, stage_inputs = saved_facts(first, facts, int(facts["n_users"]))
     tail = info.tail_mask.numpy()
     labels = [r.label or r.model for r in members.runs]
     stages = {}
@@ -314,8 +314,8 @@ def fuse(members: Members, spec: FusionSpec, out_dir: Path | str) -> RunRecord:
             "item": ranked_items[ok].numpy(), "score": top.values[ok].numpy()})
         artifacts.write_parquet(out.rankings(stage), rankings)
         lists = _fill_short_lists(ranked_items, ok, order)
-        _, inputs = saved_facts(first, facts, stage, info.n_users)
-        values, per_user = score_lists(lists, cands.users, targets, members.ks, info, inputs)
+        values, per_user = score_lists(lists, cands.users, targets, members.ks, info,
+                                       stage_inputs[stage])
         record.metrics.update({f"{stage}/{k}": v for k, v in values.items()})
         if stage == "test":
             artifacts.write_parquet(out.per_user_test, per_user)

@@ -38,10 +38,11 @@ def _less(counts: pd.Series, taken: pd.Series) -> pd.Series:
     return left[left > 0]
 
 
-def recorded_inputs(run: RunDir, record: RunRecord, n_users: int, stage: str = "test"
-                    ) -> tuple[pd.DataFrame | None, np.ndarray | None]:
-    """The (user, item) inputs of ``stage`` and the per-user training counts of the run, each
-    None where the run folder cannot tell it exactly (see the module docstring)."""
+def recorded_inputs(run: RunDir, record: RunRecord, n_users: int
+                    ) -> tuple[dict[str, pd.DataFrame] | None, np.ndarray | None]:
+    """The (user, item) inputs of each stage (``{"val": ..., "test": ...}``) and the per-user
+    training counts of the run, each None where the run folder cannot tell it exactly (see the
+    module docstring); the folder's files are read once."""
     users = pd.read_parquet(run.users) if run.users.exists() else pd.DataFrame()
     activity = users["activity"].to_numpy(np.float64) if "activity" in users else None
     if not run.history.exists():
@@ -65,22 +66,22 @@ def recorded_inputs(run: RunDir, record: RunRecord, n_users: int, stage: str = "
     if activity is None:
         activity = np.bincount(train.index.get_level_values("user"),
                                weights=train.to_numpy(np.float64), minlength=n_users)
-    inputs = test_inputs if stage == "test" else train
-    return inputs.index.to_frame(index=False), activity
+    return ({"val": train.index.to_frame(index=False),
+             "test": test_inputs.index.to_frame(index=False)}, activity)
 
 
-def saved_facts(run: RunDir, record: RunRecord, stage: str, n_users: int, name: str = ""
-                ) -> tuple[DatasetInfo, pd.DataFrame | None]:
+def saved_facts(run: RunDir, record: RunRecord, n_users: int, name: str = ""
+                ) -> tuple[DatasetInfo, dict[str, pd.DataFrame | None]]:
     """The dataset facts of a saved run (items, and users' activity where it can be told) and
-    the (user, item) inputs of ``stage`` (None where they cannot)."""
-    inputs, activity = recorded_inputs(run, record, n_users, stage)
+    the (user, item) inputs of each stage (None where they cannot be told)."""
+    inputs, activity = recorded_inputs(run, record, n_users)
     info = artifacts.read_item_facts(run, n_users, record.head_share, name)
     if activity is not None:
         info.user_activity = torch.as_tensor(activity)
         info.heavy_users = heavy_user_mask(
             activity, record.heavy_user_share if record.heavy_user_share is not None
             else DEFAULT_HEAVY_USER_SHARE)
-    return info, inputs
+    return info, inputs if inputs is not None else {"val": None, "test": None}
 
 
 def score_lists(lists: torch.Tensor, users: np.ndarray, targets: pd.DataFrame, ks: list[int],

@@ -38,7 +38,6 @@ import torch
 
 from recozoo import artifacts
 from recozoo.artifacts import RunDir, RunRecord, read_items, read_table
-from recozoo.data.contracts import DEFAULT_HEAVY_USER_SHARE
 from recozoo.evaluation.saved_lists import saved_facts, score_lists
 from recozoo.metrics.ranking import NO_ITEM
 
@@ -210,8 +209,8 @@ def score_external(list_file: Path, run_dir: Path, out_dir: Path | None = None,
         log.info("%s: %d of %d test users of %s have no list and count with an empty one",
                  list_file, without_list, len(test_users), run.path)
 
-    info, inputs = saved_facts(run, record, "test", n_users, name)
-    values, per_user = score_lists(lists, test_users, targets, ks, info, inputs)
+    info, inputs = saved_facts(run, record, n_users, name)
+    values, per_user = score_lists(lists, test_users, targets, ks, info, inputs["test"])
 
     scored = RunRecord(
         status="ok", model=name, data=record.data, split=record.split, seed=record.seed,
