@@ -209,3 +209,44 @@ def test_model_max_epochs_caps_the_trainer(make_config):
     cfg = make_config(["model=bert_finetune", "model.train_layers=0", "model.max_epochs=1"])
     _, _, trainer, _ = fit_briefly(cfg, steps=1, epochs=3)
     assert trainer.current_epoch == 1 and trainer.max_epochs == 1
+
+
+def test_gate_bias_sets_how_much_warm_items_start_on_their_ids():
+    info = _info(TEXTS, [1.0, 20.0, 0.0, 3.0])
+    default = BertFinetune(info).ids.gate()
+    trusting = BertFinetune(info, gate_bias=2.0).ids.gate()
+    torch.testing.assert_close(default[0], torch.sigmoid(torch.log(torch.tensor(2.0)) - 1))
+    torch.testing.assert_close(trusting[0], torch.sigmoid(torch.log(torch.tensor(2.0)) + 2))
+    assert trusting[2] == 0 and (trusting[[0, 1, 3]] > default[[0, 1, 3]]).all()
+
+
+def test_fresh_softmax_can_leave_the_user_tower_alone():
+    """With fresh_user_grad=False the user tower's gradient is the full softmax's alone (the
+    same as with a frozen encoder), while the encoder still gets one from the fresh softmax."""
+    texts = [f"item number {i} of the shop" for i in range(12)]
+    batch = _sequence_batch([(i + 1) % 12 for i in range(12)], length=4)
+
+    def grads(fresh_user_grad: bool, encoder_trains: bool) -> tuple[torch.Tensor, bool]:
+        torch.manual_seed(0)
+        model = BertFinetune(_info(texts, [2.0] * 12), train_layers=1, max_len=4,
+                             n_negatives=4, fresh_user_grad=fresh_user_grad).eval()
+        model._encoder_trains = encoder_trains
+        model.loss(batch).backward()
+        encoder = model.text.encoder.encoder.layer[-1].output.dense.weight.grad
+        return model.lag_weight.grad.clone(), encoder is not None and bool(encoder.any())
+
+    catalogue_only, _ = grads(True, encoder_trains=False)
+    detached, encoder_learns = grads(False, encoder_trains=True)
+    shared, _ = grads(True, encoder_trains=True)
+    torch.testing.assert_close(detached, catalogue_only)
+    assert encoder_learns
+    assert not torch.allclose(shared, catalogue_only)
+
+
+def test_encoder_learning_rate_warms_up_linearly(make_config):
+    cfg = make_config(["model=bert_finetune", "model.train_layers=1", "model.encoder_lr=1e-3",
+                       "model.encoder_warmup=10"])
+    _, model, trainer, _ = fit_briefly(cfg, steps=2)
+    groups = {g.get("name"): g["lr"] for g in trainer.optimizers[0].param_groups}
+    assert groups["encoder"] == pytest.approx(1e-3 * 2 / 10)  # set before the second step
+    assert groups[None] == pytest.approx(cfg.model.optimizer.lr)  # the rest is untouched

@@ -66,16 +66,17 @@ class PopularityGatedIDs(nn.Module):
     interactions, 0 for an item with none (a cold item keeps exactly its text vector). The
     embeddings start as the text vectors (`initialise`), so the untrained model is the text
     prior; then a warm item's vector is free to leave its text, which it must where the text
-    says nothing about the item (a name, an id). The gate starts at 0.42 for one interaction and
-    0.88 for twenty and is learned.
+    says nothing about the item (a name, an id). With the default ``bias`` of -1 the gate starts
+    at 0.42 for one interaction and 0.88 for twenty; it is learned.
     """
 
-    def __init__(self, n_items: int, dim: int, item_popularity: torch.Tensor):
+    def __init__(self, n_items: int, dim: int, item_popularity: torch.Tensor,
+                 bias: float = -1.0):
         super().__init__()
         self.embedding = nn.Embedding(n_items, dim)
         nn.init.zeros_(self.embedding.weight)
         self.slope = nn.Parameter(torch.tensor(1.0))
-        self.bias = nn.Parameter(torch.tensor(-1.0))
+        self.bias = nn.Parameter(torch.tensor(float(bias)))
         self.register_buffer("log_count", torch.log1p(item_popularity.float()), persistent=False)
         #: whether the embeddings hold their start (saved, so a checkpoint is not re-initialised)
         self.register_buffer("initialised", torch.tensor(False))
@@ -111,10 +112,17 @@ class BertFinetune(Recommender):
         cache_dir: folder where that output is also kept on disk for later runs (None: memory).
         bf16: encoder under bf16 autocast (faster, not bit-deterministic on CPU).
         encoder_lr: learning rate of the encoder (the optimizer's own lr trains the rest).
+        encoder_warmup: optimizer steps over which the encoder's learning rate rises linearly
+            from 0 to ``encoder_lr`` (0: none).
         temperature: softmax temperature of the cosine scores.
         user_dim: width of the user Transformer.
         id_embeddings: mix popularity-gated ID embeddings into the item vectors.
         id_lr: learning rate of the ID embeddings (None: the optimizer's own lr).
+        gate_bias: start of the popularity gate's bias (`PopularityGatedIDs`; higher trusts
+            the ID embeddings of warm items more from the start).
+        fresh_user_grad: whether the fresh softmax (encoder training) also trains the user
+            tower; False stops its gradient there, so the user tower learns from the full
+            softmax over the catalogue alone.
         user_layers / user_heads / max_len / dropout: the user tower.
         negatives: ``catalogue``, ``sampled`` or ``in_batch`` (see the module docstring).
         n_negatives: items drawn uniformly per step for the fresh softmax (``sampled``, and
@@ -136,8 +144,9 @@ class BertFinetune(Recommender):
                  train_layers: int = 0, lora_rank: int = 0, lora_alpha: float = 16.0,
                  pooling: str = "mean", cache_frozen_layers: bool = True,
                  cache_dir: str | None = None, bf16: bool = False, encoder_lr: float = 5e-5,
-                 temperature: float = 0.05, user_dim: int = 128, id_embeddings: bool = True,
-                 id_lr: float | None = None,
+                 encoder_warmup: int = 0, temperature: float = 0.05, user_dim: int = 128,
+                 id_embeddings: bool = True, id_lr: float | None = None,
+                 gate_bias: float = -1.0, fresh_user_grad: bool = True,
                  user_layers: int = 2, user_heads: int = 2, max_len: int = 50,
                  dropout: float = 0.1, negatives: str = "catalogue", n_negatives: int = 128,
                  max_fresh_items: int = 128, refresh_every: int = 0,
@@ -157,6 +166,7 @@ class BertFinetune(Recommender):
         self.batch_size, self.max_len, self.encoder_lr = int(batch_size), int(max_len), encoder_lr
         self.max_epochs = None if max_epochs is None else int(max_epochs)
         self.id_lr = None if id_lr is None else float(id_lr)
+        self.encoder_warmup, self.fresh_user_grad = int(encoder_warmup), bool(fresh_user_grad)
         self.text = TextTower(info.item_text, pretrained, max_length=max_length,
                               train_layers=train_layers, lora_rank=lora_rank,
                               lora_alpha=lora_alpha, pooling=pooling,
@@ -167,7 +177,7 @@ class BertFinetune(Recommender):
         self.adapter = nn.Linear(dim, dim)  # residual: starts as the identity map
         nn.init.zeros_(self.adapter.weight)
         nn.init.zeros_(self.adapter.bias)
-        self.ids = (PopularityGatedIDs(info.n_items, dim, info.item_popularity)
+        self.ids = (PopularityGatedIDs(info.n_items, dim, info.item_popularity, gate_bias)
                     if id_embeddings else None)
         # weight of the item `lag` steps before the newest one; starts at 0.5 ** lag
         self.lag_weight = nn.Parameter(0.5 ** torch.arange(float(max_len)))
@@ -290,8 +300,18 @@ class BertFinetune(Recommender):
         candidates[targets] = True
         loss = self.cross_entropy_loss(logits.masked_fill(~candidates, -math.inf), targets)
         if self._encoder_trains:  # the cache gives the encoder no gradient: a fresh softmax does
-            loss = loss + self._fresh_loss(states, targets)
+            loss = loss + self._fresh_loss(states if self.fresh_user_grad else states.detach(),
+                                           targets)
         return loss
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.encoder_warmup <= 0 or self._trainer is None:
+            return
+        scale = min(1.0, (self.trainer.global_step + 1) / self.encoder_warmup)
+        for optimizer in self.trainer.optimizers:
+            for group in optimizer.param_groups:
+                if group.get("name") == "encoder":
+                    group["lr"] = self.encoder_lr * scale
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         super().on_train_batch_end(outputs, batch, batch_idx)
@@ -334,7 +354,7 @@ class BertFinetune(Recommender):
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in own_lr]
         groups = [{"params": rest}]
         if encoder:
-            groups.append({"params": encoder, "lr": self.encoder_lr})
+            groups.append({"params": encoder, "lr": self.encoder_lr, "name": "encoder"})
         if ids:
             groups.append({"params": ids, "lr": self.id_lr})
         factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-3))
