@@ -110,6 +110,9 @@ class PanelSettings:
         budget_minutes: start no new run after this many minutes (0: no limit).
         threads: torch threads per run.
         retry_failed: run again the runs that failed before.
+        keep_stale: keep finished runs whose model settings differ from today's defaults (they
+            are marked stale in the report); false: move them aside (``s<seed>.stale-<time>``)
+            and run them again, so the panel shows the defaults as they are now.
         report_only: write the report from the runs found, run nothing.
         overrides: extra train.py overrides for every run (e.g. trainer.max_epochs=20).
     """
@@ -123,6 +126,7 @@ class PanelSettings:
     budget_minutes: float = 0.0
     threads: int = 2
     retry_failed: bool = False
+    keep_stale: bool = False
     report_only: bool = False
     overrides: list[str] = field(default_factory=list)
 
@@ -139,6 +143,60 @@ def ranking_models(root: Path) -> list[str]:
             if not getattr(get_class(target), "predicts_ratings", False):
                 names.append(path.stem)
     return names
+
+
+def current_settings(root: Path, models: list[str], overrides: list[str]
+                     ) -> dict[str, dict[str, Any]]:
+    """Per model, the settings a panel run would use today, flat (``model.latent``,
+    ``trainer.max_epochs``): the values the model config writes literally (interpolated ones
+    derive from other settings or from the machine, such as a cache folder)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    settings: dict[str, dict[str, Any]] = {}
+    with initialize_config_dir(config_dir=str(root / "conf"), version_base="1.3"):
+        for model in models:
+            cfg = compose("train", overrides=[f"model={model}", *overrides])
+            tree = {"model": OmegaConf.to_container(cfg.model, resolve=False),
+                    "trainer": {"max_epochs": cfg.trainer.max_epochs}}
+            settings[model] = {key: value for key, value in _flat(tree).items()
+                               if not (isinstance(value, str) and "${" in value)}
+    return settings
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changed_settings(folder: Path, expected: dict[str, Any]) -> list[str]:
+    """The settings in ``expected`` that the run in ``folder`` ran with another value, as
+    ``key: ran -> now`` (empty when they agree or the folder keeps no config.yaml)."""
+    from omegaconf import OmegaConf
+
+    config = RunDir(folder).config
+    if not config.exists():
+        return []
+    ran = _flat(OmegaConf.to_container(OmegaConf.load(config), resolve=False))
+    absent = object()
+    return [f"{key}: {'(none)' if ran.get(key, absent) is absent else ran[key]!r} -> {value!r}"
+            for key, value in expected.items() if ran.get(key, absent) != value]
+
+
+def set_aside(folder: Path) -> Path:
+    """Move a stale run (and its log) to ``<folder>.stale-<time>``; nothing is deleted."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    target = folder.with_name(f"{folder.name}.stale-{stamp}")
+    folder.rename(target)
+    log = folder.with_suffix(".log")
+    if log.exists():
+        log.rename(target.with_suffix(".log"))
+    return target
 
 
 def run_folder(out: Path, dataset: str, model: str, seed: int) -> Path:
@@ -172,8 +230,12 @@ def read_run(folder: Path) -> RunRecord | None:
 
 
 def run_panel(settings: PanelSettings, root: Path, shared: Path | None, out: Path,
-              models: list[str]) -> list[str]:
-    """Run every missing (dataset, model, seed); returns what was skipped and why."""
+              models: list[str], expected: dict[str, dict[str, Any]] | None = None
+              ) -> list[str]:
+    """Run every missing (dataset, model, seed); returns what was skipped and why.
+
+    ``expected`` (``current_settings``): a finished run whose settings differ is stale: set
+    aside and run again, unless ``settings.keep_stale``."""
     skipped, start = [], time.monotonic()
     for name in settings.datasets:
         dataset = DATASETS[name]
@@ -192,6 +254,13 @@ def run_panel(settings: PanelSettings, root: Path, shared: Path | None, out: Pat
             for model in models:
                 folder = run_folder(out, name, model, seed)
                 record = read_run(folder)
+                changes = (changed_settings(folder, expected[model])
+                           if record is not None and expected and model in expected else [])
+                if changes and not settings.keep_stale:
+                    moved = set_aside(folder)
+                    print(f"          {name} {model} seed {seed}: settings changed since the "
+                          f"run ({'; '.join(changes)}); old run kept in {moved.name}", flush=True)
+                    record = None
                 if record is not None and (record.ok or not settings.retry_failed):
                     continue
                 elapsed = (time.monotonic() - start) / 60
@@ -258,17 +327,24 @@ def t_interval(values: list[float]) -> tuple[float, float]:
     return mean, float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
 
 
-def collect(out: Path, datasets: list[str], models: list[str], seeds: list[int]
+def collect(out: Path, datasets: list[str], models: list[str], seeds: list[int],
+            expected: dict[str, dict[str, Any]] | None = None
             ) -> dict[str, dict[str, dict[str, Any]]]:
-    """dataset -> model -> {"seeds": {seed: {metric: value}}, "failed": [...], "missing": [...]}"""
+    """dataset -> model -> {"seeds": {seed: {metric: value}}, "failed": [...], "missing": [...],
+    "stale": [...]} (stale: runs whose settings differ from ``expected[model]``)"""
     table: dict[str, dict[str, dict[str, Any]]] = {}
     for dataset in datasets:
         peers = ([f"RecBole {RECBOLE_MODELS[m]}" for m in models if m in RECBOLE_MODELS]
                  if DATASETS[dataset].recbole_splits else [])
         for model in [*models, *peers]:
-            entry: dict[str, Any] = {"seeds": {}, "failed": [], "missing": [], "seconds": []}
+            entry: dict[str, Any] = {"seeds": {}, "failed": [], "missing": [], "seconds": [],
+                                     "stale": []}
             for seed in seeds:
-                record = read_run(run_folder(out, dataset, model, seed))
+                folder = run_folder(out, dataset, model, seed)
+                record = read_run(folder)
+                if (record is not None and expected and model in expected
+                        and (changes := changed_settings(folder, expected[model]))):
+                    entry["stale"].append(f"s{seed} ({'; '.join(changes)})")
                 if record is None:
                     entry["missing"].append(seed)
                 elif not record.ok:
@@ -312,18 +388,18 @@ def write_report(settings: PanelSettings, table: dict[str, dict[str, dict[str, A
     """bench/panel.md (and panel.json beside it)."""
     summary = summarise(table)
     lines = ["# recozoo panel: every model with its defaults, datasets x seeds", "",
-             f"Written {datetime.datetime.now():%Y-%m-%d %H:%M} on {platform.node()} "
+             (f"Written {datetime.datetime.now():%Y-%m-%d %H:%M} on {platform.node()} "
              f"({os.cpu_count()} CPUs, {settings.threads} torch threads per run, "
              "OMP_WAIT_POLICY=PASSIVE). Test metrics of each model's best validation "
              "checkpoint; mean ± half-width of the 95% Student-t interval over the seeds done "
              "(n); full ranking over all items. The seed moves a random split and a model's "
              "initialisation and sampling; a leave-one-out split is fixed by time and the shop's "
-             "data by its own seed, so deterministic models (pop, itemknn, ease) show ± 0 there.",
+             "data by its own seed, so deterministic models (pop, itemknn, ease) show ± 0 there."),
              "",
              "Reproduce (resumable; finished runs are skipped):", "", "```",
              "make panel ARGS=\"shared=<folder with data/>\"   # or python -m bench.panel ...",
-             f"python -m bench.panel datasets=[{','.join(settings.datasets)}] "
-             f"seeds=[{','.join(map(str, settings.seeds))}] report_only=true   # the report alone",
+             (f"python -m bench.panel datasets=[{','.join(settings.datasets)}] "
+             f"seeds=[{','.join(map(str, settings.seeds))}] report_only=true   # the report alone"),
              "```", "", "One run is `" + shlex.join([
                  "python", *train_command(DATASETS["shop"], "<model>", 1, shared,
                                           Path("<run folder>"), settings.overrides)[1:]])
@@ -334,9 +410,9 @@ def write_report(settings: PanelSettings, table: dict[str, dict[str, dict[str, A
     if skipped:
         lines += ["", "Not run this time:", ""] + [f"- {s}" for s in skipped]
     lines += ["", "## Summary across datasets", "",
-              "Rank by mean test NDCG@10 within each dataset (1 = best); wins/losses: datasets "
+              ("Rank by mean test NDCG@10 within each dataset (1 = best); wins/losses: datasets "
               "where the model's mean NDCG@10 is above/below pop's. A mean rank compares models "
-              "only over the same datasets: read it with the number of datasets a model ran on.",
+              "only over the same datasets: read it with the number of datasets a model ran on."),
               "", "| model | datasets | mean rank | " + " | ".join(settings.datasets)
               + " | beats pop on | loses to pop on |",
               "|---|---:|---:|" + "---:|" * len(settings.datasets) + "---|---|"]
@@ -363,8 +439,12 @@ def write_report(settings: PanelSettings, table: dict[str, dict[str, dict[str, A
         failed = [f"{m} {f}" for m, e in rows.items() for f in e["failed"]]
         missing = [f"{m} (seeds {', '.join(map(str, e['missing']))})" for m, e in rows.items()
                    if e["missing"]]
+        stale = [f"{m} {s}" for m, e in rows.items() for s in e.get("stale", [])]
         if failed:
             lines += ["", "Failed: " + "; ".join(failed)]
+        if stale:
+            lines += ["", "Stale (run with other settings than today's defaults; the panel "
+                      "reruns them unless keep_stale=true): " + "; ".join(stale)]
         if missing:
             lines += ["", "Missing: " + "; ".join(missing)]
     path = Path(settings.report)
@@ -393,11 +473,13 @@ def main(argv: list[str] | None = None) -> Path:
     if unknown:
         raise SystemExit(f"unknown models {unknown}; known: {', '.join(available)}")
     out = Path(settings.out).expanduser().resolve()
-    skipped = [] if settings.report_only else run_panel(settings, root, shared, out, models)
+    expected = current_settings(root, models, settings.overrides)
+    skipped = ([] if settings.report_only else
+               run_panel(settings, root, shared, out, models, expected))
     if settings.report_only:
         skipped = [f"{d}: {why}" for d in settings.datasets
                    if (why := DATASETS[d].missing(shared))]
-    table = collect(out, settings.datasets, models, settings.seeds)
+    table = collect(out, settings.datasets, models, settings.seeds, expected)
     path = write_report(settings, table, skipped, shared, out, root)
     print(f"panel report: {path}")
     return path

@@ -8,6 +8,7 @@ import math
 import pytest
 from bench import panel
 from bench.process import ProcessResult
+from omegaconf import OmegaConf
 
 from recozoo.artifacts import RunDir, RunRecord
 
@@ -73,3 +74,41 @@ def test_datasets_without_their_files_are_skipped_with_the_reason(tmp_path):
     assert panel.DATASETS["ml100k_random"].missing(None).startswith("no shared folder")
     assert "not found" in panel.DATASETS["scientific"].missing(tmp_path)
     assert panel.DATASETS["shop"].missing(None) is None
+
+
+def test_runs_made_with_other_settings_are_set_aside_and_run_again(tmp_path, monkeypatch):
+    out = tmp_path / "runs"
+    for model, latent in (("multvae", 64), ("ease", None)):
+        _write(out, "shop", model, 1, 0.2)
+        ran = {"model": {"latent": latent, "dropout": 0.5}, "trainer": {"max_epochs": 100}}
+        RunDir(panel.run_folder(out, "shop", model, 1)).config.write_text(
+            OmegaConf.to_yaml(ran))
+    expected = {"multvae": {"model.latent": 200, "model.dropout": 0.5, "trainer.max_epochs": 300},
+                "ease": {"model.latent": None, "model.dropout": 0.5, "trainer.max_epochs": 100}}
+    changes = panel.changed_settings(panel.run_folder(out, "shop", "multvae", 1),
+                                     expected["multvae"])
+    assert changes == ["model.latent: 64 -> 200", "trainer.max_epochs: 100 -> 300"]
+    table = panel.collect(out, ["shop"], ["multvae", "ease"], [1], expected)
+    assert table["shop"]["multvae"]["stale"] == [f"s1 ({'; '.join(changes)})"]
+    assert table["shop"]["ease"]["stale"] == []
+    started = []
+    monkeypatch.setattr(panel, "run_process", lambda command, **_: started.append(command) or
+                        ProcessResult(returncode=0, output="", seconds=0.0, peak_rss_mb=0.0))
+    settings = panel.PanelSettings(datasets=["shop"], seeds=[1], keep_stale=True)
+    panel.run_panel(settings, tmp_path, None, out, ["multvae", "ease"], expected)
+    assert started == []  # kept: marked stale in the report only
+    settings.keep_stale = False
+    panel.run_panel(settings, tmp_path, None, out, ["multvae", "ease"], expected)
+    assert [c[c.index("train.py") + 2] for c in started] == ["model=multvae"]
+    moved = list((out / "shop" / "multvae").glob("s1.stale-*"))
+    assert len(moved) == 1 and RunDir(moved[0]).read_record().metrics["test/ndcg@10"] == 0.2
+
+
+def test_current_settings_are_the_literal_values_of_the_composed_config():
+    from conftest import ROOT
+
+    settings = panel.current_settings(ROOT, ["multvae", "bpr"], ["trainer.max_epochs=7"])
+    assert settings["multvae"]["model.variational"] is True
+    assert settings["bpr"]["trainer.max_epochs"] == 7
+    assert "model.sparse_optimizer.lr" not in settings["bpr"]  # ${model.optimizer.lr}: derived
+    assert not any(isinstance(v, str) and "${" in v for s in settings.values() for v in s.values())
