@@ -250,3 +250,17 @@ def test_encoder_learning_rate_warms_up_linearly(make_config):
     groups = {g.get("name"): g["lr"] for g in trainer.optimizers[0].param_groups}
     assert groups["encoder"] == pytest.approx(1e-3 * 2 / 10)  # set before the second step
     assert groups[None] == pytest.approx(cfg.model.optimizer.lr)  # the rest is untouched
+
+
+def test_model_patience_sets_the_early_stopping_callback():
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    model = BertFinetune(_info(TEXTS), patience=2)
+    stopping = EarlyStopping(monitor="val/ndcg@10", mode="max", patience=10)
+    model.trainer = L.Trainer(callbacks=[stopping], logger=False, enable_progress_bar=False,
+                              enable_model_summary=False, enable_checkpointing=False)
+    model.on_fit_start()
+    assert stopping.patience == 2
+    with pytest.raises(ValueError, match="model.patience"):
+        BertFinetune(_info(TEXTS), patience=0)

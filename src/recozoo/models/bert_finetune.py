@@ -133,6 +133,8 @@ class BertFinetune(Recommender):
             at epoch start and before evaluation, when stale).
         max_epochs: at most this many epochs, whatever ``trainer.max_epochs`` says (the
             trainer's default suits models whose epoch takes seconds); None: the trainer's.
+        patience: epochs without a better validation score before training stops (sets the
+            early-stopping callback's patience; None: the callback's own).
         batch_size: training sequences per batch.
         encode_batch_size: texts per forward pass when encoding the catalogue.
     """
@@ -150,7 +152,8 @@ class BertFinetune(Recommender):
                  user_layers: int = 2, user_heads: int = 2, max_len: int = 50,
                  dropout: float = 0.1, negatives: str = "catalogue", n_negatives: int = 128,
                  max_fresh_items: int = 128, refresh_every: int = 0,
-                 max_epochs: int | None = None, batch_size: int = 64,
+                 max_epochs: int | None = None, patience: int | None = None,
+                 batch_size: int = 64,
                  encode_batch_size: int = 256, **kwargs: Any):
         super().__init__(info, **kwargs)
         if info.item_text is None:
@@ -161,6 +164,9 @@ class BertFinetune(Recommender):
             raise ValueError(f"model.negatives must be one of {NEGATIVES}, got '{negatives}'")
         if max_epochs is not None and int(max_epochs) < 1:
             raise ValueError(f"model.max_epochs must be >= 1 or null, got {max_epochs}")
+        if patience is not None and int(patience) < 1:
+            raise ValueError(f"model.patience must be >= 1 or null, got {patience}")
+        self.patience = None if patience is None else int(patience)
         self.negatives, self.n_negatives = negatives, int(n_negatives)
         self.max_fresh_items, self.refresh_every = int(max_fresh_items), int(refresh_every)
         self.batch_size, self.max_len, self.encoder_lr = int(batch_size), int(max_len), encoder_lr
@@ -324,6 +330,15 @@ class BertFinetune(Recommender):
             log.info("bert_finetune: at most %d epochs (model.max_epochs; trainer.max_epochs "
                      "was %s)", self.max_epochs, trainer.max_epochs)
             trainer.fit_loop.max_epochs = self.max_epochs
+        if self.patience is not None:
+            from lightning.pytorch.callbacks import EarlyStopping
+
+            for callback in trainer.callbacks:
+                if isinstance(callback, EarlyStopping) and callback.patience != self.patience:
+                    log.info("bert_finetune: early stopping after %d epochs without a better %s "
+                             "(model.patience; the callback said %d)", self.patience,
+                             callback.monitor, callback.patience)
+                    callback.patience = self.patience
 
     def on_train_epoch_start(self) -> None:
         self._epoch_started = time.perf_counter()
