@@ -6,6 +6,11 @@ Sections (``sections=[...]`` picks some):
   folder (``shared=<folder>``, or the environment variable ``RECOZOO_SHARED``) holds the peer
   scripts and the data; otherwise recozoo is run alone on ml-100k if the data is there, and the
   output and the report say so.
+- ``implicit``: recozoo's bpr against implicit 0.7.3's BPR and ALS on ml-100k (RecBole's exact
+  split where the RecBole peer exports it) and on the synthetic shop of ``implicit_shop_size``
+  interactions: seconds per epoch, seconds to the best validation NDCG@10 and test NDCG@10 by
+  recozoo's metric code on both sides' lists (`bench.implicit_peer`; implicit gets its own
+  virtual environment on first use).
 - ``ratings``: recozoo's rating models (``experiment=ratings``) against scikit-surprise 1.1.5
   (SVD, SVD++, BaselineOnly) on the same ml-100k splits, one per seed: RMSE, MAE and seconds
   (`bench.ratings`; Surprise gets its own virtual environment on first use).
@@ -15,7 +20,8 @@ Sections (``sections=[...]`` picks some):
 - ``loadtest``: the serving load test (`recozoo.serve.loadtest`) on the EASE run of the
   comparison.
 
-Writes ``bench/results.md`` and ``bench/results.json`` (``quick=true``: a minute-long smoke run on
+Writes ``bench/results.md`` and ``bench/results.json`` (``merge=true`` keeps the other sections of
+the results already there and replaces only those run, saying so in the notes; ``quick=true``: a minute-long smoke run on
 a tiny shop, written under ``out`` instead, so the published figures stay as they are). Examples::
 
     make bench ARGS="shared=../shared"           # the full run (~25 min on 2 cores)
@@ -23,11 +29,13 @@ a tiny shop, written under ``out`` instead, so the published figures stay as the
     make bench ARGS="models=[bpr,ease] sections=[compare]"
     make bench ARGS="scale_sizes=[100000,1000000,10000000]"   # add the 10^7 shop (slow)
     make bench ARGS="max_load=3 max_wait=2400"   # wait for a quiet machine first
+    make bench ARGS="shared=../shared sections=[implicit] merge=true"   # one section, added
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -43,7 +51,7 @@ from bench.peers import RecBolePeer
 from recozoo.artifacts import RunDir
 from recozoo.cli import parse_settings
 
-SECTIONS = ("compare", "ratings", "scale", "throughput", "loadtest")
+SECTIONS = ("compare", "implicit", "ratings", "scale", "throughput", "loadtest")
 
 
 @dataclass
@@ -70,9 +78,21 @@ class BenchSettings:
         repeats: alternating runs per side for each general model (seconds: their median).
         own_splits: score recozoo on its own split=random / split=loo even where RecBole's
             exact splits are available.
+        implicit_models: implicit's models of the implicit section (bpr, als).
+        implicit_shop_size: interactions of the implicit section's shop (0: ml-100k only).
+        implicit_shop_max_epochs: epoch cap of both sides on that shop (an epoch of recozoo's
+            bpr plus its validation takes ~40 s at 10^6 on 2 cores).
+        merge: keep the other sections of the results already in the results folder and
+            replace only those run (a note says which and when).
         rating_models: recozoo rating models of the ratings section.
         rating_seeds: the splits (and training seeds) of the ratings section.
         scale_sizes: interactions of the synthetic shops of the scaling section.
+        scale_models: models measured at every size (``[bpr]`` for the 10^7 shop; with
+            ``merge=true`` the earlier points of the other models are kept).
+        scale_max_batches: training batches timed per epoch, the epoch extrapolated from them
+            (0: every epoch whole).
+        scale_eval_batches: test batches timed, the evaluation extrapolated from them (0: every
+            evaluation whole).
         loadtest_requests: requests per phase of the load test.
         max_load: before starting, wait for the 1-minute load average to drop below this
             (null: start at once).
@@ -95,9 +115,16 @@ class BenchSettings:
     sequence_max_minutes: float = 5.0
     repeats: int = 3
     own_splits: bool = False
+    implicit_models: list[str] = field(default_factory=lambda: ["bpr", "als"])
+    implicit_shop_size: int = 1_000_000
+    implicit_shop_max_epochs: int = 60
+    merge: bool = False
     rating_models: list[str] = field(default_factory=lambda: ["svd", "svdpp"])
     rating_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     scale_sizes: list[int] = field(default_factory=lambda: [100_000, 1_000_000])
+    scale_models: list[str] = field(default_factory=lambda: ["bpr", "sasrec"])
+    scale_max_batches: int = 20
+    scale_eval_batches: int = 0
     loadtest_requests: int = 200
     max_load: float | None = None
     max_wait: float = 2400.0
@@ -222,6 +249,41 @@ def run_compare(settings: BenchSettings, out: Path, results: dict[str, Any]) -> 
                                                out / "runs", say=say)
 
 
+def run_implicit(settings: BenchSettings, out: Path, results: dict[str, Any]) -> None:
+    from bench import implicit_peer, scaling
+    datasets: list[tuple[str, list[str], str]] = []
+    max_epochs: dict[str, int] = {}
+    if settings.quick:
+        datasets.append(("quick_shop", QUICK_SHOP + [f"paths.cache_dir={out / 'cache'}",
+                                                     "split=loo"], "leave-one-out"))
+        max_epochs["quick_shop"] = 2
+    else:
+        shared = Path(settings.shared) if settings.shared else None
+        data = shared / "data" / "ml-100k" if shared else None
+        if data is not None and (data / "ml-100k.inter").is_file():
+            peer, _ = RecBolePeer.find(shared, out / "recbole") if settings.peers else (None, "")
+            if peer is not None and not settings.own_splits:
+                folder = peer.export_splits(settings.threads) / comparison.RECBOLE_SPLIT_FOLDERS[
+                    "random"]
+                split = ["split=preset", f"split.folder={folder}"]
+                described = "RecBole's exact random 8:1:1"
+            else:
+                split, described = ["split=random"], "recozoo's random 8:1:1"
+            datasets.append(("ml-100k", ["data=atomic", f"data.path={data}",
+                                         "data.name=ml-100k", *split], described))
+            max_epochs["ml-100k"] = settings.general_max_epochs
+        if settings.implicit_shop_size:
+            name = f"shop_{settings.implicit_shop_size}"
+            datasets.append((name, scaling.shop_overrides(settings.implicit_shop_size,
+                                                          out / "scale" / "cache")
+                             + ["split=loo"], "leave-one-out"))
+            max_epochs[name] = settings.implicit_shop_max_epochs
+    say(f"== implicit: {', '.join(name for name, _, _ in datasets) or 'no data set'}")
+    results["implicit"] = implicit_peer.implicit_section(
+        datasets, out, settings.threads, settings.implicit_models, max_epochs,
+        settings.patience, peers=settings.peers, comparison=results.get("comparison"), say=say)
+
+
 def run_ratings(settings: BenchSettings, out: Path, results: dict[str, Any]) -> None:
     from bench import ratings
     shared = Path(settings.shared) if settings.shared else None
@@ -243,8 +305,14 @@ def run_scale(settings: BenchSettings, out: Path, results: dict[str, Any]) -> No
     from bench import scaling
     sizes = [2_000, 10_000] if settings.quick else list(settings.scale_sizes)
     say(f"== scale: {sizes}")
-    results["scaling"] = scaling.scaling_section(sizes, out / "scale", settings.threads, say=say,
-                                                 quick=settings.quick)
+    results["scaling"] = scaling.scaling_section(
+        sizes, out / "scale", settings.threads, say=say, quick=settings.quick,
+        max_batches=settings.scale_max_batches, models=settings.scale_models,
+        eval_batches=settings.scale_eval_batches)
+    if settings.merge and results.get("earlier_scaling"):
+        results["scaling"] = scaling.with_earlier(results["scaling"],
+                                                  results.pop("earlier_scaling"),
+                                                  settings.scale_models)
 
 
 def run_throughput(settings: BenchSettings, out: Path, results: dict[str, Any]) -> None:
@@ -268,8 +336,39 @@ def run_loadtest(settings: BenchSettings, out: Path, results: dict[str, Any]) ->
         results["loadtest"] = {"error": f"{type(error).__name__}: {error}"}
 
 
-RUNNERS = {"compare": run_compare, "ratings": run_ratings, "scale": run_scale, "throughput": run_throughput,
+RUNNERS = {"compare": run_compare, "implicit": run_implicit, "ratings": run_ratings, "scale": run_scale, "throughput": run_throughput,
            "loadtest": run_loadtest}
+
+
+#: the results.json keys each section writes
+SECTION_KEYS = {"compare": ("comparison", "comparison_note", "split_note"),
+                "implicit": ("implicit",), "ratings": ("ratings",), "scale": ("scaling",),
+                "throughput": ("throughput",), "loadtest": ("loadtest",)}
+
+
+def merged(path: Path, fresh: dict[str, Any], sections: list[str]) -> dict[str, Any]:
+    """The results in ``path`` with the figures of ``sections`` left to this run: the earlier
+    run's date, machine and notes stay (the report's header describes it), and a note says
+    which sections were run now, when, at which commit and load. No file: ``fresh`` alone."""
+    if not path.exists():
+        return fresh
+    earlier = json.loads(path.read_text())
+    for name in sections:
+        for key in SECTION_KEYS[name]:
+            found = earlier.pop(key, None)
+            if key == "scaling" and found:  # its other models' points may be kept (run_scale)
+                earlier["earlier_scaling"] = found
+    note = (f"The {', '.join(sections)} section(s) were run on their own on {fresh['date']} "
+            f"(recozoo {fresh['commit']}, {fresh['machine']['threads']} thread(s), load "
+            f"{fresh['machine']['load_start']} at the start) and added here; the other sections "
+            "are from the run above.")
+    earlier["notes"] = [n for n in earlier.get("notes", [])
+                        if not any(f"The {name} section" in n for name in sections)] + [note]
+    earlier.setdefault("merged", []).append({"sections": list(sections), "date": fresh["date"],
+                                             "commit": fresh["commit"],
+                                             "settings": fresh["settings"],
+                                             "machine": fresh["machine"]})
+    return earlier
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -293,20 +392,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if shared is None:
         results["notes"].append(shared_line + ".")
+    folder = under_root(settings.results) if settings.results else (
+        out / "quick" if settings.quick else repo_root() / "bench")
+    if settings.merge:
+        results = merged(folder / "results.json", results, settings.sections)
     if settings.quick:
         results["notes"].append("quick smoke run on a tiny shop: the figures mean nothing")
     start = time.perf_counter()
-    folder = under_root(settings.results) if settings.results else (
-        out / "quick" if settings.quick else repo_root() / "bench")
     for name in SECTIONS:
         if name in settings.sections:
             RUNNERS[name](settings, out, results)
             # written after every section, so a run cut short keeps what it measured
-            results["machine"]["load_end"] = [round(x, 2) for x in os.getloadavg()]
-            results["seconds"] = round(time.perf_counter() - start, 1)
+            machine_now = (results["merged"][-1]["machine"] if settings.merge
+                           and results.get("merged") else results["machine"])
+            machine_now["load_end"] = [round(x, 2) for x in os.getloadavg()]
+            if not settings.merge:
+                results["seconds"] = round(time.perf_counter() - start, 1)
             md, js = report.write(results, folder)
     say(md.read_text())
-    say(f"wrote {md} and {js} in {results['seconds']:.0f} s")
+    say(f"wrote {md} and {js} in {time.perf_counter() - start:.0f} s")
     return results
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,3 +120,39 @@ class RecBolePeer:
 def _process_figures(result: ProcessResult) -> dict[str, Any]:
     return {"peak_rss_mb": round(result.peak_rss_mb, 1),
             "wall_seconds_process": round(result.seconds, 2)}
+
+
+def peer_venv(variable: str, name: str) -> Path:
+    """A peer's virtual environment: ``$<variable>`` if set, else
+    ``~/.cache/recozoo-peers/<name>/venv`` (beside RecBole's)."""
+    return Path(os.environ.get(variable, f"~/.cache/recozoo-peers/{name}/venv")).expanduser()
+
+
+def imports(python: Path, module: str) -> bool:
+    """Whether ``python`` exists and imports ``module``."""
+    if not python.is_file():
+        return False
+    return subprocess.run([str(python), "-c", f"import {module}"],
+                          capture_output=True, check=False).returncode == 0
+
+
+def install_venv(venv: Path, requirement: str, module: str, log: Path,
+                 retries: tuple[tuple[str, ...], ...] = ((),)) -> str:
+    """Create ``venv`` and pip-install ``requirement`` into it (never into recozoo's), trying
+    each extra set of requirements of ``retries`` in turn until ``module`` imports; "" on
+    success, else why it failed (pip's last lines and the log's path)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    base = getattr(sys, "_base_executable", sys.executable)
+    python = venv / "bin" / "python"
+    for command in ([base, "-m", "venv", str(venv)],
+                    [str(python), "-m", "pip", "install", "-q", "--upgrade", "pip"]):
+        result = run_process(command, log=log)
+        if result.returncode != 0:
+            return f"could not create {venv}: {result.tail(5)}"
+    for extra in retries:
+        result = run_process([str(python), "-m", "pip", "install", "-q", requirement, *extra],
+                             log=log)
+        if result.returncode == 0 and imports(python, module):
+            return ""
+    return (f"pip could not install {requirement} into {venv} (log {log}):\n"
+            f"{result.tail(10)}")

@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ import pandas as pd
 
 from bench import repo_root
 from bench.compare import run_recozoo, thread_env
-from bench.peers import PeerError
+from bench.peers import PeerError, imports, install_venv
 from bench.process import run_process
 from recozoo.artifacts import RunDir
 
@@ -60,11 +58,14 @@ class SurprisePeer:
         venv = Path(os.environ.get("RECOZOO_SURPRISE_VENV",
                                    "~/.cache/recozoo/peers/surprise/venv")).expanduser()
         python = venv / "bin" / "python"
-        if not _imports_surprise(python):
+        if not imports(python, "surprise"):
             if not install:
                 return None, f"no scikit-surprise in {venv} (install=false)"
             say(f"  creating {venv} with {SURPRISE_REQUIREMENT} (first use)")
-            reason = _install(venv, scratch / "install.log")
+            # Surprise 1.1.5 compiles C extensions against the numpy it finds; where that fails
+            # with numpy 2, the install is retried with numpy < 2
+            reason = install_venv(venv, SURPRISE_REQUIREMENT, "surprise", scratch / "install.log",
+                                  retries=((), ("numpy<2",)))
             if reason:
                 return None, reason
         return cls(python=python, scratch=scratch), ""
@@ -82,34 +83,6 @@ class SurprisePeer:
             raise PeerError(f"surprise_runner.py failed (exit {result.returncode}):\n"
                             f"{result.tail()}")
         return json.loads(out.read_text())
-
-
-def _imports_surprise(python: Path) -> bool:
-    if not python.is_file():
-        return False
-    check = subprocess.run([str(python), "-c", "import surprise"], capture_output=True)
-    return check.returncode == 0
-
-
-def _install(venv: Path, log: Path) -> str:
-    """Create ``venv`` and pip-install Surprise into it; "" or why it failed. Surprise 1.1.5
-    compiles C extensions against the numpy it finds; where that fails with numpy 2, the
-    install is retried with numpy < 2."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    base = getattr(sys, "_base_executable", sys.executable)
-    steps = [[base, "-m", "venv", str(venv)],
-             [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--upgrade", "pip"]]
-    for command in steps:
-        result = run_process(command, log=log)
-        if result.returncode != 0:
-            return f"could not create {venv}: {result.tail(5)}"
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
-    for extra in ([], ["numpy<2"]):
-        result = run_process(pip + [SURPRISE_REQUIREMENT, *extra], log=log)
-        if result.returncode == 0 and _imports_surprise(venv / "bin" / "python"):
-            return ""
-    return (f"pip could not install {SURPRISE_REQUIREMENT} into {venv} (log {log}):\n"
-            f"{result.tail(10)}")
 
 
 def export_split(overrides: list[str], folder: Path) -> tuple[Path, Path]:

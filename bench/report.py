@@ -119,6 +119,63 @@ def ratings_lines(section: dict[str, Any]) -> list[str]:
     return lines
 
 
+def implicit_lines(section: dict[str, Any]) -> list[str]:
+    """recozoo's bpr beside implicit's BPR and ALS (and RecBole's BPR on its split), per data
+    set, with the issue's checks on recozoo against implicit's BPR."""
+    from bench.implicit_peer import TIME_TO_BEST_TARGET
+    lines = [(f"{section['protocol']}; {section['threads']} thread(s) on both sides"
+              + (f"; implicit {v}" if (v := next((d.get("implicit_version") for d in
+                                                  section["datasets"] if d.get(
+                                                      "implicit_version")), None)) else "")
+              + ". Targets: recozoo's seconds to its best validation NDCG@10 at most "
+              f"{TIME_TO_BEST_TARGET:g}x implicit BPR's, test NDCG@10 at least implicit BPR's."),
+             ""]
+    if section.get("peer_note"):
+        lines += [section["peer_note"], ""]
+    head = ["data set", "split", "side", "model", "s/epoch", "best epoch / epochs",
+            "s to best val", "best val NDCG@10", "test NDCG@10", "test Recall@10", "eval s",
+            "peak RSS MB"]
+    body, failed, checks = [], [], []
+    for entry in section["datasets"]:
+        for row in entry["rows"]:
+            if row.get("error"):
+                failed.append(f"- failed: {entry['dataset']} {row['side']} {row['model']}: "
+                              f"{row['error'].strip().splitlines()[-1]}")
+                continue
+            to_best = _num(row.get("seconds_to_best"), ".2f")
+            if row.get("seconds_to_best_estimated") and to_best != "-":
+                to_best = f"~{to_best} (est.)"
+            stopped = " (cap)" if row.get("stopped_by") == "max_epochs" else ""
+            body.append([entry["dataset"], entry["split"], row["side"], row["model"],
+                         _num(row.get("sec_per_epoch"), ".4f"),
+                         f"{_num(row.get('best_epoch'), 'd')} / {_num(row.get('epochs'), 'd')}"
+                         + stopped, to_best, _num(row.get("best_val_ndcg@10")),
+                         _num(row.get("ndcg@10")), _num(row.get("recall@10")),
+                         _num(row.get("eval_seconds"), ".3f"),
+                         _num(row.get("peak_rss_mb"), ".0f")])
+        verdict = entry.get("verdict") or {}
+        if verdict:
+            checks.append(
+                f"- {entry['dataset']}: recozoo/implicit BPR seconds per epoch "
+                f"{_num(verdict.get('sec_per_epoch_ratio'), '.1f')}x, seconds to best "
+                f"{_ratio(verdict.get('time_to_best_ratio'), verdict.get('time_to_best_met'))}"
+                f" (target {TIME_TO_BEST_TARGET:g}x); test NDCG@10 at least implicit BPR's: "
+                + ("-" if verdict.get("ndcg_met") is None else
+                   "ok" if verdict["ndcg_met"] else "**miss**"))
+    lines += _table(head, body)
+    if checks:
+        lines += ["", *checks]
+    if failed:
+        lines += ["", *failed]
+    if any(r.get("stopped_by") == "max_epochs" for d in section["datasets"] for r in d["rows"]):
+        lines += ["", ("(cap): stopped by the epoch cap before early stopping; its seconds to "
+                       "best are a lower bound of what convergence would take.")]
+    if any(r.get("seconds_to_best_estimated") for d in section["datasets"] for r in d["rows"]):
+        lines += ["", ("RecBole's row is its BPR run of the compare section (same split); its "
+                       "seconds to best are its median epoch times its best epoch.")]
+    return lines
+
+
 def scaling_lines(scaling: dict[str, Any]) -> list[str]:
     points = scaling["points"]
     head = ["interactions", "users", "items", "stage", "model", "seconds", "peak RSS MB",
@@ -209,6 +266,9 @@ def render(results: dict[str, Any]) -> str:
         lines += ["### Peak memory of each run (whole process)", "", *memory_lines(rows), ""]
     elif results.get("comparison_note"):
         lines += ["## recozoo against RecBole", "", results["comparison_note"], ""]
+    if "implicit" in results:
+        lines += ["## recozoo's BPR against implicit 0.7.3 (BPR, ALS)", "",
+                  *implicit_lines(results["implicit"]), ""]
     if "ratings" in results:
         lines += ["## Rating prediction against scikit-surprise on ml-100k", "",
                   *ratings_lines(results["ratings"]), ""]

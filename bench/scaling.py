@@ -9,7 +9,10 @@ fresh process per model measures, in order:
 - ``train``: one training epoch (``bpr``, ``sasrec``); where an epoch has more than
   ``max_batches`` batches, the first ``max_batches`` are timed and the epoch is extrapolated
   (marked ``estimated``);
-- ``eval``: full-ranking evaluation of every test user over every item (``trainer.test``).
+- ``eval``: full-ranking evaluation of every test user over every item (``trainer.test``);
+  where the test set has more than ``eval_batches`` batches (0: no limit) the first ones are
+  timed and the whole is extrapolated (marked ``estimated``; its peak memory then holds the
+  outputs of the timed batches only).
 
 Peak memory is the process's maximum resident set size at the end of each stage (so a stage's
 figure includes what earlier stages still hold); the baseline after imports (~0.5 GB of Python,
@@ -61,7 +64,7 @@ def _peak_mb() -> float:
 
 
 def measure_point(overrides: list[str], stages: list[str], max_batches: int,
-                  output_dir: str) -> dict[str, Any]:
+                  output_dir: str, eval_batches: int = 0) -> dict[str, Any]:
     """In this process: compose the config, then time the stages (see the module docstring)."""
     import lightning as L
     from hydra import compose, initialize_config_dir
@@ -97,13 +100,16 @@ def measure_point(overrides: list[str], stages: list[str], max_batches: int,
     figures["shape"] = {"interactions": len(dm.data), "users": dm.info.n_users,
                         "items": dm.info.n_items, "test_users": len(dm.indices.test)}
     n_batches = len(dm.train_dataloader())
-    limited = n_batches > max_batches
+    limited = 0 < max_batches < n_batches
+    n_test = len(dm.test_dataloader())
+    test_limited = 0 < eval_batches < n_test
     with open_dict(cfg):
         cfg.trainer.enable_progress_bar = False
         cfg.trainer.enable_model_summary = False
     trainer = instantiate(cfg.trainer, callbacks=[experiment.evaluator], logger=False,
                           enable_checkpointing=False, max_epochs=1, limit_val_batches=0,
-                          limit_train_batches=max_batches if limited else None)
+                          limit_train_batches=max_batches if limited else None,
+                          limit_test_batches=eval_batches if test_limited else None)
     start = time.perf_counter()
     trainer.fit(model, datamodule=dm)
     seconds = time.perf_counter() - start
@@ -113,7 +119,11 @@ def measure_point(overrides: list[str], stages: list[str], max_batches: int,
                         "peak_rss_mb": round(_peak_mb(), 1)}
     start = time.perf_counter()
     trainer.test(model, datamodule=dm, verbose=False)
-    figures["eval"] = {"seconds": round(time.perf_counter() - start, 3),
+    seconds = time.perf_counter() - start
+    figures["eval"] = {"seconds": round(seconds * (n_test / eval_batches if test_limited else 1),
+                                        3),
+                       "estimated": test_limited, "batches": n_test,
+                       "batches_timed": eval_batches if test_limited else n_test,
                        "peak_rss_mb": round(_peak_mb(), 1)}
     figures["dim"] = int(cfg.model.get("embedding_dim") or cfg.model.get("hidden_size") or 0)
     return figures
@@ -159,8 +169,17 @@ def _slope(x: list[float], y: list[float]) -> float:
 
 
 def scaling_section(sizes: list[int], out: Path, threads: int, say: Callable[[str], None] = print,
-                    quick: bool = False, max_batches: int = 20) -> dict[str, Any]:
-    """Every point of the curve, the growth rates and the shapes the throughput section uses."""
+                    quick: bool = False, max_batches: int = 20,
+                    models: tuple[str, ...] | list[str] = SCALE_MODELS,
+                    eval_batches: int = 0) -> dict[str, Any]:
+    """Every point of the curve, the growth rates and the shapes the throughput section uses.
+
+    Args:
+        sizes: interactions of the shops.
+        models: the models measured at every size.
+        max_batches: training batches timed per epoch (0: the whole epoch).
+        eval_batches: test batches timed (0: the whole evaluation).
+    """
     points: list[dict[str, Any]] = []
     evaluations: list[dict[str, Any]] = []
     cache = out / "cache"
@@ -176,14 +195,14 @@ def scaling_section(sizes: list[int], out: Path, threads: int, say: Callable[[st
                        "items": generated["items"], "stage": "generate", "model": None,
                        "seconds": generated["seconds"], "peak_rss_mb": generated["peak_rss_mb"],
                        "baseline_rss_mb": generated["baseline_rss_mb"]})
-        for model in SCALE_MODELS:
+        for model in models:
             figures = _run_point({"overrides": shop + [f"model={model}"] + extra,
                                   "stages": ["data", "train", "eval"],
-                                  "max_batches": max_batches}, threads,
-                                 out / f"{model}_{size}.log")
+                                  "max_batches": max_batches, "eval_batches": eval_batches},
+                                 threads, out / f"{model}_{size}.log")
             shape = figures["shape"]
             for stage in ("data", "train", "eval"):
-                if stage == "data" and model != SCALE_MODELS[0]:
+                if stage == "data" and model != models[0]:
                     continue  # the same data preparation for every model
                 points.append({"interactions": shape["interactions"], "users": shape["users"],
                                "items": shape["items"], "stage": stage,
@@ -194,14 +213,38 @@ def scaling_section(sizes: list[int], out: Path, threads: int, say: Callable[[st
             say(f"  {size:,} {model}: data {figures['data']['seconds']:.1f}s, epoch "
                 f"{figures['train']['seconds']:.1f}s"
                 f"{' (est.)' if figures['train']['estimated'] else ''}, eval "
-                f"{figures['eval']['seconds']:.1f}s, peak {figures['eval']['peak_rss_mb']:.0f} MB")
+                f"{figures['eval']['seconds']:.1f}s"
+                f"{' (est.)' if figures['eval']['estimated'] else ''}, peak {figures['eval']['peak_rss_mb']:.0f} MB")
     note = (f"Shops of {', '.join(f'{s:,}' for s in sizes)} interactions requested (items a tenth, "
             "users about a twentieth of that; 10^7 is an option: `scale_sizes=[100000,1000000,"
-            f"10000000]`), leave-one-out split, {threads} thread(s). Train: one epoch; "
-            f"where an epoch has more than {max_batches} batches it is extrapolated from the "
-            "first ones. Peak RSS is the process maximum at the end of each stage; 'above base' "
+            f"10000000]`), models {', '.join(models)}, leave-one-out split, {threads} "
+            "thread(s). Train: one epoch"
+            + (f"; where an epoch has more than {max_batches} batches it is extrapolated from "
+               "the first ones" if max_batches else ", whole")
+            + ". Eval: every test user"
+            + (f"; where there are more than {eval_batches} test batches the first ones are "
+               "timed and the whole is extrapolated (its peak memory holds their outputs only)"
+               if eval_batches else "")
+            + ". Peak RSS is the process maximum at the end of each stage; 'above base' "
             "subtracts the process's RSS after imports.")
     return {"note": note, "points": points, "growth": growth(points), "evaluations": evaluations}
+
+
+def with_earlier(fresh: dict[str, Any], earlier: dict[str, Any], models: list[str]
+                 ) -> dict[str, Any]:
+    """A scaling section of ``models`` completed by an earlier run's points of the other
+    models (their train and eval rows; data and generate are this run's), growth refitted."""
+    kept = [p for p in earlier.get("points", [])
+            if p.get("model") is not None and p["model"] not in models]
+    if not kept:
+        return fresh
+    points = fresh["points"] + kept
+    others = sorted({p["model"] for p in kept})
+    return {**fresh, "points": points, "growth": growth(points),
+            "evaluations": fresh["evaluations"] + [e for e in earlier.get("evaluations", [])
+                                                   if e["model"] not in models],
+            "note": fresh["note"] + (f" The {', '.join(others)} rows are from the earlier run "
+                                     "(not re-measured).")}
 
 
 def throughput_section(results: dict[str, Any], threads: int) -> list[dict[str, Any]]:
@@ -237,4 +280,5 @@ if __name__ == "__main__":
     arguments = json.loads(sys.argv[1])
     print(json.dumps(measure_point(arguments["overrides"], arguments["stages"],
                                    int(arguments.get("max_batches", 30)),
-                                   arguments["output_dir"])), flush=True)
+                                   arguments["output_dir"],
+                                   int(arguments.get("eval_batches", 0)))), flush=True)

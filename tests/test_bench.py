@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from bench import repo_root
 from bench.__main__ import SHARED_VARIABLE, main, shared_folder
@@ -145,3 +147,109 @@ def test_repeated_runs_report_median_seconds_and_keep_every_run():
     assert combined["ndcg@10"] == 0.3 and combined["epochs"] == 9
     assert [run["sec_per_epoch"] for run in combined["runs"]] == [0.30, 0.20, 0.25]
     assert median_figures([runs[0]]) is runs[0] and median_figures([None]) is None
+
+
+def test_implicit_runner_ndcg_by_hand():
+    from bench.implicit_runner import ndcg_at_k
+    lists = np.array([[1, 5, 2, 9], [3, 4, 6, 8], [0, 1, 2, 3]])
+    users = np.array([10, 11, 12])  # user 12 has no target: not averaged
+    target_user, target_item = np.array([10, 10, 11, 13]), np.array([1, 2, 7, 1])
+    # user 10: hits at ranks 1 and 3 of 2 targets; user 11: no hit
+    first = (1 + 1 / np.log2(4)) / (1 + 1 / np.log2(3))
+    assert ndcg_at_k(lists, users, target_user, target_item, k=3) == pytest.approx(first / 2)
+    assert ndcg_at_k(lists, users, target_user, target_item, k=2) == pytest.approx(
+        1 / (1 + 1 / np.log2(3)) / 2)
+
+
+def test_seconds_to_best_reads_the_first_best_validation_of_the_fit(tmp_path):
+    from bench.implicit_peer import seconds_to_best
+    (tmp_path / "csv").mkdir()
+    # four epochs' validations (best first at epoch 2), then the best checkpoint validated again
+    pd.DataFrame({"epoch": [0, 0, 1, 1, 2, 3, 3, 3], "train/loss": [0.9, None, 0.8, None, None,
+                                                                     0.7, None, None],
+                  "val/ndcg@10": [None, 0.1, None, 0.3, 0.3, None, 0.2, 0.35]}).to_csv(
+        tmp_path / "csv" / "metrics.csv", index=False)
+    assert seconds_to_best(tmp_path, [1.0, 2.0, 3.0, 4.0]) == (2, 3.0)
+    assert seconds_to_best(tmp_path / "none", [1.0]) == (None, None)
+
+
+def test_merge_replaces_only_the_sections_run(tmp_path):
+    from bench.__main__ import merged
+    path = tmp_path / "results.json"
+    fresh = {"date": "now", "commit": "new", "settings": {}, "machine": {"threads": 2,
+             "load_start": [1.0]}, "notes": [], "implicit": {"datasets": ["new"]}}
+    assert merged(path, fresh, ["implicit"]) is fresh  # nothing to merge with
+    path.write_text(json.dumps({"date": "then", "notes": ["old"], "comparison": [1],
+                                "implicit": {"datasets": ["old"]}, "scaling": {"x": 1}}))
+    out = merged(path, fresh, ["implicit"])
+    assert out["date"] == "then" and out["comparison"] == [1] and out["scaling"] == {"x": 1}
+    assert "implicit" not in out  # left to this run's section
+    assert out["notes"][0] == "old" and "implicit section(s) were run on their own" in \
+        out["notes"][1] and out["merged"][0]["commit"] == "new"
+
+
+def test_implicit_report_marks_a_missed_target():
+    section = {"protocol": "p", "threads": 2, "datasets": [{
+        "dataset": "ml-100k", "split": "s", "implicit_version": "0.7.3",
+        "rows": [{"side": "recozoo", "model": "bpr", "sec_per_epoch": 0.3,
+                  "seconds_to_best": 30.0, "ndcg@10": 0.29, "epochs": 100, "best_epoch": 90},
+                 {"side": "implicit", "model": "bpr", "sec_per_epoch": 0.01,
+                  "seconds_to_best": 1.0, "ndcg@10": 0.28, "stopped_by": "max_epochs"},
+                 {"side": "implicit", "model": "als", "error": "boom\nlast line"}],
+        "verdict": {"time_to_best_ratio": 30.0, "sec_per_epoch_ratio": 30.0,
+                    "time_to_best_met": False, "ndcg_met": True}}]}
+    text = render({"date": "today", "commit": "abc", "notes": [], "implicit": section,
+                   "machine": {"cpu": "cpu", "cores": 2, "threads": 2, "torch": "x",
+                               "python": "3", "load_start": [0], "load_end": [0]}})
+    assert "implicit 0.7.3" in text and "30.000 **miss**" in text
+    assert "| ml-100k | s | implicit | bpr | 0.0100 | - / - (cap) | 1.00 |" in text
+    assert "failed: ml-100k implicit als: last line" in text
+
+
+@pytest.mark.slow
+def test_quick_implicit_section_scores_both_sides_with_recozoos_metrics(tmp_path):
+    from bench.implicit_peer import ImplicitPeer, export_split, score_lists
+    out = tmp_path / "bench"
+    has_peer = ImplicitPeer.find(out, install=False)[0] is not None
+    subprocess.run([sys.executable, "-m", "bench", "quick=true", "threads=1",
+                    "sections=[implicit]", f"out={out}", f"peers={str(has_peer).lower()}"],
+                   cwd=ROOT, check=True, capture_output=True, text=True, timeout=900)
+    (entry,) = json.loads((out / "quick" / "results.json").read_text())["implicit"]["datasets"]
+    sides = {(row["side"], row["model"]): row for row in entry["rows"]}
+    assert 0 < sides["recozoo", "bpr"]["ndcg@10"] <= 1
+    assert sides["recozoo", "bpr"]["seconds_to_best"] > 0
+    if has_peer:
+        assert 0 < sides["implicit", "bpr"]["ndcg@10"] <= 1 and "als" in {m for _, m in sides}
+    # the exported split is the run's, and perfect lists score NDCG@10 = 1 by recozoo's code
+    run = out / "runs" / "implicit_recozoo_bpr_quick_shop"
+    split = np.load(export_split(run, tmp_path / "split.npz"))
+    targets = pd.read_parquet(run / "targets_test.parquet")
+    assert len(split["train_user"]) + len(split["val_user"]) == len(split["test_input_user"])
+    assert np.array_equal(split["test_user"], np.unique(targets["user"]))
+    perfect = targets.groupby("user")["item"].first().loc[split["test_user"]].to_numpy()
+    lists = np.full((len(perfect), 20), -1)
+    lists[:, 0] = perfect
+    scored = score_lists(lists, split["test_user"], run, "perfect", tmp_path / "scored")
+    assert scored["test/ndcg@10"] == pytest.approx(1.0)
+
+
+def test_a_bpr_only_scaling_run_keeps_the_earlier_sasrec_rows():
+    from bench.scaling import with_earlier
+    point = lambda n, stage, model, seconds: {
+        "interactions": n, "stage": stage, "model": model, "seconds": seconds,
+        "peak_rss_mb": 600.0, "baseline_rss_mb": 500.0}
+    earlier = {"points": [point(n, stage, model, n / 1e4) for n in (1e5, 1e6)
+                          for stage, model in (("data", None), ("train", "bpr"),
+                                               ("train", "sasrec"))],
+               "evaluations": [{"model": "sasrec"}, {"model": "bpr"}]}
+    fresh = {"note": "new.", "points": [point(n, "train", "bpr", n / 1e5) for n in (1e5, 1e7)],
+             "evaluations": [{"model": "bpr", "size": 1e7}], "growth": []}
+    out = with_earlier(fresh, earlier, ["bpr"])
+    kept = [(p["stage"], p["model"], p["interactions"]) for p in out["points"]]
+    assert kept == [("train", "bpr", 1e5), ("train", "bpr", 1e7), ("train", "sasrec", 1e5),
+                    ("train", "sasrec", 1e6)]
+    assert [e["model"] for e in out["evaluations"]] == ["bpr", "sasrec"]
+    assert {g["model"]: g["time_exponent"] for g in out["growth"]} == pytest.approx(
+        {"bpr": 1.0, "sasrec": 1.0})
+    assert out["note"].endswith("The sasrec rows are from the earlier run (not re-measured).")
+    assert with_earlier(fresh, {"points": earlier["points"][:2]}, ["bpr"]) is fresh
