@@ -79,7 +79,9 @@ class BenchSettings:
         own_splits: score recozoo on its own split=random / split=loo even where RecBole's
             exact splits are available.
         implicit_models: implicit's models of the implicit section (bpr, als).
-        implicit_shop_size: interactions of the implicit section's shop (0: ml-100k only).
+        implicit_datasets: the data sets of the implicit section (``ml-100k``, ``shop``; with
+            ``merge=true`` the earlier results of the others are kept).
+        implicit_shop_size: interactions of the implicit section's shop.
         implicit_shop_max_epochs: epoch cap of both sides on that shop (an epoch of recozoo's
             bpr plus its validation takes ~40 s at 10^6 on 2 cores).
         merge: keep the other sections of the results already in the results folder and
@@ -92,7 +94,10 @@ class BenchSettings:
         scale_max_batches: training batches timed per epoch, the epoch extrapolated from them
             (0: every epoch whole).
         scale_eval_batches: test batches timed, the evaluation extrapolated from them (0: every
-            evaluation whole).
+            evaluation whole), at sizes above ``scale_full_eval_up_to``.
+        scale_full_eval_up_to: sizes up to this are evaluated whole whatever
+            ``scale_eval_batches`` says (a full evaluation of the 10^7 shop scores 6e5 users x
+            1e6 items: hours on 2 cores).
         loadtest_requests: requests per phase of the load test.
         max_load: before starting, wait for the 1-minute load average to drop below this
             (null: start at once).
@@ -116,6 +121,7 @@ class BenchSettings:
     repeats: int = 3
     own_splits: bool = False
     implicit_models: list[str] = field(default_factory=lambda: ["bpr", "als"])
+    implicit_datasets: list[str] = field(default_factory=lambda: ["ml-100k", "shop"])
     implicit_shop_size: int = 1_000_000
     implicit_shop_max_epochs: int = 60
     merge: bool = False
@@ -125,6 +131,7 @@ class BenchSettings:
     scale_models: list[str] = field(default_factory=lambda: ["bpr", "sasrec"])
     scale_max_batches: int = 20
     scale_eval_batches: int = 0
+    scale_full_eval_up_to: int = 1_000_000
     loadtest_requests: int = 200
     max_load: float | None = None
     max_wait: float = 2400.0
@@ -260,7 +267,8 @@ def run_implicit(settings: BenchSettings, out: Path, results: dict[str, Any]) ->
     else:
         shared = Path(settings.shared) if settings.shared else None
         data = shared / "data" / "ml-100k" if shared else None
-        if data is not None and (data / "ml-100k.inter").is_file():
+        wanted = set(settings.implicit_datasets)
+        if "ml-100k" in wanted and data is not None and (data / "ml-100k.inter").is_file():
             peer, _ = RecBolePeer.find(shared, out / "recbole") if settings.peers else (None, "")
             if peer is not None and not settings.own_splits:
                 folder = peer.export_splits(settings.threads) / comparison.RECBOLE_SPLIT_FOLDERS[
@@ -272,7 +280,7 @@ def run_implicit(settings: BenchSettings, out: Path, results: dict[str, Any]) ->
             datasets.append(("ml-100k", ["data=atomic", f"data.path={data}",
                                          "data.name=ml-100k", *split], described))
             max_epochs["ml-100k"] = settings.general_max_epochs
-        if settings.implicit_shop_size:
+        if "shop" in wanted:
             name = f"shop_{settings.implicit_shop_size}"
             datasets.append((name, scaling.shop_overrides(settings.implicit_shop_size,
                                                           out / "scale" / "cache")
@@ -282,6 +290,11 @@ def run_implicit(settings: BenchSettings, out: Path, results: dict[str, Any]) ->
     results["implicit"] = implicit_peer.implicit_section(
         datasets, out, settings.threads, settings.implicit_models, max_epochs,
         settings.patience, peers=settings.peers, comparison=results.get("comparison"), say=say)
+    earlier = results.pop("earlier_implicit", None) if settings.merge else None
+    if earlier:  # keep the data sets this run did not measure
+        names = {entry["dataset"] for entry in results["implicit"]["datasets"]}
+        results["implicit"]["datasets"] += [entry for entry in earlier.get("datasets", [])
+                                            if entry["dataset"] not in names]
 
 
 def run_ratings(settings: BenchSettings, out: Path, results: dict[str, Any]) -> None:
@@ -308,7 +321,8 @@ def run_scale(settings: BenchSettings, out: Path, results: dict[str, Any]) -> No
     results["scaling"] = scaling.scaling_section(
         sizes, out / "scale", settings.threads, say=say, quick=settings.quick,
         max_batches=settings.scale_max_batches, models=settings.scale_models,
-        eval_batches=settings.scale_eval_batches)
+        eval_batches=settings.scale_eval_batches,
+        full_eval_up_to=settings.scale_full_eval_up_to)
     if settings.merge and results.get("earlier_scaling"):
         results["scaling"] = scaling.with_earlier(results["scaling"],
                                                   results.pop("earlier_scaling"),
@@ -356,8 +370,8 @@ def merged(path: Path, fresh: dict[str, Any], sections: list[str]) -> dict[str, 
     for name in sections:
         for key in SECTION_KEYS[name]:
             found = earlier.pop(key, None)
-            if key == "scaling" and found:  # its other models' points may be kept (run_scale)
-                earlier["earlier_scaling"] = found
+            if key in ("scaling", "implicit") and found:  # parts of them may be kept
+                earlier[f"earlier_{key}"] = found
     note = (f"The {', '.join(sections)} section(s) were run on their own on {fresh['date']} "
             f"(recozoo {fresh['commit']}, {fresh['machine']['threads']} thread(s), load "
             f"{fresh['machine']['load_start']} at the start) and added here; the other sections "

@@ -171,14 +171,16 @@ def _slope(x: list[float], y: list[float]) -> float:
 def scaling_section(sizes: list[int], out: Path, threads: int, say: Callable[[str], None] = print,
                     quick: bool = False, max_batches: int = 20,
                     models: tuple[str, ...] | list[str] = SCALE_MODELS,
-                    eval_batches: int = 0) -> dict[str, Any]:
+                    eval_batches: int = 0, full_eval_up_to: int | None = None
+                    ) -> dict[str, Any]:
     """Every point of the curve, the growth rates and the shapes the throughput section uses.
 
     Args:
         sizes: interactions of the shops.
         models: the models measured at every size.
         max_batches: training batches timed per epoch (0: the whole epoch).
-        eval_batches: test batches timed (0: the whole evaluation).
+        eval_batches: test batches timed (0: the whole evaluation) at sizes above
+            ``full_eval_up_to`` (None: at every size).
     """
     points: list[dict[str, Any]] = []
     evaluations: list[dict[str, Any]] = []
@@ -198,7 +200,9 @@ def scaling_section(sizes: list[int], out: Path, threads: int, say: Callable[[st
         for model in models:
             figures = _run_point({"overrides": shop + [f"model={model}"] + extra,
                                   "stages": ["data", "train", "eval"],
-                                  "max_batches": max_batches, "eval_batches": eval_batches},
+                                  "max_batches": max_batches,
+                                  "eval_batches": 0 if full_eval_up_to is not None
+                                  and size <= full_eval_up_to else eval_batches},
                                  threads, out / f"{model}_{size}.log")
             shape = figures["shape"]
             for stage in ("data", "train", "eval"):
@@ -222,7 +226,8 @@ def scaling_section(sizes: list[int], out: Path, threads: int, say: Callable[[st
             + (f"; where an epoch has more than {max_batches} batches it is extrapolated from "
                "the first ones" if max_batches else ", whole")
             + ". Eval: every test user"
-            + (f"; where there are more than {eval_batches} test batches the first ones are "
+            + (f"; {'above ' + format(full_eval_up_to, ',') + ' requested interactions, ' if full_eval_up_to is not None else ''}"
+               f"where there are more than {eval_batches} test batches the first ones are "
                "timed and the whole is extrapolated (its peak memory holds their outputs only)"
                if eval_batches else "")
             + ". Peak RSS is the process maximum at the end of each stage; 'above base' "
