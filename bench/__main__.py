@@ -82,6 +82,8 @@ class BenchSettings:
         implicit_datasets: the data sets of the implicit section (``ml-100k``, ``shop``; with
             ``merge=true`` the earlier results of the others are kept).
         implicit_shop_size: interactions of the implicit section's shop.
+        implicit_patience: implicit's early-stopping patience (its BPR learns nothing in its
+            first ~10 epochs on ml-100k at its default learning rate; see bench.implicit_peer).
         implicit_shop_max_epochs: epoch cap of both sides on that shop (an epoch of recozoo's
             bpr plus its validation takes ~40 s at 10^6 on 2 cores).
         merge: keep the other sections of the results already in the results folder and
@@ -123,6 +125,7 @@ class BenchSettings:
     implicit_models: list[str] = field(default_factory=lambda: ["bpr", "als"])
     implicit_datasets: list[str] = field(default_factory=lambda: ["ml-100k", "shop"])
     implicit_shop_size: int = 1_000_000
+    implicit_patience: int = 30
     implicit_shop_max_epochs: int = 60
     merge: bool = False
     rating_models: list[str] = field(default_factory=lambda: ["svd", "svdpp"])
@@ -289,7 +292,8 @@ def run_implicit(settings: BenchSettings, out: Path, results: dict[str, Any]) ->
     say(f"== implicit: {', '.join(name for name, _, _ in datasets) or 'no data set'}")
     results["implicit"] = implicit_peer.implicit_section(
         datasets, out, settings.threads, settings.implicit_models, max_epochs,
-        settings.patience, peers=settings.peers, comparison=results.get("comparison"), say=say)
+        settings.patience, peers=settings.peers, comparison=results.get("comparison"), say=say,
+        peer_patience=settings.implicit_patience)
     earlier = results.pop("earlier_implicit", None) if settings.merge else None
     if earlier:  # keep the data sets this run did not measure
         names = {entry["dataset"] for entry in results["implicit"]["datasets"]}

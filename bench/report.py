@@ -155,8 +155,10 @@ def implicit_lines(section: dict[str, Any]) -> list[str]:
                          _num(row.get("peak_rss_mb"), ".0f")])
         verdict = entry.get("verdict") or {}
         if verdict:
+            when = (f" (measured {entry['date']}, load {entry.get('load_start')} -> "
+                    f"{entry.get('load_end')})" if entry.get("date") else "")
             checks.append(
-                f"- {entry['dataset']}: recozoo/implicit BPR seconds per epoch "
+                f"- {entry['dataset']}{when}: recozoo/implicit BPR seconds per epoch "
                 f"{_num(verdict.get('sec_per_epoch_ratio'), '.1f')}x, seconds to best "
                 f"{_ratio(verdict.get('time_to_best_ratio'), verdict.get('time_to_best_met'))}"
                 f" (target {TIME_TO_BEST_TARGET:g}x); test NDCG@10 at least implicit BPR's: "
