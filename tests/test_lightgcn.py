@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from recozoo.data.contracts import DatasetInfo
+from recozoo.data.contracts import DatasetInfo, EvalBatch
 from recozoo.models.lightgcn import LightGCN, propagate
 
 #: 3 users, 4 items: user 0 - items 0, 1; user 1 - item 1, 2; user 2 - item 3 (a duplicate)
@@ -79,21 +80,22 @@ def test_checkpoint_carries_the_graph_for_a_model_rebuilt_without_it():
     assert model.n_params == (3 + 4) * 4
 
 
-def test_learns_co_interaction_pattern():
+@pytest.mark.parametrize("loss", ["bpr", "softmax"])
+def test_learns_co_interaction_pattern(loss: str):
     """Two communities (users 0-9 with items 0-4, users 10-19 with items 5-9), one item of each
     user's community held out: after training it outranks every item of the other community."""
     torch.manual_seed(0)
     users, items = [], []
     for user in range(20):
-        community = range(0, 5) if user < 10 else range(5, 10)
+        community = range(5) if user < 10 else range(5, 10)
         for item in community:
             if item != (user % 5) + (0 if user < 10 else 5):  # hold one out
                 users.append(user)
                 items.append(item)
     pairs = torch.tensor([users, items])
     info = DatasetInfo.from_popularity("communities", 20, np.ones(10), 0.2, train_pairs=pairs)
-    model = LightGCN(info, embedding_dim=8, n_layers=2, reg_weight=0.0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    model = LightGCN(info, embedding_dim=8, n_layers=2, reg_weight=0.0, loss=loss)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     generator = torch.Generator().manual_seed(0)
     for _ in range(100):
         negative = torch.randint(0, 10, (len(users), 1), generator=generator)
@@ -103,10 +105,13 @@ def test_learns_co_interaction_pattern():
         optimizer.step()
     model.eval()
     final_users, final_items = model.final_embeddings()
+    if model.normalize:  # the softmax default ranks by cosine
+        final_users = F.normalize(final_users, dim=-1)
+        final_items = F.normalize(final_items, dim=-1)
     scores = final_users @ final_items.T  # (20, 10)
     for user in range(20):
         held_out = (user % 5) + (0 if user < 10 else 5)
-        other = range(5, 10) if user < 10 else range(0, 5)
+        other = range(5, 10) if user < 10 else range(5)
         assert scores[user, held_out] > scores[user, list(other)].max()
 
 
@@ -123,3 +128,92 @@ def test_training_after_validation_ignores_the_eval_cache():
     model.loss(batch).backward()
     assert model.user_embedding.weight.grad is not None
     assert model.user_embedding.weight.grad.abs().sum() > 0
+
+
+def _pair_batch() -> dict[str, torch.Tensor]:
+    return {"user": torch.tensor([0, 1, 2]), "item": torch.tensor([1, 2, 3]),
+            "negative": torch.tensor([[3], [0], [1]])}
+
+
+def test_softmax_loss_is_cross_entropy_over_the_catalogue():
+    """loss=softmax: -log softmax(<u, i> / temperature) of the positive among all 4 items."""
+    torch.manual_seed(0)
+    model = LightGCN(_info(), embedding_dim=5, n_layers=2, reg_weight=0.0, loss="softmax",
+                     temperature=0.5, normalize=False, sampled_softmax=False)
+    batch = _pair_batch()
+    users, items = _dense_reference(model)
+    logits = users[batch["user"]] @ items.T / 0.5  # (3, 4)
+    expected = -(logits.log_softmax(1)[torch.arange(3), batch["item"]]).mean()
+    assert model.loss(batch).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_sampled_softmax_loss_has_the_log_q_correction():
+    """Uniform sampling (Q = 1/4), k = 6 shared negatives: each negative's logit is lowered by
+    log(k Q) = log(1.5), and a negative equal to the row's positive is left out."""
+    torch.manual_seed(0)
+    model = LightGCN(_info(), embedding_dim=5, n_layers=1, reg_weight=0.0, loss="softmax",
+                     temperature=1.0, normalize=False, sampled_softmax=True, n_sampled=6,
+                     negative_sampling="uniform")
+    batch = _pair_batch()
+    torch.manual_seed(3)
+    loss = model.loss(batch)
+    torch.manual_seed(3)
+    negatives = model.negative_sampler(6)  # the same draw
+    users, items = _dense_reference(model)
+    u = users[batch["user"]]
+    expected = []
+    for row, pos in enumerate(batch["item"].tolist()):
+        terms = [u[row] @ items[pos]] + [u[row] @ items[j] - np.log(6 / 4)
+                                         for j in negatives.tolist() if j != pos]
+        expected.append(torch.logsumexp(torch.stack(terms), 0) - terms[0])
+    assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
+
+
+def test_normalize_scores_are_cosines_over_the_temperature():
+    torch.manual_seed(0)
+    model = LightGCN(_info(), embedding_dim=5, n_layers=2, normalize=True,
+                     temperature=0.2, fold_in=False).eval()
+    users, items = _dense_reference(model)
+    batch = type("Batch", (), {"user": torch.tensor([0, 2])})()
+    cosine = torch.nn.functional.cosine_similarity(users[[0, 2], None], items[None], dim=-1)
+    assert torch.allclose(model.score(batch), cosine / 0.2, atol=1e-5)
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("loss", "hinge", "model.loss must be 'bpr' or 'softmax', got 'hinge'"),
+    ("temperature", 0.0, "model.temperature must be > 0, got 0.0"),
+    ("n_sampled", 0, "model.n_sampled must be >= 1, got 0"),
+])
+def test_bad_options_are_named(key: str, value: object, message: str):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        LightGCN(_info(), **{key: value})
+
+
+def _eval_batch(users: list[int], seen: list[tuple[int, int]]) -> EvalBatch:
+    rows, cols = (torch.tensor(x) for x in zip(*seen))
+    return EvalBatch(user=torch.tensor(users), history=torch.zeros(len(users), 1, dtype=torch.long),
+                     seen_rows=rows, seen_cols=cols, target_rows=torch.tensor([0]),
+                     target_cols=torch.tensor([0]))
+
+
+def test_fold_in_with_the_training_items_is_the_transductive_embedding():
+    torch.manual_seed(0)
+    model = LightGCN(_info(), embedding_dim=5, n_layers=3, fold_in=True, normalize=False,
+                     temperature=1.0).eval()
+    users, items = _dense_reference(model)
+    # rows 0, 1, 2 = users 0, 1, 2 with their training items (user 2's duplicate once)
+    batch = _eval_batch([0, 1, 2], [(0, 0), (0, 1), (1, 1), (1, 2), (2, 3)])
+    assert torch.allclose(model.fold_in_users(batch), users, atol=1e-6)
+    assert torch.allclose(model.score(batch), users @ items.T, atol=1e-5)
+
+
+def test_fold_in_adds_a_new_input_with_the_training_degrees():
+    """User 2 (trained on item 3) with a new input, item 0 (training degree 1): its layer 1 is
+    (E_3^(0) / sqrt(1) + E_0^(0) / sqrt(1)) / sqrt(2)."""
+    torch.manual_seed(0)
+    model = LightGCN(_info(), embedding_dim=5, n_layers=1, fold_in=True).eval()
+    batch = _eval_batch([2], [(0, 3), (0, 0)])
+    items = model.item_embedding.weight.detach()
+    layer1 = (items[3] + items[0]) / 2 ** 0.5
+    expected = (model.user_embedding.weight[2].detach() + layer1) / 2
+    assert torch.allclose(model.fold_in_users(batch)[0], expected, atol=1e-6)
