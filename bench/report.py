@@ -180,11 +180,12 @@ def implicit_lines(section: dict[str, Any]) -> list[str]:
 
 def scaling_lines(scaling: dict[str, Any]) -> list[str]:
     points = scaling["points"]
-    head = ["interactions", "users", "items", "stage", "model", "seconds", "peak RSS MB",
-            "above base MB"]
+    head = ["interactions", "users", "items", "stage", "model", "seconds", "CPU s",
+            "peak RSS MB", "above base MB"]
     body = [[_num(p["interactions"], ",d"), _num(p.get("users"), ",d"),
              _num(p.get("items"), ",d"), p["stage"], p.get("model") or "-",
              _num(p.get("seconds"), ".2f") + (" (est.)" if p.get("estimated") else ""),
+             _num(p.get("cpu_seconds"), ".2f"),
              _num(p.get("peak_rss_mb"), ".0f"),
              _num(p["peak_rss_mb"] - p["baseline_rss_mb"] if "baseline_rss_mb" in p else None,
                   ".0f")]
@@ -194,8 +195,10 @@ def scaling_lines(scaling: dict[str, Any]) -> list[str]:
     if growth:
         lines += ["", ("Growth rate (slope of log time and log memory against log interactions; "
                   "1.0 = linear):"), ""]
-        lines += _table(["stage", "model", "time exponent", "memory exponent"],
+        lines += _table(["stage", "model", "time exponent", "CPU time exponent",
+                         "memory exponent"],
                         [[g["stage"], g.get("model") or "-", _num(g.get("time_exponent"), ".2f"),
+                          _num(g.get("cpu_exponent"), ".2f"),
                           _num(g.get("memory_exponent"), ".2f")] for g in growth])
     return lines
 

@@ -14,7 +14,9 @@ fresh process per model measures, in order:
   timed and the whole is extrapolated (marked ``estimated``; its peak memory then holds the
   outputs of the timed batches only).
 
-Peak memory is the process's maximum resident set size at the end of each stage (so a stage's
+Each stage also records the process's CPU seconds (all threads): on a machine shared with
+other jobs, wall seconds grow with the load and CPU seconds much less, so the growth rate is
+fitted on both. Peak memory is the process's maximum resident set size at the end of each stage (so a stage's
 figure includes what earlier stages still hold); the baseline after imports (~0.5 GB of Python,
 torch and Lightning) is reported too, and memory growth is fitted on the peak above it. Generating the shop is done and cached first,
 in its own process, and reported as ``generate``. The growth rate is the least-squares slope of
@@ -92,10 +94,11 @@ def measure_point(overrides: list[str], stages: list[str], max_batches: int,
                              "users": int(data.n_users), "items": int(data.n_items)}}
     L.seed_everything(cfg.seed, workers=True)
     figures: dict[str, Any] = {"baseline_rss_mb": baseline}
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     experiment = build_experiment(cfg)
     dm, model = experiment.datamodule, experiment.model
     figures["data"] = {"seconds": round(time.perf_counter() - start, 3),
+                       "cpu_seconds": round(time.process_time() - cpu, 3),
                        "peak_rss_mb": round(_peak_mb(), 1)}
     figures["shape"] = {"interactions": len(dm.data), "users": dm.info.n_users,
                         "items": dm.info.n_items, "test_users": len(dm.indices.test)}
@@ -110,18 +113,20 @@ def measure_point(overrides: list[str], stages: list[str], max_batches: int,
                           enable_checkpointing=False, max_epochs=1, limit_val_batches=0,
                           limit_train_batches=max_batches if limited else None,
                           limit_test_batches=eval_batches if test_limited else None)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     trainer.fit(model, datamodule=dm)
-    seconds = time.perf_counter() - start
-    figures["train"] = {"seconds": round(seconds * (n_batches / max_batches if limited else 1), 3),
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    scale = n_batches / max_batches if limited else 1
+    figures["train"] = {"seconds": round(seconds * scale, 3),
+                        "cpu_seconds": round(cpu * scale, 3),
                         "estimated": limited, "batches": n_batches,
                         "batches_timed": max_batches if limited else n_batches,
                         "peak_rss_mb": round(_peak_mb(), 1)}
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     trainer.test(model, datamodule=dm, verbose=False)
-    seconds = time.perf_counter() - start
-    figures["eval"] = {"seconds": round(seconds * (n_test / eval_batches if test_limited else 1),
-                                        3),
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    scale = n_test / eval_batches if test_limited else 1
+    figures["eval"] = {"seconds": round(seconds * scale, 3), "cpu_seconds": round(cpu * scale, 3),
                        "estimated": test_limited, "batches": n_test,
                        "batches_timed": eval_batches if test_limited else n_test,
                        "peak_rss_mb": round(_peak_mb(), 1)}
@@ -150,8 +155,11 @@ def growth(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if len(series) < 2:
             continue
         x = [math.log(p["interactions"]) for p in series]
+        cpu = [p.get("cpu_seconds") for p in series]
         out.append({"stage": stage, "model": model,
                     "time_exponent": round(_slope(x, [math.log(p["seconds"]) for p in series]), 3),
+                    "cpu_exponent": round(_slope(x, [math.log(c) for c in cpu]), 3)
+                    if all(cpu) else None,
                     "memory_exponent": round(_slope(x, [math.log(max(1.0, _above(p)))
                                                         for p in series]), 3)})
     return out
