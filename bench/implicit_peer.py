@@ -148,18 +148,23 @@ def score_lists(lists: np.ndarray, test_users: np.ndarray, run: Path, name: str,
 
 
 def seconds_to_best(run: Path, epoch_seconds: list[float]) -> tuple[int | None, float | None]:
-    """The best epoch (1-based: first maximum of val/ndcg@10 in the run's CSV log) and the
-    training seconds up to and including it; None where the log is missing."""
+    """The best epoch (1-based: the first maximum of the epochs' val/ndcg@10 in the run's CSV
+    log) and the training seconds up to and including it; None where the log is missing.
+
+    The log holds each validation twice (the evaluator's values and the monitored key), and
+    the best checkpoint's validation after the fit under the epoch number ``len(epoch_seconds)``;
+    each epoch's first value counts and that last one does not."""
     log = run / "csv" / "metrics.csv"
     if not log.exists() or not epoch_seconds:
         return None, None
     frame = pd.read_csv(log)
-    if "val/ndcg@10" not in frame:
+    if "val/ndcg@10" not in frame or "epoch" not in frame:
         return None, None
-    values = frame["val/ndcg@10"].dropna().to_numpy()[:len(epoch_seconds)]  # the fit's own
-    if not len(values):
+    values = frame[["epoch", "val/ndcg@10"]].dropna().groupby("epoch")["val/ndcg@10"].first()
+    values = values[values.index < len(epoch_seconds)]  # the fit's own validations
+    if values.empty:
         return None, None
-    best = int(np.argmax(values))
+    best = int(values.idxmax())
     return best + 1, round(float(sum(epoch_seconds[:best + 1])), 4)
 
 

@@ -164,11 +164,14 @@ def test_implicit_runner_ndcg_by_hand():
 def test_seconds_to_best_reads_the_first_best_validation_of_the_fit(tmp_path):
     from bench.implicit_peer import seconds_to_best
     (tmp_path / "csv").mkdir()
-    # four epochs' validations (best first at epoch 2), then the best checkpoint validated again
-    pd.DataFrame({"epoch": [0, 0, 1, 1, 2, 3, 3, 3], "train/loss": [0.9, None, 0.8, None, None,
-                                                                     0.7, None, None],
-                  "val/ndcg@10": [None, 0.1, None, 0.3, 0.3, None, 0.2, 0.35]}).to_csv(
-        tmp_path / "csv" / "metrics.csv", index=False)
+    # four epochs' validations, each logged twice (best first at epoch 2), then the best
+    # checkpoint validated again after the fit under epoch 4
+    pd.DataFrame({"epoch": [0, 0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 4, 4],
+                  "train/loss": [0.9, None, None, 0.8, None, None, None, None, 0.7, None, None,
+                                 None, None],
+                  "val/ndcg@10": [None, 0.1, 0.1, None, 0.3, 0.3, 0.3, 0.3, None, 0.2, 0.2,
+                                  0.35, 0.35]}).to_csv(tmp_path / "csv" / "metrics.csv",
+                                                       index=False)
     assert seconds_to_best(tmp_path, [1.0, 2.0, 3.0, 4.0]) == (2, 3.0)
     assert seconds_to_best(tmp_path / "none", [1.0]) == (None, None)
 
