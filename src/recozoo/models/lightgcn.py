@@ -83,7 +83,7 @@ class LightGCN(Recommender):
 
     def __init__(self, info: DatasetInfo, embedding_dim: int = 64, n_layers: int = 3,
                  reg_weight: float = 1e-4, batch_size: int = 2048, n_negatives: int = 1,
-                 loss: str = "softmax", temperature: float = 0.1, normalize: bool = True,
+                 loss: str = "softmax", temperature: float = 0.2, normalize: bool = True,
                  sampled_softmax: bool | None = None, n_sampled: int = 1000,
                  negative_sampling: str = "popularity", fold_in: bool = True, **kwargs):
         super().__init__(info, **kwargs)
