@@ -49,6 +49,17 @@ def test_run_writes_every_artifact_with_contract_keys(make_config):
         assert (out / name).exists(), name
 
 
+def test_each_validation_reaches_the_csv_log_once(make_config):
+    """The monitored key goes to the callbacks only; the loggers get each stage's values in one
+    call (a key logged twice per epoch made a curve of duplicated points)."""
+    cfg = make_config(["model=bpr", "trainer.max_epochs=2"])
+    run(cfg)
+    rows = pd.read_csv(next(Path(cfg.paths.output_dir).rglob("metrics.csv")))
+    validations = rows.dropna(subset=["val/ndcg@10"])
+    assert len(validations) == 3  # two epochs, then the best checkpoint validated once more
+    assert validations["epoch"].tolist() == [0, 1, 2]
+
+
 def test_unknown_model_lists_the_choices():
     result = subprocess.run([sys.executable, "train.py", "model=nosuchmodel"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)

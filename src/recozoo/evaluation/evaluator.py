@@ -168,7 +168,7 @@ class Evaluator(L.Callback):
         self.stage_metrics[stage] = values
         monitored = {getattr(c, "monitor", None) for c in trainer.callbacks}
         for key in sorted(monitored.intersection(values)):
-            module.log(key, values[key], sync_dist=False)
+            module.log(key, values[key], sync_dist=False, logger=False)  # loggers: below
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics({**values, "epoch": trainer.current_epoch},
