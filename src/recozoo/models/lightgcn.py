@@ -14,8 +14,9 @@ built once from the training interactions), and the final embedding is the mean 
   (``sampled_cross_entropy_loss``). With ``normalize`` the scores are cosines, and they are
   divided by ``temperature``: LightGCN with the sampled-softmax loss of Wu et al., "On the
   Effectiveness of Sampled Softmax Loss for Item Recommendation" (TOIS 2024), whose cosine
-  scores and temperature are also those of SimpleX (Mao et al., CIKM 2021). Measured (seeds
-  1-3, test NDCG@10): see ``conf/model/lightgcn.yaml``.
+  scores and temperature are also those of SimpleX (Mao et al., CIKM 2021). Test NDCG@10 over
+  seeds 1-3 (``conf/model/lightgcn.yaml``): shop .091 against .067 with BPR, ml-100k .313
+  against .296.
 
 Both add ``reg_weight`` times the squared L2 norm of the batch's layer-0 embeddings per pair
 (eq. 15). Full-catalogue scores are ``user_final @ item_final.T`` (scaled as above); in eval
