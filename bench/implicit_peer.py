@@ -37,7 +37,7 @@ import pandas as pd
 
 from bench import repo_root
 from bench.compare import run_recozoo, thread_env
-from bench.peers import PeerError, imports, install_venv, peer_venv
+from bench.peers import PeerError, ensure_peer, peer_venv
 from bench.process import run_process
 from recozoo.artifacts import RunDir, read_items, read_table
 
@@ -67,17 +67,9 @@ class ImplicitPeer:
              say: Callable[[str], None] = print) -> tuple[ImplicitPeer | None, str]:
         """The peer, creating its environment with pip on first use (``install``); or None and
         the reason it cannot run (pip's own words when the install fails)."""
-        venv = peer_venv("RECOZOO_IMPLICIT_VENV", "implicit")
-        python = venv / "bin" / "python"
-        if not imports(python, "implicit"):
-            if not install:
-                return None, f"no implicit in {venv} (install=false)"
-            say(f"  creating {venv} with {IMPLICIT_REQUIREMENT} (first use)")
-            reason = install_venv(venv, IMPLICIT_REQUIREMENT, "implicit",
-                                  scratch / "install.log")
-            if reason:
-                return None, reason
-        return cls(python=python, scratch=scratch), ""
+        python, reason = ensure_peer(peer_venv("RECOZOO_IMPLICIT_VENV", "implicit"), "implicit",
+                                     IMPLICIT_REQUIREMENT, scratch / "install.log", install, say)
+        return (cls(python=python, scratch=scratch), "") if python else (None, reason)
 
     def run(self, split: Path, model: str, threads: int, seed: int, max_epochs: int,
             patience: int, k: int) -> tuple[dict[str, Any], np.ndarray]:

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,22 @@ def imports(python: Path, module: str) -> bool:
         return False
     return subprocess.run([str(python), "-c", f"import {module}"],
                           capture_output=True, check=False).returncode == 0
+
+
+def ensure_peer(venv: Path, module: str, requirement: str, log: Path, install: bool,
+                say: Callable[[str], None], retries: tuple[tuple[str, ...], ...] = ((),)
+                ) -> tuple[Path | None, str]:
+    """The interpreter of a peer's ``venv`` once it imports ``module``, creating the environment
+    with pip on first use (``install``, see `install_venv`); or None and the reason it cannot
+    run (pip's own words when the install fails)."""
+    python = venv / "bin" / "python"
+    if imports(python, module):
+        return python, ""
+    if not install:
+        return None, f"no {requirement.split('==')[0]} in {venv} (install=false)"
+    say(f"  creating {venv} with {requirement} (first use)")
+    reason = install_venv(venv, requirement, module, log, retries=retries)
+    return (None, reason) if reason else (python, "")
 
 
 def install_venv(venv: Path, requirement: str, module: str, log: Path,

@@ -26,7 +26,7 @@ import pandas as pd
 
 from bench import repo_root
 from bench.compare import run_recozoo, thread_env
-from bench.peers import PeerError, imports, install_venv
+from bench.peers import PeerError, ensure_peer
 from bench.process import run_process
 from recozoo.artifacts import RunDir
 
@@ -55,20 +55,14 @@ class SurprisePeer:
              say: Callable[[str], None] = print) -> tuple[SurprisePeer | None, str]:
         """The peer, creating its environment with pip on first use (``install``); or None and
         the reason it cannot run (pip's own words when the build fails)."""
+        # Surprise 1.1.5 compiles C extensions against the numpy it finds; where that fails with
+        # numpy 2, the install is retried with numpy < 2
         venv = Path(os.environ.get("RECOZOO_SURPRISE_VENV",
                                    "~/.cache/recozoo/peers/surprise/venv")).expanduser()
-        python = venv / "bin" / "python"
-        if not imports(python, "surprise"):
-            if not install:
-                return None, f"no scikit-surprise in {venv} (install=false)"
-            say(f"  creating {venv} with {SURPRISE_REQUIREMENT} (first use)")
-            # Surprise 1.1.5 compiles C extensions against the numpy it finds; where that fails
-            # with numpy 2, the install is retried with numpy < 2
-            reason = install_venv(venv, SURPRISE_REQUIREMENT, "surprise", scratch / "install.log",
-                                  retries=((), ("numpy<2",)))
-            if reason:
-                return None, reason
-        return cls(python=python, scratch=scratch), ""
+        python, reason = ensure_peer(venv, "surprise", SURPRISE_REQUIREMENT,
+                                     scratch / "install.log", install, say,
+                                     retries=((), ("numpy<2",)))
+        return (cls(python=python, scratch=scratch), "") if python else (None, reason)
 
     def run(self, train: Path, test: Path, seed: int, threads: int) -> dict[str, Any]:
         """Fit every Surprise model on ``train``, score ``test``; the runner's JSON."""
@@ -115,7 +109,7 @@ def _same_test_rows(run: Path, test: Path) -> bool:
     """Whether the recozoo run was tested on exactly the exported test rows."""
     targets = pd.read_parquet(RunDir(run).targets("test"))
     exported = pd.read_csv(test, sep="\t")
-    key = lambda frame: np.sort(frame.user.to_numpy(np.int64) * 1_000_003  # noqa: E731
+    key = lambda frame: np.sort(frame.user.to_numpy(np.int64) * 1_000_003
                                 + frame.item.to_numpy(np.int64))
     return bool(np.array_equal(key(targets), key(exported)))
 
