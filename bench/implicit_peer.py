@@ -30,14 +30,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
 from bench import repo_root
 from bench.compare import run_recozoo, thread_env
-from bench.peers import PeerError, ensure_peer, peer_venv
+from bench.peers import PeerError, PipPeer
 from bench.process import run_process
 from recozoo.artifacts import RunDir, read_items, read_table
 
@@ -51,25 +51,13 @@ TIME_TO_BEST_TARGET = 3.0
 
 
 @dataclass
-class ImplicitPeer:
-    """implicit in its own virtual environment.
+class ImplicitPeer(PipPeer):
+    """implicit in its own virtual environment (``$RECOZOO_IMPLICIT_VENV`` or
+    ``~/.cache/recozoo-peers/implicit/venv``)."""
 
-    Args:
-        python: the environment's interpreter.
-        scratch: where exported splits, lists, logs and JSON results go.
-    """
-
-    python: Path
-    scratch: Path
-
-    @classmethod
-    def find(cls, scratch: Path, install: bool = True,
-             say: Callable[[str], None] = print) -> tuple[ImplicitPeer | None, str]:
-        """The peer, creating its environment with pip on first use (``install``); or None and
-        the reason it cannot run (pip's own words when the install fails)."""
-        python, reason = ensure_peer(peer_venv("RECOZOO_IMPLICIT_VENV", "implicit"), "implicit",
-                                     IMPLICIT_REQUIREMENT, scratch / "install.log", install, say)
-        return (cls(python=python, scratch=scratch), "") if python else (None, reason)
+    requirement: ClassVar[str] = IMPLICIT_REQUIREMENT
+    module: ClassVar[str] = "implicit"
+    venv_variable: ClassVar[str] = "RECOZOO_IMPLICIT_VENV"
 
     def run(self, split: Path, model: str, threads: int, seed: int, max_epochs: int,
             patience: int, k: int) -> tuple[dict[str, Any], np.ndarray]:

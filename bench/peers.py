@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from bench.process import ProcessResult, run_process
 
@@ -151,6 +151,39 @@ def ensure_peer(venv: Path, module: str, requirement: str, log: Path, install: b
     say(f"  creating {venv} with {requirement} (first use)")
     reason = install_venv(venv, requirement, module, log, retries=retries)
     return (None, reason) if reason else (python, "")
+
+
+@dataclass
+class PipPeer:
+    """A peer library installed with pip in its own virtual environment (never recozoo's);
+    subclasses name the requirement, the module that proves the install, and the environment.
+
+    Args:
+        python: the environment's interpreter.
+        scratch: where exported splits, lists, logs and JSON results go.
+    """
+
+    python: Path
+    scratch: Path
+
+    requirement: ClassVar[str]
+    module: ClassVar[str]
+    venv_variable: ClassVar[str]  # environment variable that overrides the venv's folder
+    retries: ClassVar[tuple[tuple[str, ...], ...]] = ((),)  # see `install_venv`
+
+    @classmethod
+    def venv(cls) -> Path:
+        """``$<venv_variable>``, else ``~/.cache/recozoo-peers/<module>/venv``."""
+        return peer_venv(cls.venv_variable, cls.module)
+
+    @classmethod
+    def find(cls, scratch: Path, install: bool = True,
+             say: Callable[[str], None] = print) -> tuple[Any, str]:
+        """The peer, creating its environment with pip on first use (``install``); or None and
+        the reason it cannot run (pip's own words when the install fails)."""
+        python, reason = ensure_peer(cls.venv(), cls.module, cls.requirement,
+                                     scratch / "install.log", install, say, cls.retries)
+        return (cls(python=python, scratch=scratch), "") if python else (None, reason)
 
 
 def install_venv(venv: Path, requirement: str, module: str, log: Path,

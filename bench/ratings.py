@@ -19,14 +19,14 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
 from bench import repo_root
 from bench.compare import run_recozoo, thread_env
-from bench.peers import PeerError, ensure_peer
+from bench.peers import PeerError, PipPeer
 from bench.process import run_process
 from recozoo.artifacts import RunDir
 
@@ -39,30 +39,21 @@ RMSE_TARGET = 0.910
 
 
 @dataclass
-class SurprisePeer:
-    """scikit-surprise in its own virtual environment.
+class SurprisePeer(PipPeer):
+    """scikit-surprise in its own virtual environment (``$RECOZOO_SURPRISE_VENV`` or
+    ``~/.cache/recozoo/peers/surprise/venv``, where earlier versions installed it)."""
 
-    Args:
-        python: the environment's interpreter.
-        scratch: where exported splits, logs and JSON results go.
-    """
-
-    python: Path
-    scratch: Path
+    requirement: ClassVar[str] = SURPRISE_REQUIREMENT
+    module: ClassVar[str] = "surprise"
+    venv_variable: ClassVar[str] = "RECOZOO_SURPRISE_VENV"
+    # Surprise 1.1.5 compiles C extensions against the numpy it finds; where that fails with
+    # numpy 2, the install is retried with numpy < 2
+    retries: ClassVar[tuple[tuple[str, ...], ...]] = ((), ("numpy<2",))
 
     @classmethod
-    def find(cls, scratch: Path, install: bool = True,
-             say: Callable[[str], None] = print) -> tuple[SurprisePeer | None, str]:
-        """The peer, creating its environment with pip on first use (``install``); or None and
-        the reason it cannot run (pip's own words when the build fails)."""
-        # Surprise 1.1.5 compiles C extensions against the numpy it finds; where that fails with
-        # numpy 2, the install is retried with numpy < 2
-        venv = Path(os.environ.get("RECOZOO_SURPRISE_VENV",
+    def venv(cls) -> Path:
+        return Path(os.environ.get(cls.venv_variable,
                                    "~/.cache/recozoo/peers/surprise/venv")).expanduser()
-        python, reason = ensure_peer(venv, "surprise", SURPRISE_REQUIREMENT,
-                                     scratch / "install.log", install, say,
-                                     retries=((), ("numpy<2",)))
-        return (cls(python=python, scratch=scratch), "") if python else (None, reason)
 
     def run(self, train: Path, test: Path, seed: int, threads: int) -> dict[str, Any]:
         """Fit every Surprise model on ``train``, score ``test``; the runner's JSON."""
