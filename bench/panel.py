@@ -194,8 +194,8 @@ def set_aside(folder: Path) -> Path:
     target = folder.with_name(f"{folder.name}.stale-{stamp}")
     folder.rename(target)
     log = folder.with_suffix(".log")
-    if log.exists():
-        log.rename(target.with_suffix(".log"))
+    if log.exists():  # with_suffix would read ".stale-<time>" as the suffix and keep "s1.log"
+        log.rename(target.with_name(f"{target.name}.log"))
     return target
 
 

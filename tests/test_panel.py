@@ -98,9 +98,12 @@ def test_runs_made_with_other_settings_are_set_aside_and_run_again(tmp_path, mon
     panel.run_panel(settings, tmp_path, None, out, ["multvae", "ease"], expected)
     assert started == []  # kept: marked stale in the report only
     settings.keep_stale = False
+    panel.run_folder(out, "shop", "multvae", 1).with_suffix(".log").write_text("old run")
     panel.run_panel(settings, tmp_path, None, out, ["multvae", "ease"], expected)
     assert [c[c.index("train.py") + 2] for c in started] == ["model=multvae"]
-    moved = list((out / "shop" / "multvae").glob("s1.stale-*"))
+    old_logs = list((out / "shop" / "multvae").glob("s1.stale-*.log"))
+    assert [log.read_text() for log in old_logs] == ["old run"]  # the old log moved with it
+    moved = [p for p in (out / "shop" / "multvae").glob("s1.stale-*") if p.is_dir()]
     assert len(moved) == 1 and RunDir(moved[0]).read_record().metrics["test/ndcg@10"] == 0.2
 
 
