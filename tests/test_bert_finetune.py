@@ -264,3 +264,65 @@ def test_model_patience_sets_the_early_stopping_callback():
     assert stopping.patience == 2
     with pytest.raises(ValueError, match="model.patience"):
         BertFinetune(_info(TEXTS), patience=0)
+
+
+def _grouped_info(texts: list[str], group_of: list[int], n_users: int = 12) -> DatasetInfo:
+    """Each user interacts with every item of one group (user u: group u % n_groups)."""
+    n_groups = max(group_of) + 1
+    pairs = [(u, i) for u in range(n_users) for i, g in enumerate(group_of) if g == u % n_groups]
+    pairs_t = torch.tensor(pairs).T
+    pop = torch.bincount(pairs_t[1], minlength=len(texts)).float()
+    return DatasetInfo(name="toy", n_users=n_users, n_items=len(texts), item_popularity=pop,
+                       tail_mask=torch.zeros(len(texts), dtype=torch.bool), head_share=0.2,
+                       item_text=texts, train_pairs=pairs_t)
+
+
+def test_user_text_auc_has_known_answers():
+    from recozoo.models.components.text_signal import user_text_auc
+
+    group_of = torch.tensor([0, 0, 0, 1, 1, 1])
+    pairs = torch.tensor([[u, i] for u in range(20) for i in range(6) if group_of[i] == u % 2]).T
+    one_hot = torch.nn.functional.one_hot(group_of).float()  # text = the group, exactly
+    # a user's pairs always share the text (cosine 1); two distinct random items do 2 times in
+    # 5 (same group), else cosine 0: P(same > random) + P(tie) / 2 = 0.6 + 0.4 / 2
+    assert user_text_auc(one_hot, pairs) == pytest.approx(0.8, abs=0.01)
+    assert user_text_auc(torch.ones(6, 3), pairs) == 0.5  # one text for all: a coin
+    assert user_text_auc(one_hot * 3 + 0.1, pairs) == pytest.approx(0.8, abs=0.01)
+    assert user_text_auc(one_hot, pairs[:, :3]) is None  # too few pairs to judge
+    with pytest.raises(ValueError, match=r"shape \(2, n\)"):
+        user_text_auc(one_hot, pairs.T)
+
+
+KITCHEN = ["steel kitchen knife", "cast iron frying pan", "wooden cutting board",
+           "kitchen chef knife set", "non-stick saucepan", "bamboo cooking spoon"]
+GARDEN = ["garden hose reel", "lawn mower blade", "flower seed packet", "garden pruning shears",
+          "plant watering can", "compost bin for the garden"]
+
+
+def test_weak_text_falls_back_on_fast_ids_and_varied_text_does_not():
+    """Users that buy within one theme: titles that name the theme are informative, one text
+    for every item is weak; "weak" trains the ID embeddings at weak_text_id_lr."""
+    group_of = [0] * 6 + [1] * 6
+
+    def ids_lr(texts: list[str], **kwargs) -> tuple[bool, float | None]:
+        model = BertFinetune(_grouped_info(texts, group_of), bf16=False,
+                             weak_text_id_lr=0.02, **kwargs)
+        groups = {g.get("name"): g["lr"] for g in model.configure_optimizers().param_groups}
+        return model.text_is_weak(), groups.get("ids")
+
+    assert ids_lr(["a product"] * 12) == (True, 0.02)
+    assert ids_lr(KITCHEN + GARDEN) == (False, None)  # the optimizer's own lr
+    # forced either way, and an explicit id_lr wins over both
+    assert ids_lr(KITCHEN + GARDEN, weak_text=True) == (True, 0.02)
+    assert ids_lr(["a product"] * 12, weak_text=False) == (False, None)
+    assert ids_lr(["a product"] * 12, id_lr=0.005)[1] == 0.005
+    with pytest.raises(ValueError, match="model.weak_text"):
+        BertFinetune(_info(TEXTS), weak_text="maybe")
+
+
+def test_weak_text_measure_logs_its_choice(caplog):
+    model = BertFinetune(_grouped_info(["a product"] * 12, [0] * 6 + [1] * 6), bf16=False)
+    with caplog.at_level("INFO", logger="recozoo.models.bert_finetune"):
+        model.configure_optimizers()
+    assert "item text is weak (same-user text AUC 0.500 < model.weak_text_auc 0.6)" in caplog.text
+    assert "model.weak_text_id_lr=0.01" in caplog.text

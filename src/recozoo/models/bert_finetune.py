@@ -36,6 +36,14 @@ et al., WWW 2020; Yi et al., RecSys 2019). ``sampled`` is the fresh softmax alon
 ``in_batch`` the same without the uniform draws. Items with no training interaction are never
 negatives: nothing in training says they are bad, and pushing them down would defeat cold
 start.
+
+Weak text. Where item text says nothing about the interactions (bare names, ids, one text for
+all), the ID embeddings must carry the model, and they only do if they learn fast enough; where
+text is informative, fast IDs overfit the warm items and cost accuracy. Before training the model
+measures its catalogue (`recozoo.models.components.text_signal.user_text_auc`: how often two
+items of one user are closer in text than two random items) and, below ``weak_text_auc``, trains
+the ID embeddings at ``weak_text_id_lr`` (``weak_text`` forces the choice either way; an explicit
+``id_lr`` overrides both). The log says what it chose and why.
 """
 
 from __future__ import annotations
@@ -50,12 +58,14 @@ from torch import nn
 
 from recozoo.data.datamodule import DatasetInfo, EvalBatch, TrainView
 from recozoo.models.base import Recommender
+from recozoo.models.components.text_signal import user_text_auc
 from recozoo.models.components.text_tower import TextTower
 from recozoo.models.components.user_tower import CausalUserTower
 
 log = logging.getLogger(__name__)
 
 NEGATIVES = ("catalogue", "sampled", "in_batch")
+WEAK_TEXT = ("auto", True, False)
 
 
 class PopularityGatedIDs(nn.Module):
@@ -117,7 +127,12 @@ class BertFinetune(Recommender):
         temperature: softmax temperature of the cosine scores.
         user_dim: width of the user Transformer.
         id_embeddings: mix popularity-gated ID embeddings into the item vectors.
-        id_lr: learning rate of the ID embeddings (None: the optimizer's own lr).
+        id_lr: learning rate of the ID embeddings; None: ``weak_text_id_lr`` where the text is
+            weak (see ``weak_text``), else the optimizer's own lr.
+        weak_text: ``"auto"`` measures whether the item text is weak before training
+            (`user_text_auc` below ``weak_text_auc``); True / False force the answer.
+        weak_text_auc: the same-user text AUC below which ``"auto"`` calls the text weak.
+        weak_text_id_lr: learning rate of the ID embeddings where the text is weak.
         gate_bias: start of the popularity gate's bias (`PopularityGatedIDs`; higher trusts
             the ID embeddings of warm items more from the start).
         fresh_user_grad: whether the fresh softmax (encoder training) also trains the user
@@ -148,6 +163,8 @@ class BertFinetune(Recommender):
                  cache_dir: str | None = None, bf16: bool = False, encoder_lr: float = 5e-5,
                  encoder_warmup: int = 0, temperature: float = 0.05, user_dim: int = 128,
                  id_embeddings: bool = True, id_lr: float | None = None,
+                 weak_text: str | bool = "auto", weak_text_auc: float = 0.6,
+                 weak_text_id_lr: float = 0.01,
                  gate_bias: float = -1.0, fresh_user_grad: bool = True,
                  user_layers: int = 2, user_heads: int = 2, max_len: int = 50,
                  dropout: float = 0.1, negatives: str = "catalogue", n_negatives: int = 128,
@@ -162,6 +179,8 @@ class BertFinetune(Recommender):
                              "titles or descriptions, e.g. atomic files with a .item file")
         if negatives not in NEGATIVES:
             raise ValueError(f"model.negatives must be one of {NEGATIVES}, got '{negatives}'")
+        if weak_text not in WEAK_TEXT or not isinstance(weak_text, (str, bool)):
+            raise ValueError(f"model.weak_text must be auto, true or false, got '{weak_text}'")
         if max_epochs is not None and int(max_epochs) < 1:
             raise ValueError(f"model.max_epochs must be >= 1 or null, got {max_epochs}")
         if patience is not None and int(patience) < 1:
@@ -172,6 +191,11 @@ class BertFinetune(Recommender):
         self.batch_size, self.max_len, self.encoder_lr = int(batch_size), int(max_len), encoder_lr
         self.max_epochs = None if max_epochs is None else int(max_epochs)
         self.id_lr = None if id_lr is None else float(id_lr)
+        self.weak_text, self.weak_text_auc = weak_text, float(weak_text_auc)
+        self.weak_text_id_lr = float(weak_text_id_lr)
+        #: the same-user text AUC measured by `text_is_weak` (None until measured or unknown)
+        self.text_auc: float | None = None
+        self._text_is_weak: bool | None = None
         self.encoder_warmup, self.fresh_user_grad = int(encoder_warmup), bool(fresh_user_grad)
         self.text = TextTower(info.item_text, pretrained, max_length=max_length,
                               train_layers=train_layers, lora_rank=lora_rank,
@@ -362,16 +386,58 @@ class BertFinetune(Recommender):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._text_cache = None  # new weights: re-encode on first use
 
+    def text_is_weak(self) -> bool:
+        """Whether the item text says too little about the interactions to lean on (measured
+        once, from the untrained text vectors and ``DatasetInfo.train_pairs``; see
+        ``weak_text``). Logs the answer and its reason."""
+        if self._text_is_weak is not None:
+            return self._text_is_weak
+        if self.weak_text != "auto":
+            self._text_is_weak = bool(self.weak_text)
+            why = f"model.weak_text={str(self.weak_text).lower()}"
+        elif self.info.train_pairs is None:
+            self._text_is_weak = False
+            why = "not measured: no training pairs (DatasetInfo.train_pairs), text trusted"
+        else:
+            with torch.no_grad():
+                self.text_auc = user_text_auc(self._cached_text(), self.info.train_pairs)
+            if self.text_auc is None:
+                self._text_is_weak = False
+                why = "not measured: fewer than 10 users with two distinct items, text trusted"
+            else:
+                self._text_is_weak = self.text_auc < self.weak_text_auc
+                why = (f"same-user text AUC {self.text_auc:.3f} "
+                       f"{'<' if self._text_is_weak else '>='} model.weak_text_auc "
+                       f"{self.weak_text_auc:g}")
+        log.info("bert_finetune: item text is %s (%s)", "weak" if self._text_is_weak
+                 else "informative", why)
+        return self._text_is_weak
+
+    def ids_learning_rate(self) -> float | None:
+        """The ID embeddings' learning rate: ``id_lr`` when set; ``weak_text_id_lr`` where the
+        text is weak (`text_is_weak`); None (the optimizer's own) otherwise."""
+        if self.ids is None:
+            return None
+        if self.id_lr is not None:
+            return self.id_lr
+        if self.text_is_weak():
+            log.info("bert_finetune: the ID embeddings learn at model.weak_text_id_lr=%g to "
+                     "carry the model where text cannot (model.weak_text=false: optimizer.lr)",
+                     self.weak_text_id_lr)
+            return self.weak_text_id_lr
+        return None
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         encoder = [p for p in self.text.parameters() if p.requires_grad]
-        ids = [self.ids.embedding.weight] if self.ids is not None and self.id_lr else []
+        id_lr = self.ids_learning_rate()
+        ids = [self.ids.embedding.weight] if self.ids is not None and id_lr else []
         own_lr = {id(p) for p in encoder + ids}
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in own_lr]
         groups = [{"params": rest}]
         if encoder:
             groups.append({"params": encoder, "lr": self.encoder_lr, "name": "encoder"})
         if ids:
-            groups.append({"params": ids, "lr": self.id_lr})
+            groups.append({"params": ids, "lr": id_lr, "name": "ids"})
         factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-3))
         return factory(groups)
 
