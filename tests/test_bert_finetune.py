@@ -326,3 +326,25 @@ def test_weak_text_measure_logs_its_choice(caplog):
         model.configure_optimizers()
     assert "item text is weak (same-user text AUC 0.500 < model.weak_text_auc 0.6)" in caplog.text
     assert "model.weak_text_id_lr=0.01" in caplog.text
+
+
+def test_id_dropout_plays_warm_items_cold_in_training_only():
+    texts = [f"item number {i} of the shop" for i in range(40)]
+    model = BertFinetune(_info(texts, [5.0] * 40), id_dropout=0.5, dropout=0.0)
+    with torch.no_grad():
+        model.item_table()  # the ID embeddings start at the text vectors
+        model.ids.embedding.weight.fill_(1.0)
+        text = torch.nn.functional.normalize(model._cached_text(), dim=-1)
+
+        def text_only_rows() -> int:
+            table = model.item_table()[:-1]
+            return int(torch.isclose(table, text, atol=1e-6).all(1).sum())
+
+        torch.manual_seed(0)
+        model.train()
+        played_cold = text_only_rows()
+        model.eval()
+        assert text_only_rows() == 0  # scoring: every warm item has its ID part
+    assert 10 <= played_cold <= 30  # about half of the 40 in training
+    with pytest.raises(ValueError, match="model.id_dropout"):
+        BertFinetune(_info(TEXTS), id_dropout=1.0)

@@ -101,9 +101,13 @@ class PopularityGatedIDs(nn.Module):
         self.embedding.weight.copy_(text)
         self.initialised.fill_(True)
 
-    def forward(self, text: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
-        """(n, d) mixed vectors of ``items`` (all items when None) from their unit ``text``."""
+    def forward(self, text: torch.Tensor, items: torch.Tensor | None = None,
+                text_only: torch.Tensor | None = None) -> torch.Tensor:
+        """(n, d) mixed vectors of ``items`` (all items when None) from their unit ``text``;
+        rows where the (n,) mask ``text_only`` is True keep their text vector, as a cold item."""
         gate = self.gate() if items is None else self.gate()[items]  # (n,)
+        if text_only is not None:
+            gate = gate * ~text_only
         ids = self.embedding.weight if items is None else self.embedding(items)  # (n, d)
         return (1 - gate[:, None]) * text + gate[:, None] * ids
 
@@ -133,6 +137,10 @@ class BertFinetune(Recommender):
             (`user_text_auc` below ``weak_text_auc``); True / False force the answer.
         weak_text_auc: the same-user text AUC below which ``"auto"`` calls the text weak.
         weak_text_id_lr: learning rate of the ID embeddings where the text is weak.
+        id_dropout: share of the items whose ID embedding is left out of each training step
+            (their text vector alone, as a cold item's), so that the user tower also ranks
+            text-only vectors among ID-mixed ones (the cold-start condition; DropoutNet,
+            Volkovs et al., NeurIPS 2017); 0: never.
         gate_bias: start of the popularity gate's bias (`PopularityGatedIDs`; higher trusts
             the ID embeddings of warm items more from the start).
         fresh_user_grad: whether the fresh softmax (encoder training) also trains the user
@@ -164,7 +172,7 @@ class BertFinetune(Recommender):
                  encoder_warmup: int = 0, temperature: float = 0.05, user_dim: int = 128,
                  id_embeddings: bool = True, id_lr: float | None = None,
                  weak_text: str | bool = "auto", weak_text_auc: float = 0.6,
-                 weak_text_id_lr: float = 0.01,
+                 weak_text_id_lr: float = 0.01, id_dropout: float = 0.0,
                  gate_bias: float = -1.0, fresh_user_grad: bool = True,
                  user_layers: int = 2, user_heads: int = 2, max_len: int = 50,
                  dropout: float = 0.1, negatives: str = "catalogue", n_negatives: int = 128,
@@ -181,6 +189,8 @@ class BertFinetune(Recommender):
             raise ValueError(f"model.negatives must be one of {NEGATIVES}, got '{negatives}'")
         if weak_text not in WEAK_TEXT or not isinstance(weak_text, (str, bool)):
             raise ValueError(f"model.weak_text must be auto, true or false, got '{weak_text}'")
+        if not 0.0 <= float(id_dropout) < 1.0:
+            raise ValueError(f"model.id_dropout must be a share in [0, 1), got {id_dropout}")
         if max_epochs is not None and int(max_epochs) < 1:
             raise ValueError(f"model.max_epochs must be >= 1 or null, got {max_epochs}")
         if patience is not None and int(patience) < 1:
@@ -192,7 +202,7 @@ class BertFinetune(Recommender):
         self.max_epochs = None if max_epochs is None else int(max_epochs)
         self.id_lr = None if id_lr is None else float(id_lr)
         self.weak_text, self.weak_text_auc = weak_text, float(weak_text_auc)
-        self.weak_text_id_lr = float(weak_text_id_lr)
+        self.weak_text_id_lr, self.id_dropout = float(weak_text_id_lr), float(id_dropout)
         #: the same-user text AUC measured by `text_is_weak` (None until measured or unknown)
         self.text_auc: float | None = None
         self._text_is_weak: bool | None = None
@@ -253,7 +263,10 @@ class BertFinetune(Recommender):
         if self.ids is not None:
             if not bool(self.ids.initialised):
                 self.ids.initialise(nn.functional.normalize(self._cached_text(), dim=-1))
-            vectors = nn.functional.normalize(self.ids(vectors, items), dim=-1)
+            text_only = None
+            if self.training and self.id_dropout > 0:  # items played cold this step
+                text_only = torch.rand(len(vectors), device=vectors.device) < self.id_dropout
+            vectors = nn.functional.normalize(self.ids(vectors, items, text_only), dim=-1)
         return vectors
 
     def item_table(self) -> torch.Tensor:
