@@ -191,7 +191,7 @@ def test_evaluation_reads_the_current_weights(make_config):
     torch.testing.assert_close(after, rebuilt)
 
 
-def test_cold_items_are_never_negatives_and_keep_their_text_vector(make_config):
+def test_cold_items_are_never_negatives_and_train_on_their_text_vector(make_config):
     cfg = make_config(["model=bert_finetune", "eval.cold_items=0.1", "model.negatives=catalogue"])
     dm, model = _fit(cfg, steps=3)
     cold = dm.info.cold_items
@@ -199,6 +199,7 @@ def test_cold_items_are_never_negatives_and_keep_their_text_vector(make_config):
     assert not model.trained_items[cold].any()
     gate = model.ids.gate()
     assert (gate[cold] == 0).all() and (gate[model.trained_items] > 0).all()
+    model.train()  # when scoring they are placed by their neighbours instead
     with torch.no_grad():
         text = model._cached_text()[cold]
         expected = torch.nn.functional.normalize(text + model.adapter(text), dim=-1)
@@ -348,3 +349,29 @@ def test_id_dropout_plays_warm_items_cold_in_training_only():
     assert 10 <= played_cold <= 30  # about half of the 40 in training
     with pytest.raises(ValueError, match="model.id_dropout"):
         BertFinetune(_info(TEXTS), id_dropout=1.0)
+
+
+def test_cold_items_are_placed_by_their_text_neighbours_when_scoring():
+    """Item 2 is cold and has item 0's text: with one neighbour it takes item 0's vector (the
+    same text moved by the same ID offset); in training, and with cold_neighbours=0, it keeps
+    its text vector."""
+    info = _info(TEXTS, [5.0, 4.0, 0.0, 2.0])
+    placed = BertFinetune(info, cold_neighbours=1)
+    kept = BertFinetune(info, cold_neighbours=0)
+    with torch.no_grad():
+        for model in (placed, kept):
+            model.item_table()  # the ID embeddings start at the text vectors
+            model.ids.embedding.weight.copy_(torch.randn(4, model.ids.embedding.weight.shape[1]))
+        text = torch.nn.functional.normalize(placed._cached_text(), dim=-1)
+        kept.ids.embedding.weight.copy_(placed.ids.embedding.weight)
+        training = placed.item_table()
+        placed.eval()
+        kept.eval()
+        scoring, unplaced = placed.item_table(), kept.item_table()
+    torch.testing.assert_close(scoring[2], scoring[0], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(scoring[0], text[0], atol=1e-3)  # item 0 left its text
+    torch.testing.assert_close(training[2], text[2])
+    torch.testing.assert_close(unplaced[2], text[2])
+    torch.testing.assert_close(scoring[[0, 1, 3]], unplaced[[0, 1, 3]])  # warm items unmoved
+    with pytest.raises(ValueError, match="model.cold_neighbours"):
+        BertFinetune(info, cold_neighbours=-1)
