@@ -12,7 +12,15 @@ from sklearn.metrics import ndcg_score
 from recozoo.data.popularity import BUCKETS
 from recozoo.metrics import functional as F
 from recozoo.metrics.buckets import BUCKET_METRICS
-from recozoo.metrics.ranking import NDCG, Gini, ItemCoverage, RankedBatch, Recall, TailRecall
+from recozoo.metrics.ranking import (
+    NDCG,
+    NO_ITEM,
+    Gini,
+    ItemCoverage,
+    RankedBatch,
+    Recall,
+    TailRecall,
+)
 from recozoo.metrics.suite import (
     RANKING_METRICS,
     RATING_METRICS,
@@ -204,3 +212,35 @@ def test_suite_where_no_test_user_has_a_tail_target_gives_nan_tail_recall():
     assert values["test/recall@4"] == pytest.approx(0.5)
     # list properties do not depend on targets and keep their values: tail items {2, 3, 4, 5}
     assert values["test/aplt@4"] == pytest.approx((2 / 4 + 3 / 4) / 2)
+
+
+def test_pairs_and_dense_targets_make_the_same_batch():
+    """`RankedBatch.from_pairs` (what evaluation uses: no (B, n_items) matrix) counts hits, tail
+    hits and per-bucket targets as a dense 0/1 target matrix does, with repeated pairs once and
+    padded slots never hit."""
+    generator = torch.Generator().manual_seed(0)
+    n_rows, n_items, k = 7, 30, 5
+    items = torch.stack([torch.randperm(n_items, generator=generator)[:k] for _ in range(n_rows)])
+    items[2, 3:] = NO_ITEM  # a short list
+    rows = torch.randint(0, n_rows, (40,), generator=generator)
+    cols = torch.randint(0, n_items, (40,), generator=generator)
+    rows, cols = torch.cat([rows, rows[:5]]), torch.cat([cols, cols[:5]])  # repeated pairs
+    cols[0] = items[0, 0]  # at least one hit
+    bucket = torch.randint(0, len(BUCKETS), (n_items,), generator=generator)
+    tail = bucket > 0
+    dense = torch.zeros(n_rows, n_items)
+    dense[rows, cols] = 1.0
+    sparse = RankedBatch.from_pairs(items, rows, cols, tail, bucket)
+    safe, present = items.clamp(min=0), items != NO_ITEM
+    expected_hits = dense.gather(1, safe) * present
+    assert expected_hits.sum() > 0
+    assert torch.equal(sparse.hits, expected_hits)
+    assert torch.equal(sparse.tail_hits, expected_hits * tail[safe])
+    assert torch.equal(sparse.n_targets, dense.sum(1))
+    assert torch.equal(sparse.n_tail_targets, (dense * tail).sum(1))
+    assert torch.equal(sparse.n_bucket_targets,
+                       dense @ torch.nn.functional.one_hot(bucket, len(BUCKETS)).float())
+    assert torch.equal(sparse.list_bucket, torch.where(present, bucket[safe], NO_ITEM))
+    from_dense = RankedBatch.from_lists(items, dense, tail, bucket)
+    for field in ("hits", "tail_hits", "n_targets", "n_tail_targets", "n_bucket_targets"):
+        assert torch.equal(getattr(from_dense, field), getattr(sparse, field)), field

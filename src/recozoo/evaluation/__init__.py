@@ -4,7 +4,7 @@ Training, the batch export and the HTTP service all rank through `Ranker`, so wh
 what was evaluated.
 """
 
-from recozoo.evaluation.evaluator import Evaluator, per_user_values, target_matrix
+from recozoo.evaluation.evaluator import Evaluator, per_user_values
 from recozoo.evaluation.ranking import Ranker, mask_seen
 
-__all__ = ["Evaluator", "Ranker", "mask_seen", "per_user_values", "target_matrix"]
+__all__ = ["Evaluator", "Ranker", "mask_seen", "per_user_values"]

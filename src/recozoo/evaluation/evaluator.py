@@ -22,6 +22,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torchmetrics import MetricCollection
 
 from recozoo.data.datamodule import DatasetInfo, EvalBatch
@@ -32,13 +33,6 @@ from recozoo.metrics.suite import ranking_suite, rating_suite
 from recozoo.training_callbacks import logging_step
 
 STAGES = ("val", "test")
-
-
-def target_matrix(batch: EvalBatch, n_items: int, device: torch.device) -> torch.Tensor:
-    """(B, n_items) 0/1 float matrix of the batch's held-out targets."""
-    targets = torch.zeros(len(batch), n_items, device=device)
-    targets[batch.target_rows, batch.target_cols] = 1.0
-    return targets
 
 
 def per_user_values(suite: MetricCollection, ranked: RankedBatch,
@@ -63,7 +57,8 @@ class Evaluator(L.Callback):
     After ``trainer.validate`` / ``trainer.test``: ``stage_metrics[stage]`` holds the values
     (``"val/ndcg@10"`` ...) and ``outputs[stage]`` the users, their top-N ``items`` and
     ``scores`` and, for the test stage, per-user metric values; under DDP every rank holds all
-    users, in one-process order.
+    users, in one-process order. The validations inside ``trainer.fit`` compute the metrics
+    only: no lists are kept or gathered for them.
     """
 
     def __init__(self, ranker: Ranker, ks: list[int] | tuple[int, ...] = (10, 20)):
@@ -107,35 +102,41 @@ class Evaluator(L.Callback):
         """Rank one batch, update the stage's metrics and keep its outputs."""
         items, values = self.ranker.rank(batch)  # (B, top_n)
         tail, bucket, cold = self._item_facts(items.device)
-        targets = target_matrix(batch, self.info.n_items, items.device)  # (B, n_items)
+        target_rows, target_cols = batch.target_rows, batch.target_cols  # (T,) each
         n_inputs = inputs_per_group(batch.seen_rows, batch.seen_cols, len(batch), tail)  # (B, 2)
-        ranked = RankedBatch.from_lists(items, targets, tail, bucket, users=batch.user,
-                                        n_inputs=n_inputs)
+        ranked = RankedBatch.from_pairs(items, target_rows, target_cols, tail, bucket,
+                                        users=batch.user, n_inputs=n_inputs)
         suite = self.suites[stage]
         suite.update(ranked)
-        out = self.outputs.setdefault(stage, {"user": [], "items": [], "scores": []})
-        out["user"].append(batch.user.cpu())
-        out["items"].append(items.cpu())
-        out["scores"].append(values.cpu())
+        out = self.outputs.get(stage)  # None in validation inside fit: nothing reads it
+        if out is not None:
+            out["user"].append(batch.user.cpu())
+            out["items"].append(items.cpu())
+            out["scores"].append(values.cpu())
         if getattr(model, "predicts_ratings", False) and batch.target_rating is not None:
             users = batch.user[batch.target_rows]
             predicted = model.predict_rating(users, batch.target_cols)
             self.rating_suites[stage].update(predicted.float(), batch.target_rating.float())
         if stage != "test":
             return
-        for key, value in per_user_values(suite, ranked, self.ks).items():
-            out.setdefault(key, []).append(value.cpu())
+        if out is not None:
+            for key, value in per_user_values(suite, ranked, self.ks).items():
+                out.setdefault(key, []).append(value.cpu())
         if self.cold_suite is not None:
-            cold_targets = targets * cold.to(targets.dtype)  # (B, n_items)
-            rows = cold_targets.sum(1) > 0
-            if rows.any():
-                self.cold_suite.update(RankedBatch.from_lists(
-                    items[rows], cold_targets[rows], tail, bucket, users=batch.user[rows],
-                    n_inputs=n_inputs[rows]))
+            is_cold = cold[target_cols]  # (T,)
+            if is_cold.any():
+                rows = torch.unique(target_rows[is_cold])  # users with a cold target
+                row_of = torch.full((len(batch),), -1, dtype=torch.long, device=items.device)
+                row_of[rows] = torch.arange(len(rows), device=items.device)
+                self.cold_suite.update(RankedBatch.from_pairs(
+                    items[rows], row_of[target_rows[is_cold]], target_cols[is_cold], tail,
+                    bucket, users=batch.user[rows], n_inputs=n_inputs[rows]))
 
     # ------------------------------------------------------------------ per stage
-    def _start(self, module: L.LightningModule, stage: str) -> None:
+    def _start(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
         self.outputs.pop(stage, None)
+        if trainer.state.fn != TrainerFn.FITTING:  # a validation inside fit keeps no lists
+            self.outputs[stage] = {"user": [], "items": [], "scores": []}
         for metrics in (self.suites[stage], self.cold_suite, self.rating_suites[stage]):
             if metrics is not None:
                 metrics.to(module.device)
@@ -150,14 +151,13 @@ class Evaluator(L.Callback):
         if on_any_rank(any(m.update_called for m in ratings.values())):
             values.update(ratings.compute())
         ratings.reset()
-        if stage == "test":
-            if self.cold_suite is not None:
-                if on_any_rank(any(m.update_called for m in self.cold_suite.values())):
-                    values.update(self.cold_suite.compute())
-                self.cold_suite.reset()
-        out = self.outputs.get(stage)
-        gathered = gather_tensors({k: torch.cat(v) for k, v in out.items()} if out else {})
-        if gathered:
+        if stage == "test" and self.cold_suite is not None:
+            if on_any_rank(any(m.update_called for m in self.cold_suite.values())):
+                values.update(self.cold_suite.compute())
+            self.cold_suite.reset()
+        out = self.outputs.pop(stage, None) or {}
+        gathered = gather_tensors({k: torch.cat(v) for k, v in out.items() if v})
+        if gathered:  # else no rank kept lists (a validation inside fit) or had users
             self.outputs[stage] = gathered
         return {k: float(v) for k, v in values.items()}
 
@@ -177,10 +177,10 @@ class Evaluator(L.Callback):
 
     # ------------------------------------------------------------------ Lightning hooks
     def on_validation_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self._start(module, "val")
+        self._start(trainer, module, "val")
 
     def on_test_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self._start(module, "test")
+        self._start(trainer, module, "test")
 
     def on_validation_batch_end(self, trainer: L.Trainer, module: L.LightningModule,
                                 outputs: Any, batch: EvalBatch, batch_idx: int,

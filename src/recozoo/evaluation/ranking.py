@@ -24,6 +24,19 @@ def mask_seen(scores: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> t
     return scores
 
 
+def _shares_memory(scores: torch.Tensor, model: object) -> bool:
+    """Whether ``scores`` is a view or shares memory with one of ``model``'s parameters or
+    buffers (pop returns its popularity row expanded): masking in place would write into it.
+    A freshly computed score matrix, the usual case, is masked without a copy (a copy of a
+    (B, n_items) matrix cost a sixth of a 10^6-interaction evaluation)."""
+    if scores._base is not None:
+        return True
+    pointer = scores.untyped_storage().data_ptr()
+    tensors = ([*model.parameters(), *model.buffers()] if isinstance(model, torch.nn.Module)
+               else [])
+    return any(t.untyped_storage().data_ptr() == pointer for t in tensors)
+
+
 class Ranker:
     """Ranks items for batches of users with one model and, optionally, a re-ranker.
 
@@ -60,7 +73,8 @@ class Ranker:
         if scores.shape != (len(batch), self.n_items):
             raise RuntimeError(f"{type(self.model).__name__}.score returned "
                                f"{tuple(scores.shape)}, expected ({len(batch)}, {self.n_items})")
-        scores = scores.clone()  # a model may return a view of its own tensors (pop)
+        if mask_inputs and _shares_memory(scores, self.model):
+            scores = scores.clone()  # masking writes in place: never into the model (pop)
         if mask_inputs:
             mask_seen(scores, batch.seen_rows, batch.seen_cols)
         return scores

@@ -112,15 +112,15 @@ def score_lists(lists: torch.Tensor, users: np.ndarray, targets: pd.DataFrame, k
     for start in range(0, len(users), batch_size):
         stop = min(start + batch_size, len(users))
         block = (target_row >= start) & (target_row < stop)
-        dense = torch.zeros(stop - start, info.n_items)  # (B, n_items) 0/1 targets
-        dense[target_row[block] - start, target_item[block]] = 1.0
         n_inputs = None
         if inputs is not None:
             mine = (input_row >= start) & (input_row < stop)
             n_inputs = inputs_per_group(torch.as_tensor(input_row[mine] - start),
                                         torch.as_tensor(input_item[mine]), stop - start,
                                         info.tail_mask)
-        ranked = RankedBatch.from_lists(lists[start:stop], dense, info.tail_mask,
+        ranked = RankedBatch.from_pairs(lists[start:stop],
+                                        torch.as_tensor(target_row[block] - start),
+                                        torch.as_tensor(target_item[block]), info.tail_mask,
                                         info.item_bucket, users=torch.as_tensor(users[start:stop]),
                                         n_inputs=n_inputs)
         suite.update(ranked)

@@ -85,24 +85,47 @@ class RankedBatch:
                    item_bucket: torch.Tensor | None = None, users: torch.Tensor | None = None,
                    n_inputs: torch.Tensor | None = None) -> RankedBatch:
         """Score given ranked lists (B, K; `NO_ITEM` pads a short list) against the 0/1
-        ``targets`` matrix (B, n_items); with ``item_bucket`` (n_items,) also count each user's
-        targets per popularity bucket. ``users`` (B,) and ``n_inputs`` (B, 2) are passed on
-        (see the class)."""
+        ``targets`` matrix (B, n_items): `from_pairs` on its non-zero entries."""
+        rows, cols = targets.nonzero(as_tuple=True)
+        return cls.from_pairs(items, rows, cols, tail_mask, item_bucket, users, n_inputs)
+
+    @classmethod
+    def from_pairs(cls, items: torch.Tensor, target_rows: torch.Tensor,
+                   target_cols: torch.Tensor, tail_mask: torch.Tensor,
+                   item_bucket: torch.Tensor | None = None, users: torch.Tensor | None = None,
+                   n_inputs: torch.Tensor | None = None) -> RankedBatch:
+        """Score ranked lists (B, K; `NO_ITEM` pads a short list) against the targets given as
+        (row, item) pairs (a repeated pair counts once); with ``item_bucket`` (n_items,) also
+        count each user's targets per popularity bucket. ``users`` (B,) and ``n_inputs``
+        (B, 2) are passed on (see the class).
+
+        The cost is O(B x K + targets): nothing of the catalogue's size is built, so scoring a
+        batch stays small next to ranking it (a dense (B, n_items) target matrix cost more than
+        the top-K at 10^5 items).
+        """
+        n_rows, n_items = items.shape[0], tail_mask.numel()
+        device = items.device
         present = items != NO_ITEM
         safe = items.clamp(min=0)
-        hits = targets.gather(1, safe).float() * present  # (B, K)
-        tail_targets = targets * tail_mask.to(targets.dtype)
+        keys = torch.unique(target_rows.long().to(device) * n_items
+                            + target_cols.long().to(device))  # sorted, one per distinct pair
+        rows, cols = keys // n_items, keys % n_items
+        list_keys = torch.arange(n_rows, device=device)[:, None] * n_items + safe  # (B, K)
+        hits = torch.isin(list_keys, keys).float() * present  # (B, K)
+        tail = tail_mask.to(device)
+        is_tail = tail[cols].double()  # (T,)
+        n_targets = torch.bincount(rows, minlength=n_rows).float()
+        n_tail_targets = torch.bincount(rows, weights=is_tail, minlength=n_rows).float()
         n_bucket_targets = list_bucket = None
         if item_bucket is not None:
-            list_bucket = torch.where(present, item_bucket[safe], NO_ITEM)  # (B, K)
-            onehot = torch.nn.functional.one_hot(item_bucket.long(), len(BUCKETS))
-            onehot = onehot.to(targets.dtype)  # (n_items, n_buckets)
-            n_bucket_targets = (targets @ onehot).float()  # (B, n_buckets)
-        return cls(items=items, hits=hits,
-                   tail_hits=tail_targets.gather(1, safe).float() * present,
-                   n_targets=targets.sum(1).float(), n_tail_targets=tail_targets.sum(1).float(),
-                   n_bucket_targets=n_bucket_targets, list_bucket=list_bucket, users=users,
-                   n_inputs=n_inputs, present=present)
+            bucket = item_bucket.to(device).long()
+            list_bucket = torch.where(present, bucket[safe], NO_ITEM)  # (B, K)
+            slot = rows * len(BUCKETS) + bucket[cols]
+            n_bucket_targets = torch.bincount(slot, minlength=n_rows * len(BUCKETS))
+            n_bucket_targets = n_bucket_targets.view(n_rows, len(BUCKETS)).float()
+        return cls(items=items, hits=hits, tail_hits=hits * tail[safe], n_targets=n_targets,
+                   n_tail_targets=n_tail_targets, n_bucket_targets=n_bucket_targets,
+                   list_bucket=list_bucket, users=users, n_inputs=n_inputs, present=present)
 
 
 def inputs_per_group(rows: torch.Tensor, cols: torch.Tensor, n_rows: int,

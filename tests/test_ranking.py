@@ -1,0 +1,53 @@
+"""`Ranker.scores`: seen items are masked in place in a freshly computed score matrix, and never
+in a model's own tensors."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from recozoo.data.datamodule import DatasetInfo, EvalBatch
+from recozoo.evaluation import Ranker
+from recozoo.models.pop import Pop
+
+N_ITEMS = 5
+INFO = DatasetInfo(name="tiny", n_users=2, n_items=N_ITEMS,
+                   item_popularity=torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0]),
+                   tail_mask=torch.tensor([False, False, True, True, True]), head_share=0.4)
+
+
+def _batch() -> EvalBatch:
+    return EvalBatch(user=torch.tensor([0, 1]), history=torch.tensor([[0], [1]]),
+                     seen_rows=torch.tensor([0, 1]), seen_cols=torch.tensor([0, 1]),
+                     target_rows=torch.tensor([0]), target_cols=torch.tensor([2]))
+
+
+def test_masking_never_writes_into_the_models_tensors():
+    model = Pop(INFO)  # scores are its popularity buffer, expanded
+    before = model.item_popularity.clone()
+    scores = Ranker(model, INFO, top_n=3).scores(_batch())
+    assert scores[0, 0] == -math.inf and scores[1, 1] == -math.inf
+    assert torch.equal(model.item_popularity, before)
+    items, _ = Ranker(model, INFO, top_n=3).rank(_batch())
+    assert items.tolist() == [[1, 2, 3], [0, 2, 3]]
+
+
+class _Fresh(torch.nn.Module):
+    """Returns a new score matrix and remembers it (not as a parameter or buffer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(N_ITEMS))
+        self.last: torch.Tensor | None = None
+
+    def score(self, batch: EvalBatch) -> torch.Tensor:
+        self.last = self.weight.detach() * torch.ones(len(batch), 1)  # (B, n_items), new memory
+        return self.last
+
+
+def test_a_fresh_score_matrix_is_masked_without_a_copy():
+    model = _Fresh()
+    scores = Ranker(model, INFO, top_n=3).scores(_batch())
+    assert scores.data_ptr() == model.last.data_ptr()  # no (B, n_items) copy
+    assert scores[0, 0] == -math.inf and torch.equal(model.weight.detach(), torch.ones(N_ITEMS))
