@@ -18,6 +18,7 @@ from torch import nn
 
 from recozoo.data.datamodule import DatasetInfo, EvalBatch, TrainView
 from recozoo.models.base import Recommender
+from recozoo.models.losses import negative_scores
 
 
 class BPR(Recommender):
@@ -50,7 +51,7 @@ class BPR(Recommender):
         pos = self.item_embedding(batch["item"])  # (B, d)
         neg = self.item_embedding(batch["negative"])  # (B, n_neg, d)
         pos_score = (user * pos).sum(-1)  # (B,)
-        neg_score = torch.einsum("bd,bnd->bn", user, neg)  # (B, n_neg)
+        neg_score = negative_scores(user, neg)  # (B, n_neg)
         loss = self.pairwise_loss(batch["item"], pos_score, batch["negative"], neg_score)
         if self.weight_decay:
             loss = loss + self.weight_decay * (user.pow(2).sum() + pos.pow(2).sum()

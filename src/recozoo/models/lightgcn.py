@@ -36,6 +36,7 @@ from recozoo.data.contracts import DatasetInfo, EvalBatch, TrainView
 from recozoo.models.base import Recommender
 from recozoo.models.components.graph import TrainingGraph
 from recozoo.models.components.sequence import NegativeSampler
+from recozoo.models.losses import negative_scores
 from recozoo.models.sequential import SAMPLED_SOFTMAX_ABOVE
 
 
@@ -179,7 +180,7 @@ class LightGCN(Recommender):
             return self._softmax_loss(users[user], items, pos) + self._l2(user, pos)
         neg = batch["negative"]  # (B, n_neg)
         pos_score = (users[user] * items[pos]).sum(-1)  # (B,)
-        neg_score = torch.einsum("bd,bnd->bn", users[user], items[neg])  # (B, n_neg)
+        neg_score = negative_scores(users[user], items[neg])  # (B, n_neg)
         return self.pairwise_loss(pos, pos_score, neg, neg_score) + self._l2(user, pos, neg)
 
     def _softmax_loss(self, user: torch.Tensor, items: torch.Tensor,

@@ -14,6 +14,14 @@ import torch
 from recozoo.debias import Debias
 
 
+def negative_scores(user: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    """(B, n_neg) dot products of users (B, d) with their sampled negatives (B, n_neg, d).
+
+    A broadcast product, not ``einsum("bd,bnd->bn")``: einsum runs a batched matmul that is 3x
+    slower for these shapes on CPU (a third of a BPR training step)."""
+    return (user[:, None, :] * negatives).sum(-1)
+
+
 class SharedLosses:
     """BPR, softmax cross-entropy (full and sampled) and multinomial losses, debiased alike."""
 
