@@ -70,3 +70,59 @@ def test_run_dir_names_every_file(tmp_path):
         "history.parquet"]
     with pytest.raises(ValueError, match="stage must be"):
         run.rankings("train")
+
+
+def _batch_outputs(users: list[int], per_user: bool) -> dict:
+    import torch
+    user = torch.tensor(users)
+    items = torch.stack([torch.tensor([u % 5, u % 5 + 1, u % 5 + 2]) for u in users])
+    scores = torch.tensor([[3.0, 2.0, -math.inf]] * len(users))  # the last slot: a masked item
+    out = {"user": user, "items": items, "scores": scores}
+    if per_user:
+        out["ndcg@10"] = user.float() / 10
+    return out
+
+
+def test_streamed_lists_are_what_the_whole_stage_would_write(tmp_path):
+    """`StageListWriter` writes batch by batch what `rankings_frame` / `per_user_frame` of the
+    whole stage would: in one process directly, under DDP as rank parts merged in rank order.
+    No temporary file is left behind."""
+    import pandas as pd
+    import torch
+
+    from recozoo.artifacts import StageListWriter, per_user_frame, rankings_frame
+
+    batches = [[0, 1, 2], [3, 4], [5]]
+    whole = {k: torch.cat([_batch_outputs(b, True)[k] for b in batches])
+             for k in ("user", "items", "scores", "ndcg@10")}
+    one = RunDir(tmp_path / "one")
+    writer = StageListWriter(one, "test")
+    for users in batches:
+        writer.write(_batch_outputs(users, True))
+    writer.close()
+    pd.testing.assert_frame_equal(pd.read_parquet(one.rankings("test")), rankings_frame(whole))
+    pd.testing.assert_frame_equal(pd.read_parquet(one.per_user_test), per_user_frame(whole))
+    assert len(pd.read_parquet(one.rankings("test"))) == 6 * 2  # -inf slots dropped
+
+    ddp = RunDir(tmp_path / "ddp")
+    ranks = [StageListWriter(ddp, "test", part=r) for r in range(3)]
+    for rank, users in ((1, batches[1]), (0, batches[0]), (1, batches[2])):  # rank 2: no users
+        ranks[rank].write(_batch_outputs(users, True))
+    for writer in ranks:
+        writer.close()
+    ranks[0].merge_parts(3)
+    pd.testing.assert_frame_equal(pd.read_parquet(ddp.rankings("test")), rankings_frame(whole))
+    pd.testing.assert_frame_equal(pd.read_parquet(ddp.per_user_test), per_user_frame(whole))
+    for folder in (one.path, ddp.path):
+        assert sorted(p.name for p in folder.iterdir()) == ["per_user_test.parquet",
+                                                            "rankings_test.parquet"]
+
+
+def test_streamed_validation_lists_have_no_per_user_file(tmp_path):
+    from recozoo.artifacts import StageListWriter
+
+    run = RunDir(tmp_path)
+    writer = StageListWriter(run, "val")
+    writer.write(_batch_outputs([0, 1], per_user=False))
+    writer.close()
+    assert run.rankings("val").exists() and not run.per_user_test.exists()

@@ -46,6 +46,12 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def barrier() -> None:
+    """Wait until every rank gets here (nothing in one process)."""
+    if is_distributed():
+        dist.barrier()
+
+
 def on_any_rank(flag: bool) -> bool:
     """True if ``flag`` holds on any rank (plain ``flag`` in one process)."""
     if not is_distributed():

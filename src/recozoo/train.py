@@ -228,10 +228,11 @@ def train(cfg: DictConfig) -> RunRecord:
         # no optimiser step means global_step stays 0 and ModelCheckpoint saves only last.ckpt;
         # for a one-step fit the last weights are the best ones
         best = getattr(checkpoint, "last_model_path", "") or None
-    # evaluate the best weights: validation lists (for fusion weights) and test metrics
+    # evaluate the best weights: validation lists (for fusion weights) and test metrics; the
+    # lists and per-user values stream into the run folder as they are made
+    evaluator.list_folder = RunDir(out)
     trainer.validate(model, datamodule=dm, ckpt_path=best, verbose=False)
     val_metrics = evaluator.stage_metrics.get("val", {})  # none without validation users
-    val_outputs = evaluator.outputs.get("val")
     trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False)
     test_metrics = evaluator.stage_metrics["test"]
     record = RunRecord(
@@ -261,20 +262,15 @@ def train(cfg: DictConfig) -> RunRecord:
     )
     if trainer.is_global_zero:
         run_dir = RunDir(out)
-        write_run_artifacts(run_dir, dm, val_outputs, evaluator.outputs.get("test"))
+        write_run_artifacts(run_dir, dm)
         run_dir.write_record(record)
     return record
 
 
-def write_run_artifacts(run_dir: RunDir, dm: RecDataModule, val_outputs: dict | None,
-                        test_outputs: dict | None) -> None:
-    """Rankings, targets, per-user metrics and the id maps (see `recozoo.artifacts`)."""
+def write_run_artifacts(run_dir: RunDir, dm: RecDataModule) -> None:
+    """Targets and the id maps (see `recozoo.artifacts`); the rankings and per-user metrics
+    were streamed by the evaluation (`recozoo.artifacts.StageListWriter`)."""
     data = dm.data
-    if val_outputs:
-        artifacts.write_parquet(run_dir.rankings("val"), artifacts.rankings_frame(val_outputs))
-    if test_outputs:
-        artifacts.write_parquet(run_dir.rankings("test"), artifacts.rankings_frame(test_outputs))
-        artifacts.write_parquet(run_dir.per_user_test, artifacts.per_user_frame(test_outputs))
     for stage, idx in (("val", dm.indices.valid), ("test", dm.indices.test)):
         artifacts.write_parquet(run_dir.targets(stage),
                                 pd.DataFrame({"user": data.user[idx], "item": data.item[idx]}))

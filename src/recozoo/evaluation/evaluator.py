@@ -25,8 +25,9 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torchmetrics import MetricCollection
 
+from recozoo.artifacts import RunDir, StageListWriter
 from recozoo.data.datamodule import DatasetInfo, EvalBatch
-from recozoo.distributed import gather_tensors, on_any_rank
+from recozoo.distributed import barrier, gather_tensors, on_any_rank, rank_and_world_size
 from recozoo.evaluation.ranking import Ranker
 from recozoo.metrics.ranking import PER_USER_METRICS, RankedBatch, inputs_per_group
 from recozoo.metrics.suite import ranking_suite, rating_suite
@@ -57,8 +58,10 @@ class Evaluator(L.Callback):
     After ``trainer.validate`` / ``trainer.test``: ``stage_metrics[stage]`` holds the values
     (``"val/ndcg@10"`` ...) and ``outputs[stage]`` the users, their top-N ``items`` and
     ``scores`` and, for the test stage, per-user metric values; under DDP every rank holds all
-    users, in one-process order. The validations inside ``trainer.fit`` compute the metrics
-    only: no lists are kept or gathered for them.
+    users, in one-process order. With ``list_folder`` set, the lists and per-user values are
+    streamed into that run folder's ``rankings_<stage>.parquet`` and ``per_user_test.parquet``
+    batch by batch instead (bounded memory; ``outputs`` stays empty). The validations inside
+    ``trainer.fit`` compute the metrics only: no lists are kept, gathered or written for them.
     """
 
     def __init__(self, ranker: Ranker, ks: list[int] | tuple[int, ...] = (10, 20)):
@@ -83,6 +86,10 @@ class Evaluator(L.Callback):
         self.rating_suites: dict[str, MetricCollection] = {
             stage: rating_suite().clone(prefix=f"{stage}/") for stage in STAGES}
         self.outputs: dict[str, dict[str, Any]] = {}
+        #: a run folder to stream the lists of trainer.validate/test into (`StageListWriter`)
+        #: instead of keeping them in ``outputs``
+        self.list_folder: RunDir | None = None
+        self._kept: dict[str, dict[str, list[torch.Tensor]] | StageListWriter] = {}
         self.stage_metrics: dict[str, dict[str, float]] = {}
         self._facts: dict[str, torch.Tensor] = {}
 
@@ -108,21 +115,16 @@ class Evaluator(L.Callback):
                                         users=batch.user, n_inputs=n_inputs)
         suite = self.suites[stage]
         suite.update(ranked)
-        out = self.outputs.get(stage)  # None in validation inside fit: nothing reads it
-        if out is not None:
-            out["user"].append(batch.user.cpu())
-            out["items"].append(items.cpu())
-            out["scores"].append(values.cpu())
         if getattr(model, "predicts_ratings", False) and batch.target_rating is not None:
             users = batch.user[batch.target_rows]
             predicted = model.predict_rating(users, batch.target_cols)
             self.rating_suites[stage].update(predicted.float(), batch.target_rating.float())
-        if stage != "test":
-            return
-        if out is not None:
-            for key, value in per_user_values(suite, ranked, self.ks).items():
-                out.setdefault(key, []).append(value.cpu())
-        if self.cold_suite is not None:
+        if stage in self._kept:  # not in a validation inside fit: nothing reads those lists
+            kept = {"user": batch.user, "items": items, "scores": values}
+            if stage == "test":
+                kept.update(per_user_values(suite, ranked, self.ks))
+            self._keep(stage, {k: v.cpu() for k, v in kept.items()})
+        if stage == "test" and self.cold_suite is not None:
             is_cold = cold[target_cols]  # (T,)
             if is_cold.any():
                 rows = torch.unique(target_rows[is_cold])  # users with a cold target
@@ -132,11 +134,23 @@ class Evaluator(L.Callback):
                     items[rows], row_of[target_rows[is_cold]], target_cols[is_cold], tail,
                     bucket, users=batch.user[rows], n_inputs=n_inputs[rows]))
 
+    def _keep(self, stage: str, batch_outputs: dict[str, torch.Tensor]) -> None:
+        """One batch's lists (and per-user values): streamed into ``list_folder`` or kept."""
+        kept = self._kept[stage]
+        if isinstance(kept, StageListWriter):
+            kept.write(batch_outputs)
+        else:
+            for key, value in batch_outputs.items():
+                kept.setdefault(key, []).append(value)
+
     # ------------------------------------------------------------------ per stage
     def _start(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
         self.outputs.pop(stage, None)
+        self._kept.pop(stage, None)
         if trainer.state.fn != TrainerFn.FITTING:  # a validation inside fit keeps no lists
-            self.outputs[stage] = {"user": [], "items": [], "scores": []}
+            rank, world = rank_and_world_size()
+            self._kept[stage] = ({} if self.list_folder is None else StageListWriter(
+                self.list_folder, stage, part=rank if world > 1 else None))
         for metrics in (self.suites[stage], self.cold_suite, self.rating_suites[stage]):
             if metrics is not None:
                 metrics.to(module.device)
@@ -155,10 +169,18 @@ class Evaluator(L.Callback):
             if on_any_rank(any(m.update_called for m in self.cold_suite.values())):
                 values.update(self.cold_suite.compute())
             self.cold_suite.reset()
-        out = self.outputs.pop(stage, None) or {}
-        gathered = gather_tensors({k: torch.cat(v) for k, v in out.items() if v})
-        if gathered:  # else no rank kept lists (a validation inside fit) or had users
-            self.outputs[stage] = gathered
+        kept = self._kept.pop(stage, None)
+        if isinstance(kept, StageListWriter):
+            kept.close()
+            rank, world = rank_and_world_size()
+            if world > 1:
+                barrier()  # every rank's part is complete
+                if rank == 0:
+                    kept.merge_parts(world)
+        elif kept is not None:
+            gathered = gather_tensors({k: torch.cat(v) for k, v in kept.items()})
+            if gathered:  # else no rank had users
+                self.outputs[stage] = gathered
         return {k: float(v) for k, v in values.items()}
 
     def _publish(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
