@@ -111,7 +111,10 @@ class RankedBatch:
                             + target_cols.long().to(device))  # sorted, one per distinct pair
         rows, cols = keys // n_items, keys % n_items
         list_keys = torch.arange(n_rows, device=device)[:, None] * n_items + safe  # (B, K)
-        hits = torch.isin(list_keys, keys).float() * present  # (B, K)
+        hits = torch.zeros(items.shape, device=device)  # (B, K)
+        if len(keys):  # membership by binary search in the sorted keys (faster than isin)
+            found = torch.searchsorted(keys, list_keys).clamp(max=len(keys) - 1)  # (B, K)
+            hits = (keys[found] == list_keys).float() * present
         tail = tail_mask.to(device)
         is_tail = tail[cols].double()  # (T,)
         n_targets = torch.bincount(rows, minlength=n_rows).float()
