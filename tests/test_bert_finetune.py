@@ -375,3 +375,25 @@ def test_cold_items_are_placed_by_their_text_neighbours_when_scoring():
     torch.testing.assert_close(scoring[[0, 1, 3]], unplaced[[0, 1, 3]])  # warm items unmoved
     with pytest.raises(ValueError, match="model.cold_neighbours"):
         BertFinetune(info, cold_neighbours=-1)
+
+
+def test_init_from_starts_a_second_phase_from_an_earlier_checkpoint(tmp_path):
+    """A fine-tuning phase (train_layers=1) starts from a frozen model's trained weights."""
+    info = _info(TEXTS, [5.0, 4.0, 0.0, 2.0])
+    frozen = BertFinetune(info, train_layers=0)
+    with torch.no_grad():
+        frozen.item_table()  # ID embeddings initialised
+        frozen.adapter.weight.normal_()
+        frozen.ids.embedding.weight.mul_(2.0)
+    path = tmp_path / "best.ckpt"
+    torch.save({"state_dict": frozen.state_dict()}, path)
+    phase2 = BertFinetune(info, train_layers=1, init_from=str(path))
+    torch.testing.assert_close(phase2.adapter.weight, frozen.adapter.weight)
+    torch.testing.assert_close(phase2.ids.embedding.weight, frozen.ids.embedding.weight)
+    assert bool(phase2.ids.initialised)  # not reset to the text vectors on first use
+    assert _trainable(phase2.text) and not _trainable(frozen.text)
+    with pytest.raises(ValueError, match="model.init_from: no checkpoint"):
+        BertFinetune(info, init_from=str(tmp_path / "missing.ckpt"))
+    torch.save({"state_dict": {"other.weight": torch.zeros(2)}}, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match="not a bert_finetune checkpoint"):
+        BertFinetune(info, init_from=str(tmp_path / "other.ckpt"))

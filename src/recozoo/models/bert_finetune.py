@@ -171,6 +171,11 @@ class BertFinetune(Recommender):
             early-stopping callback's patience; None: the callback's own).
         batch_size: training sequences per batch.
         encode_batch_size: texts per forward pass when encoding the catalogue.
+        init_from: a bert_finetune checkpoint (``checkpoints/best.ckpt`` of an earlier run on
+            the same data) whose weights start this model: with ``train_layers`` > 0, the
+            second phase of fine-tuning that starts from the converged frozen model. Every
+            weight of that checkpoint with the same name and shape is loaded (the optimizer's
+            state is not: a new phase trains other weights); None: start from scratch.
     """
 
     #: scores come from the history's item texts only, never from a user id
@@ -190,7 +195,7 @@ class BertFinetune(Recommender):
                  dropout: float = 0.1, negatives: str = "catalogue", n_negatives: int = 128,
                  max_fresh_items: int = 128, refresh_every: int = 0,
                  max_epochs: int | None = None, patience: int | None = None,
-                 batch_size: int = 64,
+                 batch_size: int = 64, init_from: str | None = None,
                  encode_batch_size: int = 256, **kwargs: Any):
         super().__init__(info, **kwargs)
         if info.item_text is None:
@@ -253,6 +258,8 @@ class BertFinetune(Recommender):
         self._encoder_trains = any(p.requires_grad for p in self.text.parameters())
         self._epoch_started: float | None = None
         self._eta_logged = False
+        if init_from is not None:
+            self.load_weights(init_from)
 
     # ------------------------------------------------------------------ item vectors
     def refresh_text_cache(self) -> None:
@@ -434,6 +441,24 @@ class BertFinetune(Recommender):
         log.info("bert_finetune: epoch %d took %.0f s with validation; at most %d more "
                  "(early stopping may end it sooner): about %.1f min left, then the test",
                  trainer.current_epoch + 1, seconds, left, left * seconds / 60)
+
+    def load_weights(self, path: str) -> None:
+        """Start from the weights of the bert_finetune checkpoint at ``path`` (``init_from``)."""
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        except FileNotFoundError:
+            raise ValueError(f"model.init_from: no checkpoint at '{path}'") from None
+        except KeyError:
+            raise ValueError(f"model.init_from: '{path}' holds no 'state_dict' (expected a "
+                             "Lightning checkpoint such as <run>/checkpoints/best.ckpt)") from None
+        own = self.state_dict()
+        shared = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        if not any(k.startswith(("user_tower.", "adapter.")) for k in shared):
+            raise ValueError(f"model.init_from: '{path}' is not a bert_finetune checkpoint for "
+                             f"this data (none of its {len(state)} weights fit this model)")
+        self.load_state_dict(shared, strict=False)
+        self._text_cache = None
+        log.info("bert_finetune: %d of %d weights start from %s", len(shared), len(own), path)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._text_cache = None  # new weights: re-encode on first use
