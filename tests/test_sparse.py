@@ -78,7 +78,8 @@ def test_combined_optimizer_state_round_trips_and_refuses_another_layout():
 
 
 def test_bpr_trains_with_sparse_tables_and_its_config_can_turn_them_off(make_config):
-    _, model, trainer, _ = fit_briefly(make_config(["model=bpr", "model.batch_size=64"]))
+    _, model, trainer, _ = fit_briefly(make_config(["model=bpr", "model.batch_size=64",
+                                                    "model.sparse=true"]))
     assert len(sparse_parameters(model)) == 2
     optimizer = trainer.optimizers[0]
     assert isinstance(optimizer, torch.optim.SparseAdam)  # BPR has no dense parameter
@@ -88,3 +89,16 @@ def test_bpr_trains_with_sparse_tables_and_its_config_can_turn_them_off(make_con
     assert 0 < users_seen.sum() < model.n_users  # only the batches' users have moments
     _, dense, trainer, _ = fit_briefly(make_config(["model=bpr", "model.sparse=false"]))
     assert sparse_parameters(dense) == [] and isinstance(trainer.optimizers[0], torch.optim.Adam)
+
+
+def test_sparse_auto_chooses_by_table_size(make_config):
+    """``sparse: auto`` (bpr's default): dense below `SPARSE_ABOVE_ROWS` users + items, where a
+    dense step is cheaper, sparse above; anything but true/false/auto is refused by name."""
+    from recozoo.models.optimizers import SPARSE_ABOVE_ROWS, use_sparse
+
+    assert not use_sparse("auto", SPARSE_ABOVE_ROWS) and use_sparse("auto", SPARSE_ABOVE_ROWS + 1)
+    assert use_sparse(True, 10) and not use_sparse(False, 10**6)
+    with pytest.raises(ValueError, match="sparse must be"):
+        use_sparse("yes", 10)
+    _, small, trainer, _ = fit_briefly(make_config(["model=bpr"]))  # the tiny test shop
+    assert sparse_parameters(small) == [] and isinstance(trainer.optimizers[0], torch.optim.Adam)

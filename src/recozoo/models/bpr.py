@@ -5,8 +5,9 @@ User and item embeddings; for each observed (user, item) and a sampled unobserve
 is ``-log sigmoid(s(u, i) - s(u, j))`` with ``s(u, i) = <p_u, q_i>``. Full-catalogue scores are
 one matrix product.
 
-The tables have sparse gradients by default (``sparse=True``): a step updates only the rows of
-the batch's users and items (``torch.optim.SparseAdam``, see
+The tables have sparse gradients above `SPARSE_ABOVE_ROWS` users + items (``sparse="auto"``, the
+default; below it a dense update is cheaper): a step updates only the rows of the batch's users
+and items (``torch.optim.SparseAdam``, see
 `recozoo.models.optimizers.build_optimizer`), so an epoch costs O(interactions) rather than
 O(interactions x (users + items)) as with dense Adam over whole tables.
 """
@@ -19,6 +20,7 @@ from torch import nn
 from recozoo.data.datamodule import DatasetInfo, EvalBatch, TrainView
 from recozoo.models.base import Recommender
 from recozoo.models.losses import negative_scores
+from recozoo.models.optimizers import SPARSE_ABOVE_ROWS, use_sparse
 
 
 class BPR(Recommender):
@@ -30,13 +32,15 @@ class BPR(Recommender):
         n_negatives: sampled negatives per positive (the loss averages over them).
         weight_decay: L2 penalty on the embeddings used in a batch.
         sparse: sparse gradients for the tables (updated by ``sparse_optimizer``, only the
-            rows a batch touches); False: dense gradients and ``optimizer`` for everything.
+            rows a batch touches); False: dense gradients and ``optimizer`` for everything;
+            "auto": sparse above `SPARSE_ABOVE_ROWS` users + items.
     """
 
     def __init__(self, info: DatasetInfo, embedding_dim: int = 64, batch_size: int = 2048,
-                 n_negatives: int = 1, weight_decay: float = 0.0, sparse: bool = True,
-                 **kwargs):
+                 n_negatives: int = 1, weight_decay: float = 0.0,
+                 sparse: bool | str = "auto", **kwargs):
         super().__init__(info, **kwargs)
+        sparse = use_sparse(sparse, info.n_users + info.n_items)
         self.batch_size, self.n_negatives, self.weight_decay = batch_size, n_negatives, weight_decay
         self.user_embedding = nn.Embedding(info.n_users, embedding_dim, sparse=sparse)
         self.item_embedding = nn.Embedding(info.n_items, embedding_dim, sparse=sparse)

@@ -13,6 +13,23 @@ import torch
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
 
+#: table rows (users + items) above which sparse gradients pay: a BPR epoch (batch 2048, 2
+#: threads) takes 0.39 s sparse against 0.26 s dense on ml-100k (2.6k rows), the same (0.34 s) on
+#: the 10^5 shop (12.6k rows), and 5.8 s against 17.4 s on the 10^6 shop (104k rows): SparseAdam's
+#: per-step coalescing costs more than a dense update of a small table
+SPARSE_ABOVE_ROWS = 12_000
+
+
+def use_sparse(setting: bool | str, n_rows: int) -> bool:
+    """Whether embedding tables of ``n_rows`` rows in all get sparse gradients: ``setting`` if
+    it is a bool, else (``"auto"``) above `SPARSE_ABOVE_ROWS`."""
+    if isinstance(setting, bool):
+        return setting
+    if setting != "auto":
+        raise ValueError(f"sparse must be true, false or 'auto', got {setting!r}")
+    return n_rows > SPARSE_ABOVE_ROWS
+
+
 def default_optimizer(params: Any) -> torch.optim.Optimizer:
     """Adam(lr=1e-3): the optimizer of a model whose config names none."""
     return torch.optim.Adam(params, lr=1e-3)
