@@ -198,9 +198,9 @@ def _tail_share(dm, model, k: int = 10) -> float:
 @pytest.mark.parametrize("model_name", ["sqn", "dqn"])
 def test_tail_bonus_raises_tail_exposure(make_config, model_name):
     shares = []
-    for bonus in (0.0, 5.0):
-        cfg = make_config([f"model={model_name}", f"model.tail_bonus={bonus}",
-                           "model.batch_size=16", "model.dim=16"])
+    for bonus in (0.0, 25.0):  # in views: dqn's rewards are sqn's x5, so is the bonus
+        cfg = make_config([f"model={model_name}", "model.batch_size=16", "model.dim=16"])
+        cfg.model.tail_bonus = bonus * cfg.model.reward.view
         dm, model, _ = _fit(cfg, epochs=6)
         shares.append(_tail_share(dm, model))
     print(model_name, shares)
