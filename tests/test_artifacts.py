@@ -110,7 +110,7 @@ def test_streamed_lists_are_what_the_whole_stage_would_write(tmp_path):
         ranks[rank].write(_batch_outputs(users, True))
     for writer in ranks:
         writer.close()
-    ranks[0].merge_parts(3)
+    ranks[0].merge_parts([w.batches for w in ranks])
     pd.testing.assert_frame_equal(pd.read_parquet(ddp.rankings("test")), rankings_frame(whole))
     pd.testing.assert_frame_equal(pd.read_parquet(ddp.per_user_test), per_user_frame(whole))
     for folder in (one.path, ddp.path):
@@ -126,3 +126,17 @@ def test_streamed_validation_lists_have_no_per_user_file(tmp_path):
     writer.write(_batch_outputs([0, 1], per_user=False))
     writer.close()
     assert run.rankings("val").exists() and not run.per_user_test.exists()
+
+
+def test_a_missing_rank_part_is_an_error_not_a_short_file(tmp_path):
+    """Ranks that do not share the run folder: rank 0 finds no part of rank 1, which wrote
+    one, and says so instead of writing the lists of half the users."""
+    from recozoo.artifacts import RunFileError, StageListWriter
+
+    run = RunDir(tmp_path)
+    writer = StageListWriter(run, "val", part=0)
+    writer.write(_batch_outputs([0, 1], per_user=False))
+    writer.close()
+    with pytest.raises(RunFileError, match="rankings_val.parquet.part1"):
+        writer.merge_parts([1, 2])
+    assert not run.rankings("val").exists()

@@ -346,6 +346,7 @@ class StageListWriter:
     def __init__(self, run: RunDir, stage: str, part: int | None = None):
         self.paths = {"rankings": run.rankings(stage), "per_user": run.per_user_test}
         self.part = part
+        self.batches = 0  # batches written
         self._writers: dict[str, Any] = {}
 
     def _temporary(self, kind: str, part: int | None) -> Path:
@@ -365,6 +366,7 @@ class StageListWriter:
                 self._writers[kind] = pq.ParquetWriter(self._temporary(kind, self.part),
                                                        table.schema)
             self._writers[kind].write_table(table)
+        self.batches += 1
 
     def close(self) -> None:
         """Finish the files (in one process: rename them into place; under DDP: leave the part
@@ -375,12 +377,23 @@ class StageListWriter:
                 os.replace(self._temporary(kind, None), self.paths[kind])
         self._writers = {}
 
-    def merge_parts(self, n_parts: int) -> None:
-        """Join the ``n_parts`` ranks' parts, in rank order, into the run folder's files and
-        remove them; a rank without users wrote no part."""
+    def merge_parts(self, batches: list[int]) -> None:
+        """Join the ranks' parts, in rank order, into the run folder's files and remove them.
+
+        Args:
+            batches: the batches each rank wrote (`batches` of every rank's writer); a rank
+                that wrote none has no part. A part that should be there and is not (ranks on
+                machines that do not share the run folder) is an error naming it.
+        """
         for kind, path in self.paths.items():
-            parts = [self._temporary(kind, r) for r in range(n_parts)]
-            present = [p for p in parts if p.exists()]
+            present = [self._temporary(kind, r) for r, n in enumerate(batches) if n]
+            if kind == "per_user" and not any(p.exists() for p in present):
+                continue  # a validation stage: lists only
+            missing = [str(p) for p in present if not p.exists()]
+            if missing:
+                raise RunFileError(f"evaluation lists of other ranks not found: {missing}; "
+                                   "under DDP every rank must write to the same run folder "
+                                   "(a file system shared by the nodes)")
             if not present:
                 continue
             target = self._temporary(kind, None)

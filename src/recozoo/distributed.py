@@ -24,6 +24,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 from unittest import mock
 
 import numpy as np
@@ -46,10 +47,14 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def barrier() -> None:
-    """Wait until every rank gets here (nothing in one process)."""
-    if is_distributed():
-        dist.barrier()
+def gather_objects(value: Any) -> list[Any]:
+    """Every rank's ``value``, in rank order (``[value]`` in one process); it also waits for
+    every rank. Every rank must call it."""
+    if not is_distributed():
+        return [value]
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
 
 
 def on_any_rank(flag: bool) -> bool:

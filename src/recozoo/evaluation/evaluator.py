@@ -27,7 +27,7 @@ from torchmetrics import MetricCollection
 
 from recozoo.artifacts import RunDir, StageListWriter
 from recozoo.data.datamodule import DatasetInfo, EvalBatch
-from recozoo.distributed import barrier, gather_tensors, on_any_rank, rank_and_world_size
+from recozoo.distributed import gather_objects, gather_tensors, on_any_rank, rank_and_world_size
 from recozoo.evaluation.ranking import Ranker
 from recozoo.metrics.ranking import PER_USER_METRICS, RankedBatch, inputs_per_group
 from recozoo.metrics.suite import ranking_suite, rating_suite
@@ -174,9 +174,9 @@ class Evaluator(L.Callback):
             kept.close()
             rank, world = rank_and_world_size()
             if world > 1:
-                barrier()  # every rank's part is complete
+                batches = gather_objects(kept.batches)  # also: every rank's part is complete
                 if rank == 0:
-                    kept.merge_parts(world)
+                    kept.merge_parts(batches)
         elif kept is not None:
             gathered = gather_tensors({k: torch.cat(v) for k, v in kept.items()})
             if gathered:  # else no rank had users
