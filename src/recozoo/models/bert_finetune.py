@@ -4,13 +4,12 @@ The item tower is a pretrained transformer encoder over each item's text (title,
 brand; ``DatasetInfo.item_text``) plus a residual linear adapter, L2-normalised, and optionally
 mixed with an ID embedding by a popularity gate (`PopularityGatedIDs`: warm items may leave their
 text vector, which they must where text says nothing; cold items have no ID embedding of their
-own, see below). The user vector is a
-recency-weighted sum of the history's item vectors (learned weight per lag) plus the output of a
-causal Transformer over the history (SASRec, Kang and McAuley, ICDM 2018), L2-normalised. The
-score is their dot product over a temperature, for every item. The adapter and the
-Transformer's output start at zero and the ID embeddings at the text vectors, so an untrained
-model already ranks items by text similarity to the recent history (the pretrained
-sentence-embedding prior), and training learns corrections to it. Text-based sequential
+own, see below). The user vector is a recency-weighted sum of the history's item vectors
+(learned weight per lag) plus the output of a causal Transformer over the history (SASRec, Kang
+and McAuley, ICDM 2018), L2-normalised. The score is their dot product over a temperature,
+for every item. The adapter and the Transformer's output start at zero and the ID embeddings
+at the text vectors, so an untrained model already ranks items by text similarity to the recent
+history (the pretrained sentence-embedding prior), and training learns corrections to it. Text-based sequential
 recommenders of this kind: Hou et al., "Towards Universal Sequence Representation Learning for
 Recommender Systems" (UniSRec, KDD 2022); Li et al., "Text Is All You Need" (Recformer, KDD
 2023). Because an item vector comes from text, items never seen in training (cold start) are
