@@ -119,6 +119,11 @@ def ratings_lines(section: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _times(ratio: float | None) -> str:
+    """``"2.5x"``, or ``"-"`` where nothing was measured."""
+    return "-" if ratio is None else f"{ratio:.1f}x"
+
+
 def implicit_lines(section: dict[str, Any]) -> list[str]:
     """recozoo's bpr beside implicit's BPR and ALS (and RecBole's BPR on its split), per data
     set, with the issue's checks on recozoo against implicit's BPR."""
@@ -161,7 +166,9 @@ def implicit_lines(section: dict[str, Any]) -> list[str]:
                 f"- {entry['dataset']}{when}: recozoo/implicit BPR seconds per epoch "
                 f"{_num(verdict.get('sec_per_epoch_ratio'), '.1f')}x, seconds to best "
                 f"{_ratio(verdict.get('time_to_best_ratio'), verdict.get('time_to_best_met'))}"
-                f" (target {TIME_TO_BEST_TARGET:g}x); test NDCG@10 at least implicit BPR's: "
+                f" (target {TIME_TO_BEST_TARGET:g}x); seconds to reach implicit BPR's best "
+                f"validation {_times(verdict.get('time_to_match_ratio'))}; test NDCG@10 "
+                "at least implicit BPR's: "
                 + ("-" if verdict.get("ndcg_met") is None else
                    "ok" if verdict["ndcg_met"] else "**miss**"))
     lines += _table(head, body)

@@ -176,6 +176,23 @@ def test_seconds_to_best_reads_the_first_best_validation_of_the_fit(tmp_path):
     assert seconds_to_best(tmp_path / "none", [1.0]) == (None, None)
 
 
+def test_time_to_match_the_peers_best_validation():
+    """The verdict's second view: recozoo's training seconds until its validation first reaches
+    implicit BPR's best, against implicit's seconds to that best."""
+    from bench.implicit_peer import seconds_to_reach, verdict
+
+    curve, seconds = [0.10, 0.25, 0.30, 0.28], [1.0, 2.0, 3.0, 4.0]
+    assert seconds_to_reach(curve, seconds, 0.25) == 3.0
+    assert seconds_to_reach(curve, seconds, 0.31) is None
+    ours = {"side": "recozoo", "model": "bpr", "seconds_to_best": 6.0, "sec_per_epoch": 2.0,
+            "ndcg@10": 0.3, "val_curve": curve, "epoch_seconds": seconds}
+    theirs = {"side": "implicit", "model": "bpr", "seconds_to_best": 1.5, "sec_per_epoch": 0.1,
+              "best_val_ndcg@10": 0.25, "ndcg@10": 0.2}
+    result = verdict([ours, theirs])
+    assert result["time_to_best_ratio"] == 4.0 and result["seconds_to_match"] == 3.0
+    assert result["time_to_match_ratio"] == 2.0 and result["ndcg_met"]
+
+
 def test_merge_replaces_only_the_sections_run(tmp_path):
     from bench.__main__ import merged
     path = tmp_path / "results.json"
@@ -205,6 +222,7 @@ def test_implicit_report_marks_a_missed_target():
                    "machine": {"cpu": "cpu", "cores": 2, "threads": 2, "torch": "x",
                                "python": "3", "load_start": [0], "load_end": [0]}})
     assert "implicit 0.7.3" in text and "30.000 **miss**" in text
+    assert "reach implicit BPR's best validation -;" in text  # not measured: a dash
     assert "| ml-100k | s | implicit | bpr | 0.0100 | - / - (cap) | 1.00 |" in text
     assert "failed: ml-100k implicit als: last line" in text
 
