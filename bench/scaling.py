@@ -75,6 +75,7 @@ def measure_point(overrides: list[str], stages: list[str], max_batches: int,
     from hydra.utils import instantiate
     from omegaconf import open_dict
 
+    from recozoo.artifacts import RunDir
     from recozoo.train import build_experiment
 
     baseline = round(_peak_mb(), 1)  # the interpreter, torch and Lightning, before any data
@@ -122,6 +123,8 @@ def measure_point(overrides: list[str], stages: list[str], max_batches: int,
                         "estimated": limited, "batches": n_batches,
                         "batches_timed": max_batches if limited else n_batches,
                         "peak_rss_mb": round(_peak_mb(), 1)}
+    # the test lists stream into the run folder as in train.py (bounded memory, writes timed)
+    experiment.evaluator.list_folder = RunDir(output_dir)
     start, cpu = time.perf_counter(), time.process_time()
     trainer.test(model, datamodule=dm, verbose=False)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
