@@ -82,6 +82,34 @@ def fit_briefly(cfg: DictConfig, steps: int = 3, epochs: int = 1):
     return experiment.datamodule, experiment.model, trainer, experiment.evaluator
 
 
+#: a generated shop small enough to train every model in seconds, large enough to learn from
+LEARNING_SHOP = ["data.source.n_users=400", "data.source.n_items=150",
+                 "data.source.sessions_per_user=4"]
+
+
+def train_and_test(overrides: list[str], output_dir: Path, epochs: int, prepare=None):
+    """Train ``overrides`` on `LEARNING_SHOP` for ``epochs`` epochs (no validation, no files)
+    and test it; ``prepare(experiment)`` runs before the fit. Returns the experiment (test values
+    in ``experiment.evaluator.stage_metrics["test"]``)."""
+    import lightning as L
+
+    from recozoo.train import build_experiment
+
+    cfg = compose_config([*overrides, f"trainer.max_epochs={epochs}", *LEARNING_SHOP],
+                         output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    experiment = build_experiment(cfg)
+    if prepare is not None:
+        prepare(experiment)
+    trainer = L.Trainer(max_epochs=epochs, limit_val_batches=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", devices=1,
+                        callbacks=[experiment.evaluator])
+    trainer.fit(experiment.model, datamodule=experiment.datamodule)
+    trainer.test(experiment.model, datamodule=experiment.datamodule, verbose=False)
+    return experiment
+
+
 @pytest.fixture
 def make_config(tmp_path: Path):
     """``make_config(["model=ease"])`` -> a tiny composed config writing under tmp_path."""

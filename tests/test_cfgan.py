@@ -6,17 +6,12 @@ from __future__ import annotations
 
 import math
 
-import lightning as L
 import pytest
 import torch
 
-from conftest import compose_config
+from conftest import train_and_test
 from recozoo.data.datamodule import DatasetInfo
 from recozoo.models.cfgan import CFGAN
-from recozoo.train import build_experiment
-
-#: the generated shop of tests/test_models_learn.py
-SHOP = ["data.source.n_users=400", "data.source.n_items=150", "data.source.sessions_per_user=4"]
 
 
 def _info(n_items: int = 8) -> DatasetInfo:
@@ -47,20 +42,15 @@ def test_unobserved_samples_skip_the_users_items_and_take_the_ratio():
 
 def _train(overrides: list[str], tmp_path, epochs: int) -> tuple[dict[str, float], list[float]]:
     """Test metrics of a run on the generated shop, and the mean discriminator loss per epoch."""
-    cfg = compose_config([*overrides, f"trainer.max_epochs={epochs}", *SHOP], tmp_path)
-    L.seed_everything(cfg.seed, workers=True)
-    experiment = build_experiment(cfg)
     steps: dict[int, list[float]] = {}  # epoch -> the discriminator's loss of each step
-    model = experiment.model
-    if isinstance(model, CFGAN):
-        model.log_train = lambda values, **kwargs: steps.setdefault(
-            model.current_epoch, []).append(float(values["train/d_loss"]))
-    trainer = L.Trainer(max_epochs=epochs, limit_val_batches=0, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", devices=1,
-                        callbacks=[experiment.evaluator])
-    trainer.fit(experiment.model, datamodule=experiment.datamodule)
-    trainer.test(experiment.model, datamodule=experiment.datamodule, verbose=False)
+
+    def record_d_loss(experiment) -> None:
+        model = experiment.model
+        if isinstance(model, CFGAN):
+            model.log_train = lambda values, **kwargs: steps.setdefault(
+                model.current_epoch, []).append(float(values["train/d_loss"]))
+
+    experiment = train_and_test(overrides, tmp_path, epochs, prepare=record_d_loss)
     return (experiment.evaluator.stage_metrics["test"],
             [sum(losses) / len(losses) for _, losses in sorted(steps.items())])
 
