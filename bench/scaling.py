@@ -263,9 +263,10 @@ def with_earlier(fresh: dict[str, Any], earlier: dict[str, Any], models: list[st
                                      "(not re-measured).")}
 
 
-def throughput_section(results: dict[str, Any], threads: int) -> list[dict[str, Any]]:
-    """GFLOP/s of recozoo's BPR evaluations (ml-100k and the shops) against a bare matmul +
-    top-K of the same shape."""
+def throughput_section(results: dict[str, Any], threads: int,
+                       up_to: int | None = None) -> list[dict[str, Any]]:
+    """GFLOP/s of recozoo's BPR evaluations (ml-100k and the shops of at most ``up_to``
+    requested interactions; None: all) against a bare matmul + top-K of the same shape."""
     import torch
 
     previous = torch.get_num_threads()
@@ -277,7 +278,7 @@ def throughput_section(results: dict[str, Any], threads: int) -> list[dict[str, 
                               "users": row["recozoo"].get("test_users", 943), "items": 1682,
                               "dim": 64, "eval_seconds": row["recozoo"]["eval_seconds"]})
     for e in (results.get("scaling") or {}).get("evaluations", []):
-        if e["model"] == "bpr":
+        if e["model"] == "bpr" and (up_to is None or e.get("size", 0) <= up_to):
             workloads.append({"workload": f"shop {e['interactions']:,} bpr",
                               "users": e["test_users"], "items": e["items"], "dim": e["dim"],
                               "eval_seconds": e["eval_seconds"]})
