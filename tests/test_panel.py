@@ -115,3 +115,35 @@ def test_current_settings_are_the_literal_values_of_the_composed_config():
     assert settings["bpr"]["trainer.max_epochs"] == 7
     assert "model.sparse_optimizer.lr" not in settings["bpr"]  # ${model.optimizer.lr}: derived
     assert not any(isinstance(v, str) and "${" in v for s in settings.values() for v in s.values())
+
+
+def test_a_dataset_restricted_to_some_models_runs_and_reports_only_those(tmp_path, monkeypatch):
+    recbole = panel.DATASETS["ml100k_recbole"]
+    assert recbole.models == tuple(panel.RECBOLE_MODELS)
+    assert recbole.runs(["sasrec", "bpr", "pop"]) == ["bpr", "pop"]
+    assert panel.DATASETS["ml100k_random"].runs(["sasrec", "bpr"]) == ["sasrec", "bpr"]
+    shared, out = tmp_path / "shared", tmp_path / "runs"
+    (shared / "data" / "ml-100k").mkdir(parents=True)
+    (shared / "data" / "ml-100k" / "ml-100k.inter").write_text("")
+    asked, started = [], []
+    monkeypatch.setattr(panel, "recbole_seed", lambda *args: asked.append(args[-1]) or tmp_path)
+    monkeypatch.setattr(panel, "run_process", lambda command, **_: started.append(command) or
+                        ProcessResult(returncode=0, output="", seconds=0.0, peak_rss_mb=0.0))
+    settings = panel.PanelSettings(datasets=["ml100k_recbole", "ml100k_random"], seeds=[1])
+    panel.run_panel(settings, tmp_path, shared, out, ["pop", "sasrec"])
+    assert asked == [["pop"]]  # RecBole is asked only for the models run beside it
+    runs = [(next(o for o in c if o.startswith("split=")), next(o for o in c
+             if o.startswith("model="))) for c in started]
+    assert runs == [("split=preset", "model=pop"), ("split=random", "model=pop"),
+                    ("split=random", "model=sasrec")]
+    table = panel.collect(out, ["ml100k_recbole", "ml100k_random"], ["pop", "sasrec"], [1])
+    assert list(table["ml100k_recbole"]) == ["pop", "RecBole Pop"]
+    assert list(table["ml100k_random"]) == ["pop", "sasrec"]
+    report = panel.PanelSettings(datasets=["ml100k_recbole", "ml100k_random"], seeds=[1],
+                                 report=str(tmp_path / "panel.md"))
+    text = panel.write_report(report, table, [], shared, out, tmp_path).read_text()
+    recbole_part, random_part = text.split("## ml100k_random\n")[0:2]
+    missing = [line for line in recbole_part.splitlines() if line.startswith("Missing:")]
+    assert missing and "sasrec" not in missing[0] and "pop (seeds 1)" in missing[0]
+    assert "Missing: pop (seeds 1); sasrec (seeds 1)" in random_part
+    assert "models: pop, itemknn, bpr, ease, multvae)" in text
