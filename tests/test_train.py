@@ -100,3 +100,32 @@ def test_split_without_validation(make_config):
     metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
     assert metrics["status"] == "ok" and metrics["test/ndcg@10"] >= 0
     assert not any(key.startswith("val/") for key in metrics)
+
+
+def test_epoch_seconds_leave_out_validation_and_the_checkpointing_after_it(monkeypatch):
+    """An epoch is charged its training batches only: a validation and what Lightning runs after
+    it (ModelCheckpoint, last of the callbacks) are excluded, as RecBole counts its epochs."""
+    from types import SimpleNamespace
+
+    from recozoo import training_callbacks
+
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(training_callbacks.time, "perf_counter", lambda: clock.now)
+    trainer = SimpleNamespace(state=SimpleNamespace(fn="fit"))
+    timer = training_callbacks.RunTimer()
+
+    def hook(name: str, seconds_after: float, *args) -> None:
+        getattr(timer, name)(trainer, None, *args)
+        clock.now += seconds_after
+
+    hook("on_validation_start", 5.0)  # the sanity check before the first epoch
+    hook("on_validation_end", 1.0)
+    hook("on_train_epoch_start", 0.0)
+    hook("on_train_batch_start", 2.0, None, 0)  # two seconds of training
+    hook("on_validation_start", 3.0)  # a validation in the middle (val_check_interval < 1)
+    hook("on_validation_end", 4.0)  # the checkpoint saved after it
+    hook("on_train_batch_start", 0.5, None, 1)
+    hook("on_validation_start", 3.0)  # the validation at the end of the epoch
+    hook("on_validation_end", 4.0)
+    hook("on_train_epoch_end", 0.0)
+    assert timer.epoch_seconds == [2.5]

@@ -97,12 +97,19 @@ class KeepStopped(L.Callback):
 
 
 class RunTimer(L.Callback):
-    """Wall-clock seconds of each training epoch (validation excluded) and of the test stage."""
+    """Wall-clock seconds of each training epoch and of the test stage.
+
+    An epoch's seconds are its training alone, as RecBole and implicit count theirs: a
+    validation is excluded together with what Lightning does after it (saving the checkpoint,
+    early stopping; Lightning runs `ModelCheckpoint` after every other callback, so the window
+    closes at the next training batch or at the end of the epoch, not at ``on_validation_end``).
+    """
 
     def __init__(self) -> None:
         self.epoch_seconds: list[float] = []
         self.eval_seconds: float | None = None
-        self._epoch_start = self._val_start = 0.0
+        self._epoch_start = 0.0
+        self._val_start: float | None = None  # an open validation window
         self._val_in_epoch = 0.0
 
     def state_dict(self) -> dict[str, Any]:
@@ -112,15 +119,23 @@ class RunTimer(L.Callback):
         self.epoch_seconds = list(state_dict.get("epoch_seconds", []))
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self._epoch_start, self._val_in_epoch = time.perf_counter(), 0.0
+        self._epoch_start, self._val_in_epoch, self._val_start = time.perf_counter(), 0.0, None
 
     def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self._val_start = time.perf_counter()
+        if trainer.state.fn == "fit":
+            self._val_start = time.perf_counter()
 
-    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self._val_in_epoch += time.perf_counter() - self._val_start
+    def _close_validation(self) -> None:
+        if self._val_start is not None:
+            self._val_in_epoch += time.perf_counter() - self._val_start
+            self._val_start = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._close_validation()  # a validation inside the epoch (val_check_interval < 1)
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._close_validation()
         elapsed = time.perf_counter() - self._epoch_start - self._val_in_epoch
         self.epoch_seconds.append(round(elapsed, 4))
 
