@@ -1,6 +1,6 @@
 """Sparse row updates: BPR's tables get sparse gradients and a step moves only the rows of the
 batch's users and items; `CombinedOptimizer` steps a sparse and a dense optimizer as one and
-round-trips through a checkpoint."""
+round-trips through a checkpoint; dense Adam is fused where that is the same update."""
 
 from __future__ import annotations
 
@@ -10,7 +10,12 @@ import pytest
 import torch
 from conftest import fit_briefly
 
-from recozoo.models.optimizers import CombinedOptimizer, build_optimizer, sparse_parameters
+from recozoo.models.optimizers import (
+    CombinedOptimizer,
+    build_optimizer,
+    dense_optimizer,
+    sparse_parameters,
+)
 
 
 class _Mixed(torch.nn.Module):
@@ -102,3 +107,37 @@ def test_sparse_auto_chooses_by_table_size(make_config):
         use_sparse("yes", 10)
     _, small, trainer, _ = fit_briefly(make_config(["model=bpr"]))  # the tiny test shop
     assert sparse_parameters(small) == [] and isinstance(trainer.optimizers[0], torch.optim.Adam)
+
+
+@pytest.mark.parametrize("factory, fused", [
+    (functools.partial(torch.optim.Adam, lr=0.01), True),
+    (functools.partial(torch.optim.AdamW, lr=0.01), True),
+    (None, True),  # the default optimizer
+    (functools.partial(torch.optim.Adam, lr=0.01, fused=False), False),  # the config's choice
+    (functools.partial(torch.optim.Adam, lr=0.01, foreach=True), None),
+    (functools.partial(torch.optim.SGD, lr=0.01), None),  # no fused form: called unchanged
+])
+def test_dense_optimizer_fuses_adam_unless_the_config_chose(factory, fused):
+    weights = [torch.nn.Parameter(torch.randn(5, 3))]
+    optimizer = dense_optimizer(factory, weights)
+    assert optimizer.param_groups[0].get("fused") is fused
+
+
+def test_fused_adam_makes_the_same_update():
+    torch.manual_seed(0)
+    start = [torch.randn(40, 8), torch.randn(8)]
+    grads = [[torch.randn_like(w) for w in start] for _ in range(5)]
+    results = []
+    for factory in (functools.partial(torch.optim.Adam, lr=0.01, fused=False),
+                    functools.partial(torch.optim.Adam, lr=0.01)):  # fused by dense_optimizer
+        weights = [torch.nn.Parameter(w.clone()) for w in start]
+        optimizer = dense_optimizer(factory, [{"params": weights[:1]},
+                                              {"params": weights[1:], "lr": 0.1}])
+        for step in grads:
+            for w, g in zip(weights, step):
+                w.grad = g.clone()
+            optimizer.step()
+        results.append([w.detach() for w in weights])
+    for plain, fused, before in zip(*results, start):
+        torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(fused, before)  # the steps moved the weights

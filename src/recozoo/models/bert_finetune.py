@@ -69,6 +69,7 @@ from recozoo.models.base import Recommender
 from recozoo.models.components.text_signal import user_text_auc
 from recozoo.models.components.text_tower import TextTower
 from recozoo.models.components.user_tower import CausalUserTower
+from recozoo.models.optimizers import dense_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -514,8 +515,7 @@ class BertFinetune(Recommender):
             groups.append({"params": encoder, "lr": self.encoder_lr, "name": "encoder"})
         if ids:
             groups.append({"params": ids, "lr": id_lr, "name": "ids"})
-        factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-3))
-        return factory(groups)
+        return dense_optimizer(self.optimizer_factory, groups)
 
     # ------------------------------------------------------------------ scoring
     def score(self, batch: EvalBatch) -> torch.Tensor:

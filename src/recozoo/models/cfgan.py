@@ -31,12 +31,15 @@ pairwise ranking loss, so the shared ``cross_entropy_loss``/``pairwise_loss`` do
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.nn.functional import binary_cross_entropy_with_logits as bce
 
 from recozoo.data.datamodule import DatasetInfo, EvalBatch, TrainView
 from recozoo.models.base import Recommender
 from recozoo.models.components.gan import ConditionalDiscriminator, VectorGenerator
+from recozoo.models.optimizers import dense_optimizer
 
 
 class CFGAN(Recommender):
@@ -75,10 +78,12 @@ class CFGAN(Recommender):
         return TrainView("user_rows", batch_size=self.batch_size)
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        return [torch.optim.Adam(self.generator.parameters(), lr=self.lr_g,
-                                 weight_decay=self.weight_decay_g),
-                torch.optim.Adam(self.discriminator.parameters(), lr=self.lr_d,
-                                 weight_decay=self.weight_decay_d)]
+        generator = functools.partial(torch.optim.Adam, lr=self.lr_g,
+                                      weight_decay=self.weight_decay_g)
+        discriminator = functools.partial(torch.optim.Adam, lr=self.lr_d,
+                                          weight_decay=self.weight_decay_d)
+        return [dense_optimizer(generator, self.generator.parameters()),
+                dense_optimizer(discriminator, self.discriminator.parameters())]
 
     def _sample_unobserved(self, rows: torch.Tensor, ratio: float) -> torch.Tensor:
         """(B, n_items) 0/1: a ``ratio`` share of each user's non-interacted items."""

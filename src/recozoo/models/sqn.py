@@ -43,6 +43,7 @@ from recozoo.data.datamodule import DatasetInfo, EvalBatch, TrainView
 from recozoo.models.base import Recommender
 from recozoo.models.components.q_heads import EventReward, QNetwork, TargetNetwork, double_q_target
 from recozoo.models.components.sequence import CausalTransformerEncoder, GRUEncoder
+from recozoo.models.optimizers import dense_optimizer
 
 RankHead = Literal["supervised", "q", "mix"]
 DEFAULT_REWARD = {"view": 0.2, "cart": 0.5, "purchase": 1.0}
@@ -169,8 +170,8 @@ class SQN(Recommender):
         return losses["loss"].detach()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-3))
-        return factory([p for p in self.parameters() if p.requires_grad])
+        return dense_optimizer(self.optimizer_factory,
+                               [p for p in self.parameters() if p.requires_grad])
 
     # ------------------------------------------------------------------ ranking
     def score(self, batch: EvalBatch) -> torch.Tensor:
