@@ -52,8 +52,9 @@ class BPR(Recommender):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         user = self.user_embedding(batch["user"])  # (B, d)
-        pos = self.item_embedding(batch["item"])  # (B, d)
-        neg = self.item_embedding(batch["negative"])  # (B, n_neg, d)
+        # one lookup for positives and negatives: one table-sized gradient, not two
+        items = self.item_embedding(torch.cat([batch["item"][:, None], batch["negative"]], 1))
+        pos, neg = items[:, 0], items[:, 1:]  # (B, d), (B, n_neg, d)
         pos_score = (user * pos).sum(-1)  # (B,)
         neg_score = negative_scores(user, neg)  # (B, n_neg)
         loss = self.pairwise_loss(batch["item"], pos_score, batch["negative"], neg_score)
