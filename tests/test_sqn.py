@@ -146,6 +146,54 @@ def test_one_training_step_on_either_shared_encoder(encoder):
     assert all(p.grad is None for p in model.target.parameters())
 
 
+@pytest.mark.parametrize("supervised", [True, False])
+def test_sampled_losses_with_the_whole_catalogue_as_the_sample_are_the_full_losses(supervised):
+    """Sampled training computes Q and the softmax over a shared sample; drawn as every item
+    once, uniformly, the log-Q correction cancels and the double-Q argmax sees every action, so
+    the TD and cross-entropy terms are the full ones."""
+    info = _info()
+    kwargs = dict(dim=8, dropout=0.0, dropout_hidden=0.0, gamma=0.9, n_negatives=3,
+                  supervised=supervised, rank_head="mix" if supervised else "q",
+                  negative_sampling="uniform")
+    torch.manual_seed(0)
+    full = _sqn(info, sampled_softmax=False, **kwargs)
+    sampled = _sqn(info, sampled_softmax=True, n_sampled=info.n_items, **kwargs)
+    sampled.load_state_dict(full.state_dict())
+    sampled.negative_sampler.forward = lambda k: torch.arange(info.n_items)  # the catalogue
+    with torch.no_grad():  # a target network that differs from the online one
+        for target, online in zip(sampled.target.parameters(), full.target.parameters()):
+            online.add_(0.1 * torch.randn_like(online))
+            target.copy_(online)
+    pad = info.pad_item
+    batch = {"user": torch.tensor([0, 1]),
+             "input": torch.tensor([[pad, pad, 1, 2], [0, 3, 4, 5]]),
+             "target": torch.tensor([[-100, -100, 2, 3], [3, 4, 5, 1]]),
+             "event": torch.tensor([[0, 0, 2, 0], [1, 0, 0, 2]])}
+    torch.manual_seed(1)
+    expected = full.losses(batch)
+    torch.manual_seed(1)  # the same ignored items for both
+    got = sampled.losses(batch)
+    assert set(got) == set(expected) == ({"loss", "td", "ce"} if supervised else {"loss", "td"})
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key])
+
+
+def test_sampled_training_is_chosen_by_catalogue_size_and_trains(make_config):
+    from conftest import fit_briefly
+
+    _, full, _, _ = fit_briefly(make_config(["model=sqn"]))
+    assert not full.sampled_softmax  # a tiny catalogue: the full heads by default
+    _, model, trainer, _ = fit_briefly(make_config(["model=dqn", "model.sampled_softmax=true",
+                                                    "model.n_sampled=16"]))
+    assert model.sampled_softmax and model.n_sampled == 16
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # after 3 sampled steps
+    batch = next(iter(trainer.datamodule.train_dataloader()))
+    model.train()
+    assert torch.isfinite(model.losses(batch)["loss"])
+    with pytest.raises(ValueError, match="n_sampled must be >= 1, got 0"):
+        _sqn(_info(), n_sampled=0)
+
+
 def test_dqn_needs_q_ranking():
     with pytest.raises(ValueError, match="needs the supervised head"):
         _sqn(_info(), supervised=False, rank_head="mix")

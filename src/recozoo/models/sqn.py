@@ -29,6 +29,13 @@ own choice, ranking by the supervised head alone, is ``rank_head=supervised``.
 config. All positions of a training window are trained in one pass: the encoder runs once over
 the window plus its last target, so the state of position t and the next state (t + 1) come
 from the same forward pass. There is no environment: transitions come from the logs.
+
+Both heads cost O(states x n_items) per batch. Above ``SAMPLED_SOFTMAX_ABOVE`` items (or with
+``sampled_softmax=true``) a batch draws ``n_sampled`` actions shared by all its states, as the
+sequential models' sampled softmax does: the supervised head takes the log-Q corrected sampled
+softmax, and Q is computed for the logged actions, the ignored items and that sample alone; the
+double-Q argmax over next actions is taken within the sample (a sampled max, as in Q-learning
+over large action sets).
 """
 
 from __future__ import annotations
@@ -42,8 +49,13 @@ from torch import nn
 from recozoo.data.datamodule import DatasetInfo, EvalBatch, TrainView
 from recozoo.models.base import Recommender
 from recozoo.models.components.q_heads import EventReward, QNetwork, TargetNetwork, double_q_target
-from recozoo.models.components.sequence import CausalTransformerEncoder, GRUEncoder
+from recozoo.models.components.sequence import (
+    CausalTransformerEncoder,
+    GRUEncoder,
+    NegativeSampler,
+)
 from recozoo.models.optimizers import dense_optimizer
+from recozoo.models.sequential import SAMPLED_SOFTMAX_ABOVE
 
 RankHead = Literal["supervised", "q", "mix"]
 DEFAULT_REWARD = {"view": 0.2, "cart": 0.5, "purchase": 1.0}
@@ -72,6 +84,12 @@ class SQN(Recommender):
         target_tau: Polyak weight of a target update (1.0: copy).
         target_every: optimiser steps between target updates.
         grad_clip: gradient-norm clipping (None: off).
+        sampled_softmax: train over ``n_sampled`` actions drawn per batch instead of the
+            catalogue (None: above ``SAMPLED_SOFTMAX_ABOVE`` items, as the sequential models):
+            the supervised head's sampled softmax (log-Q corrected) and Q-values of the logged
+            actions, the sampled ignored items and the sample alone, where the double-Q argmax
+            over next actions is taken. Evaluation always scores the whole catalogue.
+        n_sampled, negative_sampling: the sample's size and distribution (`NegativeSampler`).
 
     Example:
         >>> model = SQN(info, tail_bonus=1.0)          # SQN ranking by the mixed score
@@ -87,7 +105,8 @@ class SQN(Recommender):
                  mix_weight: float = 1.0, reward: Mapping[str, float] | None = None,
                  tail_bonus: float = 0.0, gamma: float = 0.5, q_weight: float = 1.0,
                  n_negatives: int = 10, target_tau: float = 0.01, target_every: int = 1,
-                 grad_clip: float | None = None, **kwargs):
+                 grad_clip: float | None = None, sampled_softmax: bool | None = None,
+                 n_sampled: int = 1000, negative_sampling: str = "popularity", **kwargs):
         super().__init__(info, **kwargs)
         self.automatic_optimization = False
         if rank_head not in ("supervised", "q", "mix"):
@@ -102,6 +121,12 @@ class SQN(Recommender):
         self.rank_head, self.mix_weight = rank_head, float(mix_weight)
         self.gamma, self.q_weight = float(gamma), float(q_weight)
         self.n_negatives, self.grad_clip = int(n_negatives), grad_clip
+        if n_sampled < 1:
+            raise ValueError(f"model.n_sampled must be >= 1, got {n_sampled}")
+        self.sampled_softmax = (info.n_items > SAMPLED_SOFTMAX_ABOVE if sampled_softmax is None
+                                else bool(sampled_softmax))
+        self.n_sampled = int(n_sampled)
+        self.negative_sampler = NegativeSampler(info.item_popularity, negative_sampling)
         self.q_network = QNetwork(_sequence_encoder(encoder, info.n_items, dim, num_layers,
                                                     dropout, max_len), dim, info.n_items)
         self.hidden_dropout = nn.Dropout(dropout_hidden)
@@ -130,25 +155,40 @@ class SQN(Recommender):
         row = torch.full(needed.shape, -1, dtype=torch.long, device=seq.device)
         row[needed] = torch.arange(int(needed.sum()), device=seq.device)
         now, after = row[:, :-1][valid], row[:, 1:][valid]  # (N,) rows of s_t and s_{t+1}
-        q_all = self.q_network.q_values(states[needed])  # (M, n_items)
-        q = q_all[now]  # (N, n_items)
+        # the actions Q is computed for: the catalogue, or a sample shared by the batch
+        sample = self.negative_sampler(self.n_sampled) if self.sampled_softmax else None
+        item = (lambda column: column) if sample is None else (lambda column: sample[column])
+        q_all = self.q_network.q_values(states[needed], sample)  # (M, n_items or k)
+        q_now, state_now = q_all[now], states[needed][now]  # (N, n_items or k), (N, dim)
         with torch.no_grad():
             target_states = self.target(seq)[needed]  # (M, dim)
         target_q = self.target.network.q_at
+        # double Q: the online network picks the next action (among the sample when sampled)
         td_target = double_q_target(self.reward(action, event), q_all[after].detach(),
-                                    lambda a: target_q(target_states[after], a), self.gamma)
-        td = (q.gather(1, action[:, None])[:, 0] - td_target).pow(2).mean()
+                                    lambda a: target_q(target_states[after], item(a)),
+                                    self.gamma)
+        taken = (q_now.gather(1, action[:, None])[:, 0] if sample is None
+                 else self.q_network.q_at(state_now, action))  # (N,)
+        td = (taken - td_target).pow(2).mean()
         if self.n_negatives:
             # an ignored recommendation: reward 0, the state stays s_t
             negative = torch.randint(0, self.n_items, (len(action), self.n_negatives),
                                      device=action.device)  # (N, n_neg)
-            stay = double_q_target(torch.zeros_like(td_target), q.detach(),
-                                   lambda a: target_q(target_states[now], a), self.gamma)
-            td = td + (q.gather(1, negative) - stay[:, None]).pow(2).mean()
+            stay = double_q_target(torch.zeros_like(td_target), q_now.detach(),
+                                   lambda a: target_q(target_states[now], item(a)), self.gamma)
+            ignored = (q_now.gather(1, negative) if sample is None
+                       else self.q_network.q_at(state_now, negative))  # (N, n_neg)
+            td = td + (ignored - stay[:, None]).pow(2).mean()
         state = states[:, :-1][valid]  # (N, dim)
         out = {"td": td, "loss": self.q_weight * td}
         if self.supervised_bias is not None:
-            out["ce"] = self.cross_entropy_loss(self.supervised_logits(state), action)
+            if sample is None:
+                out["ce"] = self.cross_entropy_loss(self.supervised_logits(state), action)
+            else:
+                pos = (state * self.q_network.encoder.embedding.items[action]).sum(-1)
+                out["ce"] = self.sampled_cross_entropy_loss(
+                    pos + self.supervised_bias[action], self.supervised_logits(state, sample),
+                    action, sample, self.negative_sampler.log_q)
             out["loss"] = out["loss"] + out["ce"]
         return out
 
@@ -183,9 +223,14 @@ class SQN(Recommender):
             return logits
         return logits.log_softmax(-1) + self.mix_weight * self.q_network.q_values(state)
 
-    def supervised_logits(self, states: torch.Tensor) -> torch.Tensor:
-        """(..., n_items) next-item logits of the supervised head from (..., dim) states."""
-        return states @ self.q_network.encoder.embedding.items.T + self.supervised_bias
+    def supervised_logits(self, states: torch.Tensor, items: torch.Tensor | None = None,
+                          ) -> torch.Tensor:
+        """(..., n_items) next-item logits of the supervised head from (..., dim) states, or
+        (..., n) of the items ``items`` (n,) alone."""
+        weights, bias = self.q_network.encoder.embedding.items, self.supervised_bias
+        if items is None:
+            return states @ weights.T + bias
+        return states @ weights[items].T + bias[items]
 
     @property
     def n_params(self) -> int:

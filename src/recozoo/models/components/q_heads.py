@@ -76,12 +76,18 @@ class QNetwork(nn.Module):
         """(B, L, dim) states after each position of ``seq``."""
         return self.encoder(seq)
 
-    def q_values(self, states: torch.Tensor) -> torch.Tensor:
-        """(..., n_items) Q-values of every item in each state (..., dim)."""
-        return self.head(states)
+    def q_values(self, states: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., n_items) Q-values of every item in each state (..., dim), or (..., n) of the
+        items ``items`` (n,) alone."""
+        if items is None:
+            return self.head(states)
+        return states @ self.head.weight[items].T + self.head.bias[items]
 
     def q_at(self, states: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """(N,) Q-values of one item per state: states (N, dim), items (N,)."""
+        """Q-values of items per state: states (N, dim) and items (N,) give (N,), one item per
+        state; items (N, n) give (N, n)."""
+        if items.dim() == 2:
+            return (states[:, None] * self.head.weight[items]).sum(-1) + self.head.bias[items]
         return (states * self.head.weight[items]).sum(-1) + self.head.bias[items]
 
 
