@@ -129,3 +129,20 @@ def test_epoch_seconds_leave_out_validation_and_the_checkpointing_after_it(monke
     hook("on_validation_end", 4.0)
     hook("on_train_epoch_end", 0.0)
     assert timer.epoch_seconds == [2.5]
+
+
+def test_validations_inside_fit_score_as_the_final_validation(make_config):
+    """Inside fit a validation ranks only the top max(ks) items (no lists are kept); the final
+    validation of the best checkpoint ranks the top-N lists it writes. Every metric is at a
+    cut-off in ks, so the one-epoch run's two validations agree on every value."""
+    cfg = make_config(["model=bpr", "trainer.max_epochs=1", "eval.ks=[5,10]"])
+    run(cfg)
+    metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    rows = pd.read_csv(next(Path(cfg.paths.output_dir).rglob("metrics.csv")))
+    inside_fit, final = rows.dropna(subset=["val/ndcg@10"]).to_dict("records")
+    keys = [k for k in metrics if k.startswith("val/")]
+    lists = pd.read_parquet(Path(cfg.paths.output_dir) / "rankings_val.parquet")
+    assert len(keys) > 10 and lists.groupby("user").size().max() > 10  # deeper than max(ks)
+    for key in keys:
+        assert inside_fit[key] == pytest.approx(final[key], rel=1e-6, abs=1e-9), key
+        assert final[key] == pytest.approx(metrics[key], rel=1e-6, abs=1e-9), key

@@ -61,7 +61,8 @@ class Evaluator(L.Callback):
     users, in one-process order. With ``list_folder`` set, the lists and per-user values are
     streamed into that run folder's ``rankings_<stage>.parquet`` and ``per_user_test.parquet``
     batch by batch instead (bounded memory; ``outputs`` stays empty). The validations inside
-    ``trainer.fit`` compute the metrics only: no lists are kept, gathered or written for them.
+    ``trainer.fit`` compute the metrics only, from the top ``max(ks)`` items (every metric is
+    at a cut-off in ``ks``): no top-N lists are ranked, kept, gathered or written for them.
     """
 
     def __init__(self, ranker: Ranker, ks: list[int] | tuple[int, ...] = (10, 20)):
@@ -107,7 +108,9 @@ class Evaluator(L.Callback):
 
     def evaluate_batch(self, model: torch.nn.Module, batch: EvalBatch, stage: str) -> None:
         """Rank one batch, update the stage's metrics and keep its outputs."""
-        items, values = self.ranker.rank(batch)  # (B, top_n)
+        # the metrics read the top max(ks) items; the top-N lists are kept outside fit only
+        depth = None if stage in self._kept else max(self.ks)
+        items, values = self.ranker.rank(batch, depth)  # (B, top_n or max(ks))
         tail, bucket, cold = self._item_facts(items.device)
         target_rows, target_cols = batch.target_rows, batch.target_cols  # (T,) each
         n_inputs = inputs_per_group(batch.seen_rows, batch.seen_cols, len(batch), tail)  # (B, 2)

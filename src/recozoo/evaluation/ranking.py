@@ -106,6 +106,7 @@ class Ranker:
         top = torch.topk(scores, n, dim=1)  # (B, N)
         return reranker(top.indices, top.values, k, history, self.item_facts(scores.device))
 
-    def rank(self, batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, top_n) items and scores of a batch, best first (what evaluation scores)."""
-        return self.top(self.scores(batch), batch.history)
+    def rank(self, batch: EvalBatch, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, k) items and scores of a batch, best first (what evaluation scores); k: top_n
+        when None."""
+        return self.top(self.scores(batch), batch.history, k)
