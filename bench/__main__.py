@@ -261,6 +261,18 @@ def run_compare(settings: BenchSettings, out: Path, results: dict[str, Any]) -> 
     say(f"== compare: {', '.join(s.name for s in specs)}")
     results["comparison"] = comparison.compare(specs, data_overrides, peer, compare_settings,
                                                out / "runs", say=say)
+    earlier = results.pop("earlier_comparison", None) if settings.merge else None
+    if earlier:
+        results["comparison"] = with_earlier_rows(results["comparison"], earlier)
+
+
+def with_earlier_rows(rows: list[dict[str, Any]], earlier: dict[str, Any]
+                      ) -> list[dict[str, Any]]:
+    """``rows`` of the compare section plus the earlier run's rows of the models ``rows`` does
+    not measure, each marked ``kept_from`` (the run it comes from: ``earlier["from"]``)."""
+    measured = {row["model"] for row in rows}
+    return rows + [{**row, "kept_from": row.get("kept_from") or earlier["from"]}
+                   for row in earlier["rows"] if row["model"] not in measured]
 
 
 def run_implicit(settings: BenchSettings, out: Path, results: dict[str, Any]) -> None:
@@ -381,6 +393,12 @@ def merged(path: Path, fresh: dict[str, Any], sections: list[str]) -> dict[str, 
             found = earlier.pop(key, None)
             if key in ("scaling", "implicit") and found:  # parts of them may be kept
                 earlier[f"earlier_{key}"] = found
+            if key == "comparison" and found:  # the rows of models not rerun may be kept
+                merges = [m for m in earlier.get("merged", []) if "compare" in m["sections"]]
+                source = merges[-1] if merges else earlier
+                earlier["earlier_comparison"] = {
+                    "rows": found, "from": {"date": source.get("date"),
+                                            "commit": source.get("commit")}}
     note = (f"The {', '.join(sections)} section(s) were run on their own on {fresh['date']} "
             f"(recozoo {fresh['commit']}, {fresh['machine']['threads']} thread(s), load "
             f"{fresh['machine']['load_start']} at the start) and added here; the other sections "

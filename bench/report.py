@@ -55,6 +55,9 @@ def comparison_lines(rows: list[dict[str, Any]]) -> list[str]:
         ])
     notes = [f"- {row['model']} ran with `{' '.join(row['overrides'])}` so that an epoch is the "
              "same work as RecBole's." for row in rows if row.get("overrides")]
+    notes += [f"- {row['model']}: kept from the run of {row['kept_from'].get('date')} (recozoo "
+              f"{row['kept_from'].get('commit')}); the other rows were measured again."
+              for row in rows if row.get("kept_from")]
     return _table(head, body) + ([""] + notes if notes else [])
 
 

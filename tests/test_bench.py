@@ -208,6 +208,25 @@ def test_merge_replaces_only_the_sections_run(tmp_path):
         out["notes"][1] and out["merged"][0]["commit"] == "new"
 
 
+def test_merging_the_compare_section_keeps_the_rows_of_models_not_rerun(tmp_path):
+    from bench.__main__ import merged, with_earlier_rows
+    from bench.report import comparison_lines
+    path = tmp_path / "results.json"
+    fresh = {"date": "now", "commit": "new", "settings": {}, "machine": {"threads": 2,
+             "load_start": [1.0]}, "notes": []}
+    row = {"split": "random", "recozoo": {"sec_per_epoch": 0.1, "eval_seconds": 0.1}}
+    path.write_text(json.dumps({"date": "then", "commit": "old", "notes": [], "comparison": [
+        {**row, "model": "bpr"}, {**row, "model": "sasrec"}]}))
+    out = merged(path, fresh, ["compare"])
+    assert "comparison" not in out
+    assert out["earlier_comparison"]["from"] == {"date": "then", "commit": "old"}
+    rows = with_earlier_rows([{**row, "model": "bpr"}], out["earlier_comparison"])
+    assert [r["model"] for r in rows] == ["bpr", "sasrec"]
+    assert "kept_from" not in rows[0] and rows[1]["kept_from"]["commit"] == "old"
+    text = "\n".join(comparison_lines(rows))
+    assert "- sasrec: kept from the run of then (recozoo old)" in text and "- bpr:" not in text
+
+
 def test_implicit_report_marks_a_missed_target():
     section = {"protocol": "p", "threads": 2, "datasets": [{
         "dataset": "ml-100k", "split": "s", "implicit_version": "0.7.3",
