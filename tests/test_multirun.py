@@ -89,3 +89,32 @@ def test_optuna_search_records_failed_trials_and_resumes(tmp_path):
     failed = [t for t in study.trials if t.params["model.reg_weight"] < 0]
     assert failed, "the seeded sampler is expected to try the impossible value"
     assert all(t.state == optuna.trial.TrialState.FAIL for t in failed)
+
+
+SEARCHES = sorted(p.stem for p in (CONF / "hparams_search").glob("*_optuna.yaml"))
+
+
+@pytest.mark.parametrize("search", SEARCHES)
+def test_every_search_space_names_its_models_settings(search):
+    """Each conf/hparams_search/<model>_optuna.yaml composes with the shared search, selects
+    its model, stores its study under the model's name and searches only keys the model's
+    config has (a misspelt key would train every trial with the default)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    model = search.removesuffix("_optuna")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[f"hparams_search={search}"], return_hydra_config=True)
+    assert model in model_names() and cfg.hydra.runtime.choices.model == model
+    sweeper = cfg.hydra.sweeper
+    assert cfg.optimized_metric == "val/ndcg@10" and sweeper.direction == "maximize"
+    assert sweeper.storage.endswith(f"/optuna/{model}.db") and sweeper.study_name.endswith(model)
+    assert sweeper.params, "no search space"
+    model_keys = OmegaConf.to_container(cfg.model, resolve=False)
+    for key in sweeper.params:
+        node = model_keys
+        for part in key.removeprefix("model.").split("."):
+            assert key.startswith("model.") and part in node, f"{search}: {key} is not a setting"
+            node = node[part]
