@@ -182,18 +182,34 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def changed_settings(folder: Path, expected: dict[str, Any]) -> list[str]:
-    """The settings in ``expected`` that the run in ``folder`` ran with another value, as
-    ``key: ran -> now`` (empty when they agree or the folder keeps no config.yaml)."""
+def _ran_settings(folder: Path) -> dict[str, Any] | None:
+    """The flat settings the run in ``folder`` ran with (None: it keeps no config.yaml)."""
     from omegaconf import OmegaConf
 
     config = RunDir(folder).config
     if not config.exists():
+        return None
+    return _flat(OmegaConf.to_container(OmegaConf.load(config), resolve=False))
+
+
+def changed_settings(folder: Path, expected: dict[str, Any]) -> list[str]:
+    """The settings in ``expected`` that the run in ``folder`` ran with another value, as
+    ``key: ran -> now`` (empty when they agree or the folder keeps no config.yaml).
+
+    A setting the run's config does not have at all was added since: it is not a change (the
+    zoo adds a setting with a default that keeps the earlier behaviour, e.g. sqn's
+    ``sampled_softmax: null``, inert below 10,000 items); `added_settings` names them."""
+    ran = _ran_settings(folder)
+    if ran is None:
         return []
-    ran = _flat(OmegaConf.to_container(OmegaConf.load(config), resolve=False))
-    absent = object()
-    return [f"{key}: {'(none)' if ran.get(key, absent) is absent else ran[key]!r} -> {value!r}"
-            for key, value in expected.items() if ran.get(key, absent) != value]
+    return [f"{key}: {ran[key]!r} -> {value!r}" for key, value in expected.items()
+            if key in ran and ran[key] != value]
+
+
+def added_settings(folder: Path, expected: dict[str, Any]) -> list[str]:
+    """The settings in ``expected`` that did not exist when the run in ``folder`` was made."""
+    ran = _ran_settings(folder)
+    return [] if ran is None else [key for key in expected if key not in ran]
 
 
 def set_aside(folder: Path) -> Path:
@@ -340,7 +356,8 @@ def collect(out: Path, datasets: list[str], models: list[str], seeds: list[int],
             expected: dict[str, dict[str, Any]] | None = None
             ) -> dict[str, dict[str, dict[str, Any]]]:
     """dataset -> model -> {"seeds": {seed: {metric: value}}, "failed": [...], "missing": [...],
-    "stale": [...]} (stale: runs whose settings differ from ``expected[model]``)"""
+    "stale": [...], "added": [...]} (stale: runs whose settings differ from ``expected[model]``;
+    added: settings of ``expected[model]`` some of its runs did not have yet)"""
     table: dict[str, dict[str, dict[str, Any]]] = {}
     for dataset in datasets:
         runs = DATASETS[dataset].runs(models)
@@ -348,13 +365,16 @@ def collect(out: Path, datasets: list[str], models: list[str], seeds: list[int],
                  if DATASETS[dataset].recbole_splits else [])
         for model in [*runs, *peers]:
             entry: dict[str, Any] = {"seeds": {}, "failed": [], "missing": [], "seconds": [],
-                                     "stale": []}
+                                     "stale": [], "added": []}
             for seed in seeds:
                 folder = run_folder(out, dataset, model, seed)
                 record = read_run(folder)
-                if (record is not None and expected and model in expected
-                        and (changes := changed_settings(folder, expected[model]))):
-                    entry["stale"].append(f"s{seed} ({'; '.join(changes)})")
+                if record is not None and expected and model in expected:
+                    if changes := changed_settings(folder, expected[model]):
+                        entry["stale"].append(f"s{seed} ({'; '.join(changes)})")
+                    for key in added_settings(folder, expected[model]):
+                        if key not in entry["added"]:
+                            entry["added"].append(key)
                 if record is None:
                     entry["missing"].append(seed)
                 elif not record.ok:
@@ -451,11 +471,15 @@ def write_report(settings: PanelSettings, table: dict[str, dict[str, dict[str, A
         missing = [f"{m} (seeds {', '.join(map(str, e['missing']))})" for m, e in rows.items()
                    if e["missing"]]
         stale = [f"{m} {s}" for m, e in rows.items() for s in e.get("stale", [])]
+        added = [f"{m} ({', '.join(e['added'])})" for m, e in rows.items() if e.get("added")]
         if failed:
             lines += ["", "Failed: " + "; ".join(failed)]
         if stale:
             lines += ["", "Stale (run with other settings than today's defaults; the panel "
                       "reruns them unless keep_stale=true): " + "; ".join(stale)]
+        if added:
+            lines += ["", "Settings added since some runs were made (at defaults that keep the "
+                      "earlier behaviour; not counted as a change): " + "; ".join(added)]
         if missing:
             lines += ["", "Missing: " + "; ".join(missing)]
     path = Path(settings.report)

@@ -84,13 +84,15 @@ def test_runs_made_with_other_settings_are_set_aside_and_run_again(tmp_path, mon
         RunDir(panel.run_folder(out, "shop", model, 1)).config.write_text(
             OmegaConf.to_yaml(ran))
     expected = {"multvae": {"model.latent": 200, "model.dropout": 0.5, "trainer.max_epochs": 300},
-                "ease": {"model.latent": None, "model.dropout": 0.5, "trainer.max_epochs": 100}}
+                "ease": {"model.latent": None, "model.dropout": 0.5, "trainer.max_epochs": 100,
+                         "model.shrink": 0.0}}  # a setting added since the run
     changes = panel.changed_settings(panel.run_folder(out, "shop", "multvae", 1),
                                      expected["multvae"])
     assert changes == ["model.latent: 64 -> 200", "trainer.max_epochs: 100 -> 300"]
     table = panel.collect(out, ["shop"], ["multvae", "ease"], [1], expected)
     assert table["shop"]["multvae"]["stale"] == [f"s1 ({'; '.join(changes)})"]
-    assert table["shop"]["ease"]["stale"] == []
+    assert table["shop"]["ease"]["stale"] == [] and table["shop"]["ease"]["added"] == [
+        "model.shrink"]
     started = []
     monkeypatch.setattr(panel, "run_process", lambda command, **_: started.append(command) or
                         ProcessResult(returncode=0, output="", seconds=0.0, peak_rss_mb=0.0))
