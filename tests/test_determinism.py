@@ -33,3 +33,24 @@ def test_another_seed_gives_other_results(make_config):
     first = train(make_config(["model=bpr", "seed=1"]))
     second = train(make_config(["model=bpr", "seed=2"]))
     assert first["test/ndcg@20"] != second["test/ndcg@20"] or first["val/ndcg@20"] != second["val/ndcg@20"]
+
+
+def test_rows_looks_up_like_indexing_with_a_repeatable_backward():
+    """`rows` is ``table[index]``; its backward sums repeated rows in the same order every time
+    (advanced indexing's accumulate varied with the threads)."""
+    import torch
+
+    from recozoo.models.components.lookup import rows
+
+    generator = torch.Generator().manual_seed(0)
+    table = torch.randn(50, 8, generator=generator, requires_grad=True)
+    index = torch.randint(0, 50, (4000, 16), generator=generator)  # many repeats
+    weight = torch.randn(4000, 16, 8, generator=generator)
+    assert torch.equal(rows(table, index), table[index])
+    grads = []
+    for lookup in (rows, rows, lambda t, i: t[i]):
+        table.grad = None
+        (lookup(table, index) * weight).sum().backward()
+        grads.append(table.grad.clone())
+    assert torch.equal(grads[0], grads[1])
+    torch.testing.assert_close(grads[0], grads[2], rtol=1e-5, atol=1e-3)  # other sum order

@@ -67,6 +67,7 @@ from torch import nn
 from recozoo.data.datamodule import DatasetInfo, EvalBatch, TrainView
 from recozoo.models.base import Recommender
 from recozoo.models.components.text_signal import user_text_auc
+from recozoo.models.components.lookup import rows
 from recozoo.models.components.text_tower import TextTower
 from recozoo.models.components.user_tower import CausalUserTower
 from recozoo.models.optimizers import dense_optimizer
@@ -334,7 +335,7 @@ class BertFinetune(Recommender):
     def user_states(self, table: torch.Tensor, sequence: torch.Tensor) -> torch.Tensor:
         """(B, max_len, d) user states over a left-padded item sequence (B, L)."""
         pad = sequence == self.info.pad_item
-        items = table[sequence]  # (B, L, d), padding rows are zero
+        items = rows(table, sequence)  # (B, L, d), padding rows are zero
         items, pad = self.user_tower.fit_length(items, pad)
         length = items.shape[1]
         lag = torch.arange(length, device=items.device)

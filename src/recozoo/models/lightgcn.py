@@ -35,6 +35,7 @@ from torch import nn
 from recozoo.data.contracts import DatasetInfo, EvalBatch, TrainView
 from recozoo.models.base import Recommender
 from recozoo.models.components.graph import TrainingGraph
+from recozoo.models.components.lookup import rows
 from recozoo.models.components.sequence import NegativeSampler
 from recozoo.models.losses import negative_scores
 from recozoo.models.sequential import SAMPLED_SOFTMAX_ABOVE
@@ -177,10 +178,11 @@ class LightGCN(Recommender):
         users, items = self.final_embeddings()
         user, pos = batch["user"], batch["item"]  # (B,) (B,)
         if self.loss_name == "softmax":
-            return self._softmax_loss(users[user], items, pos) + self._l2(user, pos)
+            return self._softmax_loss(rows(users, user), items, pos) + self._l2(user, pos)
         neg = batch["negative"]  # (B, n_neg)
-        pos_score = (users[user] * items[pos]).sum(-1)  # (B,)
-        neg_score = negative_scores(users[user], items[neg])  # (B, n_neg)
+        user_vectors = rows(users, user)  # (B, d)
+        pos_score = (user_vectors * rows(items, pos)).sum(-1)  # (B,)
+        neg_score = negative_scores(user_vectors, rows(items, neg))  # (B, n_neg)
         return self.pairwise_loss(pos, pos_score, neg, neg_score) + self._l2(user, pos, neg)
 
     def _softmax_loss(self, user: torch.Tensor, items: torch.Tensor,
@@ -191,8 +193,8 @@ class LightGCN(Recommender):
         if not self.sampled_softmax:
             return self.cross_entropy_loss(user @ items.T, pos)  # (B, n_items) logits
         negatives = self.negative_sampler(self.n_sampled)  # (k,)
-        pos_logits = (user * items[pos]).sum(-1)  # (B,)
-        neg_logits = user @ items[negatives].T  # (B, k)
+        pos_logits = (user * rows(items, pos)).sum(-1)  # (B,)
+        neg_logits = user @ rows(items, negatives).T  # (B, k)
         return self.sampled_cross_entropy_loss(pos_logits, neg_logits, pos, negatives,
                                                self.negative_sampler.log_q)
 

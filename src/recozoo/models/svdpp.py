@@ -17,6 +17,7 @@ from torch import nn
 
 from recozoo.data.contracts import DatasetInfo
 from recozoo.models.components.graph import TrainingGraph
+from recozoo.models.components.lookup import rows
 from recozoo.models.svd import BiasedMF
 
 
@@ -61,7 +62,7 @@ class SVDpp(BiasedMF):
         return implicit
 
     def user_vectors(self, user: torch.Tensor) -> torch.Tensor:
-        return self.user_embedding(user) + self.implicit_term()[user]  # (B, d)
+        return self.user_embedding(user) + rows(self.implicit_term(), user)  # (B, d)
 
     def regularizer(self, batch: dict[str, torch.Tensor], vectors: torch.Tensor) -> torch.Tensor:
         # the y_j of a user's neighbourhood, through the user's implicit term
