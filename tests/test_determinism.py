@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from conftest import model_names
 
+from conftest import model_names
 from recozoo.train import train
 
 TIMING = {"train_seconds", "epoch_seconds", "eval_seconds"}

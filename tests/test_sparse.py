@@ -8,8 +8,8 @@ import functools
 
 import pytest
 import torch
-from conftest import fit_briefly
 
+from conftest import fit_briefly
 from recozoo.models.optimizers import (
     CombinedOptimizer,
     build_optimizer,

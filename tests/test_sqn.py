@@ -10,9 +10,9 @@ from torch import nn
 
 from recozoo.data.datamodule import DatasetInfo
 from recozoo.data.interactions import EVENT_CODES
+from recozoo.evaluation import Ranker
 from recozoo.models.components.q_heads import EventReward, TargetNetwork, double_q_target
 from recozoo.models.sqn import SQN
-from recozoo.evaluation import Ranker
 from recozoo.train import build_experiment, build_model
 
 WEIGHTS = {"view": 0.2, "cart": 0.5, "purchase": 1.0}
@@ -152,9 +152,9 @@ def test_sampled_losses_with_the_whole_catalogue_as_the_sample_are_the_full_loss
     once, uniformly, the log-Q correction cancels and the double-Q argmax sees every action, so
     the TD and cross-entropy terms are the full ones."""
     info = _info()
-    kwargs = dict(dim=8, dropout=0.0, dropout_hidden=0.0, gamma=0.9, n_negatives=3,
-                  supervised=supervised, rank_head="mix" if supervised else "q",
-                  negative_sampling="uniform")
+    kwargs = {"dim": 8, "dropout": 0.0, "dropout_hidden": 0.0, "gamma": 0.9, "n_negatives": 3,
+              "supervised": supervised, "rank_head": "mix" if supervised else "q",
+              "negative_sampling": "uniform"}
     torch.manual_seed(0)
     full = _sqn(info, sampled_softmax=False, **kwargs)
     sampled = _sqn(info, sampled_softmax=True, n_sampled=info.n_items, **kwargs)

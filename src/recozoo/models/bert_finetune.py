@@ -66,8 +66,8 @@ from torch import nn
 
 from recozoo.data.datamodule import DatasetInfo, EvalBatch, TrainView
 from recozoo.models.base import Recommender
-from recozoo.models.components.text_signal import user_text_auc
 from recozoo.models.components.lookup import rows
+from recozoo.models.components.text_signal import user_text_auc
 from recozoo.models.components.text_tower import TextTower
 from recozoo.models.components.user_tower import CausalUserTower
 from recozoo.models.optimizers import dense_optimizer
