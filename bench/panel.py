@@ -182,34 +182,27 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _ran_settings(folder: Path) -> dict[str, Any] | None:
-    """The flat settings the run in ``folder`` ran with (None: it keeps no config.yaml)."""
+def settings_diff(folder: Path, expected: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(changed, added): the settings in ``expected`` that the run in ``folder`` ran with
+    another value, as ``key: ran -> now``, and those its config does not have at all (both
+    empty when the folder keeps no config.yaml; its config is read once).
+
+    An added setting is not a change: the zoo adds a setting with a default that keeps the
+    earlier behaviour (e.g. sqn's ``sampled_softmax: null``, inert below 10,000 items)."""
     from omegaconf import OmegaConf
 
     config = RunDir(folder).config
     if not config.exists():
-        return None
-    return _flat(OmegaConf.to_container(OmegaConf.load(config), resolve=False))
+        return [], []
+    ran = _flat(OmegaConf.to_container(OmegaConf.load(config), resolve=False))
+    changed = [f"{key}: {ran[key]!r} -> {value!r}" for key, value in expected.items()
+               if key in ran and ran[key] != value]
+    return changed, [key for key in expected if key not in ran]
 
 
 def changed_settings(folder: Path, expected: dict[str, Any]) -> list[str]:
-    """The settings in ``expected`` that the run in ``folder`` ran with another value, as
-    ``key: ran -> now`` (empty when they agree or the folder keeps no config.yaml).
-
-    A setting the run's config does not have at all was added since: it is not a change (the
-    zoo adds a setting with a default that keeps the earlier behaviour, e.g. sqn's
-    ``sampled_softmax: null``, inert below 10,000 items); `added_settings` names them."""
-    ran = _ran_settings(folder)
-    if ran is None:
-        return []
-    return [f"{key}: {ran[key]!r} -> {value!r}" for key, value in expected.items()
-            if key in ran and ran[key] != value]
-
-
-def added_settings(folder: Path, expected: dict[str, Any]) -> list[str]:
-    """The settings in ``expected`` that did not exist when the run in ``folder`` was made."""
-    ran = _ran_settings(folder)
-    return [] if ran is None else [key for key in expected if key not in ran]
+    """The changed settings of `settings_diff` (what makes a run stale)."""
+    return settings_diff(folder, expected)[0]
 
 
 def set_aside(folder: Path) -> Path:
@@ -370,9 +363,10 @@ def collect(out: Path, datasets: list[str], models: list[str], seeds: list[int],
                 folder = run_folder(out, dataset, model, seed)
                 record = read_run(folder)
                 if record is not None and expected and model in expected:
-                    if changes := changed_settings(folder, expected[model]):
+                    changes, added = settings_diff(folder, expected[model])
+                    if changes:
                         entry["stale"].append(f"s{seed} ({'; '.join(changes)})")
-                    for key in added_settings(folder, expected[model]):
+                    for key in added:
                         if key not in entry["added"]:
                             entry["added"].append(key)
                 if record is None:
