@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from recozoo.debias import Debias
 from recozoo.distributed import job_scope
 from recozoo.evaluation import Evaluator, Ranker
 from recozoo.models.base import ClosedFormRecommender, Recommender
+from recozoo.report.published import PublishedResult, parse_published, published_lines
 from recozoo.rerank import Reranker
 from recozoo.runtime import quiet_lightning_logs
 from recozoo.training_callbacks import AtomicCheckpointIO, BatchSeed, KeepStopped, RunTimer
@@ -306,6 +308,8 @@ def run(cfg: DictConfig) -> float | None:
     out = output_dir(cfg)
     quiet_lightning_logs()  # after Hydra configured logging: each Lightning message once
     try:
+        # checked before training: a malformed entry must not cost a whole run
+        published = parse_published(OmegaConf.to_container(cfg.data.get("published") or []))
         with job_scope():  # a DDP job leaves no process group behind for the next job
             metrics = train(cfg)
     except Exception as error:
@@ -324,7 +328,7 @@ def run(cfg: DictConfig) -> float | None:
         raise
     finally:
         _finish_wandb()
-    print_metrics(metrics)
+    print_metrics(metrics, published)
     if not _is_multirun() and _launch_rank() == 0:
         print(next_steps(cfg, metrics), flush=True)
     value = metrics.get(cfg.get("optimized_metric") or "")
@@ -340,8 +344,9 @@ def _finish_wandb() -> None:
             wandb.finish()
 
 
-def print_metrics(metrics: dict[str, Any]) -> None:
-    """Print the test metrics as a table (one row per metric, one column per K)."""
+def print_metrics(metrics: dict[str, Any], published: Sequence[PublishedResult] = ()) -> None:
+    """Print the test metrics as a table (one row per metric, one column per K), then the
+    ``published`` results on this data beside this run's values."""
     from rich.console import Console
     from rich.table import Table
 
@@ -361,6 +366,8 @@ def print_metrics(metrics: dict[str, Any]) -> None:
     for name, row in rows.items():
         table.add_row(name, *[f"{row[k]:.4f}" if k in row else "" for k in ks])
     Console().print(table)
+    for line in published_lines(published, metrics, metrics):
+        print(f"Published on {metrics['data']}: {line}", flush=True)
 
 
 def _shown(path: Path) -> str:

@@ -22,12 +22,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from recozoo.artifacts import RunDir
 from recozoo.data.popularity import BUCKETS
 from recozoo.metrics.suite import RANKING_METRICS, RATING_METRICS, higher_is_better
 from recozoo.report import stats
 from recozoo.report.plots import bucket_columns, plot_table
+from recozoo.report.published import published_lines, read_published
 from recozoo.report.runs import Run, RunGroup, find_runs, group_runs
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,8 @@ class Table:
     #: (metric, label) pairs significantly different from the metric's best
     significant: set[tuple[str, str]] = field(default_factory=set)
     best: dict[str, str] = field(default_factory=dict)
+    #: published results on this table's data (`recozoo.report.published`), one line each
+    published: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -183,7 +187,28 @@ def _build_table(group: RunGroup, primary: str, n_resamples: int) -> tuple[Table
                "error": r.metrics.get("error", "no error recorded")} for r in group.failed]
     if failed:
         frame = pd.concat([frame, pd.DataFrame(failed)], ignore_index=True)
-    return Table(group, frame, metrics, significant, best), tests
+    published = _published(group, frame, primary)
+    return Table(group, frame, metrics, significant, best, published), tests
+
+
+def _published(group: RunGroup, frame: pd.DataFrame, primary: str) -> list[str]:
+    """The published results on the table's data (its runs' ``data.published``), each beside
+    the values of the table's best row by ``primary``."""
+    ranked = frame[frame["status"] == "ok"] if "status" in frame else frame
+    if primary not in ranked or ranked[primary].isna().all():
+        return []
+    for run in (r for runs in group.variants.values() for r in runs):
+        try:
+            results = read_published(run.path)
+        except (ValueError, OSError, yaml.YAMLError) as error:
+            log.warning("published results of %s left out: %s", run.path, error)
+            continue
+        if results:
+            top = ranked.iloc[0]  # sorted by the primary metric
+            ours = {key: top[key] for key in ranked.columns if str(key).startswith("test/")}
+            return published_lines(results, group.protocol, ours,
+                                   label=f"best here, {top['model']}")
+    return []
 
 
 def _significance(group: RunGroup, per_user: dict[str, pd.DataFrame], best: dict[str, str],
@@ -336,6 +361,8 @@ def to_markdown(board: Leaderboard, compact: bool = True) -> str:
                 cells.append(text)
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        if table.published:
+            lines += [f"Published on this data: {line}" for line in table.published] + [""]
     return "\n".join(lines)
 
 
@@ -388,6 +415,8 @@ def to_html(board: Leaderboard) -> str:
                 parts.append(f"<td data-v='{value}'{cls}>{escape(text)}</td>")
             parts.append("</tr>")
         parts.append("</tbody></table>")
+        parts += [f"<p class='note'>Published on this data: {escape(line)}</p>"
+                  for line in table.published]
     parts.append(f"<script>{_HTML_SCRIPT}</script></body></html>")
     return "".join(parts)
 
