@@ -529,13 +529,15 @@ def test_one_template_for_every_source_from_config(make_config, tmp_path):
     assert render_item_text(pd.DataFrame({"title": ["Cup"]}), template) == ["Cup by ()"]
 
 
-DATA_CONFIGS = ["ml100k", "ml1m", "online_retail", "amazon", "table", "atomic", "shop"]
+DATA_CONFIGS = ["ml100k", "ml1m", "online_retail", "amazon", "table", "atomic", "scientific",
+                "shop"]
+#: the data configs without a default path
+NEED_PATH = ("table", "atomic", "scientific")
 
 
 @pytest.mark.parametrize("data", DATA_CONFIGS)
 def test_every_data_config_exposes_a_text_template(make_config, data, tmp_path):
-    overrides = [f"data={data}"] + ([f"data.path={tmp_path}"] if data in ("table", "atomic")
-                                    else [])
+    overrides = [f"data={data}"] + ([f"data.path={tmp_path}"] if data in NEED_PATH else [])
     cfg = make_config(overrides, tiny=False)
     assert "text_template" in cfg.data
     assert cfg.data.source.text_template == cfg.data.text_template
@@ -547,7 +549,7 @@ def test_data_configs_share_one_preprocessing_default(make_config, tmp_path):
     shared = OmegaConf.to_container(OmegaConf.load(CONF / "data" / "preprocess" / "default.yaml"))
     differs = {"online_retail": {"kcore": 5}, "amazon": {"kcore": 5}}
     for data in DATA_CONFIGS:
-        cfg = make_config([f"data={data}", f"data.path={tmp_path}"] if data in ("table", "atomic")
+        cfg = make_config([f"data={data}", f"data.path={tmp_path}"] if data in NEED_PATH
                           else [f"data={data}"], tiny=False)
         assert OmegaConf.to_container(cfg.data.preprocess) == {**shared, **differs.get(data, {})}
     texts = [p.read_text() for p in (CONF / "data").rglob("*.yaml")]
@@ -558,7 +560,7 @@ def test_data_configs_share_one_preprocessing_default(make_config, tmp_path):
 SOURCE_KEYS = {"ml100k": ["path", "min_rating"], "ml1m": ["path", "min_rating"],
                "online_retail": ["path", "sheets"], "amazon": ["path", "min_rating", "category"],
                "table": ["path", "min_rating", "items_path", "drop_missing"],
-               "atomic": ["path", "min_rating"], "shop": []}
+               "atomic": ["path", "min_rating"], "scientific": ["path", "min_rating"], "shop": []}
 
 
 @pytest.mark.parametrize("data", DATA_CONFIGS)
