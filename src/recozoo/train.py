@@ -30,7 +30,13 @@ from recozoo.models.base import ClosedFormRecommender, Recommender
 from recozoo.report.published import PublishedResult, parse_published, published_lines
 from recozoo.rerank import Reranker
 from recozoo.runtime import quiet_lightning_logs
-from recozoo.training_callbacks import AtomicCheckpointIO, BatchSeed, KeepStopped, RunTimer
+from recozoo.training_callbacks import (
+    AtomicCheckpointIO,
+    BatchSeed,
+    KeepStopped,
+    RunProgressBar,
+    RunTimer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +221,9 @@ def train(cfg: DictConfig) -> RunRecord:
         overrides["plugins"] = [AtomicCheckpointIO()]  # a kill never leaves half a checkpoint
     # BatchSeed and KeepStopped make a resumed run train exactly like an uninterrupted one
     callbacks += [evaluator, timer, BatchSeed(cfg.seed), KeepStopped()]
+    if cfg.trainer.get("enable_progress_bar", True) and not any(
+            isinstance(c, L.pytorch.callbacks.ProgressBar) for c in callbacks):
+        callbacks.append(RunProgressBar())  # the epoch against the cap, the run's time left
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks,
                                      logger=loggers or False, **overrides)
     for logger in loggers:
@@ -309,7 +318,8 @@ def run(cfg: DictConfig) -> float | None:
     quiet_lightning_logs()  # after Hydra configured logging: each Lightning message once
     try:
         # checked before training: a malformed entry must not cost a whole run
-        published = parse_published(OmegaConf.to_container(cfg.data.get("published") or []))
+        published = cfg.data.get("published")
+        published = parse_published(OmegaConf.to_container(published) if published else None)
         with job_scope():  # a DDP job leaves no process group behind for the next job
             metrics = train(cfg)
     except Exception as error:

@@ -8,6 +8,8 @@
 * `AtomicCheckpointIO` writes each checkpoint to a temporary file and renames it, so a run
   killed (even with SIGKILL) while saving leaves the previous ``last.ckpt`` intact.
 * `KeepStopped` keeps a run that early stopping ended from training on when it is resumed.
+* `RunProgressBar` is Lightning's bar with the epoch counted against the cap and the run's time
+  left at most (``run left≤``), for runs long enough that a user needs to know.
 
 A SIGTERM (Lightning's signal handling) stops a run after the current batch; the next run of the
 same command resumes from the last end-of-epoch checkpoint and redoes the interrupted epoch.
@@ -24,7 +26,9 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from tqdm import tqdm
 
 
 def batch_seed(seed: int, epoch: int, batch: int, rank: int = 0) -> int:
@@ -151,3 +155,47 @@ def logging_step(trainer: L.Trainer) -> int:
     logger, for training and evaluation values alike). Lightning has no public accessor for it;
     this is the one place that reads it."""
     return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
+
+
+def run_time_left(elapsed: float, epochs_run: float, epochs_left: float) -> float | None:
+    """Seconds left at most: ``elapsed`` seconds bought ``epochs_run`` epochs (fractions count),
+    ``epochs_left`` remain to the cap. None before anything ran or without a cap."""
+    if epochs_run <= 0 or not np.isfinite(epochs_left) or epochs_left < 0:
+        return None
+    return elapsed / epochs_run * epochs_left
+
+
+class RunProgressBar(TQDMProgressBar):
+    """Lightning's TQDM bar, with the epoch counted against ``trainer.max_epochs`` ("Epoch 3/10")
+    and ``run left≤``: the wall time per epoch so far (validation included) times the epochs left
+    to the cap, an upper bound, since early stopping may end the run sooner. The per-epoch bar
+    keeps tqdm's own time left for the epoch."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._start: float | None = None
+        self._first_epoch = 0
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        super().on_train_start(trainer, module)
+        self._start, self._first_epoch = time.perf_counter(), trainer.current_epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        cap = trainer.max_epochs
+        total = f"/{cap}" if cap is not None and cap >= 0 else ""
+        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}{total}")
+
+    def get_metrics(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, module)
+        items.pop("v_num", None)
+        bar, cap = self.train_progress_bar, trainer.max_epochs
+        if self._start is None or bar is None or not bar.total or cap is None or cap < 0:
+            return items
+        fraction = min(bar.n / bar.total, 1.0)
+        epochs_run = trainer.current_epoch - self._first_epoch + fraction
+        left = run_time_left(time.perf_counter() - self._start, epochs_run,
+                             cap - trainer.current_epoch - fraction)
+        if left is not None:
+            items["run left≤"] = tqdm.format_interval(left)
+        return items
