@@ -40,6 +40,29 @@ def test_unobserved_samples_skip_the_users_items_and_take_the_ratio():
     assert torch.equal(model._sample_unobserved(rows, 1.0), 1.0 - rows)
 
 
+def test_default_generator_leaves_the_weights_of_absent_items_alone():
+    """Issue 16: Adam's coupled L2 (the authors' weight_decay_g = 0.001) moves a G input weight
+    whose item no row of the batch has by lr every step, whatever its size, which zeroed G's first
+    layer on sparse rows; the default optimiser leaves such a weight where it is."""
+    rows = torch.zeros(4, 8)
+    rows[:, 1:4] = 1.0  # item 0 in no row: its input weights get no gradient from the data
+    shifts = {}
+    for weight_decay_g in (None, 1e-3):  # None: the default
+        torch.manual_seed(0)
+        model = CFGAN(_info(), **({} if weight_decay_g is None else {"weight_decay_g": weight_decay_g}))
+        opt_g = model.configure_optimizers()[0]
+        column = model.generator.net[0].weight[:, 0]  # (hidden,): item 0's input weights
+        before = column.detach().clone()
+        for _ in range(20):
+            opt_g.zero_grad()
+            model.generator(rows).pow(2).sum().backward()
+            opt_g.step()
+        shifts[weight_decay_g] = (column.detach() - before).abs()
+    assert torch.equal(shifts[None], torch.zeros_like(shifts[None]))
+    # the decay alone, normalised by Adam: 20 steps of lr_g = 3e-4 each (|w| > 6e-3 for nearly all)
+    assert torch.median(shifts[1e-3]).item() == pytest.approx(20 * 3e-4, rel=0.05)
+
+
 def _train(overrides: list[str], tmp_path, epochs: int) -> tuple[dict[str, float], list[float]]:
     """Test metrics of a run on the generated shop, and the mean discriminator loss per epoch."""
     steps: dict[int, list[float]] = {}  # epoch -> the discriminator's loss of each step
