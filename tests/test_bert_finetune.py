@@ -221,6 +221,24 @@ def test_gate_bias_sets_how_much_warm_items_start_on_their_ids():
     assert trusting[2] == 0 and (trusting[[0, 1, 3]] > default[[0, 1, 3]]).all()
 
 
+def test_encoder_learns_from_the_fresh_softmax_alone_never_from_stale_rows():
+    """While the encoder trains under negatives=catalogue, the full softmax reads only the
+    catalogue cache (no row of it carries the encoder's gradient), so no step can lower the loss
+    by moving fresh rows away from stale ones (issue 17); the fresh softmax trains the encoder."""
+    texts = [f"item number {i} of the shop" for i in range(12)]
+    batch = _sequence_batch([(i + 1) % 12 for i in range(12)], length=4)
+    model = BertFinetune(_info(texts, [2.0] * 12), train_layers=1, max_len=4, n_negatives=4,
+                         bf16=False).eval()
+    weight = model.text.encoder.encoder.layer[-1].output.dense.weight
+    fresh_loss = model._fresh_loss
+    model._fresh_loss = lambda states, targets: states.sum() * 0  # the full softmax alone
+    model.loss(batch).backward()
+    assert weight.requires_grad and (weight.grad is None or not weight.grad.any())
+    model._fresh_loss = fresh_loss
+    model.loss(batch).backward()
+    assert weight.grad is not None and weight.grad.any()
+
+
 def test_fresh_softmax_can_leave_the_user_tower_alone():
     """With fresh_user_grad=False the user tower's gradient is the full softmax's alone (the
     same as with a frozen encoder), while the encoder still gets one from the fresh softmax."""
