@@ -51,8 +51,9 @@ same-user text AUC .634; seed 1, leave-one-out, full ranking) and did not beat t
 best checkpoint (``init_from``), the top layer reached validation .0939 (``encoder_lr`` 5e-5) and
 .0978 (everything at 1e-4), against .0945 and .0976 for the same restarts with the encoder frozen,
 with lower test NDCG@10 (.0887, .0899) and tail recall (.0537, .0514); the top layer trained
-alone, every other weight fixed, lowered validation to .0989 (test .0950). Each fine-tuned epoch
-cost 5-6x a frozen one on one CPU thread. The per-epoch curves, LoRA and the shop's figures are in
+alone, every other weight fixed, lowered validation to .0989 (test .0950). From scratch, the top
+layer (.0720/.0853) and LoRA rank 8 in the top two layers (.0740/.0857) trailed the frozen run's
+first two epochs (.0801/.0917). Each fine-tuned epoch cost 4-6x a frozen one on one CPU thread. The per-epoch curves, LoRA and the shop's figures are in
 ``conf/model/bert_finetune.yaml``.
 
 Weak text. Where item text says nothing about the interactions (bare names, ids, one text for
