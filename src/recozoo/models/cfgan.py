@@ -44,7 +44,8 @@ NDCG@10, .0199 against .0214, recommending pop's 15 items):
   0.2) and validation falls below pop's, as G, its input weights decayed, cannot answer.
 
 Validation NDCG@10 of the old defaults against these (seed 1; pop's in brackets): Scientific .0199
-against .0750 (.0214; panel cell, 37 epochs; test .0162 against .0687, bpr .0429, multvae .0571);
+against .0750, seed 2 .0198 against .0756 (.0214; panel cells, 37-38 epochs; test .0162 and .0163
+against .0687 and .0679, bpr .0429, multvae .0571);
 the shop .0807 against .1033 after 19 epochs, still rising (.0349); ml-100k leave-one-out .0777
 against .0734, seeds 1-3 .0756 against .0739 on average, within the old defaults' spread between
 seeds (.0697-.0793); ZR alone with the L2 kept scores .0674 there.
