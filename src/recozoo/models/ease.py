@@ -27,7 +27,7 @@ class EASE(ClosedFormRecommender):
 
     scores_new_users = True
 
-    def __init__(self, info: DatasetInfo, reg_weight: float = 250.0,
+    def __init__(self, info: DatasetInfo, reg_weight: float = 150.0,
                  inverse_dtype: str = "float32", **kwargs):
         super().__init__(info, **kwargs)
         if reg_weight <= 0:

@@ -28,7 +28,7 @@ class ItemKNN(ClosedFormRecommender):
 
     scores_new_users = True
 
-    def __init__(self, info: DatasetInfo, k: int = 100, shrink: float = 0.0,
+    def __init__(self, info: DatasetInfo, k: int = 200, shrink: float = 10.0,
                  block_size: int = 1024, **kwargs):
         super().__init__(info, **kwargs)
         if k < 1:
