@@ -190,7 +190,7 @@ class RunProgressBar(TQDMProgressBar):
         items = super().get_metrics(trainer, module)
         items.pop("v_num", None)
         bar, cap = self.train_progress_bar, trainer.max_epochs
-        if self._start is None or bar is None or not bar.total or cap is None or cap < 0:
+        if self._start is None or not bar.total or cap is None or cap < 0:
             return items
         fraction = min(bar.n / bar.total, 1.0)
         epochs_run = trainer.current_epoch - self._first_epoch + fraction
