@@ -146,3 +146,12 @@ def test_validations_inside_fit_score_as_the_final_validation(make_config):
     for key in keys:
         assert inside_fit[key] == pytest.approx(final[key], rel=1e-6, abs=1e-9), key
         assert final[key] == pytest.approx(metrics[key], rel=1e-6, abs=1e-9), key
+
+
+@pytest.mark.parametrize("model, split, warned", [
+    ("gru4rec", "random", True), ("gru4rec", "loo", False), ("bpr", "random", False)])
+def test_a_sequence_model_on_a_random_split_is_warned(make_config, caplog, model, split, warned):
+    from recozoo.train import build_experiment
+
+    build_experiment(make_config([f"model={model}", f"split={split}"]))
+    assert ("split=random holds out random ratings" in caplog.text) is warned
