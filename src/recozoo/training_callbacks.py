@@ -8,8 +8,8 @@
 * `AtomicCheckpointIO` writes each checkpoint to a temporary file and renames it, so a run
   killed (even with SIGKILL) while saving leaves the previous ``last.ckpt`` intact.
 * `KeepStopped` keeps a run that early stopping ended from training on when it is resumed.
-* `RunProgressBar` is Lightning's bar with the epoch counted against the cap and the run's time
-  left at most (``run left≤``), for runs long enough that a user needs to know.
+* `RunProgressBar` is Lightning's bar plus the run's time left at most (``run left≤``), for
+  runs long enough that a user needs to know.
 
 A SIGTERM (Lightning's signal handling) stops a run after the current batch; the next run of the
 same command resumes from the last end-of-epoch checkpoint and redoes the interrupted epoch.
@@ -17,6 +17,7 @@ same command resumes from the last end-of-epoch checkpoint and redoes the interr
 
 from __future__ import annotations
 
+import datetime
 import os
 import random
 import time
@@ -26,9 +27,8 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from tqdm import tqdm
 
 
 def batch_seed(seed: int, epoch: int, batch: int, rank: int = 0) -> int:
@@ -165,37 +165,41 @@ def run_time_left(elapsed: float, epochs_run: float, epochs_left: float) -> floa
     return elapsed / epochs_run * epochs_left
 
 
-class RunProgressBar(TQDMProgressBar):
-    """Lightning's TQDM bar, with the epoch counted against ``trainer.max_epochs`` ("Epoch 3/10")
-    and ``run left≤``: the wall time per epoch so far (validation included) times the epochs left
-    to the cap, an upper bound, since early stopping may end the run sooner. The per-epoch bar
-    keeps tqdm's own time left for the epoch."""
+class RunProgressBar(RichProgressBar):
+    """Lightning's default (Rich) bar plus ``run left≤``: the wall time per epoch so far
+    (validation included) times the epochs left to ``trainer.max_epochs``, an upper bound, since
+    early stopping may end the run sooner. The bar itself keeps the epoch against the cap and
+    the time left in the epoch."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._start: float | None = None
-        self._first_epoch = 0
+        self._first_epoch = self._batches_done = 0
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         super().on_train_start(trainer, module)
         self._start, self._first_epoch = time.perf_counter(), trainer.current_epoch
 
-    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        super().on_train_epoch_start(trainer, *args)
-        cap = trainer.max_epochs
-        total = f"/{cap}" if cap is not None and cap >= 0 else ""
-        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}{total}")
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._batches_done = 0
+        super().on_train_epoch_start(trainer, module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        self._batches_done = batch_idx + 1  # before the bar reads get_metrics
+        super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
 
     def get_metrics(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any]:
         items = super().get_metrics(trainer, module)
         items.pop("v_num", None)
-        bar, cap = self.train_progress_bar, trainer.max_epochs
-        if self._start is None or not bar.total or cap is None or cap < 0:
+        cap, batches = trainer.max_epochs, self.total_train_batches
+        if (self._start is None or cap is None or cap < 0 or not batches
+                or not np.isfinite(batches)):
             return items
-        fraction = min(bar.n / bar.total, 1.0)
-        epochs_run = trainer.current_epoch - self._first_epoch + fraction
-        left = run_time_left(time.perf_counter() - self._start, epochs_run,
+        fraction = min(self._batches_done / batches, 1.0)
+        left = run_time_left(time.perf_counter() - self._start,
+                             trainer.current_epoch - self._first_epoch + fraction,
                              cap - trainer.current_epoch - fraction)
         if left is not None:
-            items["run left≤"] = tqdm.format_interval(left)
+            items["run left≤"] = str(datetime.timedelta(seconds=round(left)))
         return items
