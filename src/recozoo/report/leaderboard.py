@@ -192,23 +192,20 @@ def _build_table(group: RunGroup, primary: str, n_resamples: int) -> tuple[Table
 
 
 def _published(group: RunGroup, frame: pd.DataFrame, primary: str) -> list[str]:
-    """The published results on the table's data (its runs' ``data.published``), each beside
-    the values of the table's best row by ``primary``."""
+    """The published results on the table's data (``data.published`` of its first run: the
+    runs of a table share their data), each beside the values of the best row by ``primary``."""
     ranked = frame[frame["status"] == "ok"] if "status" in frame else frame
     if primary not in ranked or ranked[primary].isna().all():
         return []
-    for run in (r for runs in group.variants.values() for r in runs):
-        try:
-            results = read_published(run.path)
-        except (ValueError, OSError, yaml.YAMLError) as error:
-            log.warning("published results of %s left out: %s", run.path, error)
-            continue
-        if results:
-            top = ranked.iloc[0]  # sorted by the primary metric
-            ours = {key: top[key] for key in ranked.columns if str(key).startswith("test/")}
-            return published_lines(results, group.protocol, ours,
-                                   label=f"best here, {top['model']}")
-    return []
+    first = next(iter(group.variants.values()))[0]
+    try:
+        results = read_published(first.path)
+    except (ValueError, OSError, yaml.YAMLError) as error:
+        log.warning("published results of %s left out: %s", first.path, error)
+        return []
+    top = ranked.iloc[0]  # sorted by the primary metric
+    ours = {key: top[key] for key in ranked.columns if str(key).startswith("test/")}
+    return published_lines(results, group.protocol, ours, label=f"best here, {top['model']}")
 
 
 def _significance(group: RunGroup, per_user: dict[str, pd.DataFrame], best: dict[str, str],

@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from recozoo.artifacts import RunDir
+
 
 @dataclass(frozen=True)
 class PublishedResult:
@@ -85,8 +87,6 @@ def parse_published(entries: Iterable[Mapping[str, Any]] | None,
 
 def read_published(run_dir: Path | str) -> list[PublishedResult]:
     """The ``data.published`` of a run folder's resolved config (empty where there is none)."""
-    from recozoo.artifacts import RunDir
-
     path = RunDir(run_dir).config
     if not path.exists():
         return []
