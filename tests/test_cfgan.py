@@ -40,6 +40,34 @@ def test_unobserved_samples_skip_the_users_items_and_take_the_ratio():
     assert torch.equal(model._sample_unobserved(rows, 1.0), 1.0 - rows)
 
 
+def test_pm_per_item_caps_each_users_sample_at_a_few_negatives_per_item():
+    """k_u = round(min(pm_ratio * unobserved_u, pm_per_item * n_u)): a sparse row gets
+    pm_per_item negatives per item, a dense one keeps the pm_ratio share; exact sizes, drawn
+    among the user's non-interacted items only."""
+    model = CFGAN(_info(100), pm_ratio=0.5, pm_per_item=3)
+    rows = torch.zeros(4, 100)
+    rows[0, :2] = 1.0   # n_u 2: min(0.5 * 98, 3 * 2) = 6
+    rows[1, :20] = 1.0  # n_u 20: min(0.5 * 80, 60) = 40, the share
+    rows[2, 5:15] = 1.0  # n_u 10: min(45, 30) = 30
+    # row 3 has no items: no negatives
+    expected = torch.tensor([6, 40, 30, 0])
+    assert torch.equal(model.pm_sizes(rows), expected)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        sample = model._sample_pm(rows)
+        assert torch.equal(sample.sum(1).long(), expected)
+        assert (sample * rows).sum() == 0  # never one of the user's own items
+    # null: the pm_ratio share of every row, as before (a 0.5 share of row 0's 98 items)
+    torch.manual_seed(0)
+    shared = CFGAN(_info(100), pm_ratio=0.5)._sample_pm(rows)
+    assert shared[0].sum() > 30 and shared[3].sum() > 30
+
+
+def test_negative_pm_per_item_is_refused():
+    with pytest.raises(ValueError, match="cfgan pm_per_item must be >= 0 or null, got -1"):
+        CFGAN(_info(), pm_per_item=-1)
+
+
 def test_default_generator_leaves_the_weights_of_absent_items_alone():
     """Issue 16: Adam's coupled L2 (the authors' weight_decay_g = 0.001) moves a G input weight
     whose item no row of the batch has by lr every step, whatever its size, which zeroed G's first

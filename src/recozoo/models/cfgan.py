@@ -78,6 +78,9 @@ class CFGAN(Recommender):
         hidden_g / hidden_d: hidden sizes of G and D (paper, ML-100K: [400] and [125]).
         zr_ratio / pm_ratio: shares of non-interacted items sampled for ZR and PM (0.7, and 0:
             ZR alone, see the module notes; the paper's ZP scheme uses 0.7).
+        pm_per_item: caps each user's PM sample at this many negatives per item of the user:
+            ``k_u = round(min(pm_ratio * unobserved_u, pm_per_item * n_u))`` items, drawn
+            without replacement; None: a ``pm_ratio`` share of every row, whatever its length.
         zr_weight: ``alpha``, the weight of the ZR term (0.03).
         d_steps / g_steps: D and G updates per batch (2 and 4 in the paper's ML-100K setting).
         lr_g / lr_d, weight_decay_g / weight_decay_d: the two Adam optimisers (D learns faster
@@ -89,17 +92,20 @@ class CFGAN(Recommender):
 
     def __init__(self, info: DatasetInfo, hidden_g: tuple[int, ...] | list[int] = (400,),
                  hidden_d: tuple[int, ...] | list[int] = (125,), zr_ratio: float = 0.7, pm_ratio: float = 0.0,
-                 zr_weight: float = 0.03, d_steps: int = 2, g_steps: int = 4,
+                 pm_per_item: float | None = None, zr_weight: float = 0.03, d_steps: int = 2, g_steps: int = 4,
                  lr_g: float = 3e-4, lr_d: float = 1e-3, weight_decay_g: float = 0.0,
                  weight_decay_d: float = 0.0, batch_size: int = 64, **kwargs):
         super().__init__(info, **kwargs)
         for name, ratio in (("zr_ratio", zr_ratio), ("pm_ratio", pm_ratio)):
             if not 0.0 <= ratio <= 1.0:
                 raise ValueError(f"cfgan {name} must be in [0, 1], got {ratio}")
+        if pm_per_item is not None and pm_per_item < 0:
+            raise ValueError(f"cfgan pm_per_item must be >= 0 or null, got {pm_per_item}")
         self.automatic_optimization = False
         self.generator = VectorGenerator(info.n_items, list(hidden_g))
         self.discriminator = ConditionalDiscriminator(info.n_items, list(hidden_d))
         self.zr_ratio, self.pm_ratio, self.zr_weight = zr_ratio, pm_ratio, zr_weight
+        self.pm_per_item = pm_per_item
         self.d_steps, self.g_steps, self.batch_size = d_steps, g_steps, batch_size
         self.lr_g, self.lr_d = lr_g, lr_d
         self.weight_decay_g, self.weight_decay_d = weight_decay_g, weight_decay_d
@@ -119,10 +125,24 @@ class CFGAN(Recommender):
         """(B, n_items) 0/1: a ``ratio`` share of each user's non-interacted items."""
         return ((torch.rand_like(rows) < ratio) & (rows == 0)).float()
 
+    def pm_sizes(self, rows: torch.Tensor) -> torch.Tensor:
+        """(B,) long: ``k_u``, the size of each user's PM sample when ``pm_per_item`` is set."""
+        observed = (rows != 0).sum(1)  # (B,): n_u
+        unobserved = rows.shape[1] - observed
+        return torch.minimum(self.pm_ratio * unobserved, self.pm_per_item * observed).round().long()
+
+    def _sample_pm(self, rows: torch.Tensor) -> torch.Tensor:
+        """(B, n_items) 0/1: ``k_u``, the PM sample of each user's non-interacted items."""
+        if self.pm_per_item is None:
+            return self._sample_unobserved(rows, self.pm_ratio)
+        keys = torch.rand_like(rows).masked_fill(rows != 0, 2.0)  # the user's items rank last
+        ranks = keys.argsort(1).argsort(1)  # (B, n_items): a random order of the unobserved
+        return (ranks < self.pm_sizes(rows)[:, None]).float()
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         opt_g, opt_d = self.optimizers()
         rows = batch["rows"]  # (B, n_items): c_u, and the real vector r_u
-        mask = rows + self._sample_unobserved(rows, self.pm_ratio)  # e_u + k_u
+        mask = rows + self._sample_pm(rows)  # e_u + k_u
         zr = self._sample_unobserved(rows, self.zr_ratio)
         real = torch.ones(len(rows), device=rows.device)  # D's labels
         fake_label = torch.zeros_like(real)
