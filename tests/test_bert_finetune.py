@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import fit_briefly
 
-from recozoo.data.datamodule import DatasetInfo
+from recozoo.data.datamodule import DatasetInfo, EvalBatch
 from recozoo.models.bert_finetune import BertFinetune
 from recozoo.models.components.text_tower import TextTower
 
@@ -393,6 +393,28 @@ def test_cold_items_are_placed_by_their_text_neighbours_when_scoring():
     torch.testing.assert_close(scoring[[0, 1, 3]], unplaced[[0, 1, 3]])  # warm items unmoved
     with pytest.raises(ValueError, match="model.cold_neighbours"):
         BertFinetune(info, cold_neighbours=-1)
+
+
+def test_posthoc_adjustment_lowers_scores_by_tau_log_prior():
+    """Scores are the plain ones minus τ log((n_i + 1) / Σ(n + 1)): an item with fewer training
+    interactions gains on a popular one by τ log of their count ratio; τ = 0 leaves them."""
+    info = _info(TEXTS, [7.0, 3.0, 0.0, 1.0])
+    plain = BertFinetune(info, posthoc_adjustment=0.0).eval()
+    adjusted = BertFinetune(info, posthoc_adjustment=0.5).eval()
+    adjusted.load_state_dict(plain.state_dict())
+    batch = EvalBatch(user=torch.tensor([0, 1]), history=torch.tensor([[0, 1], [3, 3]]),
+                      seen_rows=torch.tensor([0, 0, 1]), seen_cols=torch.tensor([0, 1, 3]),
+                      target_rows=torch.tensor([0, 1]), target_cols=torch.tensor([2, 0]))
+    with torch.no_grad():
+        base, moved = plain.score(batch), adjusted.score(batch)
+    prior = torch.tensor([8.0, 4.0, 1.0, 2.0]) / 15.0
+    torch.testing.assert_close(moved - base, (-0.5 * prior.log()).expand(2, 4))
+    # the cold item (no interaction) gains τ log 8 on the most popular one
+    gain = (moved[:, 2] - base[:, 2]) - (moved[:, 0] - base[:, 0])
+    torch.testing.assert_close(gain, torch.full((2,), 0.5 * torch.tensor(8.0).log().item()))
+    assert plain.score_offset is None
+    with pytest.raises(ValueError, match="model.posthoc_adjustment"):
+        BertFinetune(info, posthoc_adjustment=-0.1)
 
 
 def test_init_from_starts_a_second_phase_from_an_earlier_checkpoint(tmp_path):
