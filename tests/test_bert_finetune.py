@@ -396,8 +396,9 @@ def test_cold_items_are_placed_by_their_text_neighbours_when_scoring():
 
 
 def test_posthoc_adjustment_lowers_scores_by_tau_log_prior():
-    """Scores are the plain ones minus τ log((n_i + 1) / Σ(n + 1)): an item with fewer training
-    interactions gains on a popular one by τ log of their count ratio; τ = 0 leaves them."""
+    """Scores are the plain ones minus τ log((n_i + 1) / Σ(n + 1)), so a rarer item gains on a
+    popular one by τ log of their count ratio; an item without training interactions takes the
+    mean offset of the trained ones; τ = 0 leaves the scores alone."""
     info = _info(TEXTS, [7.0, 3.0, 0.0, 1.0])
     plain = BertFinetune(info, posthoc_adjustment=0.0).eval()
     adjusted = BertFinetune(info, posthoc_adjustment=0.5).eval()
@@ -407,11 +408,12 @@ def test_posthoc_adjustment_lowers_scores_by_tau_log_prior():
                       target_rows=torch.tensor([0, 1]), target_cols=torch.tensor([2, 0]))
     with torch.no_grad():
         base, moved = plain.score(batch), adjusted.score(batch)
-    prior = torch.tensor([8.0, 4.0, 1.0, 2.0]) / 15.0
-    torch.testing.assert_close(moved - base, (-0.5 * prior.log()).expand(2, 4))
-    # the cold item (no interaction) gains τ log 8 on the most popular one
-    gain = (moved[:, 2] - base[:, 2]) - (moved[:, 0] - base[:, 0])
-    torch.testing.assert_close(gain, torch.full((2,), 0.5 * torch.tensor(8.0).log().item()))
+    warm = -0.5 * (torch.tensor([8.0, 4.0, 2.0]) / 15.0).log()  # items 0, 1, 3
+    expected = torch.stack([warm[0], warm[1], warm.mean(), warm[2]])
+    torch.testing.assert_close(moved - base, expected.expand(2, 4))
+    # the rarest warm item (1 interaction) gains τ log 4 on the most popular one (7)
+    gain = (moved[:, 3] - base[:, 3]) - (moved[:, 0] - base[:, 0])
+    torch.testing.assert_close(gain, torch.full((2,), 0.5 * torch.tensor(4.0).log().item()))
     assert plain.score_offset is None
     with pytest.raises(ValueError, match="model.posthoc_adjustment"):
         BertFinetune(info, posthoc_adjustment=-0.1)

@@ -29,6 +29,7 @@ item's training share: the post-hoc logit adjustment of Menon et al., "Long-tail
 Logit Adjustment" (ICLR 2021), the scoring-time counterpart of ``debias=pop_neg``. τ = 0.2 was
 chosen on validation across four datasets: it is the largest τ of 0.1-0.4 that keeps every
 dataset's validation NDCG@10 within 1% of τ = 0 (figures in ``conf/model/bert_finetune.yaml``).
+Cold items take the trained items' mean offset (`posthoc_offsets`).
 
 CPU cost is the design constraint (a MiniLM layer costs ~1 ms per title on one core):
 
@@ -139,6 +140,21 @@ class PopularityGatedIDs(nn.Module):
             gate = gate * ~text_only
         ids = self.embedding.weight if items is None else self.embedding(items)  # (n, d)
         return (1 - gate[:, None]) * text + gate[:, None] * ids
+
+
+def posthoc_offsets(item_popularity: torch.Tensor, tau: float) -> torch.Tensor | None:
+    """(n_items,) offsets added to the scores: ``-τ log prior_i`` (the logit adjustment of
+    `PopularityNegatives`, applied after training), None at τ = 0. An item without training
+    interactions takes the mean offset of the trained ones: its score holds no learned frequency
+    to correct, and the largest offset would put every cold item above warm ones of equal score
+    (Scientific with 5% of items cold, seed 1: validation NDCG@10 .0919 -> .0835)."""
+    adjustment = PopularityNegatives(tau=tau).logit_adjustment(item_popularity)
+    if adjustment is None:
+        return None
+    offsets, trained = -adjustment, item_popularity > 0
+    if trained.any():
+        offsets[~trained] = offsets[trained].mean()
+    return offsets
 
 
 class BertFinetune(Recommender):
@@ -276,11 +292,8 @@ class BertFinetune(Recommender):
         # each trained item's share of the training targets (the in-batch sampling rate)
         share = info.item_popularity.float() / info.item_popularity.float().sum().clamp(min=1)
         self.register_buffer("target_share", share, persistent=False)
-        # -τ log prior added to every score (None: τ = 0), the training-time logit adjustment of
-        # debias=pop_neg applied after training instead
-        adjustment = PopularityNegatives(tau=float(posthoc_adjustment)).logit_adjustment(
-            info.item_popularity)
-        self.register_buffer("score_offset", None if adjustment is None else -adjustment,
+        self.register_buffer("score_offset", posthoc_offsets(info.item_popularity,
+                                                             float(posthoc_adjustment)),
                              persistent=False)
         #: (n_items, H) text vectors of the catalogue; not saved (rebuilt from the weights)
         self._text_cache: torch.Tensor | None = None
