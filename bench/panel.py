@@ -182,22 +182,38 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+#: Settings whose default changed the behaviour when they were added, with the value that was in
+#: effect before: a run whose config lacks the key ran with it. Register every such setting here
+#: (an added setting missing from this table is taken to keep the earlier behaviour).
+BEFORE_ADDED: dict[str, Any] = {
+    "model.posthoc_adjustment": 0.0,  # bert_finetune's post-hoc logit adjustment (issue 17)
+}
+
+
 def settings_diff(folder: Path, expected: dict[str, Any]) -> tuple[list[str], list[str]]:
     """(changed, added): the settings in ``expected`` that the run in ``folder`` ran with
     another value, as ``key: ran -> now``, and those its config does not have at all (both
     empty when the folder keeps no config.yaml; its config is read once).
 
-    An added setting is not a change: the zoo adds a setting with a default that keeps the
-    earlier behaviour (e.g. sqn's ``sampled_softmax: null``, inert below 10,000 items)."""
+    An added setting is not a change when its default keeps the earlier behaviour (e.g. sqn's
+    ``sampled_softmax: null``, inert below 10,000 items); one registered in `BEFORE_ADDED` is a
+    change when its default differs from the value in effect before it existed."""
     from omegaconf import OmegaConf
 
     config = RunDir(folder).config
     if not config.exists():
         return [], []
     ran = _flat(OmegaConf.to_container(OmegaConf.load(config), resolve=False))
-    changed = [f"{key}: {ran[key]!r} -> {value!r}" for key, value in expected.items()
-               if key in ran and ran[key] != value]
-    return changed, [key for key in expected if key not in ran]
+    changed, added = [], []
+    for key, value in expected.items():
+        if key in ran:
+            if ran[key] != value:
+                changed.append(f"{key}: {ran[key]!r} -> {value!r}")
+        elif key in BEFORE_ADDED and BEFORE_ADDED[key] != value:
+            changed.append(f"{key}: {BEFORE_ADDED[key]!r} (before the setting) -> {value!r}")
+        else:
+            added.append(key)
+    return changed, added
 
 
 def changed_settings(folder: Path, expected: dict[str, Any]) -> list[str]:
