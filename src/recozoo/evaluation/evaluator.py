@@ -9,8 +9,9 @@ knowing; it also makes an evaluation independent of how a model was trained (a G
 optimisation is evaluated by the same hooks as BPR).
 
 Reported values: every value of a stage is in ``stage_metrics[stage]`` and goes to the loggers in
-one ``log_metrics`` call. Only the keys a callback monitors (checkpointing, early stopping) go
-through ``LightningModule.log`` into ``trainer.callback_metrics``: Lightning's per-key
+one ``log_metrics`` call. Only the keys a callback or a plateau scheduler monitors (checkpointing,
+early stopping, ``model.lr_scheduler``) go through ``LightningModule.log`` into
+``trainer.callback_metrics``: Lightning's per-key
 bookkeeping costs about 2 ms a key and the suite has ~44 keys, more than evaluating a small
 catalogue. So ``trainer.validate/test`` return only monitored keys; read ``stage_metrics``.
 """
@@ -191,7 +192,8 @@ class Evaluator(L.Callback):
         callbacks monitor into ``trainer.callback_metrics`` (see the module docstring)."""
         values = self.compute(stage)
         self.stage_metrics[stage] = values
-        monitored = {getattr(c, "monitor", None) for c in trainer.callbacks}
+        monitored = {getattr(c, "monitor", None)
+                     for c in [*trainer.callbacks, *trainer.lr_scheduler_configs]}
         for key in sorted(monitored.intersection(values)):
             module.log(key, values[key], sync_dist=False, logger=False)  # loggers: below
         if trainer.is_global_zero:

@@ -25,7 +25,7 @@ from recozoo.data.datamodule import DatasetInfo, EvalBatch, TrainView
 from recozoo.debias import Debias
 from recozoo.models.components.sequence import ItemEmbedding
 from recozoo.models.losses import SharedLosses
-from recozoo.models.optimizers import OptimizerFactory, build_optimizer
+from recozoo.models.optimizers import OptimizerFactory, SchedulerFactory, build_optimizer
 from recozoo.training_callbacks import logging_step
 
 
@@ -40,6 +40,9 @@ class Recommender(SharedLosses, L.LightningModule):
             (``nn.Embedding(sparse=True)``: only the rows a batch touches are updated); None:
             ``torch.optim.SparseAdam`` at ``optimizer``'s learning rate. See
             `configure_optimizers`.
+        lr_scheduler: a partial learning-rate scheduler taking the optimizer, stepped after
+            every validation (e.g. ``ReduceLROnPlateau``); None: a constant learning rate.
+        lr_scheduler_monitor: the validation value a plateau scheduler reads.
     """
 
     #: models that predict explicit ratings implement ``predict_rating`` and set this.
@@ -50,13 +53,18 @@ class Recommender(SharedLosses, L.LightningModule):
     scores_new_users: ClassVar[bool] = False
 
     def __init__(self, info: DatasetInfo, optimizer: OptimizerFactory | None = None,
-                 sparse_optimizer: OptimizerFactory | None = None):
+                 sparse_optimizer: OptimizerFactory | None = None,
+                 lr_scheduler: SchedulerFactory | None = None,
+                 lr_scheduler_monitor: str = "val/ndcg@10"):
         super().__init__()
-        self.save_hyperparameters(ignore=["info", "optimizer", "sparse_optimizer"])
+        self.save_hyperparameters(ignore=["info", "optimizer", "sparse_optimizer",
+                                          "lr_scheduler"])
         self.info = info
         self.n_users, self.n_items = info.n_users, info.n_items
         self.optimizer_factory = optimizer
         self.sparse_optimizer_factory = sparse_optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.lr_scheduler_monitor = lr_scheduler_monitor
         self.register_buffer("item_popularity", info.item_popularity.float(), persistent=False)
         # popularity debiasing of the shared losses, off unless `configure_debias` sets it
         self.debias: Debias | None = None
@@ -81,6 +89,14 @@ class Recommender(SharedLosses, L.LightningModule):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ training
+    def setup(self, stage: str) -> None:
+        """Refuse a learning-rate scheduler that nothing would step: Lightning steps schedulers
+        for automatic optimisation only."""
+        if self.lr_scheduler_factory is not None and not self.automatic_optimization:
+            raise ValueError(f"model.lr_scheduler: {type(self).__name__} steps its own "
+                             "optimizers (manual optimisation) and takes no scheduler; set "
+                             "model.lr_scheduler=null")
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
         self.log_train({"train/loss": loss}, prog_bar=True, batch_size=len(batch["user"]))
@@ -120,11 +136,23 @@ class Recommender(SharedLosses, L.LightningModule):
                 f"{self.current_epoch}, step {self.global_step} ({where}); lower the "
                 "learning rate or check the data")
 
-    def configure_optimizers(self) -> torch.optim.Optimizer | None:
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any] | None:
         """``optimizer`` over the trainable parameters; the tables of ``nn.Embedding(sparse=True)``
         modules go to ``sparse_optimizer`` instead (both in one `CombinedOptimizer`), so a step
         costs what the batch touches rather than the size of the tables."""
-        return build_optimizer(self, self.optimizer_factory, self.sparse_optimizer_factory)
+        return self.with_lr_scheduler(
+            build_optimizer(self, self.optimizer_factory, self.sparse_optimizer_factory))
+
+    def with_lr_scheduler(self, optimizer: torch.optim.Optimizer) -> (
+            torch.optim.Optimizer | dict[str, Any]):
+        """What ``configure_optimizers`` returns for ``optimizer``: the optimizer alone, or with
+        ``lr_scheduler`` stepped after every validation on ``lr_scheduler_monitor``. Every model
+        with automatic optimisation returns through here."""
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": self.lr_scheduler_factory(optimizer),
+                                 "monitor": self.lr_scheduler_monitor, "interval": "epoch"}}
 
     # ------------------------------------------------------------------ evaluation
     # Lightning runs its validation and test loops only for modules with these steps; the work

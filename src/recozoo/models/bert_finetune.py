@@ -548,7 +548,7 @@ class BertFinetune(Recommender):
             return self.weak_text_id_lr
         return None
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         encoder = [p for p in self.text.parameters() if p.requires_grad]
         id_lr = self.ids_learning_rate()
         ids = [self.ids.embedding.weight] if self.ids is not None and id_lr else []
@@ -559,7 +559,7 @@ class BertFinetune(Recommender):
             groups.append({"params": encoder, "lr": self.encoder_lr, "name": "encoder"})
         if ids:
             groups.append({"params": ids, "lr": id_lr, "name": "ids"})
-        return dense_optimizer(self.optimizer_factory, groups)
+        return self.with_lr_scheduler(dense_optimizer(self.optimizer_factory, groups))
 
     # ------------------------------------------------------------------ scoring
     def score(self, batch: EvalBatch) -> torch.Tensor:

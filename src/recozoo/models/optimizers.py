@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 
 #: table rows (users + items) above which sparse gradients pay: a BPR epoch (batch 2048, 2
