@@ -55,10 +55,11 @@ random 8:1:1 split, where rows are dense (~85 items a user) and PM helps: valida
 ``pm_per_item`` sizes the PM sample by the user's own items, ``k_u = round(min(pm_ratio *
 unobserved_u, pm_per_item * n_u))`` drawn without replacement, so that a sparse row shows D only a
 few negatives per item. With ``pm_ratio: 0.7`` it recovers PM's gain where rows are dense, ml-100k
-random validation NDCG@10 seed 1: .2405 with 3 per item, .2395 with 10, .2393 with 30 (the
-default: .2187); with 3, seeds 1-3 .2358 on average (test .2792; bpr .2798) and leave-one-out
+random validation NDCG@10 seed 1: .2300 with 1 per item, .2405 with 3, .2395 with 10, .2393 with
+30 (the default: .2187); with 3, seeds 1-3 .2358 on average (test .2792; bpr .2798) and leave-one-out
 .0846 against .0734 (seed 1). It is not the default: the shop falls to .1015 against .1069 (seed
-1; the default's seeds 1-3 span .1067-.1124), and Scientific, where PM collapsed, is not measured.
+1) and .1033 against .1067 (seed 2; 1 per item, seed 1: .1032), and Scientific, where PM
+collapsed, is not measured.
 
 The adversarial and ZR losses are neither a softmax nor a pairwise ranking loss, so the shared
 ``cross_entropy_loss``/``pairwise_loss`` do not apply.
