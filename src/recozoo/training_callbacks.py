@@ -174,20 +174,11 @@ class RunProgressBar(RichProgressBar):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._start: float | None = None
-        self._first_epoch = self._batches_done = 0
+        self._first_epoch = 0
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         super().on_train_start(trainer, module)
         self._start, self._first_epoch = time.perf_counter(), trainer.current_epoch
-
-    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self._batches_done = 0
-        super().on_train_epoch_start(trainer, module)
-
-    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any,
-                           batch: Any, batch_idx: int) -> None:
-        self._batches_done = batch_idx + 1  # before the bar reads get_metrics
-        super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
 
     def get_metrics(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any]:
         items = super().get_metrics(trainer, module)
@@ -196,7 +187,9 @@ class RunProgressBar(RichProgressBar):
         if (self._start is None or cap is None or cap < 0 or not batches
                 or not np.isfinite(batches)):
             return items
-        fraction = min(self._batches_done / batches, 1.0)
+        # the epoch's batches done so far (Lightning counts a batch before its batch-end hooks)
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        fraction = min(done / batches, 1.0)
         left = run_time_left(time.perf_counter() - self._start,
                              trainer.current_epoch - self._first_epoch + fraction,
                              cap - trainer.current_epoch - fraction)

@@ -98,8 +98,9 @@ class CFGAN(Recommender):
     scores_new_users = True  # scores read only the user's items, never a user id
 
     def __init__(self, info: DatasetInfo, hidden_g: tuple[int, ...] | list[int] = (400,),
-                 hidden_d: tuple[int, ...] | list[int] = (125,), zr_ratio: float = 0.7, pm_ratio: float = 0.0,
-                 pm_per_item: float | None = None, zr_weight: float = 0.03, d_steps: int = 2, g_steps: int = 4,
+                 hidden_d: tuple[int, ...] | list[int] = (125,), zr_ratio: float = 0.7,
+                 pm_ratio: float = 0.0, pm_per_item: float | None = None,
+                 zr_weight: float = 0.03, d_steps: int = 2, g_steps: int = 4,
                  lr_g: float = 3e-4, lr_d: float = 1e-3, weight_decay_g: float = 0.0,
                  weight_decay_d: float = 0.0, batch_size: int = 64, **kwargs):
         super().__init__(info, **kwargs)
