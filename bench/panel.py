@@ -187,6 +187,7 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 #: (an added setting missing from this table is taken to keep the earlier behaviour).
 BEFORE_ADDED: dict[str, Any] = {
     "model.posthoc_adjustment": 0.0,  # bert_finetune's post-hoc logit adjustment (issue 17)
+    "model.ema_decay": None,  # an average of the weights evaluated in their place (issue 16)
 }
 
 

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging
 
 from recozoo.data.datamodule import DatasetInfo, EvalBatch, TrainView
 from recozoo.debias import Debias
@@ -43,6 +44,11 @@ class Recommender(SharedLosses, L.LightningModule):
         lr_scheduler: a partial learning-rate scheduler taking the optimizer, stepped after
             every validation (e.g. ``ReduceLROnPlateau``); None: a constant learning rate.
         lr_scheduler_monitor: the validation value a plateau scheduler reads.
+        ema_decay: decay of an exponential moving average of the weights that validation,
+            checkpoints, test and serving use instead of the trained weights (Lightning's
+            ``EMAWeightAveraging``, updated after every optimiser step; see
+            `configure_callbacks`); None: the trained weights. An update costs one pass over
+            every parameter, whatever the batch touched.
     """
 
     #: models that predict explicit ratings implement ``predict_rating`` and set this.
@@ -55,7 +61,7 @@ class Recommender(SharedLosses, L.LightningModule):
     def __init__(self, info: DatasetInfo, optimizer: OptimizerFactory | None = None,
                  sparse_optimizer: OptimizerFactory | None = None,
                  lr_scheduler: SchedulerFactory | None = None,
-                 lr_scheduler_monitor: str = "val/ndcg@10"):
+                 lr_scheduler_monitor: str = "val/ndcg@10", ema_decay: float | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["info", "optimizer", "sparse_optimizer",
                                           "lr_scheduler"])
@@ -65,6 +71,9 @@ class Recommender(SharedLosses, L.LightningModule):
         self.sparse_optimizer_factory = sparse_optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.lr_scheduler_monitor = lr_scheduler_monitor
+        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"model.ema_decay must lie in [0, 1) or be null, got {ema_decay}")
+        self.ema_decay = ema_decay
         self.register_buffer("item_popularity", info.item_popularity.float(), persistent=False)
         # popularity debiasing of the shared losses, off unless `configure_debias` sets it
         self.debias: Debias | None = None
@@ -96,6 +105,17 @@ class Recommender(SharedLosses, L.LightningModule):
             raise ValueError(f"model.lr_scheduler: {type(self).__name__} steps its own "
                              "optimizers (manual optimisation) and takes no scheduler; set "
                              "model.lr_scheduler=null")
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """With ``ema_decay``, Lightning's ``EMAWeightAveraging``: while fitting, validations
+        score the average and checkpoints hold it as their ``state_dict`` (the trained weights
+        beside it, for resuming), so the best checkpoint holds the average that validated best.
+
+        Lightning calls this at every fit, validate and test and replaces the previous stage's
+        callback: the instance of a test has no average of its own, so it neither swaps weights
+        nor loads the trained ones back, and ``trainer.test(ckpt_path=best)`` scores the
+        checkpoint's average (tests/test_weight_ema.py)."""
+        return [EMAWeightAveraging(decay=self.ema_decay)] if self.ema_decay is not None else []
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
@@ -197,6 +217,9 @@ class ClosedFormRecommender(Recommender):
 
     def __init__(self, info: DatasetInfo, **kwargs: Any):
         super().__init__(info, **kwargs)
+        if self.ema_decay is not None:
+            raise ValueError(f"model.ema_decay: {type(self).__name__} fits in one step, with "
+                             "no optimiser steps to average over; set model.ema_decay=null")
         self.automatic_optimization = False
 
     def train_view(self) -> TrainView:

@@ -1,0 +1,88 @@
+"""``model.ema_decay``: validation, the best checkpoint and the test score an exponential moving
+average of the weights, and training goes on from the trained weights."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from recozoo.train import build_experiment, train
+
+
+class Probe(L.Callback):
+    """Records the model's weights after every training step and when each evaluation starts."""
+
+    steps: list[dict[str, torch.Tensor]] = []
+    evaluated: dict[str, list[dict[str, torch.Tensor]]] = {}
+
+    @staticmethod
+    def _weights(module: L.LightningModule) -> dict[str, torch.Tensor]:
+        return {name: p.detach().clone() for name, p in module.named_parameters()}
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        Probe.steps.append(self._weights(module))
+
+    def on_validation_batch_start(self, trainer, module, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == 0:
+            stage = "fit_val" if trainer.state.fn == "fit" else "val"
+            Probe.evaluated.setdefault(stage, []).append(self._weights(module))
+
+    def on_test_batch_start(self, trainer, module, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx == 0:
+            Probe.evaluated.setdefault("test", []).append(self._weights(module))
+
+
+def _ema(steps: list[dict[str, torch.Tensor]], decay: float) -> dict[str, torch.Tensor]:
+    """W_1 = w_1, W_t = decay W_(t-1) + (1 - decay) w_t (the average starts at the first step)."""
+    average = dict(steps[0])
+    for weights in steps[1:]:
+        average = {k: decay * average[k] + (1 - decay) * weights[k] for k in average}
+    return average
+
+
+def _assert_weights(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=1e-6,
+                                   msg=lambda m: f"{name}: {m}")
+
+
+def test_validation_checkpoint_and_test_score_the_average(make_config):
+    Probe.steps, Probe.evaluated = [], {}
+    decay = 0.5
+    cfg = make_config(["model=multvae", "model.batch_size=32", f"model.ema_decay={decay}",
+                       "trainer.max_epochs=2", "+callbacks.probe._target_=test_weight_ema.Probe"])
+    record = train(cfg)
+    assert record.status == "ok"
+    steps = Probe.steps
+    assert len(steps) == 6  # 3 batches x 2 epochs
+    after_epoch = [_ema(steps[:3], decay), _ema(steps, decay)]
+    # each validation while fitting scores the average so far ...
+    for seen, expected in zip(Probe.evaluated["fit_val"], after_epoch):
+        _assert_weights(seen, expected)
+    # ... and training goes on from the trained weights: the average is not what trains
+    assert not torch.allclose(steps[-1]["net.decoder.0.weight"],
+                              after_epoch[-1]["net.decoder.0.weight"])
+    # the best checkpoint holds the average of its epoch; validate and test load and score it
+    best = torch.load(cfg.paths.output_dir + "/" + record.best_checkpoint, weights_only=False)
+    best_epoch = best["epoch"]
+    _assert_weights({k: v for k, v in best["state_dict"].items() if k in steps[0]},
+                    after_epoch[best_epoch])
+    _assert_weights(Probe.evaluated["val"][-1], after_epoch[best_epoch])
+    _assert_weights(Probe.evaluated["test"][-1], after_epoch[best_epoch])
+
+
+def test_without_ema_decay_there_is_no_average(make_config):
+    experiment = build_experiment(make_config(["model=bpr"]))
+    assert experiment.model.ema_decay is None
+    assert experiment.model.configure_callbacks() == []
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model=multvae", "model.ema_decay=1.5"], r"model.ema_decay must lie in \[0, 1\)"),
+    (["model=ease", "+model.ema_decay=0.9"], "EASE fits in one step"),
+])
+def test_impossible_ema_decay_is_refused(make_config, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        build_experiment(make_config(overrides))
