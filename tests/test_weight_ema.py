@@ -45,7 +45,7 @@ def _assert_weights(actual: dict[str, torch.Tensor], expected: dict[str, torch.T
     assert actual.keys() == expected.keys()
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=1e-6,
-                                   msg=lambda m: f"{name}: {m}")
+                                   msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_validation_checkpoint_and_test_score_the_average(make_config):
