@@ -3,6 +3,8 @@ average of the weights, and training goes on from the trained weights."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import lightning as L
 import pytest
 import torch
@@ -13,8 +15,8 @@ from recozoo.train import build_experiment, train
 class Probe(L.Callback):
     """Records the model's weights after every training step and when each evaluation starts."""
 
-    steps: list[dict[str, torch.Tensor]] = []
-    evaluated: dict[str, list[dict[str, torch.Tensor]]] = {}
+    steps: ClassVar[list[dict[str, torch.Tensor]]] = []
+    evaluated: ClassVar[dict[str, list[dict[str, torch.Tensor]]]] = {}
 
     @staticmethod
     def _weights(module: L.LightningModule) -> dict[str, torch.Tensor]:
@@ -43,8 +45,8 @@ def _ema(steps: list[dict[str, torch.Tensor]], decay: float) -> dict[str, torch.
 
 def _assert_weights(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
     assert actual.keys() == expected.keys()
-    for name in expected:
-        torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=1e-6,
+    for name, value in expected.items():
+        torch.testing.assert_close(actual[name], value, rtol=1e-5, atol=1e-6,
                                    msg=lambda m, name=name: f"{name}: {m}")
 
 
