@@ -2,8 +2,9 @@
 and seeds, so a default is judged by how it does everywhere, not on the data it was tuned on.
 
 Each (dataset, model, seed) is one ``python train.py`` run in ``<out>/<dataset>/<model>/s<seed>``.
-The panel is resumable: a run whose folder holds a finished ``metrics.json`` is not run again, so
-it can be completed over several sittings and in parts (``datasets=``, ``models=``, ``seeds=``,
+The panel is resumable: a run whose folder holds a finished ``metrics.json``, or that the ledger
+(``bench/panel_runs.json``, kept in git) records, is not run again, so it can be completed over
+several sittings, on several machines, and in parts (``datasets=``, ``models=``, ``seeds=``,
 ``budget_minutes=``). Every call rewrites the report from all the runs found (``report_only=true``
 only reports): per dataset a leaderboard of test metrics with the mean and a 95% interval over
 seeds (Student's t), and across datasets a summary (mean rank by NDCG@10, wins and losses against
@@ -115,6 +116,8 @@ class PanelSettings:
         out: where the runs go (resumable: finished runs are skipped).
         shared: the folder with data/ (default: the RECOZOO_SHARED environment variable).
         report: the Markdown report (a JSON twin is written beside it).
+        ledger: the record of every finished run, kept in git so a panel resumes on another
+            machine (null: ``<report>_runs.json`` beside the report).
         budget_minutes: start no new run after this many minutes (0: no limit).
         threads: torch threads per run.
         retry_failed: run again the runs that failed before.
@@ -131,12 +134,21 @@ class PanelSettings:
     out: str = "~/.cache/recozoo/panel"
     shared: str | None = None
     report: str = "bench/panel.md"
+    ledger: str | None = None
     budget_minutes: float = 0.0
     threads: int = 2
     retry_failed: bool = False
     keep_stale: bool = False
     report_only: bool = False
     overrides: list[str] = field(default_factory=list)
+
+    def ledger_path(self, root: Path) -> Path:
+        report = Path(self.report).expanduser()
+        report = report if report.is_absolute() else root / report
+        if self.ledger is None:
+            return report.with_name(f"{report.stem}_runs.json")
+        ledger = Path(self.ledger).expanduser()
+        return ledger if ledger.is_absolute() else root / ledger
 
 
 def ranking_models(root: Path) -> list[str]:
@@ -167,9 +179,16 @@ def current_settings(root: Path, models: list[str], overrides: list[str]
             cfg = compose("train", overrides=[f"model={model}", *overrides])
             tree = {"model": OmegaConf.to_container(cfg.model, resolve=False),
                     "trainer": {"max_epochs": cfg.trainer.max_epochs}}
-            settings[model] = {key: value for key, value in _flat(tree).items()
-                               if not (isinstance(value, str) and "${" in value)}
+            settings[model] = judged_settings(_flat(tree))
     return settings
+
+
+def judged_settings(flat: dict[str, Any]) -> dict[str, Any]:
+    """The settings a run is judged stale by: the model's and ``trainer.max_epochs``, written
+    literally (an interpolated one derives from others or from the machine)."""
+    return {key: value for key, value in flat.items()
+            if (key.startswith("model.") or key == "trainer.max_epochs")
+            and not (isinstance(value, str) and "${" in value)}
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -191,20 +210,27 @@ BEFORE_ADDED: dict[str, Any] = {
 }
 
 
-def settings_diff(folder: Path, expected: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """(changed, added): the settings in ``expected`` that the run in ``folder`` ran with
-    another value, as ``key: ran -> now``, and those its config does not have at all (both
-    empty when the folder keeps no config.yaml; its config is read once).
-
-    An added setting is not a change when its default keeps the earlier behaviour (e.g. sqn's
-    ``sampled_softmax: null``, inert below 10,000 items); one registered in `BEFORE_ADDED` is a
-    change when its default differs from the value in effect before it existed."""
+def ran_settings(folder: Path) -> dict[str, Any] | None:
+    """The flat settings the run in ``folder`` ran with (None: the folder keeps no config)."""
     from omegaconf import OmegaConf
 
     config = RunDir(folder).config
     if not config.exists():
+        return None
+    return _flat(OmegaConf.to_container(OmegaConf.load(config), resolve=False))
+
+
+def diff_settings(ran: dict[str, Any] | None, expected: dict[str, Any]
+                  ) -> tuple[list[str], list[str]]:
+    """(changed, added): the settings in ``expected`` that a run made with ``ran`` had with
+    another value, as ``key: ran -> now``, and those ``ran`` does not have at all (both empty
+    when ``ran`` is None: nothing to judge by).
+
+    An added setting is not a change when its default keeps the earlier behaviour (e.g. sqn's
+    ``sampled_softmax: null``, inert below 10,000 items); one registered in `BEFORE_ADDED` is a
+    change when its default differs from the value in effect before it existed."""
+    if ran is None:
         return [], []
-    ran = _flat(OmegaConf.to_container(OmegaConf.load(config), resolve=False))
     changed, added = [], []
     for key, value in expected.items():
         if key in ran:
@@ -215,6 +241,11 @@ def settings_diff(folder: Path, expected: dict[str, Any]) -> tuple[list[str], li
         else:
             added.append(key)
     return changed, added
+
+
+def settings_diff(folder: Path, expected: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """`diff_settings` of the run in ``folder`` (its config is read once)."""
+    return diff_settings(ran_settings(folder), expected)
 
 
 def changed_settings(folder: Path, expected: dict[str, Any]) -> list[str]:
@@ -263,14 +294,83 @@ def read_run(folder: Path) -> RunRecord | None:
         return None
 
 
+# ---------------------------------------------------------------------------------- ledger
+@dataclass(frozen=True)
+class FoundRun:
+    """A finished run: from its folder, or from the ledger where its folder is not here.
+
+    The ledger (bench/panel_runs.json, kept in git) records every finished run with its test
+    metrics, train seconds and the settings it ran with. It is how the panel remembers runs
+    made on another machine or in a cache since cleared: they are reported and not run again,
+    unless their settings differ from today's defaults. Each report adds the runs it found;
+    a run is replaced only by a newer run of the same cell, never dropped."""
+
+    ok: bool
+    metrics: dict[str, Any]
+    train_seconds: float
+    settings: dict[str, Any] | None  # None: not known (nothing to judge it stale by)
+    error: str | None = None
+    in_folder: bool = True
+
+
+#: (dataset, model, seed) -> the run as the ledger recorded it
+Ledger = dict[tuple[str, str, int], FoundRun]
+
+
+def read_ledger(path: Path) -> Ledger:
+    """The runs the ledger file records (none where it does not exist)."""
+    if not path.exists():
+        return {}
+    try:
+        runs = json.loads(path.read_text())
+        return {(dataset, model, int(seed)): FoundRun(
+                    ok=True, metrics=ran["metrics"], train_seconds=ran["train_seconds"],
+                    settings=ran["settings"], in_folder=False)
+                for dataset, models in runs.items() for model, seeds in models.items()
+                for seed, ran in seeds.items()}
+    except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as error:
+        raise SystemExit(f"{path} is not a panel ledger ({type(error).__name__}: {error}); "
+                         "restore it from git or move it aside") from error
+
+
+def update_ledger(path: Path, table: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """Add the finished runs of ``table`` (`collect`) to the ledger file, replacing earlier
+    records of the same cells; the other cells' records are kept."""
+    runs = json.loads(path.read_text()) if path.exists() else {}
+    for dataset, models in table.items():
+        for model, entry in models.items():
+            for seed, ran in entry["ran"].items():
+                runs.setdefault(dataset, {}).setdefault(model, {})[str(seed)] = {
+                    "metrics": entry["seeds"][seed], **ran}
+    ordered = {d: {m: dict(sorted(seeds.items(), key=lambda kv: int(kv[0])))
+                   for m, seeds in sorted(models.items())} for d, models in sorted(runs.items())}
+    temporary = path.with_name(f".{path.name}.tmp")  # never a half-written ledger
+    temporary.write_text(json.dumps(ordered, indent=1, sort_keys=False, default=str) + "\n")
+    temporary.replace(path)
+
+
+def find_run(out: Path, ledger: Ledger, dataset: str, model: str, seed: int) -> FoundRun | None:
+    """The run's folder record where it exists, else the ledger's, else None."""
+    folder = run_folder(out, dataset, model, seed)
+    record = read_run(folder)
+    if record is None:
+        return ledger.get((dataset, model, seed))
+    ran = ran_settings(folder)
+    return FoundRun(ok=record.ok, metrics={key: record.metrics.get(key) for key, _ in COLUMNS},
+                    train_seconds=record.train_seconds or 0.0,
+                    settings=None if ran is None else judged_settings(ran), error=record.error)
+
+
 def run_panel(settings: PanelSettings, root: Path, shared: Path | None, out: Path,
-              models: list[str], expected: dict[str, dict[str, Any]] | None = None
-              ) -> list[str]:
+              models: list[str], expected: dict[str, dict[str, Any]] | None = None,
+              ledger: Ledger | None = None) -> list[str]:
     """Run every missing (dataset, model, seed); returns what was skipped and why.
 
-    ``expected`` (``current_settings``): a finished run whose settings differ is stale: set
-    aside and run again, unless ``settings.keep_stale``."""
-    skipped, start = [], time.monotonic()
+    A run is done when its folder holds a finished record or ``ledger`` holds it. ``expected``
+    (``current_settings``): a done run whose settings differ is stale: set aside (a folder is
+    moved, a ledger entry is replaced when the report is written) and run again, unless
+    ``settings.keep_stale``."""
+    skipped, start, ledger = [], time.monotonic(), ledger or {}
     for name in settings.datasets:
         dataset = DATASETS[name]
         why = dataset.missing(shared)
@@ -278,26 +378,20 @@ def run_panel(settings: PanelSettings, root: Path, shared: Path | None, out: Pat
             skipped.append(f"{name}: {why}")
             continue
         for seed in settings.seeds:
+            todo = [model for model in dataset.runs(models)
+                    if _needs_run(settings, out, ledger, name, model, seed, expected)]
+            peers = [model for model in dataset.runs(models) if dataset.recbole_splits
+                     and model in RECBOLE_MODELS and find_run(
+                         out, ledger, name, f"RecBole {RECBOLE_MODELS[model]}", seed) is None]
             split = None
-            if dataset.recbole_splits:
+            if dataset.recbole_splits and (todo or peers):
                 try:
-                    split = recbole_seed(settings, shared, out, name, seed,
-                                         dataset.runs(models))
+                    split = recbole_seed(settings, shared, out, name, seed, peers)
                 except (RuntimeError, OSError) as error:
                     skipped.append(f"{name} seed {seed}: {error}")
                     continue
-            for model in dataset.runs(models):
+            for model in todo:
                 folder = run_folder(out, name, model, seed)
-                record = read_run(folder)
-                changes = (changed_settings(folder, expected[model])
-                           if record is not None and expected and model in expected else [])
-                if changes and not settings.keep_stale:
-                    moved = set_aside(folder)
-                    print(f"          {name} {model} seed {seed}: settings changed since the "
-                          f"run ({'; '.join(changes)}); old run kept in {moved.name}", flush=True)
-                    record = None
-                if record is not None and (record.ok or not settings.retry_failed):
-                    continue
                 elapsed = (time.monotonic() - start) / 60
                 if settings.budget_minutes and elapsed > settings.budget_minutes:
                     skipped.append(f"budget of {settings.budget_minutes:g} min used: stopped "
@@ -315,6 +409,21 @@ def run_panel(settings: PanelSettings, root: Path, shared: Path | None, out: Pat
                         status="failed", model=model, seed=seed,
                         error=f"exit {result.returncode}: {result.tail(3)}"))
     return skipped
+
+
+def _needs_run(settings: PanelSettings, out: Path, ledger: Ledger, dataset: str, model: str,
+               seed: int, expected: dict[str, dict[str, Any]] | None) -> bool:
+    """Whether the run is missing, failed (with ``retry_failed``) or stale (setting it aside)."""
+    found = find_run(out, ledger, dataset, model, seed)
+    changes = (diff_settings(found.settings, expected[model])[0]
+               if found is not None and expected and model in expected else [])
+    if changes and not settings.keep_stale:
+        where = (f"old run kept in {set_aside(run_folder(out, dataset, model, seed)).name}"
+                 if found.in_folder else "its figures stay in the report's git history")
+        print(f"          {dataset} {model} seed {seed}: settings changed since the run "
+              f"({'; '.join(changes)}); {where}", flush=True)
+        return True
+    return found is None or (not found.ok and settings.retry_failed)
 
 
 def recbole_seed(settings: PanelSettings, shared: Path | None, out: Path, dataset: str,
@@ -363,36 +472,39 @@ def t_interval(values: list[float]) -> tuple[float, float]:
 
 
 def collect(out: Path, datasets: list[str], models: list[str], seeds: list[int],
-            expected: dict[str, dict[str, Any]] | None = None
+            expected: dict[str, dict[str, Any]] | None = None, ledger: Ledger | None = None
             ) -> dict[str, dict[str, dict[str, Any]]]:
-    """dataset -> model -> {"seeds": {seed: {metric: value}}, "failed": [...], "missing": [...],
-    "stale": [...], "added": [...]} (stale: runs whose settings differ from ``expected[model]``;
-    added: settings of ``expected[model]`` some of its runs did not have yet)"""
+    """dataset -> model -> {"seeds": {seed: {metric: value}}, "ran": {seed: {"train_seconds",
+    "settings"}}, "failed": [...], "missing": [...], "stale": [...], "added": [...]}
+    (ran: what the ledger keeps of each finished run; stale: runs whose settings differ from
+    ``expected[model]``; added: settings of ``expected[model]`` some of its runs did not have
+    yet). A run's folder is read first, the ``ledger`` where the folder is missing."""
     table: dict[str, dict[str, dict[str, Any]]] = {}
     for dataset in datasets:
         runs = DATASETS[dataset].runs(models)
         peers = ([f"RecBole {RECBOLE_MODELS[m]}" for m in runs if m in RECBOLE_MODELS]
                  if DATASETS[dataset].recbole_splits else [])
         for model in [*runs, *peers]:
-            entry: dict[str, Any] = {"seeds": {}, "failed": [], "missing": [], "seconds": [],
-                                     "stale": [], "added": []}
+            entry: dict[str, Any] = {"seeds": {}, "ran": {}, "failed": [], "missing": [],
+                                     "seconds": [], "stale": [], "added": []}
             for seed in seeds:
-                folder = run_folder(out, dataset, model, seed)
-                record = read_run(folder)
-                if record is not None and expected and model in expected:
-                    changes, added = settings_diff(folder, expected[model])
+                found = find_run(out, ledger or {}, dataset, model, seed)
+                if found is not None and expected and model in expected:
+                    changes, added = diff_settings(found.settings, expected[model])
                     if changes:
                         entry["stale"].append(f"s{seed} ({'; '.join(changes)})")
                     for key in added:
                         if key not in entry["added"]:
                             entry["added"].append(key)
-                if record is None:
+                if found is None:
                     entry["missing"].append(seed)
-                elif not record.ok:
-                    entry["failed"].append(f"s{seed}: {(record.error or '')[:120]}")
+                elif not found.ok:
+                    entry["failed"].append(f"s{seed}: {(found.error or '')[:120]}")
                 else:
-                    entry["seeds"][seed] = {key: record.metrics.get(key) for key, _ in COLUMNS}
-                    entry["seconds"].append(record.train_seconds or 0.0)
+                    entry["seeds"][seed] = found.metrics
+                    entry["seconds"].append(found.train_seconds)
+                    entry["ran"][seed] = {"train_seconds": found.train_seconds,
+                                          "settings": found.settings or {}}
             table.setdefault(dataset, {})[model] = entry
     return table
 
@@ -437,7 +549,9 @@ def write_report(settings: PanelSettings, table: dict[str, dict[str, dict[str, A
              "initialisation and sampling; a leave-one-out split is fixed by time and the shop's "
              "data by its own seed, so deterministic models (pop, itemknn, ease) show ± 0 there."),
              "",
-             "Reproduce (resumable; finished runs are skipped):", "", "```",
+             ("Reproduce (resumable: finished runs are skipped, those in the run folders and "
+              "those the ledger `" + settings.ledger_path(root).name + "` records with the settings they ran with; a run whose settings differ from "
+              "today's defaults runs again):"), "", "```",
              "make panel ARGS=\"shared=<folder with data/>\"   # or python -m bench.panel ...",
              (f"python -m bench.panel datasets=[{','.join(settings.datasets)}] "
              f"seeds=[{','.join(map(str, settings.seeds))}] report_only=true   # the report alone"),
@@ -497,7 +611,9 @@ def write_report(settings: PanelSettings, table: dict[str, dict[str, dict[str, A
     path = path if path.is_absolute() else root / path
     path.write_text("\n".join(lines) + "\n")
     path.with_suffix(".json").write_text(json.dumps(
-        {"settings": dataclasses.asdict(settings), "runs": table, "summary": summary,
+        {"settings": dataclasses.asdict(settings), "runs": {  # the ledger keeps "ran"
+            d: {m: {k: v for k, v in e.items() if k != "ran"} for m, e in rows.items()}
+            for d, rows in table.items()}, "summary": summary,
          "skipped": skipped, "out": str(out)}, indent=1, default=str))
     return path
 
@@ -520,14 +636,17 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(f"unknown models {unknown}; known: {', '.join(available)}")
     out = Path(settings.out).expanduser().resolve()
     expected = current_settings(root, models, settings.overrides)
+    ledger_path = settings.ledger_path(root)
+    ledger = read_ledger(ledger_path)
     skipped = ([] if settings.report_only else
-               run_panel(settings, root, shared, out, models, expected))
+               run_panel(settings, root, shared, out, models, expected, ledger))
     if settings.report_only:
         skipped = [f"{d}: {why}" for d in settings.datasets
                    if (why := DATASETS[d].missing(shared))]
-    table = collect(out, settings.datasets, models, settings.seeds, expected)
+    table = collect(out, settings.datasets, models, settings.seeds, expected, ledger)
     path = write_report(settings, table, skipped, shared, out, root)
-    print(f"panel report: {path}")
+    update_ledger(ledger_path, table)
+    print(f"panel report: {path}; ledger: {ledger_path}")
     return path
 
 

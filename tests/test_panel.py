@@ -156,3 +156,51 @@ def test_a_dataset_restricted_to_some_models_runs_and_reports_only_those(tmp_pat
     assert missing and "sasrec" not in missing[0] and "pop (seeds 1)" in missing[0]
     assert "Missing: pop (seeds 1); sasrec (seeds 1)" in random_part
     assert "models: pop, itemknn, bpr, ease, multvae)" in text
+
+
+def test_the_ledger_remembers_runs_whose_folders_are_gone(tmp_path, monkeypatch):
+    """A panel resumed on another machine (or after its cache was cleared) reports the runs the
+    ledger recorded and does not run them again; a stale one runs again; a report that covers
+    part of the panel keeps the ledger's other cells."""
+    out, ledger_path = tmp_path / "runs", tmp_path / "panel_runs.json"
+    expected = {"pop": {"model.k": 1}, "bpr": {"model.k": 2}, "ease": {"model.k": 3}}
+    for model, seed, ndcg in (("pop", 1, 0.1), ("bpr", 1, 0.2), ("bpr", 2, 0.3)):
+        _write(out, "shop", model, seed, ndcg)
+        folder = panel.run_folder(out, "shop", model, seed)
+        RunDir(folder).config.write_text(OmegaConf.to_yaml(
+            {"model": {"k": expected[model]["model.k"], "lr": "${x}"}, "data": {"path": "p"}}))
+    _write(out, "scientific", "pop", 1, 0.05)
+    panel.update_ledger(ledger_path, panel.collect(out, ["shop", "scientific"],
+                                                   ["pop", "bpr"], [1, 2], expected))
+    panel.update_ledger(ledger_path, panel.collect(out, ["shop"], ["pop"], [1], expected))
+    ledger = panel.read_ledger(ledger_path)
+    assert sorted(ledger) == [("scientific", "pop", 1), ("shop", "bpr", 1), ("shop", "bpr", 2),
+                              ("shop", "pop", 1)]  # the partial report dropped nothing
+    assert ledger[("shop", "bpr", 2)].metrics["test/ndcg@10"] == 0.3
+    assert ledger[("shop", "bpr", 2)].settings == {"model.k": 2}  # judged settings only
+
+    import shutil
+    shutil.rmtree(out)  # a fresh machine: no run folder
+    table = panel.collect(out, ["shop"], ["pop", "bpr", "ease"], [1, 2], expected, ledger)
+    assert table["shop"]["bpr"]["seeds"][2]["test/ndcg@10"] == 0.3
+    assert table["shop"]["pop"]["missing"] == [2] and table["shop"]["ease"]["missing"] == [1, 2]
+    started = []
+    monkeypatch.setattr(panel, "run_process", lambda command, **_: started.append(command) or
+                        ProcessResult(returncode=0, output="", seconds=0.0, peak_rss_mb=0.0))
+    settings = panel.PanelSettings(datasets=["shop"], seeds=[1, 2])
+    now = {**expected, "bpr": {"model.k": 20}}  # bpr's default changed since its runs
+    assert panel.collect(out, ["shop"], ["bpr"], [1], now, ledger)["shop"]["bpr"]["stale"] == [
+        "s1 (model.k: 2 -> 20)"]
+    panel.run_panel(settings, tmp_path, None, out, ["pop", "bpr", "ease"], now, ledger)
+    assert [(c[c.index("train.py") + 2], c[c.index("train.py") + 3]) for c in started] == [
+        ("model=bpr", "seed=1"), ("model=ease", "seed=1"), ("model=pop", "seed=2"),
+        ("model=bpr", "seed=2"), ("model=ease", "seed=2")]
+
+
+def test_a_damaged_ledger_stops_the_panel_with_its_name(tmp_path):
+    ledger = tmp_path / "panel_runs.json"
+    ledger.write_text('{"shop": {"pop": {"1": {"metrics": {}}}}}')
+    with pytest.raises(SystemExit, match="panel_runs.json is not a panel ledger"):
+        panel.read_ledger(ledger)
+    assert panel.PanelSettings(report=str(tmp_path / "p.md")).ledger_path(tmp_path) == (
+        tmp_path / "p_runs.json")
