@@ -419,6 +419,66 @@ def test_posthoc_adjustment_lowers_scores_by_tau_log_prior():
         BertFinetune(info, posthoc_adjustment=-0.1)
 
 
+def test_auto_posthoc_adjustment_takes_the_largest_tau_within_tolerance_of_plain_scores():
+    """posthoc_adjustment=auto scores plainly until it chooses; then the largest τ of the grid
+    whose validation value is within the tolerance of τ = 0's (a better one included); the
+    choice is a persistent buffer, so a model loaded from the checkpoint scores with it."""
+    info = _info(TEXTS, [7.0, 3.0, 0.0, 1.0])
+    auto = BertFinetune(info, posthoc_tolerance=0.01).eval()
+    assert auto.posthoc_score_offset() is None and float(auto.posthoc_tau) == 0.0
+    curve = {0.0: 0.300, 0.1: 0.2985, 0.2: 0.2971, 0.3: 0.2969, 0.4: 0.25}
+    tried = []
+
+    def validate() -> float:
+        tried.append(float(auto.posthoc_tau))
+        return curve[tried[-1]]
+
+    chosen = auto.choose_on_validation(validate)
+    assert tried == [0.0, 0.1, 0.2, 0.3, 0.4]
+    assert chosen["posthoc_adjustment"] == 0.2  # .2971 >= .300 - .003; .2969 is not
+    assert chosen["posthoc_validation"]["0.3"] == 0.2969
+    fixed = BertFinetune(info, posthoc_adjustment=0.2).eval()
+    fixed.load_state_dict({k: v for k, v in auto.state_dict().items() if k != "posthoc_tau"})
+    loaded = BertFinetune(info).eval()  # auto, as a run folder's hyper-parameters rebuild it
+    loaded.load_state_dict(auto.state_dict())
+    batch = EvalBatch(user=torch.tensor([0]), history=torch.tensor([[0, 1]]),
+                      seen_rows=torch.tensor([0]), seen_cols=torch.tensor([0]),
+                      target_rows=torch.tensor([0]), target_cols=torch.tensor([2]))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.score(batch), fixed.score(batch))
+    better = {0.0: 0.30, 0.1: 0.31, 0.2: 0.20, 0.3: 0.305, 0.4: 0.29}
+    auto.posthoc_tau.fill_(0.0)
+    assert auto.choose_on_validation(
+        lambda: better[float(auto.posthoc_tau)])["posthoc_adjustment"] == 0.3
+    assert fixed.choose_on_validation(lambda: 1.0) == {}  # a fixed τ chooses nothing
+    with pytest.raises(ValueError, match="model.posthoc_grid"):
+        BertFinetune(info, posthoc_grid=[0.1, 0.2])
+    with pytest.raises(ValueError, match="model.posthoc_adjustment"):
+        BertFinetune(info, posthoc_adjustment="high")
+
+
+def test_a_run_writes_the_choice_into_its_best_checkpoint_and_metrics(make_config):
+    """train.py lets the model choose on validation with its best weights, writes the choice
+    into checkpoints/best.ckpt (what the test, `recommend` and serving load) and metrics.json,
+    and tests with it."""
+    from recozoo.artifacts import RunDir
+    from recozoo.train import train
+
+    cfg = make_config(["model=bert_finetune", "model.max_epochs=1"])
+    record = train(cfg)
+    chosen = record.chosen_on_validation
+    values = {float(t): v for t, v in chosen["posthoc_validation"].items()}
+    assert sorted(values) == [0.0, 0.1, 0.2, 0.3, 0.4]
+    assert chosen["posthoc_adjustment"] == max(
+        t for t, v in values.items() if v >= values[0.0] - 0.01 * abs(values[0.0]))
+    assert record["val/ndcg@10"] == pytest.approx(values[chosen["posthoc_adjustment"]])
+    run = RunDir(cfg.paths.output_dir)
+    state = torch.load(run.path / record.best_checkpoint, map_location="cpu",
+                       weights_only=False)["state_dict"]
+    assert float(state["posthoc_tau"]) == chosen["posthoc_adjustment"]
+    assert run.read_record().chosen_on_validation == chosen
+
+
 def test_init_from_starts_a_second_phase_from_an_earlier_checkpoint(tmp_path):
     """A fine-tuning phase (train_layers=1) starts from a frozen model's trained weights."""
     info = _info(TEXTS, [5.0, 4.0, 0.0, 2.0])

@@ -138,10 +138,11 @@ def _stage(stage: str) -> str:
 FACTS: tuple[str, ...] = (
     "status", "error", "traceback", "model", "data", "split", "seed", "n_users", "n_items",
     "n_interactions", "n_params", "head_share", "heavy_user_share", "rerank", "rerank_weight", "debias", "epochs",
-    "train_seconds", "epoch_seconds", "eval_seconds", "fusion_seconds", "best_checkpoint")
+    "train_seconds", "epoch_seconds", "eval_seconds", "fusion_seconds", "best_checkpoint",
+    "chosen_on_validation")
 _FACT_NAMES = frozenset(FACTS)
 #: facts written (as null) even when unknown, in a successful run
-_ALWAYS = _FACT_NAMES - {"error", "traceback", "fusion_seconds"}
+_ALWAYS = _FACT_NAMES - {"error", "traceback", "fusion_seconds", "chosen_on_validation"}
 #: metric keys start with one of these stages
 METRIC_STAGES: tuple[str, ...] = ("val/", "test/", "test_cold/")
 
@@ -179,6 +180,8 @@ class RunRecord(Mapping[str, Any]):
     eval_seconds: float | None = None
     fusion_seconds: float | None = None
     best_checkpoint: str | None = None
+    #: scoring-time settings the model chose on validation (`Recommender.choose_on_validation`)
+    chosen_on_validation: dict[str, Any] | None = None
     error: str | None = None
     traceback: str | None = None
     metrics: dict[str, float | None] = field(default_factory=dict)

@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import pandas as pd
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -246,6 +247,7 @@ def train(cfg: DictConfig) -> RunRecord:
         # no optimiser step means global_step stays 0 and ModelCheckpoint saves only last.ckpt;
         # for a one-step fit the last weights are the best ones
         best = getattr(checkpoint, "last_model_path", "") or None
+    chosen = choose_on_validation(trainer, model, dm, evaluator, best)
     # evaluate the best weights: validation lists (for fusion weights) and test metrics; the
     # lists and per-user values stream into the run folder as they are made
     evaluator.list_folder = RunDir(out)
@@ -274,6 +276,7 @@ def train(cfg: DictConfig) -> RunRecord:
         eval_seconds=timer.eval_seconds,
         best_checkpoint=str(Path(best).relative_to(out)) if best and
         Path(best).is_relative_to(out) else best,
+        chosen_on_validation=chosen or None,
         metrics={**{k: v for k, v in val_metrics.items() if k.startswith("val/")},
                  **{k: v for k, v in test_metrics.items()
                     if k.startswith(("test/", "test_cold/"))}},
@@ -283,6 +286,42 @@ def train(cfg: DictConfig) -> RunRecord:
         write_run_artifacts(run_dir, dm)
         run_dir.write_record(record)
     return record
+
+
+def choose_on_validation(trainer: L.Trainer, model: Recommender, dm: RecDataModule,
+                         evaluator: Evaluator, best: str | None) -> dict[str, Any]:
+    """Let the model choose its scoring-time settings on validation with the best weights
+    (`Recommender.choose_on_validation`) and write its choice into the best checkpoint, so the
+    test, the run folder and serving all score with it. Returns the choice ({}: none)."""
+    if type(model).choose_on_validation is Recommender.choose_on_validation or best is None:
+        return {}
+    monitor = getattr(trainer.checkpoint_callback, "monitor", None)
+    if monitor is None or len(dm.eval_users["val"]) == 0:
+        log.warning("%s chooses settings on validation, but the run monitors no validation "
+                    "value: its defaults stay", type(model).__name__)
+        return {}
+    sign = -1.0 if getattr(trainer.checkpoint_callback, "mode", "max") == "min" else 1.0
+    loggers, trainer.loggers = trainer.loggers, []  # the trials are not the run's curve
+    try:
+        trainer.validate(model, datamodule=dm, ckpt_path=best, verbose=False)  # best weights
+
+        def validate() -> float:
+            trainer.validate(model, datamodule=dm, verbose=False)
+            return sign * evaluator.stage_metrics["val"][monitor]
+
+        chosen = model.choose_on_validation(validate)
+    finally:
+        trainer.loggers = loggers
+    if chosen and trainer.is_global_zero:
+        io = trainer.strategy.checkpoint_io
+        checkpoint = io.load_checkpoint(best)
+        saved = checkpoint["state_dict"]
+        for key, value in model.state_dict().items():  # the choice: state that changed
+            if key not in saved or not torch.equal(saved[key].cpu(), value.cpu()):
+                saved[key] = value.detach().cpu()
+        io.save_checkpoint(checkpoint, best)
+    trainer.strategy.barrier()  # every rank loads the checkpoint with the choice next
+    return chosen
 
 
 def write_run_artifacts(run_dir: RunDir, dm: RecDataModule) -> None:

@@ -16,6 +16,7 @@ the model. Non-gradient models (pop, ItemKNN, EASE) are `ClosedFormRecommender`s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import lightning as L
@@ -97,6 +98,16 @@ class Recommender(SharedLosses, L.LightningModule):
     def predict_rating(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
         """Predicted ratings for (user, item) pairs (models with ``predicts_ratings``)."""
         raise NotImplementedError
+
+    def choose_on_validation(self, validate: Callable[[], float]) -> dict[str, Any]:
+        """Scoring-time settings chosen after training, with the best weights loaded.
+
+        A model with such settings (e.g. `BertFinetune`'s ``posthoc_adjustment: auto``) tries
+        each, calling ``validate()`` for the monitored validation value (higher is better) of
+        the model as it then is, keeps its choice in its persistent state (train.py writes it
+        into the best checkpoint, so the test, the run folder and serving score with it) and
+        returns it for ``metrics.json``. Default: none ({})."""
+        return {}
 
     # ------------------------------------------------------------------ training
     def setup(self, stage: str) -> None:
