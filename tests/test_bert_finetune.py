@@ -477,6 +477,10 @@ def test_a_run_writes_the_choice_into_its_best_checkpoint_and_metrics(make_confi
                        weights_only=False)["state_dict"]
     assert float(state["posthoc_tau"]) == chosen["posthoc_adjustment"]
     assert run.read_record().chosen_on_validation == chosen
+    from recozoo.serve.loading import load_model
+
+    served, _ = load_model(run.path)  # serving rebuilds the model and scores with the choice
+    assert float(served.model.posthoc_tau) == chosen["posthoc_adjustment"]
 
 
 def test_init_from_starts_a_second_phase_from_an_earlier_checkpoint(tmp_path):
