@@ -345,7 +345,7 @@ def update_ledger(path: Path, table: dict[str, dict[str, dict[str, Any]]]) -> No
     ordered = {d: {m: dict(sorted(seeds.items(), key=lambda kv: int(kv[0])))
                    for m, seeds in sorted(models.items())} for d, models in sorted(runs.items())}
     temporary = path.with_name(f".{path.name}.tmp")  # never a half-written ledger
-    temporary.write_text(json.dumps(ordered, indent=1, sort_keys=False, default=str) + "\n")
+    temporary.write_text(json.dumps(ordered, indent=1, default=str) + "\n")
     temporary.replace(path)
 
 
@@ -419,7 +419,7 @@ def _needs_run(settings: PanelSettings, out: Path, ledger: Ledger, dataset: str,
                if found is not None and expected and model in expected else [])
     if changes and not settings.keep_stale:
         where = (f"old run kept in {set_aside(run_folder(out, dataset, model, seed)).name}"
-                 if found.in_folder else "its figures stay in the report's git history")
+                 if found.in_folder else "its record stays in the ledger's git history")
         print(f"          {dataset} {model} seed {seed}: settings changed since the run "
               f"({'; '.join(changes)}); {where}", flush=True)
         return True
