@@ -243,16 +243,6 @@ def diff_settings(ran: dict[str, Any] | None, expected: dict[str, Any]
     return changed, added
 
 
-def settings_diff(folder: Path, expected: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """`diff_settings` of the run in ``folder`` (its config is read once)."""
-    return diff_settings(ran_settings(folder), expected)
-
-
-def changed_settings(folder: Path, expected: dict[str, Any]) -> list[str]:
-    """The changed settings of `settings_diff` (what makes a run stale)."""
-    return settings_diff(folder, expected)[0]
-
-
 def set_aside(folder: Path) -> Path:
     """Move a stale run (and its log) to ``<folder>.stale-<time>``; nothing is deleted."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

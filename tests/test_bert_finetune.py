@@ -4,6 +4,8 @@ cold-start scoring, on toy texts and the tiny shop."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import fit_briefly
@@ -414,7 +416,6 @@ def test_posthoc_adjustment_lowers_scores_by_tau_log_prior():
     # the rarest warm item (1 interaction) gains τ log 4 on the most popular one (7)
     gain = (moved[:, 3] - base[:, 3]) - (moved[:, 0] - base[:, 0])
     torch.testing.assert_close(gain, torch.full((2,), 0.5 * torch.tensor(4.0).log().item()))
-    assert plain.score_offset is None
     with pytest.raises(ValueError, match="model.posthoc_adjustment"):
         BertFinetune(info, posthoc_adjustment=-0.1)
 
@@ -425,7 +426,7 @@ def test_auto_posthoc_adjustment_takes_the_largest_tau_within_tolerance_of_plain
     choice is a persistent buffer, so a model loaded from the checkpoint scores with it."""
     info = _info(TEXTS, [7.0, 3.0, 0.0, 1.0])
     auto = BertFinetune(info, posthoc_tolerance=0.01).eval()
-    assert auto.posthoc_score_offset() is None and float(auto.posthoc_tau) == 0.0
+    assert float(auto.posthoc_tau) == 0.0
     curve = {0.0: 0.300, 0.1: 0.2985, 0.2: 0.2971, 0.3: 0.2969, 0.4: 0.25}
     tried = []
 
@@ -457,14 +458,24 @@ def test_auto_posthoc_adjustment_takes_the_largest_tau_within_tolerance_of_plain
         BertFinetune(info, posthoc_adjustment="high")
 
 
-def test_a_run_writes_the_choice_into_its_best_checkpoint_and_metrics(make_config):
+def test_a_run_writes_the_choice_into_its_best_checkpoint_and_metrics(make_config, monkeypatch):
     """train.py lets the model choose on validation with its best weights, writes the choice
     into checkpoints/best.ckpt (what the test, `recommend` and serving load) and metrics.json,
-    and tests with it."""
+    and tests with it; the rest of the checkpoint stays as training saved it (with an EMA, the
+    averaged weights, not the trained ones)."""
     from recozoo.artifacts import RunDir
     from recozoo.train import train
 
-    cfg = make_config(["model=bert_finetune", "model.max_epochs=1"])
+    as_trained = {}
+    choose = BertFinetune.choose_on_validation
+
+    def spy(self, validate):  # the best checkpoint before the choice is written into it
+        best = Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt"
+        as_trained.update(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+        return choose(self, validate)
+
+    monkeypatch.setattr(BertFinetune, "choose_on_validation", spy)
+    cfg = make_config(["model=bert_finetune", "model.max_epochs=2", "+model.ema_decay=0.5"])
     record = train(cfg)
     chosen = record.chosen_on_validation
     values = {float(t): v for t, v in chosen["posthoc_validation"].items()}
@@ -476,6 +487,10 @@ def test_a_run_writes_the_choice_into_its_best_checkpoint_and_metrics(make_confi
     state = torch.load(run.path / record.best_checkpoint, map_location="cpu",
                        weights_only=False)["state_dict"]
     assert float(state["posthoc_tau"]) == chosen["posthoc_adjustment"]
+    assert as_trained and state.keys() == as_trained.keys()
+    for key, value in as_trained.items():
+        if key != "posthoc_tau":
+            assert torch.equal(state[key], value), key
     assert run.read_record().chosen_on_validation == chosen
     from recozoo.serve.loading import load_model
 

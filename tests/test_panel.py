@@ -86,16 +86,18 @@ def test_runs_made_with_other_settings_are_set_aside_and_run_again(tmp_path, mon
     expected = {"multvae": {"model.latent": 200, "model.dropout": 0.5, "trainer.max_epochs": 300},
                 "ease": {"model.latent": None, "model.dropout": 0.5, "trainer.max_epochs": 100,
                          "model.shrink": 0.0}}  # a setting added since the run
-    changes = panel.changed_settings(panel.run_folder(out, "shop", "multvae", 1),
-                                     expected["multvae"])
+    def diff(model: str, expected: dict) -> tuple[list[str], list[str]]:
+        return panel.diff_settings(panel.ran_settings(panel.run_folder(out, "shop", model, 1)),
+                                   expected)
+
+    changes = diff("multvae", expected["multvae"])[0]
     assert changes == ["model.latent: 64 -> 200", "trainer.max_epochs: 100 -> 300"]
     # a setting added with a default that changes what a run does makes the run stale
     before = next(iter(panel.BEFORE_ADDED))
-    assert panel.changed_settings(panel.run_folder(out, "shop", "ease", 1),
-                                  {**expected["ease"], before: 0.5}) == [
+    assert diff("ease", {**expected["ease"], before: 0.5})[0] == [
         f"{before}: {panel.BEFORE_ADDED[before]!r} (before the setting) -> 0.5"]
-    assert panel.settings_diff(panel.run_folder(out, "shop", "ease", 1), {
-        **expected["ease"], before: panel.BEFORE_ADDED[before]}) == ([], ["model.shrink", before])
+    assert diff("ease", {**expected["ease"], before: panel.BEFORE_ADDED[before]}) == (
+        [], ["model.shrink", before])
     table = panel.collect(out, ["shop"], ["multvae", "ease"], [1], expected)
     assert table["shop"]["multvae"]["stale"] == [f"s1 ({'; '.join(changes)})"]
     assert table["shop"]["ease"]["stale"] == [] and table["shop"]["ease"]["added"] == [

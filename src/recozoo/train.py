@@ -301,24 +301,28 @@ def choose_on_validation(trainer: L.Trainer, model: Recommender, dm: RecDataModu
                     "value: its defaults stay", type(model).__name__)
         return {}
     sign = -1.0 if getattr(trainer.checkpoint_callback, "mode", "max") == "min" else 1.0
+    # the best weights, as trainer.validate(ckpt_path=best) would restore them (with an EMA the
+    # checkpoint's state_dict is the average; a validation after fit does not swap weights)
+    io = trainer.strategy.checkpoint_io
+    checkpoint = io.load_checkpoint(best)
+    saved = checkpoint["state_dict"]
+    model.on_load_checkpoint(checkpoint)
+    model.load_state_dict(saved)
+
+    def validate() -> float:
+        trainer.validate(model, datamodule=dm, verbose=False)
+        return sign * evaluator.stage_metrics["val"][monitor]
+
     loggers, trainer.loggers = trainer.loggers, []  # the trials are not the run's curve
     try:
-        trainer.validate(model, datamodule=dm, ckpt_path=best, verbose=False)  # best weights
-
-        def validate() -> float:
-            trainer.validate(model, datamodule=dm, verbose=False)
-            return sign * evaluator.stage_metrics["val"][monitor]
-
         chosen = model.choose_on_validation(validate)
     finally:
         trainer.loggers = loggers
-    if chosen and trainer.is_global_zero:
-        io = trainer.strategy.checkpoint_io
-        checkpoint = io.load_checkpoint(best)
-        saved = checkpoint["state_dict"]
-        for key, value in model.state_dict().items():  # the choice: state that changed
-            if key not in saved or not torch.equal(saved[key].cpu(), value.cpu()):
-                saved[key] = value.detach().cpu()
+    # the choice is the state it changed; the rest of the checkpoint stays as saved
+    changed = {key: value.detach().cpu() for key, value in model.state_dict().items()
+               if key not in saved or not torch.equal(saved[key], value.detach().cpu())}
+    if changed and trainer.is_global_zero:
+        saved.update(changed)
         io.save_checkpoint(checkpoint, best)
     trainer.strategy.barrier()  # every rank loads the checkpoint with the choice next
     return chosen

@@ -314,12 +314,10 @@ class BertFinetune(Recommender):
         # each trained item's share of the training targets (the in-batch sampling rate)
         share = info.item_popularity.float() / info.item_popularity.float().sum().clamp(min=1)
         self.register_buffer("target_share", share, persistent=False)
-        tau = 0.0 if self.posthoc_auto else float(posthoc_adjustment)
         if self.posthoc_auto:  # the τ chosen on validation; in checkpoints (0 while training)
-            self.register_buffer("posthoc_tau", torch.tensor(tau, dtype=torch.float64))
-        self._offset_tau = tau  # the τ that score_offset holds
-        self.register_buffer("score_offset", posthoc_offsets(info.item_popularity, tau),
-                             persistent=False)
+            self.register_buffer("posthoc_tau", torch.tensor(0.0, dtype=torch.float64))
+        else:
+            self.posthoc_tau = float(posthoc_adjustment)
         #: (n_items, H) text vectors of the catalogue; not saved (rebuilt from the weights)
         self._text_cache: torch.Tensor | None = None
         #: encoder updates since the cache was built (the cache is stale when > 0)
@@ -591,16 +589,8 @@ class BertFinetune(Recommender):
         table = self.item_table()  # (n_items + 1, d)
         user = self.user_states(table, batch.history)[:, -1]  # (B, d)
         scores = user @ table[:-1].T / self.temperature  # (B, n_items)
-        offset = self.posthoc_score_offset()
-        return scores if offset is None else scores + offset
-
-    def posthoc_score_offset(self) -> torch.Tensor | None:
-        """(n_items,) offsets of the post-hoc adjustment at the τ in use (None at τ = 0)."""
-        if self.posthoc_auto and float(self.posthoc_tau) != self._offset_tau:
-            self._offset_tau = float(self.posthoc_tau)  # chosen, or loaded from a checkpoint
-            offsets = posthoc_offsets(self.item_popularity, self._offset_tau)
-            self.score_offset = None if offsets is None else offsets.to(self.item_popularity)
-        return self.score_offset
+        offsets = posthoc_offsets(self.item_popularity, float(self.posthoc_tau))
+        return scores if offsets is None else scores + offsets
 
     def choose_on_validation(self, validate: Callable[[], float]) -> dict[str, Any]:
         """With ``posthoc_adjustment: auto``: the largest τ of ``posthoc_grid`` whose validation
