@@ -475,7 +475,7 @@ def test_a_run_writes_the_choice_into_its_best_checkpoint_and_metrics(make_confi
         return choose(self, validate)
 
     monkeypatch.setattr(BertFinetune, "choose_on_validation", spy)
-    cfg = make_config(["model=bert_finetune", "model.max_epochs=2", "+model.ema_decay=0.5"])
+    cfg = make_config(["model=bert_finetune", "model.max_epochs=2", "model.ema_decay=0.5"])
     record = train(cfg)
     chosen = record.chosen_on_validation
     values = {float(t): v for t, v in chosen["posthoc_validation"].items()}

@@ -233,7 +233,7 @@ class BertFinetune(Recommender):
                  train_layers: int = 0, lora_rank: int = 0, lora_alpha: float = 16.0,
                  pooling: str = "mean", cache_frozen_layers: bool = True,
                  cache_dir: str | None = None, bf16: bool = False, encoder_lr: float = 5e-5,
-                 encoder_warmup: int = 0, temperature: float = 0.05, user_dim: int = 128,
+                 encoder_warmup: int = 0, temperature: float = 0.1, user_dim: int = 128,
                  id_embeddings: bool = True, id_lr: float | None = None,
                  weak_text: str | bool = "auto", weak_text_auc: float = 0.6,
                  weak_text_id_lr: float = 0.01, id_dropout: float = 0.0,
