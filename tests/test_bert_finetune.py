@@ -466,14 +466,25 @@ def test_a_run_writes_the_choice_into_its_best_checkpoint_and_metrics(make_confi
     from recozoo.artifacts import RunDir
     from recozoo.train import train
 
+    import recozoo.train as train_module
+
     as_trained = {}
-    choose = BertFinetune.choose_on_validation
+    choose, drive = BertFinetune.choose_on_validation, train_module.choose_on_validation
+
+    def moved(trainer, model, *args):  # weights that are not the best: the driver must load them
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(1.0)
+        return drive(trainer, model, *args)
 
     def spy(self, validate):  # the best checkpoint before the choice is written into it
         best = Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt"
         as_trained.update(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+        for key, value in self.state_dict().items():  # it chooses with the best weights
+            assert torch.equal(value.cpu(), as_trained[key]), key
         return choose(self, validate)
 
+    monkeypatch.setattr(train_module, "choose_on_validation", moved)
     monkeypatch.setattr(BertFinetune, "choose_on_validation", spy)
     cfg = make_config(["model=bert_finetune", "model.max_epochs=2", "model.ema_decay=0.5"])
     record = train(cfg)
