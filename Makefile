@@ -9,7 +9,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-full sweep bench panel format clean
+.PHONY: help install train test test-full sweep bench panel format lint clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -42,7 +42,10 @@ panel: $(STAMP) ## every model x dataset x seed with defaults, resumable (writes
 
 format: $(STAMP) ## format and lint with ruff
 	$(VENV)/bin/ruff format src tests train.py
-	$(VENV)/bin/ruff check --fix src tests train.py
+	$(VENV)/bin/ruff check --fix src tests train.py bench
+
+lint: $(STAMP) ## ruff's checks (pinned version), no changes made
+	$(VENV)/bin/ruff check src tests train.py bench
 
 clean: ## remove run outputs and caches (keeps .venv)
 	rm -rf logs outputs multirun wandb .pytest_cache .ruff_cache

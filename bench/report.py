@@ -115,8 +115,8 @@ def ratings_lines(section: dict[str, Any]) -> list[str]:
     failed = [run for run in section.get("runs", []) if run.get("error")]
     for run in failed:
         first = run["error"].strip().splitlines()[-1] if run["error"].strip() else ""
-        lines += ["", f"- failed: {run['side']} {run.get('model', '')} seed {run['seed']}: "
-                      f"{first}"]
+        lines += ["", (f"- failed: {run['side']} {run.get('model', '')} seed {run['seed']}: "
+                       f"{first}")]
     if any(run.get("same_test_rows") is False for run in section.get("runs", [])):
         lines += ["", "**A recozoo run was tested on other rows than the exported split.**"]
     return lines

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import fit_briefly
 
+from conftest import fit_briefly
 from recozoo.data.datamodule import DatasetInfo, EvalBatch
 from recozoo.models.bert_finetune import BertFinetune
 from recozoo.models.components.text_tower import TextTower
@@ -267,7 +267,7 @@ def test_fresh_softmax_can_leave_the_user_tower_alone():
 def test_encoder_learning_rate_warms_up_linearly(make_config):
     cfg = make_config(["model=bert_finetune", "model.train_layers=1", "model.encoder_lr=1e-3",
                        "model.encoder_warmup=10"])
-    _, model, trainer, _ = fit_briefly(cfg, steps=2)
+    _, _model, trainer, _ = fit_briefly(cfg, steps=2)
     groups = {g.get("name"): g["lr"] for g in trainer.optimizers[0].param_groups}
     assert groups["encoder"] == pytest.approx(1e-3 * 2 / 10)  # set before the second step
     assert groups[None] == pytest.approx(cfg.model.optimizer.lr)  # the rest is untouched
@@ -463,10 +463,9 @@ def test_a_run_writes_the_choice_into_its_best_checkpoint_and_metrics(make_confi
     into checkpoints/best.ckpt (what the test, `recommend` and serving load) and metrics.json,
     and tests with it; the rest of the checkpoint stays as training saved it (with an EMA, the
     averaged weights, not the trained ones)."""
+    import recozoo.train as train_module
     from recozoo.artifacts import RunDir
     from recozoo.train import train
-
-    import recozoo.train as train_module
 
     as_trained = {}
     choose, drive = BertFinetune.choose_on_validation, train_module.choose_on_validation

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from recozoo.data.interactions import Interactions
 from recozoo.data.split import LeaveOneOut, hold_out_cold_items
@@ -36,7 +35,7 @@ def test_cold_items_leave_training_and_validation_but_stay_in_test():
     np.testing.assert_array_equal(held.test, split.test)
     # only cold rows were dropped
     assert len(held.train) == len(split.train) - cold[data.item[split.train]].sum()
-    again, cold_again = hold_out_cold_items(data, split, 0.25, seed=3)
+    _, cold_again = hold_out_cold_items(data, split, 0.25, seed=3)
     np.testing.assert_array_equal(cold, cold_again)
     _, other = hold_out_cold_items(data, split, 0.25, seed=4)
     assert not np.array_equal(cold, other)

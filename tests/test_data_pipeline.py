@@ -7,8 +7,14 @@ import pytest
 import torch
 
 from recozoo.data import (
-    EmptyDatasetError, Interactions, LeaveOneOut, Preprocessing, RandomRatioSplit, RecDataModule,
-    TemporalRatioSplit, TrainView,
+    EmptyDatasetError,
+    Interactions,
+    LeaveOneOut,
+    Preprocessing,
+    RandomRatioSplit,
+    RecDataModule,
+    TemporalRatioSplit,
+    TrainView,
 )
 from recozoo.data.popularity import item_popularity, tail_mask
 from recozoo.data.sources import ShopSource

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from tests.conftest import compose_config
 
 from recozoo.artifacts import RunDir
 from recozoo.report import build_leaderboard
 from recozoo.report.external import read_list_file, score_external
-from tests.conftest import compose_config
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tests.conftest import compose_config
 
 from recozoo.data import Interactions, Preprocessing, RecDataModule
 from recozoo.data.sources import ShopSource
 from recozoo.data.split import GlobalTemporalSplit
-from tests.conftest import compose_config
 
 
 def tiny(users, items, times) -> Interactions:

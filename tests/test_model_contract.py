@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
-from conftest import fit_briefly, model_names
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
+from conftest import fit_briefly, model_names
 
 
 def _fit(cfg, steps: int = 3):
@@ -23,7 +23,7 @@ def fitted(request, make_config):
 
 
 def test_scores_have_one_column_per_item(fitted):
-    cfg, dm, model, _, _ = fitted
+    _cfg, dm, model, _, _ = fitted
     batch = dm.eval_batch("test", dm.eval_users["test"][:7])
     with torch.no_grad():
         scores = model.score(batch)
@@ -32,7 +32,7 @@ def test_scores_have_one_column_per_item(fitted):
 
 
 def test_seen_items_are_masked_and_targets_rankable(fitted):
-    cfg, dm, model, _, evaluator = fitted
+    _cfg, dm, _model, _, evaluator = fitted
     users = dm.eval_users["test"][:16]
     batch = dm.eval_batch("test", users)
     with torch.no_grad():
@@ -53,7 +53,7 @@ def test_deterministic_under_seed(fitted, make_config):
 
 
 def test_same_scores_after_checkpoint_save_and_load(fitted, tmp_path):
-    cfg, dm, model, trainer, _ = fitted
+    _cfg, dm, model, trainer, _ = fitted
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
     restored = type(model).load_from_checkpoint(path, info=dm.info, weights_only=True)
@@ -64,7 +64,7 @@ def test_same_scores_after_checkpoint_save_and_load(fitted, tmp_path):
 
 
 def test_batch_and_single_user_scores_agree(fitted):
-    cfg, dm, model, _, _ = fitted
+    _cfg, dm, model, _, _ = fitted
     users = dm.eval_users["test"][:5]
     with torch.no_grad():
         together = model.score(dm.eval_batch("test", users))
@@ -91,7 +91,7 @@ class _Recorder(Logger):
 
 
 def test_full_evaluation_logs_every_metric(fitted):
-    cfg, dm, model, trainer, evaluator = fitted
+    cfg, dm, model, _trainer, evaluator = fitted
     recorder = _Recorder()
     import lightning as L
     tester = L.Trainer(logger=recorder, enable_progress_bar=False, enable_model_summary=False,

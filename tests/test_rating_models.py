@@ -143,7 +143,7 @@ def test_evaluator_reports_rating_errors_on_val_and_test(make_config, shared_dat
     from conftest import fit_briefly
     cfg = make_config(["experiment=ratings", "model=svd", f"data.path={shared_data / 'ml-100k'}",
                        "trainer.max_epochs=1"], tiny=False)
-    dm, model, trainer, evaluator = fit_briefly(cfg, steps=5)
+    dm, model, _trainer, evaluator = fit_briefly(cfg, steps=5)
     import lightning as L
     for stage, run in (("val", L.Trainer.validate), ("test", L.Trainer.test)):
         tester = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
@@ -174,8 +174,8 @@ def test_ratings_experiment_follows_val_rmse_in_its_direction(make_config):
 def test_bench_ratings_summary_and_report():
     """The bench's ratings section: means and spreads per model over seeds, best RMSE first,
     and the report line that says whether the target is met."""
-    from bench.report import ratings_lines
     from bench.ratings import summarise
+    from bench.report import ratings_lines
     runs = [{"side": "recozoo", "model": "svdpp", "seed": s, "rmse": r, "mae": 0.7,
              "fit_seconds": 2.0, "test_seconds": 0.1} for s, r in ((0, 0.90), (1, 0.91))]
     runs += [{"side": "surprise", "model": "SVD", "seed": 0, "rmse": 0.93, "mae": 0.73,

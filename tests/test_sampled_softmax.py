@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import fit_briefly
 
+from conftest import fit_briefly
 from recozoo.data.contracts import DatasetInfo
 from recozoo.models.base import Recommender
 from recozoo.models.components.sequence import NegativeSampler

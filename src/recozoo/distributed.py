@@ -171,9 +171,10 @@ def _multirun_job_command() -> Iterator[None]:
 
 def _job_command(local_rank: int) -> tuple[Sequence[str], str]:
     """The command line of this multirun job alone (its overrides, its output folder)."""
-    import __main__
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import get_original_cwd, to_absolute_path
+
+    import __main__
 
     job = HydraConfig.get()
     command = ([sys.executable, to_absolute_path(sys.argv[0])] if __main__.__spec__ is None

@@ -122,7 +122,7 @@ def _choice(group: str, default: str) -> str:
     try:
         from hydra.core.hydra_config import HydraConfig
         return str(HydraConfig.get().runtime.choices[group])
-    except Exception:  # composed outside a Hydra app (tests, notebooks)
+    except (ValueError, KeyError):  # composed outside a Hydra app (tests, notebooks)
         return default
 
 
@@ -131,7 +131,7 @@ def _is_multirun() -> bool:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
         return HydraConfig.get().mode == RunMode.MULTIRUN
-    except Exception:
+    except ValueError:  # "HydraConfig was not set": composed outside a Hydra app
         return False
 
 
@@ -451,9 +451,9 @@ def next_steps(cfg: DictConfig, metrics: dict[str, Any]) -> str:
     lines += [
         "Next:",
         f"  python -m recozoo.serve run={run}    # serve it: POST /predict on 127.0.0.1:8000",
-        f"  python train.py -m model=pop,ease,bpr hydra.sweep.dir={sweep}    # three models "
-        "-> leaderboard",
-        f"  less {sweep}/leaderboard.md    # the leaderboard (all columns: leaderboard.html; "
-        "plot: accuracy_vs_tail.png)",
+        (f"  python train.py -m model=pop,ease,bpr hydra.sweep.dir={sweep}    # three models "
+         "-> leaderboard"),
+        (f"  less {sweep}/leaderboard.md    # the leaderboard (all columns: leaderboard.html; "
+         "plot: accuracy_vs_tail.png)"),
     ]
     return "\n".join(lines)

@@ -4,7 +4,8 @@ each model asks for, plus one evaluation batch format for every model."""
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 import numpy as np

@@ -35,7 +35,7 @@ class ItemData:
     numeric: dict[str, np.ndarray] = field(default_factory=dict)
     titles: list[str] | None = None
 
-    def take(self, index: np.ndarray) -> "ItemData":
+    def take(self, index: np.ndarray) -> ItemData:
         """Side data of the items at ``index`` (in that order)."""
         return ItemData(
             text=[self.text[i] for i in index] if self.text is not None else None,
@@ -93,7 +93,7 @@ class Interactions:
     def __len__(self) -> int:
         return len(self.user)
 
-    def take(self, index: np.ndarray) -> "Interactions":
+    def take(self, index: np.ndarray) -> Interactions:
         """Rows at ``index`` (a bool mask or integer positions); id maps are kept as they are."""
         return replace(
             self,
@@ -104,7 +104,7 @@ class Interactions:
             rating=self.rating[index] if self.rating is not None else None,
         )
 
-    def compact(self) -> "Interactions":
+    def compact(self) -> Interactions:
         """Re-index users and items so that only those with interactions remain (0..n-1)."""
         users, user_new = np.unique(self.user, return_inverse=True)
         items, item_new = np.unique(self.item, return_inverse=True)
@@ -147,7 +147,7 @@ class Interactions:
         title_col: str | None = None,
         numeric_cols: tuple[str, ...] = (),
         name: str = "data",
-    ) -> "Interactions":
+    ) -> Interactions:
         """Build from a frame with external ids; item side data from an optional items table.
 
         Args:

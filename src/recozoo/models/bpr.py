@@ -20,7 +20,7 @@ from torch import nn
 from recozoo.data.datamodule import DatasetInfo, EvalBatch, TrainView
 from recozoo.models.base import Recommender
 from recozoo.models.losses import negative_scores
-from recozoo.models.optimizers import SPARSE_ABOVE_ROWS, use_sparse
+from recozoo.models.optimizers import use_sparse
 
 
 class BPR(Recommender):

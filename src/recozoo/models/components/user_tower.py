@@ -53,7 +53,7 @@ class CausalUserTower(nn.Module):
 
     def forward(self, items: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         items, pad = self.fit_length(items, pad)
-        batch, length, _ = items.shape
+        length = items.shape[1]
         hidden = items.masked_fill(pad.unsqueeze(-1), 0.0) + self.position.weight  # (B, L, d)
         causal = torch.ones(length, length, dtype=torch.bool, device=items.device).tril()
         allowed = causal & ~pad[:, None, :]  # (B, L, L): earlier, non-padding keys
