@@ -88,3 +88,40 @@ def test_without_ema_decay_there_is_no_average(make_config):
 def test_impossible_ema_decay_is_refused(make_config, overrides, message):
     with pytest.raises(ValueError, match=message):
         build_experiment(make_config(overrides))
+
+
+class _Frozen(torch.nn.Module):
+    """A module with a frozen weight it names as constant, as bert_finetune names its encoder."""
+
+    def __init__(self):
+        super().__init__()
+        self.frozen = torch.nn.Parameter(torch.ones(3), requires_grad=False)
+        self.trained = torch.nn.Parameter(torch.zeros(2))
+
+    def constant_tensors(self) -> list[torch.Tensor]:
+        return [self.frozen]
+
+
+def test_the_average_skips_constant_tensors_and_averages_the_rest():
+    from torch.optim.swa_utils import AveragedModel
+
+    from recozoo.models.base import ema_of_changing_tensors
+
+    module = _Frozen()
+    average = AveragedModel(module, multi_avg_fn=ema_of_changing_tensors(module, 0.5))
+    average.update_parameters(module)  # the first update copies every tensor
+    average.module.frozen.data.fill_(7.0)  # a skipped tensor's average is left as it is
+    with torch.no_grad():
+        module.trained.fill_(4.0)
+    average.update_parameters(module)
+    torch.testing.assert_close(average.module.trained, torch.full((2,), 2.0))  # 0.5 * 0 + 0.5 * 4
+    torch.testing.assert_close(average.module.frozen, torch.full((3,), 7.0))  # not averaged
+
+
+def test_bert_finetune_names_its_frozen_encoder_as_constant(make_config):
+    experiment = build_experiment(make_config(["model=bert_finetune"]))
+    model = experiment.model
+    constant = {id(t) for t in model.constant_tensors()}
+    encoder = [p for p in model.text.parameters()]
+    assert constant and constant == {id(p) for p in encoder if not p.requires_grad}
+    assert all(p.requires_grad for p in model.parameters() if id(p) not in constant)

@@ -131,7 +131,13 @@ class Recommender(SharedLosses, L.LightningModule):
             return []
         # Lightning's EMAWeightAveraging, updated every step, with torch's foreach EMA: its own
         # per-tensor update took 8.2 ms a step for multvae on ml-100k (2.4M parameters), this 0.38
-        return [WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay))]
+        return [WeightAveraging(multi_avg_fn=ema_of_changing_tensors(self, self.ema_decay))]
+
+    def constant_tensors(self) -> list[torch.Tensor]:
+        """Parameters and buffers that training never changes (a frozen pretrained encoder):
+        the weight average (``ema_decay``) leaves them as they are instead of averaging equal
+        values every step. Default: none."""
+        return []
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
@@ -219,6 +225,29 @@ class Recommender(SharedLosses, L.LightningModule):
         """Trainable and fitted numbers: everything a checkpoint saves (parameters and persistent
         buffers, such as a closed-form model's fitted matrix; dataset facts are not saved)."""
         return sum(t.numel() for t in self.state_dict().values())
+
+
+def ema_of_changing_tensors(module: Recommender, decay: float) -> Callable[..., None]:
+    """torch's foreach EMA (a ``multi_avg_fn`` of `torch.optim.swa_utils.AveragedModel`) that
+    skips ``module.constant_tensors()``: their average stays the copy made at the first update,
+    which is their value. For bert_finetune's frozen encoder (22.7M parameters) that is ~30-50 ms
+    a step of a CPU thread spent averaging numbers that never change.
+
+    Tensors are matched by storage: the averaged model receives each live tensor detached, which
+    shares its storage. Where it receives copies instead (an average kept on another device),
+    nothing matches and every tensor is averaged, as without the skip."""
+    ema = get_ema_multi_avg_fn(decay)
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor],
+               num_averaged: torch.Tensor) -> None:
+        constant = {tensor.data_ptr() for tensor in module.constant_tensors()}
+        if constant:
+            keep = [i for i, tensor in enumerate(current) if tensor.data_ptr() not in constant]
+            averaged, current = [averaged[i] for i in keep], [current[i] for i in keep]
+        if averaged:
+            ema(averaged, current, num_averaged)
+
+    return update
 
 
 class ClosedFormRecommender(Recommender):

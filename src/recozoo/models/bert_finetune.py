@@ -328,6 +328,11 @@ class BertFinetune(Recommender):
         if init_from is not None:
             self.load_weights(init_from)
 
+    def constant_tensors(self) -> list[torch.Tensor]:
+        """The text encoder's frozen weights (all of them at ``train_layers: 0``): the weight
+        average skips them."""
+        return [p for p in self.text.parameters() if not p.requires_grad]
+
     # ------------------------------------------------------------------ item vectors
     def refresh_text_cache(self) -> None:
         """Re-encode every item's text with the current weights (no gradient, eval mode)."""
