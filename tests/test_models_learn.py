@@ -19,6 +19,10 @@ EPOCHS = {"bert_finetune": 2, "bpr": 80, "lightgcn": 40, "gru4rec": 20}
 #: epochs of this shop give; tests/test_cfgan.py checks it with batches of 16 over 40 epochs)
 ABOVE_POP = {"bpr", "ease", "itemknn", "multvae", "multdae", "lightgcn", "gru4rec", "sasrec",
              "caser", "sqn", "dqn", "bert_finetune"}
+#: a wider margin over popularity where a model once sat near it: dqn with rewards by event type
+#: (view 1, cart 2.5, purchase 5) ranked by the value of a purchase, 1.30x pop here (the panel's
+#: shop: 2.5x), against 2.24x with one reward for every event (the panel's shop: 10x)
+MARGIN = {"dqn": 1.8}
 
 
 def _test_ndcg(name: str, tmp_path_factory) -> tuple[float, int]:
@@ -42,4 +46,4 @@ def test_model_learns_beyond_chance_and_popularity(name, pop_ndcg, tmp_path_fact
     chance = sum(1 / math.log2(rank + 1) for rank in range(1, 11)) / n_items
     assert ndcg > 2 * chance, (name, ndcg, chance)
     if name in ABOVE_POP:
-        assert ndcg > 1.05 * pop_ndcg, (name, ndcg, pop_ndcg)
+        assert ndcg > MARGIN.get(name, 1.05) * pop_ndcg, (name, ndcg, pop_ndcg)
