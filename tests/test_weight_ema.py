@@ -122,6 +122,5 @@ def test_bert_finetune_names_its_frozen_encoder_as_constant(make_config):
     experiment = build_experiment(make_config(["model=bert_finetune"]))
     model = experiment.model
     constant = {id(t) for t in model.constant_tensors()}
-    encoder = [p for p in model.text.parameters()]
-    assert constant and constant == {id(p) for p in encoder if not p.requires_grad}
+    assert constant and constant == {id(p) for p in model.text.parameters() if not p.requires_grad}
     assert all(p.requires_grad for p in model.parameters() if id(p) not in constant)

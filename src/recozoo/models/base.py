@@ -230,8 +230,8 @@ class Recommender(SharedLosses, L.LightningModule):
 def ema_of_changing_tensors(module: Recommender, decay: float) -> Callable[..., None]:
     """torch's foreach EMA (a ``multi_avg_fn`` of `torch.optim.swa_utils.AveragedModel`) that
     skips ``module.constant_tensors()``: their average stays the copy made at the first update,
-    which is their value. For bert_finetune's frozen encoder (22.7M parameters) that is ~30-50 ms
-    a step of a CPU thread spent averaging numbers that never change.
+    which is their value. For bert_finetune's frozen encoder (22.7M parameters) an update took
+    25 ms a step on one loaded CPU thread, 8 ms with the skip (medians of 15).
 
     Tensors are matched by storage: the averaged model receives each live tensor detached, which
     shares its storage. Where it receives copies instead (an average kept on another device),
