@@ -49,4 +49,4 @@ class EASE(ClosedFormRecommender):
         self.item_weights.copy_(weights)  # float32 buffer
 
     def score(self, batch: EvalBatch) -> torch.Tensor:
-        return batch.seen_matrix(self.n_items) @ self.item_weights  # (B, n_items)
+        return torch.sparse.mm(batch.seen_sparse(self.n_items), self.item_weights)  # (B, n_items)
