@@ -24,10 +24,12 @@ def item_cooccurrence(user: torch.Tensor, item: torch.Tensor, n_users: int, n_it
     """(n_items, n_items) float32 ``X^T X`` of the 0/1 interaction matrix X: how many users
     interacted with both items (exact: counts stay far below float32's 2^24).
 
-    X is built densely a block of users at a time (at most ``DENSE_ENTRIES`` entries) and the
-    blocks' products are summed: memory stays bounded, and dense products beat torch's sparse
-    one (ml-100k 40 vs 46 ms, 6,040 x 3,706 0.82 vs 1.13 s; a 1%-dense 20,000 x 5,000 matrix
-    4.5 vs 2.4 s).
+    X is built a block of users at a time (at most ``DENSE_ENTRIES`` entries) and the blocks'
+    products are summed, so memory stays bounded. Each block's product is sparse ``X_b^T``
+    times dense ``X_b``: O(interactions x n_items) multiply-adds instead of the dense product's
+    O(users x n_items^2). Measured on one CPU thread against dense blocks (random pairs): 943 x
+    1,682 with 80k pairs 34 vs 80 ms, 6,040 x 3,706 with 800k 1.04 vs 2.57 s, 20,000 x 5,000
+    with 1M 2.0 vs 11.0 s (a sparse x sparse product was slower than dense blocks).
     """
     rows = max(1, DENSE_ENTRIES // max(n_items, 1))
     order = torch.argsort(user)
@@ -39,5 +41,5 @@ def item_cooccurrence(user: torch.Tensor, item: torch.Tensor, n_users: int, n_it
         lo, hi = bounds[block], bounds[block + 1]
         dense = torch.zeros(min(rows, n_users - start), n_items, device=user.device)
         dense[user[lo:hi] - start, item[lo:hi]] = 1.0  # duplicates count once
-        gram.addmm_(dense.t(), dense)
+        gram.addmm_(dense.t().to_sparse(), dense)  # (n_items, rows) sparse @ (rows, n_items)
     return gram
