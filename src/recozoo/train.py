@@ -109,9 +109,10 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     if view.kind == "sequences" and getattr(dm.split, "name", "") == "random":
         log.warning(
             "%s learns the next item from the latest ones, but split=random holds out random "
-            "ratings, not the next ones: on ml-100k's random 8:1:1 split (seeds 1-3) caser and "
-            "bert_finetune rank below pop and sqn level with it (README: Known limits). Use "
-            "split=loo or split=temporal for sequence models.", type(model).__name__)
+            "ratings, not the next ones: on ml-100k's random 8:1:1 split (seeds 1-3) the "
+            "sequence models reach test NDCG@10 0.133-0.171 (caser below pop's 0.136) against "
+            "0.276-0.322 for the order-blind ones (README: Known limits). Use split=loo or "
+            "split=temporal for sequence models.", type(model).__name__)
     dm.use_view(view)
     evaluator = Evaluator(build_ranker(cfg, model, dm.info), ks=[int(k) for k in cfg.eval.ks])
     return Experiment(dm, model, evaluator)
