@@ -28,15 +28,11 @@ def test_item_cooccurrence_in_one_block_or_many_is_exact(monkeypatch):
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_ease_weights_are_the_closed_form(dtype):
-    from recozoo.data.datamodule import DatasetInfo
     from recozoo.models.ease import EASE
 
-    n_users, n_items, reg = 40, 15, 5.0
-    user, item, dense = _pairs(n_users, n_items, 150, seed=3)
-    info = DatasetInfo(name="tiny", n_users=n_users, n_items=n_items,
-                       item_popularity=torch.as_tensor(dense.sum(0)),
-                       tail_mask=torch.zeros(n_items, dtype=torch.bool), head_share=0.2)
-    model = EASE(info, reg_weight=reg, inverse_dtype=dtype)
+    n_items, reg = 15, 5.0
+    user, item, dense = _pairs(40, n_items, 150, seed=3)
+    model = EASE(_info(dense), reg_weight=reg, inverse_dtype=dtype)
     model.training_step({"user": user, "item": item}, 0)
     precision = np.linalg.inv(dense.T @ dense + reg * np.eye(n_items))
     expected = -precision / np.diag(precision)[None, :]
@@ -44,29 +40,63 @@ def test_ease_weights_are_the_closed_form(dtype):
     assert np.allclose(model.item_weights.numpy(), expected, atol=1e-5)
 
 
-def test_ease_scores_are_the_inputs_times_the_weights_with_repeats_counted_once():
-    from recozoo.data.contracts import EvalBatch
+def _info(dense: np.ndarray):
     from recozoo.data.datamodule import DatasetInfo
-    from recozoo.models.ease import EASE
 
-    n_users, n_items = 40, 15
-    user, item, dense = _pairs(n_users, n_items, 150, seed=3)
-    info = DatasetInfo(name="tiny", n_users=n_users, n_items=n_items,
+    n_users, n_items = dense.shape
+    return DatasetInfo(name="tiny", n_users=n_users, n_items=n_items,
                        item_popularity=torch.as_tensor(dense.sum(0)),
                        tail_mask=torch.zeros(n_items, dtype=torch.bool), head_share=0.2)
-    model = EASE(info, reg_weight=5.0)
-    model.training_step({"user": user, "item": item}, 0)
-    # three users' inputs, unordered, the first user's item 4 twice and the last user with none
+
+
+def _three_users_inputs(n_items: int):
+    """Three users' inputs, unordered, the first user's item 4 twice and the last user with
+    none, as an EvalBatch and as the dense 0/1 rows a model should read."""
+    from recozoo.data.contracts import EvalBatch
+
     batch = EvalBatch(user=torch.tensor([7, 3, 9]), history=torch.zeros(3, 1, dtype=torch.long),
                       seen_rows=torch.tensor([1, 0, 0, 1, 0]),
                       seen_cols=torch.tensor([2, 4, 11, 0, 4]),
                       target_rows=torch.tensor([0]), target_cols=torch.tensor([5]))
     rows = np.zeros((3, n_items))
     rows[[0, 0, 1, 1], [4, 11, 2, 0]] = 1.0
-    assert np.array_equal(batch.seen_sparse(n_items).to_dense().numpy(), rows)
-    assert np.array_equal(batch.seen_matrix(n_items).numpy(), rows)
+    return batch, rows
+
+
+def test_ease_scores_are_the_inputs_times_the_weights_with_repeats_counted_once():
+    from recozoo.models.ease import EASE
+
+    user, item, dense = _pairs(40, 15, 150, seed=3)
+    model = EASE(_info(dense), reg_weight=5.0)
+    model.training_step({"user": user, "item": item}, 0)
+    batch, rows = _three_users_inputs(15)
+    assert np.array_equal(batch.seen_sparse(15).to_dense().numpy(), rows)
+    assert np.array_equal(batch.seen_matrix(15).numpy(), rows)
     expected = rows @ model.item_weights.numpy().astype(np.float64)
     assert np.allclose(model.score(batch).numpy(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("dense_scoring", [True, False])
+def test_itemknn_scores_sum_the_top_k_shrunk_cosine_neighbours(monkeypatch, dense_scoring):
+    from recozoo.models import itemknn
+
+    if not dense_scoring:
+        monkeypatch.setattr(itemknn, "DENSE_SCORING_MAX_ITEMS", 0)  # the large-catalogue path
+    n_items, k, shrink = 15, 4, 2.0
+    user, item, dense = _pairs(40, n_items, 150, seed=5)
+    model = itemknn.ItemKNN(_info(dense), k=k, shrink=shrink, block_size=6)  # 3 blocks
+    model.training_step({"user": user, "item": item}, 0)
+    norms = np.sqrt(dense.sum(0))
+    sims = dense.T @ dense / (norms[:, None] * norms[None, :] + shrink + 1e-12)
+    np.fill_diagonal(sims, 0.0)
+    weights = model.similarity().to_dense().numpy()
+    for j in range(n_items):  # column j keeps k of its most similar items (ties either way)
+        kept = np.flatnonzero(weights[:, j])
+        assert np.allclose(weights[kept, j], sims[kept, j], atol=1e-6)
+        assert np.allclose(np.sort(sims[kept, j]), np.sort(sims[:, j])[-len(kept):], atol=1e-6)
+        assert len(kept) == k or np.count_nonzero(sims[:, j]) < k
+    batch, rows = _three_users_inputs(n_items)
+    assert np.allclose(model.score(batch).numpy(), rows @ weights, atol=1e-5)
 
 
 def test_ease_rejects_an_unknown_precision():
