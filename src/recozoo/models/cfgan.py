@@ -66,15 +66,16 @@ A 16-trial Optuna search on ml-100k's random split (seed 1, validation only;
 data (issue 16, seed 1, validation NDCG@10 against the defaults' .2390 random, .0772 leave-one-out,
 .1121 shop, .0695 Scientific, .0771 Online Retail):
 
-* its best trials (PM 0.54-0.80 with G at 1-2e-4): random .2564-.2568 (test .3052-.3088), but
-  tail recall a quarter of the defaults' and on Scientific .0607 after 57 epochs;
+* its best trials (PM 0.54-0.80 with G at 1-2e-4; rounded): random .2553 (test .3096), but tail
+  recall a quarter of the defaults' and Scientific .0607 (run stopped by hand after 57 epochs);
 * a small PM with faster G and weaker ZR (``zr_ratio 0.6, pm_ratio 0.05, zr_weight 0.006, lr_g
   1e-3, lr_d 8e-4``): random .2501, leave-one-out .0811, shop .1180, Online Retail .0808, but
-  Scientific .0568 (stopped at epoch 18), with tail recall 20-50% lower everywhere;
+  Scientific .0568 (stopped by hand after 18 epochs), tail recall 20-50% lower everywhere;
 * ``pm_ratio 0.05`` alone, the change that carries those gains: random .2517 (test .2992), leave-
-  one-out .0822, shop .1167, Scientific .0372 (epoch 9); with ``pm_per_item 1``: random .2503,
-  leave-one-out .0817, Online Retail .0784, but shop .1103 and Scientific .0673 (test .0613 against .0620), so below
-  the defaults on the two sparse data sets. The defaults stay; on data as dense as ml-100k
+  one-out .0822, shop .1167, Scientific .0372 (stopped after 9 epochs); with ``pm_per_item 1``:
+  random .2503, leave-one-out .0817, Online Retail .0784, but shop .1103 and Scientific .0673
+  (test .0613 against .0620), below the defaults on the two sparse data sets. The defaults stay;
+  on data as dense as ml-100k
   ``model.pm_ratio=0.05`` is the setting to try.
 
 The adversarial and ZR losses are neither a softmax nor a pairwise ranking loss, so the shared
