@@ -63,6 +63,21 @@ def test_pm_per_item_caps_each_users_sample_at_a_few_negatives_per_item():
     assert shared[0].sum() > 30 and shared[3].sum() > 30
 
 
+def test_scores_are_the_generator_on_the_users_inputs():
+    from recozoo.data.contracts import EvalBatch
+
+    torch.manual_seed(0)
+    model = CFGAN(_info(8)).eval()
+    # two users' inputs, item 1 of the first user twice (it counts once); a third user has none
+    batch = EvalBatch(user=torch.tensor([0, 2, 3]), history=torch.zeros(3, 1, dtype=torch.long),
+                      seen_rows=torch.tensor([0, 0, 1, 0]), seen_cols=torch.tensor([1, 5, 2, 1]),
+                      target_rows=torch.tensor([0]), target_cols=torch.tensor([3]))
+    rows = torch.zeros(3, 8)
+    rows[[0, 0, 1], [1, 5, 2]] = 1.0
+    with torch.no_grad():
+        assert torch.allclose(model.score(batch), model.generator(rows), atol=1e-6)
+
+
 def test_negative_pm_per_item_is_refused():
     with pytest.raises(ValueError, match="cfgan pm_per_item must be >= 0 or null, got -1"):
         CFGAN(_info(), pm_per_item=-1)

@@ -46,3 +46,16 @@ def test_training_noise_is_scaled_by_sampling_std() -> None:
             net.sampling_std = std
             gaps[std] = (net(rows)[0] - clean).abs().mean().item()
     assert 0 < gaps[0.01] < gaps[1.0] / 10
+
+
+def test_sparse_rows_score_as_the_dense_rows() -> None:
+    """Scoring passes the inputs as a sparse matrix (EvalBatch.seen_sparse); the first layer
+    then multiplies only the inputs, and the scores are the dense rows' (empty rows included)."""
+    torch.manual_seed(0)
+    net = MultVAENet(n_items=12, hidden=[7], latent=3, dropout=0.5).eval()
+    rows = (torch.rand(5, 12) < 0.4).float()
+    rows[3, :] = 0.0  # a user without inputs
+    assert torch.allclose(net(rows.to_sparse())[0], _recbole_forward(net, rows), atol=1e-6)
+    net.train()
+    net.dropout.p, net.sampling_std = 0.0, 0.0  # training mode, nothing random
+    assert torch.allclose(net(rows.to_sparse())[0], net(rows)[0], atol=1e-6)

@@ -194,4 +194,5 @@ class CFGAN(Recommender):
                       prog_bar=True, batch_size=len(rows))
 
     def score(self, batch: EvalBatch) -> torch.Tensor:
-        return self.generator(batch.seen_matrix(self.n_items))  # (B, n_items)
+        # G's first layer multiplies only the inputs (CSR: nn.Linear's fast sparse path)
+        return self.generator(batch.seen_sparse(self.n_items).to_sparse_csr())  # (B, n_items)

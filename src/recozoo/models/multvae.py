@@ -88,4 +88,4 @@ class MultVAE(Recommender):
         self.anneal_step = int(checkpoint.get("anneal_step", 0))
 
     def score(self, batch: EvalBatch) -> torch.Tensor:
-        return self.net(batch.seen_matrix(self.n_items))[0]  # (B, n_items)
+        return self.net(batch.seen_sparse(self.n_items))[0]  # (B, n_items)
