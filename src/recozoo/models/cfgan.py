@@ -75,8 +75,7 @@ data (issue 16, seed 1, validation NDCG@10 against the defaults' .2390 random, .
   one-out .0822, shop .1167, Scientific .0372 (stopped after 9 epochs); with ``pm_per_item 1``:
   random .2503, leave-one-out .0817, Online Retail .0784, but shop .1103 and Scientific .0673
   (test .0613 against .0620), below the defaults on the two sparse data sets. The defaults stay;
-  on data as dense as ml-100k
-  ``model.pm_ratio=0.05`` is the setting to try.
+  on data as dense as ml-100k ``model.pm_ratio=0.05`` is the setting to try.
 
 The adversarial and ZR losses are neither a softmax nor a pairwise ranking loss, so the shared
 ``cross_entropy_loss``/``pairwise_loss`` do not apply.
@@ -194,5 +193,5 @@ class CFGAN(Recommender):
                       prog_bar=True, batch_size=len(rows))
 
     def score(self, batch: EvalBatch) -> torch.Tensor:
-        # G's first layer multiplies only the inputs (CSR: nn.Linear's fast sparse path)
-        return self.generator(batch.seen_sparse(self.n_items).to_sparse_csr())  # (B, n_items)
+        # G's first layer multiplies only the inputs
+        return self.generator(batch.seen_sparse(self.n_items, torch.sparse_csr))  # (B, n_items)

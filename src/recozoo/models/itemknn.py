@@ -86,11 +86,10 @@ class ItemKNN(ClosedFormRecommender):
         return self._similarity_cache[1]
 
     def score(self, batch: EvalBatch) -> torch.Tensor:
-        seen = batch.seen_sparse(self.n_items)  # (B, n_items), one entry per input item
         weights = self._scoring_weights()
         if weights.layout == torch.strided:
-            return torch.sparse.mm(seen, weights)  # (B, n_items)
-        return (seen.to_sparse_csr() @ weights).to_dense()  # (B, n_items)
+            return torch.sparse.mm(batch.seen_sparse(self.n_items), weights)  # (B, n_items)
+        return (batch.seen_sparse(self.n_items, torch.sparse_csr) @ weights).to_dense()
 
 
 def _dense_columns(csr: torch.Tensor, start: int, stop: int) -> torch.Tensor:
