@@ -154,6 +154,12 @@ def test_training_views(dm):
     rows = next(iter(dm.train_dataloader()))
     assert rows["rows"].shape == (8, dm.info.n_items)
     assert rows["rows"].sum(1).tolist() == dm.train_items.lengths(rows["user"].numpy()).tolist()
+    # the sparse form (Mult-VAE/DAE): the same users in the same order, the same 0/1 rows
+    dm.use_view(TrainView("user_rows", batch_size=8, sparse_rows=True))
+    sparse = next(iter(dm.train_dataloader()))
+    assert sparse["rows"].is_sparse and sparse["rows"].is_coalesced()
+    assert torch.equal(sparse["user"], rows["user"])
+    assert torch.equal(sparse["rows"].to_dense(), rows["rows"])
 
 
 def test_evaluation_batches_are_sized_to_the_catalogue_unless_fixed(dm):

@@ -63,12 +63,16 @@ class TrainView:
         batch_size: training batch size (ignored by ``matrix``).
         n_negatives: negatives per positive for ``pairs`` (and ``ratings`` without ratings).
         max_len: window length for ``sequences``.
+        sparse_rows: ``user_rows`` as a sparse COO 0/1 matrix (coalesced; one entry per item
+            of the user, repeats counted once) instead of a dense one, for a model whose first
+            layer and loss read only the inputs (Mult-VAE/DAE).
     """
 
     kind: TrainViewKind = "pairs"
     batch_size: int = 1024
     n_negatives: int = 1
     max_len: int = 50
+    sparse_rows: bool = False
 
 
 @dataclass

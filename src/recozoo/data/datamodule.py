@@ -315,8 +315,16 @@ class RecDataModule(L.LightningDataModule):
     def _collate_user_rows(self, users: list[int]) -> dict[str, torch.Tensor]:
         users = np.asarray(users)
         rows, pos = self.train_items.positions(users)
-        matrix = torch.zeros(len(users), self.info.n_items)
-        matrix[torch.as_tensor(rows), torch.as_tensor(self.train_items.items[pos])] = 1.0
+        rows, items = torch.as_tensor(rows), torch.as_tensor(self.train_items.items[pos])
+        shape = (len(users), self.info.n_items)
+        if self.view.sparse_rows:
+            matrix = torch.sparse_coo_tensor(torch.stack([rows, items]),
+                                             torch.ones(len(rows)), shape).coalesce()
+            matrix = torch.sparse_coo_tensor(matrix.indices(), torch.ones_like(matrix.values()),
+                                             shape, is_coalesced=True)  # repeats count once
+        else:
+            matrix = torch.zeros(shape)
+            matrix[rows, items] = 1.0
         return {"user": torch.as_tensor(users), "rows": matrix}
 
     def _sequence_windows(self, max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

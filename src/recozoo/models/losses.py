@@ -98,11 +98,18 @@ class SharedLosses:
         in one (B, n_items) pass instead of one row per pair.
 
         Args:
-            logits: (B, n_items) scores; rows: (B, n_items) 0/1 interaction rows.
+            logits: (B, n_items) scores; rows: (B, n_items) 0/1 interaction rows, dense or
+                sparse COO (coalesced; then only the inputs' log-probabilities are read).
         """
         if self.logit_offset is not None:
             logits = logits + self.logit_offset  # (B, n_items)
         log_prob = torch.log_softmax(logits, dim=1)  # (B, n_items)
+        if rows.is_sparse:
+            user, item = rows.indices()  # (nnz,) each
+            weights = rows.values()
+            if self.positive_weight is not None:
+                weights = weights * self.positive_weight[item]
+            return -(log_prob[user, item] * weights).sum() / rows.shape[0]
         weights = rows if self.positive_weight is None else rows * self.positive_weight
         return -(log_prob * weights).sum() / len(rows)
 

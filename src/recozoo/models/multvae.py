@@ -60,7 +60,9 @@ class MultVAE(Recommender):
         self.anneal_step = 0
 
     def train_view(self) -> TrainView:
-        return TrainView("user_rows", batch_size=self.batch_size)
+        # sparse rows: the first layer multiplies only the inputs and dropout draws one number
+        # per input, not per (user, item) (figures in MultVAENet._normalised_input)
+        return TrainView("user_rows", batch_size=self.batch_size, sparse_rows=True)
 
     @property
     def beta(self) -> float:
@@ -68,13 +70,13 @@ class MultVAE(Recommender):
         return min(self.anneal_cap, self.anneal_step / self.total_anneal_steps)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        rows = batch["rows"]  # (B, n_items)
+        rows = batch["rows"]  # (B, n_items), sparse COO
         logits, mu, logvar = self.net(rows)
         nll = self.multinomial_loss(logits, rows)
         if logvar is None:
             return nll
         kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1).mean()
-        self.log_train({"train/beta": self.beta}, batch_size=len(rows))
+        self.log_train({"train/beta": self.beta}, batch_size=rows.shape[0])
         return nll + self.beta * kl
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
