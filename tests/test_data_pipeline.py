@@ -162,6 +162,24 @@ def test_training_views(dm):
     assert torch.equal(sparse["rows"].to_dense(), rows["rows"])
 
 
+def test_training_pairs_are_found_alike_by_bit_table_and_search(dm):
+    """Negative rejection asks whether (user, item) pairs are training interactions: a bit
+    table where the users x items grid is small, a search of sorted keys elsewhere."""
+    assert dm._train_bits is not None  # the fixture's grid is small
+    rng = np.random.default_rng(0)
+    users = np.r_[dm.train.user[:200], rng.integers(0, dm.info.n_users, 2000)]
+    items = np.r_[dm.train.item[:200], rng.integers(0, dm.info.n_items, 2000)]
+    found = dm._is_training_pair(users, items)
+    train = set(zip(dm.train.user.tolist(), dm.train.item.tolist()))
+    assert found.tolist() == [(u, i) in train for u, i in zip(users.tolist(), items.tolist())]
+    assert found[:200].all() and not found[200:].all()
+    bits, dm._train_bits = dm._train_bits, None  # the search, as for a large grid
+    try:
+        assert np.array_equal(dm._is_training_pair(users, items), found)
+    finally:
+        dm._train_bits = bits
+
+
 def test_evaluation_batches_are_sized_to_the_catalogue_unless_fixed(dm):
     from recozoo.data.datamodule import EVAL_SCORES_PER_BATCH
 
