@@ -84,13 +84,19 @@ def _batch_outputs(users: list[int], per_user: bool) -> dict:
 
 
 def test_streamed_lists_are_what_the_whole_stage_would_write(tmp_path):
-    """`StageListWriter` writes batch by batch what `rankings_frame` / `per_user_frame` of the
+    """`StageListWriter` writes batch by batch what `rankings_table` / `per_user_table` of the
     whole stage would: in one process directly, under DDP as rank parts merged in rank order.
     No temporary file is left behind."""
     import pandas as pd
     import torch
 
-    from recozoo.artifacts import StageListWriter, per_user_frame, rankings_frame
+    from recozoo.artifacts import StageListWriter, per_user_table, rankings_table
+
+    def rankings_frame(outputs):
+        return rankings_table(outputs).to_pandas()
+
+    def per_user_frame(outputs):
+        return per_user_table(outputs).to_pandas()
 
     batches = [[0, 1, 2], [3, 4], [5]]
     whole = {k: torch.cat([_batch_outputs(b, True)[k] for b in batches])

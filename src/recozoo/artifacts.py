@@ -309,24 +309,30 @@ def write_parquet(path: Path, frame: pd.DataFrame) -> None:
         raise
 
 
-def rankings_frame(outputs: dict[str, torch.Tensor]) -> pd.DataFrame:
-    """Long-format top-N table (user, rank, item, score) from a stage's gathered outputs;
+def rankings_table(outputs: Mapping[str, torch.Tensor]) -> pa.Table:
+    """Long-format top-N table (user, rank, item, score) of one batch of a stage's outputs;
     entries at -inf (masked items that filled a short list) are dropped."""
     users, items, scores = outputs["user"], outputs["items"], outputs["scores"]
     n = items.shape[1]
-    frame = pd.DataFrame({
-        "user": users.repeat_interleave(n).numpy(),
-        "rank": np.tile(np.arange(1, n + 1, dtype=np.int32), len(users)),
-        "item": items.reshape(-1).numpy(),
-        "score": scores.reshape(-1).float().numpy(),
-    })
-    return frame[np.isfinite(frame["score"].to_numpy())].reset_index(drop=True)
+    score = scores.reshape(-1).float().numpy()
+    keep = np.isfinite(score)
+    return pa.table({"user": users.repeat_interleave(n).numpy()[keep],
+                     "rank": np.tile(np.arange(1, n + 1, dtype=np.int32), len(users))[keep],
+                     "item": items.reshape(-1).numpy()[keep],
+                     "score": score[keep]})
 
 
-def per_user_frame(outputs: dict[str, torch.Tensor]) -> pd.DataFrame:
-    """Per-user metric values of the test stage (one row per user)."""
-    columns = {k: v.numpy() for k, v in outputs.items() if k not in ("items", "scores")}
-    return pd.DataFrame(columns).sort_values("user").reset_index(drop=True)
+def per_user_table(outputs: Mapping[str, torch.Tensor]) -> pa.Table:
+    """Per-user metric values of one test batch (one row per user, in user order)."""
+    order = np.argsort(outputs["user"].numpy(), kind="stable")
+    return pa.table({k: v.numpy()[order] for k, v in outputs.items()
+                     if k not in ("items", "scores")})
+
+
+#: Parquet dictionary encoding per streamed file: only for the columns that repeat (a
+#: dictionary of item ids and scores cost more than the rest of the write: 943 users' top 100,
+#: 14.6 -> 7.1 ms, and the file is smaller, 704 -> 671 KB)
+DICTIONARY_COLUMNS = {"rankings": ["user", "rank"], "per_user": False}
 
 
 class StageListWriter:
@@ -359,15 +365,15 @@ class StageListWriter:
     def write(self, outputs: Mapping[str, torch.Tensor]) -> None:
         """Append one batch: ``user``, ``items``, ``scores`` and any per-user values (the
         layout of `Evaluator.outputs`)."""
-        tables = {"rankings": rankings_frame(outputs)}
+        tables = {"rankings": rankings_table(outputs)}
         if any(k not in ("user", "items", "scores") for k in outputs):
-            tables["per_user"] = per_user_frame(outputs)
-        for kind, frame in tables.items():
-            table = pa.Table.from_pandas(frame, preserve_index=False)
+            tables["per_user"] = per_user_table(outputs)
+        for kind, table in tables.items():
             if kind not in self._writers:
                 self.paths[kind].parent.mkdir(parents=True, exist_ok=True)
                 self._writers[kind] = pq.ParquetWriter(self._temporary(kind, self.part),
-                                                       table.schema)
+                                                       table.schema,
+                                                       use_dictionary=DICTIONARY_COLUMNS[kind])
             self._writers[kind].write_table(table)
         self.batches += 1
 
@@ -403,7 +409,8 @@ class StageListWriter:
             writer = None
             for part in present:
                 source = pq.ParquetFile(part)
-                writer = writer or pq.ParquetWriter(target, source.schema_arrow)
+                writer = writer or pq.ParquetWriter(target, source.schema_arrow,
+                                                    use_dictionary=DICTIONARY_COLUMNS[kind])
                 for group in range(source.num_row_groups):
                     writer.write_table(source.read_row_group(group))
             writer.close()
