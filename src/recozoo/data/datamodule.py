@@ -332,10 +332,12 @@ class RecDataModule(L.LightningDataModule):
         rows, items = torch.as_tensor(rows), torch.as_tensor(self.train_items.items[pos])
         shape = (len(users), self.info.n_items)
         if self.view.sparse_rows:
-            matrix = torch.sparse_coo_tensor(torch.stack([rows, items]),
-                                             torch.ones(len(rows)), shape).coalesce()
+            # the ids are the DataModule's own indices: no invariant checks (and no warning)
+            matrix = torch.sparse_coo_tensor(torch.stack([rows, items]), torch.ones(len(rows)),
+                                             shape, check_invariants=False).coalesce()
             matrix = torch.sparse_coo_tensor(matrix.indices(), torch.ones_like(matrix.values()),
-                                             shape, is_coalesced=True)  # repeats count once
+                                             shape, is_coalesced=True,
+                                             check_invariants=False)  # repeats count once
         else:
             matrix = torch.zeros(shape)
             matrix[rows, items] = 1.0

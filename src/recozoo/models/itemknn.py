@@ -68,7 +68,8 @@ class ItemKNN(ClosedFormRecommender):
         cols = torch.arange(self.n_items, device=self.neighbor_index.device).expand(self.k, -1)
         index = torch.stack([self.neighbor_index.reshape(-1), cols.reshape(-1)])
         return torch.sparse_coo_tensor(index, self.neighbor_weight.reshape(-1),
-                                       (self.n_items, self.n_items)).coalesce()
+                                       (self.n_items, self.n_items),
+                                       check_invariants=False).coalesce()
 
     def _scoring_weights(self) -> torch.Tensor:
         """The similarity in the form ``score`` multiplies by, built once per state of the

@@ -70,7 +70,8 @@ class TrainingGraph(nn.Module):
         user = matrix.indices()[0]
         degree = torch.bincount(user, minlength=self.n_users).float()  # (n_users,)
         values = degree[user].rsqrt()
-        return torch.sparse_coo_tensor(matrix.indices(), values, matrix.shape).to_sparse_csr()
+        return torch.sparse_coo_tensor(matrix.indices(), values, matrix.shape,
+                                       check_invariants=False).to_sparse_csr()
 
     def normalized_adjacency(self) -> torch.Tensor:
         """(n_users + n_items) square sparse CSR ``D^-1/2 A D^-1/2`` of the bipartite graph
@@ -82,5 +83,6 @@ class TrainingGraph(nn.Module):
         cols = torch.cat([item + self.n_users, user])
         degree = torch.bincount(rows, minlength=n).float().clamp(min=1)  # (n,)
         values = degree[rows].rsqrt() * degree[cols].rsqrt()
-        adjacency = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n, n))
+        adjacency = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n, n),
+                                            check_invariants=False)
         return adjacency.coalesce().to_sparse_csr()
