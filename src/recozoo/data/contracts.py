@@ -50,6 +50,18 @@ class Splitter(Protocol):
     def __call__(self, data: Interactions, seed: int) -> SplitIndices: ...
 
 
+
+def zero_one_sparse(rows: torch.Tensor, cols: torch.Tensor, shape: tuple[int, int],
+                    check_ids: bool = False) -> torch.Tensor:
+    """The coalesced sparse COO 0/1 matrix of ``shape`` with a 1 at each (row, col) pair; a
+    repeated pair counts once. ``check_ids``: refuse ids out of ``shape`` (for ids that come
+    from outside the DataModule); without it torch checks nothing, as by default."""
+    ones = torch.ones(len(rows), device=rows.device)
+    matrix = torch.sparse_coo_tensor(torch.stack([rows, cols]), ones, shape,
+                                     check_invariants=check_ids).coalesce()
+    return torch.sparse_coo_tensor(matrix.indices(), torch.ones_like(matrix.values()), shape,
+                                   is_coalesced=True, check_invariants=False)
+
 @dataclass
 class TrainView:
     """What a model trains on.
@@ -191,11 +203,6 @@ class EvalBatch:
         ``layout=torch.sparse_csr`` for ``nn.Linear`` and sparse @ sparse products, where COO
         is several times slower (a 943 x 1,682 input into 600 units, one thread: 77 ms COO,
         8-17 ms CSR, 42 ms dense); COO (the default) for sparse @ dense ``torch.sparse.mm``."""
-        indices = torch.stack([self.seen_rows, self.seen_cols])  # (2, nnz)
-        ones = torch.ones(indices.shape[1], device=self.user.device)
-        matrix = torch.sparse_coo_tensor(indices, ones, (len(self.user), n_items),
-                                         check_invariants=True).coalesce()  # ids in range
-        matrix = torch.sparse_coo_tensor(matrix.indices(), torch.ones_like(matrix.values()),
-                                         matrix.shape, is_coalesced=True,
-                                         check_invariants=False)  # repeats count once
+        matrix = zero_one_sparse(self.seen_rows, self.seen_cols, (len(self.user), n_items),
+                                 check_ids=True)
         return matrix.to_sparse_csr() if layout == torch.sparse_csr else matrix

@@ -20,6 +20,7 @@ from recozoo.data.contracts import (
     Source,
     Splitter,
     TrainView,
+    zero_one_sparse,
 )
 from recozoo.data.interactions import Interactions
 from recozoo.data.popularity import DEFAULT_HEAD_SHARE, item_popularity
@@ -193,9 +194,11 @@ class RecDataModule(L.LightningDataModule):
         self._train_keys = np.unique(self.train.user * data.n_items + self.train.item)
         self._train_bits = None
         if data.n_users * data.n_items <= 8 * TRAIN_BIT_TABLE_MAX_BYTES:
-            bits = np.zeros(data.n_users * data.n_items, dtype=bool)
-            bits[self._train_keys] = True
-            self._train_bits = np.packbits(bits)
+            # set bit (key & 7) of byte key >> 3, most significant first (np.packbits' order),
+            # without a one-byte-per-pair table in between (256 MB at the size limit)
+            keys = self._train_keys
+            self._train_bits = np.zeros((data.n_users * data.n_items + 7) // 8, dtype=np.uint8)
+            np.bitwise_or.at(self._train_bits, keys >> 3, (128 >> (keys & 7)).astype(np.uint8))
         # cumulative distribution of negatives (None: uniform)
         probabilities = (self.negative_probabilities(popularity)
                          if self.negative_probabilities is not None else None)
@@ -298,7 +301,7 @@ class RecDataModule(L.LightningDataModule):
         8 ms."""
         keys = users * self.info.n_items + items
         if self._train_bits is not None:
-            return (self._train_bits[keys >> 3] >> (7 - (keys & 7))) & 1 == 1  # packbits: MSB first
+            return (self._train_bits[keys >> 3] & (128 >> (keys & 7))) != 0
         order = np.argsort(keys)
         pos = np.minimum(np.searchsorted(self._train_keys, keys[order]), len(self._train_keys) - 1)
         found = np.empty(len(keys), dtype=bool)
@@ -332,12 +335,7 @@ class RecDataModule(L.LightningDataModule):
         rows, items = torch.as_tensor(rows), torch.as_tensor(self.train_items.items[pos])
         shape = (len(users), self.info.n_items)
         if self.view.sparse_rows:
-            # the ids are the DataModule's own indices: no invariant checks (and no warning)
-            matrix = torch.sparse_coo_tensor(torch.stack([rows, items]), torch.ones(len(rows)),
-                                             shape, check_invariants=False).coalesce()
-            matrix = torch.sparse_coo_tensor(matrix.indices(), torch.ones_like(matrix.values()),
-                                             shape, is_coalesced=True,
-                                             check_invariants=False)  # repeats count once
+            matrix = zero_one_sparse(rows, items, shape)
         else:
             matrix = torch.zeros(shape)
             matrix[rows, items] = 1.0

@@ -70,7 +70,7 @@ class MultVAE(Recommender):
         return min(self.anneal_cap, self.anneal_step / self.total_anneal_steps)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        rows = batch["rows"]  # (B, n_items), sparse COO
+        rows = batch["rows"]  # (B, n_items): sparse COO from train_view, or dense
         logits, mu, logvar = self.net(rows)
         nll = self.multinomial_loss(logits, rows)
         if logvar is None:

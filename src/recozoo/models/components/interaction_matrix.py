@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from recozoo.data.contracts import zero_one_sparse
+
 
 def interaction_matrix(user: torch.Tensor, item: torch.Tensor, n_users: int, n_items: int,
                        ) -> torch.Tensor:
     """(n_users, n_items) sparse COO 0/1 matrix of the (user, item) pairs (duplicates count once)."""
-    index = torch.stack([user, item])
-    values = torch.ones(index.shape[1], dtype=torch.float32, device=user.device)
-    matrix = torch.sparse_coo_tensor(index, values, (n_users, n_items),
-                                     check_invariants=False).coalesce()
-    return torch.sparse_coo_tensor(matrix.indices(), torch.ones_like(matrix.values()),
-                                   (n_users, n_items), check_invariants=False).coalesce()
+    return zero_one_sparse(user, item, (n_users, n_items))
 
 
 #: entries of the dense 0/1 block of users `item_cooccurrence` builds at a time (64 MB of float32)
