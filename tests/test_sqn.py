@@ -53,9 +53,10 @@ def test_double_q_target_lets_online_choose_and_target_value():
         return target.gather(1, action[:, None])[:, 0]
 
     expected = torch.tensor([1.0 + 0.5 * 2.0, 0.0 + 0.5 * 1.0])
-    assert torch.allclose(double_q_target(reward, online, target_at, gamma=0.5), expected)
+    assert torch.allclose(double_q_target(reward, online.argmax(-1), target_at, gamma=0.5),
+                          expected)
     done = torch.tensor([True, False])
-    assert torch.allclose(double_q_target(reward, online, target_at, 0.5, done),
+    assert torch.allclose(double_q_target(reward, online.argmax(-1), target_at, 0.5, done),
                           torch.tensor([1.0, 0.5]))
 
 
@@ -97,24 +98,37 @@ def test_target_network_stays_in_eval_mode():
     assert not any(m.training for m in model.target.modules())
 
 
-def test_transitions_pair_each_state_with_the_state_after_its_action():
-    """The batched TD loss equals a per-position loop over prefixes of the window."""
+@pytest.mark.parametrize("n_negatives", [0, 3])
+def test_transitions_pair_each_state_with_the_state_after_its_action(n_negatives, monkeypatch):
+    """The batched TD loss, and its gradients, equal a per-position loop over prefixes of the
+    window that reads each state's whole Q-row: the logged action's TD error and, with sampled
+    ignored items, theirs (reward 0, the state stays)."""
     torch.manual_seed(0)
     info = _info()
     model = _sqn(info, dim=8, dropout=0.0, dropout_hidden=0.0, gamma=0.9, tail_bonus=0.5,
-                 target_tau=1.0, n_negatives=0,
+                 target_tau=1.0, n_negatives=n_negatives,
                  reward=WEIGHTS, supervised=False, rank_head="q")
     with torch.no_grad():  # a target network that differs from the online one
         for p in model.target.parameters():
             p.add_(0.1 * torch.randn_like(p))
+    drawn = []
+    randint = torch.randint
+
+    def recorded_randint(*args, **kwargs):
+        drawn.append(randint(*args, **kwargs))
+        return drawn[-1]
+
+    monkeypatch.setattr(torch, "randint", recorded_randint)
     pad = info.pad_item
     batch = {"user": torch.tensor([0, 1]),
              "input": torch.tensor([[pad, pad, 1, 2], [0, 3, 4, 5]]),
              "target": torch.tensor([[-100, -100, 2, 3], [3, 4, 5, 1]]),
              "event": torch.tensor([[0, 0, 2, 0], [1, 0, 0, 2]])}
     td = model.losses(batch)["td"]
+    batched = torch.autograd.grad(td, list(model.q_network.parameters()))
+    negatives = iter(drawn[0]) if n_negatives else None
 
-    errors = []
+    errors, ignored = [], []
     for row in range(2):
         seq = torch.cat([batch["input"][row], batch["target"][row, -1:]])[None]  # (1, L + 1)
         for t in range(4):
@@ -124,12 +138,22 @@ def test_transitions_pair_each_state_with_the_state_after_its_action():
             with torch.no_grad():
                 next_online = model.q_network.q_values(model.q_network(seq[:, :t + 2])[:, -1])
                 next_target = model.target.network.q_values(model.target(seq[:, :t + 2])[:, -1])
-            q = model.q_network.q_values(model.q_network(seq[:, :t + 1])[:, -1])[0, action]
+                now_target = model.target.network.q_values(model.target(seq[:, :t + 1])[:, -1])
+            q_row = model.q_network.q_values(model.q_network(seq[:, :t + 1])[:, -1])[0]
             reward = WEIGHTS[("view", "cart", "purchase")[int(batch["event"][row, t])]]
             reward += 0.5 * bool(info.tail_mask[action])
             value = next_target[0, next_online[0].argmax()]
-            errors.append((q - (reward + 0.9 * value)) ** 2)
-    assert torch.allclose(td, torch.stack(errors).mean(), atol=1e-5)
+            errors.append((q_row[action] - (reward + 0.9 * value)) ** 2)
+            if n_negatives:
+                stay = 0.9 * now_target[0, q_row.detach().argmax()]
+                ignored.append((q_row[next(negatives)] - stay) ** 2)
+    expected = torch.stack(errors).mean()
+    if n_negatives:
+        expected = expected + torch.cat(ignored).mean()
+    assert torch.allclose(td, expected, atol=1e-5)
+    looped = torch.autograd.grad(expected, list(model.q_network.parameters()))
+    for got, want in zip(batched, looped):
+        assert torch.allclose(got, want, atol=1e-5)
 
 
 @pytest.mark.parametrize("encoder", ["gru", "transformer"])

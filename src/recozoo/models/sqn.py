@@ -149,7 +149,8 @@ class SQN(Recommender):
         seq = torch.cat([batch["input"], last], dim=1)  # (B, L + 1)
         states = self.hidden_dropout(self.q_network(seq))  # (B, L + 1, dim)
         action, event = target[valid], batch["event"][valid]  # (N,)
-        # Q-values once for every state that is a current (t) or a next (t + 1) state
+        state = states[:, :-1][valid]  # (N, dim) s_t
+        # rows of the states that are a current (t) or a next (t + 1) state, each once
         no = torch.zeros_like(valid[:, :1])
         needed = torch.cat([valid, no], 1) | torch.cat([no, valid], 1)  # (B, L + 1)
         row = torch.full(needed.shape, -1, dtype=torch.long, device=seq.device)
@@ -158,28 +159,24 @@ class SQN(Recommender):
         # the actions Q is computed for: the catalogue, or a sample shared by the batch
         sample = self.negative_sampler(self.n_sampled) if self.sampled_softmax else None
         item = (lambda column: column) if sample is None else (lambda column: sample[column])
-        q_all = self.q_network.q_values(states[needed], sample)  # (M, n_items or k)
-        q_now, state_now = q_all[now], states[needed][now]  # (N, n_items or k), (N, dim)
         with torch.no_grad():
+            # the online network's greedy action in each state (double Q: it chooses, the
+            # target values); only these need the whole catalogue's (or sample's) Q-values, so
+            # they take no gradient, and the loss reads Q at single actions
+            greedy = item(self.q_network.q_values(states[needed], sample).argmax(-1))  # (M,)
             target_states = self.target(seq)[needed]  # (M, dim)
         target_q = self.target.network.q_at
-        # double Q: the online network picks the next action (among the sample when sampled)
-        td_target = double_q_target(self.reward(action, event), q_all[after].detach(),
-                                    lambda a: target_q(target_states[after], item(a)),
-                                    self.gamma)
-        taken = (q_now.gather(1, action[:, None])[:, 0] if sample is None
-                 else self.q_network.q_at(state_now, action))  # (N,)
-        td = (taken - td_target).pow(2).mean()
+        td_target = double_q_target(self.reward(action, event), greedy[after],
+                                    lambda a: target_q(target_states[after], a), self.gamma)
+        td = (self.q_network.q_at(state, action) - td_target).pow(2).mean()
         if self.n_negatives:
             # an ignored recommendation: reward 0, the state stays s_t
             negative = torch.randint(0, self.n_items, (len(action), self.n_negatives),
                                      device=action.device)  # (N, n_neg)
-            stay = double_q_target(torch.zeros_like(td_target), q_now.detach(),
-                                   lambda a: target_q(target_states[now], item(a)), self.gamma)
-            ignored = (q_now.gather(1, negative) if sample is None
-                       else self.q_network.q_at(state_now, negative))  # (N, n_neg)
+            stay = double_q_target(torch.zeros_like(td_target), greedy[now],
+                                   lambda a: target_q(target_states[now], a), self.gamma)
+            ignored = self.q_network.q_at(state, negative)  # (N, n_neg)
             td = td + (ignored - stay[:, None]).pow(2).mean()
-        state = states[:, :-1][valid]  # (N, dim)
         out = {"td": td, "loss": self.q_weight * td}
         if self.supervised_bias is not None:
             if sample is None:

@@ -144,7 +144,7 @@ class TargetNetwork(nn.Module):
         return self.network(*args, **kwargs)
 
 
-def double_q_target(reward: torch.Tensor, next_q_online: torch.Tensor,
+def double_q_target(reward: torch.Tensor, next_action: torch.Tensor,
                     target_q_at: Callable[[torch.Tensor], torch.Tensor], gamma: float,
                     done: torch.Tensor | None = None) -> torch.Tensor:
     """Double Q-learning target ``r + gamma * Q_target(s', argmax_a Q_online(s', a))``.
@@ -154,9 +154,10 @@ def double_q_target(reward: torch.Tensor, next_q_online: torch.Tensor,
 
     Args:
         reward: (N,) rewards.
-        next_q_online: (N, n_actions) online Q-values of the next states (used for the argmax).
-        target_q_at: maps the chosen actions (N,) to the target network's values of them in the
-            next states (N,); only those are needed, not the target's full (N, n_actions).
+        next_action: (N,) the online network's greedy actions in the next states,
+            ``argmax_a Q_online(s', a)`` (the caller takes the argmax, once per distinct state).
+        target_q_at: maps actions (N,) to the target network's values of them in the next states
+            (N,); only those are needed, not the target's full (N, n_actions).
         gamma: discount.
         done: (N,) True where the episode ends (no bootstrap), or None.
 
@@ -165,12 +166,13 @@ def double_q_target(reward: torch.Tensor, next_q_online: torch.Tensor,
 
     Example:
         >>> target_q = torch.tensor([[9.0, 2.0]])
-        >>> double_q_target(torch.tensor([1.0]), torch.tensor([[0.0, 5.0]]),
+        >>> online_q = torch.tensor([[0.0, 5.0]])
+        >>> double_q_target(torch.tensor([1.0]), online_q.argmax(-1),
         ...                 lambda a: target_q.gather(1, a[:, None])[:, 0], gamma=0.5)
         tensor([2.])
     """
     with torch.no_grad():
-        value = target_q_at(next_q_online.argmax(dim=-1))  # (N,)
+        value = target_q_at(next_action)  # (N,)
         if done is not None:
             value = torch.where(done, torch.zeros_like(value), value)
         return reward + gamma * value
