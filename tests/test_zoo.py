@@ -124,3 +124,28 @@ def test_cfgan_updates_generator_and_discriminator_with_two_optimisers(make_conf
         moved = [not torch.equal(before[name], p) for name, p in model.named_parameters()
                  if name.startswith(part)]
         assert all(moved), f"{part} parameters were not all updated"
+
+
+def test_caser_user_embeddings_step_at_their_own_learning_rate(make_config):
+    """With SGD, one step moves the user rows ``user_lr_scale`` times as far as at scale 1 and
+    every other weight exactly as far."""
+    moved = {}
+    for scale in (1.0, 10.0):
+        cfg = make_config(["model=caser", "model.max_len=8", f"model.user_lr_scale={scale}",
+                           "~model.optimizer", "+model.optimizer._target_=torch.optim.SGD",
+                           "+model.optimizer._partial_=true", "+model.optimizer.lr=0.1"])
+        dm, model = _setup(cfg)
+        model.eval()  # no dropout: the same gradients at both scales
+        optimizer = model.configure_optimizers()
+        before = {name: p.detach().clone() for name, p in model.named_parameters()}
+        model.loss(next(iter(dm.train_dataloader()))).backward()
+        optimizer.step()
+        moved[scale] = {name: p.detach() - before[name] for name, p in model.named_parameters()}
+    users = "encoder.user_embedding.weight"
+    assert moved[1.0][users].abs().sum() > 0
+    assert torch.allclose(moved[10.0][users], 10 * moved[1.0][users], atol=1e-6)
+    for name, step in moved[1.0].items():
+        if name != users:
+            assert torch.allclose(moved[10.0][name], step, atol=1e-6), name
+    with pytest.raises(ValueError, match="user_lr_scale must be > 0"):
+        _setup(make_config(["model=caser", "model.user_lr_scale=0"]))
