@@ -94,7 +94,7 @@ from recozoo.models.components.lookup import rows
 from recozoo.models.components.text_signal import user_text_auc
 from recozoo.models.components.text_tower import TextTower
 from recozoo.models.components.user_tower import CausalUserTower
-from recozoo.models.optimizers import dense_optimizer
+from recozoo.models.optimizers import grouped_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -580,14 +580,9 @@ class BertFinetune(Recommender):
         encoder = [p for p in self.text.parameters() if p.requires_grad]
         id_lr = self.ids_learning_rate()
         ids = [self.ids.embedding.weight] if self.ids is not None and id_lr else []
-        own_lr = {id(p) for p in encoder + ids}
-        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in own_lr]
-        groups = [{"params": rest}]
-        if encoder:
-            groups.append({"params": encoder, "lr": self.encoder_lr, "name": "encoder"})
-        if ids:
-            groups.append({"params": ids, "lr": id_lr, "name": "ids"})
-        return self.with_lr_scheduler(dense_optimizer(self.optimizer_factory, groups))
+        groups = [{"params": encoder, "lr": self.encoder_lr, "name": "encoder"},
+                  {"params": ids, "lr": id_lr, "name": "ids"}]
+        return self.with_lr_scheduler(grouped_optimizer(self.optimizer_factory, self, groups))
 
     # ------------------------------------------------------------------ scoring
     def score(self, batch: EvalBatch) -> torch.Tensor:

@@ -65,6 +65,34 @@ def dense_optimizer(factory: OptimizerFactory | None, params: Any) -> torch.opti
     return factory(params)
 
 
+def grouped_optimizer(factory: OptimizerFactory | None, module: torch.nn.Module,
+                      groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """`dense_optimizer` over ``module``'s trainable parameters, some of them in groups of
+    their own.
+
+    Args:
+        factory: as for `dense_optimizer`.
+        module: the model; every trainable parameter not in ``groups`` goes in the first group,
+            at ``factory``'s settings.
+        groups: parameter groups (dicts with ``"params"``) with their own settings: any the
+            optimizer takes (``lr``, a ``name`` to find the group by), or ``lr_scale``, a learning
+            rate that is a multiple of the first group's. Groups without parameters are dropped.
+
+    Example:
+        >>> grouped_optimizer(factory, model, [{"params": [users.weight], "lr_scale": 10.0}])
+    """
+    groups = [dict(group) for group in groups if group["params"]]
+    own = {id(p) for group in groups for p in group["params"]}
+    rest = [p for p in module.parameters() if p.requires_grad and id(p) not in own]
+    scales = [group.pop("lr_scale", None) for group in groups]
+    optimizer = dense_optimizer(factory, [{"params": rest}, *groups])
+    base_lr = optimizer.param_groups[0]["lr"]
+    for group, scale in zip(optimizer.param_groups[1:], scales):
+        if scale is not None:
+            group["lr"] = base_lr * scale
+    return optimizer
+
+
 def sparse_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
     """The trainable weights of ``module``'s ``nn.Embedding(sparse=True)`` tables (their
     gradients are sparse: the rows a batch looked up)."""
