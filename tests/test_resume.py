@@ -9,10 +9,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 
 from conftest import CONF, ROOT, compose_config
 from recozoo.train import train
@@ -25,23 +27,27 @@ class KillOnce(L.Callback):
     """Sends ``signal`` to its own process at ``batch`` of ``epoch``, once: a marker file makes
     the rerun of the same command train on."""
 
-    def __init__(self, marker: str, epoch: int = 2, batch: int = 1, signal: str = "SIGKILL"):
+    def __init__(self, marker: str, epoch: int = 2, batch: int = 1, signal: str = "SIGKILL",
+                 stall: float = 0.0):
         self.marker, self.epoch, self.batch, self.signal = Path(marker), epoch, batch, signal
+        self.stall = stall  # seconds the first session idles in its first batch
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if (trainer.current_epoch, batch_idx) == (0, 0) and not self.marker.exists():
+            time.sleep(self.stall)
         if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch) and not self.marker.exists():
             self.marker.touch()
             os.kill(os.getpid(), getattr(signal, self.signal))
 
 
-def _overrides(model: str, marker: Path | None, sig: str) -> list[str]:
+def _overrides(model: str, marker: Path | None, sig: str, stall: float = 0.0) -> list[str]:
     extra = [f"model={model}", "trainer.max_epochs=4", "trainer.limit_train_batches=3",
              "eval.ks=[5,10]", "data.source.n_users=120", "data.source.n_items=60"]
     if "batch_size" in compose_config([f"model={model}"], Path("/nonexistent")).model:
         extra.append("model.batch_size=32")  # several batches per epoch: order matters
     if marker is not None:
         extra += ["+callbacks.kill._target_=test_resume.KillOnce", f"+callbacks.kill.marker={marker}",
-                  f"+callbacks.kill.signal={sig}"]
+                  f"+callbacks.kill.signal={sig}", f"+callbacks.kill.stall={stall}"]
     return extra
 
 
@@ -67,7 +73,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(model, sig, tmp_path):
     reference = train(compose_config(_overrides(model, None, sig), tmp_path / "reference"))
 
     run_dir, marker = tmp_path / "killed", tmp_path / "killed.marker"
-    cfg = compose_config(_overrides(model, marker, sig), run_dir)
+    # the first session idles 3 s before its first checkpoint: the resumed run's train_seconds
+    # must count them
+    cfg = compose_config(_overrides(model, marker, sig, stall=3.0), run_dir)
     # a child process stands for a run killed mid-epoch; spawned, not forked: a fork after
     # torch has started its OpenMP threads (earlier tests in the session) can deadlock the child
     child = multiprocessing.get_context("spawn").Process(target=_train_in_child, args=(cfg,))
@@ -77,11 +85,18 @@ def test_killed_run_resumes_to_the_uninterrupted_result(model, sig, tmp_path):
     assert child.exitcode != 0 or sig == "SIGTERM"
     assert not (run_dir / "metrics.json").exists()
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    before = saved["callbacks"]["RunTimer"]
 
     # the same command again, in the same folder: resumes instead of starting over
-    resumed = train(compose_config(_overrides(model, marker, sig), run_dir))
+    resumed = train(compose_config(_overrides(model, marker, sig, stall=3.0), run_dir))
     assert _results(resumed) == _results(reference)
     assert len(resumed["epoch_seconds"]) == resumed["epochs"] == 4
+    # the whole run's seconds: the first session's up to its checkpoint, then this one's epochs
+    assert resumed["epoch_seconds"][:len(before["epoch_seconds"])] == before["epoch_seconds"]
+    this_session = sum(resumed["epoch_seconds"][len(before["epoch_seconds"]):])
+    assert before["fit_seconds"] >= 3.0
+    assert resumed["train_seconds"] >= before["fit_seconds"] + this_session
     assert not list((run_dir / "checkpoints").glob(".*tmp*"))  # no half-written checkpoint
 
 

@@ -149,3 +149,25 @@ def test_caser_user_embeddings_step_at_their_own_learning_rate(make_config):
             assert torch.allclose(moved[10.0][name], step, atol=1e-6), name
     with pytest.raises(ValueError, match="user_lr_scale must be > 0"):
         _setup(make_config(["model=caser", "model.user_lr_scale=0"]))
+
+
+def test_caser_user_rows_start_at_zero_and_learn_from_there(make_config):
+    """``user_init_std=0``: an untrained user adds nothing to the scores (they equal those of
+    any other user with the same window), and one step moves the rows of the batch's users."""
+    cfg = make_config(["model=caser", "model.max_len=8", "model.user_init_std=0"])
+    dm, model = _setup(cfg)
+    users = model.encoder.user_embedding.weight
+    assert not users.detach().any()
+    model.eval()
+    seq = torch.randint(0, model.info.n_items, (1, 8))
+    assert torch.equal(model.encode(seq, torch.tensor([0])), model.encode(seq, torch.tensor([1])))
+    batch = next(iter(dm.train_dataloader()))
+    optimizer = model.configure_optimizers()
+    model.loss(batch).backward()
+    optimizer.step()
+    touched = torch.zeros(len(users), dtype=torch.bool)
+    touched[batch["user"]] = True
+    assert users.detach()[touched].abs().sum(1).gt(0).all()
+    assert not users.detach()[~touched].any()
+    with pytest.raises(ValueError, match="user_init_std must be >= 0"):
+        _setup(make_config(["model=caser", "model.user_init_std=-1"]))

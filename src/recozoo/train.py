@@ -240,7 +240,8 @@ def train(cfg: DictConfig) -> RunRecord:
 
     start = time.perf_counter()
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
-    train_seconds = time.perf_counter() - start
+    # a resumed run's seconds include its earlier sessions (up to their last checkpoint)
+    train_seconds = timer.earlier_fit_seconds + time.perf_counter() - start
     epoch_seconds = list(timer.epoch_seconds)  # before loading the best checkpoint resets them
     checkpoint = trainer.checkpoint_callback
     best = getattr(checkpoint, "best_model_path", "") or None

@@ -101,7 +101,8 @@ class KeepStopped(L.Callback):
 
 
 class RunTimer(L.Callback):
-    """Wall-clock seconds of each training epoch and of the test stage.
+    """Wall-clock seconds of the fit (`fit_seconds`), of each training epoch and of the test
+    stage. Checkpoints keep the first two, so a resumed run counts its earlier sessions.
 
     An epoch's seconds are its training alone, as RecBole and implicit count theirs: a
     validation is excluded together with what Lightning does after it (saving the checkpoint,
@@ -112,15 +113,28 @@ class RunTimer(L.Callback):
     def __init__(self) -> None:
         self.epoch_seconds: list[float] = []
         self.eval_seconds: float | None = None
+        self.earlier_fit_seconds = 0.0  # fit seconds of the sessions before a resume
+        self._fit_start: float | None = None
         self._epoch_start = 0.0
         self._val_start: float | None = None  # an open validation window
         self._val_in_epoch = 0.0
 
+    def fit_seconds(self) -> float:
+        """Wall-clock seconds of fitting, over every session of a resumed run: the sessions
+        before the resume up to their last checkpoint, plus this one so far."""
+        now = 0.0 if self._fit_start is None else time.perf_counter() - self._fit_start
+        return self.earlier_fit_seconds + now
+
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch_seconds": list(self.epoch_seconds)}  # in checkpoints: kept across a resume
+        # in checkpoints, so a resumed run reports the whole run's epochs and seconds
+        return {"epoch_seconds": list(self.epoch_seconds), "fit_seconds": self.fit_seconds()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epoch_seconds = list(state_dict.get("epoch_seconds", []))
+        self.earlier_fit_seconds = float(state_dict.get("fit_seconds", 0.0))
+
+    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._fit_start = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._epoch_start, self._val_in_epoch, self._val_start = time.perf_counter(), 0.0, None

@@ -68,13 +68,14 @@ class Caser(SequentialRecommender):
 
     def __init__(self, info: DatasetInfo, dim: int = 50, window: int = 5, n_horizontal: int = 16,
                  n_vertical: int = 4, dropout: float = 0.5, user_lr_scale: float = 1.0,
-                 max_len: int = 50, batch_size: int = 128, **kwargs):
+                 user_init_std: float | None = None, max_len: int = 50, batch_size: int = 128,
+                 **kwargs):
         super().__init__(info, max_len=max_len, batch_size=batch_size, **kwargs)
         if user_lr_scale <= 0:
             raise ValueError(f"model.user_lr_scale must be > 0, got {user_lr_scale}")
         self.user_lr_scale = float(user_lr_scale)
         self.encoder = CaserEncoder(info.n_items, info.n_users, dim, window, n_horizontal,
-                                    n_vertical, dropout)
+                                    n_vertical, dropout, user_init_std)
         self.output = nn.Linear(2 * dim, info.n_items)
         nn.init.normal_(self.output.weight, std=(2 * dim) ** -0.5)
         nn.init.zeros_(self.output.bias)

@@ -145,18 +145,28 @@ class CaserEncoder(nn.Module):
         window: items per image (``L``).
         n_horizontal / n_vertical: filters per height / vertical filters (``n_h`` / ``n_v``).
         dropout: dropout before the fully connected layer.
+        user_init_std: standard deviation of the user embeddings' normal initialisation
+            (None: ``dim ** -0.5``, the scale of a trained row; 0: zeros, a user row that has
+            not learned adds nothing to the scores).
 
     ``forward(seq, user)`` returns (B, S, 2 * dim): for each position of ``seq`` (left-padded),
     the representation of the window ending there.
     """
 
     def __init__(self, n_items: int, n_users: int, dim: int = 50, window: int = 5,
-                 n_horizontal: int = 16, n_vertical: int = 4, dropout: float = 0.5):
+                 n_horizontal: int = 16, n_vertical: int = 4, dropout: float = 0.5,
+                 user_init_std: float | None = None):
         super().__init__()
         self.pad_item, self.window = n_items, window
         self.embedding = ItemEmbedding(n_items, dim)
         self.user_embedding = nn.Embedding(n_users, dim)
-        nn.init.normal_(self.user_embedding.weight, std=dim ** -0.5)
+        std = dim ** -0.5 if user_init_std is None else float(user_init_std)
+        if std < 0:
+            raise ValueError(f"model.user_init_std must be >= 0 or null, got {user_init_std}")
+        if std > 0:
+            nn.init.normal_(self.user_embedding.weight, std=std)
+        else:
+            nn.init.zeros_(self.user_embedding.weight)
         self.vertical = nn.Conv2d(1, n_vertical, (window, 1))
         self.horizontal = nn.ModuleList(nn.Conv2d(1, n_horizontal, (h, dim))
                                         for h in range(1, window + 1))
