@@ -6,7 +6,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -238,10 +237,8 @@ def train(cfg: DictConfig) -> RunRecord:
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    start = time.perf_counter()
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
-    # a resumed run's seconds include its earlier sessions (up to their last checkpoint)
-    train_seconds = timer.earlier_fit_seconds + time.perf_counter() - start
+    train_seconds = timer.fit_seconds()  # a resumed run's earlier sessions included
     epoch_seconds = list(timer.epoch_seconds)  # before loading the best checkpoint resets them
     checkpoint = trainer.checkpoint_callback
     best = getattr(checkpoint, "best_model_path", "") or None

@@ -113,7 +113,7 @@ class RunTimer(L.Callback):
     def __init__(self) -> None:
         self.epoch_seconds: list[float] = []
         self.eval_seconds: float | None = None
-        self.earlier_fit_seconds = 0.0  # fit seconds of the sessions before a resume
+        self._earlier_fit_seconds = 0.0  # fit seconds of the sessions before a resume
         self._fit_start: float | None = None
         self._epoch_start = 0.0
         self._val_start: float | None = None  # an open validation window
@@ -123,7 +123,7 @@ class RunTimer(L.Callback):
         """Wall-clock seconds of fitting, over every session of a resumed run: the sessions
         before the resume up to their last checkpoint, plus this one so far."""
         now = 0.0 if self._fit_start is None else time.perf_counter() - self._fit_start
-        return self.earlier_fit_seconds + now
+        return self._earlier_fit_seconds + now
 
     def state_dict(self) -> dict[str, Any]:
         # in checkpoints, so a resumed run reports the whole run's epochs and seconds
@@ -131,7 +131,7 @@ class RunTimer(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epoch_seconds = list(state_dict.get("epoch_seconds", []))
-        self.earlier_fit_seconds = float(state_dict.get("fit_seconds", 0.0))
+        self._earlier_fit_seconds = float(state_dict.get("fit_seconds", 0.0))
 
     def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._fit_start = time.perf_counter()

@@ -37,7 +37,7 @@ Online Retail 3         .1982 (.1862)   .1969 (.1874)
 
 (The normal start's ml-100k random validation is the best of its first 11 epochs, where it had
 levelled off; its test figure is the panel's seed-1 run. Its Scientific and Online Retail rows
-are the panel's runs of those seeds.) Validation rises or holds everywhere. The panel's test
+are the panel's runs of those seeds, its shop seeds 2 / 3 fresh runs.) Validation rises or holds everywhere. The panel's test
 NDCG@10 over seeds 1-3 (bench/panel.md), zero against the normal start: ml-100k random .1751
 against .1327 (pop .1361), leave-one-out .1087 against .1046, Scientific .0438 against .0425,
 Online Retail .1824 against .1826, the shop .4449 against .4549 (validation level there: .3821

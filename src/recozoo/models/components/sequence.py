@@ -146,8 +146,8 @@ class CaserEncoder(nn.Module):
         n_horizontal / n_vertical: filters per height / vertical filters (``n_h`` / ``n_v``).
         dropout: dropout before the fully connected layer.
         user_init_std: standard deviation of the user embeddings' normal initialisation
-            (None: ``dim ** -0.5``, the scale of a trained row; 0: zeros, a user row that has
-            not learned adds nothing to the scores).
+            (0: zeros, a user row that has not learned adds nothing to the scores; None:
+            ``dim ** -0.5``, the scale of a trained row).
 
     ``forward(seq, user)`` returns (B, S, 2 * dim): for each position of ``seq`` (left-padded),
     the representation of the window ending there.
@@ -155,7 +155,7 @@ class CaserEncoder(nn.Module):
 
     def __init__(self, n_items: int, n_users: int, dim: int = 50, window: int = 5,
                  n_horizontal: int = 16, n_vertical: int = 4, dropout: float = 0.5,
-                 user_init_std: float | None = None):
+                 user_init_std: float | None = 0.0):
         super().__init__()
         self.pad_item, self.window = n_items, window
         self.embedding = ItemEmbedding(n_items, dim)
