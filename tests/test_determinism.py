@@ -15,10 +15,16 @@ def _results(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k not in TIMING}
 
 
-@pytest.mark.parametrize("model", ["bpr"] + [pytest.param(name, marks=pytest.mark.slow)
-                                             for name in model_names() if name != "bpr"])
-def test_same_config_and_seed_give_identical_results(model, make_config):
-    overrides = [f"model={model}", "trainer.max_epochs=2"]
+#: the sampled-softmax paths look up sampled items' rows and biases, repeats included
+SAMPLED = ["model.sampled_softmax=true", "model.n_sampled=30"]
+
+
+@pytest.mark.parametrize("model, extra", [("bpr", [])] + [
+    pytest.param(name, [], marks=pytest.mark.slow) for name in model_names() if name != "bpr"] + [
+    pytest.param(name, SAMPLED, marks=pytest.mark.slow, id=f"{name}-sampled")
+    for name in ("gru4rec", "caser", "sqn")])
+def test_same_config_and_seed_give_identical_results(model, extra, make_config):
+    overrides = [f"model={model}", "trainer.max_epochs=2", *extra]
     first_cfg, second_cfg = make_config(overrides), make_config(overrides)
     first, second = train(first_cfg), train(second_cfg)
     assert first["status"] == "ok"

@@ -69,6 +69,7 @@ import torch
 from torch import nn
 
 from recozoo.data.datamodule import DatasetInfo
+from recozoo.models.components.lookup import entries, rows
 from recozoo.models.components.sequence import CaserEncoder
 from recozoo.models.optimizers import grouped_optimizer
 from recozoo.models.sequential import SequentialRecommender
@@ -120,4 +121,4 @@ class Caser(SequentialRecommender):
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         if items is None:
             return self.output.weight, self.output.bias
-        return self.output.weight[items], self.output.bias[items]
+        return rows(self.output.weight, items), entries(self.output.bias, items)

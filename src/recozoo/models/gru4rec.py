@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from recozoo.data.datamodule import DatasetInfo
+from recozoo.models.components.lookup import entries
 from recozoo.models.components.sequence import GRUEncoder
 from recozoo.models.sequential import SequentialRecommender
 
@@ -68,4 +69,4 @@ class GRU4Rec(SequentialRecommender):
         table = self.encoder.embedding  # constrained embedding: W_y is the input embedding
         if items is None:
             return table.items, self.item_bias
-        return table(items), self.item_bias[items]
+        return table(items), entries(self.item_bias, items)

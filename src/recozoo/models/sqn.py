@@ -48,6 +48,7 @@ from torch import nn
 
 from recozoo.data.datamodule import DatasetInfo, EvalBatch, TrainView
 from recozoo.models.base import Recommender
+from recozoo.models.components.lookup import entries, rows
 from recozoo.models.components.q_heads import EventReward, QNetwork, TargetNetwork, double_q_target
 from recozoo.models.components.sequence import (
     CausalTransformerEncoder,
@@ -182,9 +183,9 @@ class SQN(Recommender):
             if sample is None:
                 out["ce"] = self.cross_entropy_loss(self.supervised_logits(state), action)
             else:
-                pos = (state * self.q_network.encoder.embedding.items[action]).sum(-1)
+                pos = (state * rows(self.q_network.encoder.embedding.items, action)).sum(-1)
                 out["ce"] = self.sampled_cross_entropy_loss(
-                    pos + self.supervised_bias[action], self.supervised_logits(state, sample),
+                    pos + entries(self.supervised_bias, action), self.supervised_logits(state, sample),
                     action, sample, self.negative_sampler.log_q)
             out["loss"] = out["loss"] + out["ce"]
         return out
@@ -227,7 +228,7 @@ class SQN(Recommender):
         weights, bias = self.q_network.encoder.embedding.items, self.supervised_bias
         if items is None:
             return states @ weights.T + bias
-        return states @ weights[items].T + bias[items]
+        return states @ rows(weights, items).T + entries(bias, items)
 
     @property
     def n_params(self) -> int:

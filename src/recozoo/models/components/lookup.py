@@ -17,3 +17,9 @@ def rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     mode (which would slow every ``nn.Embedding`` backward down).
     """
     return torch.nn.functional.embedding(index, table)
+
+
+def entries(vector: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``vector[index]`` for a 1-D ``vector`` that trains (a bias per item), shape
+    ``index.shape``, with `rows`'s fixed-order backward."""
+    return rows(vector[:, None], index)[..., 0]

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from recozoo.data.interactions import EVENT_NAMES
+from recozoo.models.components.lookup import entries, rows
 
 
 class EventReward(nn.Module):
@@ -81,14 +82,17 @@ class QNetwork(nn.Module):
         items ``items`` (n,) alone."""
         if items is None:
             return self.head(states)
-        return states @ self.head.weight[items].T + self.head.bias[items]
+        return states @ rows(self.head.weight, items).T + entries(self.head.bias, items)
 
     def q_at(self, states: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Q-values of items per state: states (N, dim) and items (N,) give (N,), one item per
         state; items (N, n) give (N, n)."""
+        # `rows`, not ``weight[items]``: a run of one seed gives the same Q-values at 2 threads
+        weight = rows(self.head.weight, items)  # (N, dim) or (N, n, dim)
+        bias = entries(self.head.bias, items)  # (N,) or (N, n)
         if items.dim() == 2:
-            return (states[:, None] * self.head.weight[items]).sum(-1) + self.head.bias[items]
-        return (states * self.head.weight[items]).sum(-1) + self.head.bias[items]
+            return (states[:, None] * weight).sum(-1) + bias
+        return (states * weight).sum(-1) + bias
 
 
 class TargetNetwork(nn.Module):
