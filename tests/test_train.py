@@ -155,3 +155,40 @@ def test_a_sequence_model_on_a_random_split_is_warned(make_config, caplog, model
 
     build_experiment(make_config([f"model={model}", f"split={split}"]))
     assert ("split=random holds out random ratings" in caplog.text) is warned
+
+
+def test_train_threads_hold_for_training_steps_only(make_config, monkeypatch):
+    """``model.train_threads`` sets torch's threads while training batches run; validations
+    inside the fit, the final validation and the test run on the process's threads, which are
+    back after the run."""
+    import torch
+
+    from recozoo.evaluation.evaluator import Evaluator
+    from recozoo.models.bpr import BPR
+
+    seen: dict[str, set[int]] = {"train": set(), "eval": set()}
+    loss, evaluate = BPR.loss, Evaluator.evaluate_batch
+
+    def recorded_loss(self, batch):
+        seen["train"].add(torch.get_num_threads())
+        return loss(self, batch)
+
+    def recorded_evaluate(self, model, batch, stage):
+        seen["eval"].add(torch.get_num_threads())
+        return evaluate(self, model, batch, stage)
+
+    monkeypatch.setattr(BPR, "loss", recorded_loss)
+    monkeypatch.setattr(Evaluator, "evaluate_batch", recorded_evaluate)
+    outer = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run(make_config(["model=bpr", "model.train_threads=1", "trainer.max_epochs=2"]))
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(outer)
+    assert seen == {"train": {1}, "eval": {2}} and after == 2
+
+
+def test_train_threads_must_be_positive(make_config):
+    with pytest.raises(ValueError, match="model.train_threads"):
+        run(make_config(["model=bpr", "model.train_threads=0"]))

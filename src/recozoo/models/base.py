@@ -29,7 +29,7 @@ from recozoo.debias import Debias
 from recozoo.models.components.sequence import ItemEmbedding
 from recozoo.models.losses import SharedLosses
 from recozoo.models.optimizers import OptimizerFactory, SchedulerFactory, build_optimizer
-from recozoo.training_callbacks import logging_step
+from recozoo.training_callbacks import TrainThreads, logging_step
 
 
 class Recommender(SharedLosses, L.LightningModule):
@@ -51,6 +51,10 @@ class Recommender(SharedLosses, L.LightningModule):
             ``WeightAveraging``, updated after every optimiser step; see
             `configure_callbacks`); None: the trained weights. An update costs one pass over
             every parameter, whatever the batch touched.
+        train_threads: torch threads of the training epochs (`TrainThreads`); validation,
+            test and serving keep the process's. For models whose steps are many small
+            operations, which one thread runs faster than several that sleep between them;
+            None: the process's setting throughout.
     """
 
     #: models that predict explicit ratings implement ``predict_rating`` and set this.
@@ -63,7 +67,8 @@ class Recommender(SharedLosses, L.LightningModule):
     def __init__(self, info: DatasetInfo, optimizer: OptimizerFactory | None = None,
                  sparse_optimizer: OptimizerFactory | None = None,
                  lr_scheduler: SchedulerFactory | None = None,
-                 lr_scheduler_monitor: str = "val/ndcg@10", ema_decay: float | None = None):
+                 lr_scheduler_monitor: str = "val/ndcg@10", ema_decay: float | None = None,
+                 train_threads: int | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["info", "optimizer", "sparse_optimizer",
                                           "lr_scheduler"])
@@ -76,6 +81,7 @@ class Recommender(SharedLosses, L.LightningModule):
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"model.ema_decay must lie in [0, 1) or be null, got {ema_decay}")
         self.ema_decay = ema_decay
+        self.train_threads = None if train_threads is None else TrainThreads(train_threads).threads
         self.register_buffer("item_popularity", info.item_popularity.float(), persistent=False)
         # popularity debiasing of the shared losses, off unless `configure_debias` sets it
         self.debias: Debias | None = None
@@ -126,12 +132,19 @@ class Recommender(SharedLosses, L.LightningModule):
         Lightning calls this at every fit, validate and test and replaces the previous stage's
         callback: the instance of a test has no average of its own, so it neither swaps weights
         nor loads the trained ones back, and ``trainer.test(ckpt_path=best)`` scores the
-        checkpoint's average (tests/test_weight_ema.py)."""
-        if self.ema_decay is None:
-            return []
-        # Lightning's EMAWeightAveraging, updated every step, with torch's foreach EMA: its own
-        # per-tensor update took 8.2 ms a step for multvae on ml-100k (2.4M parameters), this 0.38
-        return [WeightAveraging(multi_avg_fn=ema_of_changing_tensors(self, self.ema_decay))]
+        checkpoint's average (tests/test_weight_ema.py).
+
+        With ``train_threads``, `TrainThreads` sets the torch threads of the training epochs."""
+        callbacks: list[L.Callback] = []
+        if self.train_threads is not None:
+            callbacks.append(TrainThreads(self.train_threads))
+        if self.ema_decay is not None:
+            # Lightning's EMAWeightAveraging, updated every step, with torch's foreach EMA: its
+            # own per-tensor update took 8.2 ms a step for multvae on ml-100k (2.4M
+            # parameters), this 0.38
+            callbacks.append(WeightAveraging(
+                multi_avg_fn=ema_of_changing_tensors(self, self.ema_decay)))
+        return callbacks
 
     def constant_tensors(self) -> list[torch.Tensor]:
         """Parameters and buffers that training never changes (a frozen pretrained encoder):
