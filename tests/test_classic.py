@@ -40,6 +40,30 @@ def test_ease_weights_are_the_closed_form(dtype):
     assert np.allclose(model.item_weights.numpy(), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("column_order", [False, True])
+def test_spd_inverse_inverts_and_leaves_its_input_alone(dtype, column_order):
+    from recozoo.models.ease import spd_inverse
+
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(40, 40, generator=generator, dtype=torch.float64)
+    matrix = (a @ a.T + 40 * torch.eye(40, dtype=torch.float64)).to(dtype)
+    if column_order:  # a transposed view: LAPACK's own order, so no copy would be made for it
+        matrix = matrix.clone().T
+    before = matrix.clone()
+    inverse = spd_inverse(matrix)
+    assert inverse.dtype == dtype and torch.equal(inverse, inverse.T)
+    assert torch.allclose(inverse @ before, torch.eye(40, dtype=dtype), atol=1e-5)
+    assert torch.equal(matrix, before)
+
+
+def test_spd_inverse_names_a_matrix_that_is_not_positive_definite():
+    from recozoo.models.ease import spd_inverse
+
+    with pytest.raises(ValueError, match="not positive definite.*reg_weight"):
+        spd_inverse(torch.diag(torch.tensor([1.0, -1.0, 2.0])))
+
+
 def _info(dense: np.ndarray):
     from recozoo.data.datamodule import DatasetInfo
 

@@ -9,11 +9,37 @@ to a few tens of thousands of items.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from recozoo.data.datamodule import DatasetInfo, EvalBatch
 from recozoo.models.base import ClosedFormRecommender
 from recozoo.models.components.interaction_matrix import item_cooccurrence
+
+
+def spd_inverse(matrix: torch.Tensor) -> torch.Tensor:
+    """The inverse of a symmetric positive definite matrix, from its Cholesky factor.
+
+    On the CPU it is LAPACK's ``potrf`` + ``potri`` (SciPy's; ``potri`` inverts from the factor
+    in place, where ``torch.cholesky_inverse`` solves against the identity): on 2 threads, 1,682
+    items (ml-100k) 78-128 ms against 112-192 ms, 4,385 items 1.26-1.36 s against 1.55-1.64 s,
+    the same inverse to 1e-6; EASE's whole fit on ml-100k 0.19 s against 0.25 s (medians of 8
+    alternating fits). Elsewhere (CUDA) torch's own.
+    """
+    if matrix.device.type != "cpu":
+        return torch.cholesky_inverse(torch.linalg.cholesky(matrix))
+    from scipy.linalg import lapack
+
+    a = np.array(matrix.numpy(), order="F")  # a copy, in LAPACK's column order, to overwrite
+    potrf, potri = lapack.get_lapack_funcs(("potrf", "potri"), (a,))
+    factor, info = potrf(a, lower=True, clean=False, overwrite_a=True)
+    if info == 0:
+        inverse, info = potri(factor, lower=True, overwrite_c=True)
+    if info != 0:
+        raise ValueError(f"the matrix to invert is not positive definite (LAPACK info {info}); "
+                         "raise model.reg_weight")
+    lower = torch.from_numpy(inverse).tril()  # potri fills the lower triangle only
+    return lower + lower.tril(-1).T
 
 
 class EASE(ClosedFormRecommender):
@@ -42,8 +68,9 @@ class EASE(ClosedFormRecommender):
         gram = item_cooccurrence(batch["user"], batch["item"], self.n_users, self.n_items)
         gram = gram.to(self.precision_dtype)  # (n_items, n_items)
         gram.diagonal().add_(self.reg_weight)
-        # symmetric positive definite: a Cholesky inverse is ~2x cheaper than a general one
-        precision = torch.cholesky_inverse(torch.linalg.cholesky(gram))
+        # symmetric positive definite (reg_weight > 0): a Cholesky inverse is ~2x cheaper than
+        # a general one
+        precision = spd_inverse(gram)
         weights = -precision / torch.diag(precision)[None, :]
         weights.fill_diagonal_(0.0)
         self.item_weights.copy_(weights)  # float32 buffer
