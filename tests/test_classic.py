@@ -40,9 +40,16 @@ def test_ease_weights_are_the_closed_form(dtype):
     assert np.allclose(model.item_weights.numpy(), expected, atol=1e-5)
 
 
+@pytest.fixture(params=["PASSIVE", "ACTIVE"])
+def wait_policy(request, monkeypatch):
+    """Each OpenMP wait policy: `spd_inverse` inverts through SciPy under PASSIVE, torch else."""
+    monkeypatch.setenv("OMP_WAIT_POLICY", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("column_order", [False, True])
-def test_spd_inverse_inverts_and_leaves_its_input_alone(dtype, column_order):
+def test_spd_inverse_inverts_and_leaves_its_input_alone(dtype, column_order, wait_policy):
     from recozoo.models.ease import spd_inverse
 
     generator = torch.Generator().manual_seed(0)
@@ -57,7 +64,7 @@ def test_spd_inverse_inverts_and_leaves_its_input_alone(dtype, column_order):
     assert torch.equal(matrix, before)
 
 
-def test_spd_inverse_names_a_matrix_that_is_not_positive_definite():
+def test_spd_inverse_names_a_matrix_that_is_not_positive_definite(wait_policy):
     from recozoo.models.ease import spd_inverse
 
     with pytest.raises(ValueError, match="not positive definite.*reg_weight"):

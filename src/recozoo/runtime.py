@@ -44,6 +44,13 @@ _LIGHTNING_LOGGERS = ("lightning.pytorch.utilities.rank_zero",
                       "lightning.fabric.utilities.rank_zero")
 
 
+def openmp_waits_passively() -> bool:
+    """Whether torch's OpenMP threads sleep between parallel regions (``OMP_WAIT_POLICY`` is
+    PASSIVE, `THREAD_SETTINGS`' default): each region then pays for waking them, which a routine
+    made of many short regions (a blocked matrix inverse, a small model's step) feels."""
+    return os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
+
+
 def configure_process() -> None:
     """Thread settings and warning filters of a recozoo program; call it first.
 

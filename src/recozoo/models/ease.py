@@ -15,31 +15,37 @@ import torch
 from recozoo.data.datamodule import DatasetInfo, EvalBatch
 from recozoo.models.base import ClosedFormRecommender
 from recozoo.models.components.interaction_matrix import item_cooccurrence
+from recozoo.runtime import openmp_waits_passively
 
 
 def spd_inverse(matrix: torch.Tensor) -> torch.Tensor:
     """The inverse of a symmetric positive definite matrix, from its Cholesky factor.
 
-    On the CPU it is LAPACK's ``potrf`` + ``potri`` (SciPy's; ``potri`` inverts from the factor
-    in place, where ``torch.cholesky_inverse`` solves against the identity): on 2 threads, 1,682
-    items (ml-100k) 78-128 ms against 112-192 ms, 4,385 items 1.26-1.36 s against 1.55-1.64 s,
-    the same inverse to 1e-6; EASE's whole fit on ml-100k 0.19 s against 0.25 s (medians of 8
-    alternating fits). Elsewhere (CUDA) torch's own.
+    Both ways are LAPACK's ``potrf`` + ``potri``; they differ in whose threads run them. torch's
+    (MKL) runs on OpenMP threads, which under ``OMP_WAIT_POLICY=PASSIVE`` (recozoo's default,
+    `recozoo.runtime`) sleep between the inverse's many short parallel regions; SciPy's
+    (OpenBLAS) keeps its own threads. 1,682 x 1,682 (ml-100k), 2 threads: 95 ms through SciPy
+    against 155 ms under PASSIVE, but 146 against 111 ms under OpenMP's default policy; EASE's
+    whole ml-100k fit 0.19 s against 0.25 s (PASSIVE, medians of 8 alternating fits). So SciPy
+    inverts on the CPU under PASSIVE, torch otherwise (another policy, CUDA).
     """
-    if matrix.device.type != "cpu":
-        return torch.cholesky_inverse(torch.linalg.cholesky(matrix))
-    from scipy.linalg import lapack
+    if matrix.device.type != "cpu" or not openmp_waits_passively():
+        factor, info = torch.linalg.cholesky_ex(matrix)
+        if int(info) == 0:
+            return torch.cholesky_inverse(factor)
+    else:
+        from scipy.linalg import lapack
 
-    a = np.array(matrix.numpy(), order="F")  # a copy, in LAPACK's column order, to overwrite
-    potrf, potri = lapack.get_lapack_funcs(("potrf", "potri"), (a,))
-    factor, info = potrf(a, lower=True, clean=False, overwrite_a=True)
-    if info == 0:
-        inverse, info = potri(factor, lower=True, overwrite_c=True)
-    if info != 0:
-        raise ValueError(f"the matrix to invert is not positive definite (LAPACK info {info}); "
-                         "raise model.reg_weight")
-    lower = torch.from_numpy(inverse).tril()  # potri fills the lower triangle only
-    return lower + lower.tril(-1).T
+        a = np.array(matrix.numpy(), order="F")  # a copy, in LAPACK's column order, to overwrite
+        potrf, potri = lapack.get_lapack_funcs(("potrf", "potri"), (a,))
+        factor, info = potrf(a, lower=True, clean=False, overwrite_a=True)
+        if info == 0:
+            inverse, info = potri(factor, lower=True, overwrite_c=True)
+        if info == 0:
+            lower = torch.from_numpy(inverse).tril()  # potri fills the lower triangle only
+            return lower + lower.tril(-1).T
+    raise ValueError(f"the matrix to invert is not positive definite (Cholesky failed at row "
+                     f"{int(info)}); raise model.reg_weight")
 
 
 class EASE(ClosedFormRecommender):
