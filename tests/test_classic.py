@@ -62,6 +62,8 @@ def test_spd_inverse_inverts_and_leaves_its_input_alone(dtype, column_order, wai
     assert inverse.dtype == dtype and torch.equal(inverse, inverse.T)
     assert torch.allclose(inverse @ before, torch.eye(40, dtype=dtype), atol=1e-5)
     assert torch.equal(matrix, before)
+    # as scratch (EASE's Gram matrix): the same inverse
+    assert torch.allclose(spd_inverse(matrix, overwrite=True), inverse, rtol=1e-6, atol=1e-9)
 
 
 def test_spd_inverse_names_a_matrix_that_is_not_positive_definite(wait_policy):

@@ -18,16 +18,21 @@ from recozoo.models.components.interaction_matrix import item_cooccurrence
 from recozoo.runtime import openmp_waits_passively
 
 
-def spd_inverse(matrix: torch.Tensor) -> torch.Tensor:
+def spd_inverse(matrix: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
     """The inverse of a symmetric positive definite matrix, from its Cholesky factor.
 
     Both ways are LAPACK's ``potrf`` + ``potri``; they differ in whose threads run them. torch's
     (MKL) runs on OpenMP threads, which under ``OMP_WAIT_POLICY=PASSIVE`` (recozoo's default,
     `recozoo.runtime`) sleep between the inverse's many short parallel regions; SciPy's
-    (OpenBLAS) keeps its own threads. 1,682 x 1,682 (ml-100k), 2 threads: 95 ms through SciPy
-    against 155 ms under PASSIVE, but 146 against 111 ms under OpenMP's default policy; EASE's
-    whole ml-100k fit 0.19 s against 0.25 s (PASSIVE, medians of 8 alternating fits). So SciPy
-    inverts on the CPU under PASSIVE, torch otherwise (another policy, CUDA).
+    (OpenBLAS) keeps its own threads. 1,682 x 1,682 (ml-100k), 2 threads: 87-114 ms through
+    SciPy against 150-155 ms under PASSIVE, but 146 against 111 ms under OpenMP's default
+    policy; EASE's whole ml-100k fit 0.19 s against 0.25 s (PASSIVE, medians of 8 alternating
+    fits). So SciPy inverts on the CPU under PASSIVE, torch otherwise (another policy, CUDA).
+
+    Args:
+        matrix: (n, n) symmetric positive definite, float32 or float64.
+        overwrite: ``matrix`` is a scratch buffer the inverse may be computed in (its content
+            is lost), which saves a copy; False: it is left as it was.
     """
     if matrix.device.type != "cpu" or not openmp_waits_passively():
         factor, info = torch.linalg.cholesky_ex(matrix)
@@ -36,14 +41,20 @@ def spd_inverse(matrix: torch.Tensor) -> torch.Tensor:
     else:
         from scipy.linalg import lapack
 
-        a = np.array(matrix.numpy(), order="F")  # a copy, in LAPACK's column order, to overwrite
+        work = matrix if overwrite and matrix.is_contiguous() else matrix.contiguous().clone()
+        # row order transposed is LAPACK's column order, and the matrix is symmetric: the same
+        # matrix without a copy; LAPACK's lower triangle is `work`'s upper one
+        a = work.numpy().T
         potrf, potri = lapack.get_lapack_funcs(("potrf", "potri"), (a,))
         factor, info = potrf(a, lower=True, clean=False, overwrite_a=True)
         if info == 0:
             inverse, info = potri(factor, lower=True, overwrite_c=True)
         if info == 0:
-            lower = torch.from_numpy(inverse).tril()  # potri fills the lower triangle only
-            return lower + lower.tril(-1).T
+            if not np.shares_memory(inverse, a):  # SciPy copied after all: read its result
+                work = torch.from_numpy(np.ascontiguousarray(inverse.T))
+            full = work.triu()  # potri fills one triangle only
+            full += full.T.tril(-1)
+            return full
     raise ValueError(f"the matrix to invert is not positive definite (Cholesky failed at row "
                      f"{int(info)}); raise model.reg_weight")
 
@@ -76,7 +87,7 @@ class EASE(ClosedFormRecommender):
         gram.diagonal().add_(self.reg_weight)
         # symmetric positive definite (reg_weight > 0): a Cholesky inverse is ~2x cheaper than
         # a general one
-        precision = spd_inverse(gram)
+        precision = spd_inverse(gram, overwrite=True)  # the Gram matrix is scratch
         weights = -precision / torch.diag(precision)[None, :]
         weights.fill_diagonal_(0.0)
         self.item_weights.copy_(weights)  # float32 buffer
