@@ -42,3 +42,10 @@ def test_train_prints_each_message_once_without_adverts_and_says_what_next(tmp_p
     assert f"Run folder: {tmp_path / 'run'}" in text
     assert f"python -m recozoo.serve run={tmp_path / 'run'}" in text
     assert "python train.py -m model=pop,ease,bpr" in text
+
+
+def test_bpr_run_hides_the_stage_callbacks_lightning_replaces(tmp_path):
+    """bpr returns its training-threads callback at every stage; Lightning's note that the
+    test's instance replaces the fit's is not shown (README: Troubleshooting)."""
+    text = _train_output(tmp_path, "model=bpr")
+    assert "configure_callbacks" not in text and "Run folder:" in text

@@ -8,8 +8,8 @@ it is loaded. This module imports nothing heavy for that reason.
   threads spin while they wait for work and steal the cores the work needs (a bpr epoch on the
   shop took 5-9 s instead of about 1 s with one other busy process on 2 cores). Passive waiting
   costs nothing measurable on a quiet machine. A value the user set is kept.
-* `QUIET_WARNINGS`: warnings raised inside libraries that a user of recozoo cannot act on
-  (README "Troubleshooting" lists them).
+* `QUIET_WARNINGS` and `QUIET_LIGHTNING`: warnings raised inside libraries, and Lightning log
+  messages, that a user of recozoo cannot act on (README "Troubleshooting" lists them).
 * `quiet_lightning_logs`: Lightning adds its own console handler beside the root logger's
   (Hydra's), so every Lightning message was printed twice; and it advertises its cloud
   products at every run.
@@ -38,8 +38,13 @@ QUIET_WARNINGS: tuple[tuple[str, str], ...] = (
      "tiny datasets log once per epoch, which is what is wanted"),
 )
 
-#: Lightning's advertisements (its "💡 Tip: ... try installing litlogger / litmodels")
-ADVERT_PREFIX = "💡 Tip:"
+#: (message start, why a user cannot act on it): Lightning log messages dropped in every program
+QUIET_LIGHTNING: tuple[tuple[str, str], ...] = (
+    ("💡 Tip:", "Lightning's advertisements (\"try installing litlogger / litmodels\")"),
+    ("The following callbacks returned in `LightningModule.configure_callbacks` will override",
+     ("a model returns its own callbacks (weight average, training threads) for each fit, "
+      "validate and test, and each replaces the previous stage's on purpose")),
+)
 _LIGHTNING_LOGGERS = ("lightning.pytorch.utilities.rank_zero",
                       "lightning.fabric.utilities.rank_zero")
 
@@ -65,15 +70,17 @@ def configure_process() -> None:
         warnings.filterwarnings("ignore", message=message)
     for name in _LIGHTNING_LOGGERS:
         logger = logging.getLogger(name)  # Lightning gets the same object when it is imported
-        if not any(isinstance(f, _DropAdverts) for f in logger.filters):
-            logger.addFilter(_DropAdverts())
+        if not any(isinstance(f, _DropQuiet) for f in logger.filters):
+            logger.addFilter(_DropQuiet())
 
 
-class _DropAdverts(logging.Filter):
-    """Drops Lightning's product advertisements."""
+class _DropQuiet(logging.Filter):
+    """Drops the Lightning messages of `QUIET_LIGHTNING`."""
+
+    starts = tuple(start for start, _why in QUIET_LIGHTNING)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(ADVERT_PREFIX)
+        return not str(record.msg).startswith(self.starts)
 
 
 class _Once(logging.Filter):
