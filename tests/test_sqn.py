@@ -277,3 +277,81 @@ def test_tail_bonus_raises_tail_exposure(make_config, model_name):
         shares.append(_tail_share(dm, model))
     print(model_name, shares)
     assert shares[1] > shares[0] + 0.1, shares
+
+
+def test_mix_grid_keeps_the_weight_that_validates_best():
+    """With mix_grid, mix ranking scores at mix_weight until it chooses; then the grid's weight
+    with the best validation value, the trained weight on ties; the scores follow it."""
+    info = _info()
+    model = _sqn(info, dim=8, mix_weight=1.0, mix_grid=[0.0, 0.5, 1.0, 2.0]).eval()
+    assert float(model.mix_weight) == 1.0
+    values = {0.0: 0.30, 0.5: 0.31, 1.0: 0.29, 2.0: 0.31}  # 0.5 first of two equal bests
+    tried = []
+
+    def validate():
+        tried.append(float(model.mix_weight))
+        return values[tried[-1]]
+
+    chosen = model.choose_on_validation(validate)
+    assert tried == [1.0, 0.0, 0.5, 2.0]  # the trained weight first, each weight once
+    assert chosen == {"mix_weight": 0.5,
+                      "mix_validation": {"0": 0.30, "0.5": 0.31, "1": 0.29, "2": 0.31}}
+    batch = type("Batch", (), {"history": torch.tensor([[info.pad_item, 0, 1]])})()
+    with torch.no_grad():
+        state = model.q_network(batch.history)[:, -1]
+        expected = (model.supervised_logits(state).log_softmax(-1)
+                    + 0.5 * model.q_network.q_values(state))
+        assert torch.allclose(model.score(batch), expected)
+    # ties with the trained weight keep it; a NaN validation is never chosen
+    model.mix_weight.fill_(1.0)
+    assert model.choose_on_validation(
+        lambda: {0.0: 0.3, 0.5: float("nan"), 1.0: 0.3, 2.0: 0.1}[float(model.mix_weight)]
+    )["mix_weight"] == 1.0
+    # without a grid, or ranking by one head, nothing is chosen and nothing is validated
+    for fixed in (_sqn(info, mix_weight=0.7), _sqn(info, mix_grid=[0.0], rank_head="supervised"),
+                  _sqn(info, supervised=False, rank_head="q", mix_grid=[0.0, 1.0])):
+        assert fixed.choose_on_validation(lambda: pytest.fail("validated")) == {}
+    for bad in ([], [-0.5, 1.0], [float("inf")]):
+        with pytest.raises(ValueError, match="model.mix_grid must list finite weights >= 0"):
+            _sqn(info, mix_grid=bad)
+
+
+def test_a_checkpoint_from_before_mix_grid_scores_with_its_trained_weight(tmp_path):
+    """Weights saved without a chosen mix weight (a run from before the setting) load into a
+    model with a grid and score as they were trained: at mix_weight."""
+    info = _info()
+    old = _sqn(info, dim=8, mix_weight=0.7).eval()
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": old.state_dict(), "hyper_parameters": {}}, path)
+    checkpoint = torch.load(path, weights_only=False)
+    new = _sqn(info, dim=8, mix_weight=0.7, mix_grid=[0.0, 1.0]).eval()
+    new.on_load_checkpoint(checkpoint)
+    new.load_state_dict(checkpoint["state_dict"])  # strict: the chosen weight is filled in
+    assert float(new.mix_weight) == 0.7
+    batch = type("Batch", (), {"history": torch.tensor([[0, 1, 2]])})()
+    with torch.no_grad():
+        assert torch.equal(new.score(batch), old.score(batch))
+
+
+def test_a_run_chooses_the_mix_weight_and_tests_and_serves_with_it(make_config):
+    """train.py lets sqn choose its mix weight on validation with the best weights, writes it
+    into checkpoints/best.ckpt and metrics.json, and the test and serving score with it."""
+    from recozoo.artifacts import RunDir
+    from recozoo.serve.loading import load_model
+    from recozoo.train import train
+
+    cfg = make_config(["model=sqn", "model.batch_size=32", "model.dim=16",
+                       "trainer.max_epochs=2", "model.mix_grid=[0.0,3.0]"])
+    record = train(cfg)
+    chosen = record.chosen_on_validation
+    values = {float(w): v for w, v in chosen["mix_validation"].items()}
+    assert sorted(values) == [0.0, 1.0, 3.0]  # the trained weight and the grid's
+    assert chosen["mix_weight"] == max(values, key=lambda w: (values[w], w == 1.0))
+    assert record["val/ndcg@10"] == pytest.approx(values[chosen["mix_weight"]])
+    run = RunDir(cfg.paths.output_dir)
+    state = torch.load(run.path / record.best_checkpoint, map_location="cpu",
+                       weights_only=False)["state_dict"]
+    assert float(state["mix_weight"]) == chosen["mix_weight"]
+    assert run.read_record().chosen_on_validation == chosen
+    served, _ = load_model(run.path)
+    assert float(served.model.mix_weight) == chosen["mix_weight"]

@@ -23,7 +23,10 @@ adding Q to a ranking favours whichever items happen to be logged. With them, ``
 gamma * V(s)`` grows with the reward of ``a`` times how likely ``a`` is next: a reward-weighted
 relevance. Ranking by ``mix`` (``log_softmax(supervised) + mix_weight * Q``) therefore keeps the
 supervised ranking and moves tail items that fit the session up as lambda grows; the paper's
-own choice, ranking by the supervised head alone, is ``rank_head=supervised``.
+own choice, ranking by the supervised head alone, is ``rank_head=supervised``. How much Q should
+weigh differs between data, so with ``mix_grid`` the run trains and early-stops at ``mix_weight``
+and then takes the weight of the grid with the best validation value, with the best weights
+(`choose_on_validation`; the checkpoint keeps it, so the test and serving score with it).
 
 ``supervised=False`` with ``rank_head=q`` is pure (double) DQN on logged data: the ``dqn``
 config. All positions of a training window are trained in one pass: the encoder runs once over
@@ -40,8 +43,10 @@ over large action sets).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Literal
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -57,6 +62,8 @@ from recozoo.models.components.sequence import (
 )
 from recozoo.models.optimizers import dense_optimizer
 from recozoo.models.sequential import SAMPLED_SOFTMAX_ABOVE
+
+log = logging.getLogger(__name__)
 
 RankHead = Literal["supervised", "q", "mix"]
 DEFAULT_REWARD = {"view": 0.2, "cart": 0.5, "purchase": 1.0}
@@ -76,7 +83,10 @@ class SQN(Recommender):
         supervised: keep the supervised next-item head (SQN) or not (DQN).
         rank_head: what ranks items: ``supervised`` logits, ``q`` values, or ``mix``:
             ``log_softmax(supervised) + mix_weight * Q``.
-        mix_weight: weight of the Q-values in ``mix``.
+        mix_weight: weight of the Q-values in ``mix`` (with ``mix_grid``: the weight training
+            validates with, and the one kept unless a weight of the grid validates better).
+        mix_grid: weights of the Q-values that ``mix`` ranking tries after training, on
+            validation with the best weights, keeping the best (None: ``mix_weight`` stays).
         reward: reward per event name (``view``, ``cart``, ``purchase``).
         tail_bonus: reward bonus lambda for tail items.
         gamma: discount.
@@ -103,7 +113,8 @@ class SQN(Recommender):
                  num_layers: int = 1, dropout: float = 0.0, dropout_hidden: float = 0.2,
                  max_len: int = 50, batch_size: int = 128, supervised: bool = True,
                  rank_head: RankHead = "mix",
-                 mix_weight: float = 1.0, reward: Mapping[str, float] | None = None,
+                 mix_weight: float = 1.0, mix_grid: Sequence[float] | None = None,
+                 reward: Mapping[str, float] | None = None,
                  tail_bonus: float = 0.0, gamma: float = 0.5, q_weight: float = 1.0,
                  n_negatives: int = 10, target_tau: float = 0.01, target_every: int = 1,
                  grad_clip: float | None = None, sampled_softmax: bool | None = None,
@@ -119,7 +130,18 @@ class SQN(Recommender):
         if max_len < 2:
             raise ValueError(f"model.max_len must be >= 2, got {max_len}")
         self.max_len, self.batch_size = int(max_len), int(batch_size)
-        self.rank_head, self.mix_weight = rank_head, float(mix_weight)
+        self.rank_head = rank_head
+        self.mix_grid = None if mix_grid is None else tuple(float(w) for w in mix_grid)
+        if self.mix_grid is not None and (not self.mix_grid or min(self.mix_grid) < 0
+                                          or not all(map(math.isfinite, self.mix_grid))):
+            raise ValueError("model.mix_grid must list finite weights >= 0 (or be null), got "
+                             f"{list(mix_grid)}")
+        if self.mix_grid is not None and rank_head == "mix":
+            # the weight in use is state, so the best checkpoint keeps the one chosen
+            self.register_buffer("mix_weight", torch.tensor(float(mix_weight), dtype=torch.float64))
+        else:
+            self.mix_weight = float(mix_weight)
+        self.trained_mix_weight = float(mix_weight)
         self.gamma, self.q_weight = float(gamma), float(q_weight)
         self.n_negatives, self.grad_clip = int(n_negatives), grad_clip
         if n_sampled < 1:
@@ -219,7 +241,35 @@ class SQN(Recommender):
         logits = self.supervised_logits(state)  # (B, n_items)
         if self.rank_head == "supervised":
             return logits
-        return logits.log_softmax(-1) + self.mix_weight * self.q_network.q_values(state)
+        return logits.log_softmax(-1) + float(self.mix_weight) * self.q_network.q_values(state)
+
+    def choose_on_validation(self, validate: Callable[[], float]) -> dict[str, Any]:
+        """With ``mix_grid`` (and ``mix`` ranking): the weight of the Q-values with the best
+        validation value, ``mix_weight`` (what training validated with) unless another is
+        strictly better."""
+        if self.mix_grid is None or self.rank_head != "mix":
+            return {}
+        values = {self.trained_mix_weight: float(validate())}
+        for weight in self.mix_grid:
+            if weight not in values:
+                self.mix_weight.fill_(weight)
+                values[weight] = float(validate())
+        finite = {w: v for w, v in values.items() if math.isfinite(v)}
+        chosen = max(finite, key=finite.__getitem__, default=self.trained_mix_weight)
+        self.mix_weight.fill_(chosen)
+        log.info("sqn: mix weight of the Q-values %g, chosen on validation (value at %s: %s)",
+                 chosen, "/".join(f"{w:g}" for w in sorted(values)),
+                 "/".join(f"{values[w]:.4f}" for w in sorted(values)))
+        return {"mix_weight": chosen,
+                "mix_validation": {f"{w:g}": values[w] for w in sorted(values)}}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint from before ``mix_grid`` holds no chosen weight: it scored with
+        ``mix_weight``, the weight it was trained and validated with."""
+        state = checkpoint.get("state_dict")
+        if isinstance(self.mix_weight, torch.Tensor) and state is not None:
+            state.setdefault("mix_weight", torch.tensor(self.trained_mix_weight,
+                                                        dtype=torch.float64))
 
     def supervised_logits(self, states: torch.Tensor, items: torch.Tensor | None = None,
                           ) -> torch.Tensor:
