@@ -123,3 +123,24 @@ def test_train_py_command_resumes_after_a_kill(sig, tmp_path):
     for key, value in _results(reference).items():
         if key.startswith(("val/", "test/")):
             assert resumed[key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
+
+
+def test_a_finished_runs_last_checkpoint_is_where_it_stopped(tmp_path):
+    """last.ckpt is written at every epoch, not only at a new best (Lightning 2.6's save_last):
+    a run whose validation never improves after its first epoch keeps best.ckpt there, and
+    last.ckpt at the epoch early stopping ended it; the same command again trains nothing."""
+    overrides = _overrides("bpr", None, "SIGKILL") + [
+        "trainer.max_epochs=8", "callbacks.early_stopping.patience=2",
+        "model.optimizer.lr=0.0"]  # the weights never move: validation never improves
+    cfg = compose_config(overrides, tmp_path / "run")
+    first = train(cfg)
+    assert first["epochs"] == 3  # epoch 0, then 2 epochs without a better value
+    folder = tmp_path / "run" / "checkpoints"
+    best = torch.load(folder / "best.ckpt", weights_only=False)
+    last = torch.load(folder / "last.ckpt", weights_only=False)
+    assert best["epoch"] == 0 and last["epoch"] == 2
+    stopping = [state for key, state in last["callbacks"].items() if key.startswith("EarlyStop")]
+    assert stopping and stopping[0]["stopped_epoch"] == 2
+    again = train(compose_config(overrides, tmp_path / "run"))
+    assert again["epoch_seconds"] == first["epoch_seconds"]  # no epoch trained again
+    assert _results(again) == _results(first)

@@ -7,6 +7,9 @@
   seed and the epoch too).
 * `AtomicCheckpointIO` writes each checkpoint to a temporary file and renames it, so a run
   killed (even with SIGKILL) while saving leaves the previous ``last.ckpt`` intact.
+* `RunCheckpoint` is Lightning's ``ModelCheckpoint`` with ``last.ckpt`` written at the end of
+  every epoch (Lightning 2.6 writes it only with a new best), so a resumed run continues from
+  the epoch it was interrupted in and a finished run's ``last.ckpt`` holds where it stopped.
 * `KeepStopped` keeps a run that early stopping ended from training on when it is resumed.
 * `TrainThreads` runs a model's training steps on fewer torch threads than its evaluations.
 * `RunProgressBar` is Lightning's bar plus the run's time left at most (``run left≤``), for
@@ -28,7 +31,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
@@ -139,6 +142,31 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``save_last`` writes ``last.ckpt`` at the end of every epoch.
+
+    Lightning 2.6 writes ``last.ckpt`` only when a top-k checkpoint is written in the same
+    step; with ``save_top_k=1`` on a monitored value, that is only at a new best. A run killed
+    ``patience - 1`` epochs after its best would then resume from the best epoch and train the
+    epochs since again, and a finished run's ``last.ckpt`` would not hold the early stopping
+    that ended it (`KeepStopped`), so rerunning its command trained ``patience`` epochs more."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missing(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missing(trainer)
+
+    def _save_last_if_missing(self, trainer: L.Trainer) -> None:
+        # after Lightning's own saving: skipped when it wrote a checkpoint at this step
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class KeepStopped(L.Callback):
