@@ -302,8 +302,9 @@ def test_mix_grid_keeps_the_weight_that_validates_best():
         expected = (model.supervised_logits(state).log_softmax(-1)
                     + 0.5 * model.q_network.q_values(state))
         assert torch.allclose(model.score(batch), expected)
-    # ties with the trained weight keep it; a NaN validation is never chosen
-    model.mix_weight.fill_(1.0)
+    # ties with the trained weight keep it, whatever weight the model held before (a best
+    # checkpoint with an earlier choice); a NaN validation is never chosen
+    model.mix_weight.fill_(2.0)
     assert model.choose_on_validation(
         lambda: {0.0: 0.3, 0.5: float("nan"), 1.0: 0.3, 2.0: 0.1}[float(model.mix_weight)]
     )["mix_weight"] == 1.0

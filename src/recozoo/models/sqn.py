@@ -249,8 +249,8 @@ class SQN(Recommender):
         strictly better."""
         if self.mix_grid is None or self.rank_head != "mix":
             return {}
-        values = {self.trained_mix_weight: float(validate())}
-        for weight in self.mix_grid:
+        values: dict[float, float] = {}
+        for weight in (self.trained_mix_weight, *self.mix_grid):
             if weight not in values:
                 self.mix_weight.fill_(weight)
                 values[weight] = float(validate())
