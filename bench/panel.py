@@ -208,6 +208,7 @@ BEFORE_ADDED: dict[str, Any] = {
     "model.posthoc_adjustment": 0.0,  # bert_finetune's post-hoc logit adjustment (issue 17)
     "model.ema_decay": None,  # an average of the weights evaluated in their place (issue 16)
     "model.user_init_std": None,  # caser's user rows at zero (0) instead of normal noise (issue 16)
+    "model.pm_min_density": None,  # cfgan: PM (0.05, 1 per item) on dense rows, ZR alone before (issue 16)
     "model.mix_grid": None,  # sqn's Q weight chosen on validation after training (issue 16)
 }
 

@@ -78,6 +78,35 @@ def test_scores_are_the_generator_on_the_users_inputs():
         assert torch.allclose(model.score(batch), model.generator(rows), atol=1e-6)
 
 
+def test_partial_masking_needs_dense_rows_and_sparse_rows_train_as_with_zr_alone():
+    """PM applies where the training rows' mean density reaches pm_min_density; below it the PM
+    sample is empty and drawn as with pm_ratio 0, so a ZR-alone run repeats exactly."""
+    def info(n_users: int, n_items: int, interactions: float) -> DatasetInfo:
+        popularity = torch.full((n_items,), interactions / n_items)
+        return DatasetInfo(name="t", n_users=n_users, n_items=n_items,
+                           item_popularity=popularity, tail_mask=torch.zeros(n_items).bool(),
+                           head_share=0.2)
+
+    dense = CFGAN(info(10, 100, 50.0), pm_ratio=0.5, pm_min_density=0.03)  # 5% of the catalogue
+    sparse = CFGAN(info(10, 100, 20.0), pm_ratio=0.5, pm_min_density=0.03)  # 2%
+    zr_alone = CFGAN(info(10, 100, 20.0), pm_ratio=0.0)
+    assert dense.row_density == pytest.approx(0.05) and sparse.row_density == pytest.approx(0.02)
+    assert dense.partial_masking and not sparse.partial_masking and not zr_alone.partial_masking
+    rows = torch.zeros(10, 100)
+    rows[:, :3] = 1.0
+    torch.manual_seed(0)
+    assert dense._sample_pm(rows)[:, 3:].sum() > 0
+    draws = []
+    for model in (sparse, zr_alone):
+        torch.manual_seed(0)
+        assert model._sample_pm(rows).sum() == 0
+        draws.append(torch.rand(3))  # the generator advanced alike
+    assert torch.equal(*draws)
+    assert CFGAN(info(10, 100, 20.0), pm_ratio=0.5).partial_masking  # 0: wherever pm_ratio > 0
+    with pytest.raises(ValueError, match="cfgan pm_min_density must be in \\[0, 1\\], got 2"):
+        CFGAN(_info(), pm_min_density=2)
+
+
 def test_negative_pm_per_item_is_refused():
     with pytest.raises(ValueError, match="cfgan pm_per_item must be >= 0 or null, got -1"):
         CFGAN(_info(), pm_per_item=-1)

@@ -34,7 +34,7 @@ NDCG@10, .0199 against .0214, recommending pop's 15 items):
   the batch has (most items in most batches when rows are that sparse) the decay alone takes an
   lr-sized step: G's first layer fell to 1e-5 (from ~8e-3 at initialisation) within a few epochs
   and G ignored ``c_u``. The authors add the same L2 to the loss, with Adam, on denser data.
-* **ZR without PM** (``pm_ratio: 0``), the authors' own scheme for their sparsest data set
+* **ZR without PM** on sparse rows (below ``pm_min_density``), the authors' own scheme for their sparsest data set
   (Ciao: ZR only, in their code). With PM, D compares ``r_u`` with G's output over the user's
   items and ~70% of the rest; G matches every item's mean there by spreading a popularity-shaped
   mass, a sigmoid D fed such sparse vectors then gets no first-order signal and stays at chance
@@ -77,8 +77,12 @@ data (issue 16, seed 1, validation NDCG@10 against the defaults' .2390 random, .
   (test .0613 against .0620), below the defaults on the two sparse data sets. Over seeds 1-3
   (the panel's runs, validation mean against the defaults'): random .2450 against .2334 (test
   .2919 against .2760, bpr .2798), leave-one-out .0815 against .0779 (test .0764 against .0755),
-  but the shop .1097 against .1146 (test .1076 against .1286). The defaults stay; on data as
-  dense as ml-100k ``model.pm_ratio=0.05 model.pm_per_item=1`` is the setting to try.
+  but the shop .1097 against .1146 (test .1076 against .1286).
+
+So PM (``pm_ratio 0.05``, ``pm_per_item 1``) is the default where the training rows are dense,
+``pm_min_density`` (3%) of the catalogue on average, the density that separates the two regimes
+(ml-100k 5.1-6.2%, where PM gains; Online Retail 1.9%, the shop 1.0% and Scientific 0.11%, where
+it loses or collapses); sparser data trains with ZR alone, exactly as before the threshold.
 
 The adversarial and ZR losses are neither a softmax nor a pairwise ranking loss, so the shared
 ``cross_entropy_loss``/``pairwise_loss`` do not apply.
@@ -87,6 +91,7 @@ The adversarial and ZR losses are neither a softmax nor a pairwise ranking loss,
 from __future__ import annotations
 
 import functools
+import logging
 
 import torch
 from torch.nn.functional import binary_cross_entropy_with_logits as bce
@@ -96,6 +101,8 @@ from recozoo.models.base import Recommender
 from recozoo.models.components.gan import ConditionalDiscriminator, VectorGenerator
 from recozoo.models.optimizers import dense_optimizer
 
+log = logging.getLogger(__name__)
+
 
 class CFGAN(Recommender):
     """Conditional vector-wise GAN with partial masking and zero reconstruction.
@@ -104,6 +111,9 @@ class CFGAN(Recommender):
         hidden_g / hidden_d: hidden sizes of G and D (paper, ML-100K: [400] and [125]).
         zr_ratio / pm_ratio: shares of non-interacted items sampled for ZR and PM (0.7, and 0:
             ZR alone, see the module notes; the paper's ZP scheme uses 0.7).
+        pm_min_density: PM only where training rows are this dense on average (interactions
+            over users x items; 0: wherever ``pm_ratio > 0``); sparser data trains with ZR
+            alone, the authors' scheme for their sparsest data (see the module notes).
         pm_per_item: caps each user's PM sample at this many negatives per item of the user:
             ``k_u = round(min(pm_ratio * unobserved_u, pm_per_item * n_u))`` items, drawn
             without replacement; None: a ``pm_ratio`` share of every row, whatever its length.
@@ -119,6 +129,7 @@ class CFGAN(Recommender):
     def __init__(self, info: DatasetInfo, hidden_g: tuple[int, ...] | list[int] = (400,),
                  hidden_d: tuple[int, ...] | list[int] = (125,), zr_ratio: float = 0.7,
                  pm_ratio: float = 0.0, pm_per_item: float | None = None,
+                 pm_min_density: float = 0.0,
                  zr_weight: float = 0.03, d_steps: int = 2, g_steps: int = 4,
                  lr_g: float = 3e-4, lr_d: float = 1e-3, weight_decay_g: float = 0.0,
                  weight_decay_d: float = 0.0, batch_size: int = 64, **kwargs):
@@ -128,6 +139,18 @@ class CFGAN(Recommender):
                 raise ValueError(f"cfgan {name} must be in [0, 1], got {ratio}")
         if pm_per_item is not None and pm_per_item < 0:
             raise ValueError(f"cfgan pm_per_item must be >= 0 or null, got {pm_per_item}")
+        if not 0.0 <= pm_min_density <= 1.0:
+            raise ValueError(f"cfgan pm_min_density must be in [0, 1], got {pm_min_density}")
+        #: the training rows' mean density: interactions / (users x items)
+        self.row_density = float(info.item_popularity.sum()) / max(1, info.n_users * info.n_items)
+        self.partial_masking = pm_ratio > 0 and self.row_density >= pm_min_density
+        if pm_ratio > 0:
+            log.info("cfgan: training rows hold %.2f%% of the catalogue on average: %s",
+                     100 * self.row_density,
+                     f"partial masking (pm_ratio {pm_ratio:g}) with zero reconstruction"
+                     if self.partial_masking else
+                     f"zero reconstruction alone (partial masking needs pm_min_density "
+                     f"{100 * pm_min_density:g}%)")
         self.automatic_optimization = False
         self.generator = VectorGenerator(info.n_items, list(hidden_g))
         self.discriminator = ConditionalDiscriminator(info.n_items, list(hidden_d))
@@ -160,6 +183,8 @@ class CFGAN(Recommender):
 
     def _sample_pm(self, rows: torch.Tensor) -> torch.Tensor:
         """(B, n_items) 0/1: ``k_u``, the PM sample of each user's non-interacted items."""
+        if not self.partial_masking:  # drawn as with pm_ratio 0, so ZR-alone runs repeat
+            return self._sample_unobserved(rows, 0.0)
         if self.pm_per_item is None:
             return self._sample_unobserved(rows, self.pm_ratio)
         keys = torch.rand_like(rows).masked_fill(rows != 0, 2.0)  # the user's items rank last
