@@ -144,3 +144,15 @@ def test_a_finished_runs_last_checkpoint_is_where_it_stopped(tmp_path):
     again = train(compose_config(overrides, tmp_path / "run"))
     assert again["epoch_seconds"] == first["epoch_seconds"]  # no epoch trained again
     assert _results(again) == _results(first)
+
+
+def test_checkpoints_of_lightnings_model_checkpoint_resume_with_their_best():
+    """RunCheckpoint keeps ModelCheckpoint's state key: a run checkpointed by Lightning's own
+    callback (before RunCheckpoint) resumes with its best score and path."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from recozoo.training_callbacks import RunCheckpoint
+
+    settings = {"monitor": "val/ndcg@10", "mode": "max", "save_last": True, "save_top_k": 1}
+    assert RunCheckpoint(**settings).state_key == ModelCheckpoint(**settings).state_key
+    assert RunCheckpoint(**settings).state_key != RunCheckpoint(monitor="val/loss").state_key

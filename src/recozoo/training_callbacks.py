@@ -153,6 +153,14 @@ class RunCheckpoint(ModelCheckpoint):
     epochs since again, and a finished run's ``last.ckpt`` would not hold the early stopping
     that ended it (`KeepStopped`), so rerunning its command trained ``patience`` epochs more."""
 
+    @property
+    def state_key(self) -> str:
+        """Lightning's ``ModelCheckpoint`` key: checkpoints written by either resume under the
+        other with their best score and path (a key with this class's name would leave them
+        unread, and a resumed run would take its first epoch for the best)."""
+        return super().state_key.replace(type(self).__qualname__,
+                                         ModelCheckpoint.__qualname__, 1)
+
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, module)
         if self._should_save_on_train_epoch_end(trainer):
