@@ -136,7 +136,9 @@ class SQN(Recommender):
                                           or not all(map(math.isfinite, self.mix_grid))):
             raise ValueError("model.mix_grid must list finite weights >= 0 (or be null), got "
                              f"{list(mix_grid)}")
-        if self.mix_grid is not None and rank_head == "mix":
+        #: whether the mix weight is chosen on validation after training (`choose_on_validation`)
+        self.chooses_mix = self.mix_grid is not None and rank_head == "mix"
+        if self.chooses_mix:
             # the weight in use is state, so the best checkpoint keeps the one chosen
             self.register_buffer("mix_weight", torch.tensor(float(mix_weight), dtype=torch.float64))
         else:
@@ -247,7 +249,7 @@ class SQN(Recommender):
         """With ``mix_grid`` (and ``mix`` ranking): the weight of the Q-values with the best
         validation value, ``mix_weight`` (what training validated with) unless another is
         strictly better."""
-        if self.mix_grid is None or self.rank_head != "mix":
+        if not self.chooses_mix:
             return {}
         values: dict[float, float] = {}
         for weight in (self.trained_mix_weight, *self.mix_grid):
@@ -267,7 +269,7 @@ class SQN(Recommender):
         """A checkpoint from before ``mix_grid`` holds no chosen weight: it scored with
         ``mix_weight``, the weight it was trained and validated with."""
         state = checkpoint.get("state_dict")
-        if isinstance(self.mix_weight, torch.Tensor) and state is not None:
+        if self.chooses_mix and state is not None:
             state.setdefault("mix_weight", torch.tensor(self.trained_mix_weight,
                                                         dtype=torch.float64))
 
