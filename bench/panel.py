@@ -112,7 +112,8 @@ class PanelSettings:
     Args:
         datasets: the datasets to run (all: every one in bench/panel.py's DATASETS).
         models: the models to run (all: every ranking model of conf/model/).
-        seeds: the seeds.
+        seeds: the seeds. The report covers these and every cell the ledger records
+            (`report_scope`), whichever part of the panel a call runs.
         out: where the runs go (resumable: finished runs are skipped).
         shared: the folder with data/ (default: the RECOZOO_SHARED environment variable).
         report: the Markdown report (a JSON twin is written beside it).
@@ -611,6 +612,31 @@ def write_report(settings: PanelSettings, table: dict[str, dict[str, dict[str, A
     return path
 
 
+@dataclass(frozen=True)
+class ReportScope:
+    """The datasets, models and seeds a report covers (`report_scope`)."""
+
+    datasets: list[str]
+    models: list[str]
+    seeds: list[int]
+
+
+def report_scope(settings: PanelSettings, models: list[str], available: list[str],
+                 ledger: Ledger) -> ReportScope:
+    """What the report covers: the cells this call asked for and every cell the ledger records
+    (of the datasets and models that exist today), in the panel's order. So a call that
+    completes part of the panel (``datasets=[scientific] models=[cfgan]``) rewrites the whole
+    report, not a report of that part alone; a report with a ledger of its own (``report=``
+    elsewhere) covers what was run for it."""
+    recorded = {(dataset, model) for dataset, model, _ in ledger}
+    datasets = [d for d in DATASETS
+                if d in settings.datasets or any(d == r for r, _ in recorded)]
+    reported = [m for m in available
+                if m in models or any(m == r for _, r in recorded)]
+    seeds = sorted(set(settings.seeds) | {seed for _, _, seed in ledger})
+    return ReportScope(datasets, reported, seeds)
+
+
 def main(argv: list[str] | None = None) -> Path:
     settings = parse_settings(PanelSettings, sys.argv[1:] if argv is None else argv,
                               prog="python -m bench.panel")
@@ -628,16 +654,18 @@ def main(argv: list[str] | None = None) -> Path:
     if unknown:
         raise SystemExit(f"unknown models {unknown}; known: {', '.join(available)}")
     out = Path(settings.out).expanduser().resolve()
-    expected = current_settings(root, models, settings.overrides)
     ledger_path = settings.ledger_path(root)
     ledger = read_ledger(ledger_path)
+    scope = report_scope(settings, models, available, ledger)
+    expected = current_settings(root, scope.models, settings.overrides)
     skipped = ([] if settings.report_only else
                run_panel(settings, root, shared, out, models, expected, ledger))
-    if settings.report_only:
-        skipped = [f"{d}: {why}" for d in settings.datasets
-                   if (why := DATASETS[d].missing(shared))]
-    table = collect(out, settings.datasets, models, settings.seeds, expected, ledger)
-    path = write_report(settings, table, skipped, shared, out, root)
+    skipped += [f"{d}: {why}" for d in scope.datasets
+                if (settings.report_only or d not in settings.datasets)
+                and (why := DATASETS[d].missing(shared))]
+    table = collect(out, scope.datasets, scope.models, scope.seeds, expected, ledger)
+    path = write_report(dataclasses.replace(settings, datasets=scope.datasets,
+                                            seeds=scope.seeds), table, skipped, shared, out, root)
     update_ledger(ledger_path, table)
     print(f"panel report: {path}; ledger: {ledger_path}")
     return path

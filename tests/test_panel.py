@@ -206,3 +206,21 @@ def test_a_damaged_ledger_stops_the_panel_with_its_name(tmp_path):
         panel.read_ledger(ledger)
     assert panel.PanelSettings(report=str(tmp_path / "p.md")).ledger_path(tmp_path) == (
         tmp_path / "p_runs.json")
+
+
+def test_a_call_that_completes_part_of_the_panel_reports_the_whole_of_it(tmp_path):
+    """``datasets=[scientific] models=[cfgan] seeds=[2]`` reruns those cells; its report still
+    covers every cell the ledger records (it once shrank to the cells run)."""
+    out, ledger_path = tmp_path / "runs", tmp_path / "panel_runs.json"
+    for dataset, model, seed in (("shop", "pop", 1), ("shop", "bpr", 3), ("scientific", "pop", 1)):
+        _write(out, dataset, model, seed, 0.1)
+    panel.update_ledger(ledger_path, panel.collect(out, ["shop", "scientific"], ["pop", "bpr"],
+                                                   [1, 3]))
+    ledger = panel.read_ledger(ledger_path)
+    settings = panel.PanelSettings(datasets=["scientific"], models=["cfgan"], seeds=[2])
+    scope = panel.report_scope(settings, ["cfgan"], ["pop", "bpr", "cfgan", "ease"], ledger)
+    assert scope == panel.ReportScope(["shop", "scientific"], ["pop", "bpr", "cfgan"], [1, 2, 3])
+    alone = panel.report_scope(settings, ["cfgan"], ["pop", "bpr", "cfgan"], {})
+    assert alone == panel.ReportScope(["scientific"], ["cfgan"], [2])  # a report of its own
+    gone = panel.report_scope(settings, ["cfgan"], ["cfgan"], ledger)  # pop, bpr removed since
+    assert gone.models == ["cfgan"]
