@@ -109,6 +109,22 @@ def test_ease_scores_are_the_inputs_times_the_weights_with_repeats_counted_once(
     assert np.allclose(model.score(batch).numpy(), expected, atol=1e-5)
 
 
+def test_seen_sum_is_the_input_rows_times_a_matrix_bit_for_bit():
+    from recozoo.data.contracts import EvalBatch
+
+    batch, rows = _three_users_inputs(15)
+    weights = torch.randn(15, 6, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(batch.seen_sum(weights), torch.sparse.mm(batch.seen_sparse(15), weights))
+    assert np.allclose(batch.seen_sum(weights).numpy(), rows @ weights.numpy(), atol=1e-6)
+    nothing = EvalBatch(user=torch.tensor([1, 2]), history=torch.zeros(2, 1, dtype=torch.long),
+                        seen_rows=torch.tensor([], dtype=torch.long),
+                        seen_cols=torch.tensor([], dtype=torch.long),
+                        target_rows=torch.tensor([0]), target_cols=torch.tensor([5]))
+    assert torch.equal(nothing.seen_sum(weights), torch.zeros(2, 6))
+    with pytest.raises(ValueError, match="outside the catalogue's 0..9"):
+        batch.seen_sum(weights[:10])  # item 11 is not in a 10-item catalogue
+
+
 @pytest.mark.parametrize("dense_scoring", [True, False])
 def test_itemknn_scores_sum_the_top_k_shrunk_cosine_neighbours(monkeypatch, dense_scoring):
     from recozoo.models import itemknn

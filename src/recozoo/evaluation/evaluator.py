@@ -112,10 +112,13 @@ class Evaluator(L.Callback):
         # the metrics read the top max(ks) items; the top-N lists are kept outside fit only
         depth = None if stage in self._kept else max(self.ks)
         items, values = self.ranker.rank(batch, depth)  # (B, top_n or max(ks))
+        # every metric reads the top K of ks at most: scoring the rest of a kept top-N list
+        # (100 deep by default) cost a test stage of ml-100k a tenth of its time
+        metric_items = items[:, :max(self.ks)]  # (B, max(ks))
         tail, bucket, cold = self._item_facts(items.device)
         target_rows, target_cols = batch.target_rows, batch.target_cols  # (T,) each
         n_inputs = inputs_per_group(batch.seen_rows, batch.seen_cols, len(batch), tail)  # (B, 2)
-        ranked = RankedBatch.from_pairs(items, target_rows, target_cols, tail, bucket,
+        ranked = RankedBatch.from_pairs(metric_items, target_rows, target_cols, tail, bucket,
                                         users=batch.user, n_inputs=n_inputs)
         suite = self.suites[stage]
         suite.update(ranked)
@@ -135,7 +138,7 @@ class Evaluator(L.Callback):
                 row_of = torch.full((len(batch),), -1, dtype=torch.long, device=items.device)
                 row_of[rows] = torch.arange(len(rows), device=items.device)
                 self.cold_suite.update(RankedBatch.from_pairs(
-                    items[rows], row_of[target_rows[is_cold]], target_cols[is_cold], tail,
+                    metric_items[rows], row_of[target_rows[is_cold]], target_cols[is_cold], tail,
                     bucket, users=batch.user[rows], n_inputs=n_inputs[rows]))
 
     def _keep(self, stage: str, batch_outputs: dict[str, torch.Tensor]) -> None:

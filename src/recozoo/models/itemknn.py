@@ -75,8 +75,8 @@ class ItemKNN(ClosedFormRecommender):
         """The similarity in the form ``score`` multiplies by, built once per state of the
         neighbour buffers (keyed by their storage and in-place version, so a refit, a state-dict
         load or a device move rebuilds it) rather than once per evaluation batch: dense up to
-        ``DENSE_SCORING_MAX_ITEMS`` items (sparse inputs @ dense weights is the fastest product
-        there), sparse CSR above, where a dense copy would not fit in memory."""
+        ``DENSE_SCORING_MAX_ITEMS`` items (each user's sum of its rows, `EvalBatch.seen_sum`, is the
+        fastest product there), sparse CSR above, where a dense copy would not fit in memory."""
         key = tuple((t.data_ptr(), t._version) for t in (self.neighbor_index, self.neighbor_weight))
         cached = getattr(self, "_similarity_cache", None)
         if cached is None or cached[0] != key:
@@ -89,7 +89,7 @@ class ItemKNN(ClosedFormRecommender):
     def score(self, batch: EvalBatch) -> torch.Tensor:
         weights = self._scoring_weights()
         if weights.layout == torch.strided:
-            return torch.sparse.mm(batch.seen_sparse(self.n_items), weights)  # (B, n_items)
+            return batch.seen_sum(weights)  # (B, n_items)
         return (batch.seen_sparse(self.n_items, torch.sparse_csr) @ weights).to_dense()
 
 
