@@ -253,6 +253,11 @@ def run_compare(settings: BenchSettings, out: Path, results: dict[str, Any]) -> 
     else:
         results["split_note"] = ("recozoo was scored on RecBole's exact train/valid/test rows "
                                  "(export_splits.py, read by recozoo.data.PresetSplit).")
+    if peer is None and settings.merge and settings.peers and not settings.quick:
+        # merged, the rows measured alone would replace rows that hold RecBole's figures
+        raise SystemExit(f"compare: RecBole cannot run ({reason}); with merge=true its figures "
+                         "in the results would be replaced by none. Set the peer up, or pass "
+                         "peers=false to merge recozoo's figures alone on purpose.")
     if peer is None:
         results["notes"].append(f"RecBole not run ({reason}): recozoo alone.")
         say(f"RecBole not run ({reason}): recozoo alone")

@@ -67,6 +67,29 @@ def test_peer_is_missing_without_the_shared_folder(tmp_path):
     assert peer is None and "no RecBole peer scripts" in reason
 
 
+def test_a_merged_compare_without_recbole_stops_before_running_anything(tmp_path, monkeypatch):
+    """Merged into the results, rows measured without the peer would replace rows that hold
+    RecBole's figures: the run stops first and says why (peers=false merges on purpose)."""
+    from bench import __main__ as bench_main
+
+    shared = tmp_path / "shared"
+    (shared / "data" / "ml-100k").mkdir(parents=True)
+    (shared / "data" / "ml-100k" / "ml-100k.inter").write_text("")
+    (shared / "peers" / "recbole").mkdir(parents=True)
+    (shared / "peers" / "recbole" / "run_recbole.py").write_text("")
+    monkeypatch.setenv("RECOZOO_RECBOLE_VENV", str(tmp_path / "no-venv"))
+    ran = []
+    monkeypatch.setattr(bench_main.comparison, "compare", lambda *args, **kw: ran.append(1) or [])
+    settings = bench_main.BenchSettings(shared=str(shared), sections=["compare"], merge=True)
+    with pytest.raises(SystemExit, match="RecBole cannot run .*virtual environment .*no-venv"):
+        bench_main.run_compare(settings, tmp_path / "out", {"notes": []})
+    assert not ran
+    settings.peers = False  # recozoo alone, asked for
+    results = {"notes": []}
+    bench_main.run_compare(settings, tmp_path / "out", results)
+    assert ran and "RecBole not run (peers=false)" in results["notes"][0]
+
+
 def figures(epoch, evaluation, ndcg, recall=0.1, epochs=5):
     return {"sec_per_epoch": epoch, "eval_seconds": evaluation, "ndcg@10": ndcg,
             "recall@10": recall, "epochs": epochs}
