@@ -224,3 +224,22 @@ def test_a_call_that_completes_part_of_the_panel_reports_the_whole_of_it(tmp_pat
     assert alone == panel.ReportScope(["scientific"], ["cfgan"], [2])  # a report of its own
     gone = panel.report_scope(settings, ["cfgan"], ["cfgan"], ledger)  # pop, bpr removed since
     assert gone.models == ["cfgan"]
+
+
+def test_a_report_only_call_for_one_cell_still_writes_every_recorded_cell(tmp_path):
+    """``python -m bench.panel report_only=true datasets=[shop] models=[pop]`` with a ledger
+    that also records bpr on the shop and pop on Scientific: all three are in the report."""
+    out, report = tmp_path / "runs", tmp_path / "panel.md"
+    for dataset, model, seed in (("shop", "pop", 1), ("shop", "bpr", 2), ("scientific", "pop", 1)):
+        _write(out, dataset, model, seed, 0.1)
+    panel.update_ledger(tmp_path / "panel_runs.json", panel.collect(
+        out, ["shop", "scientific"], ["pop", "bpr"], [1, 2]))
+    import shutil
+    shutil.rmtree(out)  # the ledger alone knows the runs
+    panel.main(["report_only=true", "datasets=[shop]", "models=[pop]", "seeds=[1]",
+                f"out={out}", f"report={report}"])
+    text = report.read_text()
+    shop, scientific = text.split("## shop\n")[1].split("## scientific\n")
+    assert "| pop | 1 |" in shop and "| bpr | 1 |" in shop  # bpr's seed 2 of seeds 1-2
+    assert "| pop | 1 |" in scientific
+    assert "seeds=[1,2]" in text  # the report's own command covers the recorded seeds
