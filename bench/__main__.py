@@ -26,7 +26,7 @@ a tiny shop, written under ``out`` instead, so the published figures stay as the
 
     make bench ARGS="shared=../shared"           # the full run (~25 min on 2 cores)
     python -m bench --help                       # every key, its default and meaning
-    make bench ARGS="models=[bpr,ease] sections=[compare]"
+    make bench ARGS="models=[bpr,ease] sections=[compare] merge=true"   # some sections: merge
     make bench ARGS="scale_sizes=[100000,1000000,10000000]"   # add the 10^7 shop (slow)
     make bench ARGS="max_load=3 max_wait=2400"   # wait for a quiet machine first
     make bench ARGS="shared=../shared sections=[implicit] merge=true"   # one section, added
@@ -87,7 +87,8 @@ class BenchSettings:
         implicit_shop_max_epochs: epoch cap of both sides on that shop (an epoch of recozoo's
             bpr plus its validation takes ~40 s at 10^6 on 2 cores).
         merge: keep the other sections of the results already in the results folder and
-            replace only those run (a note says which and when).
+            replace only those run (a note says which and when). A run of some sections without
+            it stops where the folder holds results (it would drop the others).
         rating_models: recozoo rating models of the ratings section.
         rating_seeds: the splits (and training seeds) of the ratings section.
         scale_sizes: interactions of the synthetic shops of the scaling section.
@@ -425,12 +426,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if unknown or not settings.sections:
         raise SystemExit(f"sections: unknown {unknown or 'none given'}; choose from "
                          f"{list(SECTIONS)}")
+    out = under_root(settings.out).resolve()
+    folder = under_root(settings.results) if settings.results else (
+        out / "quick" if settings.quick else repo_root() / "bench")
+    left_out = [name for name in SECTIONS if name not in settings.sections]
+    # a run of some sections would drop the others' published figures (a quick run's are scratch)
+    if left_out and not (settings.merge or settings.quick) and (folder / "results.json").exists():
+        raise SystemExit(f"sections={list(settings.sections)} without merge=true would rewrite "
+                         f"{folder / 'results.md'} without its sections {left_out}: pass "
+                         "merge=true to replace only the sections run, or results=<folder> to "
+                         "write elsewhere")
     if settings.max_load is not None:
         wait_for_quiet(settings.max_load, settings.max_wait)
     shared, shared_line = shared_folder(settings.shared)
     settings.shared = None if shared is None else str(shared)
     say(shared_line)
-    out = under_root(settings.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"), "commit": commit(),
@@ -438,8 +448,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if shared is None:
         results["notes"].append(shared_line + ".")
-    folder = under_root(settings.results) if settings.results else (
-        out / "quick" if settings.quick else repo_root() / "bench")
     if settings.merge:
         results = merged(folder / "results.json", results, settings.sections)
     if settings.quick:

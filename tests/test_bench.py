@@ -90,6 +90,16 @@ def test_a_merged_compare_without_recbole_stops_before_running_anything(tmp_path
     assert ran and "RecBole not run (peers=false)" in results["notes"][0]
 
 
+def test_a_run_of_some_sections_does_not_drop_the_others_results(tmp_path):
+    folder = tmp_path / "published"
+    folder.mkdir()
+    (folder / "results.json").write_text("{}")
+    with pytest.raises(SystemExit, match=r"without merge=true would rewrite .*results.md "
+                                         r"without its sections \['implicit'"):
+        main(["sections=[compare]", f"results={folder}", f"out={tmp_path / 'out'}"])
+    assert (folder / "results.json").read_text() == "{}" and not (tmp_path / "out").exists()
+
+
 def figures(epoch, evaluation, ndcg, recall=0.1, epochs=5):
     return {"sec_per_epoch": epoch, "eval_seconds": evaluation, "ndcg@10": ndcg,
             "recall@10": recall, "epochs": epochs}
