@@ -628,13 +628,11 @@ def report_scope(settings: PanelSettings, models: list[str], available: list[str
     completes part of the panel (``datasets=[scientific] models=[cfgan]``) rewrites the whole
     report, not a report of that part alone; a report with a ledger of its own (``report=``
     elsewhere) covers what was run for it."""
-    recorded = {(dataset, model) for dataset, model, _ in ledger}
-    datasets = [d for d in DATASETS
-                if d in settings.datasets or any(d == r for r, _ in recorded)]
-    reported = [m for m in available
-                if m in models or any(m == r for _, r in recorded)]
-    seeds = sorted(set(settings.seeds) | {seed for _, _, seed in ledger})
-    return ReportScope(datasets, reported, seeds)
+    datasets = {*settings.datasets, *(dataset for dataset, _, _ in ledger)}
+    reported = {*models, *(model for _, model, _ in ledger)}
+    return ReportScope([d for d in DATASETS if d in datasets],
+                       [m for m in available if m in reported],
+                       sorted({*settings.seeds, *(seed for _, _, seed in ledger)}))
 
 
 def main(argv: list[str] | None = None) -> Path:

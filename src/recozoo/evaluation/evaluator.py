@@ -113,7 +113,7 @@ class Evaluator(L.Callback):
         depth = None if stage in self._kept else max(self.ks)
         items, values = self.ranker.rank(batch, depth)  # (B, top_n or max(ks))
         # every metric reads the top K of ks at most: scoring the rest of a kept top-N list
-        # (100 deep by default) cost a test stage of ml-100k a tenth of its time
+        # (100 deep by default) is wasted (ml-100k's test batch: the metric work 20 -> 16 ms)
         metric_items = items[:, :max(self.ks)]  # (B, max(ks))
         tail, bucket, cold = self._item_facts(items.device)
         target_rows, target_cols = batch.target_rows, batch.target_cols  # (T,) each

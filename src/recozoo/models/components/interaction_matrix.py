@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from recozoo.data.contracts import zero_one_sparse
+from recozoo.data.contracts import zero_one_product, zero_one_sparse
 
 
 def interaction_matrix(user: torch.Tensor, item: torch.Tensor, n_users: int, n_items: int,
@@ -24,7 +24,7 @@ def item_cooccurrence(user: torch.Tensor, item: torch.Tensor, n_users: int, n_it
 
     X is built a block of users at a time (at most ``DENSE_ENTRIES`` entries) and the blocks'
     products are summed, so memory stays bounded. Row i of a block's ``X_b^T X_b`` is the sum
-    of X_b's rows of the users of item i: one embedding bag per item, O(interactions x n_items)
+    of X_b's rows of the users of item i (`zero_one_product`), O(interactions x n_items)
     additions instead of the dense product's O(users x n_items^2). Measured on one CPU thread
     against dense blocks (random pairs): 943 x 1,682 with 80k pairs 34 vs 80 ms, 6,040 x 3,706
     with 800k 1.04 vs 2.57 s, 20,000 x 5,000 with 1M 2.0 vs 11.0 s (a sparse x sparse product
@@ -37,15 +37,10 @@ def item_cooccurrence(user: torch.Tensor, item: torch.Tensor, n_users: int, n_it
     starts = torch.arange(0, n_users + rows, rows, device=user.device)
     bounds = torch.searchsorted(user, starts).tolist()
     gram = torch.zeros(n_items, n_items, device=user.device)
-    items = torch.arange(n_items, device=user.device)
     for block, start in enumerate(range(0, n_users, rows)):
         lo, hi = bounds[block], bounds[block + 1]
-        n_rows = min(rows, n_users - start)
-        local, block_items = (user[lo:hi] - start).long(), item[lo:hi].long()
-        dense = torch.zeros(n_rows, n_items, device=user.device)
-        dense[local, block_items] = 1.0  # duplicates count once
-        keys = torch.unique(block_items * n_rows + local)  # by item, each (item, user) once
-        bag_item, bag_user = keys // n_rows, keys % n_rows
-        gram += torch.nn.functional.embedding_bag(  # (n_items, n_items)
-            bag_user, dense, torch.searchsorted(bag_item, items), mode="sum")
+        local = user[lo:hi] - start
+        dense = torch.zeros(min(rows, n_users - start), n_items, device=user.device)
+        dense[local, item[lo:hi]] = 1.0  # duplicates count once
+        gram += zero_one_product(item[lo:hi], local, n_items, dense)  # X_b^T @ X_b
     return gram
