@@ -54,9 +54,12 @@ def spd_inverse(matrix: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
         if info == 0:
             if not np.may_share_memory(inverse, a):  # SciPy copied after all: read its result
                 work = torch.from_numpy(np.ascontiguousarray(inverse.T))
-            upper = work.triu()  # potri fills one triangle only
-            # a new sum: adding the transposed view in place took 11 ms at 1,682 x 1,682, this 6.5
-            return upper + upper.T.tril(-1)
+            # potri fills one triangle only (`work`'s upper one): mirror it into the lower one.
+            # One new matrix, not three (triu, its mirror, their sum): 1,682 x 1,682, 2 threads,
+            # fresh memory as in a fit: 7-9 ms against 10-15 (adding the transposed view itself
+            # in place took 11)
+            mirrored = work.T.tril(-1)
+            return work.triu_().add_(mirrored)
     raise ValueError(f"the matrix to invert is not positive definite (Cholesky failed at row "
                      f"{int(info)}); raise model.reg_weight")
 
@@ -93,7 +96,8 @@ class EASE(ClosedFormRecommender):
         diagonal = -torch.diag(precision)[None, :]  # a copy, before the inverse is written over
         weights = torch.div(precision, diagonal, out=precision)  # in place: the inverse is scratch
         weights.fill_diagonal_(0.0)
-        self.item_weights.copy_(weights)  # float32 buffer
+        # the buffer becomes the result (float32: no copy of the n_items^2 matrix)
+        self.item_weights = weights.to(torch.float32)
 
     def score(self, batch: EvalBatch) -> torch.Tensor:
         return batch.seen_sum(self.item_weights)  # (B, n_items)

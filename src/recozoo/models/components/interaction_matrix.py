@@ -36,11 +36,13 @@ def item_cooccurrence(user: torch.Tensor, item: torch.Tensor, n_users: int, n_it
     user, item = user[order], item[order]
     starts = torch.arange(0, n_users + rows, rows, device=user.device)
     bounds = torch.searchsorted(user, starts).tolist()
-    gram = torch.zeros(n_items, n_items, device=user.device)
+    gram = None
     for block, start in enumerate(range(0, n_users, rows)):
         lo, hi = bounds[block], bounds[block + 1]
         local = user[lo:hi] - start
         dense = torch.zeros(min(rows, n_users - start), n_items, device=user.device)
         dense[local, item[lo:hi]] = 1.0  # duplicates count once
-        gram += zero_one_product(item[lo:hi], local, n_items, dense)  # X_b^T @ X_b
-    return gram
+        product = zero_one_product(item[lo:hi], local, n_items, dense)  # X_b^T @ X_b
+        # the first block's product is the sum so far (no zeroed matrix to add it to)
+        gram = product if gram is None else gram.add_(product)
+    return gram if gram is not None else torch.zeros(n_items, n_items, device=user.device)
