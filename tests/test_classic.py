@@ -66,6 +66,17 @@ def test_spd_inverse_inverts_and_leaves_its_input_alone(dtype, column_order, wai
     assert torch.allclose(spd_inverse(matrix, overwrite=True), inverse, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 30])
+def test_mirror_upper_triangle_copies_the_upper_triangle_over_the_lower_across_tiles(n):
+    from recozoo.models.ease import mirror_upper_triangle
+
+    matrix = torch.randn(n, n, generator=torch.Generator().manual_seed(n))
+    upper = matrix.triu()
+    result = mirror_upper_triangle(matrix, block=8)  # tiles of 8: whole, partial and one
+    assert result is matrix  # in place
+    assert torch.equal(result, upper + upper.T.tril(-1))
+
+
 def test_spd_inverse_names_a_matrix_that_is_not_positive_definite(wait_policy):
     from recozoo.models.ease import spd_inverse
 

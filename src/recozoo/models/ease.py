@@ -54,14 +54,24 @@ def spd_inverse(matrix: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
         if info == 0:
             if not np.may_share_memory(inverse, a):  # SciPy copied after all: read its result
                 work = torch.from_numpy(np.ascontiguousarray(inverse.T))
-            # potri fills one triangle only (`work`'s upper one): mirror it into the lower one.
-            # One new matrix, not three (triu, its mirror, their sum): 1,682 x 1,682, 2 threads,
-            # fresh memory as in a fit: 7-9 ms against 10-15 (adding the transposed view itself
-            # in place took 11)
-            mirrored = work.T.tril(-1)
-            return work.triu_().add_(mirrored)
+            return mirror_upper_triangle(work)  # potri fills one triangle only
     raise ValueError(f"the matrix to invert is not positive definite (Cholesky failed at row "
                      f"{int(info)}); raise model.reg_weight")
+
+
+def mirror_upper_triangle(matrix: torch.Tensor, block: int = 256) -> torch.Tensor:
+    """``matrix`` (n, n) made symmetric in place: its strict lower triangle becomes the mirror of
+    its upper one. Tile by tile, so each copy reads a transposed tile that fits in cache: 1,682 x
+    1,682, 2 threads, 5-6 ms against ~20 for ``triu() + triu(1).T`` in one piece (whose
+    transposed read strides across the whole matrix)."""
+    n = matrix.shape[0]
+    for row in range(0, n, block):
+        for col in range(0, row, block):  # tiles below the diagonal, from their mirror tile
+            matrix[row:row + block, col:col + block].copy_(
+                matrix[col:col + block, row:row + block].T)
+        tile = matrix[row:row + block, row:row + block]  # on the diagonal
+        tile.copy_(tile.triu() + tile.triu(1).T)
+    return matrix
 
 
 class EASE(ClosedFormRecommender):
