@@ -19,6 +19,7 @@ from torch import nn
 
 from recozoo.data.datamodule import DatasetInfo, EvalBatch, TrainView
 from recozoo.models.base import Recommender
+from recozoo.models.components.lookup import embedding_rows
 from recozoo.models.losses import negative_scores
 from recozoo.models.optimizers import use_sparse
 
@@ -51,9 +52,10 @@ class BPR(Recommender):
         return TrainView("pairs", batch_size=self.batch_size, n_negatives=self.n_negatives)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        user = self.user_embedding(batch["user"])  # (B, d)
+        user = embedding_rows(self.user_embedding, batch["user"])  # (B, d)
         # one lookup for positives and negatives: one table-sized gradient, not two
-        items = self.item_embedding(torch.cat([batch["item"][:, None], batch["negative"]], 1))
+        items = embedding_rows(self.item_embedding,
+                               torch.cat([batch["item"][:, None], batch["negative"]], 1))
         pos, neg = items[:, 0], items[:, 1:]  # (B, d), (B, n_neg, d)
         pos_score = (user * pos).sum(-1)  # (B,)
         neg_score = negative_scores(user, neg)  # (B, n_neg)

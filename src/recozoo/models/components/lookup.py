@@ -1,9 +1,10 @@
 """`rows`: ``table[index]`` for tables that train, with a backward that does not depend on the
-CPU threads."""
+CPU threads; `embedding_rows`: the same for an ``nn.Embedding``, sparse gradients kept."""
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 def rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -15,8 +16,21 @@ def rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     at 1e-6 (bert_finetune, lightgcn, svdpp with 2 threads). This is ``embedding``'s lookup,
     whose backward (``index_add_``) sums them in a fixed order, without PyTorch's deterministic
     mode (which would slow every ``nn.Embedding`` backward down).
+
+    It is ``index_select``, whose backward is that same ``index_add_``: the gradients equal
+    ``embedding``'s to the bit, and the backward is faster on the CPU (bpr's ml-100k step, a
+    1,682 x 64 table at 2,048 x 2 rows and 943 x 64 at 2,048, one thread: 0.9 against 1.3 ms).
     """
-    return torch.nn.functional.embedding(index, table)
+    flat = torch.index_select(table, 0, index.reshape(-1))
+    return flat.view(*index.shape, table.shape[1])
+
+
+def embedding_rows(embedding: nn.Embedding, index: torch.Tensor) -> torch.Tensor:
+    """``embedding(index)``: through `rows` for a dense table; a table with sparse gradients
+    (``sparse=True``, for a sparse optimizer) keeps its own lookup, which makes them."""
+    if embedding.sparse:
+        return embedding(index)
+    return rows(embedding.weight, index)
 
 
 def entries(vector: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
