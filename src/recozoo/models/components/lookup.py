@@ -13,13 +13,12 @@ def rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
     The backward of advanced indexing sums the gradients of repeated rows with an accumulating
     ``index_put_`` whose order varies with the CPU threads, so two runs of one seed differed
-    at 1e-6 (bert_finetune, lightgcn, svdpp with 2 threads). This is ``embedding``'s lookup,
+    at 1e-6 (bert_finetune, lightgcn, svdpp with 2 threads). This lookup is ``index_select``,
     whose backward (``index_add_``) sums them in a fixed order, without PyTorch's deterministic
-    mode (which would slow every ``nn.Embedding`` backward down).
-
-    It is ``index_select``, whose backward is that same ``index_add_``: the gradients equal
-    ``embedding``'s to the bit, and the backward is faster on the CPU (bpr's ml-100k step, a
-    1,682 x 64 table at 2,048 x 2 rows and 943 x 64 at 2,048, one thread: 0.9 against 1.3 ms).
+    mode (which would slow every ``nn.Embedding`` backward down). ``embedding``'s backward sums
+    the same way (the gradients are equal to the bit) but is slower on the CPU: bpr's ml-100k
+    step (a 1,682 x 64 table at 2,048 x 2 rows, 943 x 64 at 2,048), one thread, 0.9-1.4 ms
+    against 1.3-2.1.
     """
     flat = torch.index_select(table, 0, index.reshape(-1))
     return flat.view(*index.shape, table.shape[1])
