@@ -244,3 +244,47 @@ def test_pairs_and_dense_targets_make_the_same_batch():
     from_dense = RankedBatch.from_lists(items, dense, tail, bucket)
     for field in ("hits", "tail_hits", "n_targets", "n_tail_targets", "n_bucket_targets"):
         assert torch.equal(getattr(from_dense, field), getattr(sparse, field)), field
+
+
+def test_the_suite_sharing_pieces_within_a_batch_equals_each_metric_on_its_own():
+    # the suite computes pieces several metrics read once per batch (RankedBatch.shared); a
+    # key that left out something a piece depends on (K, a bucket) would hand one metric
+    # another's piece. Each metric updated alone, on a batch of its own, must give the same.
+    generator = torch.Generator().manual_seed(3)
+    n_users, n_items = 40, 30
+    popularity = torch.randint(0, 50, (n_items,), generator=generator).float()
+    tail = popularity < popularity.quantile(0.7)
+    bucket = torch.randint(0, len(BUCKETS), (n_items,), generator=generator)
+    heavy = torch.rand(n_users, generator=generator) < 0.3
+    lists = torch.stack([torch.randperm(n_items, generator=generator)[:10]
+                         for _ in range(n_users)])
+    rows = torch.randint(0, n_users, (120,), generator=generator)
+    cols = torch.randint(0, n_items, (120,), generator=generator)
+    n_inputs = torch.randint(0, 5, (n_users, 2), generator=generator)
+
+    def batch() -> RankedBatch:
+        return RankedBatch.from_pairs(lists, rows, cols, tail, bucket,
+                                      users=torch.arange(n_users), n_inputs=n_inputs)
+
+    suite = ranking_suite([3, 10], n_items, n_users, popularity, tail, bucket, heavy)
+    suite.update(batch())
+    together = {k: float(v) for k, v in suite.compute().items()}
+    alone = {}
+    for name, metric in ranking_suite([3, 10], n_items, n_users, popularity, tail, bucket,
+                                      heavy).items():
+        metric.update(batch())
+        alone[name] = float(metric.compute())
+    assert len(together) == 54
+    assert together.keys() == alone.keys()
+    for name in together:
+        assert together[name] == alone[name] or (math.isnan(together[name])
+                                                 and math.isnan(alone[name])), name
+    # and the pieces are not all alike: K and the bucket change the values
+    assert together["ndcg@3"] != together["ndcg@10"]
+    assert len({together[f"recall@10/{b}"] for b in BUCKETS}) > 1
+
+
+def test_mrr_is_the_reciprocal_rank_of_the_first_hit():
+    hits = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 1.0]])
+    assert F.mrr(hits, torch.ones(3), 4).tolist() == pytest.approx([1 / 3, 0.0, 1.0])
+    assert F.mrr(hits, torch.ones(3), 2).tolist() == [0.0, 0.0, 1.0]

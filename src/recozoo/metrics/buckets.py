@@ -27,11 +27,13 @@ def _bucket_index(bucket: str) -> int:
     return BUCKETS.index(bucket)
 
 
-def _list_bucket(metric: UserAveraged, ranked: RankedBatch) -> torch.Tensor:
-    """(B, k) the bucket of each of the top k ranked items."""
+def _in_bucket(metric: UserAveraged, index: int, ranked: RankedBatch) -> torch.Tensor:
+    """(B, k) True where the ranked item is in bucket ``index``, for the top k (shared by the
+    bucket's recall, NDCG and exposure)."""
     if ranked.list_bucket is None or ranked.n_bucket_targets is None:
         raise ValueError(f"{type(metric).__name__} needs a RankedBatch built with item_bucket")
-    return ranked.list_bucket[:, :metric.k]
+    k = metric.k
+    return ranked.shared(("in_bucket", index, k), lambda: ranked.list_bucket[:, :k] == index)
 
 
 class _BucketAccuracy(UserAveraged):
@@ -46,9 +48,11 @@ class _BucketAccuracy(UserAveraged):
         self.index = _bucket_index(bucket)
 
     def values(self, ranked: RankedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        in_bucket = (_list_bucket(self, ranked) == self.index).to(ranked.hits.dtype)  # (B, k)
+        in_bucket = _in_bucket(self, self.index, ranked)  # (B, k)
+        hits = ranked.shared(("bucket_hits", self.index, self.k),
+                             lambda: ranked.hits[:, :self.k] * in_bucket.to(ranked.hits.dtype))
         n_targets = ranked.n_bucket_targets[:, self.index]  # (B,)
-        value = type(self).per_bucket(ranked.hits[:, :self.k] * in_bucket, n_targets, self.k)
+        value = type(self).per_bucket(hits, n_targets, self.k)
         return value, (n_targets > 0).to(value.dtype)
 
 
@@ -75,7 +79,7 @@ class BucketExposure(UserAveraged):
         self.index = _bucket_index(bucket)
 
     def values(self, ranked: RankedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        value = (_list_bucket(self, ranked) == self.index).float().mean(1)
+        value = _in_bucket(self, self.index, ranked).float().mean(1)
         return value, torch.ones_like(value)
 
 

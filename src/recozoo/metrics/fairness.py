@@ -12,7 +12,7 @@ import torch
 from torchmetrics import Metric
 
 from recozoo.metrics import functional as F
-from recozoo.metrics.ranking import RankedBatch, UserAveraged
+from recozoo.metrics.ranking import RankedBatch, UserAveraged, per_slot
 
 
 class ACLT(UserAveraged):
@@ -29,7 +29,7 @@ class ACLT(UserAveraged):
 
     def values(self, ranked: RankedBatch) -> tuple[torch.Tensor, torch.Tensor]:
         top, present = ranked.top(self.k)
-        value = (self.tail[top] * present).sum(1)
+        value = (per_slot(self.tail, top) * present).sum(1)
         return value, torch.ones_like(value)
 
 
@@ -65,10 +65,10 @@ class _PopularityParity(Metric):
     def update(self, ranked: RankedBatch) -> None:
         counts = self.counts(ranked)
         if counts is None:
-            self.unknown += 1
+            self.unknown.add_(1)
             return
-        self.numerator += counts[0].double()
-        self.denominator += counts[1].double()
+        self.numerator.add_(counts[0].double())
+        self.denominator.add_(counts[1].double())
 
     def compute(self) -> torch.Tensor:
         """The relative std of the groups' probabilities, or NaN (see the class)."""
@@ -110,7 +110,7 @@ class PopRSP(_PopularityParity):
             return None
         top, present = ranked.top(self.k)
         listed = present.sum().double()
-        tail_listed = (self.tail[top] * present).sum().double()
+        tail_listed = (per_slot(self.tail, top) * present).sum().double()
         n_tail = self.tail.sum().double()
         group_size = torch.stack([self.tail.numel() - n_tail, n_tail])  # (2,)
         candidates = group_size * len(ranked.items) - ranked.n_inputs.double().sum(0)
@@ -131,7 +131,7 @@ class _UserGroupNDCG(UserAveraged):
                              persistent=False)
 
     def values(self, ranked: RankedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        value = F.ndcg(ranked.hits, ranked.n_targets, self.k)
+        value = ranked.per_user(F.ndcg, self.k)
         if self.heavy_users is None or ranked.users is None:
             return value, torch.zeros_like(value)
         in_group = self.heavy_users[ranked.users] == type(self).heavy

@@ -8,6 +8,7 @@ the end (`relative_std`, `group_disparity`) take per-group sums instead.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -39,21 +40,27 @@ def hit_rate(hits: torch.Tensor, n_targets: torch.Tensor, k: int) -> torch.Tenso
 def mrr(hits: torch.Tensor, n_targets: torch.Tensor, k: int) -> torch.Tensor:
     """Reciprocal rank of the first target in the top k (0 when none)."""
     _check_k(hits, k)
-    top = hits[:, :k]
-    ranks = torch.arange(1, k + 1, device=hits.device, dtype=hits.dtype)
-    first = torch.where(top > 0, ranks, torch.full_like(top, float("inf"))).min(1).values
-    return torch.where(torch.isinf(first), torch.zeros_like(first), 1.0 / first)
+    # hits are 0/1, so the largest hit / rank is 1 / the first hit's rank
+    reciprocal = 1.0 / torch.arange(1, k + 1, device=hits.device, dtype=hits.dtype)
+    return (hits[:, :k] * reciprocal).amax(1)
 
 
 def ndcg(hits: torch.Tensor, n_targets: torch.Tensor, k: int) -> torch.Tensor:
     """Binary-relevance NDCG@k: DCG of the list over the DCG of an ideal list of
     ``min(n_targets, k)`` targets."""
     _check_k(hits, k)
-    discount = 1.0 / torch.log2(torch.arange(2, k + 2, device=hits.device, dtype=torch.float64))
+    discount, ideal_cum = _discounts(k, hits.device)
     dcg = (hits[:, :k].double() * discount).sum(1)
-    ideal_cum = torch.cumsum(discount, 0)
     n_ideal = n_targets.clamp(min=1, max=k).long()
-    return (dcg / ideal_cum[n_ideal - 1]).to(hits.dtype)
+    return (dcg / ideal_cum.index_select(0, n_ideal - 1)).to(hits.dtype)
+
+
+@functools.lru_cache(maxsize=32)
+def _discounts(k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k,) float64 rank discounts 1 / log2(rank + 1) and their cumulative sums (the ideal
+    DCG of 1..k targets): the same for every batch (a suite computes NDCG ~10 times a batch)."""
+    discount = 1.0 / torch.log2(torch.arange(2, k + 2, device=device, dtype=torch.float64))
+    return discount, torch.cumsum(discount, 0)
 
 
 def average_precision(hits: torch.Tensor, n_targets: torch.Tensor, k: int) -> torch.Tensor:
