@@ -276,9 +276,8 @@ def test_the_suite_sharing_pieces_within_a_batch_equals_each_metric_on_its_own()
         alone[name] = float(metric.compute())
     assert len(together) == 54
     assert together.keys() == alone.keys()
-    for name in together:
-        assert together[name] == alone[name] or (math.isnan(together[name])
-                                                 and math.isnan(alone[name])), name
+    for name, value in together.items():
+        assert value == alone[name] or (math.isnan(value) and math.isnan(alone[name])), name
     # and the pieces are not all alike: K and the bucket change the values
     assert together["ndcg@3"] != together["ndcg@10"]
     assert len({together[f"recall@10/{b}"] for b in BUCKETS}) > 1

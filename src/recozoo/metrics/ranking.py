@@ -158,8 +158,8 @@ class RankedBatch:
             slot = rows * len(BUCKETS) + bucket[cols]
             n_bucket_targets = torch.bincount(slot, minlength=n_rows * len(BUCKETS))
             n_bucket_targets = n_bucket_targets.view(n_rows, len(BUCKETS)).float()
-        return cls(items=items, hits=hits, tail_hits=hits * per_slot(tail, safe), n_targets=n_targets,
-                   n_tail_targets=n_tail_targets, n_bucket_targets=n_bucket_targets,
+        return cls(items=items, hits=hits, tail_hits=hits * per_slot(tail, safe),
+                   n_targets=n_targets, n_tail_targets=n_tail_targets, n_bucket_targets=n_bucket_targets,
                    list_bucket=list_bucket, users=users, n_inputs=n_inputs, present=present)
 
 
