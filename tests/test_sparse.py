@@ -1,6 +1,7 @@
 """Sparse row updates: BPR's tables get sparse gradients and a step moves only the rows of the
 batch's users and items; `CombinedOptimizer` steps a sparse and a dense optimizer as one and
-round-trips through a checkpoint; dense Adam is fused where that is the same update."""
+round-trips through a checkpoint; dense Adam is fused where that is the same update; BPR's
+loss and gradients are its formula written out, through either lookup."""
 
 from __future__ import annotations
 
@@ -141,3 +142,31 @@ def test_fused_adam_makes_the_same_update():
     for plain, fused, before in zip(*results, start):
         torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
         assert not torch.allclose(fused, before)  # the steps moved the weights
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_bpr_loss_and_gradients_are_the_bpr_formula_written_out(sparse):
+    """``-mean log sigmoid(<p_u, q_i> - <p_u, q_j>)`` over every (positive, negative) pair, plus
+    the L2 term on the rows used, through the dense and the sparse lookup alike."""
+    from recozoo.data.datamodule import DatasetInfo
+    from recozoo.models.bpr import BPR
+
+    torch.manual_seed(0)
+    info = DatasetInfo(name="tiny", n_users=6, n_items=9, item_popularity=torch.ones(9),
+                       tail_mask=torch.zeros(9, dtype=torch.bool), head_share=0.2)
+    model = BPR(info, embedding_dim=4, n_negatives=3, weight_decay=0.1, sparse=sparse)
+    batch = {"user": torch.tensor([0, 2, 2, 5]), "item": torch.tensor([1, 3, 3, 8]),
+             "negative": torch.tensor([[0, 2, 4], [5, 6, 7], [0, 1, 2], [4, 4, 0]])}
+    users = model.user_embedding.weight.detach().double().requires_grad_()
+    items = model.item_embedding.weight.detach().double().requires_grad_()
+    p, q_pos, q_neg = users[batch["user"]], items[batch["item"]], items[batch["negative"]]
+    margin = (p * q_pos).sum(1, keepdim=True) - torch.einsum("bd,bnd->bn", p, q_neg)
+    expected = (-torch.nn.functional.logsigmoid(margin).mean()
+                + 0.1 * (p.pow(2).sum() + q_pos.pow(2).sum() + q_neg.pow(2).sum()) / 4)
+    expected.backward()
+    loss = model.loss(batch)
+    loss.backward()
+    torch.testing.assert_close(loss.double(), expected.detach())
+    for table, reference in ((model.user_embedding, users), (model.item_embedding, items)):
+        grad = table.weight.grad.to_dense() if sparse else table.weight.grad
+        torch.testing.assert_close(grad.double(), reference.grad, rtol=1e-5, atol=1e-7)

@@ -20,7 +20,6 @@ from torch import nn
 from recozoo.data.datamodule import DatasetInfo, EvalBatch, TrainView
 from recozoo.models.base import Recommender
 from recozoo.models.components.lookup import embedding_rows
-from recozoo.models.losses import negative_scores
 from recozoo.models.optimizers import use_sparse
 
 
@@ -56,13 +55,15 @@ class BPR(Recommender):
         # one lookup for positives and negatives: one table-sized gradient, not two
         items = embedding_rows(self.item_embedding,
                                torch.cat([batch["item"][:, None], batch["negative"]], 1))
-        pos, neg = items[:, 0], items[:, 1:]  # (B, d), (B, n_neg, d)
-        pos_score = (user * pos).sum(-1)  # (B,)
-        neg_score = negative_scores(user, neg)  # (B, n_neg)
-        loss = self.pairwise_loss(batch["item"], pos_score, batch["negative"], neg_score)
+        # one product for both, split afterwards: taking items[:, 0] and items[:, 1:] apart
+        # costs their backward a zero-filled copy of the whole (B, 1 + n_neg, d) block each
+        # (ml-100k, one thread: 53-55 ms per 40-step epoch of loss, backward and Adam against 68)
+        scores = (user[:, None, :] * items).sum(-1)  # (B, 1 + n_neg)
+        pos_score, neg_score = scores.split([1, scores.shape[1] - 1], dim=1)
+        loss = self.pairwise_loss(batch["item"], pos_score.squeeze(1), batch["negative"],
+                                  neg_score)
         if self.weight_decay:
-            loss = loss + self.weight_decay * (user.pow(2).sum() + pos.pow(2).sum()
-                                               + neg.pow(2).sum()) / len(user)
+            loss = loss + self.weight_decay * (user.pow(2).sum() + items.pow(2).sum()) / len(user)
         return loss
 
     def score(self, batch: EvalBatch) -> torch.Tensor:
