@@ -454,6 +454,47 @@ def test_table_malformed_files(tmp_path):
         TableSource(path=str(tmp_path / "x.xls")).load()
 
 
+TEXT_EXPORT = pd.DataFrame({"user_id": ["Zoë", "Zoë", "Øyvind", "Øyvind"],
+                            "item_id": ["Crème £5", "Tea; green", "Mug|large", "Crème £5"],
+                            "timestamp": [10, 20, 30, 40]})
+
+
+@pytest.mark.parametrize("name, sep, encoding", [
+    ("semicolons.csv", ";", "cp1252"),  # Excel's CSV on a European Windows
+    ("tabs.csv", "\t", "utf-8"),
+    ("bars.txt", "|", "utf-8"),
+    ("gzipped.csv.gz", ";", "latin-1"),
+    ("unicode text.txt", "\t", "utf-16"),  # Excel's "Unicode text"
+    ("zipped.csv.zip", ",", "utf-8"),
+])
+def test_table_separator_and_encoding_are_read_off_the_file(tmp_path, caplog, name, sep,
+                                                            encoding):
+    path = tmp_path / name
+    TEXT_EXPORT.to_csv(path, sep=sep, encoding=encoding, index=False)  # ids holding a separator
+    caplog.set_level(logging.INFO)                                     # are quoted
+    data = TableSource(path=str(path)).load()
+    pairs = sorted(zip(data.user_ids[data.user], data.item_ids[data.item], data.timestamp))
+    assert pairs == sorted(zip(TEXT_EXPORT.user_id, TEXT_EXPORT.item_id, [10.0, 20.0, 30.0, 40.0]))
+    if sep not in (",", "\t") or (sep == "\t" and name.endswith(".csv")):
+        assert f"columns separated by {sep!r}" in caplog.text
+    if encoding != "utf-8":  # cp1252 decodes what Latin-1 wrote here (no bytes 0x80-0x9f)
+        assert "read as " in caplog.text and "(not UTF-8)" in caplog.text
+
+
+def test_table_separator_and_encoding_given_are_used_as_given(make_config, tmp_path):
+    path = tmp_path / "export.csv"
+    TEXT_EXPORT.to_csv(path, sep=";", encoding="cp1252", index=False)
+    with pytest.raises(DataFormatError, match=r"missing column 'user_id'.*found \['user_id;"):
+        TableSource(path=str(path), sep=",").load()
+    with pytest.raises(DataFormatError, match=r"export.csv: not valid utf-8 text .*set the "
+                                              r"file's encoding \(data.encoding=<codec>"):
+        TableSource(path=str(path), encoding="utf-8").load()
+    cfg = make_config(["data=table", f"data.path={path}", "data.sep=';'",
+                       "data.encoding=cp1252"], tiny=False)
+    assert (cfg.data.source.sep, cfg.data.source.encoding) == (";", "cp1252")
+    assert sorted(instantiate(cfg.data.source).load().user_ids) == ["Zoë", "Øyvind"]
+
+
 def test_table_rows_without_a_user_or_item_are_an_error_unless_dropped(tmp_path, caplog):
     path = tmp_path / "log.csv"
     path.write_text("customer,sku,ts\na,x,1\n,x,2\nb,,3\n,,4\nb,y,5\n")

@@ -120,7 +120,7 @@ def read_online_retail(path: Path, sheets: list[str] | None = None, cache: Path 
         return parts
     if sheets:
         raise ValueError(f"data.sheets={list(sheets)} applies to .xlsx workbooks, not to {path}")
-    frame = read_table(path, dtype=str, encoding=_encoding(path))
+    frame = read_table(path, dtype=str)  # UCI's CSV exports are often Latin-1 (the pound sign)
     return [(str(path), frame, 1 if table_format(path) == "parquet" else 2)]
 
 
@@ -133,18 +133,6 @@ def _keep_copy(frame: pd.DataFrame, copy: Path) -> None:
     except (ValueError, TypeError, OSError) as error:  # mixed types in a malformed sheet
         staging.unlink(missing_ok=True)
         log.info("not caching %s (%s)", copy.name, error)
-
-
-def _encoding(path: Path) -> str:
-    """UCI's CSV exports are often Latin-1 (the pound sign); UTF-8 when it decodes."""
-    if table_format(path) == "parquet":
-        return "utf-8"
-    try:
-        with path.open(encoding="utf-8") as handle:
-            handle.read(1 << 22)
-        return "utf-8"
-    except UnicodeDecodeError:
-        return "latin-1"
 
 
 def _standard_columns(frame: pd.DataFrame, where: str, first_row: int) -> pd.DataFrame:

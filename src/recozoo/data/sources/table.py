@@ -8,7 +8,10 @@ aliases such as ``click``, ``addtocart``, ``transaction``) or their codes 0-2. T
 is keyed by ``item_key``; ``item_fields`` maps canonical item columns (``title``, ``category``,
 ``brand``, ``price``) to its columns for the text template and the numeric ``price`` feature.
 A row without a user or an item is an error naming it; ``data.drop_missing=true`` drops such
-rows instead and logs how many.
+rows instead and logs how many. A text file may be compressed (.gz, .bz2, .xz, .zip); its
+separator (comma, semicolon, tab or bar) is read off its header line and its encoding off its
+first bytes (UTF-8, Windows-1252, Latin-1, UTF-16 with a byte-order mark) unless ``data.sep`` /
+``data.encoding`` say.
 
 `read_table` is the one reader of tabular files for every source: it turns pandas' parse errors
 into `DataFormatError` messages that name the file and the line.
@@ -16,9 +19,14 @@ into `DataFormatError` messages that name the file and the line.
 
 from __future__ import annotations
 
+import bz2
+import codecs
 import csv
+import gzip
 import logging
+import lzma
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,40 +74,110 @@ def table_format(path: Path) -> str:
                           f"{TABLE_SUFFIXES}")
 
 
+#: column separators recognised in a text file's header line, the suffix's own first
+SEPARATORS = (",", ";", "\t", "|")
+#: bytes of a text file read to tell its encoding and separator
+SAMPLE_BYTES = 1 << 22
+
+
+def text_sample(path: Path, size: int = SAMPLE_BYTES) -> bytes:
+    """The first ``size`` bytes of a text file, decompressed where its suffix says
+    (``.gz``, ``.bz2``, ``.xz``, or a ``.zip`` holding one file, as pandas reads them)."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".zip":
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+                if len(names) != 1:
+                    raise DataFormatError(f"{path}: a zip archive must hold exactly one file, "
+                                          f"found {len(names)}")
+                with archive.open(names[0]) as handle:
+                    return handle.read(size)
+        opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(suffix, open)
+        with opener(path, "rb") as handle:
+            return handle.read(size)
+    except (OSError, EOFError, lzma.LZMAError, zipfile.BadZipFile) as error:
+        raise DataFormatError(f"{path}: cannot read ({error}); is the file complete?") from None
+
+
+def text_encoding(sample: bytes) -> str:
+    """The encoding a text file's first bytes are in: UTF-16 where they start with its byte-order
+    mark (Excel's "Unicode text"), UTF-8 where they decode as such (a byte-order mark, or a
+    character cut at the sample's end, allowed), else Windows-1252 (Excel's CSV on Windows:
+    the pound and euro signs, accented letters), else Latin-1, which decodes any byte."""
+    if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    for encoding in ("utf-8", "cp1252"):
+        try:
+            codecs.getincrementaldecoder(encoding)().decode(sample, final=False)
+        except UnicodeDecodeError:
+            continue
+        return encoding
+    return "latin-1"
+
+
+def header_separator(header: str, default: str) -> str:
+    """The separator of a header line: the file suffix's ``default`` where the line holds it,
+    else the one of `SEPARATORS` it holds most often (a semicolon from a European Excel, a tab
+    in a .csv), else ``default`` (a file of one column)."""
+    if default in header:
+        return default
+    counts = {sep: header.count(sep) for sep in SEPARATORS}
+    best = max(counts, key=counts.__getitem__)
+    return best if counts[best] else default
+
+
 def first_data_row(path: Path) -> int:
     """The row number reported for a file's first data row: 2 in a text file with a header
     line, 1 in a Parquet file."""
     return 1 if table_format(path) == "parquet" else 2
 
 
-def read_table(path: str | Path, sep: str | None = None, **read_csv: object) -> pd.DataFrame:
+def read_table(path: str | Path, sep: str | None = None, encoding: str | None = None,
+               **read_csv: object) -> pd.DataFrame:
     """Read a CSV/TSV/Parquet file; parse errors become `DataFormatError` naming file and line.
 
     Args:
-        path: the file.
-        sep: the CSV separator (default: ``,`` for .csv, tab for .tsv/.txt).
-        **read_csv: extra arguments to ``pd.read_csv`` (e.g. ``dtype``, ``encoding``).
+        path: the file (a text file may be compressed: .gz, .bz2, .xz, .zip).
+        sep: the column separator; None: found from the header line (`header_separator`;
+            ``,`` for .csv and tab for .tsv/.txt where the line holds them).
+        encoding: the text encoding; None: found from the file's first bytes
+            (`text_encoding`: UTF-16 with its mark, UTF-8, Windows-1252 or Latin-1).
+        **read_csv: extra arguments to ``pd.read_csv`` (e.g. ``dtype``).
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
     kind = table_format(path)
+    if kind != "parquet":
+        sample = text_sample(path)
+        if encoding is None:
+            encoding = text_encoding(sample)
+            if encoding != "utf-8":
+                log.info("%s: read as %s (not UTF-8); set the encoding to override",
+                         path.name, encoding)
+        if sep is None:
+            default = "\t" if kind == "tsv" else ","
+            header = sample.decode(encoding, errors="replace").lstrip("\ufeff").split("\n")[0]
+            sep = header_separator(header, default)
+            if sep != default:
+                log.info("%s: columns separated by %r (from its header line)", path.name, sep)
     try:
         if kind == "parquet":
             frame = pd.read_parquet(path)
         else:
             with warnings.catch_warnings():  # a row longer than the header is an error
                 warnings.simplefilter("error", pd.errors.ParserWarning)
-                frame = pd.read_csv(path, sep=sep or ("\t" if kind == "tsv" else ","),
+                frame = pd.read_csv(path, sep=sep, encoding=encoding,
                                     **({"quoting": csv.QUOTE_MINIMAL, "index_col": False}
                                        | read_csv))
     except pd.errors.EmptyDataError:
         raise DataFormatError(f"{path}: the file is empty (expected a header row)") from None
     except (pd.errors.ParserError, pd.errors.ParserWarning) as error:
         raise DataFormatError(f"{path}: cannot parse: {error}") from None
-    except UnicodeDecodeError as error:
-        raise DataFormatError(f"{path}: not valid {read_csv.get('encoding', 'utf-8')} text "
-                              f"({error}); pass the file's encoding") from None
+    except UnicodeError as error:
+        raise DataFormatError(f"{path}: not valid {encoding} text ({error}); set the file's "
+                              "encoding (data.encoding=<codec>, e.g. latin-1)") from None
     except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
         raise DataFormatError(f"{path}: cannot read as {kind}: {error}") from None
     require_nonempty(frame, path)
@@ -152,7 +230,8 @@ class TableSource:
         numeric_cols: items-table columns kept as numeric item features (default: ``price``).
         category_col: items-table column used as the item category, or None.
         min_rating: keep rows with rating >= this (None keeps every row).
-        sep: CSV separator (default from the file suffix).
+        sep: column separator of the text files (None: found from each file's header line).
+        encoding: text encoding of the text files (None: found from each file's first bytes).
         time_format: ``pd.to_datetime`` format of the time column, when it is not numeric.
         drop_missing: drop rows without a user or an item (counted in the log); False makes
             such a row an error naming it.
@@ -169,6 +248,7 @@ class TableSource:
     category_col: str | None = None
     min_rating: float | None = None
     sep: str | None = None
+    encoding: str | None = None
     time_format: str | None = None
     drop_missing: bool = False
     name: str = "table"
@@ -180,7 +260,8 @@ class TableSource:
             raise ValueError(f"data.columns has unknown keys {sorted(unknown)}; known: "
                              f"{list(DEFAULT_COLUMNS)}")
         path = Path(self.path).expanduser()
-        raw = read_table(path, self.sep, dtype={columns["user"]: str, columns["item"]: str})
+        raw = read_table(path, self.sep, self.encoding,
+                         dtype={columns["user"]: str, columns["item"]: str})
         first_row = first_data_row(path)
         require_columns(raw, [c for c in columns.values() if c], path)
         raw = self._without_missing_ids(raw, columns["user"], columns["item"], path, first_row)
@@ -205,7 +286,7 @@ class TableSource:
         numeric = tuple(self.numeric_cols) if self.numeric_cols is not None else ("price",)
         if self.items_path:
             items_file = Path(self.items_path).expanduser()
-            items = read_table(items_file, self.sep, dtype={self.item_key: str})
+            items = read_table(items_file, self.sep, self.encoding, dtype={self.item_key: str})
             require_columns(items, [self.item_key], items_file)
             items = canonical_items(items, self.item_fields, items_file)
             items[self.item_key] = items[self.item_key].astype(str)
