@@ -495,6 +495,39 @@ def test_table_separator_and_encoding_given_are_used_as_given(make_config, tmp_p
     assert sorted(instantiate(cfg.data.source).load().user_ids) == ["Zoë", "Øyvind"]
 
 
+def test_table_reads_an_excel_workbook_s_first_sheet_and_refuses_a_file_that_is_none(tmp_path,
+                                                                                     caplog):
+    path = tmp_path / "orders.xlsx"
+    sheet = TEXT_EXPORT.assign(timestamp=pd.to_datetime(["2024-01-02 10:00", "2024-01-02 11:00",
+                                                         "2024-01-03 09:00", "2024-01-04 08:30"]))
+    with pd.ExcelWriter(path) as book:
+        sheet.to_excel(book, sheet_name="orders", index=False)
+        sheet.head(1).to_excel(book, sheet_name="notes", index=False)
+    caplog.set_level(logging.INFO)
+    data = TableSource(path=str(path)).load()
+    assert "reading its first sheet 'orders' (of ['orders', 'notes'])" in caplog.text
+    assert len(data) == 4 and sorted(set(data.item_ids)) == ["Crème £5", "Mug|large", "Tea; green"]
+    assert data.timestamp.max() == pd.Timestamp("2024-01-04 08:30").timestamp()
+    (tmp_path / "bad.xlsx").write_text("user_id,item_id\n")
+    with pytest.raises(DataFormatError, match=r"bad.xlsx: cannot read as excel: not a workbook"):
+        TableSource(path=str(tmp_path / "bad.xlsx")).load()
+
+
+def test_a_missing_column_names_the_file_s_column_that_looks_like_it(tmp_path):
+    path = tmp_path / "export.csv"
+    path.write_text("Customer ID,StockCode ,InvoiceDate\n1,a,2024-01-01\n")
+    with pytest.raises(DataFormatError, match=r"missing column 'customer_id' .*did you mean "
+                                              r"'Customer ID'\?"):
+        TableSource(path=str(path), columns={"user": "customer_id", "item": "StockCode",
+                                             "time": "InvoiceDate"}).load()
+    with pytest.raises(DataFormatError, match=r"missing column 'StockCode'.*did you mean "
+                                              r"'StockCode '\?"):
+        TableSource(path=str(path), columns={"user": "Customer ID", "item": "StockCode",
+                                             "time": "InvoiceDate"}).load()
+    with pytest.raises(DataFormatError, match=r"missing column 'user_id' \(needed: .*\]\)$"):
+        TableSource(path=str(path)).load()  # nothing alike: no guess
+
+
 def test_table_rows_without_a_user_or_item_are_an_error_unless_dropped(tmp_path, caplog):
     path = tmp_path / "log.csv"
     path.write_text("customer,sku,ts\na,x,1\n,x,2\nb,,3\n,,4\nb,y,5\n")

@@ -16,7 +16,9 @@ input from every dataset:
 
 from __future__ import annotations
 
+import difflib
 import logging
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -35,11 +37,23 @@ class DataFormatError(ValueError):
 
 
 def require_columns(frame: pd.DataFrame, columns: Iterable[str], where: str | Path) -> None:
-    """Raise `DataFormatError` naming ``where`` and the first column of ``columns`` absent."""
+    """Raise `DataFormatError` naming ``where`` and the first column of ``columns`` absent, with
+    the file's column that looks like it (other case, spaces or punctuation; a close spelling)."""
+    columns = list(columns)
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise DataFormatError(f"{where}: missing column '{missing[0]}' (needed: {list(columns)}; "
-                              f"found {[str(c) for c in frame.columns]})")
+        found = [str(c) for c in frame.columns]
+        raise DataFormatError(f"{where}: missing column '{missing[0]}' (needed: {columns}; "
+                              f"found {found}){_did_you_mean(missing[0], found)}")
+
+
+def _did_you_mean(name: str, found: list[str]) -> str:
+    def key(column: str) -> str:
+        return re.sub(r"[^0-9a-z]", "", column.lower())
+
+    alike = [c for c in found if key(c) == key(name)]
+    alike = alike or difflib.get_close_matches(name, found, n=1, cutoff=0.8)
+    return f"; did you mean '{alike[0]}'?" if alike else ""
 
 
 def row_label(frame: pd.DataFrame, position: int, first_row: int) -> int:

@@ -1,4 +1,5 @@
-"""Any table of interactions: CSV, TSV or Parquet (``data=table``), with an optional items table.
+"""Any table of interactions: CSV, TSV, Parquet or an Excel sheet (``data=table``), with an optional
+items table.
 
 ``data=table data.path=events.csv data.columns.user=customer data.columns.item=sku
 data.columns.time=ts data.items_path=products.parquet``. The column mapping names the user, item,
@@ -47,7 +48,7 @@ from recozoo.data.text import DEFAULT_TEXT_TEMPLATE
 
 log = logging.getLogger(__name__)
 
-TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq")
+TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq", ".xlsx", ".xlsm")
 
 #: event names found in public logs -> recozoo's event names
 EVENT_ALIASES: dict[str, str] = {
@@ -61,11 +62,15 @@ DEFAULT_COLUMNS: dict[str, str | None] = {"user": "user_id", "item": "item_id",
 
 
 def table_format(path: Path) -> str:
-    """``csv``, ``tsv`` or ``parquet`` from the file name (a ``.gz`` suffix is allowed)."""
-    suffixes = [s.lower() for s in path.suffixes if s.lower() not in (".gz", ".bz2", ".zip")]
+    """``csv``, ``tsv``, ``parquet`` or ``excel`` from the file name (a text file may carry a
+    compression suffix: ``.gz``, ``.bz2``, ``.xz``, ``.zip``)."""
+    suffixes = [s.lower() for s in path.suffixes
+                if s.lower() not in (".gz", ".bz2", ".xz", ".zip")]
     suffix = suffixes[-1] if suffixes else ""
     if suffix in (".parquet", ".pq"):
         return "parquet"
+    if suffix in (".xlsx", ".xlsm") and suffix == path.suffix.lower():
+        return "excel"
     if suffix in (".tsv", ".txt"):
         return "tsv"
     if suffix == ".csv":
@@ -128,14 +133,15 @@ def header_separator(header: str, default: str) -> str:
 
 
 def first_data_row(path: Path) -> int:
-    """The row number reported for a file's first data row: 2 in a text file with a header
-    line, 1 in a Parquet file."""
+    """The row number reported for a file's first data row: 2 in a text file or a sheet with a
+    header line, 1 in a Parquet file."""
     return 1 if table_format(path) == "parquet" else 2
 
 
 def read_table(path: str | Path, sep: str | None = None, encoding: str | None = None,
                **read_csv: object) -> pd.DataFrame:
-    """Read a CSV/TSV/Parquet file; parse errors become `DataFormatError` naming file and line.
+    """Read a CSV/TSV/Parquet file or an Excel workbook's first sheet; parse errors become
+    `DataFormatError` naming file and line.
 
     Args:
         path: the file (a text file may be compressed: .gz, .bz2, .xz, .zip).
@@ -143,13 +149,14 @@ def read_table(path: str | Path, sep: str | None = None, encoding: str | None = 
             ``,`` for .csv and tab for .tsv/.txt where the line holds them).
         encoding: the text encoding; None: found from the file's first bytes
             (`text_encoding`: UTF-16 with its mark, UTF-8, Windows-1252 or Latin-1).
-        **read_csv: extra arguments to ``pd.read_csv`` (e.g. ``dtype``).
+        **read_csv: extra arguments to ``pd.read_csv`` (e.g. ``dtype``; a workbook takes
+            ``dtype`` alone).
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
     kind = table_format(path)
-    if kind != "parquet":
+    if kind in ("csv", "tsv"):
         sample = text_sample(path)
         if encoding is None:
             encoding = text_encoding(sample)
@@ -165,6 +172,8 @@ def read_table(path: str | Path, sep: str | None = None, encoding: str | None = 
     try:
         if kind == "parquet":
             frame = pd.read_parquet(path)
+        elif kind == "excel":
+            frame = _first_sheet(path, read_csv.get("dtype"))
         else:
             with warnings.catch_warnings():  # a row longer than the header is an error
                 warnings.simplefilter("error", pd.errors.ParserWarning)
@@ -178,10 +187,28 @@ def read_table(path: str | Path, sep: str | None = None, encoding: str | None = 
     except UnicodeError as error:
         raise DataFormatError(f"{path}: not valid {encoding} text ({error}); set the file's "
                               "encoding (data.encoding=<codec>, e.g. latin-1)") from None
+    except DataFormatError:
+        raise
     except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
         raise DataFormatError(f"{path}: cannot read as {kind}: {error}") from None
     require_nonempty(frame, path)
     return frame
+
+
+def _first_sheet(path: Path, dtype: object) -> pd.DataFrame:
+    """The first sheet of a workbook (the others are named in the log). A file that is no
+    workbook is a `DataFormatError` (openpyxl reports a zip without a workbook's parts as a
+    KeyError)."""
+    try:
+        book = pd.ExcelFile(path, engine="openpyxl")
+    except (KeyError, zipfile.BadZipFile) as error:
+        raise DataFormatError(f"{path}: cannot read as excel: not a workbook ({error})"
+                              ) from None
+    with book:
+        if len(book.sheet_names) > 1:
+            log.info("%s: reading its first sheet '%s' (of %s)", path.name, book.sheet_names[0],
+                     book.sheet_names)
+        return book.parse(book.sheet_names[0], dtype=dtype)
 
 
 def event_codes(frame: pd.DataFrame, column: str, where: str | Path,
