@@ -513,6 +513,26 @@ def test_table_reads_an_excel_workbook_s_first_sheet_and_refuses_a_file_that_is_
         TableSource(path=str(tmp_path / "bad.xlsx")).load()
 
 
+def test_table_dates_day_first_a_given_layout_and_one_nothing_reads(tmp_path, caplog):
+    path = tmp_path / "orders.csv"
+    caplog.set_level(logging.INFO)
+    path.write_text("user_id,item_id,timestamp\nu,a,01/02/2024 10:00\nu,b,13/02/2024 09:00\n")
+    assert TableSource(path=str(path)).load().timestamp.tolist() == [
+        pd.Timestamp("2024-02-01 10:00").timestamp(), pd.Timestamp("2024-02-13 09:00").timestamp()]
+    assert "column 'timestamp': dates read day first" in caplog.text
+    caplog.clear()
+    path.write_text("user_id,item_id,timestamp\nu,a,02/01/2024 10:00\nu,b,02/13/2024 09:00\n")
+    assert TableSource(path=str(path)).load().timestamp[1] == pd.Timestamp(
+        "2024-02-13 09:00").timestamp()
+    assert "day first" not in caplog.text  # month first read them all
+    path.write_text("user_id,item_id,timestamp\nu,a,2024-W05 Mon\nu,b,2024-W07 Tue\n")
+    with pytest.raises(DataFormatError, match=r"row 2, column 'timestamp': '2024-W05 Mon' is not "
+                                              r"a time .*set data.time_format, e.g."):
+        TableSource(path=str(path)).load()
+    assert TableSource(path=str(path), time_format="%G-W%V %a").load().timestamp[1] == (
+        pd.Timestamp("2024-02-13").timestamp())
+
+
 def test_a_missing_column_names_the_file_s_column_that_looks_like_it(tmp_path):
     path = tmp_path / "export.csv"
     path.write_text("Customer ID,StockCode ,InvoiceDate\n1,a,2024-01-01\n")

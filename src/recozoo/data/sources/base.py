@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import logging
 import re
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -77,10 +78,13 @@ def numeric_column(frame: pd.DataFrame, column: str, where: str | Path,
 
 
 def time_column(frame: pd.DataFrame, column: str, where: str | Path, first_row: int = 2,
-                time_format: str | None = None) -> np.ndarray:
+                time_format: str | None = None, format_setting: str | None = None
+                ) -> np.ndarray:
     """``frame[column]`` as float64 seconds: numbers are taken as they are (unix seconds or an
-    order), anything else is parsed as a date/time (``time_format`` for ``pd.to_datetime``).
-    Missing or unparseable values are errors naming the file, row and column."""
+    order), anything else is parsed as a date/time (``time_format`` for ``pd.to_datetime``;
+    without it pandas' guess, or day first where that reads more dates). Missing or unparseable
+    values are errors naming the file, row and column, and ``format_setting``, the setting that
+    gives the format, where there is one."""
     raw = frame[column]
     if pd.api.types.is_datetime64_any_dtype(raw):
         parsed = raw
@@ -90,13 +94,25 @@ def time_column(frame: pd.DataFrame, column: str, where: str | Path, first_row: 
             return numbers.to_numpy(dtype=np.float64)
         if numbers.notna().sum() * 2 >= raw.notna().sum():  # mostly numbers: a numeric column
             return numeric_column(frame, column, where, first_row)
-        parsed = pd.to_datetime(raw, errors="coerce", format=time_format)
+        with warnings.catch_warnings():  # "could not infer format": unreadable dates are
+            warnings.simplefilter("ignore", UserWarning)  # reported below, by row
+            parsed = pd.to_datetime(raw, errors="coerce", format=time_format)
+            # pandas guesses the format from the first date, month first where it cannot tell
+            # (01/02/2024); a European export then fails at its first day above 12
+            day_first = (pd.to_datetime(raw, errors="coerce", dayfirst=True)
+                         if time_format is None and parsed.isna().any() else parsed)
+        if day_first is not parsed and day_first.isna().sum() < parsed.isna().sum():
+            log.info("%s, column '%s': dates read day first (13/01/2024 is 13 January)", where,
+                     column)
+            parsed = day_first
     bad = parsed.isna().to_numpy()
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
         raise DataFormatError(f"{where}, row {row_label(frame, pos, first_row)}, column "
                               f"'{column}': '{raw.iloc[pos]}' is not a time (expected unix "
-                              "seconds or a date such as 2010-12-01 08:26)")
+                              "seconds or a date such as 2010-12-01 08:26"
+                              + (f"; for another layout set {format_setting}, e.g. "
+                                 "'%d.%m.%Y %H:%M')" if format_setting else ")"))
     if getattr(parsed.dt, "tz", None) is not None:
         parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
     return (parsed.astype("datetime64[s]").astype(np.int64)).to_numpy(dtype=np.float64)

@@ -296,7 +296,7 @@ class TableSource:
                               "item_id": raw[columns["item"]].astype(str).to_numpy()})
         if columns["time"]:
             frame["timestamp"] = time_column(raw, columns["time"], path, first_row,
-                                             self.time_format)
+                                             self.time_format, "data.time_format")
         if columns["rating"]:
             frame["rating"] = numeric_column(raw, columns["rating"], path, first_row)
         if columns["event"]:
