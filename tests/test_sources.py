@@ -533,6 +533,24 @@ def test_table_dates_day_first_a_given_layout_and_one_nothing_reads(tmp_path, ca
         pd.Timestamp("2024-02-13").timestamp())
 
 
+def test_table_numbers_with_a_decimal_comma_are_read_where_every_value_has_one(tmp_path,
+                                                                               caplog):
+    events, items = tmp_path / "ratings.csv", tmp_path / "items.csv"
+    events.write_text("user_id;item_id;rating\nu;a;4,5\nu;b;1\nv;a;3,0\n")
+    items.write_text("item_id;name;price\na;Mug;1.234,50\nb;Tea;0,99\n")
+    caplog.set_level(logging.INFO)
+    data = TableSource(path=str(events), items_path=str(items),
+                       columns={"time": None, "rating": "rating"}).load()
+    assert data.rating.tolist() == [4.5, 1.0, 3.0]
+    np.testing.assert_allclose(data.items.numeric["price"], [1234.5, 0.99])  # float32
+    assert "column 'price': numbers with a decimal comma (54,21 is 54.21)" in caplog.text
+    items.write_text("item_id;name;price\na;Mug;2.5\nb;Tea;0,99\n")  # two conventions: refused
+    with pytest.raises(DataFormatError, match=r"items.csv, row 3, column 'price': '0,99' is not "
+                                              r"a number"):
+        TableSource(path=str(events), items_path=str(items),
+                    columns={"time": None, "rating": "rating"}).load()
+
+
 def test_a_missing_column_names_the_file_s_column_that_looks_like_it(tmp_path):
     path = tmp_path / "export.csv"
     path.write_text("Customer ID,StockCode ,InvoiceDate\n1,a,2024-01-01\n")

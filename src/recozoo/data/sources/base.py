@@ -63,13 +63,27 @@ def row_label(frame: pd.DataFrame, position: int, first_row: int) -> int:
     return int(index) + first_row if isinstance(index, (int, np.integer)) else position + first_row
 
 
+#: a number written with a decimal comma, thousands grouped by points or not (1.234,5 / 54,21)
+DECIMAL_COMMA = r"[+-]?(?:\d{1,3}(?:\.\d{3})+|\d+)(?:,\d+)?"
+
+
 def numeric_column(frame: pd.DataFrame, column: str, where: str | Path,
                    first_row: int = 2) -> np.ndarray:
     """``frame[column]`` as float64; a non-empty value that is not a number is an error naming
-    the file, the row (``first_row`` = the file row of the first data row) and the column."""
+    the file, the row (``first_row`` = the file row of the first data row) and the column. A
+    column whose every value is written with a decimal comma (a European spreadsheet's
+    ``54,21``) is read as such, logged."""
     raw = frame[column]
     values = pd.to_numeric(raw, errors="coerce")
     bad = values.isna().to_numpy() & raw.notna().to_numpy()
+    if bad.any() and not pd.api.types.is_numeric_dtype(raw):
+        text = raw.dropna().astype(str).str.strip()
+        if text.str.fullmatch(DECIMAL_COMMA).all():
+            log.info("%s, column '%s': numbers with a decimal comma (54,21 is 54.21)", where,
+                     column)
+            plain = raw.astype(str).str.strip().str.replace(".", "", regex=False)
+            values = pd.to_numeric(plain.str.replace(",", ".", regex=False).where(raw.notna()))
+            bad = values.isna().to_numpy() & raw.notna().to_numpy()
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
         raise DataFormatError(f"{where}, row {row_label(frame, pos, first_row)}, column "

@@ -319,7 +319,8 @@ class TableSource:
             items[self.item_key] = items[self.item_key].astype(str)
             for column in numeric:
                 if column in items:
-                    numeric_column(items, column, items_file, first_row=first_data_row(items_file))
+                    items[column] = numeric_column(items, column, items_file,
+                                                   first_row=first_data_row(items_file))
         return Interactions.from_frame(
             frame, time_col="timestamp" if columns["time"] else None,
             rating_col="rating" if columns["rating"] else None,
