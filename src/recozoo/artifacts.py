@@ -470,9 +470,9 @@ def item_facts(items: pd.DataFrame, name: str, n_users: int,
         return DatasetInfo.from_popularity(name, n_users, popularity, share, **facts)
     return DatasetInfo(name=name, n_users=n_users, n_items=len(items),
                        item_popularity=torch.as_tensor(popularity, dtype=torch.float32),
-                       tail_mask=torch.as_tensor(items["is_tail"].to_numpy(bool)),
+                       tail_mask=torch.as_tensor(items["is_tail"].to_numpy(bool, copy=True)),
                        head_share=share, item_bucket=torch.as_tensor(
-                           items["bucket"].to_numpy(np.int64)), **facts)
+                           items["bucket"].to_numpy(np.int64, copy=True)), **facts)
 
 
 def read_item_facts(run: RunDir, n_users: int, head_share: float | None,

@@ -163,7 +163,8 @@ class DatasetInfo:
                         head_share: float, **facts: Any) -> DatasetInfo:
         """Facts from training counts: the tail mask and the popularity buckets follow from
         ``item_popularity`` and ``head_share`` (`recozoo.data.popularity`)."""
-        popularity = np.asarray(item_popularity, dtype=np.float64)
+        # a copy: arrays pandas hands out are read-only (copy-on-write), which torch warns of
+        popularity = np.array(item_popularity, dtype=np.float64)
         bucket = torch.as_tensor(popularity_buckets(popularity, head_share))
         return cls(name=name, n_users=n_users, n_items=len(popularity),
                    item_popularity=torch.as_tensor(popularity, dtype=torch.float32),

@@ -133,7 +133,7 @@ def normalise(frame: pd.DataFrame, rule: FusionRule) -> tuple[np.ndarray, pd.Ser
     rows, cols = torch.as_tensor(row_user), torch.as_tensor(position)
     scores = torch.zeros(len(users), width, dtype=torch.float64)
     valid = torch.zeros(len(users), width, dtype=torch.bool)
-    scores[rows, cols] = torch.as_tensor(frame["score"].to_numpy(), dtype=torch.float64)
+    scores[rows, cols] = torch.as_tensor(frame["score"].to_numpy(np.float64, copy=True))
     valid[rows, cols] = True
     values, floor = normalise_lists(scores, valid, rule)
     return values[rows, cols].numpy(), pd.Series(floor[:, 0].numpy(), index=users)

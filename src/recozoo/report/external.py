@@ -203,7 +203,9 @@ def score_external(list_file: Path, run_dir: Path, out_dir: Path | None = None,
     listed = listed[listed["position"] < max(ks)]
     row = np.searchsorted(test_users, listed["user"].to_numpy())
     lists = torch.full((len(test_users), max(ks)), NO_ITEM, dtype=torch.long)
-    lists[row, listed["position"].to_numpy()] = torch.as_tensor(listed["item"].to_numpy())
+    # copies: pandas' arrays are read-only (copy-on-write), which torch warns of
+    position, item = (listed[c].to_numpy(np.int64, copy=True) for c in ("position", "item"))
+    lists[row, position] = torch.as_tensor(item)
     without_list = len(test_users) - listed["user"].nunique()
     if without_list:
         log.info("%s: %d of %d test users of %s have no list and count with an empty one",
