@@ -167,3 +167,26 @@ def test_ease_rejects_an_unknown_precision():
                        tail_mask=torch.zeros(3, dtype=torch.bool), head_share=0.2)
     with pytest.raises(ValueError, match="inverse_dtype"):
         EASE(info, inverse_dtype="float16")
+
+
+def test_ease_refuses_a_catalogue_whose_matrices_the_memory_cannot_hold(monkeypatch):
+    """The weights (n_items² float32) are checked before they are allocated, the Gram matrix
+    before the fit; where the memory cannot be read nothing is refused."""
+    from recozoo.models import ease
+
+    info = _info(np.ones((5, 100)))
+    monkeypatch.setattr(ease, "available_memory", lambda: 100 * 100 * 4 - 1)
+    with pytest.raises(MemoryError, match=r"ease: its item-item weights for 100 items needs "
+                                          r"0.0 GiB \(100² x 4 bytes\), but 0.0 GiB are "
+                                          r"available. Train itemknn .*data.preprocess.kcore"):
+        ease.EASE(info)
+    monkeypatch.setattr(ease, "available_memory", lambda: 100 * 100 * 4 + 1)
+    model = ease.EASE(info, inverse_dtype="float64")  # the weights fit
+    batch = {"user": torch.tensor([0, 1]), "item": torch.tensor([3, 4])}
+    with pytest.raises(MemoryError, match=r"fitting: the Gram matrix .*100² x 8 bytes"):
+        model.fit(batch)
+    monkeypatch.setattr(ease, "available_memory", lambda: None)
+    ease.EASE(info).fit(batch)
+    from recozoo.runtime import available_memory
+
+    assert available_memory() is None or available_memory() > 0  # read off this machine

@@ -56,6 +56,31 @@ def openmp_waits_passively() -> bool:
     return os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
 
 
+def available_memory() -> int | None:
+    """Bytes of memory this process can still take: the kernel's MemAvailable (free memory plus
+    the page cache it can reclaim), lowered to what a cgroup v2 limit leaves (a container or a
+    SLURM job); None where neither can be read (not Linux)."""
+    available = None
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        return None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as limit, \
+                open("/sys/fs/cgroup/memory.current") as used:
+            text = limit.read().strip()
+            if text != "max":
+                left = int(text) - int(used.read().strip())
+                available = left if available is None else min(available, left)
+    except (OSError, ValueError):
+        pass
+    return available
+
+
 def configure_process() -> None:
     """Thread settings and warning filters of a recozoo program; call it first.
 

@@ -4,7 +4,8 @@ Steck, WWW 2019. A closed-form item-item weight matrix ``B`` minimising
 ``|X - XB|^2 + reg |B|^2`` subject to ``diag(B) = 0``:
 ``P = (X^T X + reg I)^-1``, ``B = -P / diag(P)`` (column-wise), ``diag(B) = 0``.
 Scores are ``x_u B``. Memory and time are O(n_items^2) and O(n_items^3): suited to catalogues up
-to a few tens of thousands of items.
+to a few tens of thousands of items; a catalogue whose matrices the memory left cannot hold is
+refused with what to do instead (`require_memory`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from recozoo.data.datamodule import DatasetInfo, EvalBatch
 from recozoo.models.base import ClosedFormRecommender
 from recozoo.models.components.interaction_matrix import item_cooccurrence
-from recozoo.runtime import openmp_waits_passively
+from recozoo.runtime import available_memory, openmp_waits_passively
 
 
 def spd_inverse(matrix: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
@@ -75,6 +76,20 @@ def mirror_upper_triangle(matrix: torch.Tensor, block: int = 256) -> torch.Tenso
     return matrix
 
 
+def require_memory(n_items: int, itemsize: int, what: str) -> None:
+    """Refuse an n_items x n_items matrix of ``itemsize``-byte numbers that the memory left to
+    the process (`recozoo.runtime.available_memory`) cannot hold, with what to do instead; a
+    catalogue of 10^5 items needs 40 GB a float32 matrix, and the allocation would otherwise end
+    the process (the kernel's out-of-memory kill) with no message."""
+    needed, available = n_items * n_items * itemsize, available_memory()
+    if available is not None and needed > available:
+        raise MemoryError(
+            f"ease: {what} for {n_items:,} items needs {needed / 2**30:.1f} GiB ({n_items:,}² x "
+            f"{itemsize} bytes), but {available / 2**30:.1f} GiB are available. Train itemknn "
+            "(memory O(items x k)), or shrink the catalogue: data.preprocess.kcore=<k> drops "
+            "items (and users) with fewer than k interactions")
+
+
 class EASE(ClosedFormRecommender):
     """Closed-form linear item-item model (fits in one step).
 
@@ -95,9 +110,12 @@ class EASE(ClosedFormRecommender):
             raise ValueError(f"ease inverse_dtype must be float32 or float64, got {inverse_dtype!r}")
         self.precision_dtype = getattr(torch, inverse_dtype)
         self.reg_weight = reg_weight
+        require_memory(info.n_items, 4, "its item-item weights")
         self.register_buffer("item_weights", torch.zeros(info.n_items, info.n_items))
 
     def fit(self, batch: dict[str, torch.Tensor]) -> None:
+        # the Gram matrix, inverted in place, beside the weights buffer; freed after the fit
+        require_memory(self.n_items, self.precision_dtype.itemsize, "fitting: the Gram matrix")
         gram = item_cooccurrence(batch["user"], batch["item"], self.n_users, self.n_items)
         gram = gram.to(self.precision_dtype)  # (n_items, n_items)
         gram.diagonal().add_(self.reg_weight)
