@@ -551,6 +551,39 @@ def test_table_numbers_with_a_decimal_comma_are_read_where_every_value_has_one(t
                     columns={"time": None, "rating": "rating"}).load()
 
 
+def test_table_without_a_header_row_takes_names_from_the_config(make_config, tmp_path):
+    """Taobao's UserBehavior.csv layout: user, item, category, behaviour, unix time, no header."""
+    path = tmp_path / "UserBehavior.csv"
+    path.write_text("1,2268318,2520377,pv,1511544070\n1,2333346,2520771,fav,1511561733\n"
+                    "100,2268318,2520377,buy,1511680485\n100,,4145813,pv,oops\n")
+    names = ["user_id", "item_id", "category", "behavior", "timestamp"]
+    columns = {"event": "behavior"}
+    with pytest.raises(DataFormatError, match=r"UserBehavior.csv, row 4, column 'item_id': no "
+                                              r"item id"):  # rows counted from the first line
+        TableSource(path=str(path), names=names, columns=columns).load()
+    path.write_text(path.read_text().replace("100,,4145813,pv,oops", "100,5,4145813,pv,oops"))
+    with pytest.raises(DataFormatError, match=r"row 4, column 'timestamp': 'oops'"):
+        TableSource(path=str(path), names=names, columns=columns).load()
+    path.write_text(path.read_text().replace("oops", "1511680500"))
+    cfg = make_config(["data=table", f"data.path={path}", f"data.names=[{','.join(names)}]",
+                       "data.columns.event=behavior"], tiny=False)
+    data = instantiate(cfg.data.source).load()
+    assert len(data) == 4 and list(data.event) == [0, 1, 2, 0]  # fav counts as a cart
+    assert sorted(set(data.user_ids)) == ["1", "100"] and data.timestamp[0] == 1511544070.0
+    with pytest.raises(DataFormatError, match=r"data.names gives 4 column names .*, but the first "
+                                              r"row holds 5 fields"):
+        TableSource(path=str(path), names=names[:4]).load()
+    sheet = tmp_path / "behaviour.xlsx"
+    pd.read_csv(path, header=None).to_excel(sheet, header=False, index=False)
+    data = TableSource(path=str(sheet), names=names, columns=columns).load()
+    assert len(data) == 4 and sorted(set(data.item_ids)) == ["2268318", "2333346", "5"]
+    with pytest.raises(DataFormatError, match=r"behaviour.xlsx: data.names gives 6 column names"):
+        TableSource(path=str(sheet), names=[*names, "extra"]).load()
+    pd.read_csv(path, header=None, names=names).to_parquet(tmp_path / "b.parquet")
+    with pytest.raises(DataFormatError, match="a Parquet file names its columns"):
+        TableSource(path=str(tmp_path / "b.parquet"), names=names).load()
+
+
 def test_a_missing_column_names_the_file_s_column_that_looks_like_it(tmp_path):
     path = tmp_path / "export.csv"
     path.write_text("Customer ID,StockCode ,InvoiceDate\n1,a,2024-01-01\n")

@@ -132,14 +132,14 @@ def header_separator(header: str, default: str) -> str:
     return best if counts[best] else default
 
 
-def first_data_row(path: Path) -> int:
+def first_data_row(path: Path, header: bool = True) -> int:
     """The row number reported for a file's first data row: 2 in a text file or a sheet with a
-    header line, 1 in a Parquet file."""
-    return 1 if table_format(path) == "parquet" else 2
+    header line, 1 in a Parquet file or one without a header line."""
+    return 1 if table_format(path) == "parquet" or not header else 2
 
 
 def read_table(path: str | Path, sep: str | None = None, encoding: str | None = None,
-               **read_csv: object) -> pd.DataFrame:
+               names: list[str] | None = None, **read_csv: object) -> pd.DataFrame:
     """Read a CSV/TSV/Parquet file or an Excel workbook's first sheet; parse errors become
     `DataFormatError` naming file and line.
 
@@ -149,6 +149,8 @@ def read_table(path: str | Path, sep: str | None = None, encoding: str | None = 
             ``,`` for .csv and tab for .tsv/.txt where the line holds them).
         encoding: the text encoding; None: found from the file's first bytes
             (`text_encoding`: UTF-16 with its mark, UTF-8, Windows-1252 or Latin-1).
+        names: the column names of a text file or sheet without a header row (its first row
+            is data; it must hold as many fields as there are names); None: a header row.
         **read_csv: extra arguments to ``pd.read_csv`` (e.g. ``dtype``; a workbook takes
             ``dtype`` alone).
     """
@@ -163,17 +165,24 @@ def read_table(path: str | Path, sep: str | None = None, encoding: str | None = 
             if encoding != "utf-8":
                 log.info("%s: read as %s (not UTF-8); set the encoding to override",
                          path.name, encoding)
+        first = sample.decode(encoding, errors="replace").lstrip("\ufeff").split("\n")[0]
         if sep is None:
             default = "\t" if kind == "tsv" else ","
-            header = sample.decode(encoding, errors="replace").lstrip("\ufeff").split("\n")[0]
-            sep = header_separator(header, default)
+            sep = header_separator(first, default)
             if sep != default:
-                log.info("%s: columns separated by %r (from its header line)", path.name, sep)
+                log.info("%s: columns separated by %r (from its first line)", path.name, sep)
+        if names is not None:
+            _check_names(path, names, len(next(csv.reader([first.rstrip("\r")], delimiter=sep),
+                                                [])))
+            read_csv = {"header": None, "names": list(names)} | read_csv
+    elif names is not None and kind == "parquet":
+        raise DataFormatError(f"{path}: a Parquet file names its columns; data.names is for "
+                              "text files and sheets without a header row")
     try:
         if kind == "parquet":
             frame = pd.read_parquet(path)
         elif kind == "excel":
-            frame = _first_sheet(path, read_csv.get("dtype"))
+            frame = _first_sheet(path, read_csv.get("dtype"), names)
         else:
             with warnings.catch_warnings():  # a row longer than the header is an error
                 warnings.simplefilter("error", pd.errors.ParserWarning)
@@ -195,10 +204,17 @@ def read_table(path: str | Path, sep: str | None = None, encoding: str | None = 
     return frame
 
 
-def _first_sheet(path: Path, dtype: object) -> pd.DataFrame:
-    """The first sheet of a workbook (the others are named in the log). A file that is no
-    workbook is a `DataFormatError` (openpyxl reports a zip without a workbook's parts as a
-    KeyError)."""
+def _check_names(path: Path, names: list[str], fields: int) -> None:
+    """Refuse column names that do not match the fields of a headerless file's first row."""
+    if len(names) != fields:
+        raise DataFormatError(f"{path}: data.names gives {len(names)} column names {list(names)}"
+                              f", but the first row holds {fields} fields")
+
+
+def _first_sheet(path: Path, dtype: object, names: list[str] | None = None) -> pd.DataFrame:
+    """The first sheet of a workbook (the others are named in the log); with ``names``, a
+    sheet without a header row. A file that is no workbook is a `DataFormatError` (openpyxl
+    reports a zip without a workbook's parts as a KeyError)."""
     try:
         book = pd.ExcelFile(path, engine="openpyxl")
     except (KeyError, zipfile.BadZipFile) as error:
@@ -208,7 +224,14 @@ def _first_sheet(path: Path, dtype: object) -> pd.DataFrame:
         if len(book.sheet_names) > 1:
             log.info("%s: reading its first sheet '%s' (of %s)", path.name, book.sheet_names[0],
                      book.sheet_names)
-        return book.parse(book.sheet_names[0], dtype=dtype)
+        if names is None:
+            return book.parse(book.sheet_names[0], dtype=dtype)
+        by_position = ({names.index(c): t for c, t in dtype.items() if c in names}
+                       if isinstance(dtype, dict) else dtype)
+        frame = book.parse(book.sheet_names[0], header=None, dtype=by_position)
+    _check_names(path, names, frame.shape[1])
+    frame.columns = list(names)
+    return frame
 
 
 def event_codes(frame: pd.DataFrame, column: str, where: str | Path,
@@ -257,7 +280,9 @@ class TableSource:
         numeric_cols: items-table columns kept as numeric item features (default: ``price``).
         category_col: items-table column used as the item category, or None.
         min_rating: keep rows with rating >= this (None keeps every row).
-        sep: column separator of the text files (None: found from each file's header line).
+        names: column names of an interactions file without a header row (its first row is
+            data), e.g. Taobao's ``[user, item, category, behavior, timestamp]``.
+        sep: column separator of the text files (None: found from each file's first line).
         encoding: text encoding of the text files (None: found from each file's first bytes).
         time_format: ``pd.to_datetime`` format of the time column, when it is not numeric.
         drop_missing: drop rows without a user or an item (counted in the log); False makes
@@ -274,6 +299,7 @@ class TableSource:
     numeric_cols: list[str] | None = None
     category_col: str | None = None
     min_rating: float | None = None
+    names: list[str] | None = None
     sep: str | None = None
     encoding: str | None = None
     time_format: str | None = None
@@ -287,9 +313,9 @@ class TableSource:
             raise ValueError(f"data.columns has unknown keys {sorted(unknown)}; known: "
                              f"{list(DEFAULT_COLUMNS)}")
         path = Path(self.path).expanduser()
-        raw = read_table(path, self.sep, self.encoding,
+        raw = read_table(path, self.sep, self.encoding, self.names,
                          dtype={columns["user"]: str, columns["item"]: str})
-        first_row = first_data_row(path)
+        first_row = first_data_row(path, header=self.names is None)
         require_columns(raw, [c for c in columns.values() if c], path)
         raw = self._without_missing_ids(raw, columns["user"], columns["item"], path, first_row)
         frame = pd.DataFrame({"user_id": raw[columns["user"]].astype(str).to_numpy(),
