@@ -29,8 +29,9 @@ def _trainable(module: torch.nn.Module) -> list[str]:
     return [name for name, p in module.named_parameters() if p.requires_grad]
 
 
-def test_needs_item_text_and_names_the_dataset():
-    with pytest.raises(ValueError, match="'toy' has none"):
+def test_needs_item_text_and_names_the_dataset_and_the_settings_that_give_it():
+    with pytest.raises(ValueError, match=r"'toy' has none .*data.items_path=<file> "
+                                         r"data.item_key=.*\+data.item_fields.title="):
         BertFinetune(_info(None))
 
 

@@ -250,8 +250,10 @@ class BertFinetune(Recommender):
         super().__init__(info, **kwargs)
         if info.item_text is None:
             raise ValueError(f"model=bert_finetune needs item text, but dataset '{info.name}' has "
-                             "none (DatasetInfo.item_text is None); use a dataset with item "
-                             "titles or descriptions, e.g. atomic files with a .item file")
+                             "none (DatasetInfo.item_text is None); give it item titles or "
+                             "descriptions: data=table takes an items table (data.items_path="
+                             "<file> data.item_key=<its id column> +data.item_fields.title="
+                             "<its title column>), atomic files a .item file beside the .inter")
         if negatives not in NEGATIVES:
             raise ValueError(f"model.negatives must be one of {NEGATIVES}, got '{negatives}'")
         if weak_text not in WEAK_TEXT or not isinstance(weak_text, (str, bool)):
