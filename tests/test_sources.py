@@ -703,8 +703,9 @@ def test_data_configs_share_one_preprocessing_default(make_config, tmp_path):
 
 #: the command-line names each data config offers beside data.name and data.text_template
 SOURCE_KEYS = {"ml100k": ["path", "min_rating"], "ml1m": ["path", "min_rating"],
-               "online_retail": ["path", "sheets"], "amazon": ["path", "min_rating", "category"],
-               "table": ["path", "min_rating", "items_path", "drop_missing"],
+               "online_retail": ["path", "sheets", "encoding"],
+               "amazon": ["path", "min_rating", "category"],
+               "table": ["path", "min_rating", "items_path", "drop_missing", "encoding"],
                "atomic": ["path", "min_rating"], "scientific": ["path", "min_rating"], "shop": []}
 
 
@@ -712,7 +713,7 @@ SOURCE_KEYS = {"ml100k": ["path", "min_rating"], "ml1m": ["path", "min_rating"],
 def test_data_command_line_names_reach_the_source(make_config, data, tmp_path):
     values = {"path": str(tmp_path), "min_rating": 4.0, "sheets": ["Year 2009-2010"],
               "category": "Beauty", "items_path": str(tmp_path / "items.csv"),
-              "drop_missing": True}
+              "drop_missing": True, "encoding": "latin-1"}
     overrides = [f"data={data}", "data.name=mine", "data.text_template='{title}!'",
                  "data.preprocess.kcore=7"]
     overrides += [f"data.{key}={values[key]}" for key in SOURCE_KEYS[data]]

@@ -86,8 +86,8 @@ def _normalise_header(name: object) -> str:
     return re.sub(r"[^a-z0-9]", "", str(name).lower())
 
 
-def read_online_retail(path: Path, sheets: list[str] | None = None, cache: Path | None = None
-                       ) -> list[tuple[str, pd.DataFrame, int]]:
+def read_online_retail(path: Path, sheets: list[str] | None = None, cache: Path | None = None,
+                       encoding: str | None = None) -> list[tuple[str, pd.DataFrame, int]]:
     """The raw parts of a workbook (one per sheet) or an export, as (where, frame, first row).
 
     Reading the official workbook takes minutes, so each sheet read is kept as Parquet in
@@ -120,7 +120,8 @@ def read_online_retail(path: Path, sheets: list[str] | None = None, cache: Path 
         return parts
     if sheets:
         raise ValueError(f"data.sheets={list(sheets)} applies to .xlsx workbooks, not to {path}")
-    frame = read_table(path, dtype=str)  # UCI's CSV exports are often Latin-1 (the pound sign)
+    # UCI's CSV exports are often Latin-1 (the pound sign): read_table tells, or ``encoding``
+    frame = read_table(path, encoding=encoding, dtype=str)
     return [(str(path), frame, 1 if table_format(path) == "parquet" else 2)]
 
 
@@ -197,6 +198,7 @@ class OnlineRetailSource:
         text_template: item text template (``title`` is the description, ``price`` the median
             unit price).
         url: the download URL (UCI publishes no checksum, so none is checked).
+        encoding: text encoding of a CSV export (None: found from its first bytes).
         name: the dataset's label.
     """
 
@@ -208,6 +210,7 @@ class OnlineRetailSource:
         default_factory=lambda: list(NON_PRODUCT_DESCRIPTIONS))
     text_template: str = DEFAULT_TEXT_TEMPLATE
     url: str = URL
+    encoding: str | None = None
     name: str = "online_retail"
 
     def load(self) -> Interactions:
@@ -215,7 +218,8 @@ class OnlineRetailSource:
         cache = (cache_folder(self.cache_dir, "online_retail")
                  if path.suffix.lower() in (".xlsx", ".xls") else None)
         parts = [_standard_columns(frame, where, first_row)
-                 for where, frame, first_row in read_online_retail(path, self.sheets, cache)]
+                 for where, frame, first_row in read_online_retail(path, self.sheets, cache,
+                                                                  self.encoding)]
         rows = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
         has_codes = "stock_code" in rows
         if not has_codes:
