@@ -584,6 +584,19 @@ def test_table_without_a_header_row_takes_names_from_the_config(make_config, tmp
         TableSource(path=str(tmp_path / "b.parquet"), names=names).load()
 
 
+def test_table_ids_lose_the_spaces_around_them_and_blank_ones_are_missing(tmp_path):
+    events, items = tmp_path / "log.csv", tmp_path / "items.csv"
+    events.write_text("user_id,item_id,timestamp\nKunde 7 ,Mug,1\n Kunde 7,  Mug  ,2\n"
+                      "Kunde 8,Tea,3\n   ,Tea,4\n")
+    items.write_text("item_id,name\n Mug ,Big mug\nTea,Green tea\n")
+    with pytest.raises(DataFormatError, match=r"log.csv, row 5, column 'user_id': no user id"):
+        TableSource(path=str(events)).load()
+    data = TableSource(path=str(events), items_path=str(items), item_fields={"title": "name"},
+                       drop_missing=True).load()
+    assert sorted(set(data.user_ids)) == ["Kunde 7", "Kunde 8"] and len(data) == 3
+    assert text_of(data, "Mug") == "Big mug."  # the items table's key is stripped alike
+
+
 def test_a_missing_column_names_the_file_s_column_that_looks_like_it(tmp_path):
     path = tmp_path / "export.csv"
     path.write_text("Customer ID,StockCode ,InvoiceDate\n1,a,2024-01-01\n")

@@ -8,8 +8,8 @@ any date format pandas reads; events are names (``view``, ``cart``, ``purchase``
 aliases such as ``click``, ``addtocart``, ``transaction``) or their codes 0-2. The items table
 is keyed by ``item_key``; ``item_fields`` maps canonical item columns (``title``, ``category``,
 ``brand``, ``price``) to its columns for the text template and the numeric ``price`` feature.
-A row without a user or an item is an error naming it; ``data.drop_missing=true`` drops such
-rows instead and logs how many. A text file may be compressed (.gz, .bz2, .xz, .zip); its
+Ids lose the spaces around them. A row without a user or an item is an error naming it;
+``data.drop_missing=true`` drops such rows instead and logs how many. A text file may be compressed (.gz, .bz2, .xz, .zip); its
 separator (comma, semicolon, tab or bar) is read off its header line and its encoding off its
 first bytes (UTF-8, Windows-1252, Latin-1, UTF-16 with a byte-order mark) unless ``data.sep`` /
 ``data.encoding`` say.
@@ -234,6 +234,15 @@ def _first_sheet(path: Path, dtype: object, names: list[str] | None = None) -> p
     return frame
 
 
+def stripped_ids(ids: pd.Series) -> pd.Series:
+    """Text ids without the spaces around them (spreadsheets pad cells: "Kunde 7 " is "Kunde 7"),
+    an id of spaces alone missing; other columns (numbers in a Parquet file) as they are."""
+    if not pd.api.types.is_string_dtype(ids):
+        return ids
+    ids = ids.str.strip()
+    return ids.mask(ids == "")
+
+
 def event_codes(frame: pd.DataFrame, column: str, where: str | Path,
                 first_row: int = 2) -> np.ndarray:
     """Event names (or codes 0-2) as int8 codes; an unknown event names file, row and column."""
@@ -317,6 +326,8 @@ class TableSource:
                          dtype={columns["user"]: str, columns["item"]: str})
         first_row = first_data_row(path, header=self.names is None)
         require_columns(raw, [c for c in columns.values() if c], path)
+        for column in (columns["user"], columns["item"]):
+            raw[column] = stripped_ids(raw[column])
         raw = self._without_missing_ids(raw, columns["user"], columns["item"], path, first_row)
         frame = pd.DataFrame({"user_id": raw[columns["user"]].astype(str).to_numpy(),
                               "item_id": raw[columns["item"]].astype(str).to_numpy()})
@@ -342,7 +353,7 @@ class TableSource:
             items = read_table(items_file, self.sep, self.encoding, dtype={self.item_key: str})
             require_columns(items, [self.item_key], items_file)
             items = canonical_items(items, self.item_fields, items_file)
-            items[self.item_key] = items[self.item_key].astype(str)
+            items[self.item_key] = stripped_ids(items[self.item_key]).astype(str)
             for column in numeric:
                 if column in items:
                     items[column] = numeric_column(items, column, items_file,
