@@ -597,6 +597,24 @@ def test_table_ids_lose_the_spaces_around_them_and_blank_ones_are_missing(tmp_pa
     assert text_of(data, "Mug") == "Big mug."  # the items table's key is stripped alike
 
 
+def test_table_events_of_the_data_s_own_names_are_mapped_from_the_config(make_config,
+                                                                         tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text("user_id,item_id,timestamp,action\nu,a,1,Ansicht\nu,b,2,Warenkorb\n"
+                    "u,b,3,Checkout\nv,a,4,click\n")
+    with pytest.raises(DataFormatError, match=r"row 2, column 'action': unknown event 'Ansicht'"
+                                              r" .*\+data.event_aliases.<name>=view\|cart"):
+        TableSource(path=str(path), columns={"event": "action"}).load()
+    cfg = make_config(["data=table", f"data.path={path}", "data.columns.event=action",
+                       "+data.event_aliases.ansicht=view", "+data.event_aliases.Warenkorb=cart",
+                       "+data.event_aliases.checkout=purchase"], tiny=False)
+    assert list(instantiate(cfg.data.source).load().event) == [0, 1, 2, 0]
+    with pytest.raises(ValueError, match=r"data.event_aliases.checkout=order: an event is one of "
+                                         r"\['view', 'cart', 'purchase'\]"):
+        TableSource(path=str(path), columns={"event": "action"},
+                    event_aliases={"checkout": "order"}).load()
+
+
 def test_a_missing_column_names_the_file_s_column_that_looks_like_it(tmp_path):
     path = tmp_path / "export.csv"
     path.write_text("Customer ID,StockCode ,InvoiceDate\n1,a,2024-01-01\n")

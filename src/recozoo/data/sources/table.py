@@ -243,23 +243,35 @@ def stripped_ids(ids: pd.Series) -> pd.Series:
     return ids.mask(ids == "")
 
 
-def event_codes(frame: pd.DataFrame, column: str, where: str | Path,
-                first_row: int = 2) -> np.ndarray:
-    """Event names (or codes 0-2) as int8 codes; an unknown event names file, row and column."""
+def event_codes(frame: pd.DataFrame, column: str, where: str | Path, first_row: int = 2,
+                aliases: dict[str, str] | None = None) -> np.ndarray:
+    """Event names (or codes 0-2) as int8 codes; an unknown event names file, row and column.
+
+    Args:
+        aliases: the data's own event names -> ``view``, ``cart`` or ``purchase``, beside
+            `EVENT_ALIASES` (``{checkout: purchase, wishlist: cart}``; case-insensitive).
+    """
+    known = dict(EVENT_ALIASES)
+    for name, event in (aliases or {}).items():
+        if event not in EVENT_CODES:
+            raise ValueError(f"data.event_aliases.{name}={event}: an event is one of "
+                             f"{list(EVENT_CODES)}")
+        known[str(name).strip().lower()] = event
     raw = frame[column]
     numbers = pd.to_numeric(raw, errors="coerce")
     if numbers.notna().all():
         codes = numbers.to_numpy()
         bad = ~np.isin(codes, list(EVENT_CODES.values()))
     else:
-        names = raw.astype(str).str.strip().str.lower().map(EVENT_ALIASES)
+        names = raw.astype(str).str.strip().str.lower().map(known)
         codes = names.map(EVENT_CODES).to_numpy()
         bad = names.isna().to_numpy()
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
         raise DataFormatError(f"{where}, row {row_label(frame, pos, first_row)}, column "
                               f"'{column}': unknown event '{raw.iloc[pos]}' (known: "
-                              f"{sorted(EVENT_ALIASES)} or codes 0-2)")
+                              f"{sorted(known)} or codes 0-2; name yours with "
+                              f"+data.event_aliases.<name>=view|cart|purchase)")
     return np.asarray(codes, dtype=np.int8)
 
 
@@ -291,6 +303,8 @@ class TableSource:
         min_rating: keep rows with rating >= this (None keeps every row).
         names: column names of an interactions file without a header row (its first row is
             data), e.g. Taobao's ``[user, item, category, behavior, timestamp]``.
+        event_aliases: the data's own event names -> view, cart or purchase (beside the
+            common ones, `EVENT_ALIASES`).
         sep: column separator of the text files (None: found from each file's first line).
         encoding: text encoding of the text files (None: found from each file's first bytes).
         time_format: ``pd.to_datetime`` format of the time column, when it is not numeric.
@@ -309,6 +323,7 @@ class TableSource:
     category_col: str | None = None
     min_rating: float | None = None
     names: list[str] | None = None
+    event_aliases: dict[str, str] | None = None
     sep: str | None = None
     encoding: str | None = None
     time_format: str | None = None
@@ -337,7 +352,8 @@ class TableSource:
         if columns["rating"]:
             frame["rating"] = numeric_column(raw, columns["rating"], path, first_row)
         if columns["event"]:
-            frame["event"] = event_codes(raw, columns["event"], path, first_row)
+            frame["event"] = event_codes(raw, columns["event"], path, first_row,
+                                         self.event_aliases)
         if self.min_rating is not None:
             if not columns["rating"]:
                 raise ValueError(f"data.min_rating={self.min_rating} needs a rating column: "
