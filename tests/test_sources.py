@@ -615,6 +615,34 @@ def test_table_events_of_the_data_s_own_names_are_mapped_from_the_config(make_co
                     event_aliases={"checkout": "order"}).load()
 
 
+def test_table_reads_json_lines_and_keeps_integer_ids_whole(tmp_path):
+    """Goodreads' layout, gzipped: integer ids with a gap stay "5", not "5.0"."""
+    path = tmp_path / "interactions.jsonl.gz"
+    lines = ['{"user_id": "u1", "book_id": 5, "rating": 4, "shelf": {"name": "read"}}',
+             '{"user_id": "u2", "book_id": null, "rating": 3}',
+             '{"user_id": "u2", "book_id": 1234567, "rating": 5}']
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+    columns = {"item": "book_id", "time": None, "rating": "rating"}
+    with pytest.raises(DataFormatError, match=r"interactions.jsonl.gz, row 2, column 'book_id': "
+                                              r"no item id"):
+        TableSource(path=str(path), columns=columns).load()
+    data = TableSource(path=str(path), columns=columns, drop_missing=True).load()
+    assert sorted(data.item_ids) == ["1234567", "5"] and data.rating.tolist() == [4.0, 5.0]
+    array = tmp_path / "events.json"
+    array.write_text('[{"user_id": "u1", "item_id": "a"}]')
+    with pytest.raises(DataFormatError, match=r"events.json: a JSON array; data=table reads JSON "
+                                              r"lines"):
+        TableSource(path=str(array), columns={"time": None}).load()
+    broken = tmp_path / "broken.ndjson"
+    broken.write_text('{"user_id": "u1", "item_id": "a"}\n{"user_id": \n')
+    with pytest.raises(DataFormatError, match=r"broken.ndjson: cannot read as json: JSON parse "
+                                              r"error"):
+        TableSource(path=str(broken), columns={"time": None}).load()
+    with pytest.raises(DataFormatError, match=r"a json file names its columns"):
+        TableSource(path=str(broken), names=["user_id", "item_id"]).load()
+
+
 def test_a_missing_column_names_the_file_s_column_that_looks_like_it(tmp_path):
     path = tmp_path / "export.csv"
     path.write_text("Customer ID,StockCode ,InvoiceDate\n1,a,2024-01-01\n")

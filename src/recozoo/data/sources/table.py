@@ -1,5 +1,5 @@
-"""Any table of interactions: CSV, TSV, Parquet or an Excel sheet (``data=table``), with an optional
-items table.
+"""Any table of interactions: CSV, TSV, Parquet, JSON lines or an Excel sheet (``data=table``),
+with an optional items table.
 
 ``data=table data.path=events.csv data.columns.user=customer data.columns.item=sku
 data.columns.time=ts data.items_path=products.parquet``. The column mapping names the user, item,
@@ -48,7 +48,8 @@ from recozoo.data.text import DEFAULT_TEXT_TEMPLATE
 
 log = logging.getLogger(__name__)
 
-TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq", ".xlsx", ".xlsm")
+TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq", ".xlsx", ".xlsm", ".jsonl",
+                  ".ndjson", ".json")
 
 #: event names found in public logs -> recozoo's event names
 EVENT_ALIASES: dict[str, str] = {
@@ -62,8 +63,8 @@ DEFAULT_COLUMNS: dict[str, str | None] = {"user": "user_id", "item": "item_id",
 
 
 def table_format(path: Path) -> str:
-    """``csv``, ``tsv``, ``parquet`` or ``excel`` from the file name (a text file may carry a
-    compression suffix: ``.gz``, ``.bz2``, ``.xz``, ``.zip``)."""
+    """``csv``, ``tsv``, ``parquet``, ``excel`` or ``json`` (JSON lines) from the file name (a
+    text file may carry a compression suffix: ``.gz``, ``.bz2``, ``.xz``, ``.zip``)."""
     suffixes = [s.lower() for s in path.suffixes
                 if s.lower() not in (".gz", ".bz2", ".xz", ".zip")]
     suffix = suffixes[-1] if suffixes else ""
@@ -71,6 +72,8 @@ def table_format(path: Path) -> str:
         return "parquet"
     if suffix in (".xlsx", ".xlsm") and suffix == path.suffix.lower():
         return "excel"
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return "json"
     if suffix in (".tsv", ".txt"):
         return "tsv"
     if suffix == ".csv":
@@ -134,14 +137,14 @@ def header_separator(header: str, default: str) -> str:
 
 def first_data_row(path: Path, header: bool = True) -> int:
     """The row number reported for a file's first data row: 2 in a text file or a sheet with a
-    header line, 1 in a Parquet file or one without a header line."""
-    return 1 if table_format(path) == "parquet" or not header else 2
+    header line, 1 in a Parquet or JSON-lines file or one without a header line."""
+    return 1 if table_format(path) in ("parquet", "json") or not header else 2
 
 
 def read_table(path: str | Path, sep: str | None = None, encoding: str | None = None,
                names: list[str] | None = None, **read_csv: object) -> pd.DataFrame:
-    """Read a CSV/TSV/Parquet file or an Excel workbook's first sheet; parse errors become
-    `DataFormatError` naming file and line.
+    """Read a CSV/TSV/Parquet/JSON-lines file or an Excel workbook's first sheet; parse errors
+    become `DataFormatError` naming file and line.
 
     Args:
         path: the file (a text file may be compressed: .gz, .bz2, .xz, .zip).
@@ -175,14 +178,16 @@ def read_table(path: str | Path, sep: str | None = None, encoding: str | None = 
             _check_names(path, names, len(next(csv.reader([first.rstrip("\r")], delimiter=sep),
                                                 [])))
             read_csv = {"header": None, "names": list(names)} | read_csv
-    elif names is not None and kind == "parquet":
-        raise DataFormatError(f"{path}: a Parquet file names its columns; data.names is for "
+    elif names is not None and kind in ("parquet", "json"):
+        raise DataFormatError(f"{path}: a {kind} file names its columns; data.names is for "
                               "text files and sheets without a header row")
     try:
         if kind == "parquet":
             frame = pd.read_parquet(path)
         elif kind == "excel":
             frame = _first_sheet(path, read_csv.get("dtype"), names)
+        elif kind == "json":
+            frame = _json_lines(path, read_csv.get("dtype"))
         else:
             with warnings.catch_warnings():  # a row longer than the header is an error
                 warnings.simplefilter("error", pd.errors.ParserWarning)
@@ -202,6 +207,25 @@ def read_table(path: str | Path, sep: str | None = None, encoding: str | None = 
         raise DataFormatError(f"{path}: cannot read as {kind}: {error}") from None
     require_nonempty(frame, path)
     return frame
+
+
+def _json_lines(path: Path, dtype: object) -> pd.DataFrame:
+    """A JSON-lines file (one object a line, compressed or not; Goodreads, Steam, Yelp) read by
+    Arrow, whose reader keeps integers integers: columns that ``dtype`` wants as ``str`` are
+    cast from Arrow's types, so an integer id with gaps reads "5", not pandas' "5.0"."""
+    import pyarrow as pa
+    import pyarrow.json as pa_json
+
+    if text_sample(path, 4096).lstrip().startswith(b"["):
+        raise DataFormatError(f"{path}: a JSON array; data=table reads JSON lines (one object a "
+                              "line, as .jsonl / .ndjson)")
+    with pa.input_stream(str(path), compression="detect") as stream:
+        table = pa_json.read_json(stream)
+    for column, kind in (dtype.items() if isinstance(dtype, dict) else ()):
+        if kind is str and column in table.column_names:
+            index = table.schema.get_field_index(column)
+            table = table.set_column(index, column, table[column].cast(pa.string()))
+    return table.to_pandas()
 
 
 def _check_names(path: Path, names: list[str], fields: int) -> None:
