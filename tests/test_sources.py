@@ -639,7 +639,7 @@ def test_table_reads_json_lines_and_keeps_integer_ids_whole(tmp_path):
     with pytest.raises(DataFormatError, match=r"broken.ndjson: cannot read as json: JSON parse "
                                               r"error"):
         TableSource(path=str(broken), columns={"time": None}).load()
-    with pytest.raises(DataFormatError, match=r"a json file names its columns"):
+    with pytest.raises(DataFormatError, match=r"a JSON file names its columns"):
         TableSource(path=str(broken), names=["user_id", "item_id"]).load()
 
 

@@ -179,8 +179,9 @@ def read_table(path: str | Path, sep: str | None = None, encoding: str | None = 
                                                 [])))
             read_csv = {"header": None, "names": list(names)} | read_csv
     elif names is not None and kind in ("parquet", "json"):
-        raise DataFormatError(f"{path}: a {kind} file names its columns; data.names is for "
-                              "text files and sheets without a header row")
+        raise DataFormatError(f"{path}: a {'Parquet' if kind == 'parquet' else 'JSON'} file "
+                              "names its columns; data.names is for text files and sheets "
+                              "without a header row")
     try:
         if kind == "parquet":
             frame = pd.read_parquet(path)
