@@ -76,6 +76,21 @@ def test_k_larger_than_catalogue_is_a_clear_error(make_config):
     assert failed["status"] == "failed" and "K=100000" in failed["error"]
 
 
+def test_monitors_at_a_cut_off_eval_does_not_compute_are_refused_with_both_fixes(make_config):
+    """eval.ks=[5] leaves the default monitors' val/ndcg@10 uncomputed: refused before the data
+    is read, naming every such setting; either fix runs."""
+    with pytest.raises(ValueError, match=r"callbacks.model_checkpoint.monitor=val/ndcg@10, "
+                                         r"callbacks.early_stopping.monitor=val/ndcg@10, "
+                                         r"optimized_metric=val/ndcg@10: eval.ks=\[5\] computes "
+                                         r"no such cut-off; compute it too \(eval.ks=\[5,10\]\) "
+                                         r"or monitor one it computes \(callbacks.model_checkpoint"
+                                         r".monitor=val/ndcg@5 "):
+        run(make_config(["model=pop", "eval.ks=[5]"]))
+    moved = ["callbacks.model_checkpoint.monitor=val/ndcg@5",
+             "callbacks.early_stopping.monitor=val/ndcg@5", "optimized_metric=val/ndcg@5"]
+    assert run(make_config(["model=pop", "eval.ks=[5]", *moved])) is not None
+
+
 def test_filtering_everything_away_names_the_setting(make_config):
     cfg = make_config(["model=pop", "data.preprocess.kcore=1000"])
     with pytest.raises(ValueError, match="empty after preprocessing.*kcore"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 import traceback
@@ -198,8 +199,33 @@ def _resolve_ckpt(cfg: DictConfig) -> str | None:
     return str(cfg.ckpt_path)
 
 
+def check_monitored_cutoffs(cfg: DictConfig) -> None:
+    """Refuse, before any data is read, monitored values at a cut-off that ``eval.ks`` does not
+    compute (``eval.ks=[5]`` with the default monitors' ``val/ndcg@10``): Lightning would stop
+    at the first validation with a message that lists no metric. The error gives the overrides
+    that fix it either way."""
+    ks = [int(k) for k in cfg.eval.ks]
+    watched = {f"callbacks.{name}.monitor": c.get("monitor")
+               for name, c in (cfg.get("callbacks") or {}).items() if c is not None}
+    watched["optimized_metric"] = cfg.get("optimized_metric")
+    missing = {}  # setting -> (value, its cut-off)
+    for setting, value in watched.items():
+        cutoff = re.fullmatch(r"(?:val|test)/[^@]+@(\d+)(?:/.*)?", str(value or ""))
+        if cutoff and int(cutoff[1]) not in ks:
+            missing[setting] = (str(value), int(cutoff[1]))
+    if missing:
+        wanted = sorted({*ks, *(k for _, k in missing.values())})
+        instead = " ".join(f"{setting}={value.replace(f'@{k}', f'@{ks[0]}', 1)}"
+                           for setting, (value, k) in missing.items())
+        raise ValueError(
+            f"{', '.join(f'{s}={v}' for s, (v, _) in missing.items())}: eval.ks={ks} computes "
+            f"no such cut-off; compute it too (eval.ks=[{','.join(map(str, wanted))}]) or monitor "
+            f"one it computes ({instead})")
+
+
 def train(cfg: DictConfig) -> RunRecord:
     """Fit and evaluate one model; write the run artifacts; return metrics.json's content."""
+    check_monitored_cutoffs(cfg)
     out = output_dir(cfg)
     _prepare_output_dir(out)
     ckpt_path = _resolve_ckpt(cfg)  # before config.yaml is rewritten: resuming compares with it
