@@ -544,6 +544,11 @@ def test_table_numbers_with_a_decimal_comma_are_read_where_every_value_has_one(t
     assert data.rating.tolist() == [4.5, 1.0, 3.0]
     np.testing.assert_allclose(data.items.numeric["price"], [1234.5, 0.99])  # float32
     assert "column 'price': numbers with a decimal comma (54,21 is 54.21)" in caplog.text
+    items.write_text("item_id;name;price\na;Mug;1,234\nb;Tea;2,500\n")  # US thousands? refused
+    with pytest.raises(DataFormatError, match=r"items.csv, row 2, column 'price': '1,234' is not "
+                                              r"a number"):
+        TableSource(path=str(events), items_path=str(items),
+                    columns={"time": None, "rating": "rating"}).load()
     items.write_text("item_id;name;price\na;Mug;2.5\nb;Tea;0,99\n")  # two conventions: refused
     with pytest.raises(DataFormatError, match=r"items.csv, row 3, column 'price': '0,99' is not "
                                               r"a number"):

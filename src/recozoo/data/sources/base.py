@@ -72,13 +72,16 @@ def numeric_column(frame: pd.DataFrame, column: str, where: str | Path,
     """``frame[column]`` as float64; a non-empty value that is not a number is an error naming
     the file, the row (``first_row`` = the file row of the first data row) and the column. A
     column whose every value is written with a decimal comma (a European spreadsheet's
-    ``54,21``) is read as such, logged."""
+    ``54,21``) is read as such, logged, where some value tells it from a thousands comma."""
     raw = frame[column]
     values = pd.to_numeric(raw, errors="coerce")
     bad = values.isna().to_numpy() & raw.notna().to_numpy()
     if bad.any() and not pd.api.types.is_numeric_dtype(raw):
         text = raw.dropna().astype(str).str.strip()
-        if text.str.fullmatch(DECIMAL_COMMA).all():
+        # 1,234 alone could be a thousand (a US export): only a decimal part of other than
+        # three digits (54,21) or points grouping thousands (1.234,5) tell a decimal comma
+        telling = text.str.contains(r",(?:\d{1,2}|\d{4,})$") | text.str.contains(r"\.\d{3},")
+        if text.str.fullmatch(DECIMAL_COMMA).all() and telling.any():
             log.info("%s, column '%s': numbers with a decimal comma (54,21 is 54.21)", where,
                      column)
             plain = raw.astype(str).str.strip().str.replace(".", "", regex=False)
