@@ -4,6 +4,7 @@ the tail bonus, with known answers on tiny data."""
 from __future__ import annotations
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -11,7 +12,12 @@ from torch import nn
 from recozoo.data.datamodule import DatasetInfo
 from recozoo.data.interactions import EVENT_CODES
 from recozoo.evaluation import Ranker
-from recozoo.models.components.q_heads import EventReward, TargetNetwork, double_q_target
+from recozoo.models.components.q_heads import (
+    EventReward,
+    TargetNetwork,
+    double_q_target,
+    rewards_with_mean,
+)
 from recozoo.models.sqn import SQN
 from recozoo.train import build_experiment, build_model
 
@@ -42,6 +48,44 @@ def test_reward_is_event_weight_plus_tail_bonus():
 def test_reward_weights_must_name_every_event():
     with pytest.raises(ValueError, match="missing \\['purchase'\\].*unknown \\['buy'\\]"):
         EventReward({"view": 1.0, "cart": 2.0, "buy": 3.0}, torch.zeros(3, dtype=torch.bool))
+
+
+def test_rewards_with_mean_keep_the_ratios_and_give_the_average_event_the_mean():
+    counts = torch.tensor([6, 3, 1])  # views, carts, purchases among training events
+    scaled, factor = rewards_with_mean(WEIGHTS, counts, 0.2)
+    logged = (6 * 0.2 + 3 * 0.5 + 1 * 1.0) / 10  # 0.37 before
+    assert factor == pytest.approx(0.2 / logged)
+    average = sum(scaled[name] * n for name, n in zip(("view", "cart", "purchase"), (6, 3, 1)))
+    assert average / 10 == pytest.approx(0.2)
+    assert scaled["purchase"] / scaled["view"] == pytest.approx(5.0)
+    # a log of purchases alone (every event 1.0) earns what a log of views does
+    assert rewards_with_mean(WEIGHTS, torch.tensor([0, 0, 50]), 0.2)[0]["purchase"] == (
+        pytest.approx(0.2))
+    # data without event types log views: 0.2 stays 0.2, bit for bit
+    assert rewards_with_mean(WEIGHTS, None, 0.2) == (WEIGHTS, 1.0)
+
+
+@pytest.mark.parametrize("weights, mean, message", [
+    ({"view": 0.0, "cart": 0.0, "purchase": 1.0}, 0.2, "earn no reward on average"),
+    (WEIGHTS, 0.0, "positive number"),
+    (WEIGHTS, float("nan"), "positive number"),
+])
+def test_rewards_with_mean_refuses_what_no_scale_reaches(weights, mean, message):
+    with pytest.raises(ValueError, match=f"model.reward_mean.*{message}"):
+        rewards_with_mean(weights, torch.tensor([4, 0, 0]), mean)
+
+
+def test_sqn_scales_its_rewards_by_the_training_events(make_config):
+    cfg = make_config(["model=sqn", "model.reward_mean=0.2"])
+    experiment = build_experiment(cfg)
+    dm, model = experiment.datamodule, experiment.model
+    counts = dm.info.event_counts
+    assert counts is not None and int(counts.sum()) == len(dm.train)
+    assert torch.equal(counts, torch.as_tensor(np.bincount(dm.train.event, minlength=3)))
+    weight = model.reward.event_weight.double()
+    assert float((weight * counts).sum() / counts.sum()) == pytest.approx(0.2)
+    assert float(weight[2] / weight[0]) == pytest.approx(cfg.model.reward.purchase
+                                                         / cfg.model.reward.view)
 
 
 def test_double_q_target_lets_online_choose_and_target_value():

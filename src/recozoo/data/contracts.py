@@ -125,6 +125,8 @@ class DatasetInfo:
             model rebuilt from a run folder reads them from its checkpoint).
         rating_mean: mean explicit training rating, or None for data without ratings.
         rating_range: (lowest, highest) explicit training rating, or None.
+        event_counts: (len(EVENT_NAMES),) training interactions per event type (view, cart,
+            purchase), or None for data without event types (every event a view).
 
     ``DatasetInfo.from_popularity`` derives the tail mask and the buckets from the training
     counts: the one place where a dataset's head and tail are decided.
@@ -143,6 +145,7 @@ class DatasetInfo:
     train_pairs: torch.Tensor | None = None
     rating_mean: float | None = None
     rating_range: tuple[float, float] | None = None
+    event_counts: torch.Tensor | None = None
     user_activity: torch.Tensor | None = None
     heavy_user_share: float = DEFAULT_HEAVY_USER_SHARE
     heavy_users: torch.Tensor | None = None

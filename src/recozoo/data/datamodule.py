@@ -22,7 +22,7 @@ from recozoo.data.contracts import (
     TrainView,
     zero_one_sparse,
 )
-from recozoo.data.interactions import Interactions
+from recozoo.data.interactions import EVENT_NAMES, Interactions
 from recozoo.data.popularity import DEFAULT_HEAD_SHARE, item_popularity
 from recozoo.data.preprocess import Preprocessing, PreprocessReport
 from recozoo.data.split import LeaveOneOut, hold_out_cold_items
@@ -183,6 +183,9 @@ class RecDataModule(L.LightningDataModule):
                          else None),
             rating_range=((float(self.train.rating.min()), float(self.train.rating.max()))
                           if self.train.rating is not None else None),
+            event_counts=(torch.as_tensor(np.bincount(self.train.event,
+                                                      minlength=len(EVENT_NAMES)))
+                          if self.train.event is not None else None),
         )
         head = popularity[~self.info.tail_mask.numpy()].sum() / max(popularity.sum(), 1)
         log.info("%s: %d users, %d items, %d interactions (train %d, valid %d, test %d); "

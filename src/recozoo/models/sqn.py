@@ -54,7 +54,13 @@ from torch import nn
 from recozoo.data.datamodule import DatasetInfo, EvalBatch, TrainView
 from recozoo.models.base import Recommender
 from recozoo.models.components.lookup import entries, rows
-from recozoo.models.components.q_heads import EventReward, QNetwork, TargetNetwork, double_q_target
+from recozoo.models.components.q_heads import (
+    EventReward,
+    QNetwork,
+    TargetNetwork,
+    double_q_target,
+    rewards_with_mean,
+)
 from recozoo.models.components.sequence import (
     CausalTransformerEncoder,
     GRUEncoder,
@@ -88,6 +94,8 @@ class SQN(Recommender):
         mix_grid: weights of the Q-values that ``mix`` ranking tries after training, on
             validation with the best weights, keeping the best (None: ``mix_weight`` stays).
         reward: reward per event name (``view``, ``cart``, ``purchase``).
+        reward_mean: scale the rewards so that the average logged training event earns this
+            (`rewards_with_mean`; the tail bonus is added unscaled); None: as given.
         tail_bonus: reward bonus lambda for tail items.
         gamma: discount.
         q_weight: weight of the TD loss next to the cross-entropy.
@@ -114,7 +122,7 @@ class SQN(Recommender):
                  max_len: int = 50, batch_size: int = 128, supervised: bool = True,
                  rank_head: RankHead = "mix",
                  mix_weight: float = 1.0, mix_grid: Sequence[float] | None = None,
-                 reward: Mapping[str, float] | None = None,
+                 reward: Mapping[str, float] | None = None, reward_mean: float | None = None,
                  tail_bonus: float = 0.0, gamma: float = 0.5, q_weight: float = 1.0,
                  n_negatives: int = 10, target_tau: float = 0.01, target_every: int = 1,
                  grad_clip: float | None = None, sampled_softmax: bool | None = None,
@@ -159,7 +167,12 @@ class SQN(Recommender):
         # "constrained embedding"); the Q-head has its own weights (values are not logits)
         self.supervised_bias = nn.Parameter(torch.zeros(info.n_items)) if supervised else None
         self.target = TargetNetwork(self.q_network, tau=target_tau, every=target_every)
-        self.reward = EventReward(dict(reward or DEFAULT_REWARD), info.tail_mask, tail_bonus)
+        weights = dict(reward or DEFAULT_REWARD)
+        if reward_mean is not None:
+            weights, factor = rewards_with_mean(weights, info.event_counts, float(reward_mean))
+            log.info("sqn: event rewards x%.3g, so the average logged event earns %g: %s",
+                     factor, reward_mean, ", ".join(f"{k} {v:.3g}" for k, v in weights.items()))
+        self.reward = EventReward(weights, info.tail_mask, tail_bonus)
 
     def train_view(self) -> TrainView:
         # a window of max_len - 1 inputs plus its last target is what the encoder reads

@@ -16,6 +16,7 @@ for Recommender Systems", SIGIR 2020 (rewards from logged clicks and purchases).
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Mapping
 
 import torch
@@ -57,6 +58,35 @@ class EventReward(nn.Module):
     def forward(self, item: torch.Tensor, event: torch.Tensor) -> torch.Tensor:
         """Rewards (same shape as ``item``) of actions ``item`` logged with event codes ``event``."""
         return self.event_weight[event] + self.tail_bonus * self.tail_mask[item].float()
+
+
+def rewards_with_mean(weights: Mapping[str, float], event_counts: torch.Tensor | None,
+                      mean: float) -> tuple[dict[str, float], float]:
+    """``weights`` (reward per event name) scaled so that the average logged event of the
+    training data earns ``mean``; returns (scaled weights, the factor applied).
+
+    ``event_counts``: training interactions per event code (`EVENT_NAMES` order), None for
+    data without event types (every event a view). A reward table then sets the ratios between
+    events and ``mean`` its scale, so one discount and one TD-loss weight mean the same on a log
+    of views (reward 0.2 each) and on one of purchases (1.0 each).
+
+    Example:
+        >>> rewards_with_mean({"view": 0.2, "cart": 0.5, "purchase": 1.0},
+        ...                   torch.tensor([0, 0, 10]), 0.2)[0]["purchase"]
+        0.2
+    """
+    if not (math.isfinite(mean) and mean > 0):
+        raise ValueError(f"model.reward_mean must be a positive number or null, got {mean}")
+    counts = (torch.tensor([1.0, 0.0, 0.0]) if event_counts is None or event_counts.sum() == 0
+              else event_counts.double())
+    logged = sum(float(weights.get(name, 0.0)) * float(counts[code])
+                 for code, name in enumerate(EVENT_NAMES)) / float(counts.sum())
+    if logged <= 0:
+        raise ValueError(f"model.reward_mean={mean}: the logged events earn no reward on "
+                         f"average ({dict(weights)}), so no scale reaches it; give the events "
+                         "positive rewards or set model.reward_mean=null")
+    factor = mean / logged
+    return {name: float(value) * factor for name, value in weights.items()}, factor
 
 
 class QNetwork(nn.Module):
