@@ -65,6 +65,13 @@ def test_rewards_with_mean_keep_the_ratios_and_give_the_average_event_the_mean()
     assert rewards_with_mean(WEIGHTS, None, 0.2) == (WEIGHTS, 1.0)
 
 
+@pytest.mark.parametrize("n", [1, 3, 41, 42253])
+def test_a_log_of_one_event_type_keeps_its_reward_bit_for_bit(n):
+    # 0.2 * 3 / 3 is not 0.2 in floating point: a sum over counts would move view-only data
+    assert rewards_with_mean(WEIGHTS, torch.tensor([n, 0, 0]), 0.2) == (WEIGHTS, 1.0)
+    assert rewards_with_mean(WEIGHTS, torch.tensor([0, 0, n]), 1.0) == (WEIGHTS, 1.0)
+
+
 @pytest.mark.parametrize("weights, mean, message", [
     ({"view": 0.0, "cart": 0.0, "purchase": 1.0}, 0.2, "earn no reward on average"),
     (WEIGHTS, 0.0, "positive number"),

@@ -77,10 +77,12 @@ def rewards_with_mean(weights: Mapping[str, float], event_counts: torch.Tensor |
     """
     if not (math.isfinite(mean) and mean > 0):
         raise ValueError(f"model.reward_mean must be a positive number or null, got {mean}")
-    counts = (torch.tensor([1.0, 0.0, 0.0]) if event_counts is None or event_counts.sum() == 0
-              else event_counts.double())
-    logged = sum(float(weights.get(name, 0.0)) * float(counts[code])
-                 for code, name in enumerate(EVENT_NAMES)) / float(counts.sum())
+    if event_counts is None or int(event_counts.sum()) == 0:  # views alone
+        event_counts = torch.tensor([name == "view" for name in EVENT_NAMES])
+    shares = event_counts.double() / event_counts.sum()  # exactly 1.0 for a single event type
+    per_event = torch.tensor([float(weights.get(name, 0.0)) for name in EVENT_NAMES],
+                             dtype=torch.float64)  # a missing name: EventReward says so
+    logged = float(per_event @ shares)  # a single type: its weight, so the factor is exactly 1
     if logged <= 0:
         raise ValueError(f"model.reward_mean={mean}: the logged events earn no reward on "
                          f"average ({dict(weights)}), so no scale reaches it; give the events "
