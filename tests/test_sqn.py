@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import compose_config
 from recozoo.data.datamodule import DatasetInfo
 from recozoo.data.interactions import EVENT_CODES
 from recozoo.evaluation import Ranker
@@ -93,6 +94,22 @@ def test_sqn_scales_its_rewards_by_the_training_events(make_config):
     assert float((weight * counts).sum() / counts.sum()) == pytest.approx(0.2)
     assert float(weight[2] / weight[0]) == pytest.approx(cfg.model.reward.purchase
                                                          / cfg.model.reward.view)
+
+
+def test_a_rebuilt_sqn_says_it_has_no_event_counts(tmp_path, caplog):
+    # serving rebuilds the model from items.parquet, which counts no events; the rewards are
+    # training state only (not in the checkpoint), and the log says what the scale was built on
+    from recozoo.serve.loading import load_model
+    from recozoo.train import run
+
+    cfg = compose_config(["model=sqn", "model.reward_mean=0.2"], tmp_path / "sqn")
+    with caplog.at_level("INFO", logger="recozoo.models.sqn"):
+        run(cfg)
+        trained_log = caplog.text
+        caplog.clear()
+        load_model(tmp_path / "sqn")
+    assert "event rewards x" in trained_log and "no event counts" not in trained_log
+    assert "no event counts: every event taken as a view" in caplog.text
 
 
 def test_double_q_target_lets_online_choose_and_target_value():

@@ -170,8 +170,13 @@ class SQN(Recommender):
         weights = dict(reward or DEFAULT_REWARD)
         if reward_mean is not None:
             weights, factor = rewards_with_mean(weights, info.event_counts, float(reward_mean))
-            log.info("sqn: event rewards x%.3g, so the average logged event earns %g: %s",
-                     factor, reward_mean, ", ".join(f"{k} {v:.3g}" for k, v in weights.items()))
+            # without counts (data without event types, or a model rebuilt from a run folder to
+            # serve, where rewards are unused) every event is a view
+            counted = ("" if info.event_counts is not None
+                       else " (no event counts: every event taken as a view)")
+            log.info("sqn: event rewards x%.3g, so the average logged event earns %g%s: %s",
+                     factor, reward_mean, counted,
+                     ", ".join(f"{k} {v:.3g}" for k, v in weights.items()))
         self.reward = EventReward(weights, info.tail_mask, tail_bonus)
 
     def train_view(self) -> TrainView:
