@@ -211,6 +211,7 @@ BEFORE_ADDED: dict[str, Any] = {
     "model.user_init_std": None,  # caser's user rows at zero (0) instead of normal noise (issue 16)
     "model.pm_min_density": None,  # cfgan: PM (0.05, 1 per item) on dense rows, ZR alone before (issue 16)
     "model.mix_grid": None,  # sqn's Q weight chosen on validation after training (issue 16)
+    "model.reward_mean": None,  # sqn's rewards scaled to a mean per logged event (issue 16)
 }
 
 
