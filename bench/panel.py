@@ -212,6 +212,7 @@ BEFORE_ADDED: dict[str, Any] = {
     "model.pm_min_density": None,  # cfgan: PM (0.05, 1 per item) on dense rows, ZR alone before (issue 16)
     "model.mix_grid": None,  # sqn's Q weight chosen on validation after training (issue 16)
     "model.reward_mean": None,  # sqn's rewards scaled to a mean per logged event (issue 16)
+    "model.reg_grid": None,  # ease's L2 weight chosen on validation after the fit (issue 16)
 }
 
 

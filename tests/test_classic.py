@@ -120,6 +120,92 @@ def test_ease_scores_are_the_inputs_times_the_weights_with_repeats_counted_once(
     assert np.allclose(model.score(batch).numpy(), expected, atol=1e-5)
 
 
+def _closed_form(dense: np.ndarray, reg: float) -> np.ndarray:
+    precision = np.linalg.inv(dense.T @ dense + reg * np.eye(dense.shape[1]))
+    weights = -precision / np.diag(precision)[None, :]
+    np.fill_diagonal(weights, 0.0)
+    return weights
+
+
+@pytest.mark.parametrize("peak, tried, chosen", [
+    (40.0, [10, 5, 20, 40, 80], 40.0),   # the first step down falls: up while it rises
+    (4.0, [10, 5, 2.5], 5.0),            # down while it rises; never up (single-peaked)
+    (10.0, [10, 5, 20], 10.0),           # both neighbours lower: the start stays
+])
+def test_ease_chooses_its_l2_weight_on_validation_refitting_outward(peak, tried, chosen):
+    """With reg_grid, the L2 weight is chosen on validation after the fit: outward from
+    reg_weight along the sorted grid while validation rises, each weight fitted and validated
+    once; the weights are then the closed form at the chosen value, which the model records."""
+    from recozoo.models.ease import EASE
+
+    user, item, dense = _pairs(40, 15, 150, seed=3)
+    model = EASE(_info(dense), reg_weight=10.0, reg_grid=[80, 2.5, 5, 20, 40, 160],
+                 inverse_dtype="float64")
+    assert model.reg_grid == [2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0]  # reg_weight added
+    model.training_step({"user": user, "item": item}, 0)
+    assert float(model.fitted_reg_weight) == 10.0
+    seen = []
+
+    def validate():  # a single-peaked validation curve in log(L2 weight), its top at `peak`
+        reg = float(model.fitted_reg_weight)
+        assert np.allclose(model.item_weights.numpy(), _closed_form(dense, reg), atol=1e-5)
+        seen.append(reg)
+        return 1.0 - abs(np.log(reg / peak))
+
+    result = model.choose_on_validation(validate)
+    assert seen == tried
+    assert result["reg_weight"] == chosen and float(model.fitted_reg_weight) == chosen
+    assert list(result["reg_validation"]) == [f"{w:g}" for w in sorted(tried)]
+    assert np.allclose(model.item_weights.numpy(), _closed_form(dense, chosen), atol=1e-5)
+
+
+def test_ease_without_a_grid_or_a_fit_in_this_process_chooses_nothing(tmp_path, caplog):
+    """reg_grid null keeps reg_weight without validating; a model loaded from a checkpoint
+    (no training pairs here) keeps the weights it was saved with and says so. A checkpoint from
+    before the setting was fitted with reg_weight. A grid of weights <= 0 is refused."""
+    from recozoo.models.ease import EASE
+
+    user, item, dense = _pairs(40, 15, 150, seed=3)
+    fixed = EASE(_info(dense), reg_weight=10.0)
+    fixed.training_step({"user": user, "item": item}, 0)
+    assert fixed.choose_on_validation(lambda: pytest.fail("validated")) == {}
+    state = {k: v for k, v in fixed.state_dict().items() if k != "fitted_reg_weight"}
+    checkpoint = {"state_dict": state}
+    loaded = EASE(_info(dense), reg_weight=10.0, reg_grid=[5.0, 20.0])
+    loaded.on_load_checkpoint(checkpoint)
+    loaded.load_state_dict(checkpoint["state_dict"])  # strict: the fitted weight filled in
+    assert float(loaded.fitted_reg_weight) == 10.0
+    assert torch.equal(loaded.item_weights, fixed.item_weights)
+    with caplog.at_level("WARNING"):
+        assert loaded.choose_on_validation(lambda: pytest.fail("validated")) == {}
+    assert "not fitted in this process" in caplog.text
+    for bad in ([], [0.0, 5.0], [-1.0]):
+        with pytest.raises(ValueError, match="reg_grid must hold L2 weights > 0"):
+            EASE(_info(dense), reg_grid=bad)
+
+
+def test_a_run_chooses_the_ease_l2_weight_and_tests_and_serves_with_it(make_config):
+    """train.py lets EASE choose its L2 weight on validation: the choice is in metrics.json,
+    the best checkpoint holds the weights fitted with it, and the test and serving use them."""
+    from recozoo.artifacts import RunDir
+    from recozoo.serve.loading import load_model
+    from recozoo.train import train
+
+    cfg = make_config(["model=ease", "model.reg_weight=50", "model.reg_grid=[1,5,50,500]"])
+    record = train(cfg)
+    chosen = record.chosen_on_validation
+    values = {float(w): v for w, v in chosen["reg_validation"].items()}
+    assert 50.0 in values and len(values) >= 2
+    assert chosen["reg_weight"] == max(values, key=lambda w: (values[w], w == 50.0))
+    assert record["val/ndcg@10"] == pytest.approx(values[chosen["reg_weight"]])
+    run = RunDir(cfg.paths.output_dir)
+    state = torch.load(run.path / record.best_checkpoint, map_location="cpu",
+                       weights_only=False)["state_dict"]
+    assert float(state["fitted_reg_weight"]) == chosen["reg_weight"]
+    served, _ = load_model(run.path)
+    assert torch.equal(served.model.item_weights, state["item_weights"])
+
+
 def test_seen_sum_is_the_input_rows_times_a_matrix_bit_for_bit():
     from recozoo.data.contracts import EvalBatch
 
