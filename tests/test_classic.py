@@ -120,6 +120,31 @@ def test_ease_scores_are_the_inputs_times_the_weights_with_repeats_counted_once(
     assert np.allclose(model.score(batch).numpy(), expected, atol=1e-5)
 
 
+def test_climb_measures_outward_from_the_start_while_the_value_rises():
+    """`climb` measures the start, then down while rising, else up; each setting once; a NaN
+    is the lowest value; a tie keeps the setting nearer the start; the start must be a
+    setting of the grid."""
+    from recozoo.models.components.grid_climb import climb
+
+    grid = [1.0, 2.0, 3.0, 4.0, 5.0]
+    curve = {1.0: 0.1, 2.0: 0.5, 3.0: 0.4, 4.0: 0.3, 5.0: 0.2}
+    seen = []
+
+    def value(setting):
+        seen.append(setting)
+        return curve[setting]
+
+    assert climb(grid, 4.0, value) == (2.0, {4.0: 0.3, 3.0: 0.4, 2.0: 0.5, 1.0: 0.1})
+    assert seen == [4.0, 3.0, 2.0, 1.0]
+    seen.clear()
+    assert climb(grid, 1.0, value)[0] == 2.0 and seen == [1.0, 2.0, 3.0]  # nothing below
+    assert climb(grid, 3.0, {1.0: 0, 2.0: 0.4, 3.0: 0.4, 4.0: 0.4, 5.0: 0}.get)[0] == 3.0
+    best, values = climb(grid, 3.0, {2.0: float("nan"), 3.0: 0.1, 4.0: 0.2, 5.0: 0.1}.get)
+    assert best == 4.0 and values[2.0] == float("-inf")
+    with pytest.raises(ValueError, match="not in the grid"):
+        climb(grid, 2.5, value)
+
+
 def _closed_form(dense: np.ndarray, reg: float) -> np.ndarray:
     precision = np.linalg.inv(dense.T @ dense + reg * np.eye(dense.shape[1]))
     weights = -precision / np.diag(precision)[None, :]

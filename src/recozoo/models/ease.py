@@ -15,7 +15,6 @@ the fit (``reg_grid``, `EASE.choose_on_validation`).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,6 +23,7 @@ import torch
 
 from recozoo.data.datamodule import DatasetInfo, EvalBatch
 from recozoo.models.base import ClosedFormRecommender
+from recozoo.models.components.grid_climb import climb
 from recozoo.models.components.interaction_matrix import item_cooccurrence
 from recozoo.runtime import available_memory, openmp_waits_passively
 
@@ -107,11 +107,9 @@ class EASE(ClosedFormRecommender):
     Args:
         reg_weight: the L2 weight (lambda in the paper) of the fit, and where the choice on
             validation starts.
-        reg_grid: L2 weights to choose from on validation after the fit (null: ``reg_weight``
-            stays). From ``reg_weight`` the choice refits at the next weight of the sorted grid
-            down, and keeps going while validation rises; where the first step down does not
-            rise, it goes up the same way. Validation of ridge weights is single-peaked in
-            practice, so this finds the grid's best in 2-4 fits, not one per weight.
+        reg_grid: L2 weights to choose from on validation after the fit, refitting outward
+            from ``reg_weight`` while validation rises (`climb`: 2-4 fits, not one per weight);
+            null: ``reg_weight`` stays.
         inverse_dtype: "float64" or "float32", the precision of the inverse. float32 is about
             twice as fast; the regulariser keeps the matrix well conditioned.
     """
@@ -165,8 +163,8 @@ class EASE(ClosedFormRecommender):
 
     def choose_on_validation(self, validate: Callable[[], float]) -> dict[str, Any]:
         """With ``reg_grid``: the L2 weight of the grid with the best validation value, found
-        by refitting outward from ``reg_weight`` (the class docstring says how); ``reg_weight``
-        unless another is strictly better. Needs the training pairs of this process's fit: a
+        by refitting outward from ``reg_weight`` (`climb`); ``reg_weight`` unless another is
+        strictly better. Needs the training pairs of this process's fit: a
         model loaded from a checkpoint keeps the weights it was saved with."""
         if self.reg_grid is None:
             return {}
@@ -175,27 +173,7 @@ class EASE(ClosedFormRecommender):
                         "(loaded from a checkpoint): its L2 weight %g stays",
                         float(self.fitted_reg_weight))
             return {}
-        grid, values = self.reg_grid, {}
-
-        def value(index: int) -> float:
-            weight = grid[index]
-            if weight not in values:
-                if float(self.fitted_reg_weight) != weight:
-                    self.fit_pairs(*self._pairs, weight)
-                found = float(validate())
-                values[weight] = found if math.isfinite(found) else -math.inf
-            return values[weight]
-
-        start = best = grid.index(float(self.fitted_reg_weight)
-                                  if float(self.fitted_reg_weight) in grid else self.reg_weight)
-        value(start)  # the fitted weights first
-        for step in (-1, 1):
-            index = best + step
-            while 0 <= index < len(grid) and value(index) > value(best):
-                best, index = index, index + step
-            if best != start:  # rose in this direction: single-peaked, so not the other
-                break
-        chosen = grid[best]
+        chosen, values = climb(self.reg_grid, self.reg_weight, self._validate_at(validate))
         if float(self.fitted_reg_weight) != chosen:
             self.fit_pairs(*self._pairs, chosen)
         self._pairs = None
@@ -204,6 +182,15 @@ class EASE(ClosedFormRecommender):
                  "/".join(f"{values[w]:.4f}" for w in sorted(values)))
         return {"reg_weight": chosen,
                 "reg_validation": {f"{w:g}": values[w] for w in sorted(values)}}
+
+    def _validate_at(self, validate: Callable[[], float]) -> Callable[[float], float]:
+        """The validation value of the weights fitted with a given L2 weight (refitted unless
+        they are the current ones)."""
+        def value(reg_weight: float) -> float:
+            if float(self.fitted_reg_weight) != reg_weight:
+                self.fit_pairs(*self._pairs, reg_weight)
+            return validate()
+        return value
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A checkpoint from before ``fitted_reg_weight`` was fitted with ``reg_weight``."""
