@@ -162,6 +162,51 @@ def test_training_views(dm):
     assert torch.equal(sparse["rows"].to_dense(), rows["rows"])
 
 
+def _user_sequences(items) -> list[list[int]]:
+    return [items.items[items.indptr[u]:items.indptr[u + 1]].tolist()
+            for u in range(len(items.indptr) - 1)]
+
+
+def test_a_random_split_hands_sequence_models_each_users_items_in_a_seeded_random_order():
+    """Under split=random (held-out items are a random share, not the next ones) each user's
+    items are in a random order under the seed: one order for training, validation inputs and
+    test inputs (train + validation); time order with sequence_order=time, and under every
+    split that holds out the next items. An unknown order is refused by name."""
+    source = ShopSource(n_users=60, n_items=40)
+
+    def setup(split, seed=1):
+        module = RecDataModule(source, split=split, seed=seed, history_len=500)
+        module.setup()
+        return module
+
+    shuffled, timed = setup(RandomRatioSplit()), setup(RandomRatioSplit(sequence_order="time"))
+    assert RandomRatioSplit().sequence_order == "shuffled"
+    assert LeaveOneOut().sequence_order == TemporalRatioSplit().sequence_order == "time"
+    data = timed.data
+    by_time = [list(data.item[rows][np.argsort(data.timestamp[rows], kind="stable")])
+               for rows in (timed.indices.train[timed.train.user == u]
+                            for u in range(data.n_users))]
+    assert _user_sequences(timed.train_items) == [[int(i) for i in r] for r in by_time]
+    mixed = _user_sequences(shuffled.train_items)
+    assert mixed != _user_sequences(timed.train_items)  # another order ...
+    assert [sorted(a) for a in mixed] == [sorted(b) for b in _user_sequences(timed.train_items)]
+    assert mixed == _user_sequences(setup(RandomRatioSplit()).train_items)  # ... under the seed
+    # the test inputs (train + validation) keep the training items in the training order
+    valid = set(zip(shuffled.data.user[shuffled.indices.valid].tolist(),
+                    shuffled.data.item[shuffled.indices.valid].tolist()))
+    for user, (train, inputs) in enumerate(zip(mixed,
+                                               _user_sequences(shuffled.eval_inputs["test"]))):
+        assert [i for i in inputs if (user, i) not in valid] == train
+    # the evaluation history is the end of that order
+    users = shuffled.eval_users["test"][:5]
+    history = shuffled.eval_batch("test", users).history.numpy()
+    for row, user in zip(history, users):
+        inputs = _user_sequences(shuffled.eval_inputs["test"])[user]
+        assert row[row != shuffled.info.pad_item].tolist() == inputs[-len(inputs):]
+    with pytest.raises(ValueError, match="split.sequence_order must be 'time' or 'shuffled'"):
+        setup(RandomRatioSplit(sequence_order="random"))
+
+
 def test_training_pairs_are_found_alike_by_bit_table_and_search(dm):
     """Negative rejection asks whether (user, item) pairs are training interactions: a bit
     table where the users x items grid is small, a search of sorted keys elsewhere."""

@@ -164,11 +164,15 @@ def test_validations_inside_fit_score_as_the_final_validation(make_config):
 
 
 @pytest.mark.parametrize("model, split, warned", [
-    ("gru4rec", "random", True), ("gru4rec", "loo", False), ("bpr", "random", False)])
-def test_a_sequence_model_on_a_random_split_is_warned(make_config, caplog, model, split, warned):
+    ("gru4rec", "random split.sequence_order=time", True), ("gru4rec", "random", False),
+    ("gru4rec", "loo", False), ("bpr", "random split.sequence_order=time", False)])
+def test_a_sequence_model_on_a_random_split_in_time_order_is_warned(make_config, caplog, model,
+                                                                     split, warned):
+    """A random split shuffles each user's items for sequence models by default; one that
+    keeps time order there learns the next item where random ones are held out: warned."""
     from recozoo.train import build_experiment
 
-    build_experiment(make_config([f"model={model}", f"split={split}"]))
+    build_experiment(make_config([f"model={model}", *f"split={split}".split()]))
     assert ("split=random holds out random ratings" in caplog.text) is warned
 
 

@@ -36,11 +36,13 @@ TRAIN_BIT_TABLE_MAX_BYTES = 32 * 2**20
 __all__ = ["EVAL_SCORES_PER_BATCH", "DatasetInfo", "EvalBatch", "RecDataModule", "TrainView"]
 
 class UserItems:
-    """Each user's items in chronological order, CSR style, for fast batched lookup."""
+    """Each user's items sorted by ``order`` (the timestamp, or the random key of a split whose
+    held-out items are not the next ones: `RecDataModule._sequence_order_key`), ties in row
+    order, CSR style, for fast batched lookup."""
 
-    def __init__(self, user: np.ndarray, item: np.ndarray, timestamp: np.ndarray, n_users: int,
+    def __init__(self, user: np.ndarray, item: np.ndarray, order: np.ndarray, n_users: int,
                  extra: dict[str, np.ndarray] | None = None):
-        order = np.lexsort((np.arange(len(user)), timestamp, user))
+        order = np.lexsort((np.arange(len(user)), order, user))
         self.items = item[order]
         self.extra = {k: v[order] for k, v in (extra or {}).items()}
         counts = np.bincount(user, minlength=n_users)
@@ -163,10 +165,14 @@ class RecDataModule(L.LightningDataModule):
                              f"'{data.name}'")
         self.train = data.take(self.indices.train)
         valid, test = data.take(self.indices.valid), data.take(self.indices.test)
-        test_inputs = data.take(np.r_[self.indices.train, self.indices.valid])
-        self.train_items = self._user_items(self.train)
-        self.eval_inputs = {"val": self.train_items, "test": self._user_items(test_inputs)}
-        self.eval_targets = {"val": self._user_items(valid), "test": self._user_items(test)}
+        input_rows = np.r_[self.indices.train, self.indices.valid]
+        test_inputs = data.take(input_rows)
+        order = self._sequence_order_key(data)  # what orders each user's items
+        self.train_items = self._user_items(self.train, order[self.indices.train])
+        self.eval_inputs = {"val": self.train_items,
+                            "test": self._user_items(test_inputs, order[input_rows])}
+        self.eval_targets = {"val": self._user_items(valid, order[self.indices.valid]),
+                             "test": self._user_items(test, order[self.indices.test])}
         self.eval_users = {stage: np.unique(part.user) for stage, part in
                            (("val", valid), ("test", test))}
         popularity = item_popularity(self.train.item, data.n_items)
@@ -207,13 +213,30 @@ class RecDataModule(L.LightningDataModule):
                          if self.negative_probabilities is not None else None)
         self._negative_cdf = None if probabilities is None else np.cumsum(probabilities)
 
-    def _user_items(self, part: Interactions) -> UserItems:
+    def _sequence_order_key(self, data: Interactions) -> np.ndarray:
+        """The key each user's items are sorted by, for every row of ``data``: the timestamp,
+        or under a split whose ``sequence_order`` is "shuffled" (a random split, whose held-out
+        items are not the next ones) a random number under the seed, so that sequence models
+        learn the user's items as a set, and one order holds for training and every stage's
+        inputs."""
+        order = getattr(self.split, "sequence_order", "time")
+        if order == "time":
+            return data.timestamp
+        if order != "shuffled":
+            raise ValueError(f"split.sequence_order must be 'time' or 'shuffled', got {order!r}")
+        log.info("split '%s' holds out a random share of each user's items, not the next ones: "
+                 "each user's items reach sequence models and evaluation histories in a random "
+                 "order under the seed (split.sequence_order=time keeps time order)",
+                 self.split.name)
+        return np.random.default_rng([self.seed, 31]).random(len(data))
+
+    def _user_items(self, part: Interactions, order: np.ndarray) -> UserItems:
         extra = {}
         if part.event is not None:
             extra["event"] = part.event
         if part.rating is not None:
             extra["rating"] = part.rating
-        return UserItems(part.user, part.item, part.timestamp, part.n_users, extra)
+        return UserItems(part.user, part.item, order, part.n_users, extra)
 
     def stats(self) -> dict[str, Any]:
         """Size and long-tail statistics of the prepared data (for logs and the README)."""

@@ -4,6 +4,13 @@ Each splitter returns three integer position arrays into the (preprocessed) inte
 Validation and test targets never appear in the training positions; what a model may *see* at
 evaluation (its inputs) is decided by the DataModule: train for validation, train + validation
 for test.
+
+A splitter also says in which order a user's items reach sequence models and evaluation histories
+(``sequence_order``): "time" where the held-out items are the next ones (leave-one-out, the
+temporal splits), "shuffled" where they are a random share of the user's items (`RandomRatioSplit`):
+there the next item in time is not what is measured, and sequence models trained on time order
+rank at popularity's level (ml-100k, seeds 1-5), so each user's items come in a random order
+under the seed (`RecDataModule`). ``split.sequence_order=time`` keeps time order anyway.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ class LeaveOneOut:
     """
 
     name: str = "loo"
+    sequence_order: str = "time"
 
     def __call__(self, data: Interactions, seed: int) -> SplitIndices:
         order = data.chronological_order()
@@ -89,6 +97,7 @@ def ratio_counts(n: np.ndarray, ratios: tuple[float, float, float]) -> tuple[np.
 class _RatioSplit:
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     name: str = "ratio"
+    sequence_order: str = "time"
 
     def __post_init__(self) -> None:
         self.ratios = check_ratios(self.ratios)
@@ -119,9 +128,11 @@ class TemporalRatioSplit(_RatioSplit):
 
 @dataclass
 class RandomRatioSplit(_RatioSplit):
-    """Per user, shuffled under the seed (RecBole's "RO" ordering with "RS" ratios)."""
+    """Per user, shuffled under the seed (RecBole's "RO" ordering with "RS" ratios); the users'
+    items reach sequence models in a random order too (the module docstring says why)."""
 
     name: str = "random"
+    sequence_order: str = "shuffled"
 
     def _order(self, data: Interactions, seed: int) -> np.ndarray:
         shuffle = np.random.default_rng(seed).permutation(len(data))
@@ -194,6 +205,7 @@ class GlobalTemporalSplit:
     test_from: str | float | None = None
     new_items: Literal["drop", "keep"] = "drop"
     name: str = "global_temporal"
+    sequence_order: str = "time"
 
     def __post_init__(self) -> None:
         self.ratios = check_ratios(self.ratios)
@@ -280,6 +292,8 @@ class PresetSplit:
         user_column: header of the external user id column.
         item_column: header of the external item id column.
         sep: the column separator.
+        sequence_order: "time", or "shuffled" for the rows of a random split (the module
+            docstring says why).
 
     Example:
         ``python train.py data=atomic data.path=<folder> data.name=ml-100k split=preset
@@ -296,6 +310,7 @@ class PresetSplit:
     item_column: str = "item_id"
     sep: str = "\t"
     name: str = "preset"
+    sequence_order: str = "time"
 
     def _path(self, part: str) -> Path:
         return Path(self.folder) / str(getattr(self, part))
