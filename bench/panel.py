@@ -213,6 +213,8 @@ BEFORE_ADDED: dict[str, Any] = {
     "model.mix_grid": None,  # sqn's Q weight chosen on validation after training (issue 16)
     "model.reward_mean": None,  # sqn's rewards scaled to a mean per logged event (issue 16)
     "model.reg_grid": None,  # ease's L2 weight chosen on validation after the fit (issue 16)
+    "model.shrink_grid": None,  # itemknn's shrinkage chosen on validation after the fit
+    "model.k_grid": None,  # and its neighbourhood size (issue 16)
 }
 
 

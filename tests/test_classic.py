@@ -270,6 +270,61 @@ def test_itemknn_scores_sum_the_top_k_shrunk_cosine_neighbours(monkeypatch, dens
     assert np.allclose(model.score(batch).numpy(), rows @ weights, atol=1e-5)
 
 
+def test_itemknn_chooses_shrinkage_then_neighbourhood_on_validation():
+    """With shrink_grid and k_grid: the shrinkage climbs first at k (refitting), then the
+    neighbourhood size at the chosen shrinkage (no refit: the first k of the kept neighbours
+    score); the model then scores as one fitted with the chosen pair."""
+    from recozoo.models.itemknn import ItemKNN
+
+    user, item, dense = _pairs(40, 15, 150, seed=5)
+    model = ItemKNN(_info(dense), k=4, shrink=2.0, shrink_grid=[0.0, 8.0, 2.0],
+                    k_grid=[2, 8], block_size=6)
+    assert model.neighbor_index.shape == (8, 15)  # the grid's largest k kept
+    model.training_step({"user": user, "item": item}, 0)
+    peak = {"shrink": 8.0, "k": 2}
+    seen = []
+
+    def validate():
+        shrink, k = float(model.fitted_shrink), int(model.neighbours)
+        seen.append((shrink, k))
+        return -abs(shrink - peak["shrink"]) - abs(k - peak["k"])
+
+    result = model.choose_on_validation(validate)
+    assert seen == [(2.0, 4), (0.0, 4), (8.0, 4), (8.0, 2)]
+    assert (result["shrink"], result["k"]) == (8.0, 2)
+    assert result["shrink_validation"] == {"0": -10.0, "2": -8.0, "8": -2.0}
+    assert result["k_validation"] == {"2": 0.0, "4": -2.0}
+    fresh = ItemKNN(_info(dense), k=2, shrink=8.0, block_size=6)
+    fresh.training_step({"user": user, "item": item}, 0)
+    batch, rows = _three_users_inputs(15)
+    assert torch.allclose(model.score(batch), fresh.score(batch), atol=1e-6)
+    # the training pairs are freed after the choice: a second one keeps what was chosen
+    assert model.choose_on_validation(lambda: pytest.fail("validated")) == {}
+    assert (float(model.fitted_shrink), int(model.neighbours)) == (8.0, 2)
+    for bad in ({"k_grid": []}, {"k_grid": [0, 5]}, {"shrink_grid": [-1.0]}):
+        with pytest.raises(ValueError, match="itemknn"):
+            ItemKNN(_info(dense), **bad)
+
+
+def test_an_itemknn_checkpoint_from_before_the_grids_scores_as_it_did():
+    """Weights saved with k rows and no chosen settings load into a model that keeps more
+    neighbours (k_grid): the missing rows are weight 0 and the scores are unchanged."""
+    from recozoo.models.itemknn import ItemKNN
+
+    user, item, dense = _pairs(40, 15, 150, seed=5)
+    old = ItemKNN(_info(dense), k=4, shrink=2.0, block_size=6)
+    old.training_step({"user": user, "item": item}, 0)
+    state = {k: v for k, v in old.state_dict().items()
+             if k not in ("neighbours", "fitted_shrink")}
+    checkpoint = {"state_dict": state}
+    new = ItemKNN(_info(dense), k=4, shrink=2.0, k_grid=[2, 8], shrink_grid=[0.0, 2.0])
+    new.on_load_checkpoint(checkpoint)
+    new.load_state_dict(checkpoint["state_dict"])  # strict
+    assert int(new.neighbours) == 4 and float(new.fitted_shrink) == 2.0
+    batch, _ = _three_users_inputs(15)
+    assert torch.equal(new.score(batch), old.score(batch))
+
+
 def test_ease_rejects_an_unknown_precision():
     from recozoo.data.datamodule import DatasetInfo
     from recozoo.models.ease import EASE

@@ -5,16 +5,24 @@ shrinkage term of Koren (KDD 2008) and a fixed neighbourhood as in RecBole's Ite
 ``sim(i, j) = <x_i, x_j> / (|x_i| |x_j| + shrink)`` over the binary user columns; each item keeps
 its ``k`` most similar items; a user's score for item j is the sum of the similarities between j
 and the user's items. The similarity is computed in blocks of items so that memory stays at
-O(n_items * block) rather than O(n_items^2).
+O(n_items * block) rather than O(n_items^2). With ``shrink_grid`` / ``k_grid`` both are chosen on
+validation after the fit (`ItemKNN.choose_on_validation`).
 """
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
 from recozoo.data.datamodule import DatasetInfo, EvalBatch
 from recozoo.models.base import ClosedFormRecommender
+from recozoo.models.components.grid_climb import climb
 from recozoo.models.components.interaction_matrix import interaction_matrix
+
+log = logging.getLogger(__name__)
 
 # Above this many items the similarity is kept sparse for scoring (a dense copy takes
 # n_items^2 floats: 400 MB at 10,000). Measured on one CPU thread, 1,024 users, k = 200, scores
@@ -28,46 +36,139 @@ class ItemKNN(ClosedFormRecommender):
     """Item-item cosine neighbourhood model (fits in one step).
 
     Args:
-        k: neighbours kept per item.
+        k: neighbours kept per item (where the choice on validation starts).
         shrink: added to the cosine denominator; damps similarities built on few users.
+        shrink_grid: shrinkages to choose from on validation after the fit (null: ``shrink``
+            stays): refitting outward from ``shrink`` while validation rises (`climb`).
+        k_grid: neighbourhood sizes to choose from after the shrinkage, the same way; each item
+            keeps its ``max(k_grid)`` most similar items and scores with the best ``k`` of them,
+            so trying a size needs no refit (null: ``k`` stays).
         block_size: items per block when computing similarities.
     """
 
     scores_new_users = True
 
     def __init__(self, info: DatasetInfo, k: int = 200, shrink: float = 10.0,
-                 block_size: int = 1024, **kwargs):
+                 shrink_grid: Sequence[float] | None = None,
+                 k_grid: Sequence[int] | None = None, block_size: int = 1024, **kwargs):
         super().__init__(info, **kwargs)
-        if k < 1:
-            raise ValueError(f"itemknn k must be >= 1, got {k}")
-        self.k = min(k, info.n_items - 1) if info.n_items > 1 else 1
-        self.shrink = shrink
+        if k < 1 or (k_grid is not None and (len(k_grid) == 0 or min(k_grid) < 1)):
+            raise ValueError(f"itemknn k and k_grid must be >= 1, got k={k}, k_grid={k_grid}")
+        if shrink < 0 or (shrink_grid is not None
+                          and (len(shrink_grid) == 0 or min(shrink_grid) < 0)):
+            raise ValueError(f"itemknn shrink and shrink_grid must be >= 0, got shrink={shrink}, "
+                             f"shrink_grid={shrink_grid}")
+        most = max(info.n_items - 1, 1)  # an item's neighbours: every other item at most
+        self.k = min(k, most)
+        self.shrink = float(shrink)
+        self.k_grid = (sorted({min(int(x), most) for x in k_grid} | {self.k})
+                       if k_grid is not None else None)
+        self.shrink_grid = (sorted({float(x) for x in shrink_grid} | {self.shrink})
+                            if shrink_grid is not None else None)
         self.block_size = block_size
-        # column j holds the neighbours of item j: W[neighbor_index[:, j], j] = neighbor_weight
-        self.register_buffer("neighbor_index", torch.zeros(self.k, info.n_items, dtype=torch.long))
-        self.register_buffer("neighbor_weight", torch.zeros(self.k, info.n_items))
+        kept = max(self.k_grid) if self.k_grid else self.k
+        # column j holds the neighbours of item j, most similar first:
+        # W[neighbor_index[:, j], j] = neighbor_weight; the first `neighbours` rows score
+        self.register_buffer("neighbor_index", torch.zeros(kept, info.n_items, dtype=torch.long))
+        self.register_buffer("neighbor_weight", torch.zeros(kept, info.n_items))
+        self.register_buffer("neighbours", torch.tensor(self.k))
+        self.register_buffer("fitted_shrink", torch.tensor(self.shrink, dtype=torch.float64))
+        self._pairs: tuple[torch.Tensor, torch.Tensor] | None = None  # kept for refits
 
     def fit(self, batch: dict[str, torch.Tensor]) -> None:
-        matrix = interaction_matrix(batch["user"], batch["item"], self.n_users, self.n_items)
+        if self.shrink_grid is not None:  # O(interactions), freed once the choice is made
+            self._pairs = (batch["user"], batch["item"])
+        self.fit_pairs(batch["user"], batch["item"], self.shrink)
+
+    def fit_pairs(self, user: torch.Tensor, item: torch.Tensor, shrink: float) -> None:
+        """Keep each item's most similar items under shrinkage ``shrink``, most similar first."""
+        matrix = interaction_matrix(user, item, self.n_users, self.n_items)
         csr = matrix.to_sparse_csr()
         norms = torch.sqrt(torch.bincount(matrix.indices()[1], minlength=self.n_items).float())
         transposed = matrix.t().coalesce().to_sparse_csr()  # (n_items, n_users)
+        kept = self.neighbor_index.shape[0]
         for start in range(0, self.n_items, self.block_size):
             stop = min(start + self.block_size, self.n_items)
             block = _dense_columns(csr, start, stop)  # (n_users, blk)
             sims = transposed @ block  # (n_items, blk)
-            sims = sims / (norms[:, None] * norms[None, start:stop] + self.shrink + 1e-12)
+            sims = sims / (norms[:, None] * norms[None, start:stop] + shrink + 1e-12)
             self_pairs = torch.arange(start, stop, device=sims.device)
             sims[self_pairs, self_pairs - start] = 0.0  # no self-similarity
-            top = torch.topk(sims, self.k, dim=0)
+            top = torch.topk(sims, kept, dim=0)  # sorted: the most similar first
             self.neighbor_index[:, start:stop] = top.indices
             self.neighbor_weight[:, start:stop] = top.values
+        self.fitted_shrink.fill_(shrink)
+
+    def choose_on_validation(self, validate: Callable[[], float]) -> dict[str, Any]:
+        """With ``shrink_grid`` and/or ``k_grid``: the shrinkage with the best validation value
+        at ``k`` (refitting, `climb` from ``shrink``), then the neighbourhood size with the best
+        value at that shrinkage (`climb` from ``k``); each unless another is strictly better.
+        A shrinkage choice needs the training pairs of this process's fit: a model loaded from a
+        checkpoint keeps the shrinkage it was saved with."""
+        if self.shrink_grid is None and self.k_grid is None:
+            return {}
+        if self.shrink_grid is not None and self._pairs is None:
+            log.warning("itemknn: shrink_grid is set, but this model was not fitted in this "
+                        "process (loaded from a checkpoint): its shrinkage %g stays",
+                        float(self.fitted_shrink))
+            return {}
+        self.neighbours.fill_(self.k)
+        if self.shrink_grid is not None:
+            def at_shrink(value: float) -> float:
+                if float(self.fitted_shrink) != value:
+                    self.fit_pairs(*self._pairs, value)
+                return validate()
+            shrink, shrink_values = climb(self.shrink_grid, self.shrink, at_shrink)
+            if float(self.fitted_shrink) != shrink:
+                self.fit_pairs(*self._pairs, shrink)
+        else:
+            shrink = float(self.fitted_shrink)
+            shrink_values = {shrink: float(validate())}
+        self._pairs = None
+        k, k_values = self.k, {self.k: shrink_values[shrink]}
+        if self.k_grid is not None:
+            def at_k(value: float) -> float:
+                if value == self.k:
+                    return shrink_values[shrink]
+                self.neighbours.fill_(int(value))
+                return validate()
+            k, k_values = climb(self.k_grid, self.k, at_k)
+            k = int(k)
+        self.neighbours.fill_(k)
+        log.info("itemknn: shrink %g and k %d chosen on validation (at k %d, shrink %s: %s; "
+                 "at shrink %g, k %s: %s)", shrink, k, self.k,
+                 "/".join(f"{s:g}" for s in sorted(shrink_values)),
+                 "/".join(f"{shrink_values[s]:.4f}" for s in sorted(shrink_values)), shrink,
+                 "/".join(f"{n:g}" for n in sorted(k_values)),
+                 "/".join(f"{k_values[n]:.4f}" for n in sorted(k_values)))
+        return {"shrink": shrink, "k": k,
+                "shrink_validation": {f"{s:g}": shrink_values[s] for s in sorted(shrink_values)},
+                "k_validation": {f"{int(n)}": k_values[n] for n in sorted(k_values)}}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint from before the choice on validation scored with all of its kept
+        neighbours (``k`` of them) at ``shrink``; where this model keeps more neighbours
+        (``k_grid``), the rows it lacks are neighbours of weight 0."""
+        state = checkpoint.get("state_dict")
+        if state is None or "neighbor_index" not in state:
+            return
+        saved = state["neighbor_index"].shape[0]
+        state.setdefault("neighbours", torch.tensor(saved))
+        state.setdefault("fitted_shrink", torch.tensor(self.shrink, dtype=torch.float64))
+        missing = self.neighbor_index.shape[0] - saved
+        if missing > 0:
+            state["neighbor_index"] = torch.cat(
+                [state["neighbor_index"], state["neighbor_index"].new_zeros(missing, self.n_items)])
+            state["neighbor_weight"] = torch.cat(
+                [state["neighbor_weight"], state["neighbor_weight"].new_zeros(missing, self.n_items)])
 
     def similarity(self) -> torch.Tensor:
-        """(n_items, n_items) sparse similarity with the kept neighbours."""
-        cols = torch.arange(self.n_items, device=self.neighbor_index.device).expand(self.k, -1)
-        index = torch.stack([self.neighbor_index.reshape(-1), cols.reshape(-1)])
-        return torch.sparse_coo_tensor(index, self.neighbor_weight.reshape(-1),
+        """(n_items, n_items) sparse similarity with the scoring neighbours (``neighbours`` of
+        the kept ones)."""
+        n = int(self.neighbours)
+        cols = torch.arange(self.n_items, device=self.neighbor_index.device).expand(n, -1)
+        index = torch.stack([self.neighbor_index[:n].reshape(-1), cols.reshape(-1)])
+        return torch.sparse_coo_tensor(index, self.neighbor_weight[:n].reshape(-1),
                                        (self.n_items, self.n_items),
                                        check_invariants=False).coalesce()
 
@@ -77,7 +178,8 @@ class ItemKNN(ClosedFormRecommender):
         load or a device move rebuilds it) rather than once per evaluation batch: dense up to
         ``DENSE_SCORING_MAX_ITEMS`` items (each user's sum of its rows, `EvalBatch.seen_sum`, is the
         fastest product there), sparse CSR above, where a dense copy would not fit in memory."""
-        key = tuple((t.data_ptr(), t._version) for t in (self.neighbor_index, self.neighbor_weight))
+        key = tuple((t.data_ptr(), t._version)
+                    for t in (self.neighbor_index, self.neighbor_weight, self.neighbours))
         cached = getattr(self, "_similarity_cache", None)
         if cached is None or cached[0] != key:
             similarity = self.similarity()
