@@ -184,12 +184,45 @@ def current_settings(root: Path, models: list[str], overrides: list[str]
     return settings
 
 
+#: split settings that change what a model learns from (not which rows are held out): a run is
+#: judged by them too, per dataset (`dataset_settings`)
+JUDGED_SPLIT_SETTINGS = ("split.sequence_order",)
+
+
+def dataset_settings(root: Path, datasets: list[str]) -> dict[str, dict[str, Any]]:
+    """Per dataset, the `JUDGED_SPLIT_SETTINGS` its runs would use today (its ``split=``
+    choice composed; the training config's split where it makes none)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    settings: dict[str, dict[str, Any]] = {}
+    with initialize_config_dir(config_dir=str(root / "conf"), version_base="1.3"):
+        for name in datasets:
+            choice = [o for o in DATASETS[name].overrides if o.startswith("split=")]
+            cfg = compose("train", overrides=choice)
+            flat = _flat({"split": OmegaConf.to_container(cfg.split, resolve=False)})
+            settings[name] = {key: flat[key] for key in JUDGED_SPLIT_SETTINGS if key in flat}
+    return settings
+
+
 def judged_settings(flat: dict[str, Any]) -> dict[str, Any]:
-    """The settings a run is judged stale by: the model's and ``trainer.max_epochs``, written
-    literally (an interpolated one derives from others or from the machine)."""
+    """The settings a run is judged stale by: the model's, ``trainer.max_epochs`` and
+    `JUDGED_SPLIT_SETTINGS`, written literally (an interpolated one derives from others or from
+    the machine)."""
     return {key: value for key, value in flat.items()
-            if (key.startswith("model.") or key == "trainer.max_epochs")
+            if (key.startswith("model.") or key == "trainer.max_epochs"
+                or key in JUDGED_SPLIT_SETTINGS)
             and not (isinstance(value, str) and "${" in value)}
+
+
+def cell_settings(expected: dict[str, dict[str, Any]] | None,
+                  by_dataset: dict[str, dict[str, Any]] | None, dataset: str, model: str,
+                  ) -> dict[str, Any] | None:
+    """The settings the (dataset, model) cell is judged by: the model's (`current_settings`)
+    and the dataset's (`dataset_settings`); None where the model's are not known."""
+    if not expected or model not in expected:
+        return None
+    return {**expected[model], **(by_dataset or {}).get(dataset, {})}
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -215,6 +248,7 @@ BEFORE_ADDED: dict[str, Any] = {
     "model.reg_grid": None,  # ease's L2 weight chosen on validation after the fit (issue 16)
     "model.shrink_grid": None,  # itemknn's shrinkage chosen on validation after the fit
     "model.k_grid": None,  # and its neighbourhood size (issue 16)
+    "split.sequence_order": "time",  # a random split's users' items in a random order (issue 16)
 }
 
 
@@ -361,11 +395,13 @@ def find_run(out: Path, ledger: Ledger, dataset: str, model: str, seed: int) -> 
 
 def run_panel(settings: PanelSettings, root: Path, shared: Path | None, out: Path,
               models: list[str], expected: dict[str, dict[str, Any]] | None = None,
-              ledger: Ledger | None = None) -> list[str]:
+              ledger: Ledger | None = None,
+              by_dataset: dict[str, dict[str, Any]] | None = None) -> list[str]:
     """Run every missing (dataset, model, seed); returns what was skipped and why.
 
     A run is done when its folder holds a finished record or ``ledger`` holds it. ``expected``
-    (``current_settings``): a done run whose settings differ is stale: set aside (a folder is
+    (``current_settings``) and ``by_dataset`` (``dataset_settings``): a done run whose settings
+    differ is stale: set aside (a folder is
     moved, a ledger entry is replaced when the report is written) and run again, unless
     ``settings.keep_stale``."""
     skipped, start, ledger = [], time.monotonic(), ledger or {}
@@ -377,7 +413,8 @@ def run_panel(settings: PanelSettings, root: Path, shared: Path | None, out: Pat
             continue
         for seed in settings.seeds:
             todo = [model for model in dataset.runs(models)
-                    if _needs_run(settings, out, ledger, name, model, seed, expected)]
+                    if _needs_run(settings, out, ledger, name, model, seed,
+                                  cell_settings(expected, by_dataset, name, model))]
             peers = [model for model in dataset.runs(models) if dataset.recbole_splits
                      and model in RECBOLE_MODELS and find_run(
                          out, ledger, name, f"RecBole {RECBOLE_MODELS[model]}", seed) is None]
@@ -410,11 +447,11 @@ def run_panel(settings: PanelSettings, root: Path, shared: Path | None, out: Pat
 
 
 def _needs_run(settings: PanelSettings, out: Path, ledger: Ledger, dataset: str, model: str,
-               seed: int, expected: dict[str, dict[str, Any]] | None) -> bool:
+               seed: int, expected: dict[str, Any] | None) -> bool:
     """Whether the run is missing, failed (with ``retry_failed``) or stale (setting it aside)."""
     found = find_run(out, ledger, dataset, model, seed)
-    changes = (diff_settings(found.settings, expected[model])[0]
-               if found is not None and expected and model in expected else [])
+    changes = (diff_settings(found.settings, expected)[0]
+               if found is not None and expected is not None else [])
     if changes and not settings.keep_stale:
         where = (f"old run kept in {set_aside(run_folder(out, dataset, model, seed)).name}"
                  if found.in_folder else "its record stays in the ledger's git history")
@@ -470,13 +507,15 @@ def t_interval(values: list[float]) -> tuple[float, float]:
 
 
 def collect(out: Path, datasets: list[str], models: list[str], seeds: list[int],
-            expected: dict[str, dict[str, Any]] | None = None, ledger: Ledger | None = None
+            expected: dict[str, dict[str, Any]] | None = None, ledger: Ledger | None = None,
+            by_dataset: dict[str, dict[str, Any]] | None = None,
             ) -> dict[str, dict[str, dict[str, Any]]]:
     """dataset -> model -> {"seeds": {seed: {metric: value}}, "ran": {seed: {"train_seconds",
     "settings"}}, "failed": [...], "missing": [...], "stale": [...], "added": [...]}
     (ran: what the ledger keeps of each finished run; stale: runs whose settings differ from
-    ``expected[model]``; added: settings of ``expected[model]`` some of its runs did not have
-    yet). A run's folder is read first, the ``ledger`` where the folder is missing."""
+    the cell's (`cell_settings`: ``expected[model]`` and ``by_dataset[dataset]``); added: those
+    settings some of its runs did not have yet). A run's folder is read first, the ``ledger``
+    where the folder is missing."""
     table: dict[str, dict[str, dict[str, Any]]] = {}
     for dataset in datasets:
         runs = DATASETS[dataset].runs(models)
@@ -487,8 +526,9 @@ def collect(out: Path, datasets: list[str], models: list[str], seeds: list[int],
                                      "seconds": [], "stale": [], "added": []}
             for seed in seeds:
                 found = find_run(out, ledger or {}, dataset, model, seed)
-                if found is not None and expected and model in expected:
-                    changes, added = diff_settings(found.settings, expected[model])
+                judged = cell_settings(expected, by_dataset, dataset, model)
+                if found is not None and judged is not None:
+                    changes, added = diff_settings(found.settings, judged)
                     if changes:
                         entry["stale"].append(f"s{seed} ({'; '.join(changes)})")
                     for key in added:
@@ -660,12 +700,13 @@ def main(argv: list[str] | None = None) -> Path:
     ledger = read_ledger(ledger_path)
     scope = report_scope(settings, models, available, ledger)
     expected = current_settings(root, scope.models, settings.overrides)
+    by_dataset = dataset_settings(root, scope.datasets)
     skipped = ([] if settings.report_only else
-               run_panel(settings, root, shared, out, models, expected, ledger))
+               run_panel(settings, root, shared, out, models, expected, ledger, by_dataset))
     skipped += [f"{d}: {why}" for d in scope.datasets
                 if (settings.report_only or d not in settings.datasets)
                 and (why := DATASETS[d].missing(shared))]
-    table = collect(out, scope.datasets, scope.models, scope.seeds, expected, ledger)
+    table = collect(out, scope.datasets, scope.models, scope.seeds, expected, ledger, by_dataset)
     path = write_report(dataclasses.replace(settings, datasets=scope.datasets,
                                             seeds=scope.seeds), table, skipped, shared, out, root)
     update_ledger(ledger_path, table)

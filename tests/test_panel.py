@@ -118,6 +118,34 @@ def test_runs_made_with_other_settings_are_set_aside_and_run_again(tmp_path, mon
     assert len(moved) == 1 and RunDir(moved[0]).read_record().metrics["test/ndcg@10"] == 0.2
 
 
+def test_a_cell_is_judged_by_its_datasets_split_settings_too(tmp_path):
+    """A run made before a random split shuffled its users' items for sequence models (its
+    config has no split.sequence_order) is stale on ml100k_random, whose split now shuffles,
+    and not on a leave-one-out dataset, whose split keeps time order as before."""
+    from conftest import ROOT
+
+    by_dataset = panel.dataset_settings(ROOT, ["ml100k_random", "ml100k_loo", "shop"])
+    assert by_dataset == {"ml100k_random": {"split.sequence_order": "shuffled"},
+                          "ml100k_loo": {"split.sequence_order": "time"},
+                          "shop": {"split.sequence_order": "time"}}
+    out = tmp_path / "runs"
+    ran = {"model": {"hidden_size": 100}, "trainer": {"max_epochs": 100},
+           "split": {"_target_": "x", "ratios": [0.8, 0.1, 0.1]}}
+    for dataset in ("ml100k_random", "ml100k_loo"):
+        _write(out, dataset, "gru4rec", 1, 0.2)
+        RunDir(panel.run_folder(out, dataset, "gru4rec", 1)).config.write_text(
+            OmegaConf.to_yaml(ran))
+    expected = {"gru4rec": {"model.hidden_size": 100, "trainer.max_epochs": 100}}
+    assert panel.cell_settings(expected, by_dataset, "ml100k_random", "gru4rec") == {
+        **expected["gru4rec"], "split.sequence_order": "shuffled"}
+    assert panel.cell_settings(expected, by_dataset, "ml100k_random", "bpr") is None
+    table = panel.collect(out, ["ml100k_random", "ml100k_loo"], ["gru4rec"], [1], expected,
+                          by_dataset=by_dataset)
+    assert table["ml100k_random"]["gru4rec"]["stale"] == [
+        "s1 (split.sequence_order: 'time' (before the setting) -> 'shuffled')"]
+    assert table["ml100k_loo"]["gru4rec"]["stale"] == []
+
+
 def test_current_settings_are_the_literal_values_of_the_composed_config():
     from conftest import ROOT
 
