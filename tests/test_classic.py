@@ -296,7 +296,7 @@ def test_itemknn_chooses_shrinkage_then_neighbourhood_on_validation():
     assert result["k_validation"] == {"2": 0.0, "4": -2.0}
     fresh = ItemKNN(_info(dense), k=2, shrink=8.0, block_size=6)
     fresh.training_step({"user": user, "item": item}, 0)
-    batch, rows = _three_users_inputs(15)
+    batch, _ = _three_users_inputs(15)
     assert torch.allclose(model.score(batch), fresh.score(batch), atol=1e-6)
     # the training pairs are freed after the choice: a second one keeps what was chosen
     assert model.choose_on_validation(lambda: pytest.fail("validated")) == {}
