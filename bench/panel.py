@@ -580,8 +580,9 @@ def write_report(settings: PanelSettings, table: dict[str, dict[str, dict[str, A
     summary = summarise(table)
     lines = ["# recozoo panel: every model with its defaults, datasets x seeds", "",
              (f"Written {datetime.datetime.now():%Y-%m-%d %H:%M} on {platform.node()} "
-             f"({os.cpu_count()} CPUs, {settings.threads} torch threads per run, "
-             "OMP_WAIT_POLICY=PASSIVE). Test metrics of each model's best validation "
+             f"({os.cpu_count()} CPUs, OMP_WAIT_POLICY=PASSIVE; the runs of this sitting on "
+             f"{settings.threads} torch thread(s) each, those of earlier sittings on 1-2: the "
+             "seconds depend on it, the metrics do not). Test metrics of each model's best validation "
              "checkpoint; mean ± half-width of the 95% Student-t interval over the seeds done "
              "(n); full ranking over all items. The seed moves a random split and a model's "
              "initialisation and sampling; a leave-one-out split is fixed by time and the shop's "
