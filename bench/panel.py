@@ -366,12 +366,16 @@ def read_ledger(path: Path) -> Ledger:
 
 
 def update_ledger(path: Path, table: dict[str, dict[str, dict[str, Any]]]) -> None:
-    """Add the finished runs of ``table`` (`collect`) to the ledger file, replacing earlier
-    records of the same cells; the other cells' records are kept."""
+    """Add the finished runs of ``table`` (`collect`) whose records come from run folders to the
+    ledger file, replacing earlier records of the same cells; the other cells' records are
+    kept. A record ``table`` took from the ledger is not written back: the ledger was read when
+    the panel started, and another panel process may have replaced that record since."""
     runs = json.loads(path.read_text()) if path.exists() else {}
     for dataset, models in table.items():
         for model, entry in models.items():
             for seed, ran in entry["ran"].items():
+                if seed in entry.get("from_ledger", ()):
+                    continue
                 runs.setdefault(dataset, {}).setdefault(model, {})[str(seed)] = {
                     "metrics": entry["seeds"][seed], **ran}
     ordered = {d: {m: dict(sorted(seeds.items(), key=lambda kv: int(kv[0])))
@@ -511,7 +515,8 @@ def collect(out: Path, datasets: list[str], models: list[str], seeds: list[int],
             by_dataset: dict[str, dict[str, Any]] | None = None,
             ) -> dict[str, dict[str, dict[str, Any]]]:
     """dataset -> model -> {"seeds": {seed: {metric: value}}, "ran": {seed: {"train_seconds",
-    "settings"}}, "failed": [...], "missing": [...], "stale": [...], "added": [...]}
+    "settings"}}, "failed": [...], "missing": [...], "stale": [...], "added": [...],
+    "from_ledger": [seeds whose record is the ledger's, not a run folder's]}
     (ran: what the ledger keeps of each finished run; stale: runs whose settings differ from
     the cell's (`cell_settings`: ``expected[model]`` and ``by_dataset[dataset]``); added: those
     settings some of its runs did not have yet). A run's folder is read first, the ``ledger``
@@ -523,7 +528,7 @@ def collect(out: Path, datasets: list[str], models: list[str], seeds: list[int],
                  if DATASETS[dataset].recbole_splits else [])
         for model in [*runs, *peers]:
             entry: dict[str, Any] = {"seeds": {}, "ran": {}, "failed": [], "missing": [],
-                                     "seconds": [], "stale": [], "added": []}
+                                     "seconds": [], "stale": [], "added": [], "from_ledger": []}
             for seed in seeds:
                 found = find_run(out, ledger or {}, dataset, model, seed)
                 judged = cell_settings(expected, by_dataset, dataset, model)
@@ -543,6 +548,8 @@ def collect(out: Path, datasets: list[str], models: list[str], seeds: list[int],
                     entry["seconds"].append(found.train_seconds)
                     entry["ran"][seed] = {"train_seconds": found.train_seconds,
                                           "settings": found.settings or {}}
+                    if not found.in_folder:
+                        entry["from_ledger"].append(seed)
             table.setdefault(dataset, {})[model] = entry
     return table
 

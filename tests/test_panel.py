@@ -3,6 +3,7 @@ interval and ranks models against pop (fabricated run folders, nothing is traine
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -212,6 +213,15 @@ def test_the_ledger_remembers_runs_whose_folders_are_gone(tmp_path, monkeypatch)
     import shutil
     shutil.rmtree(out)  # a fresh machine: no run folder
     table = panel.collect(out, ["shop"], ["pop", "bpr", "ease"], [1, 2], expected, ledger)
+    # another panel process replaces a record meanwhile: writing this table, whose records all
+    # come from the ledger as it was read, keeps the newer record
+    newer = {**panel.read_ledger(ledger_path)}
+    runs = json.loads(ledger_path.read_text())
+    runs["shop"]["bpr"]["2"]["metrics"]["test/ndcg@10"] = 0.35
+    ledger_path.write_text(json.dumps(runs))
+    panel.update_ledger(ledger_path, table)
+    assert panel.read_ledger(ledger_path)[("shop", "bpr", 2)].metrics["test/ndcg@10"] == 0.35
+    assert sorted(panel.read_ledger(ledger_path)) == sorted(newer)
     assert table["shop"]["bpr"]["seeds"][2]["test/ndcg@10"] == 0.3
     assert table["shop"]["pop"]["missing"] == [2] and table["shop"]["ease"]["missing"] == [1, 2]
     started = []
