@@ -48,7 +48,7 @@ class RecommendSettings:
         k: items per user.
         batch_size: users scored together.
         exclude_seen: leave out each user's known items.
-        tail_boost: xQuAD weight toward tail items (0 keeps the model's order).
+        tail_boost: personalised xQuAD weight (the engine's ``tail_boost``; 0 keeps the model's order).
         device: ``auto`` (CUDA where present), ``cpu`` or ``cuda``.
         progress: show a progress bar.
     """

@@ -16,9 +16,10 @@ How a request is scored (the ``strategy`` in each answer):
 
 Options: ``exclude_seen`` (default true) removes the input items from the list; ``category``
 keeps items of one category (where the data has categories); ``tail_boost`` λ in [0, 1]
-re-ranks the model's top candidates toward tail items with xQuAD (Abdollahpouri et al.,
-"Managing Popularity Bias in Recommendation Methods with Personalized Re-Ranking", FLAIRS 2019);
-0 keeps the model's order.
+re-ranks the model's top candidates with personalised xQuAD (Abdollahpouri et al.,
+"Managing Popularity Bias in Recommendation Methods with Personalized Re-Ranking", FLAIRS 2019):
+the list's head/tail mix moves toward the user's own, which is toward the tail where, as with
+most models, the list is head-heavier than the user's history; 0 keeps the model's order.
 
 Bad requests raise `RequestError` (HTTP 422) listing what is wrong: unknown item ids in the
 history, ``k`` outside 1..n_items, an unknown category.

@@ -22,8 +22,10 @@ class RecommendRequest(BaseModel):
                                       "oldest first")
     k: int = Field(10, ge=1, description="list length, 1..n_items")
     exclude_seen: bool = Field(True, description="leave out the user's known and given items")
-    tail_boost: float = Field(0.0, ge=0.0, le=1.0, description="xQuAD weight toward tail "
-                              "items; 0 keeps the model's order")
+    tail_boost: float = Field(0.0, ge=0.0, le=1.0, description="xQuAD weight: the list's "
+                              "head/tail mix moves toward the user's own (toward the tail where "
+                              "the model's list is head-heavier than the user); 0 keeps the "
+                              "model's order")
     category: str | None = Field(None, description="only items of this category")
 
 
