@@ -108,7 +108,7 @@ class EASE(ClosedFormRecommender):
         reg_weight: the L2 weight (lambda in the paper) of the fit, and where the choice on
             validation starts.
         reg_grid: L2 weights to choose from on validation after the fit, refitting outward
-            from ``reg_weight`` while validation rises (`climb`: 2-4 fits, not one per weight);
+            from ``reg_weight`` while validation rises (`climb`: 2-5 fits, not one per weight);
             null: ``reg_weight`` stays.
         inverse_dtype: "float64" or "float32", the precision of the inverse. float32 is about
             twice as fast; the regulariser keeps the matrix well conditioned.

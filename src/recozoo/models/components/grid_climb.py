@@ -16,7 +16,7 @@ def climb(grid: Sequence[float], start: float, value: Callable[[float], float],
     From ``start`` (one of ``grid``), it measures the next setting down and keeps going down
     while the value rises; where the first step down does not rise, it goes up the same way.
     For a single-peaked curve (validation against a regularisation strength in practice) that is
-    the grid's best after 2-4 measurements instead of one per setting. Each setting is measured
+    the grid's best after 2-5 measurements instead of one per setting. Each setting is measured
     once, ``start`` first; a non-finite value counts as the lowest; ties keep the setting closer
     to ``start``.
     """
