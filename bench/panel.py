@@ -529,9 +529,9 @@ def collect(out: Path, datasets: list[str], models: list[str], seeds: list[int],
         for model in [*runs, *peers]:
             entry: dict[str, Any] = {"seeds": {}, "ran": {}, "failed": [], "missing": [],
                                      "seconds": [], "stale": [], "added": [], "from_ledger": []}
+            judged = cell_settings(expected, by_dataset, dataset, model)
             for seed in seeds:
                 found = find_run(out, ledger or {}, dataset, model, seed)
-                judged = cell_settings(expected, by_dataset, dataset, model)
                 if found is not None and judged is not None:
                     changes, added = diff_settings(found.settings, judged)
                     if changes:

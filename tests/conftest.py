@@ -110,6 +110,31 @@ def train_and_test(overrides: list[str], output_dir: Path, epochs: int, prepare=
     return experiment
 
 
+def train_and_read_choice(cfg: DictConfig, setting: str, validation: str):
+    """``python train.py`` with ``cfg`` for a model that chooses a scoring-time ``setting`` on
+    validation after training (``chosen_on_validation[setting]``, the value of each tried in
+    ``chosen_on_validation[validation]``). Checks what every such run must hold: its reported
+    val/ndcg@10 is the chosen setting's and metrics.json on disk keeps the choice. Returns
+    ``(record, {setting tried: validation value}, the best checkpoint's state_dict, the model
+    serving rebuilds from the run folder)``."""
+    import torch
+
+    from recozoo.artifacts import RunDir
+    from recozoo.serve.loading import load_model
+    from recozoo.train import train
+
+    record = train(cfg)
+    chosen = record.chosen_on_validation
+    values = {float(w): v for w, v in chosen[validation].items()}
+    assert record["val/ndcg@10"] == pytest.approx(values[chosen[setting]])
+    run = RunDir(cfg.paths.output_dir)
+    assert run.read_record().chosen_on_validation == chosen
+    state = torch.load(run.path / record.best_checkpoint, map_location="cpu",
+                       weights_only=False)["state_dict"]
+    served, _ = load_model(run.path)
+    return record, values, state, served.model
+
+
 @pytest.fixture
 def make_config(tmp_path: Path):
     """``make_config(["model=ease"])`` -> a tiny composed config writing under tmp_path."""

@@ -465,8 +465,7 @@ def test_a_run_writes_the_choice_into_its_best_checkpoint_and_metrics(make_confi
     and tests with it; the rest of the checkpoint stays as training saved it (with an EMA, the
     averaged weights, not the trained ones)."""
     import recozoo.train as train_module
-    from recozoo.artifacts import RunDir
-    from recozoo.train import train
+    from conftest import train_and_read_choice
 
     as_trained = {}
     choose, drive = BertFinetune.choose_on_validation, train_module.choose_on_validation
@@ -487,26 +486,19 @@ def test_a_run_writes_the_choice_into_its_best_checkpoint_and_metrics(make_confi
     monkeypatch.setattr(train_module, "choose_on_validation", moved)
     monkeypatch.setattr(BertFinetune, "choose_on_validation", spy)
     cfg = make_config(["model=bert_finetune", "model.max_epochs=2", "model.ema_decay=0.5"])
-    record = train(cfg)
+    record, values, state, served = train_and_read_choice(cfg, "posthoc_adjustment",
+                                                          "posthoc_validation")
     chosen = record.chosen_on_validation
-    values = {float(t): v for t, v in chosen["posthoc_validation"].items()}
     assert sorted(values) == [0.0, 0.1, 0.2, 0.3, 0.4]
     assert chosen["posthoc_adjustment"] == max(
         t for t, v in values.items() if v >= values[0.0] - 0.01 * abs(values[0.0]))
-    assert record["val/ndcg@10"] == pytest.approx(values[chosen["posthoc_adjustment"]])
-    run = RunDir(cfg.paths.output_dir)
-    state = torch.load(run.path / record.best_checkpoint, map_location="cpu",
-                       weights_only=False)["state_dict"]
     assert float(state["posthoc_tau"]) == chosen["posthoc_adjustment"]
     assert as_trained and state.keys() == as_trained.keys()
     for key, value in as_trained.items():
         if key != "posthoc_tau":
             assert torch.equal(state[key], value), key
-    assert run.read_record().chosen_on_validation == chosen
-    from recozoo.serve.loading import load_model
-
-    served, _ = load_model(run.path)  # serving rebuilds the model and scores with the choice
-    assert float(served.model.posthoc_tau) == chosen["posthoc_adjustment"]
+    # serving rebuilds the model and scores with the choice
+    assert float(served.posthoc_tau) == chosen["posthoc_adjustment"]
 
 
 def test_init_from_starts_a_second_phase_from_an_earlier_checkpoint(tmp_path):

@@ -212,23 +212,15 @@ def test_ease_without_a_grid_or_a_fit_in_this_process_chooses_nothing(tmp_path, 
 def test_a_run_chooses_the_ease_l2_weight_and_tests_and_serves_with_it(make_config):
     """train.py lets EASE choose its L2 weight on validation: the choice is in metrics.json,
     the best checkpoint holds the weights fitted with it, and the test and serving use them."""
-    from recozoo.artifacts import RunDir
-    from recozoo.serve.loading import load_model
-    from recozoo.train import train
+    from conftest import train_and_read_choice
 
     cfg = make_config(["model=ease", "model.reg_weight=50", "model.reg_grid=[1,5,50,500]"])
-    record = train(cfg)
+    record, values, state, served = train_and_read_choice(cfg, "reg_weight", "reg_validation")
     chosen = record.chosen_on_validation
-    values = {float(w): v for w, v in chosen["reg_validation"].items()}
     assert 50.0 in values and len(values) >= 2
     assert chosen["reg_weight"] == max(values, key=lambda w: (values[w], w == 50.0))
-    assert record["val/ndcg@10"] == pytest.approx(values[chosen["reg_weight"]])
-    run = RunDir(cfg.paths.output_dir)
-    state = torch.load(run.path / record.best_checkpoint, map_location="cpu",
-                       weights_only=False)["state_dict"]
     assert float(state["fitted_reg_weight"]) == chosen["reg_weight"]
-    served, _ = load_model(run.path)
-    assert torch.equal(served.model.item_weights, state["item_weights"])
+    assert torch.equal(served.item_weights, state["item_weights"])
 
 
 def test_seen_sum_is_the_input_rows_times_a_matrix_bit_for_bit():

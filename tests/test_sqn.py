@@ -405,22 +405,13 @@ def test_a_checkpoint_from_before_mix_grid_scores_with_its_trained_weight(tmp_pa
 def test_a_run_chooses_the_mix_weight_and_tests_and_serves_with_it(make_config):
     """train.py lets sqn choose its mix weight on validation with the best weights, writes it
     into checkpoints/best.ckpt and metrics.json, and the test and serving score with it."""
-    from recozoo.artifacts import RunDir
-    from recozoo.serve.loading import load_model
-    from recozoo.train import train
+    from conftest import train_and_read_choice
 
     cfg = make_config(["model=sqn", "model.batch_size=32", "model.dim=16",
                        "trainer.max_epochs=2", "model.mix_grid=[0.0,3.0]"])
-    record = train(cfg)
+    record, values, state, served = train_and_read_choice(cfg, "mix_weight", "mix_validation")
     chosen = record.chosen_on_validation
-    values = {float(w): v for w, v in chosen["mix_validation"].items()}
     assert sorted(values) == [0.0, 1.0, 3.0]  # the trained weight and the grid's
     assert chosen["mix_weight"] == max(values, key=lambda w: (values[w], w == 1.0))
-    assert record["val/ndcg@10"] == pytest.approx(values[chosen["mix_weight"]])
-    run = RunDir(cfg.paths.output_dir)
-    state = torch.load(run.path / record.best_checkpoint, map_location="cpu",
-                       weights_only=False)["state_dict"]
     assert float(state["mix_weight"]) == chosen["mix_weight"]
-    assert run.read_record().chosen_on_validation == chosen
-    served, _ = load_model(run.path)
-    assert float(served.model.mix_weight) == chosen["mix_weight"]
+    assert float(served.mix_weight) == chosen["mix_weight"]

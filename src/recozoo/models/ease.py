@@ -165,7 +165,9 @@ class EASE(ClosedFormRecommender):
         """With ``reg_grid``: the L2 weight of the grid with the best validation value, found
         by refitting outward from ``reg_weight`` (`climb`); ``reg_weight`` unless another is
         strictly better. Needs the training pairs of this process's fit: a
-        model loaded from a checkpoint keeps the weights it was saved with."""
+        model loaded from a checkpoint keeps the weights it was saved with. Each refit builds
+        the Gram matrix again from the pairs rather than keeping a copy: a second n_items²
+        matrix beside the weights and the one being inverted is what limits the catalogue."""
         if self.reg_grid is None:
             return {}
         if self._pairs is None:
@@ -173,7 +175,12 @@ class EASE(ClosedFormRecommender):
                         "(loaded from a checkpoint): its L2 weight %g stays",
                         float(self.fitted_reg_weight))
             return {}
-        chosen, values = climb(self.reg_grid, self.reg_weight, self._validate_at(validate))
+        def value(reg_weight: float) -> float:  # the validation value, refitted if need be
+            if float(self.fitted_reg_weight) != reg_weight:
+                self.fit_pairs(*self._pairs, reg_weight)
+            return validate()
+
+        chosen, values = climb(self.reg_grid, self.reg_weight, value)
         if float(self.fitted_reg_weight) != chosen:
             self.fit_pairs(*self._pairs, chosen)
         self._pairs = None
@@ -182,15 +189,6 @@ class EASE(ClosedFormRecommender):
                  "/".join(f"{values[w]:.4f}" for w in sorted(values)))
         return {"reg_weight": chosen,
                 "reg_validation": {f"{w:g}": values[w] for w in sorted(values)}}
-
-    def _validate_at(self, validate: Callable[[], float]) -> Callable[[float], float]:
-        """The validation value of the weights fitted with a given L2 weight (refitted unless
-        they are the current ones)."""
-        def value(reg_weight: float) -> float:
-            if float(self.fitted_reg_weight) != reg_weight:
-                self.fit_pairs(*self._pairs, reg_weight)
-            return validate()
-        return value
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A checkpoint from before ``fitted_reg_weight`` was fitted with ``reg_weight``."""
