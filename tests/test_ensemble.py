@@ -36,9 +36,11 @@ def ranked_list(user: int, stage: str, first: bool, decoys: range) -> list[int]:
 
 
 def write_member(folder: Path, model: str, first: dict[str, callable], decoys: range,
-                 present: dict[str, bool] | None = None) -> Path:
+                 present: dict[str, bool] | None = None, rerank: str = "none") -> Path:
     """A run folder with rankings for both stages; ``first[stage](user)`` says where the target
-    goes; ``present[stage]`` False leaves the target out of the list."""
+    goes; ``present[stage]`` False leaves the target out of the list. A ``rerank`` other than
+    "none" writes what a re-ranked run saves: the model's scores in the re-ranked order, here
+    rising down the list (the re-ranker promoted the items the model scored lowest)."""
     folder.mkdir(parents=True)
     for stage in ("val", "test"):
         rows = []
@@ -46,8 +48,8 @@ def write_member(folder: Path, model: str, first: dict[str, callable], decoys: r
             items = ranked_list(user, stage, first[stage](user), decoys)
             if present is not None and not present[stage]:
                 items = list(decoys)[:LIST]
-            rows += [(user, rank, item, float(LIST - rank)) for rank, item in
-                     enumerate(items, start=1)]
+            rows += [(user, rank, item, float(rank if rerank != "none" else LIST - rank))
+                     for rank, item in enumerate(items, start=1)]
         pd.DataFrame(rows, columns=["user", "rank", "item", "score"]).to_parquet(
             folder / f"rankings_{stage}.parquet")
         pd.DataFrame({"user": np.arange(N_USERS),
@@ -60,7 +62,7 @@ def write_member(folder: Path, model: str, first: dict[str, callable], decoys: r
     (folder / "metrics.json").write_text(json.dumps(
         {"status": "ok", "model": model, "data": "toy", "split": "loo", "seed": 1,
          "n_users": N_USERS, "n_items": N_ITEMS, "head_share": 0.2, "n_params": 7,
-         "train_seconds": 2.0, "test/ndcg@10": ALONE}))
+         "train_seconds": 2.0, "test/ndcg@10": ALONE, "rerank": rerank}))
     return folder
 
 
@@ -127,6 +129,22 @@ def test_weights_are_tuned_on_validation_only(tmp_path):
     weights = json.loads((out / "fusion.json").read_text())["weights"]
     assert weights == {"a": 1.0, "b": 0.0}
     assert fused_metrics(out)["test/ndcg@10"] == 0.0
+
+
+@pytest.mark.parametrize("spec", [FusionSpec(), FusionSpec(normalization="zscore")],
+                         ids=["minmax", "zscore"])
+def test_a_reranked_member_is_fused_in_its_own_order(tmp_path, spec):
+    """A re-ranked run's saved scores are its model's, in the re-ranked order: valued by them,
+    the fusion would put back the model's order (here the target, first in the list with the
+    lowest score, would fall to 10th). Valued by position, the member keeps its order."""
+    always = {"val": lambda u: True, "test": lambda u: True}
+    write_member(tmp_path / "0", "a", always, range(30, 45), rerank="xquad")
+    write_member(tmp_path / "1", "b", always, range(45, 60), present={"val": False,
+                                                                   "test": False})
+    (out,) = fuse_sweep(tmp_path, spec)
+    assert fused_metrics(out)["test/ndcg@10"] == pytest.approx(1.0)
+    members = json.loads((out / "fusion.json").read_text())["members"]
+    assert [m["valued_by"] for m in members] == ["position", "score"]
 
 
 def test_fusion_folder_is_a_run_folder_with_a_leaderboard_row(sweep):

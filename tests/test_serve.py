@@ -104,8 +104,13 @@ def test_reranking_changes_the_lists_it_serves(reranked):
 
 
 def test_served_fusion_of_reranked_members_ranks_as_evaluated(reranked, tmp_path):
+    # a run composed outside a Hydra app names its re-ranker by class; the fusion then values
+    # its lists by position (not by the model scores they keep), served and evaluated alike
+    assert json.loads((reranked / "bpr_xquad" / "metrics.json").read_text())["rerank"] == "xquad"
     (fusion,) = fuse_sweep([reranked / "bpr_xquad", reranked / "sasrec"],
                            out_dir=tmp_path / "fusion")
+    members = json.loads((fusion / "fusion.json").read_text())["members"]
+    assert [m["valued_by"] for m in members] == ["position", "score"]
     assert_ranks_as_evaluated(Engine.load(fusion), fusion)
 
 

@@ -129,6 +129,13 @@ def _choice(group: str, default: str) -> str:
         return default
 
 
+def _component(cfg: DictConfig, group: str) -> str:
+    """The name of the ``group`` component of ``cfg`` where no Hydra choice records it (a config
+    composed in a test or notebook): its class name in lower case ("xquad"), or "none"."""
+    node = cfg.get(group)
+    return str(node.get("_target_", "?")).rsplit(".", 1)[-1].lower() if node else "none"
+
+
 def _is_multirun() -> bool:
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -294,9 +301,9 @@ def train(cfg: DictConfig) -> RunRecord:
         n_params=model.n_params,
         head_share=dm.info.head_share,
         heavy_user_share=dm.info.heavy_user_share,
-        rerank=_choice("rerank", "none"),
+        rerank=_choice("rerank", _component(cfg, "rerank")),
         rerank_weight=float(cfg.rerank.weight) if cfg.get("rerank") else None,
-        debias=_choice("debias", "none"),
+        debias=_choice("debias", _component(cfg, "debias")),
         epochs=trainer.current_epoch,
         train_seconds=round(train_seconds, 4),
         epoch_seconds=epoch_seconds,

@@ -3,10 +3,13 @@
 Every member contributes, per user, its top-N (item, score) list. Scores are normalised per user
 and member (min-max or z-score; an item a member did not list gets the member's floor: 0 after
 min-max, the lowest listed value after z-score), then summed with one weight per member
-(CombSUM with weights; Fox and Shaw, TREC-2 1994). The weights are tuned on the validation users
-only, by coordinate ascent over a grid, started from the best single member and from equal
-weights, so the tuned fusion is never worse than that member on validation. Reciprocal rank fusion (Cormack, Clarke and
-Buettcher, SIGIR 2009) is the parameter-free option: ``sum_m 1 / (60 + rank_m(item))``.
+(CombSUM with weights; Fox and Shaw, TREC-2 1994). A re-ranked member (``rerank=``) saved its
+model's scores in its re-ranked order; it is valued by its positions instead (``-rank`` in
+place of the scores), or the sum would restore the model's order and undo the re-ranking. The
+weights are tuned on the validation users only, by coordinate ascent over a grid, started from
+the best single member and from equal weights, so the tuned fusion is never worse than that
+member on validation. Reciprocal rank fusion (Cormack, Clarke and Buettcher, SIGIR 2009) is the
+parameter-free option: ``sum_m 1 / (60 + rank_m(item))``.
 
 The tuning objective is NDCG@K on validation, or, long-tail aware, NDCG@K + lambda *
 TailRecall@K. Test lists are then scored by the same metric code as every model
@@ -122,9 +125,11 @@ class Candidates:
         return hit, tail_hit, n_targets, n_tail
 
 
-def normalise(frame: pd.DataFrame, rule: FusionRule) -> tuple[np.ndarray, pd.Series]:
+def normalise(frame: pd.DataFrame, rule: FusionRule, by_position: bool = False
+              ) -> tuple[np.ndarray, pd.Series]:
     """Per-row normalised scores of one member's rankings (`normalise_lists` over each user's
-    list) and each user's floor (the value of an item the member did not list)."""
+    list; ``by_position`` for a re-ranked member) and each user's floor (the value of an item
+    the member did not list)."""
     users, row_user = np.unique(frame["user"].to_numpy(), return_inverse=True)
     order = np.lexsort((frame["rank"].to_numpy(), row_user))
     position = np.empty(len(frame), dtype=np.int64)
@@ -135,15 +140,17 @@ def normalise(frame: pd.DataFrame, rule: FusionRule) -> tuple[np.ndarray, pd.Ser
     valid = torch.zeros(len(users), width, dtype=torch.bool)
     scores[rows, cols] = torch.as_tensor(frame["score"].to_numpy(np.float64, copy=True))
     valid[rows, cols] = True
-    values, floor = normalise_lists(scores, valid, rule)
+    values, floor = normalise_lists(scores, valid, rule, by_position)
     return values[rows, cols].numpy(), pd.Series(floor[:, 0].numpy(), index=users)
 
 
-def candidates(frames: list[pd.DataFrame], spec: FusionSpec) -> Candidates:
-    """The padded candidate tensor of a stage from the members' rankings frames."""
+def candidates(frames: list[pd.DataFrame], spec: FusionSpec,
+               by_position: list[bool] | None = None) -> Candidates:
+    """The padded candidate tensor of a stage from the members' rankings frames;
+    ``by_position[m]``: member m's lists were re-ranked (valued by position, `normalise_lists`)."""
     parts, floors = [], []
     for member, frame in enumerate(frames):
-        value, floor = normalise(frame, spec.rule)
+        value, floor = normalise(frame, spec.rule, bool(by_position and by_position[member]))
         parts.append(pd.DataFrame({"user": frame["user"].to_numpy(),
                                    "item": frame["item"].to_numpy(), "member": member,
                                    "value": np.asarray(value, dtype=np.float32)}))
@@ -277,9 +284,10 @@ def fuse(members: Members, spec: FusionSpec, out_dir: Path | str) -> RunRecord:
     tail = info.tail_mask.numpy()
     labels = [r.label or r.model for r in members.runs]
     stages = {}
+    by_position = [r.reranked for r in members.runs]
     for stage in ("val", "test"):
         frames = [pd.read_parquet(RunDir(r.path).rankings(stage)) for r in members.runs]
-        cands = candidates(frames, spec)
+        cands = candidates(frames, spec, by_position)
         targets = pd.read_parquet(first.targets(stage))
         stages[stage] = (cands, targets, frames)
     val_cands, val_targets, _ = stages["val"]
@@ -331,7 +339,8 @@ def fuse(members: Members, spec: FusionSpec, out_dir: Path | str) -> RunRecord:
         "spec": asdict(spec), "name": spec.name,
         "weights": {label: float(w) for label, w in zip(labels, weights)},
         "members": [{"label": label, "model": r.model, "run": _relative(r.path, out.path),
-                     "weight": float(w), "val_objective_alone": a}
+                     "weight": float(w), "val_objective_alone": a,
+                     "valued_by": "position" if r.reranked else "score"}
                     for label, r, w, a in zip(labels, members.runs, weights, alone)],
         "val_objective": fused_val, "best_single_val_objective": max(alone),
         "best_single": labels[int(np.argmax(alone))], "top_n": top_n,

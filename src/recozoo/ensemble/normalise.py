@@ -42,14 +42,19 @@ class FusionRule:
             raise ValueError(f"fusion rrf_k must be >= 0, got {self.rrf_k}")
 
 
-def normalise_lists(scores: torch.Tensor, valid: torch.Tensor, rule: FusionRule
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def normalise_lists(scores: torch.Tensor, valid: torch.Tensor, rule: FusionRule,
+                    by_position: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalise each row's ranked list.
 
     Args:
         scores: (B, N) scores of each user's list, in list order (position 0 is rank 1).
         valid: (B, N) True where the list has an item (a short list is padded at its end).
         rule: the fusion rule.
+        by_position: the member's order is not the order of its scores, so its values come
+            from the positions (``-rank`` in place of the scores, then normalised alike): a
+            re-ranker (``rerank=``) re-orders the model's top items but keeps their model
+            scores, and summing those scores would restore the model's order, undoing the
+            re-ranking in the fusion.
 
     Returns:
         (B, N) float64 normalised values (undefined where not valid) and (B, 1) each row's
@@ -59,9 +64,11 @@ def normalise_lists(scores: torch.Tensor, valid: torch.Tensor, rule: FusionRule
     """
     scores = scores.double()
     zero = torch.zeros(len(scores), 1, dtype=torch.float64, device=scores.device)
+    ranks = torch.cumsum(valid.long(), dim=1).double()
     if rule.method == "rrf":
-        ranks = torch.cumsum(valid.long(), dim=1).double()
         return 1.0 / (rule.rrf_k + ranks), zero
+    if by_position:
+        scores = -ranks
     if rule.normalization == "minmax":
         high = scores.masked_fill(~valid, -math.inf).max(1, keepdim=True).values
         low = scores.masked_fill(~valid, math.inf).min(1, keepdim=True).values

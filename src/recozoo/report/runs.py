@@ -56,6 +56,11 @@ class Run:
         return str(self.metrics.get("model", "?"))
 
     @property
+    def reranked(self) -> bool:
+        """Whether a re-ranker (``rerank=``) ordered the run's lists."""
+        return self.metrics.get("rerank") not in (None, "none")
+
+    @property
     def seed(self) -> int | None:
         seed = self.metrics.get("seed")
         return int(seed) if seed is not None else None

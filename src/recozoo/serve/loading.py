@@ -165,7 +165,8 @@ class FusedScorer:
     saved top-N lists, so a served fusion ranks as the evaluated one did.
 
     For each member: its ranked list as its run evaluated it (inputs masked, its top-N, its
-    re-ranker), normalised by `recozoo.ensemble.normalise.normalise_lists`; an item the member
+    re-ranker), normalised by `recozoo.ensemble.normalise.normalise_lists` (by position where
+    it has a re-ranker); an item the member
     did not list gets the member's floor. The fused score is the weighted sum (CombSUM; Fox and
     Shaw, TREC-2 1994) over the candidates, the items some member listed. Other items follow
     every candidate, most popular first (the ensemble's own rule for filling short lists).
@@ -190,7 +191,8 @@ class FusedScorer:
         for member, weight in zip(self.members, self.weights):
             items, scores = member.ranked_lists(batch)  # (B, N) in list order
             valid = torch.isfinite(scores)
-            values, floor = normalise_lists(scores, valid, self.rule)
+            values, floor = normalise_lists(scores, valid, self.rule,
+                                            by_position=member.ranker.reranker is not None)
             # float32, as the ensemble keeps the normalised values of saved lists
             dense = floor.float().expand(-1, n_items).clone()  # (B, n_items)
             dense[rows.expand_as(items)[valid], items[valid]] = values[valid].float()
