@@ -274,18 +274,40 @@ class RunProgressBar(RichProgressBar):
     """Lightning's default (Rich) bar plus ``run left≤``: the wall time per epoch so far
     (validation included) times the epochs left to ``trainer.max_epochs``, an upper bound, since
     early stopping may end the run sooner. The bar itself keeps the epoch against the cap and
-    the time left in the epoch."""
+    the time left in the epoch.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    It redraws ``refresh_rate`` times a second (4, Rich's own default, against Lightning's 100)
+    and reads the values it shows at most as often, not after every batch. Both cost the training
+    they report on: one bpr epoch on ml-100k (40 batches, one thread, in a terminal) took 107 ms
+    with Lightning's bar, 89 ms redrawn 4 times a second, 80 ms without a bar."""
+
+    def __init__(self, refresh_rate: int = 4, **kwargs: Any) -> None:
+        super().__init__(refresh_rate=refresh_rate, **kwargs)
         self._start: float | None = None
         self._first_epoch = 0
+        self._shown: tuple[float, dict[str, Any]] | None = None  # (when, values) last read
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         super().on_train_start(trainer, module)
         self._start, self._first_epoch = time.perf_counter(), trainer.current_epoch
 
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._shown = None  # an epoch's last values are shown fresh
+        super().on_train_epoch_end(trainer, module)
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._shown = None
+        super().on_validation_end(trainer, module)
+
     def get_metrics(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any]:
+        now = time.perf_counter()
+        if self._shown is not None and now - self._shown[0] < 1.0 / max(self.refresh_rate, 1):
+            return self._shown[1]
+        items = self._current_metrics(trainer, module)
+        self._shown = (now, items)
+        return items
+
+    def _current_metrics(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any]:
         items = super().get_metrics(trainer, module)
         items.pop("v_num", None)
         cap, batches = trainer.max_epochs, self.total_train_batches
