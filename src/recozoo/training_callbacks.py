@@ -278,8 +278,8 @@ class RunProgressBar(RichProgressBar):
 
     It redraws ``refresh_rate`` times a second (4, Rich's own default, against Lightning's 100)
     and reads the values it shows at most as often, not after every batch. Both cost the training
-    they report on: one bpr epoch on ml-100k (40 batches, one thread, in a terminal) took 107 ms
-    with Lightning's bar, 89 ms redrawn 4 times a second, 80 ms without a bar."""
+    they report on: one bpr epoch on ml-100k (40 batches, one thread, in a terminal, medians of
+    three runs) took 94.6 ms with Lightning's settings, 85.9 ms with these and without a bar."""
 
     def __init__(self, refresh_rate: int = 4, **kwargs: Any) -> None:
         super().__init__(refresh_rate=refresh_rate, **kwargs)

@@ -64,10 +64,10 @@ def normalise_lists(scores: torch.Tensor, valid: torch.Tensor, rule: FusionRule,
     """
     scores = scores.double()
     zero = torch.zeros(len(scores), 1, dtype=torch.float64, device=scores.device)
-    ranks = torch.cumsum(valid.long(), dim=1).double()
-    if rule.method == "rrf":
-        return 1.0 / (rule.rrf_k + ranks), zero
-    if by_position:
+    if rule.method == "rrf" or by_position:
+        ranks = torch.cumsum(valid.long(), dim=1).double()
+        if rule.method == "rrf":
+            return 1.0 / (rule.rrf_k + ranks), zero
         scores = -ranks
     if rule.normalization == "minmax":
         high = scores.masked_fill(~valid, -math.inf).max(1, keepdim=True).values
