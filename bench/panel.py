@@ -43,6 +43,10 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("test/ndcg@10", "NDCG@10"), ("test/recall@10", "Recall@10"),
     ("test/tail_recall@10", "TailRecall@10"), ("test/coverage@10", "Coverage@10"))
 PRIMARY = COLUMNS[0][0]
+#: what the ledger keeps of a run's metrics: the report's columns, and the validation value that a
+#: setting measured later is compared with (on validation, as defaults are chosen) once the run's
+#: folder is gone
+KEPT_METRICS: tuple[str, ...] = (*(key for key, _ in COLUMNS), "val/ndcg@10")
 
 
 @dataclass(frozen=True)
@@ -332,7 +336,7 @@ class FoundRun:
     """A finished run: from its folder, or from the ledger where its folder is not here.
 
     The ledger (bench/panel_runs.json, kept in git) records every finished run with its test
-    metrics, train seconds and the settings it ran with. It is how the panel remembers runs
+    metrics and validation NDCG@10 (`KEPT_METRICS`), train seconds and the settings it ran with. It is how the panel remembers runs
     made on another machine or in a cache since cleared: they are reported and not run again,
     unless their settings differ from today's defaults. Each report adds the runs it found;
     a run is replaced only by a newer run of the same cell, never dropped."""
@@ -392,7 +396,7 @@ def find_run(out: Path, ledger: Ledger, dataset: str, model: str, seed: int) -> 
     if record is None:
         return ledger.get((dataset, model, seed))
     ran = ran_settings(folder)
-    return FoundRun(ok=record.ok, metrics={key: record.metrics.get(key) for key, _ in COLUMNS},
+    return FoundRun(ok=record.ok, metrics={key: record.metrics.get(key) for key in KEPT_METRICS},
                     train_seconds=record.train_seconds or 0.0,
                     settings=None if ran is None else judged_settings(ran), error=record.error)
 

@@ -18,7 +18,8 @@ def _write(out, dataset, model, seed, ndcg, ok=True):
     folder = panel.run_folder(out, dataset, model, seed)
     record = (RunRecord(model=model, seed=seed, train_seconds=2.0,
                         metrics={"test/ndcg@10": ndcg, "test/recall@10": ndcg,
-                                 "test/tail_recall@10": None, "test/coverage@10": 0.5})
+                                 "test/tail_recall@10": None, "test/coverage@10": 0.5,
+                                 "val/ndcg@10": ndcg / 2, "val/recall@10": ndcg})
               if ok else RunRecord(status="failed", model=model, seed=seed, error="boom"))
     RunDir(folder).write_record(record)
 
@@ -208,6 +209,9 @@ def test_the_ledger_remembers_runs_whose_folders_are_gone(tmp_path, monkeypatch)
     assert sorted(ledger) == [("scientific", "pop", 1), ("shop", "bpr", 1), ("shop", "bpr", 2),
                               ("shop", "pop", 1)]  # the partial report dropped nothing
     assert ledger[("shop", "bpr", 2)].metrics["test/ndcg@10"] == 0.3
+    # the validation value a later setting is compared on, and nothing else of validation
+    assert ledger[("shop", "bpr", 2)].metrics["val/ndcg@10"] == 0.15
+    assert "val/recall@10" not in ledger[("shop", "bpr", 2)].metrics
     assert ledger[("shop", "bpr", 2)].settings == {"model.k": 2}  # judged settings only
 
     import shutil
