@@ -347,6 +347,7 @@ class FoundRun:
     settings: dict[str, Any] | None  # None: not known (nothing to judge it stale by)
     error: str | None = None
     in_folder: bool = True
+    threads: int | None = None  # the run's torch threads (None: made before runs recorded them)
 
 
 #: (dataset, model, seed) -> the run as the ledger recorded it
@@ -361,7 +362,7 @@ def read_ledger(path: Path) -> Ledger:
         runs = json.loads(path.read_text())
         return {(dataset, model, int(seed)): FoundRun(
                     ok=True, metrics=ran["metrics"], train_seconds=ran["train_seconds"],
-                    settings=ran["settings"], in_folder=False)
+                    settings=ran["settings"], in_folder=False, threads=ran.get("threads"))
                 for dataset, models in runs.items() for model, seeds in models.items()
                 for seed, ran in seeds.items()}
     except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as error:
@@ -398,7 +399,8 @@ def find_run(out: Path, ledger: Ledger, dataset: str, model: str, seed: int) -> 
     ran = ran_settings(folder)
     return FoundRun(ok=record.ok, metrics={key: record.metrics.get(key) for key in KEPT_METRICS},
                     train_seconds=record.train_seconds or 0.0,
-                    settings=None if ran is None else judged_settings(ran), error=record.error)
+                    settings=None if ran is None else judged_settings(ran), error=record.error,
+                    threads=record.torch_threads)
 
 
 def run_panel(settings: PanelSettings, root: Path, shared: Path | None, out: Path,
@@ -551,7 +553,9 @@ def collect(out: Path, datasets: list[str], models: list[str], seeds: list[int],
                     entry["seeds"][seed] = found.metrics
                     entry["seconds"].append(found.train_seconds)
                     entry["ran"][seed] = {"train_seconds": found.train_seconds,
-                                          "settings": found.settings or {}}
+                                          "settings": found.settings or {},
+                                          **({} if found.threads is None
+                                             else {"threads": found.threads})}
                     if not found.in_folder:
                         entry["from_ledger"].append(seed)
             table.setdefault(dataset, {})[model] = entry
@@ -585,14 +589,30 @@ def summarise(table: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str
     return summary
 
 
+def threads_used(table: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """How many of the table's recozoo runs ran on how many torch threads (their
+    ``metrics.json``'s ``torch_threads``), for the report's header."""
+    counts: dict[int | None, int] = {}
+    for models in table.values():
+        for model, entry in models.items():
+            if model.startswith("RecBole "):
+                continue
+            for ran in entry["ran"].values():
+                counts[ran.get("threads")] = counts.get(ran.get("threads"), 0) + 1
+    parts = [f"{n} run(s) on {threads} torch thread(s)"
+             for threads, n in sorted((t, n) for t, n in counts.items() if t is not None)]
+    if counts.get(None):
+        parts.append(f"{counts[None]} run(s) made before runs recorded their threads, on 1-2")
+    return ", ".join(parts) or "no runs yet"
+
+
 def write_report(settings: PanelSettings, table: dict[str, dict[str, dict[str, Any]]],
                  skipped: list[str], shared: Path | None, out: Path, root: Path) -> Path:
     """bench/panel.md (and panel.json beside it)."""
     summary = summarise(table)
     lines = ["# recozoo panel: every model with its defaults, datasets x seeds", "",
              (f"Written {datetime.datetime.now():%Y-%m-%d %H:%M} on {platform.node()} "
-             f"({os.cpu_count()} CPUs, OMP_WAIT_POLICY=PASSIVE; the runs of this sitting on "
-             f"{settings.threads} torch thread(s) each, those of earlier sittings on 1-2: the "
+             f"({os.cpu_count()} CPUs, OMP_WAIT_POLICY=PASSIVE; {threads_used(table)}: the "
              "seconds depend on it, the metrics do not). Test metrics of each model's best validation "
              "checkpoint; mean ± half-width of the 95% Student-t interval over the seeds done "
              "(n); full ranking over all items. The seed moves a random split and a model's "

@@ -14,9 +14,9 @@ from omegaconf import OmegaConf
 from recozoo.artifacts import RunDir, RunRecord
 
 
-def _write(out, dataset, model, seed, ndcg, ok=True):
+def _write(out, dataset, model, seed, ndcg, ok=True, threads=None):
     folder = panel.run_folder(out, dataset, model, seed)
-    record = (RunRecord(model=model, seed=seed, train_seconds=2.0,
+    record = (RunRecord(model=model, seed=seed, train_seconds=2.0, torch_threads=threads,
                         metrics={"test/ndcg@10": ndcg, "test/recall@10": ndcg,
                                  "test/tail_recall@10": None, "test/coverage@10": 0.5,
                                  "val/ndcg@10": ndcg / 2, "val/recall@10": ndcg})
@@ -285,3 +285,23 @@ def test_a_report_only_call_for_one_cell_still_writes_every_recorded_cell(tmp_pa
     assert "| pop | 1 |" in shop and "| bpr | 1 |" in shop  # bpr's seed 2 of seeds 1-2
     assert "| pop | 1 |" in scientific
     assert "seeds=[1,2]" in text  # the report's own command covers the recorded seeds
+
+
+def test_the_report_says_how_many_threads_each_run_had(tmp_path):
+    """Seconds depend on the thread count: the header counts the runs per torch thread count,
+    as each run recorded it, through the ledger too, and names the runs that recorded none."""
+    out, ledger_path = tmp_path / "runs", tmp_path / "panel_runs.json"
+    _write(out, "shop", "bpr", 1, 0.2, threads=1)
+    _write(out, "shop", "bpr", 2, 0.3, threads=2)
+    _write(out, "shop", "pop", 1, 0.1)  # a folder made before runs recorded threads
+    table = panel.collect(out, ["shop"], ["pop", "bpr"], [1, 2])
+    expected = ("1 run(s) on 1 torch thread(s), 1 run(s) on 2 torch thread(s), "
+                "1 run(s) made before runs recorded their threads, on 1-2")
+    assert panel.threads_used(table) == expected
+    panel.update_ledger(ledger_path, table)
+    import shutil
+    shutil.rmtree(out)  # only the ledger remembers them now
+    ledger = panel.read_ledger(ledger_path)
+    assert ledger[("shop", "bpr", 2)].threads == 2 and ledger[("shop", "pop", 1)].threads is None
+    table = panel.collect(out, ["shop"], ["pop", "bpr"], [1, 2], ledger=ledger)
+    assert panel.threads_used(table) == expected

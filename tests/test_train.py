@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from conftest import ROOT
 from recozoo.train import run
@@ -33,6 +34,7 @@ def test_run_writes_every_artifact_with_contract_keys(make_config):
                 assert f"{stage}/{name}@{k}" in metrics
     assert value == pytest.approx(metrics["val/ndcg@10"])
     assert len(metrics["epoch_seconds"]) == metrics["epochs"] == 1
+    assert metrics["torch_threads"] == torch.get_num_threads()  # what the seconds depend on
     rankings = pd.read_parquet(out / "rankings_test.parquet")
     assert rankings.groupby("user").size().max() == 20
     assert set(rankings["user"]) == set(pd.read_parquet(out / "targets_test.parquet")["user"])

@@ -138,11 +138,13 @@ def _stage(stage: str) -> str:
 FACTS: tuple[str, ...] = (
     "status", "error", "traceback", "model", "data", "split", "seed", "n_users", "n_items",
     "n_interactions", "n_params", "head_share", "heavy_user_share", "rerank", "rerank_weight", "debias", "epochs",
-    "train_seconds", "epoch_seconds", "eval_seconds", "fusion_seconds", "best_checkpoint",
+    "train_seconds", "epoch_seconds", "eval_seconds", "torch_threads", "fusion_seconds",
+    "best_checkpoint",
     "chosen_on_validation")
 _FACT_NAMES = frozenset(FACTS)
 #: facts written (as null) even when unknown, in a successful run
-_ALWAYS = _FACT_NAMES - {"error", "traceback", "fusion_seconds", "chosen_on_validation"}
+_ALWAYS = _FACT_NAMES - {"error", "traceback", "fusion_seconds", "chosen_on_validation",
+                         "torch_threads"}
 #: metric keys start with one of these stages
 METRIC_STAGES: tuple[str, ...] = ("val/", "test/", "test_cold/")
 
@@ -178,6 +180,9 @@ class RunRecord(Mapping[str, Any]):
     train_seconds: float | None = None
     epoch_seconds: list[float] | None = None
     eval_seconds: float | None = None
+    #: torch intra-op threads of the run's process, which its seconds depend on (a model's
+    #: ``train_threads`` may train on fewer); None in folders made before it was recorded
+    torch_threads: int | None = None
     fusion_seconds: float | None = None
     best_checkpoint: str | None = None
     #: scoring-time settings the model chose on validation (`Recommender.choose_on_validation`)

@@ -308,6 +308,7 @@ def train(cfg: DictConfig) -> RunRecord:
         train_seconds=round(train_seconds, 4),
         epoch_seconds=epoch_seconds,
         eval_seconds=timer.eval_seconds,
+        torch_threads=torch.get_num_threads(),
         best_checkpoint=str(Path(best).relative_to(out)) if best and
         Path(best).is_relative_to(out) else best,
         chosen_on_validation=chosen or None,
