@@ -25,6 +25,7 @@ import platform
 import shlex
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,15 @@ from recozoo.cli import parse_settings
 #: recozoo model -> RecBole model, for the rows RecBole runs on its own splits
 RECBOLE_MODELS = {"pop": "Pop", "itemknn": "ItemKNN", "bpr": "BPR", "ease": "EASE",
                   "multvae": "MultiVAE"}
+
+
+def recbole_row(model: str) -> str:
+    """The report's row (and run folder) of RecBole's counterpart of recozoo's ``model``."""
+    return f"RecBole {RECBOLE_MODELS[model]}"
+
+
+#: every RecBole row of the report (runs of the peer, not of recozoo)
+RECBOLE_ROWS = frozenset(recbole_row(model) for model in RECBOLE_MODELS)
 #: the metrics the tables show, primary first
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("test/ndcg@10", "NDCG@10"), ("test/recall@10", "Recall@10"),
@@ -336,8 +346,9 @@ class FoundRun:
     """A finished run: from its folder, or from the ledger where its folder is not here.
 
     The ledger (bench/panel_runs.json, kept in git) records every finished run with its test
-    metrics and validation NDCG@10 (`KEPT_METRICS`), train seconds and the settings it ran with. It is how the panel remembers runs
-    made on another machine or in a cache since cleared: they are reported and not run again,
+    metrics and validation NDCG@10 (`KEPT_METRICS`), train seconds, torch threads and the
+    settings it ran with. It is how the panel remembers runs made on another machine or in a
+    cache since cleared: they are reported and not run again,
     unless their settings differ from today's defaults. Each report adds the runs it found;
     a run is replaced only by a newer run of the same cell, never dropped."""
 
@@ -427,7 +438,7 @@ def run_panel(settings: PanelSettings, root: Path, shared: Path | None, out: Pat
                                   cell_settings(expected, by_dataset, name, model))]
             peers = [model for model in dataset.runs(models) if dataset.recbole_splits
                      and model in RECBOLE_MODELS and find_run(
-                         out, ledger, name, f"RecBole {RECBOLE_MODELS[model]}", seed) is None]
+                         out, ledger, name, recbole_row(model), seed) is None]
             split = None
             if dataset.recbole_splits and (todo or peers):
                 try:
@@ -492,10 +503,10 @@ def recbole_seed(settings: PanelSettings, shared: Path | None, out: Path, datase
     for model in models:
         if model not in RECBOLE_MODELS:
             continue
-        folder = run_folder(out, dataset, f"RecBole {RECBOLE_MODELS[model]}", seed)
+        folder = run_folder(out, dataset, recbole_row(model), seed)
         if (folder / "recbole.json").exists():
             continue
-        print(f"          {dataset} RecBole {RECBOLE_MODELS[model]} seed {seed}", flush=True)
+        print(f"          {dataset} {recbole_row(model)} seed {seed}", flush=True)
         figures = peer.run(RECBOLE_MODELS[model], epochs=300, threads=settings.threads,
                            seed=seed)
         folder.mkdir(parents=True, exist_ok=True)
@@ -530,7 +541,7 @@ def collect(out: Path, datasets: list[str], models: list[str], seeds: list[int],
     table: dict[str, dict[str, dict[str, Any]]] = {}
     for dataset in datasets:
         runs = DATASETS[dataset].runs(models)
-        peers = ([f"RecBole {RECBOLE_MODELS[m]}" for m in runs if m in RECBOLE_MODELS]
+        peers = ([recbole_row(m) for m in runs if m in RECBOLE_MODELS]
                  if DATASETS[dataset].recbole_splits else [])
         for model in [*runs, *peers]:
             entry: dict[str, Any] = {"seeds": {}, "ran": {}, "failed": [], "missing": [],
@@ -554,8 +565,7 @@ def collect(out: Path, datasets: list[str], models: list[str], seeds: list[int],
                     entry["seconds"].append(found.train_seconds)
                     entry["ran"][seed] = {"train_seconds": found.train_seconds,
                                           "settings": found.settings or {},
-                                          **({} if found.threads is None
-                                             else {"threads": found.threads})}
+                                          "threads": found.threads}
                     if not found.in_folder:
                         entry["from_ledger"].append(seed)
             table.setdefault(dataset, {})[model] = entry
@@ -592,13 +602,9 @@ def summarise(table: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str
 def threads_used(table: dict[str, dict[str, dict[str, Any]]]) -> str:
     """How many of the table's recozoo runs ran on how many torch threads (their
     ``metrics.json``'s ``torch_threads``), for the report's header."""
-    counts: dict[int | None, int] = {}
-    for models in table.values():
-        for model, entry in models.items():
-            if model.startswith("RecBole "):
-                continue
-            for ran in entry["ran"].values():
-                counts[ran.get("threads")] = counts.get(ran.get("threads"), 0) + 1
+    counts = Counter(ran.get("threads") for models in table.values()
+                     for model, entry in models.items() if model not in RECBOLE_ROWS
+                     for ran in entry["ran"].values())
     parts = [f"{n} run(s) on {threads} torch thread(s)"
              for threads, n in sorted((t, n) for t, n in counts.items() if t is not None)]
     if counts.get(None):
