@@ -27,7 +27,7 @@ import datetime
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -127,27 +127,21 @@ def score_lists(lists: np.ndarray, test_users: np.ndarray, run: Path, name: str,
     return dict(scored.read_record())
 
 
-def validation_curve(run: Path, n_epochs: int) -> list[float]:
-    """val/ndcg@10 after each of the fit's ``n_epochs`` epochs, from the run's CSV log (empty
-    where the log is missing).
-
-    The best checkpoint's validation after the fit is logged under the epoch number
-    ``n_epochs`` and is left out; an epoch's first value counts (older logs held each
-    validation twice)."""
-    log = run / "csv" / "metrics.csv"
-    if not log.exists() or not n_epochs:
-        return []
-    frame = pd.read_csv(log)
-    if "val/ndcg@10" not in frame or "epoch" not in frame:
-        return []
-    values = frame[["epoch", "val/ndcg@10"]].dropna().groupby("epoch")["val/ndcg@10"].first()
-    return [float(v) for v in values[values.index < n_epochs]]
+def validation_curve(metrics: Mapping[str, Any]) -> list[float]:
+    """val/ndcg@10 after each epoch of the fit, from a run's metrics.json (``val_curve``: every
+    validation inside the fit, not the best checkpoint's after it); an epoch's first one counts
+    (``trainer.val_check_interval`` below 1 validates more than once an epoch)."""
+    curve: dict[int, float] = {}
+    for entry in metrics.get("val_curve") or []:
+        if "val/ndcg@10" in entry:
+            curve.setdefault(int(entry["epoch"]), float(entry["val/ndcg@10"]))
+    return [curve[epoch] for epoch in sorted(curve)]
 
 
-def seconds_to_best(run: Path, epoch_seconds: list[float]) -> tuple[int | None, float | None]:
-    """The best epoch (1-based: the first maximum of `validation_curve`) and the training
-    seconds up to and including it; None where the log is missing."""
-    curve = validation_curve(run, len(epoch_seconds))
+def seconds_to_best(curve: list[float], epoch_seconds: list[float],
+                    ) -> tuple[int | None, float | None]:
+    """The best epoch (1-based: the first maximum of ``curve``, one value per epoch) and the
+    training seconds up to and including it; None without a curve."""
     if not curve:
         return None, None
     best = int(np.argmax(curve))
@@ -168,14 +162,14 @@ def recozoo_side(overrides: list[str], run: Path, threads: int, max_epochs: int
     import statistics
     metrics = run_recozoo(overrides, run, threads)
     epochs = metrics.get("epoch_seconds") or []
-    best_epoch, to_best = seconds_to_best(run, epochs)
-    val = pd.read_csv(run / "csv" / "metrics.csv")["val/ndcg@10"].dropna()
+    curve = validation_curve(metrics)
+    best_epoch, to_best = seconds_to_best(curve, epochs)
     return {"side": "recozoo", "model": "bpr", "epochs": metrics.get("epochs"),
             "best_epoch": best_epoch, "sec_per_epoch": round(statistics.median(epochs), 4)
             if epochs else None, "seconds_to_best": to_best,
             "train_seconds": metrics.get("train_seconds"),
-            "best_val_ndcg@10": float(val.max()) if len(val) else None,
-            "val_curve": validation_curve(run, len(epochs)), "epoch_seconds": epochs,
+            "best_val_ndcg@10": max(curve) if curve else None,
+            "val_curve": curve, "epoch_seconds": epochs,
             "stopped_by": "max_epochs" if len(epochs) >= max_epochs else "early_stopping",
             "eval_seconds": metrics.get("eval_seconds"),
             "ndcg@10": metrics.get("test/ndcg@10"), "recall@10": metrics.get("test/recall@10"),

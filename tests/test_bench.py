@@ -194,19 +194,18 @@ def test_implicit_runner_ndcg_by_hand():
         1 / (1 + 1 / np.log2(3)) / 2)
 
 
-def test_seconds_to_best_reads_the_first_best_validation_of_the_fit(tmp_path):
-    from bench.implicit_peer import seconds_to_best
-    (tmp_path / "csv").mkdir()
-    # four epochs' validations, each logged twice (best first at epoch 2), then the best
-    # checkpoint validated again after the fit under epoch 4
-    pd.DataFrame({"epoch": [0, 0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 4, 4],
-                  "train/loss": [0.9, None, None, 0.8, None, None, None, None, 0.7, None, None,
-                                 None, None],
-                  "val/ndcg@10": [None, 0.1, 0.1, None, 0.3, 0.3, 0.3, 0.3, None, 0.2, 0.2,
-                                  0.35, 0.35]}).to_csv(tmp_path / "csv" / "metrics.csv",
-                                                       index=False)
-    assert seconds_to_best(tmp_path, [1.0, 2.0, 3.0, 4.0]) == (2, 3.0)
-    assert seconds_to_best(tmp_path / "none", [1.0]) == (None, None)
+def test_seconds_to_best_reads_the_first_best_validation_of_the_fit():
+    from bench.implicit_peer import seconds_to_best, validation_curve
+    # metrics.json's val_curve: four epochs (the third validated twice, val_check_interval
+    # 0.5), the best first at epoch 2; the best checkpoint's validation after the fit is not in it
+    metrics = {"val/ndcg@10": 0.3, "val_curve": [
+        {"epoch": 1, "step": 10, "val/ndcg@10": 0.1}, {"epoch": 2, "step": 20, "val/ndcg@10": 0.3},
+        {"epoch": 3, "step": 25, "val/ndcg@10": 0.3}, {"epoch": 3, "step": 30, "val/ndcg@10": 0.31},
+        {"epoch": 4, "step": 40, "val/ndcg@10": 0.2}]}
+    curve = validation_curve(metrics)
+    assert curve == [0.1, 0.3, 0.3, 0.2]  # an epoch's first validation
+    assert seconds_to_best(curve, [1.0, 2.0, 3.0, 4.0]) == (2, 3.0)
+    assert validation_curve({}) == [] and seconds_to_best([], [1.0]) == (None, None)
 
 
 def test_time_to_match_the_peers_best_validation():

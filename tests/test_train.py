@@ -62,6 +62,32 @@ def test_each_validation_reaches_the_csv_log_once(make_config):
     assert validations["epoch"].tolist() == [0, 1, 2]
 
 
+def test_metrics_json_keeps_every_validation_of_the_fit(make_config):
+    """``val_curve``: one entry per validation inside the fit (not the best checkpoint's one
+    after it), the values the loggers got; the best checkpoint's validation is its best entry."""
+    cfg = make_config(["model=bpr", "trainer.max_epochs=3", "eval.ks=[5,10]"])
+    run(cfg)
+    out = Path(cfg.paths.output_dir)
+    metrics = json.loads((out / "metrics.json").read_text())
+    curve = metrics["val_curve"]
+    assert [entry["epoch"] for entry in curve] == [1, 2, 3] == list(range(1, metrics["epochs"] + 1))
+    assert [entry["step"] for entry in curve] == sorted({entry["step"] for entry in curve})
+    assert set(curve[0]) == {"epoch", "step"} | {f"val/{name}@{k}" for k in (5, 10)
+                                                 for name in ("ndcg", "recall", "tail_recall")}
+    logged = pd.read_csv(next(out.rglob("metrics.csv"))).dropna(subset=["val/ndcg@10"])
+    assert [entry["val/ndcg@10"] for entry in curve] == pytest.approx(
+        logged["val/ndcg@10"].tolist()[:3])
+    assert max(entry["val/ndcg@10"] for entry in curve) == pytest.approx(metrics["val/ndcg@10"])
+
+
+def test_the_curve_keeps_accuracy_tail_recall_and_rating_errors():
+    from recozoo.evaluation.evaluator import curve_values
+    values = {"val/ndcg@10": 0.3, "val/recall@20": 0.4, "val/tail_recall@10": 0.1,
+              "val/ndcg@10/head": 0.5, "val/gini@10": 0.7, "val/rmse": 0.9, "val/mae": 0.7}
+    assert curve_values(values) == {"val/ndcg@10": 0.3, "val/recall@20": 0.4,
+                                    "val/tail_recall@10": 0.1, "val/rmse": 0.9, "val/mae": 0.7}
+
+
 def test_unknown_model_lists_the_choices():
     result = subprocess.run([sys.executable, "train.py", "model=nosuchmodel"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120, check=False)

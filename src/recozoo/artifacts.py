@@ -140,11 +140,11 @@ FACTS: tuple[str, ...] = (
     "n_interactions", "n_params", "head_share", "heavy_user_share", "rerank", "rerank_weight", "debias", "epochs",
     "train_seconds", "epoch_seconds", "eval_seconds", "torch_threads", "fusion_seconds",
     "best_checkpoint",
-    "chosen_on_validation")
+    "chosen_on_validation", "val_curve")
 _FACT_NAMES = frozenset(FACTS)
 #: facts written (as null) even when unknown, in a successful run
 _ALWAYS = _FACT_NAMES - {"error", "traceback", "fusion_seconds", "chosen_on_validation",
-                         "torch_threads"}
+                         "torch_threads", "val_curve"}
 #: metric keys start with one of these stages
 METRIC_STAGES: tuple[str, ...] = ("val/", "test/", "test_cold/")
 
@@ -187,6 +187,10 @@ class RunRecord(Mapping[str, Any]):
     best_checkpoint: str | None = None
     #: scoring-time settings the model chose on validation (`Recommender.choose_on_validation`)
     chosen_on_validation: dict[str, Any] | None = None
+    #: the validations inside the fit, in order: ``epoch`` (epochs trained when it ran, 1-based
+    #: like ``epoch_seconds``) and the values of `Evaluator.CURVE_METRICS`; None in folders made
+    #: before it was recorded
+    val_curve: list[dict[str, float]] | None = None
     error: str | None = None
     traceback: str | None = None
     metrics: dict[str, float | None] = field(default_factory=dict)

@@ -274,7 +274,8 @@ def train(cfg: DictConfig) -> RunRecord:
 
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     train_seconds = timer.fit_seconds()  # a resumed run's earlier sessions included
-    epoch_seconds = list(timer.epoch_seconds)  # before loading the best checkpoint resets them
+    # before loading the best checkpoint resets them to what it holds
+    epoch_seconds, val_curve = list(timer.epoch_seconds), list(evaluator.curve)
     checkpoint = trainer.checkpoint_callback
     best = getattr(checkpoint, "best_model_path", "") or None
     if best is None and isinstance(model, ClosedFormRecommender):
@@ -312,6 +313,7 @@ def train(cfg: DictConfig) -> RunRecord:
         best_checkpoint=str(Path(best).relative_to(out)) if best and
         Path(best).is_relative_to(out) else best,
         chosen_on_validation=chosen or None,
+        val_curve=val_curve or None,
         metrics={**{k: v for k, v in val_metrics.items() if k.startswith("val/")},
                  **{k: v for k, v in test_metrics.items()
                     if k.startswith(("test/", "test_cold/"))}},

@@ -35,6 +35,21 @@ from recozoo.metrics.suite import ranking_suite, rating_suite
 from recozoo.training_callbacks import logging_step
 
 STAGES = ("val", "test")
+#: what metrics.json's ``val_curve`` keeps of each validation inside the fit: these metrics at
+#: every K (not per bucket), and the rating errors of models that predict ratings
+CURVE_METRICS = ("ndcg", "recall", "tail_recall")
+_CURVE_RATINGS = ("rmse", "mae")
+
+
+def curve_values(values: dict[str, float]) -> dict[str, float]:
+    """The ``val_curve`` entries of a validation's values (``"val/ndcg@10"`` ...)."""
+    kept = {}
+    for key, value in values.items():
+        parts = key.split("/")  # stage, name@k[, bucket]
+        name, _, k = parts[1].partition("@")
+        if len(parts) == 2 and (name in CURVE_METRICS if k else name in _CURVE_RATINGS):
+            kept[key] = value
+    return kept
 
 
 def per_user_values(suite: MetricCollection, ranked: RankedBatch,
@@ -55,6 +70,11 @@ class Evaluator(L.Callback):
     Args:
         ranker: how the model's scores become ranked lists (`Ranker`, with the run's re-ranker).
         ks: metric cut-offs (``eval.ks``).
+
+    ``curve`` lists the validations inside ``trainer.fit``: the epoch each ran in (1-based), the
+    optimiser steps before it and `curve_values` of its values (metrics.json's ``val_curve``). It
+    is in the checkpoints, so a resumed run keeps the validations of its earlier sessions;
+    loading a checkpoint restores the curve saved in it, so read it before loading the best one.
 
     After ``trainer.validate`` / ``trainer.test``: ``stage_metrics[stage]`` holds the values
     (``"val/ndcg@10"`` ...) and ``outputs[stage]`` the users, their top-N ``items`` and
@@ -93,7 +113,14 @@ class Evaluator(L.Callback):
         self.list_folder: RunDir | None = None
         self._kept: dict[str, dict[str, list[torch.Tensor]] | StageListWriter] = {}
         self.stage_metrics: dict[str, dict[str, float]] = {}
+        self.curve: list[dict[str, float]] = []
         self._facts: dict[str, torch.Tensor] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"curve": [dict(entry) for entry in self.curve]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.curve = [dict(entry) for entry in state_dict.get("curve", [])]
 
     # ------------------------------------------------------------------ per batch
     def _item_facts(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor,
@@ -197,6 +224,10 @@ class Evaluator(L.Callback):
         callbacks monitor into ``trainer.callback_metrics`` (see the module docstring)."""
         values = self.compute(stage)
         self.stage_metrics[stage] = values
+        if (stage == "val" and trainer.state.fn == TrainerFn.FITTING
+                and not trainer.sanity_checking):
+            self.curve.append({"epoch": trainer.current_epoch + 1,
+                               "step": logging_step(trainer), **curve_values(values)})
         monitored = {getattr(c, "monitor", None)
                      for c in [*trainer.callbacks, *trainer.lr_scheduler_configs]}
         for key in sorted(monitored.intersection(values)):
