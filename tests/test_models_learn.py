@@ -13,8 +13,9 @@ from conftest import ranking_model_names, train_and_test
 
 #: epochs per model (the default is 10): bert_finetune gets fewer; BPR-trained models need more,
 #: as this shop makes only two batches an epoch at their default batch of 2048 pairs; gru4rec's
-#: weight average (ema_decay 0.99, ~100 steps) still holds early weights after 10 epochs here
-EPOCHS = {"bert_finetune": 2, "bpr": 80, "lightgcn": 40, "gru4rec": 20}
+#: and sqn's weight average (ema_decay 0.99, ~100 steps) still holds early weights after 10 epochs
+#: here
+EPOCHS = {"bert_finetune": 2, "bpr": 80, "lightgcn": 40, "gru4rec": 20, "sqn": 20}
 #: ranking models that must beat popularity on this shop (cfgan needs more updates than 10
 #: epochs of this shop give; tests/test_cfgan.py checks it with batches of 16 over 40 epochs)
 ABOVE_POP = {"bpr", "ease", "itemknn", "multvae", "multdae", "lightgcn", "gru4rec", "sasrec",

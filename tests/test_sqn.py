@@ -305,8 +305,9 @@ def _fit(cfg, epochs: int):
 
 
 def test_target_network_and_counter_survive_checkpoint_and_resume(make_config, tmp_path):
+    # the weights themselves, not their average (model.ema_decay), are what is checkpointed here
     cfg = make_config(["model=sqn", "model.target_tau=1.0", "model.target_every=2",
-                       "model.batch_size=32"])
+                       "model.batch_size=32", "model.ema_decay=null"])
     dm, model, trainer = _fit(cfg, epochs=1)
     steps = int(model.target.steps)
     assert steps == trainer.global_step > 2
@@ -339,7 +340,9 @@ def _tail_share(dm, model, k: int = 10) -> float:
 def test_tail_bonus_raises_tail_exposure(make_config, model_name):
     shares = []
     for bonus in (0.0, 25.0):  # in views: dqn's rewards are sqn's x5, so is the bonus
-        cfg = make_config([f"model={model_name}", "model.batch_size=16", "model.dim=16"])
+        # six short epochs: a weight average (sqn's model.ema_decay) would still lag behind
+        cfg = make_config([f"model={model_name}", "model.batch_size=16", "model.dim=16",
+                           "model.ema_decay=null"])
         cfg.model.tail_bonus = bonus * cfg.model.reward.view
         dm, model, _ = _fit(cfg, epochs=6)
         shares.append(_tail_share(dm, model))
