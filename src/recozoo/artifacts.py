@@ -188,8 +188,9 @@ class RunRecord(Mapping[str, Any]):
     #: scoring-time settings the model chose on validation (`Recommender.choose_on_validation`)
     chosen_on_validation: dict[str, Any] | None = None
     #: the validations inside the fit, in order: ``epoch`` (epochs trained when it ran, 1-based
-    #: like ``epoch_seconds``) and the values of `Evaluator.CURVE_METRICS`; None in folders made
-    #: before it was recorded
+    #: like ``epoch_seconds``), ``step`` (optimiser steps before it) and its values that
+    #: `recozoo.evaluation.evaluator.curve_values` keeps; None in folders made before it was
+    #: recorded
     val_curve: list[dict[str, float]] | None = None
     error: str | None = None
     traceback: str | None = None

@@ -31,14 +31,13 @@ from recozoo.data.datamodule import DatasetInfo, EvalBatch
 from recozoo.distributed import gather_objects, gather_tensors, on_any_rank, rank_and_world_size
 from recozoo.evaluation.ranking import Ranker
 from recozoo.metrics.ranking import PER_USER_METRICS, RankedBatch, inputs_per_group
-from recozoo.metrics.suite import ranking_suite, rating_suite
+from recozoo.metrics.suite import RATING_METRICS, ranking_suite, rating_suite
 from recozoo.training_callbacks import logging_step
 
 STAGES = ("val", "test")
 #: what metrics.json's ``val_curve`` keeps of each validation inside the fit: these metrics at
 #: every K (not per bucket), and the rating errors of models that predict ratings
 CURVE_METRICS = ("ndcg", "recall", "tail_recall")
-_CURVE_RATINGS = ("rmse", "mae")
 
 
 def curve_values(values: dict[str, float]) -> dict[str, float]:
@@ -47,7 +46,7 @@ def curve_values(values: dict[str, float]) -> dict[str, float]:
     for key, value in values.items():
         parts = key.split("/")  # stage, name@k[, bucket]
         name, _, k = parts[1].partition("@")
-        if len(parts) == 2 and (name in CURVE_METRICS if k else name in _CURVE_RATINGS):
+        if len(parts) == 2 and (name in CURVE_METRICS if k else name in RATING_METRICS):
             kept[key] = value
     return kept
 
