@@ -31,7 +31,7 @@ from recozoo.data.datamodule import DatasetInfo, EvalBatch
 from recozoo.distributed import gather_objects, gather_tensors, on_any_rank, rank_and_world_size
 from recozoo.evaluation.ranking import Ranker
 from recozoo.metrics.ranking import PER_USER_METRICS, RankedBatch, inputs_per_group
-from recozoo.metrics.suite import RATING_METRICS, ranking_suite, rating_suite
+from recozoo.metrics.suite import RATING_METRICS, parse_key, ranking_suite, rating_suite
 from recozoo.training_callbacks import logging_step
 
 STAGES = ("val", "test")
@@ -44,9 +44,10 @@ def curve_values(values: dict[str, float]) -> dict[str, float]:
     """The ``val_curve`` entries of a validation's values (``"val/ndcg@10"`` ...)."""
     kept = {}
     for key, value in values.items():
-        parts = key.split("/")  # stage, name@k[, bucket]
-        name, _, k = parts[1].partition("@")
-        if len(parts) == 2 and (name in CURVE_METRICS if k else name in RATING_METRICS):
+        parts = parse_key(key)
+        if parts is None or parts["bucket"] is not None:
+            continue
+        if parts["name"] in (CURVE_METRICS if parts["k"] else RATING_METRICS):
             kept[key] = value
     return kept
 

@@ -42,6 +42,12 @@ _KEY = re.compile(r"^(?:(?P<stage>[a-z_]+)/)?(?P<name>[a-z_][a-z0-9_]*)(?:@(?P<k
                   r"(?:/(?P<bucket>[a-z_]+))?$")
 
 
+def parse_key(key: str) -> re.Match[str] | None:
+    """The parts of a metrics.json key ``[<stage>/]<name>[@<k>][/<bucket>]`` (match groups
+    ``stage``, ``name``, ``k`` and ``bucket``, None where absent), or None for another form."""
+    return _KEY.match(key)
+
+
 def metric_class(key: str) -> type[Metric]:
     """The class that computes a metrics.json key.
 
@@ -52,7 +58,7 @@ def metric_class(key: str) -> type[Metric]:
     Raises:
         ValueError: the key names no metric of the suites (the message lists the known names).
     """
-    match = _KEY.match(key)
+    match = parse_key(key)
     if match is None:
         raise ValueError(f"metric key {key!r} is not of the form [<stage>/]<name>[@<k>][/<bucket>]")
     name, bucket = match["name"], match["bucket"]
@@ -123,6 +129,7 @@ __all__ = [
     "RankedBatch",
     "higher_is_better",
     "metric_class",
+    "parse_key",
     "ranking_suite",
     "rating_suite",
 ]
