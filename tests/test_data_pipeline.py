@@ -136,6 +136,21 @@ def test_eval_batch_masks_inputs_and_holds_targets(dm):
     assert not val_targets & val_seen
 
 
+def test_eval_batches_count_each_users_distinct_inputs_in_head_and_tail(dm):
+    """`EvalBatch.input_counts`, counted once per stage for every user, equals a count of the
+    batch's own distinct (user, item) inputs, for batches of any users in any order."""
+    tail = dm.info.tail_mask.numpy()
+    users = dm.eval_users["test"]
+    for stage in ("val", "test"):
+        for chosen in (users[:7], users[::-3]):
+            batch = dm.eval_batch(stage, chosen)
+            pairs = set(zip(batch.seen_rows.tolist(), batch.seen_cols.tolist()))
+            expected = np.zeros((len(chosen), 2))
+            for row, item in pairs:
+                expected[row, int(tail[item])] += 1
+            assert batch.input_counts.tolist() == expected.tolist()
+
+
 def test_training_views(dm):
     dm.use_view(TrainView("pairs", batch_size=32, n_negatives=4))
     batch = next(iter(dm.train_dataloader()))

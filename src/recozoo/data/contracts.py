@@ -203,6 +203,9 @@ class EvalBatch:
     target_rows: torch.Tensor  # (nnz_target,)
     target_cols: torch.Tensor  # (nnz_target,)
     target_rating: torch.Tensor | None = None  # (nnz_target,)
+    #: (B, 2) distinct input items in the head and in the tail (`inputs_per_group` of the seen
+    #: pairs); None: the evaluator counts them from the seen pairs
+    input_counts: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.user)

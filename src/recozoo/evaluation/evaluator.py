@@ -144,7 +144,10 @@ class Evaluator(L.Callback):
         metric_items = items[:, :max(self.ks)]  # (B, max(ks))
         tail, bucket, cold = self._item_facts(items.device)
         target_rows, target_cols = batch.target_rows, batch.target_cols  # (T,) each
-        n_inputs = inputs_per_group(batch.seen_rows, batch.seen_cols, len(batch), tail)  # (B, 2)
+        n_inputs = batch.input_counts  # (B, 2)
+        if n_inputs is None:
+            n_inputs = inputs_per_group(batch.seen_rows, batch.seen_cols, len(batch), tail)
+        n_inputs = n_inputs.to(items.device)
         ranked = RankedBatch.from_pairs(metric_items, target_rows, target_cols, tail, bucket,
                                         users=batch.user, n_inputs=n_inputs)
         suite = self.suites[stage]
