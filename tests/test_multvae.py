@@ -11,10 +11,10 @@ def _recbole_forward(net: MultVAENet, rows: torch.Tensor) -> torch.Tensor:
     """RecBole 1.2.1 MultiVAE.forward at evaluation (no dropout, z = mu), with ``net``'s
     weights: L2-normalised input, Linear-tanh-Linear encoder whose output is (mu, logvar),
     Linear-tanh-Linear decoder, raw logits out."""
-    enc = [m for m in net.encoder.modules() if isinstance(m, torch.nn.Linear)]
+    first, second = net.encoder[0], net.encoder[2]  # the first holds a weight row per item
     dec = [m for m in net.decoder.modules() if isinstance(m, torch.nn.Linear)]
     h = torch.nn.functional.normalize(rows)
-    h = enc[1](torch.tanh(enc[0](h)))
+    h = second(torch.tanh(h @ first.weight + first.bias))
     mu = h[:, :net.latent]
     return dec[1](torch.tanh(dec[0](mu)))
 
@@ -85,3 +85,27 @@ def test_training_loss_reads_sparse_rows_as_the_dense_rows() -> None:
             grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
         assert torch.allclose(losses[0], losses[1], atol=1e-5)
         assert torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
+def test_checkpoints_of_the_linear_first_layer_load_transposed() -> None:
+    """The encoder's first layer (`ItemRowsLinear`) keeps a weight row per item; a checkpoint
+    saved when it was an nn.Linear (out, in) loads transposed, into the same scores, also when
+    the layer is square; its own checkpoints load as they are."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    rows = (torch.rand(5, 12) < 0.4).float()
+    for hidden in (7, 12):  # 12: as many units as items, where only the version tells
+        net = MultVAENet(n_items=12, hidden=[hidden], latent=3).eval()
+        first = net.encoder[0]
+        old = nn.Sequential(nn.Linear(12, hidden), *list(net.encoder)[1:])
+        with torch.no_grad():
+            old[0].weight.copy_(first.weight.t())
+            old[0].bias.copy_(first.bias)
+        saved_old, saved_new = old.state_dict(), net.encoder.state_dict()
+        for saved in (saved_old, saved_new):
+            fresh = MultVAENet(n_items=12, hidden=[hidden], latent=3).eval()
+            fresh.decoder.load_state_dict(net.decoder.state_dict())
+            fresh.encoder.load_state_dict(saved)
+            assert torch.equal(fresh.encoder[0].weight, first.weight)
+            assert torch.allclose(fresh(rows)[0], net(rows)[0])
