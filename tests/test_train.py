@@ -60,6 +60,11 @@ def test_each_validation_reaches_the_csv_log_once(make_config):
     validations = rows.dropna(subset=["val/ndcg@10"])
     assert len(validations) == 3  # two epochs, then the best checkpoint validated once more
     assert validations["epoch"].tolist() == [0, 1, 2]
+    # the test stage's row too (its file is saved by Lightning when trainer.test ends)
+    tests = rows.dropna(subset=["test/ndcg@10"])
+    metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert len(tests) == 1
+    assert tests["test/ndcg@10"].item() == pytest.approx(metrics["test/ndcg@10"], rel=1e-6)
 
 
 def test_metrics_json_keeps_every_validation_of_the_fit(make_config):
