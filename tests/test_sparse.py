@@ -13,6 +13,7 @@ import torch
 from conftest import fit_briefly
 from recozoo.models.optimizers import (
     CombinedOptimizer,
+    LazyAdam,
     build_optimizer,
     dense_optimizer,
     sparse_parameters,
@@ -41,8 +42,8 @@ def test_a_step_moves_only_the_rows_in_the_batch_and_every_dense_parameter():
     model = _Mixed()
     optimizer = build_optimizer(model, functools.partial(torch.optim.Adam, lr=0.1))
     assert isinstance(optimizer, CombinedOptimizer)
-    assert [type(o) for o in optimizer.optimizers] == [torch.optim.SparseAdam, torch.optim.Adam]
-    assert optimizer.param_groups[0]["lr"] == 0.1  # SparseAdam takes Adam's learning rate
+    assert [type(o) for o in optimizer.optimizers] == [LazyAdam, torch.optim.Adam]
+    assert optimizer.param_groups[0]["lr"] == 0.1  # the sparse optimizer takes Adam's rate
     table, linear = model.table.weight.detach().clone(), model.linear.weight.detach().clone()
     rows = torch.tensor([3, 7, 7, 20])
     _step(model, optimizer, rows)
@@ -69,6 +70,46 @@ def test_sparse_adam_matches_dense_adam_on_rows_every_batch_touches():
     torch.testing.assert_close(sparse.table.weight, dense.table.weight)
 
 
+def test_lazy_adam_is_sparse_adams_update_and_shares_its_state():
+    """`LazyAdam` computes torch.optim.SparseAdam's update on gathered rows: the same
+    parameters and moments after steps with repeated rows, rows left out, a changed learning
+    rate and ``maximize``; either loads the other's state and goes on alike."""
+    torch.manual_seed(0)
+    tables = {kind: torch.nn.Embedding(30, 6, sparse=True) for kind in ("torch", "lazy")}
+    tables["lazy"].load_state_dict(tables["torch"].state_dict())
+    optimizers = {"torch": torch.optim.SparseAdam(tables["torch"].parameters(), lr=0.05),
+                  "lazy": LazyAdam(tables["lazy"].parameters(), lr=0.05)}
+    batches = [torch.tensor([1, 4, 4, 9]), torch.tensor([4, 20, 1, 1, 29]), torch.tensor([0])]
+    weights = torch.randn(6)
+
+    def step(kind, rows):
+        optimizers[kind].zero_grad()
+        (tables[kind](rows) @ weights).pow(2).sum().backward()
+        optimizers[kind].step()
+
+    for i in range(7):
+        if i == 4:
+            for optimizer in optimizers.values():
+                optimizer.param_groups[0].update(lr=0.2, maximize=True)
+        for kind in tables:
+            step(kind, batches[i % 3])
+    torch.testing.assert_close(tables["lazy"].weight, tables["torch"].weight)
+    state = {kind: optimizers[kind].state[tables[kind].weight] for kind in tables}
+    assert state["lazy"]["step"] == state["torch"]["step"] == 7
+    for key in ("exp_avg", "exp_avg_sq"):
+        torch.testing.assert_close(state["lazy"][key], state["torch"][key])
+    # the state moves across: each continues from the other's
+    swapped = {"torch": optimizers["lazy"].state_dict(), "lazy": optimizers["torch"].state_dict()}
+    for kind in tables:
+        optimizers[kind].load_state_dict(swapped[kind])
+        step(kind, batches[1])
+    torch.testing.assert_close(tables["lazy"].weight, tables["torch"].weight)
+    with pytest.raises(RuntimeError, match="sparse gradients of 2-D tables"):
+        dense = torch.nn.Linear(3, 1)
+        dense(torch.ones(1, 3)).sum().backward()
+        LazyAdam([dense.weight]).step()
+
+
 def test_combined_optimizer_state_round_trips_and_refuses_another_layout():
     torch.manual_seed(0)
     model = _Mixed()
@@ -88,7 +129,7 @@ def test_bpr_trains_with_sparse_tables_and_its_config_can_turn_them_off(make_con
                                                     "model.sparse=true"]))
     assert len(sparse_parameters(model)) == 2
     optimizer = trainer.optimizers[0]
-    assert isinstance(optimizer, torch.optim.SparseAdam)  # BPR has no dense parameter
+    assert isinstance(optimizer, LazyAdam)  # BPR has no dense parameter
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
     assert max(s["step"] for s in optimizer.state.values()) == 3  # three steps trained
     users_seen = (optimizer.state[model.user_embedding.weight]["exp_avg"] != 0).any(1)

@@ -41,7 +41,7 @@ class Recommender(SharedLosses, L.LightningModule):
             Adam(lr=1e-3) when None.
         sparse_optimizer: a partial optimizer for the tables with sparse gradients
             (``nn.Embedding(sparse=True)``: only the rows a batch touches are updated); None:
-            ``torch.optim.SparseAdam`` at ``optimizer``'s learning rate. See
+            `recozoo.models.optimizers.LazyAdam` at ``optimizer``'s learning rate. See
             `configure_optimizers`.
         lr_scheduler: a partial learning-rate scheduler taking the optimizer, stepped after
             every validation (e.g. ``ReduceLROnPlateau``); None: a constant learning rate.

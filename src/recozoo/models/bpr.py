@@ -7,7 +7,7 @@ one matrix product.
 
 The tables have sparse gradients above `SPARSE_ABOVE_ROWS` users + items (``sparse="auto"``, the
 default; below it a dense update is cheaper): a step updates only the rows of the batch's users
-and items (``torch.optim.SparseAdam``, see
+and items (`recozoo.models.optimizers.LazyAdam`, SparseAdam's update; see
 `recozoo.models.optimizers.build_optimizer`), so an epoch costs O(interactions) rather than
 O(interactions x (users + items)) as with dense Adam over whole tables.
 """

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -106,7 +107,7 @@ def build_optimizer(module: torch.nn.Module, factory: OptimizerFactory | None = 
 
     Dense parameters go to ``factory`` (None: `DEFAULT_OPTIMIZER`), fused where that is the
     same update (`dense_optimizer`). Tables with sparse gradients
-    (`sparse_parameters`) go to ``sparse_factory``, by default ``torch.optim.SparseAdam`` at the
+    (`sparse_parameters`) go to ``sparse_factory``, by default `LazyAdam` (SparseAdam's update) at the
     learning rate of ``factory`` (its ``lr`` keyword): Adam's update restricted to the rows in the
     batch ("lazy Adam": rows not in a batch keep their moments and do not move). Dense Adam
     would touch every row of every table at every step, O(users + items) per step.
@@ -126,9 +127,69 @@ def build_optimizer(module: torch.nn.Module, factory: OptimizerFactory | None = 
         return dense_optimizer(factory, dense)
     if sparse_factory is None:
         lr = getattr(factory, "keywords", {}).get("lr", 1e-3)
-        sparse_factory = functools.partial(torch.optim.SparseAdam, lr=lr)
+        sparse_factory = functools.partial(LazyAdam, lr=lr)
     optimizers = [sparse_factory(sparse)] + ([dense_optimizer(factory, dense)] if dense else [])
     return optimizers[0] if len(optimizers) == 1 else CombinedOptimizer(optimizers)
+
+
+class LazyAdam(torch.optim.SparseAdam):
+    """`torch.optim.SparseAdam`'s update ("lazy Adam": only the rows in a sparse gradient move,
+    their moments decay, the others keep theirs), computed on the gathered rows.
+
+    SparseAdam updates its dense moments and parameter through ``sparse_mask`` and
+    dense-plus-sparse additions, generic operations that cost several times the rows they
+    touch. This gathers the gradient's rows once (``index_select``), updates their moments
+    there, and writes back with ``index_copy_`` / ``index_add_``. The state is SparseAdam's
+    (``step``, ``exp_avg``, ``exp_avg_sq``), so checkpoints move between the two; the values
+    are equal up to rounding (tests/test_sparse.py). One thread, the 10^6 shop's tables (57k
+    users and 47k items of 64) at BPR's batch of 2,048 pairs with one negative: a bare step
+    (lookup, loss, backward, update) 8.6-10.1 ms with SparseAdam, 5.0-6.9 with this; a whole
+    bpr epoch there (490 steps) 3.9-5.0 s against 3.0-4.1 (two alternating runs of 3 epochs
+    each). Only the gradients of 2-D tables (one sparse dimension, as
+    ``nn.Embedding(sparse=True)`` makes them) are taken.
+    """
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                grad = param.grad
+                if not grad.is_sparse or grad.sparse_dim() != 1 or param.dim() != 2:
+                    raise RuntimeError(
+                        "LazyAdam takes the sparse gradients of 2-D tables (nn.Embedding with "
+                        f"sparse=True); got a {'sparse' if grad.is_sparse else 'dense'} "
+                        f"gradient of a {tuple(param.shape)} tensor; use Adam for dense ones")
+                state = self.state[param]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(param)
+                    state["exp_avg_sq"] = torch.zeros_like(param)
+                state["step"] += 1
+                grad = grad.coalesce()  # one entry per row: the update is not linear
+                rows, values = grad.indices()[0], grad.values()
+                if values.numel() == 0:
+                    continue
+                if group.get("maximize", False):
+                    values = -values
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                mean = exp_avg.index_select(0, rows).lerp_(values, 1 - beta1)
+                square = exp_avg_sq.index_select(0, rows).mul_(beta2).addcmul_(
+                    values, values, value=1 - beta2)
+                exp_avg.index_copy_(0, rows, mean)
+                exp_avg_sq.index_copy_(0, rows, square)
+                step = state["step"]
+                step_size = group["lr"] * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
+                # scaled first: index_add_ with an alpha took 3.5x as long (147 against 42 us)
+                param.index_add_(0, rows, mean.div_(square.sqrt_().add_(group["eps"]))
+                                 .mul_(-step_size))
+        return loss
 
 
 class CombinedOptimizer(torch.optim.Optimizer):
