@@ -27,7 +27,6 @@ of the split (not for ``split=global_temporal``, which leaves rows out, nor with
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 from pathlib import Path
 from typing import Literal
@@ -40,6 +39,7 @@ from recozoo import artifacts
 from recozoo.artifacts import RunDir, RunRecord, read_items, read_table
 from recozoo.evaluation.saved_lists import saved_facts, score_lists
 from recozoo.metrics.ranking import NO_ITEM
+from recozoo.metrics.suite import parse_key
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,6 @@ LIST_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 _SEPARATORS = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
 #: metrics.json keys from which a run's cut-offs are read
-_NDCG_KEY = re.compile(r"^test/ndcg@(\d+)$")
 
 
 def read_list_file(path: Path) -> pd.DataFrame:
@@ -136,7 +135,9 @@ def _indices(frame: pd.DataFrame, run: RunDir, list_file: Path,
 
 
 def _run_ks(record: RunRecord, run: RunDir) -> list[int]:
-    ks = sorted({int(m[1]) for key in record.metrics if (m := _NDCG_KEY.match(key))})
+    keys = [parse_key(key) for key in record.metrics]
+    ks = sorted({int(m["k"]) for m in keys if m and m["stage"] == "test" and m["name"] == "ndcg"
+                 and m["k"] and m["bucket"] is None})
     if not ks:
         raise ValueError(f"{run.metrics}: no test/ndcg@<k> value, so the run's cut-offs are "
                          "unknown; pass ks")
