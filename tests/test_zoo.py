@@ -73,6 +73,23 @@ def test_sasrec_last_state_is_the_last_column_of_every_state(num_layers):
         assert torch.allclose(encoder.last_state(seq), encoder(seq)[:, -1], atol=1e-5)
 
 
+@pytest.mark.parametrize("num_heads", [1, 2])
+def test_sasrec_evaluation_blocks_compute_what_training_blocks_compute(num_heads):
+    """Evaluation runs the blocks batch-first on their own weights (`_block`); training runs
+    nn.TransformerEncoder. With dropout off both give the same states, padding included."""
+    torch.manual_seed(0)
+    encoder = CausalTransformerEncoder(n_items=30, dim=16, num_layers=2, num_heads=num_heads,
+                                       max_len=8, dropout=0.0)
+    seq = torch.randint(0, 30, (6, 8))
+    seq[0, :5] = 30
+    seq[1, :] = 30
+    with torch.no_grad():
+        trained = encoder.train()(seq)  # nn.TransformerEncoder (no dropout to draw)
+        evaluated = encoder.eval()(seq)
+        assert torch.allclose(evaluated, trained, atol=1e-5)
+        assert torch.allclose(encoder.last_state(seq), trained[:, -1], atol=1e-5)
+
+
 def test_multvae_annealing_survives_checkpoint_and_resume(make_config, tmp_path):
     cfg = make_config(["model=multvae", "model.batch_size=16", "model.total_anneal_steps=10"])
     dm, model = _setup(cfg)

@@ -255,7 +255,7 @@ class SQN(Recommender):
 
     # ------------------------------------------------------------------ ranking
     def score(self, batch: EvalBatch) -> torch.Tensor:
-        state = self.q_network(batch.history[:, -self.max_len:])[:, -1]  # (B, dim)
+        state = self.q_network.last_state(batch.history[:, -self.max_len:])  # (B, dim)
         if self.rank_head == "q":
             return self.q_network.q_values(state)  # (B, n_items)
         logits = self.supervised_logits(state)  # (B, n_items)

@@ -95,7 +95,8 @@ class QNetwork(nn.Module):
     """A sequence encoder followed by a linear Q-head over all items.
 
     Args:
-        encoder: maps left-padded item sequences (B, L) to states (B, L, dim).
+        encoder: maps left-padded item sequences (B, L) to states (B, L, dim); its
+            ``last_state(seq)`` gives the newest one, (B, dim).
         dim: the encoder's state size.
         n_items: number of actions (items).
     """
@@ -108,6 +109,11 @@ class QNetwork(nn.Module):
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         """(B, L, dim) states after each position of ``seq``."""
         return self.encoder(seq)
+
+    def last_state(self, seq: torch.Tensor) -> torch.Tensor:
+        """(B, dim) the state after the newest item of ``seq`` (``forward(seq)[:, -1]``,
+        computed for that position alone where the encoder can)."""
+        return self.encoder.last_state(seq)
 
     def q_values(self, states: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """(..., n_items) Q-values of every item in each state (..., dim), or (..., n) of the
