@@ -234,12 +234,39 @@ def test_encoder_learns_from_the_fresh_softmax_alone_never_from_stale_rows():
                          bf16=False).eval()
     weight = model.text.encoder.encoder.layer[-1].output.dense.weight
     fresh_loss = model._fresh_loss
-    model._fresh_loss = lambda states, targets: states.sum() * 0  # the full softmax alone
+    model._fresh_loss = lambda states, targets, **_: states.sum() * 0  # the full softmax alone
     model.loss(batch).backward()
     assert weight.requires_grad and (weight.grad is None or not weight.grad.any())
     model._fresh_loss = fresh_loss
     model.loss(batch).backward()
     assert weight.grad is not None and weight.grad.any()
+
+
+def test_the_encoders_fresh_softmax_weighs_each_target_by_its_text_share():
+    """fresh_weighting=text_share: the fresh softmax that trains the encoder beside the
+    catalogue's weighs each target by 1 - its ID gate (how much of its vector is text), so
+    popular items, which lean on their IDs, teach the encoder less; the same draws otherwise.
+    With equal gates it is the plain mean; as the whole loss (sampled negatives) it is plain."""
+    texts = [f"item number {i} of the shop" for i in range(12)]
+    batch = _sequence_batch([(i + 1) % 12 for i in range(12)], length=4)
+    targets = batch["target"][:, -1]
+
+    def fresh(popularity: list[float], weighting: str, encoder_only: bool = True) -> float:
+        model = BertFinetune(_info(texts, popularity), train_layers=1, max_len=4,
+                             n_negatives=4, fresh_weighting=weighting).eval()
+        dim = model.fresh_item_vectors(targets[:1]).shape[1]
+        states = torch.randn(len(targets), dim, generator=torch.Generator().manual_seed(0))
+        torch.manual_seed(1)  # the same uniform draws for every call
+        with torch.no_grad():
+            return model._fresh_loss(states, targets, encoder_only=encoder_only).item()
+
+    even, skewed = [2.0] * 12, [1.0, 50.0, 1.0, 200.0] * 3
+    assert fresh(even, "text_share") == pytest.approx(fresh(even, "none"), rel=1e-5)
+    assert fresh(skewed, "text_share") != pytest.approx(fresh(skewed, "none"), rel=1e-3)
+    assert fresh(skewed, "text_share", encoder_only=False) == pytest.approx(
+        fresh(skewed, "none", encoder_only=False), rel=1e-6)
+    with pytest.raises(ValueError, match="fresh_weighting"):
+        BertFinetune(_info(texts), fresh_weighting="popularity")
 
 
 def test_fresh_softmax_can_leave_the_user_tower_alone():

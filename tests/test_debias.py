@@ -75,6 +75,16 @@ def test_cross_entropy_loss_ips_and_logit_adjustment(model):
     model.configure_debias()
     assert model.positive_weight is None and model.logit_offset is None
 
+    # a model's own weights per target give the weighted mean; ignored targets weigh nothing,
+    # and inverse propensities multiply them
+    own = torch.tensor([1.0, 0.0, 5.0, 3.0])
+    assert model.cross_entropy_loss(logits, target, weight=own).item() == pytest.approx(
+        (per_row * own[keep]).sum().item() / 4.0, rel=1e-5)
+    model.configure_debias(ips)
+    assert model.cross_entropy_loss(logits, target, weight=own).item() == pytest.approx(
+        (per_row * own[keep] * weights).sum().item() / 4.0, rel=1e-5)
+    model.configure_debias()
+
 
 def test_popularity_negatives_follow_popularity_and_skip_positives(make_config):
     cfg = make_config(["model=bpr", "debias=pop_neg", "debias.exponent=1.0"])

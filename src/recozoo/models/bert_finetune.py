@@ -205,6 +205,10 @@ class BertFinetune(Recommender):
         fresh_user_grad: whether the fresh softmax (encoder training) also trains the user
             tower; False stops its gradient there, so the user tower learns from the full
             softmax over the catalogue alone.
+        fresh_weighting: ``text_share``: each target of the fresh softmax weighs its vector's
+            text share (1 - its ID gate), so the encoder learns from the items whose vectors
+            are mostly text rather than from the popular ones that lean on their IDs;
+            ``none``: every target alike.
         user_layers / user_heads / max_len / dropout: the user tower.
         negatives: ``catalogue``, ``sampled`` or ``in_batch`` (see the module docstring).
         n_negatives: items drawn uniformly per step for the fresh softmax (``sampled``, and
@@ -241,6 +245,7 @@ class BertFinetune(Recommender):
                  posthoc_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4),
                  posthoc_tolerance: float = 0.01,
                  gate_bias: float = -1.0, fresh_user_grad: bool = True,
+                 fresh_weighting: str = "text_share",
                  user_layers: int = 2, user_heads: int = 2, max_len: int = 50,
                  dropout: float = 0.1, negatives: str = "catalogue", n_negatives: int = 128,
                  max_fresh_items: int = 128, refresh_every: int = 0,
@@ -292,6 +297,10 @@ class BertFinetune(Recommender):
         self.text_auc: float | None = None
         self._text_is_weak: bool | None = None
         self.encoder_warmup, self.fresh_user_grad = int(encoder_warmup), bool(fresh_user_grad)
+        if fresh_weighting not in ("text_share", "none"):
+            raise ValueError(f"fresh_weighting must be 'text_share' or 'none', got "
+                             f"{fresh_weighting!r}")
+        self.fresh_weighting = fresh_weighting
         self.text = TextTower(info.item_text, pretrained, max_length=max_length,
                               train_layers=train_layers, lora_rank=lora_rank,
                               lora_alpha=lora_alpha, pooling=pooling,
@@ -430,10 +439,13 @@ class BertFinetune(Recommender):
             items = items[torch.randperm(len(items), device=items.device)[:self.max_fresh_items]]
         return items
 
-    def _fresh_loss(self, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _fresh_loss(self, states: torch.Tensor, targets: torch.Tensor,
+                    encoder_only: bool = False) -> torch.Tensor:
         """Softmax over the fresh targets plus ``n_negatives`` uniform draws, all encoded by
         the current weights, with the log-Q correction of the two samplers (mixed negative
-        sampling: Yang et al., WWW 2020; Yi et al., RecSys 2019)."""
+        sampling: Yang et al., WWW 2020; Yi et al., RecSys 2019). ``encoder_only``: the loss
+        that trains the encoder beside the catalogue's (its targets weighted by
+        ``fresh_weighting``); otherwise it is the whole loss (``negatives`` sampled/in_batch)."""
         chosen = self._fresh_targets(targets)
         keep = torch.isin(targets, chosen)
         states, targets = states[keep], targets[keep]  # (M, d), (M,)
@@ -447,7 +459,10 @@ class BertFinetune(Recommender):
         logits = states @ vectors.T / self.temperature - expected.log()  # (M, C)
         full = logits.new_full((len(targets), self.n_items), -math.inf)
         full[:, candidates] = logits  # (M, n_items): the shared loss adds debiasing per item
-        return self.cross_entropy_loss(full, targets)
+        weight = None
+        if encoder_only and self.fresh_weighting == "text_share" and self.ids is not None:
+            weight = 1 - self.ids.gate()[targets].detach()  # (M,): how much each is its text
+        return self.cross_entropy_loss(full, targets, weight=weight)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         sequence, target = batch["input"], batch["target"]  # (B, L), (B, L) with -100 = none
@@ -464,7 +479,7 @@ class BertFinetune(Recommender):
         loss = self.cross_entropy_loss(logits.masked_fill(~candidates, -math.inf), targets)
         if self._encoder_trains:  # the cache gives the encoder no gradient: a fresh softmax does
             loss = loss + self._fresh_loss(states if self.fresh_user_grad else states.detach(),
-                                           targets)
+                                           targets, encoder_only=True)
         return loss
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:

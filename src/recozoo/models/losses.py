@@ -46,7 +46,8 @@ class SharedLosses:
             return loss.mean()
         return (loss.mean(1) * self.positive_weight[pos_item]).mean()
 
-    def cross_entropy_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def cross_entropy_loss(self, logits: torch.Tensor, target: torch.Tensor,
+                           weight: torch.Tensor | None = None) -> torch.Tensor:
         """Softmax cross-entropy over items; ``target`` entries of -100 are ignored. Under
         ``debias=ips`` each target is weighted by its inverse propensity; under
         ``debias=pop_neg`` the logits get the popularity logit adjustment
@@ -54,16 +55,21 @@ class SharedLosses:
 
         Args:
             logits: (N, n_items) scores; target: (N,) item indices.
+            weight: (N,) the model's own weight of each target (None: equal); the loss is the
+                weighted mean (times the inverse propensities under ``debias=ips``).
         """
         if self.logit_offset is not None:
             logits = logits + self.logit_offset  # (N, n_items)
-        if self.positive_weight is None:
+        if self.positive_weight is None and weight is None:
             return torch.nn.functional.cross_entropy(logits, target, ignore_index=-100)
         loss = torch.nn.functional.cross_entropy(logits, target, ignore_index=-100,
                                                  reduction="none")  # (N,)
         keep = target != -100
-        weight = self.positive_weight[target.clamp(min=0)] * keep
-        return (loss * weight).sum() / keep.sum().clamp(min=1)
+        scale = keep.to(loss.dtype) if weight is None else weight * keep
+        total = scale.sum()
+        if self.positive_weight is not None:
+            scale = scale * self.positive_weight[target.clamp(min=0)]
+        return (loss * scale).sum() / total.clamp(min=1e-12 if weight is not None else 1)
 
     def sampled_cross_entropy_loss(self, pos_logits: torch.Tensor, neg_logits: torch.Tensor,
                                    target: torch.Tensor, negatives: torch.Tensor,
