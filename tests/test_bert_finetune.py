@@ -269,27 +269,6 @@ def test_the_encoders_fresh_softmax_weighs_each_target_by_its_text_share():
         BertFinetune(_info(texts), fresh_weighting="popularity")
 
 
-def test_validation_encodes_the_catalogue_with_the_weights_it_scores():
-    """A validation inside fit swaps the weight average in (ema_decay) before the model's
-    hook: the catalogue is encoded again then, and again once the trained weights are back,
-    so no validation scores the average's user tower against the trained encoder's items."""
-    texts = [f"item number {i} of the shop" for i in range(12)]
-    model = BertFinetune(_info(texts, [2.0] * 12), train_layers=1, max_len=4).eval()
-    with torch.no_grad():
-        before = model.item_table().clone()
-        weight = model.text.encoder.encoder.layer[-1].output.dense.weight
-        weight.add_(0.05 * torch.randn_like(weight))  # what swapping the average in does
-        assert torch.equal(model.item_table(), before)  # no training step: the cache stays
-        model.on_validation_epoch_start()
-        swapped = model.item_table()
-        assert not torch.allclose(swapped, before)
-        model.refresh_text_cache()
-        torch.testing.assert_close(model.item_table(), swapped)
-        weight.sub_(0.05 * torch.randn_like(weight))
-        model.on_validation_epoch_end()
-        assert not torch.allclose(model.item_table(), swapped)
-
-
 def test_fresh_softmax_can_leave_the_user_tower_alone():
     """With fresh_user_grad=False the user tower's gradient is the full softmax's alone (the
     same as with a frozen encoder), while the encoder still gets one from the fresh softmax."""

@@ -512,18 +512,6 @@ class BertFinetune(Recommender):
                              callback.monitor, callback.patience)
                     callback.patience = self.patience
 
-    def on_validation_epoch_start(self) -> None:
-        # Lightning runs this after the callbacks' hook, so after the weight average (ema_decay)
-        # has been swapped in: a catalogue encoded before the swap holds the trained encoder's
-        # vectors beside the average's user tower and IDs (Scientific, a fine-tuned epoch: val
-        # NDCG@10 .1007 so, .1032 with the average encoding it, as the best checkpoint scores)
-        if self._encoder_trains:
-            self._text_cache = None
-
-    def on_validation_epoch_end(self) -> None:
-        if self._encoder_trains:  # the trained weights are back: training re-encodes with them
-            self._text_cache = None
-
     def on_train_epoch_start(self) -> None:
         self._epoch_started = time.perf_counter()
         if self._steps_since_refresh > 0:  # no evaluation refreshed it since the last epoch
