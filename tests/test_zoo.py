@@ -75,8 +75,9 @@ def test_sasrec_last_state_is_the_last_column_of_every_state(num_layers):
 
 @pytest.mark.parametrize("num_heads", [1, 2])
 def test_sasrec_evaluation_blocks_compute_what_training_blocks_compute(num_heads):
-    """Evaluation runs the blocks batch-first on their own weights (`_block`); training runs
-    nn.TransformerEncoder. With dropout off both give the same states, padding included."""
+    """Evaluation runs the blocks batch-first on their own weights (`pre_norm_block`);
+    training runs nn.TransformerEncoder. With dropout off both give the same states, padding
+    included."""
     torch.manual_seed(0)
     encoder = CausalTransformerEncoder(n_items=30, dim=16, num_layers=2, num_heads=num_heads,
                                        max_len=8, dropout=0.0)

@@ -48,6 +48,15 @@ def parse_key(key: str) -> re.Match[str] | None:
     return _KEY.match(key)
 
 
+def whole_test_metric(key: str) -> tuple[str, int | None] | None:
+    """(name, K or None) of a whole-population test metric key (``test/<name>[@<k>]``); None
+    for anything else (another stage, a per-bucket value, a fact)."""
+    match = parse_key(key)
+    if match is None or match["stage"] != "test" or match["bucket"] is not None:
+        return None
+    return match["name"], None if match["k"] is None else int(match["k"])
+
+
 def metric_class(key: str) -> type[Metric]:
     """The class that computes a metrics.json key.
 

@@ -66,10 +66,10 @@ class SharedLosses:
                                                  reduction="none")  # (N,)
         keep = target != -100
         scale = keep.to(loss.dtype) if weight is None else weight * keep
-        total = scale.sum()
+        total = scale.sum()  # the kept targets, or their weight
         if self.positive_weight is not None:
             scale = scale * self.positive_weight[target.clamp(min=0)]
-        return (loss * scale).sum() / total.clamp(min=1e-12 if weight is not None else 1)
+        return (loss * scale).sum() / total.clamp(min=1e-12)  # 0 / 0: no kept target, loss 0
 
     def sampled_cross_entropy_loss(self, pos_logits: torch.Tensor, neg_logits: torch.Tensor,
                                    target: torch.Tensor, negatives: torch.Tensor,

@@ -39,7 +39,7 @@ from recozoo import artifacts
 from recozoo.artifacts import RunDir, RunRecord, read_items, read_table
 from recozoo.evaluation.saved_lists import saved_facts, score_lists
 from recozoo.metrics.ranking import NO_ITEM
-from recozoo.metrics.suite import parse_key
+from recozoo.metrics.suite import whole_test_metric
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,6 @@ LIST_COLUMNS: dict[str, tuple[str, ...]] = {
     "score": ("score",),
 }
 _SEPARATORS = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
-#: metrics.json keys from which a run's cut-offs are read
 
 
 def read_list_file(path: Path) -> pd.DataFrame:
@@ -135,9 +134,8 @@ def _indices(frame: pd.DataFrame, run: RunDir, list_file: Path,
 
 
 def _run_ks(record: RunRecord, run: RunDir) -> list[int]:
-    keys = [parse_key(key) for key in record.metrics]
-    ks = sorted({int(m["k"]) for m in keys if m and m["stage"] == "test" and m["name"] == "ndcg"
-                 and m["k"] and m["bucket"] is None})
+    parts = [part for part in map(whole_test_metric, record.metrics) if part]
+    ks = sorted({k for name, k in parts if name == "ndcg" and k is not None})
     if not ks:
         raise ValueError(f"{run.metrics}: no test/ndcg@<k> value, so the run's cut-offs are "
                          "unknown; pass ks")

@@ -25,7 +25,12 @@ import yaml
 
 from recozoo.artifacts import RunDir
 from recozoo.data.popularity import BUCKETS
-from recozoo.metrics.suite import RANKING_METRICS, RATING_METRICS, higher_is_better, parse_key
+from recozoo.metrics.suite import (
+    RANKING_METRICS,
+    RATING_METRICS,
+    higher_is_better,
+    whole_test_metric,
+)
 from recozoo.report import stats
 from recozoo.report.plots import bucket_columns, plot_table
 from recozoo.report.published import published_lines, read_published
@@ -42,19 +47,10 @@ MISSING = "–"
 FACTS: tuple[str, ...] = ("train_seconds", "n_params", "epochs")
 
 
-def _test_metric(key: str) -> tuple[str, str | None] | None:
-    """(name, K or None) of a whole-population test metric key (``test/<name>[@<k>]``); None
-    for anything else (another stage, a per-bucket value, a fact)."""
-    match = parse_key(key)
-    if match is None or match["stage"] != "test" or match["bucket"] is not None:
-        return None
-    return match["name"], match["k"]
-
-
 def _metric_sort_key(key: str) -> tuple:
-    name, k = _test_metric(key)
+    name, k = whole_test_metric(key)
     order = METRIC_ORDER.index(name) if name in METRIC_ORDER else len(METRIC_ORDER)
-    return (int(k) if k else 10**6, order, name)
+    return (k if k is not None else 10**6, order, name)
 
 
 @dataclass
@@ -141,7 +137,7 @@ def _build_table(group: RunGroup, primary: str, n_resamples: int) -> tuple[Table
     runs_of_group = [r for runs in group.variants.values() for r in runs]
     # a metric null in every run (no qualifying user) keeps its column, shown as missing
     metrics = sorted({k for r in runs_of_group for k in r.metrics
-                      if _test_metric(k) and (r.metrics[k] is None
+                      if whole_test_metric(k) and (r.metrics[k] is None
                                                    or _number(r.metrics[k]) is not None)},
                      key=_metric_sort_key)
     primary_k = int(primary.split("@")[1]) if "@" in primary else 10
