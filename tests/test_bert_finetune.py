@@ -531,17 +531,21 @@ def test_a_run_writes_the_choice_into_its_best_checkpoint_and_metrics(make_confi
 def test_init_from_starts_a_second_phase_from_an_earlier_checkpoint(tmp_path):
     """A fine-tuning phase (train_layers=1) starts from a frozen model's trained weights."""
     info = _info(TEXTS, [5.0, 4.0, 0.0, 2.0])
-    frozen = BertFinetune(info, train_layers=0)
+    frozen = BertFinetune(info, train_layers=0, posthoc_adjustment="auto")
     with torch.no_grad():
         frozen.item_table()  # ID embeddings initialised
         frozen.adapter.weight.normal_()
         frozen.ids.embedding.weight.mul_(2.0)
+        frozen.posthoc_tau.fill_(0.2)  # chosen on the first phase's validation
     path = tmp_path / "best.ckpt"
     torch.save({"state_dict": frozen.state_dict()}, path)
     phase2 = BertFinetune(info, train_layers=1, init_from=str(path))
     torch.testing.assert_close(phase2.adapter.weight, frozen.adapter.weight)
     torch.testing.assert_close(phase2.ids.embedding.weight, frozen.ids.embedding.weight)
     assert bool(phase2.ids.initialised)  # not reset to the text vectors on first use
+    # the first phase's τ is not the second's: its validations score plain until it chooses
+    assert float(BertFinetune(info, train_layers=1, posthoc_adjustment="auto",
+                              init_from=str(path)).posthoc_tau) == 0.0
     assert _trainable(phase2.text) and not _trainable(frozen.text)
     with pytest.raises(ValueError, match="model.init_from: no checkpoint"):
         BertFinetune(info, init_from=str(tmp_path / "missing.ckpt"))

@@ -541,7 +541,10 @@ class BertFinetune(Recommender):
             raise ValueError(f"model.init_from: '{path}' holds no 'state_dict' (expected a "
                              "Lightning checkpoint such as <run>/checkpoints/best.ckpt)") from None
         own = self.state_dict()
-        shared = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        # not the post-hoc τ: the earlier run chose it for its own weights, after training;
+        # carried over, every validation of this run would score with it (0 while training)
+        shared = {k: v for k, v in state.items()
+                  if k in own and own[k].shape == v.shape and k != "posthoc_tau"}
         if not any(k.startswith(("user_tower.", "adapter.")) for k in shared):
             raise ValueError(f"model.init_from: '{path}' is not a bert_finetune checkpoint for "
                              f"this data (none of its {len(state)} weights fit this model)")
