@@ -279,7 +279,8 @@ def test_fresh_softmax_can_leave_the_user_tower_alone():
         torch.manual_seed(0)
         model = BertFinetune(_info(texts, [2.0] * 12), train_layers=1, max_len=4,
                              n_negatives=4, fresh_user_grad=fresh_user_grad).eval()
-        model._encoder_trains = encoder_trains
+        for param in model._encoder_params:  # what FinetuneOnPlateau does between phases
+            param.requires_grad = encoder_trains
         model.loss(batch).backward()
         encoder = model.text.encoder.encoder.layer[-1].output.dense.weight.grad
         return model.lag_weight.grad.clone(), encoder is not None and bool(encoder.any())
@@ -294,7 +295,7 @@ def test_fresh_softmax_can_leave_the_user_tower_alone():
 
 def test_encoder_learning_rate_warms_up_linearly(make_config):
     cfg = make_config(["model=bert_finetune", "model.train_layers=1", "model.encoder_lr=1e-3",
-                       "model.encoder_warmup=10"])
+                       "model.encoder_warmup=10", "model.finetune_start=start"])
     _, _model, trainer, _ = fit_briefly(cfg, steps=2)
     groups = {g.get("name"): g["lr"] for g in trainer.optimizers[0].param_groups}
     assert groups["encoder"] == pytest.approx(1e-3 * 2 / 10)  # set before the second step

@@ -14,6 +14,8 @@
 * `TrainThreads` runs a model's training steps on fewer torch threads than its evaluations.
 * `RunProgressBar` is Lightning's bar plus the run's time left at most (``run left≤``), for
   runs long enough that a user needs to know.
+* `FinetuneOnPlateau` trains some parameters (a pretrained encoder's top layers) only once
+  validation stops improving without them, from the best weights so far.
 
 A SIGTERM (Lightning's signal handling) stops a run after the current batch; the next run of the
 same command resumes from the last end-of-epoch checkpoint and redoes the interrupted epoch.
@@ -31,8 +33,15 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import (
+    BaseFinetuning,
+    ModelCheckpoint,
+    RichProgressBar,
+    WeightAveraging,
+)
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
 
 
 def batch_seed(seed: int, epoch: int, batch: int, rank: int = 0) -> int:
@@ -323,3 +332,172 @@ class RunProgressBar(RichProgressBar):
         if left is not None:
             items["run left≤"] = str(datetime.timedelta(seconds=round(left)))
         return items
+
+
+class FinetuneOnPlateau(BaseFinetuning):
+    """Two phases in one fit: ``parameters`` stay frozen until validation stops improving, then
+    train from the best weights so far.
+
+    The first validation that is not a new best of ``monitor`` (or the one that leaves a single
+    epoch to the cap) ends the frozen phase. At the next epoch's start the best checkpoint's
+    weights are restored (the model, the weight average of ``model.ema_decay``, the optimizer's
+    state), and ``parameters`` join the optimizer as a group of their own (``group_name``,
+    learning rate ``lr``, rising linearly over ``warmup`` steps). Early stopping then ends the
+    run as usual, and the best checkpoint is the better of the two phases: where the new
+    parameters do not help, the run keeps the frozen phase's best.
+
+    Restoring matters: the frozen phase ran one epoch past its best, and a second phase that
+    starts there restarts from weights that already overfit. Without a checkpoint callback the
+    second phase starts from the current weights (logged). With ``start="start"`` the parameters
+    train from the first step (one phase). Where early stopping would end the run at the frozen
+    phase's plateau (patience 1), it is kept from stopping for one epoch of the second phase.
+    Resuming from a checkpoint of either phase continues in that phase (`BaseFinetuning`
+    restores the group).
+
+    Args:
+        parameters: the parameters of the second phase (frozen during the first).
+        lr: their learning rate.
+        group_name: the ``name`` of their optimizer group.
+        warmup: optimizer steps over which their learning rate rises from 0 to ``lr``.
+        start: ``"plateau"`` (two phases) or ``"start"`` (they train from the first step).
+        monitor: the validation value whose plateau ends the first phase; None: the early
+            stopping callback's, else the checkpoint callback's, else ``val/ndcg@10``.
+        mode: ``"max"`` or ``"min"``: which way ``monitor`` improves.
+    """
+
+    def __init__(self, parameters: list[torch.nn.Parameter], lr: float,
+                 group_name: str = "encoder", warmup: int = 0, start: str = "plateau",
+                 monitor: str | None = None, mode: str = "max"):
+        super().__init__()
+        if start not in ("plateau", "start"):
+            raise ValueError(f"finetune start must be 'plateau' or 'start', got {start!r}")
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.parameters, self.lr, self.group_name = list(parameters), float(lr), group_name
+        self.warmup, self.start, self.monitor, self.mode = int(warmup), start, monitor, mode
+        self.best: float | None = None  # the first phase's best monitored value
+        self.due = False  # the second phase starts at the next epoch
+        self.unfrozen_step: int | None = None  # global step at which the second phase began
+        self._trainer: L.Trainer | None = None
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "best": self.best, "due": self.due,
+                "unfrozen_step": self.unfrozen_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.best, self.due = state_dict.get("best"), bool(state_dict.get("due", False))
+        self.unfrozen_step = state_dict.get("unfrozen_step")
+
+    # ------------------------------------------------------------------ phases
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+        super().setup(trainer, pl_module, stage)
+
+    def freeze_before_training(self, pl_module: L.LightningModule) -> None:
+        for param in self.parameters:
+            param.requires_grad = False
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)  # a resumed second phase: its group is back
+        if self.unfrozen_step is not None:
+            for param in self.parameters:
+                param.requires_grad = True
+
+    def _monitor(self, trainer: L.Trainer) -> str:
+        if self.monitor is not None:
+            return self.monitor
+        for callback in (trainer.early_stopping_callback, trainer.checkpoint_callback):
+            if getattr(callback, "monitor", None):
+                return str(callback.monitor)
+        return "val/ndcg@10"
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if (self.start != "plateau" or self.unfrozen_step is not None or self.due
+                or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING):
+            return
+        monitor = self._monitor(trainer)
+        value = trainer.callback_metrics.get(monitor)
+        if value is None:
+            return
+        value = float(value)
+        improved = self.best is None or (value > self.best if self.mode == "max"
+                                         else value < self.best)
+        if improved:
+            self.best = value
+        epochs_left = (trainer.max_epochs - trainer.current_epoch - 1
+                       if trainer.max_epochs is not None and trainer.max_epochs >= 0 else None)
+        if epochs_left == 0 or (improved and epochs_left != 1):
+            return
+        self.due = True
+        rank_zero_info(
+            f"{type(pl_module).__name__}: {monitor} "
+            + (f"{value:.4f} did not beat {self.best:.4f}" if not improved else
+               "improved with one epoch left")
+            + f" at epoch {trainer.current_epoch + 1}: the next epochs train the "
+            f"{self.group_name} from the best weights so far")
+        self._leave_one_epoch(trainer)
+
+    @staticmethod
+    def _leave_one_epoch(trainer: L.Trainer) -> None:
+        """Early stopping lets the second phase train at least one epoch: a stop it decided at
+        this validation is undone; where it checks later (at the epoch's end, Lightning's
+        default with one validation per epoch) its count stops one short of its patience."""
+        for callback in trainer.early_stopping_callbacks:
+            if getattr(callback, "_check_on_train_epoch_end", False):
+                callback.wait_count = min(callback.wait_count, callback.patience - 2)
+            elif callback.stopped_epoch == trainer.current_epoch and trainer.should_stop:
+                callback.stopped_epoch = 0
+                trainer.should_stop = False
+
+    def finetune_function(self, pl_module: L.LightningModule, epoch: int,
+                          optimizer: torch.optim.Optimizer) -> None:
+        trainer = self._trainer
+        if trainer is None or optimizer is not trainer.optimizers[0]:
+            return
+        if self.unfrozen_step is not None or not (self.due or self.start == "start"):
+            return
+        if self.due:
+            self._restore_best(trainer, pl_module, optimizer)
+        for param in self.parameters:
+            param.requires_grad = True
+        optimizer.add_param_group({"params": self.parameters, "name": self.group_name,
+                                   "lr": self.lr * self._warmup_scale(0)})
+        self.due, self.unfrozen_step = False, trainer.global_step
+
+    def _restore_best(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                      optimizer: torch.optim.Optimizer) -> None:
+        """The best checkpoint's model, weight average and optimizer state, where there is one."""
+        checkpoint = trainer.checkpoint_callback
+        path = getattr(checkpoint, "best_model_path", "") if checkpoint is not None else ""
+        if not path or not Path(path).exists():
+            rank_zero_info(
+                f"{type(pl_module).__name__}: no best checkpoint to restore; the {self.group_name}"
+                " trains from the current weights")
+            return
+        state = torch.load(path, map_location=pl_module.device, weights_only=False)
+        pl_module.load_state_dict(state.get("current_model_state", state["state_dict"]))
+        for callback in trainer.callbacks:
+            if isinstance(callback, WeightAveraging):
+                callback.on_load_checkpoint(trainer, pl_module, state)
+        saved = state.get("optimizer_states") or []
+        if saved and len(saved[0]["param_groups"]) == len(optimizer.param_groups):
+            optimizer.load_state_dict(saved[0])
+        pl_module.on_load_checkpoint(state)
+        rank_zero_info(
+            f"{type(pl_module).__name__}: restored the weights of epoch {state.get('epoch', 0) + 1}"
+            f" ({path})")
+
+    def _warmup_scale(self, steps_done: int) -> float:
+        return 1.0 if self.warmup <= 0 else min(1.0, (steps_done + 1) / self.warmup)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self.unfrozen_step is None or self.warmup <= 0:
+            return
+        scale = self._warmup_scale(trainer.global_step - self.unfrozen_step)
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                if group.get("name") == self.group_name:
+                    group["lr"] = self.lr * scale

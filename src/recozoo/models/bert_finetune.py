@@ -84,6 +84,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import lightning as L
 import torch
 from torch import nn
 
@@ -95,6 +96,7 @@ from recozoo.models.components.text_signal import user_text_auc
 from recozoo.models.components.text_tower import TextTower
 from recozoo.models.components.user_tower import CausalUserTower
 from recozoo.models.optimizers import grouped_optimizer
+from recozoo.training_callbacks import FinetuneOnPlateau
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +170,9 @@ class BertFinetune(Recommender):
         pretrained: Hugging Face model name or local folder; None for all-MiniLM-L6-v2.
         max_length: tokens kept per item text.
         train_layers: top encoder layers that train (0 freezes it, -1 trains all).
+        finetune_start: when they start to train: ``plateau``, once validation stops
+            improving with them frozen, from the best weights so far (`FinetuneOnPlateau`;
+            the run keeps the better phase), or ``start``, from the first step.
         lora_rank: > 0 trains LoRA adapters of this rank in those layers instead of the weights.
         lora_alpha: LoRA scaling.
         pooling: ``mean`` or ``cls``.
@@ -176,7 +181,7 @@ class BertFinetune(Recommender):
         bf16: encoder under bf16 autocast (faster, not bit-deterministic on CPU).
         encoder_lr: learning rate of the encoder (the optimizer's own lr trains the rest).
         encoder_warmup: optimizer steps over which the encoder's learning rate rises linearly
-            from 0 to ``encoder_lr`` (0: none).
+            from 0 to ``encoder_lr`` once it starts to train (0: none).
         temperature: softmax temperature of the cosine scores.
         user_dim: width of the user Transformer.
         id_embeddings: mix popularity-gated ID embeddings into the item vectors.
@@ -234,8 +239,8 @@ class BertFinetune(Recommender):
     scores_new_users = True
 
     def __init__(self, info: DatasetInfo, pretrained: str | None = None, max_length: int = 32,
-                 train_layers: int = 0, lora_rank: int = 0, lora_alpha: float = 16.0,
-                 pooling: str = "mean", cache_frozen_layers: bool = True,
+                 train_layers: int = 0, finetune_start: str = "plateau", lora_rank: int = 0,
+                 lora_alpha: float = 16.0,                 pooling: str = "mean", cache_frozen_layers: bool = True,
                  cache_dir: str | None = None, bf16: bool = False, encoder_lr: float = 5e-5,
                  encoder_warmup: int = 0, temperature: float = 0.1, user_dim: int = 128,
                  id_embeddings: bool = True, id_lr: float | None = None,
@@ -259,6 +264,10 @@ class BertFinetune(Recommender):
                              "descriptions: data=table takes an items table (data.items_path="
                              "<file> data.item_key=<its id column> +data.item_fields.title="
                              "<its title column>), atomic files a .item file beside the .inter")
+        if finetune_start not in ("plateau", "start"):
+            raise ValueError("model.finetune_start must be 'plateau' or 'start', got "
+                             f"{finetune_start!r}")
+        self.finetune_start = finetune_start
         if negatives not in NEGATIVES:
             raise ValueError(f"model.negatives must be one of {NEGATIVES}, got '{negatives}'")
         if weak_text not in WEAK_TEXT or not isinstance(weak_text, (str, bool)):
@@ -333,11 +342,28 @@ class BertFinetune(Recommender):
         self._text_cache: torch.Tensor | None = None
         #: encoder updates since the cache was built (the cache is stale when > 0)
         self._steps_since_refresh = 0
-        self._encoder_trains = any(p.requires_grad for p in self.text.parameters())
+        #: the encoder weights that train (`FinetuneOnPlateau` freezes them until validation
+        #: plateaus with ``finetune_start: plateau``); a plain list, not registered twice
+        self._encoder_params = [p for p in self.text.parameters() if p.requires_grad]
         self._epoch_started: float | None = None
         self._eta_logged = False
         if init_from is not None:
             self.load_weights(init_from)
+
+    @property
+    def _encoder_trains(self) -> bool:
+        """Whether the encoder trains now (in the second phase, or from the start)."""
+        return any(p.requires_grad for p in self._encoder_params)
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The base callbacks, plus `FinetuneOnPlateau` where encoder weights train: frozen
+        until validation plateaus (``finetune_start: plateau``) or from the first step."""
+        callbacks = super().configure_callbacks()
+        if self._encoder_params:
+            callbacks.append(FinetuneOnPlateau(self._encoder_params, lr=self.encoder_lr,
+                                               group_name="encoder", warmup=self.encoder_warmup,
+                                               start=self.finetune_start))
+        return callbacks
 
     def constant_tensors(self) -> list[torch.Tensor]:
         """The text encoder's frozen weights (all of them at ``train_layers: 0``): the weight
@@ -481,15 +507,6 @@ class BertFinetune(Recommender):
             loss = loss + self._fresh_loss(states if self.fresh_user_grad else states.detach(),
                                            targets, encoder_only=True)
         return loss
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self.encoder_warmup <= 0 or self._trainer is None:
-            return
-        scale = min(1.0, (self.trainer.global_step + 1) / self.encoder_warmup)
-        for optimizer in self.trainer.optimizers:
-            for group in optimizer.param_groups:
-                if group.get("name") == "encoder":
-                    group["lr"] = self.encoder_lr * scale
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         super().on_train_batch_end(outputs, batch, batch_idx)
