@@ -50,6 +50,7 @@ class Spy(L.Callback):
                         if isinstance(c, WeightAveraging)), None)
         module.seen.append({
             "trains": module.backbone.weight.requires_grad, "groups": groups,
+            "head_trains": module.head.weight.requires_grad,
             "state": {k: v.clone() for k, v in module.state_dict().items()},
             "average": average and {k: v.clone() for k, v in average.state_dict().items()}})
 
@@ -75,6 +76,8 @@ def test_the_second_phase_starts_at_the_plateau_from_the_best_weights(tmp_path):
     module, trainer, checkpoint = _fit(tmp_path, values)
     trains = [epoch["trains"] for epoch in module.seen]
     assert trains == [False, False, False, True, True, True]  # frozen until epoch 2's plateau
+    # then the rest stops: the second phase trains the backbone alone
+    assert [epoch["head_trains"] for epoch in module.seen] == [True] * 3 + [False] * 3
     assert module.seen[2]["groups"] == [None] and module.seen[3]["groups"] == [None, "encoder"]
     best = torch.load(tmp_path / "epoch=1.ckpt", weights_only=False)["state_dict"]
     for name, value in module.seen[3]["state"].items():  # epoch 1's weights, not epoch 2's
@@ -91,9 +94,9 @@ def test_a_stop_at_the_plateau_is_lifted_for_one_epoch_of_the_second_phase(tmp_p
     assert [epoch["trains"] for epoch in module.seen] == [False, False, False, True]
     assert checkpoint.best_model_path.endswith("epoch=1.ckpt")  # the second phase did not help
     saved = torch.load(tmp_path / "epoch=1.ckpt", weights_only=False)
-    for name, value in module.seen[3]["state"].items():  # the trained weights, restored
-        torch.testing.assert_close(value, saved["current_model_state"][name])
-    for name, value in module.seen[3]["average"].items():  # and their average
+    for name, value in module.seen[3]["state"].items():  # the weights that validated ...
+        torch.testing.assert_close(value, saved["state_dict"][name])
+    for name, value in module.seen[3]["average"].items():  # ... in the model and its average
         torch.testing.assert_close(value, saved["state_dict"][name])
     assert not torch.equal(saved["state_dict"]["head.weight"],
                            saved["current_model_state"]["head.weight"])
@@ -102,6 +105,7 @@ def test_a_stop_at_the_plateau_is_lifted_for_one_epoch_of_the_second_phase(tmp_p
 def test_a_warm_up_raises_the_new_groups_learning_rate_from_its_first_step(tmp_path):
     module, trainer, _ = _fit(tmp_path, [0.1, 0.2, 0.3], start="start")
     assert [epoch["trains"] for epoch in module.seen] == [True, True, True]
+    assert all(epoch["head_trains"] for epoch in module.seen)  # one phase: everything trains
     group = next(g for g in trainer.optimizers[0].param_groups if g.get("name") == "encoder")
     assert group["lr"] == pytest.approx(0.01)  # 12 steps > 4 warm-up steps
     assert module.seen[0]["groups"] == [None, "encoder"]
@@ -110,3 +114,22 @@ def test_a_warm_up_raises_the_new_groups_learning_rate_from_its_first_step(tmp_p
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="'plateau' or 'start'"):
         FinetuneOnPlateau([], lr=0.1, start="later")
+
+
+def test_a_run_resumed_in_the_second_phase_goes_on_in_it(tmp_path):
+    values = [0.1, 0.3, 0.2, 0.35, 0.36, 0.37]
+    data = DataLoader(TensorDataset(torch.randn(16, 2)), batch_size=4)
+
+    def trainer(epochs: int) -> L.Trainer:
+        checkpoint = ModelCheckpoint(dirpath=tmp_path, monitor="val/ndcg@10", mode="max",
+                                     save_last=True)
+        return L.Trainer(max_epochs=epochs, callbacks=[checkpoint], logger=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0)
+
+    first = Toy(values)
+    trainer(5).fit(first, data, data)  # the second phase began at epoch 3
+    resumed = Toy(values)
+    trainer(6).fit(resumed, data, data, ckpt_path=str(tmp_path / "last.ckpt"))
+    assert [(e["trains"], e["head_trains"]) for e in resumed.seen] == [(True, False)]
+    assert resumed.seen[0]["groups"] == [None, "encoder"]
