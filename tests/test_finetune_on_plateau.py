@@ -72,20 +72,28 @@ def _fit(tmp_path, values, patience=2, ema=False, start="plateau"):
 
 
 def test_the_second_phase_starts_at_the_plateau_from_the_best_weights(tmp_path):
-    values = [0.1, 0.3, 0.2, 0.35, 0.32, 0.31, 0.9]
+    values = [0.1, 0.3, 0.2, 0.25, 0.35, 0.32, 0.31, 0.9]
     module, trainer, checkpoint = _fit(tmp_path, values)
     trains = [epoch["trains"] for epoch in module.seen]
-    assert trains == [False, False, False, True, True, True]  # frozen until epoch 2's plateau
+    # frozen while early stopping (patience 2) would go on: epochs 2 and 3 did not beat 0.3
+    assert trains == [False] * 4 + [True] * 3
     # then the rest stops: the second phase trains the backbone alone
-    assert [epoch["head_trains"] for epoch in module.seen] == [True] * 3 + [False] * 3
-    assert module.seen[2]["groups"] == [None] and module.seen[3]["groups"] == [None, "encoder"]
+    assert [epoch["head_trains"] for epoch in module.seen] == [True] * 4 + [False] * 3
+    assert module.seen[3]["groups"] == [None] and module.seen[4]["groups"] == [None, "encoder"]
     best = torch.load(tmp_path / "epoch=1.ckpt", weights_only=False)["state_dict"]
-    for name, value in module.seen[3]["state"].items():  # epoch 1's weights, not epoch 2's
+    for name, value in module.seen[4]["state"].items():  # epoch 1's weights, not epoch 3's
         torch.testing.assert_close(value, best[name])
-    plateau = torch.load(tmp_path / "epoch=2.ckpt", weights_only=False)["state_dict"]
+    plateau = torch.load(tmp_path / "epoch=3.ckpt", weights_only=False)["state_dict"]
     assert not torch.equal(plateau["head.weight"], best["head.weight"])
-    # the fine-tuned epoch 3 is the new best; two epochs without a better one end the run
-    assert checkpoint.best_model_path.endswith("epoch=3.ckpt") and trainer.current_epoch == 6
+    # early stopping counts afresh: the second phase's epoch 4 is the new best, and two
+    # epochs without a better one end the run
+    assert checkpoint.best_model_path.endswith("epoch=4.ckpt") and trainer.current_epoch == 7
+
+
+def test_the_second_phase_takes_the_last_epoch_when_validation_improves_to_the_cap(tmp_path):
+    module, _, checkpoint = _fit(tmp_path, [0.1, 0.2, 0.3, 0.4])
+    assert [epoch["trains"] for epoch in module.seen] == [False, False, False, True]
+    assert checkpoint.best_model_path.endswith("epoch=3.ckpt")
 
 
 def test_a_stop_at_the_plateau_is_lifted_for_one_epoch_of_the_second_phase(tmp_path):
