@@ -553,3 +553,39 @@ def test_init_from_starts_a_second_phase_from_an_earlier_checkpoint(tmp_path):
     torch.save({"state_dict": {"other.weight": torch.zeros(2)}}, tmp_path / "other.ckpt")
     with pytest.raises(ValueError, match="not a bert_finetune checkpoint"):
         BertFinetune(info, init_from=str(tmp_path / "other.ckpt"))
+
+
+def test_encoder_layers_that_train_wait_for_the_plateau_by_default():
+    """train_layers > 0 hands the layers to `FinetuneOnPlateau` (frozen until validation
+    plateaus); train_layers=0 has nothing to hand over; finetune_start=start trains them at once."""
+    from recozoo.training_callbacks import FinetuneOnPlateau
+
+    def finetuning(**kwargs) -> FinetuneOnPlateau | None:
+        model = BertFinetune(_info(TEXTS), **kwargs)
+        found = [c for c in model.configure_callbacks() if isinstance(c, FinetuneOnPlateau)]
+        return found[0] if found else None
+
+    assert finetuning(train_layers=0) is None
+    plateau = finetuning(train_layers=1, encoder_lr=3e-5, encoder_warmup=7)
+    assert plateau.start == "plateau" and plateau.lr == 3e-5 and plateau.warmup == 7
+    assert len(plateau.parameters) == 16  # one MiniLM layer: attention, output, 2 layer norms
+    assert finetuning(train_layers=1, finetune_start="start").start == "start"
+    with pytest.raises(ValueError, match="model.finetune_start"):
+        BertFinetune(_info(TEXTS), train_layers=1, finetune_start="later")
+
+
+def test_a_run_fine_tunes_the_top_layer_in_its_last_epochs(make_config):
+    """The training command end to end: the frozen phase, then the top layer alone (here at
+    the cap: 3 epochs, the third fine-tunes), with the trained weights in last.ckpt."""
+    from recozoo.train import run
+
+    cfg = make_config(["model=bert_finetune", "model.train_layers=1", "trainer.max_epochs=3",
+                       "model.encoder_lr=1e-3"])
+    run(cfg)
+    last = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt",
+                      weights_only=False)["current_model_state"]
+    pretrained = BertFinetune(_info(TEXTS)).text.encoder.state_dict()
+    top = "text.encoder.encoder.layer.5.output.dense.weight"
+    bottom = "text.encoder.encoder.layer.0.output.dense.weight"
+    assert not torch.equal(last[top], pretrained[top.removeprefix("text.encoder.")])
+    torch.testing.assert_close(last[bottom], pretrained[bottom.removeprefix("text.encoder.")])
