@@ -2,7 +2,9 @@
 # GPU check of bert_finetune: one bf16 epoch on Amazon Industrial & Scientific with trainer=gpu,
 # then the evaluation; prints seconds per epoch and test NDCG@10 (and the CPU figure to compare).
 #
-#   bash scripts/gpu_check_bert.sh                       # the default config, 1 epoch
+#   bash scripts/gpu_check_bert.sh                       # the default config, 1 epoch (frozen
+#                                                        # phase: one epoch leaves no second)
+#   bash scripts/gpu_check_bert.sh model.finetune_start=start   # 1 epoch with the top layer training
 #   EPOCHS=3 bash scripts/gpu_check_bert.sh model.train_layers=-1 model.max_fresh_items=4096
 #
 # Environment: DATA (folder with Scientific.inter/.item; default ../shared/data/amazon-scientific),
