@@ -237,6 +237,19 @@ def test_seen_sum_is_the_input_rows_times_a_matrix_bit_for_bit():
     assert torch.equal(nothing.seen_sum(weights), torch.zeros(2, 6))
     with pytest.raises(ValueError, match="outside the catalogue's 0..9"):
         batch.seen_sum(weights[:10])  # item 11 is not in a 10-item catalogue
+    with pytest.raises(ValueError, match="outside the catalogue's 0..9"):
+        batch.seen_sparse(10)
+
+
+def test_the_sparse_inputs_are_coalesced_with_each_pair_once():
+    """Unordered pairs with a repeat become a coalesced COO matrix, one 1 per distinct pair in
+    (row, item) order, as ``torch``'s own ``coalesce`` orders them."""
+    batch, rows = _three_users_inputs(15)
+    matrix = batch.seen_sparse(15)
+    assert matrix.is_coalesced()
+    assert matrix.indices().tolist() == [[0, 0, 1, 1], [4, 11, 0, 2]]
+    assert matrix.values().tolist() == [1.0] * 4
+    assert np.array_equal(batch.seen_sparse(15, layout=torch.sparse_csr).to_dense().numpy(), rows)
 
 
 @pytest.mark.parametrize("dense_scoring", [True, False])

@@ -51,15 +51,23 @@ class Splitter(Protocol):
 
 
 
-def zero_one_sparse(rows: torch.Tensor, cols: torch.Tensor, shape: tuple[int, int],
-                    check_ids: bool = False) -> torch.Tensor:
+def distinct_pairs(rows: torch.Tensor, cols: torch.Tensor, n_cols: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct (row, col) pairs, sorted by row and then col (a coalesced COO matrix's
+    order): one sort of ``row * n_cols + col``. Two threads, 80,000 pairs of 943 x 1,682:
+    4.2 ms, against 6.9 ms for building a sparse matrix and coalescing it."""
+    keys = torch.unique(rows.long() * n_cols + cols.long())  # sorted; each pair once
+    return keys // n_cols, keys % n_cols
+
+
+def zero_one_sparse(rows: torch.Tensor, cols: torch.Tensor,
+                    shape: tuple[int, int]) -> torch.Tensor:
     """The coalesced sparse COO 0/1 matrix of ``shape`` with a 1 at each (row, col) pair; a
-    repeated pair counts once. ``check_ids``: refuse ids out of ``shape`` (for ids that come
-    from outside the DataModule); without it torch checks nothing, as by default."""
-    ones = torch.ones(len(rows), device=rows.device)
-    matrix = torch.sparse_coo_tensor(torch.stack([rows, cols]), ones, shape,
-                                     check_invariants=check_ids).coalesce()
-    return torch.sparse_coo_tensor(matrix.indices(), torch.ones_like(matrix.values()), shape,
+    repeated pair counts once. The ids are not checked (as torch checks none by default):
+    `EvalBatch.seen_sparse` checks those that may come from outside the DataModule."""
+    rows, cols = distinct_pairs(rows, cols, shape[1])
+    return torch.sparse_coo_tensor(torch.stack([rows, cols]),
+                                   torch.ones(len(rows), device=rows.device), shape,
                                    is_coalesced=True, check_invariants=False)
 
 
@@ -70,9 +78,7 @@ def zero_one_product(rows: torch.Tensor, cols: torch.Tensor, n_rows: int,
     the same sums in the same order (equal to the bit), without a sparse matrix. 2 threads,
     with the 0/1 matrix built each time: 943 x 1,682 at 5% @ 1,682 x 1,682: 29 ms with
     ``torch.sparse.mm``, 17 ms; 1,024 x 20,000 at 0.2% @ 20,000 x 2,000: 40 ms, 18 ms."""
-    n_cols = matrix.shape[0]
-    keys = torch.unique(rows.long() * n_cols + cols.long())  # sorted by row; pairs once
-    rows, cols = keys // n_cols, keys % n_cols
+    rows, cols = distinct_pairs(rows, cols, matrix.shape[0])
     starts = torch.searchsorted(rows, torch.arange(n_rows, device=rows.device))
     return torch.nn.functional.embedding_bag(cols, matrix, starts, mode="sum")
 
@@ -225,15 +231,22 @@ class EvalBatch:
         is several times slower (a 943 x 1,682 input into 600 units, one thread: 77 ms COO,
         8-17 ms CSR, 42 ms dense); COO (the default) for sparse @ dense ``torch.sparse.mm``,
         though for that product `seen_sum` is faster (EASE and ItemKNN score with it)."""
-        matrix = zero_one_sparse(self.seen_rows, self.seen_cols, (len(self.user), n_items),
-                                 check_ids=True)
+        self._check_seen_items(n_items)
+        matrix = zero_one_sparse(self.seen_rows, self.seen_cols, (len(self.user), n_items))
         return matrix.to_sparse_csr() if layout == torch.sparse_csr else matrix
 
     def seen_sum(self, weights: torch.Tensor) -> torch.Tensor:
         """(B, d): each user's sum of the rows of ``weights`` (n_items, d) over the user's
         distinct input items, ``seen_sparse(n_items) @ weights`` (EASE's and ItemKNN's scores)
         computed faster (`zero_one_product`)."""
-        n_items, cols = weights.shape[0], self.seen_cols
+        self._check_seen_items(weights.shape[0])
+        return zero_one_product(self.seen_rows, self.seen_cols, len(self.user), weights)
+
+    def _check_seen_items(self, n_items: int) -> None:
+        """Refuse input items outside a catalogue of ``n_items`` (batches built outside the
+        DataModule, e.g. by a service, are not checked before)."""
+        rows, cols = self.seen_rows, self.seen_cols
         if len(cols) and (int(cols.min()) < 0 or int(cols.max()) >= n_items):
             raise ValueError(f"an input item index is outside the catalogue's 0..{n_items - 1}")
-        return zero_one_product(self.seen_rows, cols, len(self.user), weights)
+        if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= len(self.user)):
+            raise ValueError(f"an input's row is outside the batch's 0..{len(self.user) - 1}")
