@@ -48,6 +48,8 @@ def _overrides(model: str, marker: Path | None, sig: str, stall: float = 0.0) ->
     if marker is not None:
         extra += ["+callbacks.kill._target_=test_resume.KillOnce", f"+callbacks.kill.marker={marker}",
                   f"+callbacks.kill.signal={sig}", f"+callbacks.kill.stall={stall}"]
+        if model == "bert_finetune":  # the last of 4 epochs is its second phase: killed in it
+            extra.append("+callbacks.kill.epoch=3")
     return extra
 
 
@@ -62,7 +64,7 @@ def _train_in_child(cfg) -> None:
 def resume_models() -> list:
     """bpr always; models with extra training state once their configs exist."""
     extra = {"multvae": "annealing step", "cfgan": "two optimisers", "sqn": "target network",
-             "dqn": "target network"}
+             "dqn": "target network", "bert_finetune": "second phase: top layer alone"}
     present = [name for name in extra if (CONF / "model" / f"{name}.yaml").exists()]
     return ["bpr"] + [pytest.param(name, marks=pytest.mark.slow) for name in present]
 
@@ -98,6 +100,12 @@ def test_killed_run_resumes_to_the_uninterrupted_result(model, sig, tmp_path):
     assert before["fit_seconds"] >= 3.0
     assert resumed["train_seconds"] >= before["fit_seconds"] + this_session
     assert not list((run_dir / "checkpoints").glob(".*tmp*"))  # no half-written checkpoint
+    if model == "bert_finetune":  # killed after the first phase ended, resumed into the second
+        def phases(checkpoint):
+            return next(v for k, v in checkpoint["callbacks"].items() if "FinetuneOnPlateau" in k)
+        assert phases(saved)["due"] and phases(saved)["unfrozen_step"] is None
+        last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+        assert phases(last)["unfrozen_step"] is not None
 
 
 @pytest.mark.slow
