@@ -55,7 +55,7 @@ class Spy(L.Callback):
             "average": average and {k: v.clone() for k, v in average.state_dict().items()}})
 
 
-def _fit(tmp_path, values, patience=2, ema=False, start="plateau"):
+def _fit(tmp_path, values, patience=2, ema=False, start="plateau", every=1):
     torch.manual_seed(0)
     data = DataLoader(TensorDataset(torch.randn(16, 2)), batch_size=4)
     checkpoint = ModelCheckpoint(dirpath=tmp_path, monitor="val/ndcg@10", mode="max",
@@ -66,7 +66,7 @@ def _fit(tmp_path, values, patience=2, ema=False, start="plateau"):
     module = Toy(values, start)
     trainer = L.Trainer(max_epochs=len(values), callbacks=callbacks, logger=False,
                         enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0)
+                        num_sanity_val_steps=0, check_val_every_n_epoch=every)
     trainer.fit(module, data, data)
     return module, trainer, checkpoint
 
@@ -94,6 +94,14 @@ def test_the_second_phase_takes_the_last_epoch_when_validation_improves_to_the_c
     module, _, checkpoint = _fit(tmp_path, [0.1, 0.2, 0.3, 0.4])
     assert [epoch["trains"] for epoch in module.seen] == [False, False, False, True]
     assert checkpoint.best_model_path.endswith("epoch=3.ckpt")
+
+
+def test_with_a_validation_every_other_epoch_the_second_phase_takes_the_last_two(tmp_path):
+    """Validations after epochs 2, 4 and 6 of 6: the one after epoch 4 is the last before the
+    cap, so the second phase trains epochs 5 and 6 and the last validation scores it."""
+    module, _, checkpoint = _fit(tmp_path, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], every=2)
+    assert [epoch["trains"] for epoch in module.seen] == [False] * 4 + [True] * 2
+    assert checkpoint.best_model_path.endswith("epoch=5.ckpt")
 
 
 def test_a_stop_at_the_plateau_is_lifted_for_one_epoch_of_the_second_phase(tmp_path):

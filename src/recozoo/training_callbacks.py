@@ -339,8 +339,9 @@ class FinetuneOnPlateau(BaseFinetuning):
     train from the best weights so far, alone.
 
     The frozen phase ends where early stopping would end the run: after ``patience``
-    validations without a new best of ``monitor`` (or at the validation that leaves a single
-    epoch to the cap). So it trains exactly as a run without these parameters would, and the
+    validations without a new best of ``monitor``, or at the last validation before the epoch
+    cap (which leaves one epoch; n with ``check_val_every_n_epoch=n``). So it trains exactly as
+    a run without these parameters would, and the
     two-phase run can only add to it. At the next epoch's start the weights that validated best
     are restored (the best checkpoint's ``state_dict``: the weight average of
     ``model.ema_decay`` where there is one, into the model and into the average), every other
@@ -459,13 +460,17 @@ class FinetuneOnPlateau(BaseFinetuning):
         epochs_left = (trainer.max_epochs - trainer.current_epoch - 1
                        if trainer.max_epochs is not None and trainer.max_epochs >= 0 else None)
         plateau = self.bad_validations >= self._patience(trainer)
-        if epochs_left == 0 or not (plateau or epochs_left == 1):
+        # the last validation before the cap: one epoch left, or the epochs up to the next
+        # validation with check_val_every_n_epoch > 1 (there is none after them)
+        last = epochs_left is not None and 0 < epochs_left <= (trainer.check_val_every_n_epoch
+                                                                 or 1)
+        if epochs_left == 0 or not (plateau or last):
             return
         self.due = True
         rank_zero_info(
             f"{type(pl_module).__name__}: {monitor} "
             + (f"has not beaten {self.best:.4f} for {self.bad_validations} validations"
-               if plateau else "is still improving with one epoch left")
+               if plateau else f"is still improving with {epochs_left} epoch(s) left")
             + f" (epoch {trainer.current_epoch + 1}): the next epochs train the "
             f"{self.group_name} alone, from the weights that validated best")
         self._restart_early_stopping(trainer)
