@@ -334,6 +334,10 @@ class RunProgressBar(RichProgressBar):
         return items
 
 
+#: when `FinetuneOnPlateau`'s parameters start to train
+FINETUNE_STARTS = ("plateau", "start")
+
+
 class FinetuneOnPlateau(BaseFinetuning):
     """Two phases in one fit: ``parameters`` stay frozen until validation stops improving, then
     train from the best weights so far, alone.
@@ -381,7 +385,7 @@ class FinetuneOnPlateau(BaseFinetuning):
                  group_name: str = "encoder", warmup: int = 0, start: str = "plateau",
                  patience: int | None = None, monitor: str | None = None, mode: str = "max"):
         super().__init__()
-        if start not in ("plateau", "start"):
+        if start not in FINETUNE_STARTS:
             raise ValueError(f"finetune start must be 'plateau' or 'start', got {start!r}")
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
@@ -514,7 +518,8 @@ class FinetuneOnPlateau(BaseFinetuning):
                 f"{type(pl_module).__name__}: no best checkpoint to restore; the {self.group_name}"
                 " trains from the current weights")
             return
-        state = torch.load(path, map_location=pl_module.device, weights_only=False)
+        state = trainer.strategy.checkpoint_io.load_checkpoint(path,
+                                                              map_location=pl_module.device)
         validated = {**state, "current_model_state": state["state_dict"]}
         pl_module.load_state_dict(state["state_dict"])
         for callback in trainer.callbacks:

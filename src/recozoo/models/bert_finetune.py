@@ -98,7 +98,7 @@ from recozoo.models.components.text_signal import user_text_auc
 from recozoo.models.components.text_tower import TextTower
 from recozoo.models.components.user_tower import CausalUserTower
 from recozoo.models.optimizers import grouped_optimizer
-from recozoo.training_callbacks import FinetuneOnPlateau
+from recozoo.training_callbacks import FINETUNE_STARTS, FinetuneOnPlateau
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ class BertFinetune(Recommender):
 
     def __init__(self, info: DatasetInfo, pretrained: str | None = None, max_length: int = 32,
                  train_layers: int = 0, finetune_start: str = "plateau", lora_rank: int = 0,
-                 lora_alpha: float = 16.0,                 pooling: str = "mean", cache_frozen_layers: bool = True,
+                 lora_alpha: float = 16.0, pooling: str = "mean", cache_frozen_layers: bool = True,
                  cache_dir: str | None = None, bf16: bool = False, encoder_lr: float = 5e-5,
                  encoder_warmup: int = 0, temperature: float = 0.1, user_dim: int = 128,
                  id_embeddings: bool = True, id_lr: float | None = None,
@@ -266,7 +266,7 @@ class BertFinetune(Recommender):
                              "descriptions: data=table takes an items table (data.items_path="
                              "<file> data.item_key=<its id column> +data.item_fields.title="
                              "<its title column>), atomic files a .item file beside the .inter")
-        if finetune_start not in ("plateau", "start"):
+        if finetune_start not in FINETUNE_STARTS:
             raise ValueError("model.finetune_start must be 'plateau' or 'start', got "
                              f"{finetune_start!r}")
         self.finetune_start = finetune_start
