@@ -31,7 +31,13 @@ from recozoo.data.datamodule import DatasetInfo, EvalBatch
 from recozoo.distributed import gather_objects, gather_tensors, on_any_rank, rank_and_world_size
 from recozoo.evaluation.ranking import Ranker
 from recozoo.metrics.ranking import PER_USER_METRICS, RankedBatch, inputs_per_group
-from recozoo.metrics.suite import RATING_METRICS, parse_key, ranking_suite, rating_suite
+from recozoo.metrics.suite import (
+    RATING_METRICS,
+    RankingSuite,
+    parse_key,
+    ranking_suite,
+    rating_suite,
+)
 from recozoo.training_callbacks import logging_step
 
 STAGES = ("val", "test")
@@ -52,7 +58,7 @@ def curve_values(values: dict[str, float]) -> dict[str, float]:
     return kept
 
 
-def per_user_values(suite: MetricCollection, ranked: RankedBatch,
+def per_user_values(suite: RankingSuite, ranked: RankedBatch,
                     ks: list[int]) -> dict[str, torch.Tensor]:
     """``{"<name>@<k>": (B,)}`` per-user values of `PER_USER_METRICS`; NaN for a user the
     metric does not apply to (e.g. tail recall of a user without a tail target)."""
@@ -97,7 +103,7 @@ class Evaluator(L.Callback):
         if max(self.ks) > ranker.top_n:
             raise ValueError(f"metric cut-off K={max(self.ks)} is longer than the ranked lists "
                              f"(eval.top_n={ranker.top_n}); raise eval.top_n or lower eval.ks")
-        self.suites: dict[str, MetricCollection] = {stage: suite.clone(prefix=f"{stage}/")
+        self.suites: dict[str, RankingSuite] = {stage: suite.clone(prefix=f"{stage}/")
                                                     for stage in STAGES}
         # cold-start evaluation (eval.cold_items): the test metrics over the targets that are cold
         # items, for the users who have one, reported as test_cold/<name>@<k>
@@ -188,10 +194,13 @@ class Evaluator(L.Callback):
             rank, world = rank_and_world_size()
             self._kept[stage] = ({} if self.list_folder is None else StageListWriter(
                 self.list_folder, stage, part=rank if world > 1 else None))
-        for metrics in (self.suites[stage], self.cold_suite, self.rating_suites[stage]):
-            # moving a suite walks every state of its ~40 metrics (~1.5 ms) even when they are
-            # on the device already, at every validation
-            if metrics is not None and any(m.device != module.device for m in metrics.values()):
+        ratings = self.rating_suites[stage]
+        for metrics in (self.suites[stage], self.cold_suite, ratings):
+            # moving a suite walks every state of every member (~1.5 ms) even when they are on
+            # the device already, at every validation
+            devices = ({metrics.device} if isinstance(metrics, RankingSuite)
+                       else {m.device for m in metrics.values()} if metrics is not None else ())
+            if any(device != module.device for device in devices):
                 metrics.to(module.device)
 
     def compute(self, stage: str) -> dict[str, float]:
@@ -205,7 +214,7 @@ class Evaluator(L.Callback):
             values.update(ratings.compute())
         ratings.reset()
         if stage == "test" and self.cold_suite is not None:
-            if on_any_rank(any(m.update_called for m in self.cold_suite.values())):
+            if on_any_rank(self.cold_suite.update_called):
                 values.update(self.cold_suite.compute())
             self.cold_suite.reset()
         kept = self._kept.pop(stage, None)

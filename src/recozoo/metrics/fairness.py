@@ -33,7 +33,7 @@ class ACLT(UserAveraged):
         return value, torch.ones_like(value)
 
 
-class _PopularityParity(Metric):
+class PopularityParity(Metric):
     """How unequally the head and the tail (`POPULARITY_GROUPS`) are treated: the relative
     standard deviation (population std / mean) of a per-group probability P(g) = sum over users
     of a count / sum over users of an opportunity (`F.group_disparity`). 0 = both groups equal;
@@ -71,13 +71,19 @@ class _PopularityParity(Metric):
         self.denominator.add_(counts[1].double())
 
     def compute(self) -> torch.Tensor:
-        """The relative std of the groups' probabilities, or NaN (see the class)."""
-        if self.unknown > 0:
+        return self.of_sums(self.numerator, self.denominator, self.unknown)
+
+    @staticmethod
+    def of_sums(numerator: torch.Tensor, denominator: torch.Tensor,
+                unknown: torch.Tensor) -> torch.Tensor:
+        """The relative std of the groups' probabilities from the (2,) summed ``numerator`` and
+        ``denominator``, or NaN (see the class; ``unknown``: batches without a denominator)."""
+        if unknown > 0:
             return torch.tensor(math.nan)
-        return F.group_disparity(self.numerator, self.denominator).float()
+        return F.group_disparity(numerator, denominator).float()
 
 
-class PopREO(_PopularityParity):
+class PopREO(PopularityParity):
     """Popularity-based ranking-based equal opportunity (Zhu, Wang and Caverlee, "Measuring and
     Mitigating Item Under-Recommendation Bias in Personalized Ranking Systems", SIGIR 2020;
     "Popularity-Opportunity Bias in Collaborative Filtering", WSDM 2021): the relative std over
@@ -95,7 +101,7 @@ class PopREO(_PopularityParity):
                 torch.stack([targets - tail_targets, tail_targets]))
 
 
-class PopRSP(_PopularityParity):
+class PopRSP(PopularityParity):
     """Popularity-based ranking-based statistical parity (Zhu, Wang and Caverlee, SIGIR 2020 and
     WSDM 2021): the relative std over head and tail of P(rec@K | group) = (the group's items in
     the top-K lists) / (the group's items that are not the user's inputs, i.e. could have been

@@ -212,8 +212,14 @@ class UserAveraged(Metric):
 
     def compute(self) -> torch.Tensor:
         """The weighted mean, or NaN when no user qualified."""
-        mean = self.total / self.count.clamp(min=1)
-        return torch.where(self.count > 0, mean, torch.full_like(mean, math.nan)).float()
+        return weighted_mean(self.total, self.count)
+
+
+def weighted_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """``total / count`` (float32), NaN where ``count`` is 0 (no user qualified): the value of
+    a `UserAveraged` metric from its sums (elementwise, for a whole suite's sums at once)."""
+    mean = total / count.clamp(min=1)
+    return torch.where(count > 0, mean, torch.full_like(mean, math.nan)).float()
 
 
 class Recall(UserAveraged):
@@ -305,7 +311,7 @@ class ARP(_ListAveraged):
         super().__init__(k, item_popularity.float(), **kwargs)
 
 
-class _Exposure(Metric):
+class ExposureStatistic(Metric):
     """A statistic of how often each item is recommended in the top K, across all users.
 
     Subclasses set ``of_exposure`` (a function of the (n_items,) counts); with no list seen,
@@ -332,20 +338,25 @@ class _Exposure(Metric):
         self.n_lists.add_(ranked.items.shape[0])
 
     def compute(self) -> torch.Tensor:
-        """The statistic of the exposure counts, or NaN when no list was seen."""
-        if self.n_lists == 0:
+        return self.of_counts(self.exposure, self.n_lists)
+
+    @classmethod
+    def of_counts(cls, exposure: torch.Tensor, n_lists: torch.Tensor) -> torch.Tensor:
+        """The statistic of the (n_items,) exposure counts of ``n_lists`` lists, or NaN when no
+        list was seen."""
+        if n_lists == 0:
             return torch.tensor(math.nan)
-        return type(self).of_exposure(self.exposure).float()
+        return cls.of_exposure(exposure).float()
 
 
-class ItemCoverage(_Exposure):
+class ItemCoverage(ExposureStatistic):
     """Share of the catalogue that appears in at least one top-K list."""
 
     higher_is_better = True
     of_exposure = staticmethod(F.coverage)
 
 
-class Gini(_Exposure):
+class Gini(ExposureStatistic):
     """Gini index of how exposure is spread over items (lower is more even)."""
 
     higher_is_better = False
