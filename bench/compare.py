@@ -67,6 +67,12 @@ MODELS: tuple[ModelSpec, ...] = (
 
 #: the figures compared for every model
 QUALITY = ("ndcg@10", "recall@10")
+#: the timings compared for every model: training seconds per epoch; the test stage's seconds
+#: (recozoo also ranks the top 100, writes them and the per-user values to the run folder and
+#: computes 54 metrics; RecBole ranks the top 10 for 5 metrics and writes nothing); and the
+#: median seconds of a validation inside the fit, the same work on both sides (rank the
+#: validation users over the catalogue, compute the metrics, keep nothing)
+SECONDS = ("sec_per_epoch", "eval_seconds", "val_seconds")
 
 
 @dataclass
@@ -120,9 +126,11 @@ def run_recozoo(overrides: list[str], out: Path, threads: int) -> dict[str, Any]
 def recozoo_figures(metrics: dict[str, Any]) -> dict[str, Any]:
     """The compared figures of one recozoo run."""
     epochs = metrics.get("epoch_seconds") or []
+    validations = metrics.get("val_seconds") or []
     return {
         "sec_per_epoch": round(statistics.median(epochs), 4) if epochs else None,
         "eval_seconds": metrics.get("eval_seconds"),
+        "val_seconds": round(statistics.median(validations), 4) if validations else None,
         "epochs": metrics.get("epochs"),
         "train_seconds": metrics.get("train_seconds"),
         "peak_rss_mb": metrics.get("peak_rss_mb"),
@@ -136,13 +144,15 @@ def recbole_figures(result: dict[str, Any]) -> dict[str, Any]:
     an estimated epoch time)."""
     if result.get("status") == "too_slow":
         return {"sec_per_epoch": result.get("est_sec_per_epoch"), "sec_per_epoch_estimated": True,
-                "eval_seconds": None, "epochs": 0, "train_seconds": result.get("train_seconds_total"),
+                "eval_seconds": None, "val_seconds": None, "epochs": 0,
+                "train_seconds": result.get("train_seconds_total"),
                 "peak_rss_mb": result.get("peak_rss_mb"), "stopped_by": result.get("stopped_by"),
                 **{name: None for name in QUALITY}}
     test = result.get("test", {})
     return {
         "sec_per_epoch": result.get("sec_per_epoch_median"),
         "eval_seconds": result.get("eval_seconds"),
+        "val_seconds": result.get("valid_sec_per_epoch_median"),
         "epochs": result.get("epochs_run"),
         "best_epoch": result.get("best_epoch"),
         "stopped_by": result.get("stopped_by"),
@@ -179,6 +189,7 @@ def compare_row(spec: ModelSpec, ours: dict[str, Any], peer: dict[str, Any] | No
     ratios = {
         "sec_per_epoch": ratio(ours["sec_per_epoch"], peer["sec_per_epoch"]),
         "eval_seconds": ratio(ours["eval_seconds"], peer["eval_seconds"]),
+        "val_seconds": ratio(ours.get("val_seconds"), peer.get("val_seconds")),
         **{name: ratio(quality[name], peer[name]) for name in QUALITY},
     }
     if same_epochs is not None:
@@ -248,18 +259,18 @@ def compare(specs: list[ModelSpec], data: list[str], peer: RecBolePeer | None,
 
 def median_figures(runs: list[dict[str, Any] | None]) -> dict[str, Any] | None:
     """One side's figures over repeated runs: the first run's, with the median of each run's
-    seconds per epoch and evaluation seconds (every run's seconds kept under ``runs``)."""
+    seconds per epoch, evaluation seconds and validation seconds (every run's seconds kept
+    under ``runs``)."""
     found = [run for run in runs if run is not None]
     if not found:
         return None
     if len(found) == 1:
         return found[0]
     combined = dict(found[0])
-    for key in ("sec_per_epoch", "eval_seconds"):
+    for key in SECONDS:
         values = [run[key] for run in found if run.get(key) is not None]
         combined[key] = round(statistics.median(values), 4) if values else None
-    combined["runs"] = [{key: run.get(key) for key in ("sec_per_epoch", "eval_seconds",
-                                                        *QUALITY)} for run in found]
+    combined["runs"] = [{key: run.get(key) for key in (*SECONDS, *QUALITY)} for run in found]
     return combined
 
 
@@ -270,7 +281,7 @@ def _duration(minutes: float) -> str:
 
 
 def _failed(error: Exception) -> dict[str, Any]:
-    return {"error": str(error), "sec_per_epoch": None, "eval_seconds": None,
+    return {"error": str(error), **{key: None for key in SECONDS},
             **{name: None for name in QUALITY}}
 
 
@@ -310,9 +321,12 @@ def summary_line(row: dict[str, Any]) -> str:
     def fmt(value: Any, spec: str = ".4f") -> str:
         return "-" if value is None else format(value, spec)
 
-    text = (f"{row['model']}: recozoo {fmt(ours['sec_per_epoch'], '.3f')} s/epoch, eval "
-            f"{fmt(ours['eval_seconds'], '.3f')} s, NDCG@10 {fmt(ours['ndcg@10'])}")
+    def side(name: str, figures: dict[str, Any]) -> str:
+        return (f"{name} {fmt(figures['sec_per_epoch'], '.3f')} s/epoch, validation "
+                f"{fmt(figures.get('val_seconds'), '.3f')} s, test stage "
+                f"{fmt(figures['eval_seconds'], '.3f')} s, NDCG@10 {fmt(figures['ndcg@10'])}")
+
+    text = f"{row['model']}: {side('recozoo', ours)}"
     if peer:
-        text += (f" | RecBole {fmt(peer['sec_per_epoch'], '.3f')} s/epoch, eval "
-                 f"{fmt(peer['eval_seconds'], '.3f')} s, NDCG@10 {fmt(peer['ndcg@10'])}")
+        text += f" | {side('RecBole', peer)}"
     return text

@@ -100,9 +100,9 @@ def test_a_run_of_some_sections_does_not_drop_the_others_results(tmp_path):
     assert (folder / "results.json").read_text() == "{}" and not (tmp_path / "out").exists()
 
 
-def figures(epoch, evaluation, ndcg, recall=0.1, epochs=5):
-    return {"sec_per_epoch": epoch, "eval_seconds": evaluation, "ndcg@10": ndcg,
-            "recall@10": recall, "epochs": epochs}
+def figures(epoch, evaluation, ndcg, recall=0.1, epochs=5, validation=None):
+    return {"sec_per_epoch": epoch, "eval_seconds": evaluation, "val_seconds": validation,
+            "ndcg@10": ndcg, "recall@10": recall, "epochs": epochs}
 
 
 def test_ratios_and_targets_per_kind():
@@ -142,6 +142,19 @@ def test_report_marks_missed_targets():
                                "python": "3", "load_start": [0], "load_end": [0]}})
     line = next(line for line in text.splitlines() if line.startswith("| ease"))
     assert "2.000 **miss**" in line and "0.3300" in line
+    assert "same work on both sides" not in text  # no validation seconds: no such table
+
+
+def test_validation_seconds_are_compared_beside_the_test_stage():
+    row = compare_row(ModelSpec("bpr", "BPR", "general"), figures(0.1, 0.03, 0.3, validation=0.02),
+                      figures(0.3, 0.07, 0.3, validation=0.08))
+    assert row["ratios"]["val_seconds"] == pytest.approx(0.25)
+    assert "val_seconds" not in row["targets"]  # informative: the targets read the test stage
+    text = render({"date": "today", "commit": "abc", "notes": [], "comparison": [row],
+                   "machine": {"cpu": "cpu", "cores": 2, "threads": 2, "torch": "x",
+                               "python": "3", "load_start": [0], "load_end": [0]}})
+    table = text.split("same work on both sides", 1)[1]
+    assert "| bpr | 0.020 | 0.080 | 0.250 |" in table
 
 
 def test_quick_bench_runs_alone_and_writes_results(tmp_path):
@@ -173,10 +186,11 @@ def test_quick_scaling_and_throughput_sections(tmp_path):
 
 
 def test_repeated_runs_report_median_seconds_and_keep_every_run():
-    runs = [{"sec_per_epoch": s, "eval_seconds": e, "ndcg@10": 0.3, "recall@10": 0.2, "epochs": 9}
-            for s, e in ((0.30, 0.10), (0.20, 0.30), (0.25, 0.20))]
+    runs = [{"sec_per_epoch": s, "eval_seconds": e, "val_seconds": e / 2, "ndcg@10": 0.3,
+             "recall@10": 0.2, "epochs": 9} for s, e in ((0.30, 0.10), (0.20, 0.30), (0.25, 0.20))]
     combined = median_figures([runs[0], None, runs[1], runs[2]])
     assert combined["sec_per_epoch"] == 0.25 and combined["eval_seconds"] == 0.20
+    assert combined["val_seconds"] == 0.10
     assert combined["ndcg@10"] == 0.3 and combined["epochs"] == 9
     assert [run["sec_per_epoch"] for run in combined["runs"]] == [0.30, 0.20, 0.25]
     assert median_figures([runs[0]]) is runs[0] and median_figures([None]) is None

@@ -8,7 +8,7 @@ import pytest
 from conftest import model_names
 from recozoo.train import train
 
-TIMING = {"train_seconds", "epoch_seconds", "eval_seconds"}
+TIMING = {"train_seconds", "epoch_seconds", "val_seconds", "eval_seconds"}
 
 
 def _results(metrics: dict) -> dict:

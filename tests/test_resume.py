@@ -20,7 +20,7 @@ from conftest import CONF, ROOT, compose_config
 from recozoo.train import train
 
 #: metrics.json fields that measure time (they differ between any two runs)
-TIMING = {"train_seconds", "epoch_seconds", "eval_seconds"}
+TIMING = {"train_seconds", "epoch_seconds", "val_seconds", "eval_seconds"}
 
 
 class KillOnce(L.Callback):

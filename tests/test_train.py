@@ -34,6 +34,8 @@ def test_run_writes_every_artifact_with_contract_keys(make_config):
                 assert f"{stage}/{name}@{k}" in metrics
     assert value == pytest.approx(metrics["val/ndcg@10"])
     assert len(metrics["epoch_seconds"]) == metrics["epochs"] == 1
+    # one validation inside the fit (the sanity check is not one), as the curve has
+    assert len(metrics["val_seconds"]) == len(metrics["val_curve"]) == 1
     assert metrics["torch_threads"] == torch.get_num_threads()  # what the seconds depend on
     rankings = pd.read_parquet(out / "rankings_test.parquet")
     assert rankings.groupby("user").size().max() == 20
@@ -152,14 +154,15 @@ def test_split_without_validation(make_config):
 
 def test_epoch_seconds_leave_out_validation_and_the_checkpointing_after_it(monkeypatch):
     """An epoch is charged its training batches only: a validation and what Lightning runs after
-    it (ModelCheckpoint, last of the callbacks) are excluded, as RecBole counts its epochs."""
+    it (ModelCheckpoint, last of the callbacks) are excluded, as RecBole counts its epochs. A
+    validation is charged its evaluation only, and the sanity check is none of them."""
     from types import SimpleNamespace
 
     from recozoo import training_callbacks
 
     clock = SimpleNamespace(now=0.0)
     monkeypatch.setattr(training_callbacks.time, "perf_counter", lambda: clock.now)
-    trainer = SimpleNamespace(state=SimpleNamespace(fn="fit"))
+    trainer = SimpleNamespace(state=SimpleNamespace(fn="fit"), sanity_checking=True)
     timer = training_callbacks.RunTimer()
 
     def hook(name: str, seconds_after: float, *args) -> None:
@@ -168,15 +171,17 @@ def test_epoch_seconds_leave_out_validation_and_the_checkpointing_after_it(monke
 
     hook("on_validation_start", 5.0)  # the sanity check before the first epoch
     hook("on_validation_end", 1.0)
+    trainer.sanity_checking = False
     hook("on_train_epoch_start", 0.0)
     hook("on_train_batch_start", 2.0, None, 0)  # two seconds of training
     hook("on_validation_start", 3.0)  # a validation in the middle (val_check_interval < 1)
     hook("on_validation_end", 4.0)  # the checkpoint saved after it
     hook("on_train_batch_start", 0.5, None, 1)
-    hook("on_validation_start", 3.0)  # the validation at the end of the epoch
+    hook("on_validation_start", 2.0)  # the validation at the end of the epoch
     hook("on_validation_end", 4.0)
     hook("on_train_epoch_end", 0.0)
     assert timer.epoch_seconds == [2.5]
+    assert timer.val_seconds == [3.0, 2.0]
 
 
 def test_validations_inside_fit_score_as_the_final_validation(make_config):

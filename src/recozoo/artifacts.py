@@ -138,13 +138,14 @@ def _stage(stage: str) -> str:
 FACTS: tuple[str, ...] = (
     "status", "error", "traceback", "model", "data", "split", "seed", "n_users", "n_items",
     "n_interactions", "n_params", "head_share", "heavy_user_share", "rerank", "rerank_weight", "debias", "epochs",
-    "train_seconds", "epoch_seconds", "eval_seconds", "torch_threads", "fusion_seconds",
+    "train_seconds", "epoch_seconds", "val_seconds", "eval_seconds", "torch_threads",
+    "fusion_seconds",
     "best_checkpoint",
     "chosen_on_validation", "val_curve")
 _FACT_NAMES = frozenset(FACTS)
 #: facts written (as null) even when unknown, in a successful run
 _ALWAYS = _FACT_NAMES - {"error", "traceback", "fusion_seconds", "chosen_on_validation",
-                         "torch_threads", "val_curve"}
+                         "torch_threads", "val_curve", "val_seconds"}
 #: metric keys start with one of these stages
 METRIC_STAGES: tuple[str, ...] = ("val/", "test/", "test_cold/")
 
@@ -179,6 +180,10 @@ class RunRecord(Mapping[str, Any]):
     epochs: int | None = None
     train_seconds: float | None = None
     epoch_seconds: list[float] | None = None
+    #: seconds of each validation inside the fit (`recozoo.training_callbacks.RunTimer`): the
+    #: evaluation alone, as RecBole times its validations; None in folders made before it was
+    #: recorded
+    val_seconds: list[float] | None = None
     eval_seconds: float | None = None
     #: torch intra-op threads of the run's process, which its seconds depend on (a model's
     #: ``train_threads`` may train on fewer); None in folders made before it was recorded

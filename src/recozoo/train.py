@@ -276,6 +276,7 @@ def train(cfg: DictConfig) -> RunRecord:
     train_seconds = timer.fit_seconds()  # a resumed run's earlier sessions included
     # before loading the best checkpoint resets them to what it holds
     epoch_seconds, val_curve = list(timer.epoch_seconds), list(evaluator.curve)
+    val_seconds = list(timer.val_seconds)
     checkpoint = trainer.checkpoint_callback
     best = getattr(checkpoint, "best_model_path", "") or None
     if best is None and isinstance(model, ClosedFormRecommender):
@@ -308,6 +309,7 @@ def train(cfg: DictConfig) -> RunRecord:
         epochs=trainer.current_epoch,
         train_seconds=round(train_seconds, 4),
         epoch_seconds=epoch_seconds,
+        val_seconds=val_seconds or None,
         eval_seconds=timer.eval_seconds,
         torch_threads=torch.get_num_threads(),
         best_checkpoint=str(Path(best).relative_to(out)) if best and

@@ -201,17 +201,22 @@ class KeepStopped(L.Callback):
 
 
 class RunTimer(L.Callback):
-    """Wall-clock seconds of the fit (`fit_seconds`), of each training epoch and of the test
-    stage. Checkpoints keep the first two, so a resumed run counts its earlier sessions.
+    """Wall-clock seconds of the fit (`fit_seconds`), of each training epoch, of each
+    validation inside the fit and of the test stage. Checkpoints keep all but the last, so a
+    resumed run counts its earlier sessions.
 
     An epoch's seconds are its training alone, as RecBole and implicit count theirs: a
     validation is excluded together with what Lightning does after it (saving the checkpoint,
     early stopping; Lightning runs `ModelCheckpoint` after every other callback, so the window
     closes at the next training batch or at the end of the epoch, not at ``on_validation_end``).
+    A validation's seconds (``val_seconds``) are the evaluation alone, from its start to
+    ``on_validation_end`` (before the checkpoint is saved), as RecBole times its ``_valid_epoch``;
+    the sanity check before the first epoch is not one of them.
     """
 
     def __init__(self) -> None:
         self.epoch_seconds: list[float] = []
+        self.val_seconds: list[float] = []
         self.eval_seconds: float | None = None
         self._earlier_fit_seconds = 0.0  # fit seconds of the sessions before a resume
         self._fit_start: float | None = None
@@ -227,10 +232,12 @@ class RunTimer(L.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         # in checkpoints, so a resumed run reports the whole run's epochs and seconds
-        return {"epoch_seconds": list(self.epoch_seconds), "fit_seconds": self.fit_seconds()}
+        return {"epoch_seconds": list(self.epoch_seconds), "val_seconds": list(self.val_seconds),
+                "fit_seconds": self.fit_seconds()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epoch_seconds = list(state_dict.get("epoch_seconds", []))
+        self.val_seconds = list(state_dict.get("val_seconds", []))
         self._earlier_fit_seconds = float(state_dict.get("fit_seconds", 0.0))
 
     def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -242,6 +249,11 @@ class RunTimer(L.Callback):
     def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.state.fn == "fit":
             self._val_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if (trainer.state.fn == "fit" and not getattr(trainer, "sanity_checking", False)
+                and self._val_start is not None):
+            self.val_seconds.append(round(time.perf_counter() - self._val_start, 4))
 
     def _close_validation(self) -> None:
         if self._val_start is not None:
