@@ -249,3 +249,28 @@ def test_train_threads_hold_for_training_steps_only(make_config, monkeypatch):
 def test_train_threads_must_be_positive(make_config):
     with pytest.raises(ValueError, match="model.train_threads"):
         run(make_config(["model=bpr", "model.train_threads=0"]))
+
+
+def test_a_job_runs_with_the_libraries_heap_frozen_and_hands_it_back():
+    """`run` trains inside `long_lived_heap`: the collector's full collections skip what was
+    alive before the job, and afterwards it sees those objects again, so a multirun in one
+    process frees the cycles of its earlier jobs."""
+    import gc
+    import weakref
+
+    from recozoo.runtime import long_lived_heap
+
+    class Node:
+        pass
+
+    cycle = Node()
+    cycle.itself = cycle
+    alive = weakref.ref(cycle)
+    with long_lived_heap():
+        assert gc.get_freeze_count() > 0
+        del cycle
+        gc.collect()
+        assert alive() is not None  # frozen with everything alive on entry
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert alive() is None  # handed back, and collected

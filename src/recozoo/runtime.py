@@ -17,9 +17,12 @@ it is loaded. This module imports nothing heavy for that reason.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 
 #: environment variables set for the process unless the user set them
 THREAD_SETTINGS: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE"}
@@ -97,6 +100,27 @@ def configure_process() -> None:
         logger = logging.getLogger(name)  # Lightning gets the same object when it is imported
         if not any(isinstance(f, _DropQuiet) for f in logger.filters):
             logger.addFilter(_DropQuiet())
+
+
+@contextlib.contextmanager
+def long_lived_heap() -> Iterator[None]:
+    """Within: every object alive on entry (the ~500,000 that importing torch, Lightning,
+    transformers and pandas leaves) is out of reach of Python's cyclic garbage collector
+    (``gc.freeze``), so a full collection walks only what the job allocated since.
+
+    Full collections walked the whole heap each time: 8 of them in a bpr run on ml-100k took
+    0.82 s together, one 0.2 s, and one inside an evaluation made EASE's in-fit validation 0.26 s
+    instead of 0.05. Garbage is collected first, so none is frozen with the rest; on exit the
+    objects are handed back (``gc.unfreeze``), so in a multirun that runs its jobs in one
+    process the next job can free this one's cycles (a trainer and its module refer to each
+    other).
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 class _DropQuiet(logging.Filter):

@@ -30,7 +30,7 @@ from recozoo.evaluation import Evaluator, Ranker
 from recozoo.models.base import ClosedFormRecommender, Recommender
 from recozoo.report.published import PublishedResult, parse_published, published_lines
 from recozoo.rerank import Reranker
-from recozoo.runtime import quiet_lightning_logs
+from recozoo.runtime import long_lived_heap, quiet_lightning_logs
 from recozoo.training_callbacks import (
     AtomicCheckpointIO,
     BatchSeed,
@@ -409,7 +409,9 @@ def run(cfg: DictConfig) -> float | None:
         # checked before training: a malformed entry must not cost a whole run
         published = cfg.data.get("published")
         published = parse_published(OmegaConf.to_container(published) if published else None)
-        with job_scope():  # a DDP job leaves no process group behind for the next job
+        # a DDP job leaves no process group behind for the next job; the collector skips the
+        # libraries' objects
+        with job_scope(), long_lived_heap():
             metrics = train(cfg)
     except Exception as error:
         log.error("run failed: %s", error)
