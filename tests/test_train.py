@@ -258,19 +258,27 @@ def test_a_job_runs_with_the_libraries_heap_frozen_and_hands_it_back():
     import gc
     import weakref
 
-    from recozoo.runtime import long_lived_heap
+    from recozoo.runtime import (
+        PYTHON_GC_THRESHOLD,
+        STARTUP_FULL_COLLECTION_EVERY,
+        long_lived_heap,
+    )
 
     class Node:
         pass
 
+    # importing recozoo raised the full-collection threshold for the libraries' imports
+    assert gc.get_threshold()[2] == STARTUP_FULL_COLLECTION_EVERY
     cycle = Node()
     cycle.itself = cycle
     alive = weakref.ref(cycle)
     with long_lived_heap():
         assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == PYTHON_GC_THRESHOLD  # Python's own over the job's objects
         del cycle
         gc.collect()
         assert alive() is not None  # frozen with everything alive on entry
     assert gc.get_freeze_count() == 0
+    assert gc.get_threshold()[2] == STARTUP_FULL_COLLECTION_EVERY
     gc.collect()
     assert alive() is None  # handed back, and collected
