@@ -250,10 +250,11 @@ def loadtest_lines(figures: dict[str, Any] | None) -> list[str]:
         return ["not run"]
     if "error" in figures:
         return [f"failed: {figures['error']}"]
-    head = ["phase", "clients", "requests", "failures", "p50 ms", "p99 ms", "requests/s"]
+    head = ["phase", "clients", "requests", "failures", "p50 ms", "p99 ms", "max ms", "requests/s"]
     body = [[name, str(figures[name]["clients"]), str(figures[name]["requests"]),
              str(figures[name]["failures"]), _num(figures[name]["p50_ms"], ".2f"),
-             _num(figures[name]["p99_ms"], ".2f"), _num(figures[name]["rps"], ".1f")]
+             _num(figures[name]["p99_ms"], ".2f"), _num(figures[name].get("max_ms"), ".2f"),
+             _num(figures[name]["rps"], ".1f")]
             for name in ("single", "batched")]
     return [(f"Model {figures.get('model')} ({figures.get('n_items')} items), server batches up to "
             f"{figures.get('max_batch_size')} requests; ready in {figures.get('startup_seconds')} s."),

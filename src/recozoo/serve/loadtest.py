@@ -5,8 +5,8 @@
 Starts the service (`ServerProcess`), then sends a fixed number of ``POST /predict`` requests
 (known users' ids, and every fourth request a new user's history) twice: from one client, one
 request at a time (latency without batching), and from ``clients`` concurrent clients (the
-server batches their requests). Each phase stops early at ``time_cap`` seconds. Reports p50 and
-p99 latency in milliseconds, requests per second and the count of non-200 answers, and returns
+server batches their requests). Each phase stops early at ``time_cap`` seconds. Reports p50,
+p99 and the largest latency in milliseconds, requests per second and the count of non-200 answers, and returns
 them (``make bench`` calls `load_test`).
 """
 
@@ -107,6 +107,7 @@ def _phase(url: str, bodies: list[dict[str, Any]], clients: int, time_cap: float
             "failures": int(sum(f for _, f in results)), "seconds": round(elapsed, 3),
             "p50_ms": round(float(np.percentile(latencies, 50)), 2) if len(latencies) else None,
             "p99_ms": round(float(np.percentile(latencies, 99)), 2) if len(latencies) else None,
+            "max_ms": round(float(latencies.max()), 2) if len(latencies) else None,
             "rps": round(len(latencies) / elapsed, 1) if elapsed > 0 else None}
 
 
@@ -120,7 +121,7 @@ def load_test(run: str | Path, requests: int = 400, clients: int = 16, time_cap:
     Returns:
         ``{"run", "model", "n_items", "n_users", "max_batch_size", "batch_timeout",
         "startup_seconds", "single": {...}, "batched": {...}}`` where each phase has
-        ``clients, requests, failures, seconds, p50_ms, p99_ms, rps``.
+        ``clients, requests, failures, seconds, p50_ms, p99_ms, max_ms, rps``.
     """
     check_run(run)
     bodies = request_bodies(run, requests, k)
