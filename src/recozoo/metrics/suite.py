@@ -111,9 +111,10 @@ class RankingSuite(Metric):
     The members are the metric classes of `RANKING_METRICS` and `BUCKET_METRICS`; each states
     its per-batch contribution (`UserAveraged.values`, `PopularityParity.counts`, the exposure
     counts of `ExposureStatistic`) and the value of its sums, and stays usable alone. The suite
-    keeps their sums in a few stacked states instead of two per member: ml-100k's test batch
-    (54 metrics) was ~3.4 ms of update and ~2.5 ms of compute and reset as a
-    ``MetricCollection`` of them, mostly torchmetrics' per-metric wrappers and state walks.
+    keeps their sums in a few stacked states instead of two per member: on ml-100k's test batch
+    (54 metrics) a stage's compute and reset took 2.45 ms as a ``MetricCollection`` of them
+    (torchmetrics' per-metric wrappers and state walks) and take 0.76 ms so; the update,
+    3.3-3.4 ms either way, is the members' own small tensor operations.
 
     It reads like the collection it replaced: ``suite[key]`` is the member behind a key
     (``suite["ndcg@10"].values(ranked)`` gives per-user values), `keys`, `items` and iteration
