@@ -251,9 +251,9 @@ def test_train_threads_must_be_positive(make_config):
         run(make_config(["model=bpr", "model.train_threads=0"]))
 
 
-def test_a_job_runs_with_the_libraries_heap_frozen_and_hands_it_back():
-    """`run` trains inside `long_lived_heap`: the collector's full collections skip what was
-    alive before the job, and afterwards it sees those objects again, so a multirun in one
+def test_the_long_lived_heap_is_frozen_within_and_handed_back_after():
+    """`long_lived_heap` (which `run` trains inside): the collector's full collections skip
+    what was alive on entry, and afterwards it sees those objects again, so a multirun in one
     process frees the cycles of its earlier jobs."""
     import gc
     import weakref

@@ -251,8 +251,7 @@ class RunTimer(L.Callback):
             self._val_start = time.perf_counter()
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if (trainer.state.fn == "fit" and not getattr(trainer, "sanity_checking", False)
-                and self._val_start is not None):
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
             self.val_seconds.append(round(time.perf_counter() - self._val_start, 4))
 
     def _close_validation(self) -> None:

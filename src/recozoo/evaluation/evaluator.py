@@ -194,13 +194,13 @@ class Evaluator(L.Callback):
             rank, world = rank_and_world_size()
             self._kept[stage] = ({} if self.list_folder is None else StageListWriter(
                 self.list_folder, stage, part=rank if world > 1 else None))
-        ratings = self.rating_suites[stage]
-        for metrics in (self.suites[stage], self.cold_suite, ratings):
+        for metrics in (self.suites[stage], self.cold_suite, self.rating_suites[stage]):
             # moving a suite walks every state of every member (~1.5 ms) even when they are on
             # the device already, at every validation
-            devices = ({metrics.device} if isinstance(metrics, RankingSuite)
-                       else {m.device for m in metrics.values()} if metrics is not None else ())
-            if any(device != module.device for device in devices):
+            if metrics is None:
+                continue
+            parts = [metrics] if isinstance(metrics, RankingSuite) else metrics.values()
+            if any(part.device != module.device for part in parts):
                 metrics.to(module.device)
 
     def compute(self, stage: str) -> dict[str, float]:

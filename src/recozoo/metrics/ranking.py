@@ -332,10 +332,15 @@ class ExposureStatistic(Metric):
         self.add_state("n_lists", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, ranked: RankedBatch) -> None:
-        top, present = ranked.top(self.k)
-        self.exposure.add_(torch.bincount(top.reshape(-1), weights=present.reshape(-1).double(),
-                                          minlength=self.exposure.numel()))
+        self.exposure.add_(self.list_counts(ranked, self.k, self.exposure.numel()))
         self.n_lists.add_(ranked.items.shape[0])
+
+    @staticmethod
+    def list_counts(ranked: RankedBatch, k: int, n_items: int) -> torch.Tensor:
+        """(n_items,) float64: how many of the batch's top-``k`` lists hold each item."""
+        top, present = ranked.top(k)
+        return torch.bincount(top.reshape(-1), weights=present.reshape(-1).double(),
+                              minlength=n_items)
 
     def compute(self) -> torch.Tensor:
         return self.of_counts(self.exposure, self.n_lists)

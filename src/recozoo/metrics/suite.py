@@ -197,10 +197,7 @@ class RankingSuite(Metric):
             self.totals.add_((torch.stack(values).double() * weights).sum(1))
             self.counts.add_(weights.sum(1))
         for row, k in enumerate(self._exposure_ks):
-            top, present = ranked.top(k)
-            self.exposure[row].add_(torch.bincount(top.reshape(-1),
-                                                   weights=present.reshape(-1).double(),
-                                                   minlength=self.exposure.shape[1]))
+            self.exposure[row].add_(ExposureStatistic.list_counts(ranked, k, self.exposure.shape[1]))
         self.n_lists.add_(ranked.items.shape[0])
         for row, key in enumerate(self._parity):
             counts = self[key].counts(ranked)
