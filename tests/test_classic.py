@@ -266,6 +266,7 @@ def test_itemknn_scores_sum_the_top_k_shrunk_cosine_neighbours(monkeypatch, dens
     sims = dense.T @ dense / (norms[:, None] * norms[None, :] + shrink + 1e-12)
     np.fill_diagonal(sims, 0.0)
     weights = model.similarity().to_dense().numpy()
+    assert np.array_equal(model.dense_similarity().numpy(), weights)
     for j in range(n_items):  # column j keeps k of its most similar items (ties either way)
         kept = np.flatnonzero(weights[:, j])
         assert np.allclose(weights[kept, j], sims[kept, j], atol=1e-6)
