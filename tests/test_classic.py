@@ -17,13 +17,19 @@ def _pairs(n_users: int, n_items: int, n: int, seed: int = 0):
     return torch.as_tensor(user), torch.as_tensor(item), dense
 
 
-def test_item_cooccurrence_in_one_block_or_many_is_exact(monkeypatch):
+@pytest.mark.parametrize("min_density", [0.0, float("inf")], ids=["syrk", "bags"])
+def test_item_cooccurrence_in_one_block_or_many_is_exact(monkeypatch, min_density):
+    """Both ways of counting (BLAS's symmetric rank-k update for dense data, bags for sparse),
+    each in one block of users and in several."""
+    monkeypatch.setattr(im, "DENSE_GRAM_MIN_DENSITY", min_density)
     user, item, dense = _pairs(30, 12, 200)  # duplicates included: they count once
     expected = dense.T @ dense
     fast = im.item_cooccurrence(user, item, 30, 12)
     monkeypatch.setattr(im, "DENSE_ENTRIES", 12 * 7)  # blocks of 7 users, the last one short
     blocked = im.item_cooccurrence(user, item, 30, 12)
     assert np.array_equal(fast.numpy(), expected) and np.array_equal(blocked.numpy(), expected)
+    upper = im.item_cooccurrence(user, item, 30, 12, upper_only=True)  # for one-triangle readers
+    assert np.array_equal(np.triu(upper.numpy()), np.triu(expected))
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -62,13 +68,17 @@ def test_spd_inverse_inverts_and_leaves_its_input_alone(dtype, column_order, wai
     assert inverse.dtype == dtype and torch.equal(inverse, inverse.T)
     assert torch.allclose(inverse @ before, torch.eye(40, dtype=dtype), atol=1e-5)
     assert torch.equal(matrix, before)
+    # only the upper triangle is read: anything below it changes nothing
+    below = torch.ones(40, 40, dtype=torch.bool).tril(-1)
+    scribbled = before.masked_fill(below, -1e9)
+    assert torch.equal(spd_inverse(scribbled), inverse)
     # as scratch (EASE's Gram matrix): the same inverse
     assert torch.allclose(spd_inverse(matrix, overwrite=True), inverse, rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize("n", [1, 7, 8, 9, 30])
 def test_mirror_upper_triangle_copies_the_upper_triangle_over_the_lower_across_tiles(n):
-    from recozoo.models.ease import mirror_upper_triangle
+    from recozoo.models.components.interaction_matrix import mirror_upper_triangle
 
     matrix = torch.randn(n, n, generator=torch.Generator().manual_seed(n))
     upper = matrix.triu()

@@ -12,7 +12,7 @@ validation after the fit (`ItemKNN.choose_on_validation`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -20,7 +20,7 @@ import torch
 from recozoo.data.datamodule import DatasetInfo, EvalBatch
 from recozoo.models.base import ClosedFormRecommender
 from recozoo.models.components.grid_climb import climb
-from recozoo.models.components.interaction_matrix import interaction_matrix
+from recozoo.models.components.interaction_matrix import interaction_matrix, item_cooccurrence
 
 log = logging.getLogger(__name__)
 
@@ -82,22 +82,40 @@ class ItemKNN(ClosedFormRecommender):
 
     def fit_pairs(self, user: torch.Tensor, item: torch.Tensor, shrink: float) -> None:
         """Keep each item's most similar items under shrinkage ``shrink``, most similar first."""
+        kept = self.neighbor_index.shape[0]
+        norms, blocks = self._cooccurrence_blocks(user, item)
+        for start, stop, counts in blocks:  # counts: (stop - start, n_items), rows of X^T X
+            # one outer product, shifted in place: 4-5 ms on ml-100k, ~10 as three expressions
+            sims = counts.div_(torch.outer(norms[start:stop], norms).add_(shrink + 1e-12))
+            own = torch.arange(stop - start, device=sims.device)
+            sims[own, own + start] = 0.0  # no self-similarity
+            top = torch.topk(sims, kept, dim=1)  # sorted: the most similar first
+            self.neighbor_index[:, start:stop] = top.indices.T
+            self.neighbor_weight[:, start:stop] = top.values.T
+        self.fitted_shrink.fill_(shrink)
+
+    def _cooccurrence_blocks(self, user: torch.Tensor, item: torch.Tensor,
+                             ) -> tuple[torch.Tensor, Iterator[tuple[int, int, torch.Tensor]]]:
+        """The items' norms (square roots of their user counts) and the rows of the item
+        co-occurrence ``X^T X`` in blocks of ``block_size`` items, as (start, stop, rows) that
+        the caller may overwrite. Up to ``DENSE_SCORING_MAX_ITEMS`` items the whole matrix is
+        counted at once (`item_cooccurrence`, n_items^2 floats like the dense scoring weights):
+        ml-100k's fit 39-45 ms against 67 ms block by block; above, each block is counted from
+        the sparse matrix (memory O(n_items x block_size))."""
+        size = self.block_size
+        starts = range(0, self.n_items, size)
+        if self.n_items <= DENSE_SCORING_MAX_ITEMS:
+            gram = item_cooccurrence(user, item, self.n_users, self.n_items)
+            norms = gram.diagonal().sqrt()  # the diagonal: each item's users
+            return norms, ((s, min(s + size, self.n_items), gram[s:s + size]) for s in starts)
         matrix = interaction_matrix(user, item, self.n_users, self.n_items)
         csr = matrix.to_sparse_csr()
         norms = torch.sqrt(torch.bincount(matrix.indices()[1], minlength=self.n_items).float())
         transposed = matrix.t().coalesce().to_sparse_csr()  # (n_items, n_users)
-        kept = self.neighbor_index.shape[0]
-        for start in range(0, self.n_items, self.block_size):
-            stop = min(start + self.block_size, self.n_items)
-            block = _dense_columns(csr, start, stop)  # (n_users, blk)
-            sims = transposed @ block  # (n_items, blk)
-            sims = sims / (norms[:, None] * norms[None, start:stop] + shrink + 1e-12)
-            self_pairs = torch.arange(start, stop, device=sims.device)
-            sims[self_pairs, self_pairs - start] = 0.0  # no self-similarity
-            top = torch.topk(sims, kept, dim=0)  # sorted: the most similar first
-            self.neighbor_index[:, start:stop] = top.indices
-            self.neighbor_weight[:, start:stop] = top.values
-        self.fitted_shrink.fill_(shrink)
+        # (n_items, block) columns are the block's rows: X^T X is symmetric
+        return norms, ((s, min(s + size, self.n_items),
+                        (transposed @ _dense_columns(csr, s, min(s + size, self.n_items))).T)
+                       for s in starts)
 
     def choose_on_validation(self, validate: Callable[[], float]) -> dict[str, Any]:
         """With ``shrink_grid`` and/or ``k_grid``: the shrinkage with the best validation value
