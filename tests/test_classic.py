@@ -26,6 +26,7 @@ def test_item_cooccurrence_in_one_block_or_many_is_exact(monkeypatch, min_densit
     expected = dense.T @ dense
     fast = im.item_cooccurrence(user, item, 30, 12)
     monkeypatch.setattr(im, "DENSE_ENTRIES", 12 * 7)  # blocks of 7 users, the last one short
+    monkeypatch.setattr(im, "BAG_CHUNK_ENTRIES", 12 * 5)  # bags summed 5 items at a time
     blocked = im.item_cooccurrence(user, item, 30, 12)
     assert np.array_equal(fast.numpy(), expected) and np.array_equal(blocked.numpy(), expected)
     upper = im.item_cooccurrence(user, item, 30, 12, upper_only=True)  # for one-triangle readers
