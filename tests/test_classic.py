@@ -31,6 +31,12 @@ def test_item_cooccurrence_in_one_block_or_many_is_exact(monkeypatch, min_densit
     assert np.array_equal(fast.numpy(), expected) and np.array_equal(blocked.numpy(), expected)
     upper = im.item_cooccurrence(user, item, 30, 12, upper_only=True)  # for one-triangle readers
     assert np.array_equal(np.triu(upper.numpy()), np.triu(expected))
+    # counted into a given buffer (EASE's weights), whatever it held
+    buffer = torch.full((12, 12), float("nan"))
+    assert im.item_cooccurrence(user, item, 30, 12, out=buffer) is buffer
+    assert np.array_equal(buffer.numpy(), expected)
+    with pytest.raises(ValueError, match=r"out must be a contiguous \(12, 12\) float32"):
+        im.item_cooccurrence(user, item, 30, 12, out=torch.zeros(12, 12).T)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

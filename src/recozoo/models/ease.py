@@ -132,10 +132,14 @@ class EASE(ClosedFormRecommender):
     def fit_pairs(self, user: torch.Tensor, item: torch.Tensor, reg_weight: float) -> None:
         """Fit the item weights to the (user, item) training pairs with L2 weight
         ``reg_weight``."""
-        # the Gram matrix, inverted in place, beside the weights buffer; freed after the fit
-        require_memory(self.n_items, self.precision_dtype.itemsize, "fitting: the Gram matrix")
-        # its upper triangle: the inverse reads no other (mirroring takes 4-12 ms on ml-100k)
-        gram = item_cooccurrence(user, item, self.n_users, self.n_items, upper_only=True)
+        # In float32 the Gram matrix is counted in the weights buffer and inverted there, so the
+        # fit needs no second n_items^2 matrix; in float64 it is one more, freed after the fit.
+        # Its upper triangle: the inverse reads no other (mirroring takes 4-12 ms on ml-100k)
+        in_place = self.precision_dtype == torch.float32 and self.item_weights.is_contiguous()
+        if not in_place:
+            require_memory(self.n_items, self.precision_dtype.itemsize, "fitting: the Gram matrix")
+        gram = item_cooccurrence(user, item, self.n_users, self.n_items, upper_only=True,
+                                 out=self.item_weights if in_place else None)
         gram = gram.to(self.precision_dtype)  # (n_items, n_items)
         gram.diagonal().add_(reg_weight)
         # positive definite (reg_weight > 0), so a Cholesky inverse, ~2x cheaper than a general
@@ -144,7 +148,8 @@ class EASE(ClosedFormRecommender):
         diagonal = -torch.diag(precision)[None, :]  # a copy, before the inverse is written over
         weights = torch.div(precision, diagonal, out=precision)  # in place: the inverse is scratch
         weights.fill_diagonal_(0.0)
-        # the buffer becomes the result (float32: no copy of the n_items^2 matrix)
+        # the weights buffer itself in place, else the buffer becomes the result (float32: no
+        # copy of the n_items^2 matrix)
         self.item_weights = weights.to(torch.float32)
         self.fitted_reg_weight.fill_(reg_weight)
 
