@@ -175,6 +175,21 @@ def test_training_views(dm):
     assert sparse["rows"].is_sparse and sparse["rows"].is_coalesced()
     assert torch.equal(sparse["user"], rows["user"])
     assert torch.equal(sparse["rows"].to_dense(), rows["rows"])
+    # marked coalesced without a sort of their own: the entries are in coalesced order, each once
+    indices = sparse["rows"].indices()
+    recoalesced = torch.sparse_coo_tensor(indices, sparse["rows"].values(), sparse["rows"].shape)
+    assert torch.equal(recoalesced.coalesce().indices(), indices)
+
+
+def test_user_rows_count_a_repeated_interaction_once():
+    from recozoo.data.datamodule import UserItems
+
+    # user 0 bought item 3 twice, user 2 item 1 three times; user 1 nothing
+    items = UserItems(np.array([0, 2, 0, 2, 0, 2]), np.array([3, 1, 3, 1, 0, 1]),
+                      order=np.arange(6), n_users=3)
+    distinct = items.distinct(n_items=5)
+    assert distinct.indptr.tolist() == [0, 2, 2, 3]
+    assert distinct.items.tolist() == [0, 3, 1]  # in item order
 
 
 def _user_sequences(items) -> list[list[int]]:

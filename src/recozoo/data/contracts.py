@@ -60,12 +60,15 @@ def distinct_pairs(rows: torch.Tensor, cols: torch.Tensor, n_cols: int
     return keys // n_cols, keys % n_cols
 
 
-def zero_one_sparse(rows: torch.Tensor, cols: torch.Tensor,
-                    shape: tuple[int, int]) -> torch.Tensor:
+def zero_one_sparse(rows: torch.Tensor, cols: torch.Tensor, shape: tuple[int, int],
+                    distinct_sorted: bool = False) -> torch.Tensor:
     """The coalesced sparse COO 0/1 matrix of ``shape`` with a 1 at each (row, col) pair; a
     repeated pair counts once. The ids are not checked (as torch checks none by default):
-    `EvalBatch.seen_sparse` checks those that may come from outside the DataModule."""
-    rows, cols = distinct_pairs(rows, cols, shape[1])
+    `EvalBatch.seen_sparse` checks those that may come from outside the DataModule.
+    ``distinct_sorted``: the pairs are distinct and sorted by row, then col, already (the
+    caller's guarantee; `distinct_pairs` is skipped)."""
+    if not distinct_sorted:
+        rows, cols = distinct_pairs(rows, cols, shape[1])
     return torch.sparse_coo_tensor(torch.stack([rows, cols]),
                                    torch.ones(len(rows), device=rows.device), shape,
                                    is_coalesced=True, check_invariants=False)

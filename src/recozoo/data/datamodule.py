@@ -51,6 +51,15 @@ class UserItems:
     def lengths(self, users: np.ndarray) -> np.ndarray:
         return self.indptr[users + 1] - self.indptr[users]
 
+    def distinct(self, n_items: int) -> UserItems:
+        """Each user's distinct items in item order: the users' rows of the 0/1 interaction
+        matrix, for what reads neither order nor repeats (``TrainView("user_rows")``), so that a
+        batch's pairs need no sort of their own (ml-100k's 943 rows: 0.8 ms against 5.5)."""
+        n_users = len(self.indptr) - 1
+        users = np.repeat(np.arange(n_users), np.diff(self.indptr))
+        keys = torch.unique(torch.from_numpy(users * n_items + self.items)).numpy()  # sorted
+        return UserItems(keys // n_items, keys % n_items, keys, n_users)
+
     def positions(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(row in ``users``, position in ``items``) of every item of these users."""
         rows, offsets = _ragged(self.lengths(users))
@@ -268,7 +277,8 @@ class RecDataModule(L.LightningDataModule):
         if view.kind == "ratings":
             return self._shuffled(_Rows(len(self.train)), self._collate_ratings)
         if view.kind == "user_rows":
-            users = np.flatnonzero(self.train_items.lengths(np.arange(self.info.n_users)) > 0)
+            self._user_rows = self.train_items.distinct(self.info.n_items)  # for every epoch
+            users = np.flatnonzero(self._user_rows.lengths(np.arange(self.info.n_users)) > 0)
             return self._shuffled(_Rows(len(users), users), self._collate_user_rows)
         if view.kind == "sequences":
             self._windows = self._sequence_windows(view.max_len)
@@ -361,11 +371,11 @@ class RecDataModule(L.LightningDataModule):
 
     def _collate_user_rows(self, users: list[int]) -> dict[str, torch.Tensor]:
         users = np.asarray(users)
-        rows, pos = self.train_items.positions(users)
-        rows, items = torch.as_tensor(rows), torch.as_tensor(self.train_items.items[pos])
+        rows, pos = self._user_rows.positions(users)  # in batch order, each row's items sorted
+        rows, items = torch.as_tensor(rows), torch.as_tensor(self._user_rows.items[pos])
         shape = (len(users), self.info.n_items)
         if self.view.sparse_rows:
-            matrix = zero_one_sparse(rows, items, shape)
+            matrix = zero_one_sparse(rows, items, shape, distinct_sorted=True)
         else:
             matrix = torch.zeros(shape)
             matrix[rows, items] = 1.0
