@@ -134,6 +134,14 @@ def test_eval_batch_masks_inputs_and_holds_targets(dm):
     assert val_targets <= seen
     val_seen = set(zip(val.seen_rows.tolist(), val.seen_cols.tolist()))
     assert not val_targets & val_seen
+    # every input once, sorted by row then item, as the batch says (models skip their sort)
+    for each in (batch, val):
+        keys = (each.seen_rows * dm.info.n_items + each.seen_cols).tolist()
+        assert each.seen_distinct_sorted and keys == sorted(set(keys))
+        inputs = dm.eval_inputs["test" if each is batch else "val"]
+        for row, user in enumerate(users):
+            own = inputs.items[inputs.indptr[user]:inputs.indptr[user + 1]]
+            assert set(each.seen_cols[each.seen_rows == row].tolist()) == set(own.tolist())
 
 
 def test_eval_batches_count_each_users_distinct_inputs_in_head_and_tail(dm):

@@ -75,13 +75,15 @@ def zero_one_sparse(rows: torch.Tensor, cols: torch.Tensor, shape: tuple[int, in
 
 
 def zero_one_product(rows: torch.Tensor, cols: torch.Tensor, n_rows: int,
-                     matrix: torch.Tensor) -> torch.Tensor:
+                     matrix: torch.Tensor, distinct_sorted: bool = False) -> torch.Tensor:
     """(n_rows, d): ``zero_one_sparse(rows, cols, (n_rows, len(matrix))) @ matrix``, each row
     the sum of ``matrix``'s rows at that row's distinct columns, as one embedding bag per row:
     the same sums in the same order (equal to the bit), without a sparse matrix. 2 threads,
     with the 0/1 matrix built each time: 943 x 1,682 at 5% @ 1,682 x 1,682: 29 ms with
-    ``torch.sparse.mm``, 17 ms; 1,024 x 20,000 at 0.2% @ 20,000 x 2,000: 40 ms, 18 ms."""
-    rows, cols = distinct_pairs(rows, cols, matrix.shape[0])
+    ``torch.sparse.mm``, 17 ms; 1,024 x 20,000 at 0.2% @ 20,000 x 2,000: 40 ms, 18 ms.
+    ``distinct_sorted`` as in `zero_one_sparse`."""
+    if not distinct_sorted:
+        rows, cols = distinct_pairs(rows, cols, matrix.shape[0])
     starts = torch.searchsorted(rows, torch.arange(n_rows, device=rows.device))
     return torch.nn.functional.embedding_bag(cols, matrix, starts, mode="sum")
 
@@ -215,6 +217,9 @@ class EvalBatch:
     #: (B, 2) distinct input items in the head and in the tail (`inputs_per_group` of the seen
     #: pairs); None: the evaluator counts them from the seen pairs
     input_counts: torch.Tensor | None = None
+    #: the seen pairs are distinct and sorted by row, then item (the DataModule's batches), so
+    #: `seen_sparse` and `seen_sum` skip their sort; False: any order, repeats allowed
+    seen_distinct_sorted: bool = False
 
     def __len__(self) -> int:
         return len(self.user)
@@ -235,7 +240,8 @@ class EvalBatch:
         8-17 ms CSR, 42 ms dense); COO (the default) for sparse @ dense ``torch.sparse.mm``,
         though for that product `seen_sum` is faster (EASE and ItemKNN score with it)."""
         self._check_seen_items(n_items)
-        matrix = zero_one_sparse(self.seen_rows, self.seen_cols, (len(self.user), n_items))
+        matrix = zero_one_sparse(self.seen_rows, self.seen_cols, (len(self.user), n_items),
+                                 distinct_sorted=self.seen_distinct_sorted)
         return matrix.to_sparse_csr() if layout == torch.sparse_csr else matrix
 
     def seen_sum(self, weights: torch.Tensor) -> torch.Tensor:
@@ -243,7 +249,8 @@ class EvalBatch:
         distinct input items, ``seen_sparse(n_items) @ weights`` (EASE's and ItemKNN's scores)
         computed faster (`zero_one_product`)."""
         self._check_seen_items(weights.shape[0])
-        return zero_one_product(self.seen_rows, self.seen_cols, len(self.user), weights)
+        return zero_one_product(self.seen_rows, self.seen_cols, len(self.user), weights,
+                                distinct_sorted=self.seen_distinct_sorted)
 
     def _check_seen_items(self, n_items: int) -> None:
         """Refuse input items outside a catalogue of ``n_items`` (batches built outside the

@@ -53,8 +53,9 @@ class UserItems:
 
     def distinct(self, n_items: int) -> UserItems:
         """Each user's distinct items in item order: the users' rows of the 0/1 interaction
-        matrix, for what reads neither order nor repeats (``TrainView("user_rows")``), so that a
-        batch's pairs need no sort of their own (ml-100k's 943 rows: 0.8 ms against 5.5)."""
+        matrix, for what reads neither order nor repeats (``TrainView("user_rows")``, the seen
+        pairs of evaluation batches), so that a batch's pairs need no sort of their own
+        (ml-100k's 943 rows: 0.8 ms against 5.5)."""
         n_users = len(self.indptr) - 1
         users = np.repeat(np.arange(n_users), np.diff(self.indptr))
         keys = torch.unique(torch.from_numpy(users * n_items + self.items)).numpy()  # sorted
@@ -206,6 +207,11 @@ class RecDataModule(L.LightningDataModule):
         # users' rows (counting a batch's pairs was a sort, 3.5-4 ms of ml-100k's ~35 ms test
         # stage, at every validation too)
         self.input_counts = {stage: self._count_inputs(stage) for stage in self.eval_inputs}
+        # each stage's inputs as sets (distinct, in item order), once: an evaluation batch's
+        # seen pairs, which models read as 0/1 rows (`EvalBatch.seen_distinct_sorted`), and the
+        # training rows of the user_rows view (the validation's inputs are the training items)
+        self.input_sets = {stage: inputs.distinct(data.n_items)
+                           for stage, inputs in self.eval_inputs.items()}
         head = popularity[~self.info.tail_mask.numpy()].sum() / max(popularity.sum(), 1)
         log.info("%s: %d users, %d items, %d interactions (train %d, valid %d, test %d); "
                  "top %.0f%% of items get %.1f%% of training interactions", data.name,
@@ -277,8 +283,7 @@ class RecDataModule(L.LightningDataModule):
         if view.kind == "ratings":
             return self._shuffled(_Rows(len(self.train)), self._collate_ratings)
         if view.kind == "user_rows":
-            self._user_rows = self.train_items.distinct(self.info.n_items)  # for every epoch
-            users = np.flatnonzero(self._user_rows.lengths(np.arange(self.info.n_users)) > 0)
+            users = np.flatnonzero(self.train_items.lengths(np.arange(self.info.n_users)) > 0)
             return self._shuffled(_Rows(len(users), users), self._collate_user_rows)
         if view.kind == "sequences":
             self._windows = self._sequence_windows(view.max_len)
@@ -371,8 +376,9 @@ class RecDataModule(L.LightningDataModule):
 
     def _collate_user_rows(self, users: list[int]) -> dict[str, torch.Tensor]:
         users = np.asarray(users)
-        rows, pos = self._user_rows.positions(users)  # in batch order, each row's items sorted
-        rows, items = torch.as_tensor(rows), torch.as_tensor(self._user_rows.items[pos])
+        train_sets = self.input_sets["val"]  # each user's distinct training items, in order
+        rows, pos = train_sets.positions(users)  # in batch order, each row's items sorted
+        rows, items = torch.as_tensor(rows), torch.as_tensor(train_sets.items[pos])
         shape = (len(users), self.info.n_items)
         if self.view.sparse_rows:
             matrix = zero_one_sparse(rows, items, shape, distinct_sorted=True)
@@ -421,14 +427,16 @@ class RecDataModule(L.LightningDataModule):
     def eval_batch(self, stage: str, users: np.ndarray) -> EvalBatch:
         """The evaluation batch of ``users`` for ``stage`` ("val" or "test")."""
         inputs, targets = self.eval_inputs[stage], self.eval_targets[stage]
+        seen = self.input_sets[stage]
         users = np.ascontiguousarray(users, dtype=np.int64)  # any array of user indices
-        seen_rows, seen_pos = inputs.positions(users)
+        seen_rows, seen_pos = seen.positions(users)
         target_rows, target_pos = targets.positions(users)
         rating = targets.extra.get("rating")
         return EvalBatch(
             user=torch.as_tensor(users),
             history=torch.as_tensor(inputs.recent(users, self.history_len, self.info.pad_item)),
-            seen_rows=torch.as_tensor(seen_rows), seen_cols=torch.as_tensor(inputs.items[seen_pos]),
+            seen_rows=torch.as_tensor(seen_rows), seen_cols=torch.as_tensor(seen.items[seen_pos]),
+            seen_distinct_sorted=True,
             target_rows=torch.as_tensor(target_rows),
             target_cols=torch.as_tensor(targets.items[target_pos]),
             target_rating=torch.as_tensor(rating[target_pos]) if rating is not None else None,
