@@ -40,11 +40,12 @@ class UserItems:
     held-out items are not the next ones: `RecDataModule._sequence_order_key`), ties in row
     order, CSR style, for fast batched lookup."""
 
-    def __init__(self, user: np.ndarray, item: np.ndarray, order: np.ndarray, n_users: int,
-                 extra: dict[str, np.ndarray] | None = None):
-        order = np.lexsort((np.arange(len(user)), order, user))
-        self.items = item[order]
-        self.extra = {k: v[order] for k, v in (extra or {}).items()}
+    def __init__(self, user: np.ndarray, item: np.ndarray, order: np.ndarray | None,
+                 n_users: int, extra: dict[str, np.ndarray] | None = None):
+        # order None: the pairs are sorted by user and in order already (no sort of 10^7 rows)
+        rows = np.lexsort((np.arange(len(user)), order, user)) if order is not None else None
+        self.items = item[rows] if rows is not None else item
+        self.extra = {k: (v[rows] if rows is not None else v) for k, v in (extra or {}).items()}
         counts = np.bincount(user, minlength=n_users)
         self.indptr = np.r_[0, np.cumsum(counts)]
 
@@ -59,7 +60,7 @@ class UserItems:
         n_users = len(self.indptr) - 1
         users = np.repeat(np.arange(n_users), np.diff(self.indptr))
         keys = torch.unique(torch.from_numpy(users * n_items + self.items)).numpy()  # sorted
-        return UserItems(keys // n_items, keys % n_items, keys, n_users)
+        return UserItems(keys // n_items, keys % n_items, None, n_users)
 
     def positions(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(row in ``users``, position in ``items``) of every item of these users."""
