@@ -26,7 +26,8 @@ BAG_CHUNK_ENTRIES = 2**20
 #: G/s) rather than with bags (O(interactions x items) additions at ~5 G/s). Measured, 2 threads,
 #: popularity-skewed random pairs, bags against ``ssyrk`` (ms): 943 x 1,682 at 5% 31 / 18, at 2%
 #: 14 / 16, at 1% 9 / 15; 6,000 x 3,700 at 4.5% 680 / 466, at 1% 243 / 346; 20,000 x 5,000 at 1%
-#: 1,268 / 2,138. MovieLens is dense enough (ml-100k 5%, ml-1m 4.5%), retail data is not (<0.1%).
+#: 1,268 / 2,138. MovieLens is dense enough (ml-100k 5%, ml-1m 4.5%), retail data is not
+#: (Amazon Scientific 0.16%).
 DENSE_GRAM_MIN_DENSITY = 0.025
 
 
