@@ -39,6 +39,17 @@ def test_item_cooccurrence_in_one_block_or_many_is_exact(monkeypatch, min_densit
         im.item_cooccurrence(user, item, 30, 12, out=torch.zeros(12, 12).T)
 
 
+def test_item_cooccurrence_columns_are_the_whole_matrix_a_block_at_a_time():
+    user, item, dense = _pairs(30, 12, 200, seed=4)  # duplicates included: they count once
+    expected = dense.T @ dense
+    users_of_item, blocks = im.item_cooccurrence_columns(user, item, 30, 12, block=5)
+    assert np.array_equal(users_of_item.numpy(), np.diag(expected))
+    blocks = list(blocks)
+    assert [(start, stop) for start, stop, _ in blocks] == [(0, 5), (5, 10), (10, 12)]
+    for start, stop, columns in blocks:  # 5, 5, then a short one
+        assert np.array_equal(columns.numpy(), expected[:, start:stop])
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_ease_weights_are_the_closed_form(dtype):
     from recozoo.models.ease import EASE

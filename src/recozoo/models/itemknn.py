@@ -22,8 +22,8 @@ from recozoo.models.base import ClosedFormRecommender
 from recozoo.models.components.grid_climb import climb
 from recozoo.models.components.interaction_matrix import (
     dense_enough,
-    interaction_matrix,
     item_cooccurrence,
+    item_cooccurrence_columns,
 )
 
 log = logging.getLogger(__name__)
@@ -105,9 +105,11 @@ class ItemKNN(ClosedFormRecommender):
         the caller may overwrite. Dense data (`dense_enough`, MovieLens) up to
         ``DENSE_SCORING_MAX_ITEMS`` items is counted whole at once by BLAS (`item_cooccurrence`,
         n_items^2 floats like the dense scoring weights): ml-100k's fit 66-77 ms against 78-95
-        ms block by block. Other data is counted block by block from the sparse matrix (memory
-        O(n_items x block_size)): on Amazon Scientific (8,442 x 4,385, 0.16%) the whole matrix
-        by bags took 222-583 ms against 290-342, its buffers' page faults dominating."""
+        ms block by block. Other data is counted block by block (`item_cooccurrence_columns`,
+        memory O((n_users + n_items) x block_size)): on Amazon Scientific (8,442 x 4,385,
+        0.16%) a fit with the whole matrix by bags took 222-583 ms, its buffers' page faults
+        dominating, against 290-342 block by block then and 196-216 ms now (the top-k of each
+        block is two thirds of it)."""
         size = self.block_size
         starts = range(0, self.n_items, size)
         if (self.n_items <= DENSE_SCORING_MAX_ITEMS and user.device.type == "cpu"
@@ -115,14 +117,11 @@ class ItemKNN(ClosedFormRecommender):
             gram = item_cooccurrence(user, item, self.n_users, self.n_items)
             norms = gram.diagonal().sqrt()  # the diagonal: each item's users
             return norms, ((s, min(s + size, self.n_items), gram[s:s + size]) for s in starts)
-        matrix = interaction_matrix(user, item, self.n_users, self.n_items)
-        csr = matrix.to_sparse_csr()
-        norms = torch.sqrt(torch.bincount(matrix.indices()[1], minlength=self.n_items).float())
-        transposed = matrix.t().coalesce().to_sparse_csr()  # (n_items, n_users)
+        users_of_item, blocks = item_cooccurrence_columns(user, item, self.n_users,
+                                                          self.n_items, size)
         # (n_items, block) columns are the block's rows: X^T X is symmetric
-        return norms, ((s, min(s + size, self.n_items),
-                        (transposed @ _dense_columns(csr, s, min(s + size, self.n_items))).T)
-                       for s in starts)
+        return (users_of_item.float().sqrt(),
+                ((start, stop, columns.T) for start, stop, columns in blocks))
 
     def choose_on_validation(self, validate: Callable[[], float]) -> dict[str, Any]:
         """With ``shrink_grid`` and/or ``k_grid``: the shrinkage with the best validation value
@@ -227,13 +226,3 @@ class ItemKNN(ClosedFormRecommender):
         if weights.layout == torch.strided:
             return batch.seen_sum(weights)  # (B, n_items)
         return (batch.seen_sparse(self.n_items, torch.sparse_csr) @ weights).to_dense()
-
-
-def _dense_columns(csr: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """Columns [start, stop) of a sparse CSR matrix as a dense (n_rows, stop - start) tensor."""
-    coo = csr.to_sparse_coo()
-    rows, cols = coo.indices()
-    keep = (cols >= start) & (cols < stop)
-    out = torch.zeros(csr.shape[0], stop - start, device=csr.device)
-    out[rows[keep], cols[keep] - start] = coo.values()[keep]
-    return out

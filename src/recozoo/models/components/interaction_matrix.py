@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 
@@ -79,6 +81,38 @@ def item_cooccurrence(user: torch.Tensor, item: torch.Tensor, n_users: int, n_it
         gram = _symmetric_rank_k_counts(user, item, n_users, n_items, rows, bounds, out)
         return gram if upper_only else mirror_upper_triangle(gram)
     return _bag_counts(user, item, n_users, n_items, rows, bounds, out)
+
+
+def item_cooccurrence_columns(user: torch.Tensor, item: torch.Tensor, n_users: int,
+                              n_items: int, block: int,
+                              ) -> tuple[torch.Tensor, Iterator[tuple[int, int, torch.Tensor]]]:
+    """`item_cooccurrence` a block of columns at a time, for a catalogue whose n_items^2 matrix
+    is not to be held: each item's number of distinct users (the diagonal, (n_items,)), and
+    (start, stop, columns) for blocks of ``block`` items, ``columns`` the (n_items, stop -
+    start) counts, which the caller may overwrite. Memory O((n_users + n_items) x block).
+
+    Column j of a block sums, over the users of each item (one bag per item), their 0/1 row of
+    the block's items. 2 threads, against the sparse (items x users) CSR @ dense block columns
+    it replaced, the same counts: Amazon Scientific (8,442 x 4,385, 5 blocks of 1,024) 42-54 ms
+    against 79-134; random 20,000 x 15,000 with 300k pairs 1.01 s against 1.56."""
+    bag_item, bag_user = distinct_pairs(item, user, n_users)  # sorted by item
+    starts = torch.searchsorted(bag_item, torch.arange(n_items + 1, device=user.device))
+    edges = starts.tolist()
+    users_of_item = starts.diff()
+
+    def columns() -> Iterator[tuple[int, int, torch.Tensor]]:
+        dense = None  # the block's 0/1 columns of every user, reused
+        for start in range(0, n_items, block):
+            stop = min(start + block, n_items)
+            if dense is None or dense.shape[1] != stop - start:
+                dense = torch.zeros(n_users, stop - start, device=user.device)
+            lo, hi = edges[start], edges[stop]  # the block's items' pairs
+            dense[bag_user[lo:hi], bag_item[lo:hi] - start] = 1.0
+            counts = torch.nn.functional.embedding_bag(bag_user, dense, starts[:-1], mode="sum")
+            dense[bag_user[lo:hi], bag_item[lo:hi] - start] = 0.0
+            yield start, stop, counts
+
+    return users_of_item, columns()
 
 
 def _bag_counts(user: torch.Tensor, item: torch.Tensor, n_users: int, n_items: int, rows: int,
