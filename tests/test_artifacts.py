@@ -103,9 +103,13 @@ def test_streamed_lists_are_what_the_whole_stage_would_write(tmp_path):
              for k in ("user", "items", "scores", "ndcg@10")}
     one = RunDir(tmp_path / "one")
     writer = StageListWriter(one, "test")
-    for users in batches:
+    for users in batches[:2]:
         writer.write(_batch_outputs(users, True))
+    last = _batch_outputs(batches[2], True)  # as the Evaluator streams: lists, then values
+    writer.write({k: last[k] for k in ("user", "items", "scores")})
+    writer.write({k: last[k] for k in ("user", "ndcg@10")})
     writer.close()
+    assert writer.batches == 3
     pd.testing.assert_frame_equal(pd.read_parquet(one.rankings("test")), rankings_frame(whole))
     pd.testing.assert_frame_equal(pd.read_parquet(one.per_user_test), per_user_frame(whole))
     assert len(pd.read_parquet(one.rankings("test"))) == 6 * 2  # -inf slots dropped
@@ -122,6 +126,28 @@ def test_streamed_lists_are_what_the_whole_stage_would_write(tmp_path):
     for folder in (one.path, ddp.path):
         assert sorted(p.name for p in folder.iterdir()) == ["per_user_test.parquet",
                                                             "rankings_test.parquet"]
+
+
+def test_a_failed_background_write_is_raised_and_leaves_no_file(tmp_path, monkeypatch):
+    """The writes run on a thread: an error there is raised by the next call or by close, and
+    the run folder gets no half-written file under the artifact's name."""
+    import pyarrow.parquet as pq
+
+    from recozoo.artifacts import StageListWriter
+
+    def full_disk(self, table, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", full_disk)
+    run = RunDir(tmp_path)
+    writer = StageListWriter(run, "val")
+    writer.write(_batch_outputs([0, 1], per_user=False))  # returns: the write is on the thread
+    with pytest.raises(OSError, match="No space left"):
+        writer.write(_batch_outputs([2], per_user=False))
+    writer.write(_batch_outputs([3], per_user=False))
+    with pytest.raises(OSError, match="No space left"):
+        writer.close()
+    assert not run.rankings("val").exists()
 
 
 def test_streamed_validation_lists_have_no_per_user_file(tmp_path):

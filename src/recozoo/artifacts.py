@@ -32,6 +32,7 @@ import math
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -370,17 +371,33 @@ class StageListWriter:
     def __init__(self, run: RunDir, stage: str, part: int | None = None):
         self.paths = {"rankings": run.rankings(stage), "per_user": run.per_user_test}
         self.part = part
-        self.batches = 0  # batches written
+        self.batches = 0  # batches whose lists were written
         self._writers: dict[str, Any] = {}
+        self._worker: ThreadPoolExecutor | None = None  # the file writes, one at a time
+        self._pending: Future | None = None
 
     def _temporary(self, kind: str, part: int | None) -> Path:
         path = self.paths[kind]
         return path.with_name(f".{path.name}.{'writing' if part is None else f'part{part}'}")
 
     def write(self, outputs: Mapping[str, torch.Tensor]) -> None:
-        """Append one batch: ``user``, ``items``, ``scores`` and any per-user values (the
-        layout of `Evaluator.outputs`)."""
-        tables = {"rankings": rankings_table(outputs)}
+        """Append one batch: its lists (``user``, ``items``, ``scores``) and/or its per-user
+        values (``user`` and the values), the layout of `Evaluator.outputs`; a batch may come in
+        two calls, its lists first. The tables are built and written on a background thread, one
+        batch after another, so the write runs beside the caller's next work (the metrics of the
+        batch whose lists were just ranked); at most one write is pending, so memory stays two
+        batches. A failed write is raised by the next call or by `close`."""
+        self._wait()
+        if "items" in outputs:
+            self.batches += 1
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recozoo-lists")
+        self._pending = self._worker.submit(self._write_now, dict(outputs))
+
+    def _write_now(self, outputs: Mapping[str, torch.Tensor]) -> None:
+        tables = {}
+        if "items" in outputs:
+            tables["rankings"] = rankings_table(outputs)
         if any(k not in ("user", "items", "scores") for k in outputs):
             tables["per_user"] = per_user_table(outputs)
         for kind, table in tables.items():
@@ -390,11 +407,22 @@ class StageListWriter:
                                                        table.schema,
                                                        use_dictionary=DICTIONARY_COLUMNS[kind])
             self._writers[kind].write_table(table)
-        self.batches += 1
+
+    def _wait(self) -> None:
+        """Wait for the pending write; raise its error, if any."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     def close(self) -> None:
         """Finish the files (in one process: rename them into place; under DDP: leave the part
         for `merge_parts`)."""
+        try:
+            self._wait()
+        finally:
+            if self._worker is not None:
+                self._worker.shutdown(wait=True)
+                self._worker = None
         for kind, writer in self._writers.items():
             writer.close()
             if self.part is None:

@@ -145,6 +145,10 @@ class Evaluator(L.Callback):
         # the metrics read the top max(ks) items; the top-N lists are kept outside fit only
         depth = None if stage in self._kept else max(self.ks)
         items, values = self.ranker.rank(batch, depth)  # (B, top_n or max(ks))
+        streamed = isinstance(self._kept.get(stage), StageListWriter)
+        if streamed:  # the lists' file write runs beside this batch's metrics (a thread)
+            self._keep(stage, {"user": batch.user.cpu(), "items": items.cpu(),
+                               "scores": values.cpu()})
         # every metric reads the top K of ks at most: scoring the rest of a kept top-N list
         # (100 deep by default) is wasted (ml-100k's test batch: the metric work 20 -> 16 ms)
         metric_items = items[:, :max(self.ks)]  # (B, max(ks))
@@ -163,10 +167,12 @@ class Evaluator(L.Callback):
             predicted = model.predict_rating(users, batch.target_cols)
             self.rating_suites[stage].update(predicted.float(), batch.target_rating.float())
         if stage in self._kept:  # not in a validation inside fit: nothing reads those lists
-            kept = {"user": batch.user, "items": items, "scores": values}
+            kept = ({"user": batch.user} if streamed
+                    else {"user": batch.user, "items": items, "scores": values})
             if stage == "test":
                 kept.update(per_user_values(suite, ranked, self.ks))
-            self._keep(stage, {k: v.cpu() for k, v in kept.items()})
+            if len(kept) > 1:  # streamed lists were written above
+                self._keep(stage, {k: v.cpu() for k, v in kept.items()})
         if stage == "test" and self.cold_suite is not None:
             is_cold = cold[target_cols]  # (T,)
             if is_cold.any():
