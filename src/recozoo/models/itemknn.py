@@ -104,16 +104,16 @@ class ItemKNN(ClosedFormRecommender):
         co-occurrence ``X^T X`` in blocks of ``block_size`` items, as (start, stop, rows) that
         the caller may overwrite. Dense data (`dense_enough`, MovieLens) up to
         ``DENSE_SCORING_MAX_ITEMS`` items is counted whole at once by BLAS (`item_cooccurrence`,
-        n_items^2 floats like the dense scoring weights): ml-100k's fit 66-77 ms against 78-95
-        ms block by block. Other data is counted block by block (`item_cooccurrence_columns`,
-        memory O((n_users + n_items) x block_size)): on Amazon Scientific (8,442 x 4,385,
-        0.16%) a fit with the whole matrix by bags took 222-583 ms, its buffers' page faults
-        dominating, against 290-342 block by block then and 196-216 ms now (the top-k of each
-        block is two thirds of it)."""
+        n_items^2 floats like the dense scoring weights): ml-100k's fit 71 ms against 92 block
+        by block (medians of 12 alternating fits). Other data is counted block by block
+        (`item_cooccurrence_columns`, memory O((n_users + n_items) x block_size)): on Amazon
+        Scientific (8,442 x 4,385, 0.16%) a fit with the whole matrix by bags took 222-583 ms,
+        against 290-342 block by block then and 196-216 ms now (torch's profiler: the top-k of
+        the blocks took 138 ms of a 280 ms fit before they were counted by bags)."""
         size = self.block_size
         starts = range(0, self.n_items, size)
-        if (self.n_items <= DENSE_SCORING_MAX_ITEMS and user.device.type == "cpu"
-                and dense_enough(len(user), self.n_users, self.n_items)):
+        if (self.n_items <= DENSE_SCORING_MAX_ITEMS
+                and dense_enough(len(user), self.n_users, self.n_items, user.device)):
             gram = item_cooccurrence(user, item, self.n_users, self.n_items)
             norms = gram.diagonal().sqrt()  # the diagonal: each item's users
             return norms, ((s, min(s + size, self.n_items), gram[s:s + size]) for s in starts)
