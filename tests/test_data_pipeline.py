@@ -293,3 +293,34 @@ def test_text_template_may_name_the_item_id():
                                    items=items, item_key="sku",
                                    text_template="item {item_id}: {title}. {sku}")
     assert data.items.text == ["item x1: Pen. x1", "item x2: Ink. x2"]
+
+
+def test_a_training_rows_negatives_do_not_depend_on_its_batch(dm):
+    """Pairs' negatives are keyed by (seed, epoch, row): the same row gets the same negatives
+    in any batch (so loading several batches at once, DDP's split and resuming change nothing),
+    other epochs draw others, and they stay the user's non-interactions, spread over the items."""
+    dm.use_view(TrainView("pairs", batch_size=32, n_negatives=3))
+    dm.train_dataloader()  # the sampler whose epoch keys the draws
+    rows = np.arange(len(dm.train))
+    whole = dm._collate_pairs(rows.tolist())["negative"].numpy()
+    part = dm._collate_pairs(rows[40:7:-2].tolist())["negative"].numpy()
+    np.testing.assert_array_equal(part, whole[40:7:-2])
+    train = set(zip(dm.train.user.tolist(), dm.train.item.tolist()))
+    assert not any((u, n) in train for u, negs in zip(dm.train.user.tolist(), whole.tolist())
+                   for n in negs)
+    assert len(np.unique(whole)) > 0.9 * dm.info.n_items
+    dm._train_sampler.set_epoch(1)
+    other = dm._collate_pairs(rows.tolist())["negative"].numpy()
+    assert (other != whole).mean() > 0.9
+
+
+def test_counter_uniforms_are_uniform_and_keyed():
+    from recozoo.data.datamodule import counter_uniforms
+
+    counters = np.arange(200_000, dtype=np.uint64)
+    u = counter_uniforms(counters, key=1)
+    assert 0.0 <= u.min() and u.max() < 1.0
+    counts = np.histogram(u, bins=20, range=(0, 1))[0]
+    assert np.abs(counts / 10_000 - 1).max() < 0.05  # ~1% standard error per bin
+    np.testing.assert_array_equal(counter_uniforms(counters[::-7], key=1), u[::-7])
+    assert np.corrcoef(u, counter_uniforms(counters, key=2))[0, 1] < 0.01

@@ -140,11 +140,14 @@ def test_ddp_keeps_the_global_batch_and_matches_one_process(model, tmp_path):
     """2 processes each train on half of every batch: the same updates per epoch as one
     process, so a model converges to within 2% of one process's test NDCG@10 (bpr with each
     rank taking the whole batch made half the updates: -4.2% on the shop, -57% after 3 epochs;
-    sasrec here: 0.4326 against 0.4354)."""
+    sasrec here: 0.4326 against 0.4354). bpr's negatives are keyed by training row, so its two
+    processes draw one process's negatives and train to its weights up to rounding (seeds 1-3:
+    the same test NDCG@10 to 7 digits; drawn per process, they differed by 1-13%)."""
     overrides = _CONVERGED[model] + _SMALL_SHOP
     single = train(compose_config(overrides, tmp_path / "single"))
     ddp = _ddp_run(overrides, tmp_path / "ddp", tmp_path / "cache")
     log = (tmp_path / "ddp" / "train.log").read_text()
     batch = int(next(o for o in overrides if o.startswith("model.batch_size=")).split("=")[1])
     assert f"each of 2 processes trains on {batch // 2} of every batch of {batch}" in log
-    assert ddp["test/ndcg@10"] == pytest.approx(single["test/ndcg@10"], rel=0.02)
+    tolerance = 1e-3 if model == "bpr" else 0.02
+    assert ddp["test/ndcg@10"] == pytest.approx(single["test/ndcg@10"], rel=tolerance)

@@ -1,7 +1,7 @@
 """Sparse row updates: BPR's tables get sparse gradients and a step moves only the rows of the
 batch's users and items; `CombinedOptimizer` steps a sparse and a dense optimizer as one and
 round-trips through a checkpoint; dense Adam is fused where that is the same update; BPR's
-loss and gradients are its formula written out, through either lookup."""
+loss and gradients are its formula written out, through either lookup and in closed form."""
 
 from __future__ import annotations
 
@@ -126,12 +126,14 @@ def test_combined_optimizer_state_round_trips_and_refuses_another_layout():
 
 def test_bpr_trains_with_sparse_tables_and_its_config_can_turn_them_off(make_config):
     _, model, trainer, _ = fit_briefly(make_config(["model=bpr", "model.batch_size=64",
-                                                    "model.sparse=true"]))
+                                                    "model.sparse=true",
+                                                    "model.steps_per_load=2"]))
     assert len(sparse_parameters(model)) == 2
     optimizer = trainer.optimizers[0]
     assert isinstance(optimizer, LazyAdam)  # BPR has no dense parameter
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
-    assert max(s["step"] for s in optimizer.state.values()) == 3  # three steps trained
+    # three loaded batches of two steps each
+    assert max(s["step"] for s in optimizer.state.values()) == 6 == trainer.global_step
     users_seen = (optimizer.state[model.user_embedding.weight]["exp_avg"] != 0).any(1)
     assert 0 < users_seen.sum() < model.n_users  # only the batches' users have moments
     _, dense, trainer, _ = fit_briefly(make_config(["model=bpr", "model.sparse=false"]))
@@ -186,28 +188,61 @@ def test_fused_adam_makes_the_same_update():
 
 
 @pytest.mark.parametrize("sparse", [False, True])
-def test_bpr_loss_and_gradients_are_the_bpr_formula_written_out(sparse):
-    """``-mean log sigmoid(<p_u, q_i> - <p_u, q_j>)`` over every (positive, negative) pair, plus
-    the L2 term on the rows used, through the dense and the sparse lookup alike."""
+@pytest.mark.parametrize("n_negatives", [1, 3])
+@pytest.mark.parametrize("ips", [False, True])
+@pytest.mark.parametrize("closed_form", [False, True])
+def test_bpr_loss_and_gradients_are_the_bpr_formula_written_out(sparse, n_negatives, ips,
+                                                                closed_form):
+    """``-mean log sigmoid(<p_u, q_i> - <p_u, q_j>)`` over every (positive, negative) pair
+    (each positive's pairs weighted by its inverse propensity under IPS), plus the L2 term on
+    the rows used, through the dense and the sparse lookup alike: by autograd (``loss``) and
+    in closed form (``pair_gradients``, the training steps' path), repeated rows summed."""
     from recozoo.data.datamodule import DatasetInfo
     from recozoo.models.bpr import BPR
 
     torch.manual_seed(0)
     info = DatasetInfo(name="tiny", n_users=6, n_items=9, item_popularity=torch.ones(9),
                        tail_mask=torch.zeros(9, dtype=torch.bool), head_share=0.2)
-    model = BPR(info, embedding_dim=4, n_negatives=3, weight_decay=0.1, sparse=sparse)
+    model = BPR(info, embedding_dim=4, n_negatives=n_negatives, weight_decay=0.1, sparse=sparse)
+    weight = torch.linspace(0.5, 2.0, 9)
+    if ips:
+        model.positive_weight = weight
+    negatives = torch.tensor([[0, 2, 4], [5, 6, 7], [0, 1, 2], [4, 4, 0]])[:, :n_negatives]
     batch = {"user": torch.tensor([0, 2, 2, 5]), "item": torch.tensor([1, 3, 3, 8]),
-             "negative": torch.tensor([[0, 2, 4], [5, 6, 7], [0, 1, 2], [4, 4, 0]])}
+             "negative": negatives}
     users = model.user_embedding.weight.detach().double().requires_grad_()
     items = model.item_embedding.weight.detach().double().requires_grad_()
     p, q_pos, q_neg = users[batch["user"]], items[batch["item"]], items[batch["negative"]]
     margin = (p * q_pos).sum(1, keepdim=True) - torch.einsum("bd,bnd->bn", p, q_neg)
-    expected = (-torch.nn.functional.logsigmoid(margin).mean()
+    pair_loss = -torch.nn.functional.logsigmoid(margin).mean(1)  # (B,)
+    if ips:
+        pair_loss = pair_loss * weight[batch["item"]].double()
+    expected = (pair_loss.mean()
                 + 0.1 * (p.pow(2).sum() + q_pos.pow(2).sum() + q_neg.pow(2).sum()) / 4)
     expected.backward()
-    loss = model.loss(batch)
-    loss.backward()
-    torch.testing.assert_close(loss.double(), expected.detach())
+    if closed_form:
+        loss = model.pair_gradients(batch)
+    else:
+        loss = model.loss(batch)
+        loss.backward()
+    torch.testing.assert_close(loss.detach().double(), expected.detach())
     for table, reference in ((model.user_embedding, users), (model.item_embedding, items)):
+        assert table.weight.grad.is_sparse == sparse
         grad = table.weight.grad.to_dense() if sparse else table.weight.grad
         torch.testing.assert_close(grad.double(), reference.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_bpr_trains_alike_however_many_batches_are_loaded_at_once(make_config):
+    """``steps_per_load`` changes how batches are served, not the training: an epoch makes one
+    optimizer step per ``batch_size`` pairs either way, on the same pairs and negatives, to the
+    same weights."""
+    weights = {}
+    for per_load in (1, 3):
+        cfg = make_config(["model=bpr", "model.batch_size=64",
+                           f"model.steps_per_load={per_load}"])
+        datamodule, model, trainer, _ = fit_briefly(cfg, steps=1000, epochs=2)
+        assert trainer.global_step == 2 * -(-len(datamodule.train) // 64)
+        assert trainer.num_training_batches == -(-len(datamodule.train) // (64 * per_load))
+        weights[per_load] = model.state_dict()
+    for name, value in weights[1].items():
+        torch.testing.assert_close(weights[3][name], value, rtol=0, atol=0, msg=name)

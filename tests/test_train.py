@@ -224,17 +224,17 @@ def test_train_threads_hold_for_training_steps_only(make_config, monkeypatch):
     from recozoo.models.bpr import BPR
 
     seen: dict[str, set[int]] = {"train": set(), "eval": set()}
-    loss, evaluate = BPR.loss, Evaluator.evaluate_batch
+    step, evaluate = BPR.training_step, Evaluator.evaluate_batch
 
-    def recorded_loss(self, batch):
+    def recorded_step(self, batch, batch_idx):
         seen["train"].add(torch.get_num_threads())
-        return loss(self, batch)
+        return step(self, batch, batch_idx)
 
     def recorded_evaluate(self, model, batch, stage):
         seen["eval"].add(torch.get_num_threads())
         return evaluate(self, model, batch, stage)
 
-    monkeypatch.setattr(BPR, "loss", recorded_loss)
+    monkeypatch.setattr(BPR, "training_step", recorded_step)
     monkeypatch.setattr(Evaluator, "evaluate_batch", recorded_evaluate)
     outer = torch.get_num_threads()
     torch.set_num_threads(2)

@@ -103,6 +103,10 @@ class TrainView:
         sparse_rows: ``user_rows`` as a sparse COO 0/1 matrix (coalesced; one entry per item
             of the user, repeats counted once) instead of a dense one, for a model whose first
             layer and loss read only the inputs (Mult-VAE/DAE).
+        steps_per_load: training batches the loader serves at once, as one batch of
+            ``steps_per_load`` times ``batch_size`` rows that the model takes in consecutive
+            slices of ``batch_size``, an optimizer step each (BPR): Lightning's work per loaded
+            batch and the collation's per-call costs are paid once for all of them.
     """
 
     kind: TrainViewKind = "pairs"
@@ -110,6 +114,11 @@ class TrainView:
     n_negatives: int = 1
     max_len: int = 50
     sparse_rows: bool = False
+    steps_per_load: int = 1
+
+    def __post_init__(self) -> None:
+        if self.steps_per_load < 1:
+            raise ValueError(f"steps_per_load must be at least 1, got {self.steps_per_load}")
 
 
 @dataclass

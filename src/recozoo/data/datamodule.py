@@ -107,6 +107,30 @@ class _Rows(Dataset):
         return self.values[indices] if self.values is not None else indices
 
 
+#: splitmix64's increment and multipliers (Steele, Lea and Flood, OOPSLA 2014)
+_GOLDEN, _MIX_1, _MIX_2 = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9),
+                           np.uint64(0x94D049BB133111EB))
+
+
+def counter_uniforms(counters: np.ndarray, key: int) -> np.ndarray:
+    """Uniform floats in [0, 1), one per uint64 counter, each a function of (counter, key)
+    alone: splitmix64's finaliser of ``counter * golden + key``, the top 53 bits. A counter-based
+    generator: any subset of the draws, made in any order or process, comes out the same.
+
+    Example:
+        >>> counter_uniforms(np.arange(3, dtype=np.uint64), key=7).shape
+        (3,)
+    """
+    with np.errstate(over="ignore"):
+        x = counters.astype(np.uint64) * _GOLDEN + np.uint64(key)
+        x ^= x >> np.uint64(30)
+        x *= _MIX_1
+        x ^= x >> np.uint64(27)
+        x *= _MIX_2
+        x ^= x >> np.uint64(31)
+    return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
 class RecDataModule(L.LightningDataModule):
     """Loads, cleans and splits one dataset; serves training views and evaluation batches.
 
@@ -300,8 +324,8 @@ class RecDataModule(L.LightningDataModule):
         """A training loader whose order is a function of (seed, epoch) alone: Lightning sets
         the sampler's epoch, so a resumed run shuffles each epoch as an uninterrupted run did.
         Under DDP each rank takes its share, as with Lightning's own sampler, in batches of
-        `per_rank_batch_size`, so the global batch and the updates per epoch are those of one
-        process."""
+        `per_rank_batch_size` (times the view's ``steps_per_load``), so the global batch and
+        the updates per epoch are those of one process."""
         rank, world_size = rank_and_world_size()
         self._train_sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank,
                                                  shuffle=True, seed=self.seed)
@@ -310,37 +334,59 @@ class RecDataModule(L.LightningDataModule):
             log.info("DDP: each of %d processes trains on %d of every batch of %d, so an epoch "
                      "makes one process's updates at its global batch and learning rate",
                      world_size, batch_size, self.view.batch_size)
-        return DataLoader(dataset, batch_size=batch_size, sampler=self._train_sampler,
+        return DataLoader(dataset, batch_size=batch_size * self.view.steps_per_load,
+                          sampler=self._train_sampler,
                           collate_fn=collate, num_workers=self.num_workers)
 
-    def _batch_rng(self, index: np.ndarray) -> np.random.Generator:
-        """The random generator of one training batch: a function of (seed, epoch, the batch's
-        first row) alone, so a resumed run draws the same negatives as an uninterrupted one."""
+    def _draw_key(self, attempt: int) -> int:
+        """The key of the training negatives' draws of one rejection round: a function of
+        (seed, epoch, round) alone."""
         epoch = self._train_sampler.epoch if hasattr(self, "_train_sampler") else 0
-        return np.random.default_rng([self.seed, epoch, len(index), int(index[0])])
+        return int(np.random.SeedSequence([self.seed, epoch, attempt]).generate_state(
+            1, np.uint64)[0])
 
     def sample_negatives(self, users: np.ndarray, n: int, rng: np.random.Generator | None = None,
-                         ) -> np.ndarray:
+                         rows: np.ndarray | None = None) -> np.ndarray:
         """(len(users), n) items the user has not interacted with in training, drawn uniformly
-        or, with ``negative_probabilities``, from that distribution."""
-        rng = rng or np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,))))
+        or, with ``negative_probabilities``, from that distribution.
+
+        Args:
+            users: the users to draw for.
+            n: negatives per user.
+            rng: the generator of the draws (None: one seeded from torch's generator).
+            rows: the users' training rows (indices into ``train``): the draws are then keyed by
+                (seed, epoch, row, slot) (`counter_uniforms`), not taken from ``rng``, so a row
+                gets the same negatives however rows are batched, loaded (``steps_per_load``),
+                shared among DDP processes or resumed.
+        """
         n_items = self.info.n_items
         cdf = self._negative_cdf
+        if rows is not None:
+            counters = (np.asarray(rows, dtype=np.uint64)[:, None] * np.uint64(n)
+                        + np.arange(n, dtype=np.uint64)).reshape(-1)
 
-        def draw(size: Any) -> np.ndarray:
+            def uniforms(slots: np.ndarray, attempt: int) -> np.ndarray:
+                return counter_uniforms(counters[slots], self._draw_key(attempt))
+        else:
+            rng = rng or np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,))))
+
+            def uniforms(slots: np.ndarray, attempt: int) -> np.ndarray:
+                return rng.random(len(slots))
+
+        def draw(slots: np.ndarray, attempt: int) -> np.ndarray:
+            u = uniforms(slots, attempt)
             if cdf is None:
-                return rng.integers(0, n_items, size)
-            return np.minimum(np.searchsorted(cdf, rng.random(size) * cdf[-1], side="right"),
-                              n_items - 1)
+                return np.minimum((u * n_items).astype(np.int64), n_items - 1)
+            return np.minimum(np.searchsorted(cdf, u * cdf[-1], side="right"), n_items - 1)
 
-        negatives = draw((len(users), n)).reshape(-1)
+        check = np.arange(len(users) * n)  # the draws not yet known to be negatives
+        negatives = draw(check, 0)
         owners = np.repeat(users, n)
-        check = np.arange(len(negatives))  # the draws not yet known to be negatives
-        for _ in range(20):  # rejection: collisions are rare, a few rounds suffice
+        for attempt in range(1, 21):  # rejection: collisions are rare, a few rounds suffice
             bad = check[self._is_training_pair(owners[check], negatives[check])]
             if not len(bad):
                 break
-            negatives[bad] = draw(len(bad))
+            negatives[bad] = draw(bad, attempt)
             check = bad  # only the redrawn ones need checking again
         return negatives.reshape(len(users), n)
 
@@ -362,7 +408,7 @@ class RecDataModule(L.LightningDataModule):
     def _collate_pairs(self, index: list[int]) -> dict[str, torch.Tensor]:
         index = np.asarray(index)
         users, items = self.train.user[index], self.train.item[index]
-        negatives = self.sample_negatives(users, self.view.n_negatives, self._batch_rng(index))
+        negatives = self.sample_negatives(users, self.view.n_negatives, rows=index)
         return {"user": torch.as_tensor(users), "item": torch.as_tensor(items),
                 "negative": torch.as_tensor(negatives)}
 
@@ -373,7 +419,7 @@ class RecDataModule(L.LightningDataModule):
             return {"user": torch.as_tensor(users), "item": torch.as_tensor(items),
                     "rating": torch.as_tensor(self.train.rating[index], dtype=torch.float32)}
         # implicit feedback: observed items rated 1, sampled unobserved items rated 0
-        negatives = self.sample_negatives(users, self.view.n_negatives, self._batch_rng(index))
+        negatives = self.sample_negatives(users, self.view.n_negatives, rows=index)
         n = negatives.shape[1]
         return {"user": torch.as_tensor(np.r_[users, np.repeat(users, n)]),
                 "item": torch.as_tensor(np.r_[items, negatives.reshape(-1)]),

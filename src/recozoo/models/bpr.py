@@ -10,6 +10,14 @@ default; below it a dense update is cheaper): a step updates only the rows of th
 and items (`recozoo.models.optimizers.LazyAdam`, SparseAdam's update; see
 `recozoo.models.optimizers.build_optimizer`), so an epoch costs O(interactions) rather than
 O(interactions x (users + items)) as with dense Adam over whole tables.
+
+A training step's gradients are written in closed form, not by autograd (`BPR.pair_gradients`,
+equal to autograd's up to rounding), and the loader serves ``steps_per_load`` batches at once,
+which the model takes in slices of ``batch_size``, one optimizer step each: Lightning's work per
+batch and the collation's per-call costs are paid once for all of them. Under DDP the slices'
+gradients come from autograd, whose backward averages them across processes. With a
+``lr_scheduler`` (which Lightning steps for automatic optimisation only) the model trains with
+automatic optimisation, one batch per step.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import torch
 from torch import nn
 
 from recozoo.data.datamodule import DatasetInfo, EvalBatch, TrainView
+from recozoo.distributed import per_rank_batch_size
 from recozoo.models.base import Recommender
 from recozoo.models.components.lookup import embedding_rows
 from recozoo.models.optimizers import use_sparse
@@ -34,21 +43,55 @@ class BPR(Recommender):
         sparse: sparse gradients for the tables (updated by ``sparse_optimizer``, only the
             rows a batch touches); False: dense gradients and ``optimizer`` for everything;
             "auto": sparse above `SPARSE_ABOVE_ROWS` users + items.
+        steps_per_load: batches the loader serves at once, each an optimizer step of its own
+            (the same steps as one batch per load); 1 with a ``lr_scheduler``.
     """
 
     def __init__(self, info: DatasetInfo, embedding_dim: int = 64, batch_size: int = 2048,
                  n_negatives: int = 1, weight_decay: float = 0.0,
-                 sparse: bool | str = "auto", **kwargs):
+                 sparse: bool | str = "auto", steps_per_load: int = 8, **kwargs):
         super().__init__(info, **kwargs)
+        if steps_per_load < 1:
+            raise ValueError(f"model.steps_per_load must be at least 1, got {steps_per_load}")
         sparse = use_sparse(sparse, info.n_users + info.n_items)
         self.batch_size, self.n_negatives, self.weight_decay = batch_size, n_negatives, weight_decay
+        # Lightning steps a scheduler for automatic optimisation only: with one, the plain loop
+        self.automatic_optimization = self.lr_scheduler_factory is not None
+        self.steps_per_load = 1 if self.automatic_optimization else steps_per_load
         self.user_embedding = nn.Embedding(info.n_users, embedding_dim, sparse=sparse)
         self.item_embedding = nn.Embedding(info.n_items, embedding_dim, sparse=sparse)
         nn.init.xavier_normal_(self.user_embedding.weight)
         nn.init.xavier_normal_(self.item_embedding.weight)
 
     def train_view(self) -> TrainView:
-        return TrainView("pairs", batch_size=self.batch_size, n_negatives=self.n_negatives)
+        return TrainView("pairs", batch_size=self.batch_size, n_negatives=self.n_negatives,
+                         steps_per_load=self.steps_per_load)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Automatic optimisation: the base's step. Otherwise one optimizer step per slice of
+        the loaded batch (a training batch each), with closed-form gradients in one process and
+        autograd's under DDP; returns the slices' mean loss."""
+        if self.automatic_optimization:
+            return super().training_step(batch, batch_idx)
+        optimizer = self.optimizers()
+        world_size = self.trainer.world_size if self._trainer is not None else 1
+        size = per_rank_batch_size(self.batch_size, world_size)
+        n_rows = len(batch["user"])
+        losses = []
+        for start in range(0, n_rows, size):
+            part = {key: value[start:start + size] for key, value in batch.items()}
+            if world_size > 1:
+                optimizer.zero_grad()
+                loss = self.loss(part)
+                self.manual_backward(loss)
+            else:
+                loss = self.pair_gradients(part)
+                self._check_finite_loss(loss, f"batch {batch_idx}")
+            optimizer.step()
+            losses.append(loss.detach())
+        loss = torch.stack(losses).mean() if len(losses) > 1 else losses[0]
+        self.log_train({"train/loss": loss}, prog_bar=True, batch_size=n_rows)
+        return loss
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         user = embedding_rows(self.user_embedding, batch["user"])  # (B, d)
@@ -66,5 +109,74 @@ class BPR(Recommender):
             loss = loss + self.weight_decay * (user.pow(2).sum() + items.pow(2).sum()) / len(user)
         return loss
 
+    @torch.no_grad()
+    def pair_gradients(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`loss`'s gradients in closed form, written to the tables' ``.grad`` (sparse COO for
+        sparse tables, as their lookup's backward makes them; dense sums in a fixed order
+        otherwise); returns the loss.
+
+        With ``x = s(u, i) - s(u, j)`` and ``c`` a pair's weight in the mean (its positive's
+        inverse propensity under ``debias=ips``), ``dloss/dx = -c sigmoid(-x)``; a score's
+        gradient is ``q`` for the user and ``p`` for the item. This skips autograd's graph and
+        the lookups' backward: a step with fused Adam on ml-100k's tables (batch 2,048, one
+        negative, one thread) took 0.95-1.06 ms against 1.44-1.70 through ``loss`` and
+        ``backward`` (3 alternating sets of 40 steps).
+        """
+        users, positives, negatives = batch["user"], batch["item"], batch["negative"]
+        n_rows, n_neg = negatives.shape
+        user_table, item_table = self.user_embedding.weight, self.item_embedding.weight
+        user = user_table.index_select(0, users)  # (B, d)
+        positive = item_table.index_select(0, positives)  # (B, d)
+        negative = item_table.index_select(0, negatives.reshape(-1))  # (B n, d)
+        # x = <p_u, q_i - q_j>; one negative keeps every product (B, d) and contiguous, which
+        # runs 2-4x faster than the broadcast (B, n, d) ones
+        if n_neg == 1:
+            diff = positive - negative  # (B, d)
+            margin = (user * diff).sum(-1, keepdim=True)  # (B, 1)
+        else:
+            diff = positive[:, None, :] - negative.view(n_rows, n_neg, -1)  # (B, n, d)
+            margin = (user[:, None, :] * diff).sum(-1)  # (B, n)
+        weight = 1.0 / (n_rows * n_neg)  # a pair's share of the mean
+        if self.positive_weight is not None:
+            weight = self.positive_weight[positives][:, None] * weight  # (B, 1)
+        loss = (torch.nn.functional.softplus(-margin) * weight).sum()  # -log sigmoid(x)
+        slope = torch.sigmoid(-margin).mul_(weight)  # -dloss/dx, (B, n)
+        if n_neg == 1:
+            user_grad = diff.mul_(-slope)  # (B, d)
+            positive_grad = user * -slope
+            negative_grad = user * slope
+        else:
+            user_grad = (diff.mul_(-slope[:, :, None])).sum(1)
+            positive_grad = user * -slope.sum(1, keepdim=True)
+            negative_grad = (slope[:, :, None] * user[:, None, :]).view(n_rows * n_neg, -1)
+        if self.weight_decay:
+            loss = loss + self.weight_decay * (user.pow(2).sum() + positive.pow(2).sum()
+                                               + negative.pow(2).sum()) / n_rows
+            decay = 2 * self.weight_decay / n_rows
+            user_grad.add_(user, alpha=decay)
+            positive_grad.add_(positive, alpha=decay)
+            negative_grad.add_(negative, alpha=decay)
+        _set_row_gradient(self.user_embedding, [users], [user_grad])
+        _set_row_gradient(self.item_embedding, [positives, negatives.reshape(-1)],
+                          [positive_grad, negative_grad])
+        return loss
+
     def score(self, batch: EvalBatch) -> torch.Tensor:
         return self.user_embedding(batch.user) @ self.item_embedding.weight.T  # (B, n_items)
+
+
+def _set_row_gradient(embedding: nn.Embedding, indices: list[torch.Tensor],
+                      values: list[torch.Tensor]) -> None:
+    """The table's ``.grad`` for rows ``indices`` (repeats summed) with gradients ``values``:
+    sparse COO, uncoalesced, for a table with sparse gradients (what its lookup's backward
+    makes); else dense sums in index order (what `rows`'s backward makes)."""
+    table = embedding.weight
+    if embedding.sparse:
+        index, value = (indices[0], values[0]) if len(indices) == 1 else (
+            torch.cat(indices), torch.cat(values))
+        table.grad = torch.sparse_coo_tensor(index[None], value, table.shape,
+                                             check_invariants=False)
+    else:
+        table.grad = torch.zeros_like(table)
+        for index, value in zip(indices, values):
+            table.grad.index_add_(0, index, value)
