@@ -82,6 +82,15 @@ def test_without_ema_decay_there_is_no_average(make_config):
     assert not any(isinstance(c, WeightAveraging) for c in experiment.model.configure_callbacks())
 
 
+def test_bpr_with_an_average_loads_one_batch_per_step(make_config):
+    """The average is updated once per loaded batch: bpr, which loads 8 batches at once by
+    default, loads one with ``ema_decay`` so that every step is averaged."""
+    plain = build_experiment(make_config(["model=bpr"])).model
+    averaged = build_experiment(make_config(["model=bpr", "+model.ema_decay=0.9"])).model
+    assert plain.train_view().steps_per_load == 8
+    assert averaged.train_view().steps_per_load == 1
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["model=multvae", "model.ema_decay=1.5"], r"model.ema_decay must lie in \[0, 1\)"),
     (["model=ease", "+model.ema_decay=0.9"], "EASE fits in one step"),

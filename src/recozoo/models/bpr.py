@@ -44,7 +44,7 @@ class BPR(Recommender):
             rows a batch touches); False: dense gradients and ``optimizer`` for everything;
             "auto": sparse above `SPARSE_ABOVE_ROWS` users + items.
         steps_per_load: batches the loader serves at once, each an optimizer step of its own
-            (the same steps as one batch per load); 1 with a ``lr_scheduler``.
+            (the same steps as one batch per load); 1 with a ``lr_scheduler`` or ``ema_decay``.
     """
 
     def __init__(self, info: DatasetInfo, embedding_dim: int = 64, batch_size: int = 2048,
@@ -57,7 +57,10 @@ class BPR(Recommender):
         self.batch_size, self.n_negatives, self.weight_decay = batch_size, n_negatives, weight_decay
         # Lightning steps a scheduler for automatic optimisation only: with one, the plain loop
         self.automatic_optimization = self.lr_scheduler_factory is not None
-        self.steps_per_load = 1 if self.automatic_optimization else steps_per_load
+        # the weight average (ema_decay) is updated once per loaded batch: one step per load
+        # keeps it an average over every step
+        one_per_load = self.automatic_optimization or self.ema_decay is not None
+        self.steps_per_load = 1 if one_per_load else steps_per_load
         self.user_embedding = nn.Embedding(info.n_users, embedding_dim, sparse=sparse)
         self.item_embedding = nn.Embedding(info.n_items, embedding_dim, sparse=sparse)
         nn.init.xavier_normal_(self.user_embedding.weight)
