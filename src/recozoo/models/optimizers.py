@@ -153,7 +153,7 @@ class LazyAdam(torch.optim.SparseAdam):
     SparseAdam updates its dense moments and parameter through ``sparse_mask`` and
     dense-plus-sparse additions, generic operations that cost several times the rows they
     touch. This gathers the gradient's rows once (``index_select``), updates their moments
-    there, and writes back with ``index_copy_`` / ``index_add_``. The state is SparseAdam's
+    there, and adds the changes back (``index_add_``). The state is SparseAdam's
     (``step``, ``exp_avg``, ``exp_avg_sq``), so checkpoints move between the two; the values
     are equal up to rounding (tests/test_sparse.py). One thread, the 10^6 shop's tables (57k
     users and 47k items of 64) at BPR's batch of 2,048 pairs with one negative: a bare step
