@@ -298,7 +298,8 @@ def test_text_template_may_name_the_item_id():
 def test_a_training_rows_negatives_do_not_depend_on_its_batch(dm):
     """Pairs' negatives are keyed by (seed, epoch, row): the same row gets the same negatives
     in any batch (so loading several batches at once, DDP's split and resuming change nothing),
-    other epochs draw others, and they stay the user's non-interactions, spread over the items."""
+    other epochs draw others, and they stay the user's non-interactions, spread over the items,
+    whether the training pairs are looked up in the bit table or searched."""
     dm.use_view(TrainView("pairs", batch_size=32, n_negatives=3))
     dm.train_dataloader()  # the sampler whose epoch keys the draws
     rows = np.arange(len(dm.train))
@@ -309,6 +310,10 @@ def test_a_training_rows_negatives_do_not_depend_on_its_batch(dm):
     assert not any((u, n) in train for u, negs in zip(dm.train.user.tolist(), whole.tolist())
                    for n in negs)
     assert len(np.unique(whole)) > 0.9 * dm.info.n_items
+    bits, dm._train_bits = dm._train_bits, None  # as on data too large for the bit table
+    searched = dm._collate_pairs(rows.tolist())["negative"].numpy()
+    dm._train_bits = bits
+    np.testing.assert_array_equal(searched, whole)
     dm._train_sampler.set_epoch(1)
     other = dm._collate_pairs(rows.tolist())["negative"].numpy()
     assert (other != whole).mean() > 0.9
@@ -324,3 +329,24 @@ def test_counter_uniforms_are_uniform_and_keyed():
     assert np.abs(counts / 10_000 - 1).max() < 0.05  # ~1% standard error per bin
     np.testing.assert_array_equal(counter_uniforms(counters[::-7], key=1), u[::-7])
     assert np.corrcoef(u, counter_uniforms(counters, key=2))[0, 1] < 0.01
+
+
+def test_user_items_contains_exactly_the_pairs():
+    """`UserItems.contains` on a distinct set: every pair found, nothing else, whatever the
+    user's length (none, one, many) or where the item falls (first, last, between, outside)."""
+    from recozoo.data.datamodule import UserItems
+
+    rng = np.random.default_rng(0)
+    n_users, n_items = 7, 50
+    lengths = [0, 1, 2, 5, 17, 50, 3]
+    users = np.repeat(np.arange(n_users), lengths)
+    items = np.concatenate([rng.choice(n_items, k, replace=False) for k in lengths])
+    rows = UserItems(users, items, np.zeros(len(users)), n_users).distinct(n_items)
+    pairs = set(zip(users.tolist(), items.tolist()))
+    every_user, every_item = np.meshgrid(np.arange(n_users), np.arange(n_items), indexing="ij")
+    found = rows.contains(every_user.ravel(), every_item.ravel())
+    expected = [(u, i) in pairs for u, i in zip(every_user.ravel().tolist(),
+                                               every_item.ravel().tolist())]
+    assert found.tolist() == expected
+    empty = UserItems(np.array([], dtype=np.int64), np.array([], dtype=np.int64), None, 3)
+    assert not empty.contains(np.array([0, 2]), np.array([1, 1])).any()
