@@ -350,3 +350,23 @@ def test_user_items_contains_exactly_the_pairs():
     assert found.tolist() == expected
     empty = UserItems(np.array([], dtype=np.int64), np.array([], dtype=np.int64), None, 3)
     assert not empty.contains(np.array([0, 2]), np.array([1, 1])).any()
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_shuffled_batches_are_distributed_samplers_batches(world_size):
+    """`ShuffledBatches` serves, as arrays, the batches a DataLoader of torch's
+    DistributedSampler would: the same order for each (seed, epoch), each rank its padded share."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from recozoo.data.datamodule import ShuffledBatches
+
+    rows = list(range(103))
+    for rank in range(world_size):
+        ours = ShuffledBatches(rows, 10, num_replicas=world_size, rank=rank, seed=5)
+        torchs = DistributedSampler(rows, num_replicas=world_size, rank=rank, shuffle=True, seed=5)
+        for epoch in (0, 3):
+            ours.set_epoch(epoch)
+            torchs.set_epoch(epoch)
+            expected = [b.tolist() for b in DataLoader(rows, batch_size=10, sampler=torchs)]
+            served = [b.tolist() for b in ours]
+            assert served == expected and len(ours) == len(expected)

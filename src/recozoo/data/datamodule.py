@@ -4,6 +4,7 @@ each model asks for, plus one evaluation batch format for every model."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -118,12 +119,46 @@ class _Rows(Dataset):
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, index: int) -> int:
+    def __getitem__(self, index: int | np.ndarray) -> int | np.ndarray:
+        if isinstance(index, np.ndarray):  # a whole batch (`ShuffledBatches`)
+            return self.__getitems__(index)
         return int(self.values[index]) if self.values is not None else index
 
     def __getitems__(self, indices: list[int]) -> np.ndarray:
         indices = np.asarray(indices, dtype=np.int64)
         return self.values[indices] if self.values is not None else indices
+
+
+class ShuffledBatches(DistributedSampler):
+    """`DistributedSampler`'s order (a permutation drawn from seed + epoch, padded to a multiple
+    of the processes, each rank its share) served as NumPy arrays of ``batch_size`` indices, the
+    last one shorter: what a ``DataLoader`` of that sampler and batch size serves, without the
+    Python lists of every index (at 10^7 training pairs, iterating those batches took 1.53 s an
+    epoch). A `DistributedSampler`, so Lightning sets its epoch and injects no sampler of its
+    own under DDP.
+
+    Args:
+        dataset: the rows (only its length is read).
+        batch_size: indices per batch.
+        **kwargs: `DistributedSampler`'s (``num_replicas``, ``rank``, ``seed``); always shuffled.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, **kwargs: Any):
+        super().__init__(dataset, shuffle=True, **kwargs)
+        self.batch_size = batch_size
+
+    def __iter__(self) -> Any:
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.dataset), generator=generator).numpy()
+        if self.total_size > len(order):  # repeat the first ones, as DistributedSampler does
+            order = np.concatenate([order, np.resize(order, self.total_size - len(order))])
+        order = order[self.rank:self.total_size:self.num_replicas]
+        for start in range(0, len(order), self.batch_size):
+            yield order[start:start + self.batch_size]
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size)
 
 
 #: splitmix64's increment and multipliers (Steele, Lea and Flood, OOPSLA 2014)
@@ -345,15 +380,15 @@ class RecDataModule(L.LightningDataModule):
         `per_rank_batch_size` (times the view's ``steps_per_load``), so the global batch and
         the updates per epoch are those of one process."""
         rank, world_size = rank_and_world_size()
-        self._train_sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank,
-                                                 shuffle=True, seed=self.seed)
         batch_size = per_rank_batch_size(self.view.batch_size, world_size)
+        self._train_sampler = ShuffledBatches(dataset, batch_size * self.view.steps_per_load,
+                                              num_replicas=world_size, rank=rank, seed=self.seed)
         if world_size > 1 and rank == 0:
             log.info("DDP: each of %d processes trains on %d of every batch of %d, so an epoch "
                      "makes one process's updates at its global batch and learning rate",
                      world_size, batch_size, self.view.batch_size)
-        return DataLoader(dataset, batch_size=batch_size * self.view.steps_per_load,
-                          sampler=self._train_sampler,
+        # batch_size None: the sampler hands over whole batches
+        return DataLoader(dataset, batch_size=None, sampler=self._train_sampler,
                           collate_fn=collate, num_workers=self.num_workers)
 
     def _draw_key(self, attempt: int) -> int:
