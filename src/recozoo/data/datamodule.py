@@ -72,8 +72,8 @@ class UserItems:
         """Whether each (user, item) is one of the pairs of this `distinct` object (each user's
         items sorted): a binary search of the user's own items, every query a step at a time.
         A step reads the few items of the query's user, where a search of all the pairs' keys
-        misses the cache at most of its ~23 steps: 16,384 queries among 8.6M random pairs
-        of 572k users and 302k items, one thread, 2.1 ms against 3.6 (queries sorted) or 13.8."""
+        takes ~23 steps over the whole array: 16,384 queries among 8.6M random pairs of 572k
+        users and 302k items, one thread, 2.1 ms against 3.6 (queries sorted) or 13.8."""
         if not len(self.items):
             return np.zeros(len(users), dtype=bool)
         start, end = self.indptr[users], self.indptr[users + 1]
@@ -300,14 +300,14 @@ class RecDataModule(L.LightningDataModule):
                  "top %.0f%% of items get %.1f%% of training interactions", data.name,
                  data.n_users, data.n_items, len(data), len(self.train), len(valid), len(test),
                  100 * self.head_share, 100 * head)
-        # the training pairs, for negative rejection, are the validation's input set (each
-        # user's items sorted: `UserItems.contains`), and where it is small, the same set as a
-        # bit table (one lookup instead of a search)
+        # the training pairs, for negative rejection: `train_sets` (each user's items sorted,
+        # `UserItems.contains`), and where it is small, the same set as a bit table (one lookup
+        # instead of a search)
         self._train_bits = None
         if data.n_users * data.n_items <= 8 * TRAIN_BIT_TABLE_MAX_BYTES:
             # set bit (key & 7) of byte key >> 3, most significant first (np.packbits' order),
             # without a one-byte-per-pair table in between (256 MB at the size limit)
-            keys = self.input_sets["val"].keys(data.n_items)
+            keys = self.train_sets.keys(data.n_items)
             self._train_bits = np.zeros((data.n_users * data.n_items + 7) // 8, dtype=np.uint8)
             np.bitwise_or.at(self._train_bits, keys >> 3, (128 >> (keys & 7)).astype(np.uint8))
         # cumulative distribution of negatives (None: uniform)
@@ -391,6 +391,12 @@ class RecDataModule(L.LightningDataModule):
         return DataLoader(dataset, batch_size=None, sampler=self._train_sampler,
                           collate_fn=collate, num_workers=self.num_workers)
 
+    @property
+    def train_sets(self) -> UserItems:
+        """Each user's distinct training items, in item order: the validation's input set, as
+        the validation's inputs are the training pairs."""
+        return self.input_sets["val"]
+
     def _draw_key(self, attempt: int) -> int:
         """The key of the training negatives' draws of one rejection round: a function of
         (seed, epoch, round) alone."""
@@ -451,7 +457,7 @@ class RecDataModule(L.LightningDataModule):
         if self._train_bits is not None:
             keys = users * self.info.n_items + items
             return (self._train_bits[keys >> 3] & (128 >> (keys & 7))) != 0
-        return self.input_sets["val"].contains(users, items)
+        return self.train_sets.contains(users, items)
 
     def _collate_pairs(self, index: list[int]) -> dict[str, torch.Tensor]:
         index = np.asarray(index)
@@ -476,9 +482,8 @@ class RecDataModule(L.LightningDataModule):
 
     def _collate_user_rows(self, users: list[int]) -> dict[str, torch.Tensor]:
         users = np.asarray(users)
-        train_sets = self.input_sets["val"]  # each user's distinct training items, in order
-        rows, pos = train_sets.positions(users)  # in batch order, each row's items sorted
-        rows, items = torch.as_tensor(rows), torch.as_tensor(train_sets.items[pos])
+        rows, pos = self.train_sets.positions(users)  # in batch order, each row's items sorted
+        rows, items = torch.as_tensor(rows), torch.as_tensor(self.train_sets.items[pos])
         shape = (len(users), self.info.n_items)
         if self.view.sparse_rows:
             matrix = zero_one_sparse(rows, items, shape, distinct_sorted=True)

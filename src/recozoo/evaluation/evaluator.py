@@ -167,12 +167,13 @@ class Evaluator(L.Callback):
             predicted = model.predict_rating(users, batch.target_cols)
             self.rating_suites[stage].update(predicted.float(), batch.target_rating.float())
         if stage in self._kept:  # not in a validation inside fit: nothing reads those lists
-            kept = ({"user": batch.user} if streamed
-                    else {"user": batch.user, "items": items, "scores": values})
+            # the lists, unless streamed above, and in a test the per-user values
+            kept = {} if streamed else {"items": items, "scores": values}
             if stage == "test":
                 kept.update(per_user_values(suite, ranked, self.ks))
-            if len(kept) > 1:  # streamed lists were written above
-                self._keep(stage, {k: v.cpu() for k, v in kept.items()})
+            if kept:
+                self._keep(stage, {"user": batch.user.cpu(),
+                                   **{k: v.cpu() for k, v in kept.items()}})
         if stage == "test" and self.cold_suite is not None:
             is_cold = cold[target_cols]  # (T,)
             if is_cold.any():

@@ -92,7 +92,7 @@ class BPR(Recommender):
                 self._check_finite_loss(loss, f"batch {batch_idx}")
             optimizer.step()
             losses.append(loss.detach())
-        loss = torch.stack(losses).mean() if len(losses) > 1 else losses[0]
+        loss = torch.stack(losses).mean()
         self.log_train({"train/loss": loss}, prog_bar=True, batch_size=n_rows)
         return loss
 
