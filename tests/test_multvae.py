@@ -109,3 +109,28 @@ def test_checkpoints_of_the_linear_first_layer_load_transposed() -> None:
             fresh.encoder.load_state_dict(saved)
             assert torch.equal(fresh.encoder[0].weight, first.weight)
             assert torch.allclose(fresh(rows)[0], net(rows)[0])
+
+
+def test_sparse_dropout_keeps_only_the_surviving_inputs() -> None:
+    """In training the sparse input holds only the inputs dropout kept, each L2-normalised and
+    scaled by 1 / (1 - p); the first layer of it equals the dense layer of the same dropped rows
+    (forward and weight gradient)."""
+    torch.manual_seed(0)
+    rows = (torch.rand(8, 30) < 0.5).float()
+    rows[5, :] = 0.0  # a user without inputs
+    net = MultVAENet(n_items=30, hidden=[6], latent=2, dropout=0.5).train()
+    dropped = net._normalised_input(rows.to_sparse())
+    assert bool((dropped.values() != 0).all())
+    assert 0 < dropped._nnz() < int(rows.sum())  # some inputs dropped, some kept
+    kept = dropped.to_dense() != 0
+    assert bool(rows[kept].eq(1).all())  # only inputs survive
+    expected = torch.nn.functional.normalize(rows, dim=1) * kept / 0.5
+    assert torch.allclose(dropped.to_dense(), expected, atol=1e-6)
+    first = net.encoder[0]
+    sparse_out = first(dropped)
+    grad_out = torch.randn_like(sparse_out)
+    (sparse_grad,) = torch.autograd.grad(sparse_out, first.weight, grad_out)
+    dense_out = first(expected)
+    (dense_grad,) = torch.autograd.grad(dense_out, first.weight, grad_out)
+    assert torch.allclose(sparse_out, dense_out, atol=1e-5)
+    assert torch.allclose(sparse_grad, dense_grad, atol=1e-5)

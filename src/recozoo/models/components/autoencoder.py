@@ -112,9 +112,16 @@ class MultVAENet(nn.Module):
         if not rows.is_sparse:
             return self.dropout(nn.functional.normalize(rows, dim=1))  # (B, n_items)
         rows = rows.coalesce()
-        row_of, values = rows.indices()[0], rows.values()
+        indices, values = rows.indices(), rows.values()
+        row_of = indices[0]
         norms = torch.zeros(rows.shape[0], dtype=values.dtype, device=values.device)
         norms = norms.index_add_(0, row_of, values.square()).sqrt().clamp(min=1e-12)  # as normalize
-        return torch.sparse_coo_tensor(  # the rows' own indices, for `ItemRowsLinear`
-            rows.indices(), self.dropout(values / norms[row_of]), rows.shape,
-            is_coalesced=True, check_invariants=False)
+        values = self.dropout(values / norms[row_of])
+        if self.training and self.dropout.p > 0:
+            # the inputs dropout zeroed add nothing to the first layer (forward or backward):
+            # leaving them out halves its bags at the paper's 0.5 (ml-100k's shape, one
+            # training step of the layer 11.0 -> 6.1 ms, the same values)
+            kept = values != 0
+            indices, values = indices[:, kept], values[kept]
+        return torch.sparse_coo_tensor(  # the rows' own sorted indices, for `ItemRowsLinear`
+            indices, values, rows.shape, is_coalesced=True, check_invariants=False)
