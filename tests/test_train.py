@@ -282,3 +282,29 @@ def test_the_long_lived_heap_is_frozen_within_and_handed_back_after():
     assert gc.get_threshold()[2] == STARTUP_FULL_COLLECTION_EVERY
     gc.collect()
     assert alive() is None  # handed back, and collected
+
+
+def test_a_validation_sample_selects_and_every_user_is_reported(make_config, caplog):
+    """With eval.val_users below the validation users, the validation inside the fit ranks the
+    sample, and metrics.json's val values and rankings_val.parquet come from every user: one
+    epoch (one checkpoint) reports what a run without a sample reports."""
+    runs = {}
+    for val_users in (15, "null"):
+        cfg = make_config(["model=bpr", "trainer.max_epochs=1", f"eval.val_users={val_users}"])
+        with caplog.at_level("INFO", logger="recozoo.data.datamodule"):
+            run(cfg)
+        out = Path(cfg.paths.output_dir)
+        runs[val_users] = (out, json.loads((out / "metrics.json").read_text()))
+    assert sum("rank 15 of the" in r.getMessage() for r in caplog.records) == 1
+    out, metrics = runs[15]
+    targets = pd.read_parquet(out / "targets_val.parquet")
+    lists = pd.read_parquet(out / "rankings_val.parquet")
+    assert targets["user"].nunique() > 15
+    assert set(lists["user"]) == set(targets["user"])  # the final validation: every user
+    every = runs["null"][1]
+    assert metrics["val/ndcg@10"] == pytest.approx(every["val/ndcg@10"], rel=1e-6)
+    assert metrics["test/ndcg@10"] == pytest.approx(every["test/ndcg@10"], rel=1e-6)
+    # inside the fit: the sample's value, not every user's
+    assert metrics["val_curve"][0]["val/ndcg@10"] != pytest.approx(
+        every["val_curve"][0]["val/ndcg@10"], rel=1e-6)
+    assert every["val_curve"][0]["val/ndcg@10"] == pytest.approx(every["val/ndcg@10"], rel=1e-6)

@@ -3,9 +3,10 @@ each model asks for, plus one evaluation batch format for every model."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
@@ -206,6 +207,14 @@ class RecDataModule(L.LightningDataModule):
             kept (cold-start evaluation, `recozoo.data.split.hold_out_cold_items`); 0: none.
         heavy_user_share: the top share of users by training interactions that are heavy users
             (``ndcg_heavy_users@<k>``; `recozoo.data.contracts.heavy_user_mask`).
+        val_users: the validations that select (every one inside the fit, early stopping and
+            the best checkpoint, and a model's `choose_on_validation`) rank a fixed random
+            sample of this many validation users when there are more, drawn once from
+            ``seed``; the validation of the chosen weights (``every_validation_user``) and the
+            test rank every user. None: every user always. A full-catalogue validation costs
+            users x items, which grows with the square of the data while an epoch grows with
+            it: on the 10^6-interaction shop (57,147 users, 46,600 items) one validation took
+            9.8 s against a 2.3 s bpr epoch.
 
     Example:
         >>> dm = RecDataModule(ShopSource(n_users=200, n_items=100))
@@ -219,8 +228,15 @@ class RecDataModule(L.LightningDataModule):
                  eval_batch_size: int | None = None, history_len: int = 50, num_workers: int = 0,
                  negative_probabilities: Callable[[np.ndarray], np.ndarray | None] | None = None,
                  cold_items: float = 0.0,
-                 heavy_user_share: float = DEFAULT_HEAVY_USER_SHARE):
+                 heavy_user_share: float = DEFAULT_HEAVY_USER_SHARE,
+                 val_users: int | None = None):
         super().__init__()
+        if val_users is not None and (isinstance(val_users, bool) or int(val_users) < 1):
+            raise ValueError(f"eval.val_users must be a positive number of users or null "
+                             f"(every user), got {val_users}")
+        self.val_users = None if val_users is None else int(val_users)
+        #: rank every validation user, not the sample (`every_validation_user`)
+        self._every_val_user = False
         self.heavy_user_share = float(heavy_user_share)
         self.cold_items = float(cold_items)
         self.negative_probabilities = negative_probabilities
@@ -300,6 +316,7 @@ class RecDataModule(L.LightningDataModule):
                  "top %.0f%% of items get %.1f%% of training interactions", data.name,
                  data.n_users, data.n_items, len(data), len(self.train), len(valid), len(test),
                  100 * self.head_share, 100 * head)
+        self.val_sample = self._sample_val_users(self.eval_users["val"])
         # the training pairs, for negative rejection: `train_sets` (each user's items sorted,
         # `UserItems.contains`), and where it is small, the same set as a bit table (one lookup
         # instead of a search)
@@ -559,9 +576,33 @@ class RecDataModule(L.LightningDataModule):
         return inputs_per_group(torch.as_tensor(users), torch.as_tensor(inputs.items), n_users,
                                 self.info.tail_mask)
 
+    def _sample_val_users(self, users: np.ndarray) -> np.ndarray:
+        """``val_users`` of the validation ``users``, ascending, drawn from the seed (all of
+        them when there are not more)."""
+        if self.val_users is None or len(users) <= self.val_users:
+            return users
+        sample = np.sort(np.random.default_rng([self.seed, 47]).choice(
+            users, self.val_users, replace=False))
+        log.info("validations that select rank %d of the %d validation users (eval.val_users; "
+                 "the chosen weights' validation and the test rank every user)",
+                 len(sample), len(users))
+        return sample
+
+    @contextlib.contextmanager
+    def every_validation_user(self) -> Iterator[None]:
+        """Validation loaders made inside this context rank every validation user instead of
+        the ``val_users`` sample (the validation that reports the chosen weights and writes
+        their lists)."""
+        self._every_val_user, before = True, self._every_val_user
+        try:
+            yield
+        finally:
+            self._every_val_user = before
+
     def _eval_loader(self, stage: str) -> DataLoader:
         # under DDP each rank evaluates its own contiguous block of users, none twice
-        users = self.eval_users[stage]
+        users = (self.val_sample if stage == "val" and not self._every_val_user
+                 else self.eval_users[stage])
         return DataLoader(_Rows(len(users), users), batch_size=self.users_per_eval_batch(),
                           sampler=UserShardSampler(len(users)),
                           collate_fn=lambda batch: self.eval_batch(stage, np.asarray(batch)),
