@@ -225,8 +225,9 @@ def compare(specs: list[ModelSpec], data: list[str], peer: RecBolePeer | None,
     for index, spec in enumerate(specs):
         split = ([f"split={spec.split}"] if splits is None else
                  ["split=preset", f"split.folder={splits / RECBOLE_SPLIT_FOLDERS[spec.split]}"])
+        # every validation user, as RecBole validates
         base = [f"model={spec.name}", *spec.overrides, *data, *split, f"seed={settings.seed}",
-                f"callbacks.early_stopping.patience={settings.patience}"]
+                f"callbacks.early_stopping.patience={settings.patience}", "eval.val_users=null"]
         general = spec.kind == "general"
         max_epochs = settings.general_max_epochs if general else settings.sequence_max_epochs
         cap = [] if general else [f"++trainer.max_time='{_duration(settings.sequence_max_minutes)}'"]

@@ -225,8 +225,9 @@ def dataset_rows(name: str, overrides: list[str], split_name: str, out: Path, th
                  ) -> dict[str, Any]:
     """recozoo's bpr then implicit's models on one data set (see the module docstring)."""
     run = out / "runs" / f"implicit_recozoo_bpr_{name}"
+    # every validation user on both sides: implicit's runner validates them all
     base = ["model=bpr", *overrides, f"seed={seed}", f"trainer.max_epochs={max_epochs}",
-            f"callbacks.early_stopping.patience={patience}"]
+            f"callbacks.early_stopping.patience={patience}", "eval.val_users=null"]
     entry: dict[str, Any] = {"dataset": name, "split": split_name, "rows": [],
                              "date": datetime.datetime.now().isoformat(timespec="seconds"),
                              "load_start": [round(x, 2) for x in os.getloadavg()]}
