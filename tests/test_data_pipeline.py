@@ -376,9 +376,10 @@ def _loader_users(loader) -> np.ndarray:
     return np.concatenate([batch.user.numpy() for batch in loader])
 
 
-def test_validation_ranks_a_seeded_sample_of_users_the_test_every_user():
-    """eval.val_users: the validation loader ranks a fixed sample of the validation users,
-    drawn from the seed; the test loader every user."""
+def test_selecting_validations_rank_a_seeded_sample_of_users_the_final_one_every_user():
+    """eval.val_users: the validation loader (inside fit, and a model's choice of settings)
+    ranks a fixed sample of the validation users, drawn from the seed; inside
+    every_validation_user, and in the test, every user."""
     def module(seed, val_users):
         dm = RecDataModule(ShopSource(n_users=150, n_items=80), seed=seed, val_users=val_users)
         dm.setup()
@@ -392,6 +393,9 @@ def test_validation_ranks_a_seeded_sample_of_users_the_test_every_user():
     assert np.array_equal(sample, _loader_users(dm.val_dataloader()))  # the same users each time
     assert np.array_equal(sample, _loader_users(module(1, 40).val_dataloader()))  # from the seed
     assert not np.array_equal(sample, _loader_users(module(2, 40).val_dataloader()))
+    with dm.every_validation_user():
+        assert np.array_equal(_loader_users(dm.val_dataloader()), every)
+    assert np.array_equal(_loader_users(dm.val_dataloader()), sample)  # the context ended
     assert np.array_equal(_loader_users(dm.test_dataloader()), dm.eval_users["test"])
     for enough in (None, len(every), 10_000):  # no more users than the sample: all of them
         assert np.array_equal(_loader_users(module(1, enough).val_dataloader()), every)

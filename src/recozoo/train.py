@@ -288,7 +288,8 @@ def train(cfg: DictConfig) -> RunRecord:
     # evaluate the best weights: validation lists (for fusion weights) and test metrics; the
     # lists and per-user values stream into the run folder as they are made
     evaluator.list_folder = RunDir(out)
-    trainer.validate(model, datamodule=dm, ckpt_path=best, verbose=False)
+    with dm.every_validation_user():  # the selecting validations may have ranked a sample
+        trainer.validate(model, datamodule=dm, ckpt_path=best, verbose=False)
     val_metrics = evaluator.stage_metrics.get("val", {})  # none without validation users
     trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False)
     test_metrics = evaluator.stage_metrics["test"]

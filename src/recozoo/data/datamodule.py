@@ -3,9 +3,10 @@ each model asks for, plus one evaluation batch format for every model."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
@@ -206,13 +207,14 @@ class RecDataModule(L.LightningDataModule):
             kept (cold-start evaluation, `recozoo.data.split.hold_out_cold_items`); 0: none.
         heavy_user_share: the top share of users by training interactions that are heavy users
             (``ndcg_heavy_users@<k>``; `recozoo.data.contracts.heavy_user_mask`).
-        val_users: every validation (each epoch's, for early stopping and the best checkpoint;
-            a model's `choose_on_validation`; the chosen weights' lists and values) ranks a
-            fixed random sample of this many validation users when there are more, drawn once
-            from ``seed``; the test ranks every user. None: every user. A full-catalogue
-            validation costs users x items, which grows with the square of the data while an
-            epoch grows with it: on the 10^6-interaction shop (57,147 users, 46,600 items) one
-            validation took 9.8 s against a 2.3 s bpr epoch.
+        val_users: the validations that select (every one inside the fit, early stopping and
+            the best checkpoint, and a model's `choose_on_validation`) rank a fixed random
+            sample of this many validation users when there are more, drawn once from
+            ``seed``; the validation of the chosen weights (``every_validation_user``) and the
+            test rank every user. None: every user always. A full-catalogue validation costs
+            users x items, which grows with the square of the data while an epoch grows with
+            it: on the 10^6-interaction shop (57,147 users, 46,600 items) one validation took
+            9.8 s against a 2.3 s bpr epoch.
 
     Example:
         >>> dm = RecDataModule(ShopSource(n_users=200, n_items=100))
@@ -233,6 +235,8 @@ class RecDataModule(L.LightningDataModule):
             raise ValueError(f"eval.val_users must be a positive number of users or null "
                              f"(every user), got {val_users}")
         self.val_users = None if val_users is None else int(val_users)
+        #: rank every validation user, not the sample (`every_validation_user`)
+        self._every_val_user = False
         self.heavy_user_share = float(heavy_user_share)
         self.cold_items = float(cold_items)
         self.negative_probabilities = negative_probabilities
@@ -579,13 +583,26 @@ class RecDataModule(L.LightningDataModule):
             return users
         sample = np.sort(np.random.default_rng([self.seed, 47]).choice(
             users, self.val_users, replace=False))
-        log.info("validation ranks %d of the %d validation users (eval.val_users; the test "
-                 "ranks every user)", len(sample), len(users))
+        log.info("validations that select rank %d of the %d validation users (eval.val_users; "
+                 "the chosen weights' validation and the test rank every user)",
+                 len(sample), len(users))
         return sample
+
+    @contextlib.contextmanager
+    def every_validation_user(self) -> Iterator[None]:
+        """Validation loaders made inside this context rank every validation user instead of
+        the ``val_users`` sample (the validation that reports the chosen weights and writes
+        their lists)."""
+        self._every_val_user, before = True, self._every_val_user
+        try:
+            yield
+        finally:
+            self._every_val_user = before
 
     def _eval_loader(self, stage: str) -> DataLoader:
         # under DDP each rank evaluates its own contiguous block of users, none twice
-        users = self.val_sample if stage == "val" else self.eval_users[stage]
+        users = (self.val_sample if stage == "val" and not self._every_val_user
+                 else self.eval_users[stage])
         return DataLoader(_Rows(len(users), users), batch_size=self.users_per_eval_batch(),
                           sampler=UserShardSampler(len(users)),
                           collate_fn=lambda batch: self.eval_batch(stage, np.asarray(batch)),
