@@ -65,8 +65,9 @@ def _assert_same_evaluation(ddp: dict, ddp_dir: Path, single: dict, single_dir: 
 def test_ddp_closed_form_model_matches_one_process(tmp_path):
     """EASE under 2-process DDP: every rank fits the closed form, each evaluates half the users;
     the L2 weight chosen on validation (every rank refits, validations gathered) is the one
-    process's."""
-    overrides = ["model=ease"]
+    process's. The choice ranks a sample of the validation users (eval.val_users; each rank
+    half of it), the chosen weights' validation every user."""
+    overrides = ["model=ease", "eval.val_users=60"]
     # one thread as each DDP rank has: the float32 inverse's reductions then run in the same
     # order, so its scores match to rtol 1e-6 at the weight 150 (with 2 threads ~0.01% of them
     # did not); the weight chosen here (25) conditions the inverse less well, and its scores
@@ -79,6 +80,7 @@ def test_ddp_closed_form_model_matches_one_process(tmp_path):
         torch.set_num_threads(threads)
     ddp = _ddp_run(overrides, tmp_path / "ddp", tmp_path / "cache")
     assert ddp["status"] == "ok"
+    assert "rank 60 of the" in (tmp_path / "ddp" / "train.log").read_text()
     chosen = single.chosen_on_validation["reg_weight"]
     assert ddp["chosen_on_validation"]["reg_weight"] == chosen
     _assert_same_evaluation(ddp, tmp_path / "ddp", single, tmp_path / "single",
