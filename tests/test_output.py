@@ -49,3 +49,18 @@ def test_bpr_run_hides_the_stage_callbacks_lightning_replaces(tmp_path):
     test's instance replaces the fit's is not shown (README: Troubleshooting)."""
     text = _train_output(tmp_path, "model=bpr")
     assert "configure_callbacks" not in text and "Run folder:" in text
+
+
+def test_programs_set_the_thread_settings_the_user_left_unset():
+    """configure_process sets OMP_WAIT_POLICY and OPENBLAS_THREAD_TIMEOUT (recozoo.runtime)
+    where the environment has none, and keeps a value the user set."""
+    code = ("import os, recozoo.runtime as r; r.configure_process(); "
+            "print(os.environ['OMP_WAIT_POLICY'], os.environ['OPENBLAS_THREAD_TIMEOUT'])")
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")}
+    for extra, expected in (({}, "PASSIVE 20"),
+                            ({"OPENBLAS_THREAD_TIMEOUT": "24", "OMP_WAIT_POLICY": "ACTIVE"},
+                             "ACTIVE 24")):
+        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**base, **extra},
+                              capture_output=True, text=True, timeout=120, check=True)
+        assert done.stdout.split() == expected.split()

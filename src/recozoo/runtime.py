@@ -7,7 +7,9 @@ it is loaded. This module imports nothing heavy for that reason.
 * `THREAD_SETTINGS`: on a small machine shared with other busy processes, torch's OpenMP
   threads spin while they wait for work and steal the cores the work needs (a bpr epoch on the
   shop took 5-9 s instead of about 1 s with one other busy process on 2 cores). Passive waiting
-  costs nothing measurable on a quiet machine. A value the user set is kept.
+  costs nothing measurable on a quiet machine. OpenBLAS's threads, which spin ~0.1 s after
+  each of its calls, sleep after ~0.4 ms (``OPENBLAS_THREAD_TIMEOUT``). A value the user set is
+  kept.
 * `STARTUP_FULL_COLLECTION_EVERY` and `long_lived_heap`: Python's cyclic garbage collector
   walked the libraries' ~510,000 objects at every full collection, while they were imported
   (~0.6 s of every program's start) and during a job.
@@ -27,8 +29,15 @@ import os
 import warnings
 from collections.abc import Iterator
 
-#: environment variables set for the process unless the user set them
-THREAD_SETTINGS: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE"}
+#: environment variables set for the process unless the user set them. OpenBLAS (NumPy's and
+#: SciPy's, which run EASE's and ItemKNN's co-occurrence and EASE's inverse) keeps its threads
+#: spinning for 2^28 cycles (~0.1 s) after each call, where they take the cores from torch's
+#: threads: a top-20 of ml-100k's scores took 5.3-6 ms right after SciPy's inverse against
+#: 2.8-3.1 idle. 2^20 cycles (~0.4 ms) still spans the gaps inside one BLAS/LAPACK call. On
+#: ml-100k, 3 alternating runs each: ItemKNN's fit 0.052-0.054 s against 0.069-0.081 and its
+#: validation 0.039-0.040 against 0.053-0.055; EASE's validation 0.034-0.036 against
+#: 0.046-0.051 at the same fit (0.059-0.067 against 0.059-0.062)
+THREAD_SETTINGS: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "20"}
 
 #: the garbage collector's thresholds as Python sets them, before `configure_process`
 PYTHON_GC_THRESHOLD: tuple[int, int, int] = gc.get_threshold()
