@@ -308,3 +308,34 @@ def test_a_validation_sample_selects_and_every_user_is_reported(make_config, cap
     assert metrics["val_curve"][0]["val/ndcg@10"] != pytest.approx(
         every["val_curve"][0]["val/ndcg@10"], rel=1e-6)
     assert every["val_curve"][0]["val/ndcg@10"] == pytest.approx(every["val/ndcg@10"], rel=1e-6)
+
+
+def test_a_metrics_only_validation_scores_as_a_kept_one_and_keeps_no_lists(make_config):
+    """Evaluator.metrics_only (a model's choice of settings on validation): the same values as
+    a validation that keeps its top-N lists, from the top max(ks) items, and no lists kept
+    (bpr: pop's tied scores could order differently in a top-10 and a top-30)."""
+    import lightning as L
+
+    from recozoo.train import build_experiment
+
+    cfg = make_config(["model=bpr", "eval.ks=[5,10]", "eval.top_n=30"])
+    experiment = build_experiment(cfg)
+    dm, model, evaluator = experiment.datamodule, experiment.model, experiment.evaluator
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        accelerator="cpu", devices=1, num_sanity_val_steps=0,
+                        callbacks=[evaluator])
+    trainer.fit(model, datamodule=dm)
+    trainer.validate(model, datamodule=dm, verbose=False)
+    kept = dict(evaluator.stage_metrics["val"])
+    assert evaluator.outputs["val"]["items"].shape[1] == 30
+    depths = []
+    top = evaluator.ranker.top
+    evaluator.ranker.top = lambda scores, history, k=None, reranker=None: (
+        depths.append(k) or top(scores, history, k, reranker))
+    with evaluator.metrics_only():
+        trainer.validate(model, datamodule=dm, verbose=False)
+    assert set(depths) == {10} and "val" not in evaluator.outputs
+    assert evaluator.stage_metrics["val"] == pytest.approx(kept, rel=1e-6, abs=1e-9)
+    trainer.validate(model, datamodule=dm, verbose=False)  # after the block: lists again
+    assert evaluator.outputs["val"]["items"].shape[1] == 30

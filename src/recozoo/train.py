@@ -356,7 +356,8 @@ def choose_on_validation(trainer: L.Trainer, model: Recommender, dm: RecDataModu
 
     loggers, trainer.loggers = trainer.loggers, []  # the trials are not the run's curve
     try:
-        chosen = model.choose_on_validation(validate)
+        with evaluator.metrics_only():  # the trials are compared, their lists never read
+            chosen = model.choose_on_validation(validate)
     finally:
         trainer.loggers = loggers
     # the choice is the state it changed; the rest of the checkpoint stays as saved
