@@ -64,16 +64,19 @@ def compose_config(overrides: list[str], output_dir: Path, tiny: bool = True) ->
     return cfg
 
 
-def fit_briefly(cfg: DictConfig, steps: int = 3, epochs: int = 1):
+def fit_briefly(cfg: DictConfig, steps: int = 3, epochs: int = 1, validate: bool = False):
     """Build the data, model and evaluator of ``cfg`` and train ``steps`` batches a epoch (no
-    validation, no files); returns (datamodule, model in eval mode, trainer, evaluator)."""
+    validation unless ``validate``: then the trainer validates after each epoch and in
+    ``trainer.validate``; no files); returns (datamodule, model in eval mode, trainer,
+    evaluator)."""
     import lightning as L
 
     from recozoo.train import build_experiment
 
     L.seed_everything(cfg.seed, workers=True)
     experiment = build_experiment(cfg)
-    trainer = L.Trainer(max_epochs=epochs, limit_train_batches=steps, limit_val_batches=0,
+    trainer = L.Trainer(max_epochs=epochs, limit_train_batches=steps,
+                        limit_val_batches=None if validate else 0, num_sanity_val_steps=0,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, accelerator="cpu", devices=1,
                         callbacks=[experiment.evaluator])

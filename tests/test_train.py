@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, fit_briefly
 from recozoo.train import run
 
 CONTRACT_KEYS = ("status", "model", "data", "split", "seed", "n_users", "n_items", "n_params",
@@ -314,18 +314,8 @@ def test_a_metrics_only_validation_scores_as_a_kept_one_and_keeps_no_lists(make_
     """Evaluator.metrics_only (a model's choice of settings on validation): the same values as
     a validation that keeps its top-N lists, from the top max(ks) items, and no lists kept
     (bpr: pop's tied scores could order differently in a top-10 and a top-30)."""
-    import lightning as L
-
-    from recozoo.train import build_experiment
-
-    cfg = make_config(["model=bpr", "eval.ks=[5,10]", "eval.top_n=30"])
-    experiment = build_experiment(cfg)
-    dm, model, evaluator = experiment.datamodule, experiment.model, experiment.evaluator
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        accelerator="cpu", devices=1, num_sanity_val_steps=0,
-                        callbacks=[evaluator])
-    trainer.fit(model, datamodule=dm)
+    dm, model, trainer, evaluator = fit_briefly(
+        make_config(["model=bpr", "eval.ks=[5,10]", "eval.top_n=30"]), validate=True)
     trainer.validate(model, datamodule=dm, verbose=False)
     kept = dict(evaluator.stage_metrics["val"])
     assert evaluator.outputs["val"]["items"].shape[1] == 30

@@ -33,10 +33,11 @@ from collections.abc import Iterator
 #: SciPy's, which run EASE's and ItemKNN's co-occurrence and EASE's inverse) keeps its threads
 #: spinning for 2^28 cycles (~0.1 s) after each call, where they take the cores from torch's
 #: threads: a top-20 of ml-100k's scores took 5.3-6 ms right after SciPy's inverse against
-#: 2.8-3.1 idle. 2^20 cycles (~0.4 ms) still spans the gaps inside one BLAS/LAPACK call. On
-#: ml-100k, 3 alternating runs each: ItemKNN's fit 0.052-0.054 s against 0.069-0.081 and its
-#: validation 0.039-0.040 against 0.053-0.055; EASE's validation 0.034-0.036 against
-#: 0.046-0.051 at the same fit (0.059-0.067 against 0.059-0.062)
+#: 2.8-3.1 idle. With 2^20 cycles (~0.4 ms at 2.5 GHz), on ml-100k, 3 alternating runs each:
+#: ItemKNN's fit 0.052-0.054 s against 0.069-0.081 and its validation 0.039-0.040 against
+#: 0.053-0.055; EASE's validation 0.034-0.036 against 0.046-0.051, its fit (the inverse
+#: included) as before (0.059-0.067 against 0.059-0.062); 2^4 made the inverse slower (53-65
+#: ms against 36-42)
 THREAD_SETTINGS: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "20"}
 
 #: the garbage collector's thresholds as Python sets them, before `configure_process`
