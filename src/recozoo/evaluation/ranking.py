@@ -15,6 +15,7 @@ import torch
 
 from recozoo.data.datamodule import DatasetInfo, EvalBatch
 from recozoo.rerank import ItemFacts, Reranker
+from recozoo.top_k import top_k
 
 
 def mask_seen(scores: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -100,10 +101,10 @@ class Ranker:
         k = self.top_n if k is None else min(int(k), self.n_items)
         reranker = reranker if reranker is not None else self.reranker
         if reranker is None:
-            top = torch.topk(scores, k, dim=1)  # (B, k)
+            top = top_k(scores, k)  # (B, k)
             return top.indices, top.values
         n = min(max(reranker.candidates, self.top_n, k), self.n_items)
-        top = torch.topk(scores, n, dim=1)  # (B, N)
+        top = top_k(scores, n)  # (B, N)
         return reranker(top.indices, top.values, k, history, self.item_facts(scores.device))
 
     def rank(self, batch: EvalBatch, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,6 +20,7 @@ from torchmetrics import Metric
 
 from recozoo.data.popularity import BUCKETS
 from recozoo.metrics import functional as F
+from recozoo.top_k import top_k
 
 #: the item index of an empty slot in a ranked list: a list shorter than K (a list made by
 #: another tool, `recozoo.report.external`, or a user it has no list for) is padded with it. It
@@ -109,7 +110,7 @@ class RankedBatch:
         matrix (B, n_items)."""
         if k > scores.shape[1]:
             raise ValueError(f"K={k} is larger than the catalogue ({scores.shape[1]} items)")
-        items = torch.topk(scores, k, dim=1).indices  # (B, K)
+        items = top_k(scores, k).indices  # (B, K)
         return cls.from_lists(items, targets, tail_mask)
 
     @classmethod

@@ -25,6 +25,7 @@ from recozoo.models.components.interaction_matrix import (
     item_cooccurrence,
     item_cooccurrence_columns,
 )
+from recozoo.top_k import top_k
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class ItemKNN(ClosedFormRecommender):
             sims = counts.div_(torch.outer(norms[start:stop], norms).add_(shrink + 1e-12))
             own = torch.arange(stop - start, device=sims.device)
             sims[own, own + start] = 0.0  # no self-similarity
-            top = torch.topk(sims, kept, dim=1)  # sorted: the most similar first
+            top = top_k(sims, kept)  # sorted: the most similar first
             self.neighbor_index[:, start:stop] = top.indices.T
             self.neighbor_weight[:, start:stop] = top.values.T
         self.fitted_shrink.fill_(shrink)

@@ -1,0 +1,60 @@
+"""`recozoo.top_k.top_k`: torch.topk's values through group maxima, on rows wide enough."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from recozoo.top_k import MIN_COLUMNS, group_size, top_k
+
+
+def check_top(scores: torch.Tensor, k: int) -> torch.return_types.topk:
+    """top_k's result is a top k of every row: torch.topk's values, best first, at distinct
+    columns that hold them."""
+    result = top_k(scores, k)
+    expected = torch.topk(scores, k, dim=1)
+    assert torch.equal(result.values, expected.values)
+    assert torch.equal(scores.gather(1, result.indices), result.values)
+    assert all(len(set(row.tolist())) == k for row in result.indices)
+    return result
+
+
+@pytest.mark.parametrize("n_cols", [MIN_COLUMNS, 20_011, 40_000])  # 8 and 16 a group
+@pytest.mark.parametrize("k", [1, 10, 100])
+def test_values_are_torch_topk_values(n_cols: int, k: int) -> None:
+    generator = torch.Generator().manual_seed(n_cols + k)
+    check_top(torch.randn(6, n_cols, generator=generator), k)
+
+
+def test_ties_masked_items_and_the_columns_past_the_last_group() -> None:
+    """Popularity-like scores (few distinct values, many ties at the k-th place), seen items at
+    -inf, and the best items in the columns that fill no whole group."""
+    generator = torch.Generator().manual_seed(0)
+    n_cols = 3 * MIN_COLUMNS + 5
+    assert n_cols % group_size(n_cols) != 0
+    scores = torch.randint(0, 7, (5, n_cols), generator=generator).float()
+    scores[0, :n_cols - 20] = -math.inf  # a user who has seen all but 20 items
+    scores[1, -5:] = 100.0  # the best items lie past the last whole group
+    result = check_top(scores, 50)
+    assert set(result.indices[1, :5].tolist()) == set(range(n_cols - 5, n_cols))
+    assert torch.isinf(result.values[0, 20:]).all()  # what is left is the masked items
+
+
+def test_unsorted_is_the_same_set_and_narrow_rows_are_torch_topk() -> None:
+    generator = torch.Generator().manual_seed(1)
+    scores = torch.randn(4, 2 * MIN_COLUMNS, generator=generator)
+    unsorted = top_k(scores, 30, sorted=False)
+    sorted_ = top_k(scores, 30)
+    assert torch.equal(unsorted.values.sort(1, descending=True).values, sorted_.values)
+    narrow = torch.randn(4, MIN_COLUMNS - 1, generator=generator)
+    assert torch.equal(top_k(narrow, 30).indices, torch.topk(narrow, 30, dim=1).indices)
+
+
+def test_a_view_of_wider_scores() -> None:
+    """A non-contiguous matrix (a column slice, a transpose) is ranked as its copy."""
+    generator = torch.Generator().manual_seed(2)
+    wide = torch.randn(3, 2 * MIN_COLUMNS + 17, generator=generator)
+    check_top(wide[:, 3:-7], 20)
+    check_top(torch.randn(MIN_COLUMNS + 3, 4, generator=generator).T, 20)
