@@ -3,7 +3,9 @@
 Scoring every item for every user with a factor model is ``(users, d) @ (d, items)`` followed by
 a top-K per user: ``2 * users * items * d`` floating-point operations. Timing that bare kernel
 (batched by users as the evaluation loop does) gives the ceiling that recozoo's evaluation,
-which also masks seen items and computes the metric suite, is measured against.
+which also masks seen items and computes the metric suite, is measured against. The top-K is the
+one recozoo ranks with (`recozoo.top_k.top_k`, 1.4-3x faster than `torch.topk` on a CPU at the
+shops' catalogues), so the ceiling is the fastest kernel known here, not a slower one.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any
 
 import torch
 
+from recozoo.top_k import top_k
+
 
 def scoring_flops(n_users: int, n_items: int, dim: int) -> float:
     """Floating-point operations of scoring every item for every user (one multiply-add = 2)."""
@@ -21,7 +25,7 @@ def scoring_flops(n_users: int, n_items: int, dim: int) -> float:
 
 def matmul_topk(n_users: int, n_items: int, dim: int, batch_size: int = 256, k: int = 100,
                 threads: int | None = None, repeats: int = 3, seed: int = 0) -> dict[str, Any]:
-    """Time ``users @ items.T`` plus ``topk(k)`` over all users in batches of ``batch_size``.
+    """Time ``users @ items.T`` plus its top k (`top_k`) over all users in batches of ``batch_size``.
 
     Returns the best of ``repeats`` passes: ``seconds``, ``gflops`` (scoring FLOPs per second,
     in 1e9) and the shape.
@@ -38,7 +42,7 @@ def matmul_topk(n_users: int, n_items: int, dim: int, batch_size: int = 256, k: 
             start = time.perf_counter()
             for first in range(0, n_users, batch_size):
                 scores = users[first:first + batch_size] @ items.T  # (B, n_items)
-                torch.topk(scores, k, dim=1)
+                top_k(scores, k)
             best = min(best, time.perf_counter() - start)
     flops = scoring_flops(n_users, n_items, dim)
     return {"n_users": n_users, "n_items": n_items, "dim": dim, "batch_size": batch_size, "k": k,
