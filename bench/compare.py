@@ -30,7 +30,7 @@ from bench import repo_root
 from bench.peers import RECBOLE_SPLIT_FOLDERS, PeerError, RecBolePeer
 from bench.process import run_process
 from recozoo.artifacts import RunDir
-from recozoo.runtime import PROCESS_ENVIRONMENT
+from recozoo.runtime import THREAD_SETTINGS
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ class CompareSettings:
 def thread_env(threads: int) -> dict[str, str]:
     """The environment of a recozoo run with ``threads`` threads (the same as the peer's)."""
     import os
-    env = dict(os.environ, **PROCESS_ENVIRONMENT, CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, **THREAD_SETTINGS, CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(threads)
     return env

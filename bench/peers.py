@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from bench.process import ProcessResult, run_process
-from recozoo.runtime import PROCESS_ENVIRONMENT
+from recozoo.runtime import THREAD_SETTINGS
 
 #: RecBole's split folders written by export_splits.py, by recozoo split name
 RECBOLE_SPLIT_FOLDERS = {"random": "general_RO_811", "loo": "sequential_TO_LOO"}
@@ -67,7 +67,7 @@ class RecBolePeer:
         return cls(scripts=scripts, python=python, data=data, scratch=scratch), ""
 
     def _env(self, threads: int) -> dict[str, str]:
-        env = dict(os.environ, RECBOLE_SCRATCH=str(self.scratch), **PROCESS_ENVIRONMENT,
+        env = dict(os.environ, RECBOLE_SCRATCH=str(self.scratch), **THREAD_SETTINGS,
                    CUDA_VISIBLE_DEVICES="")  # recozoo's thread settings on both sides
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[var] = str(threads)

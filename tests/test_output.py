@@ -10,8 +10,6 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 from conftest import ROOT
 
 #: Hydra's log prefix ``[2026-01-01 12:00:00,123][logger][INFO] - `` (its time differs per line)
@@ -53,39 +51,16 @@ def test_bpr_run_hides_the_stage_callbacks_lightning_replaces(tmp_path):
     assert "configure_callbacks" not in text and "Run folder:" in text
 
 
-def test_programs_set_the_environment_the_user_left_unset():
-    """configure_process sets OMP_WAIT_POLICY, OPENBLAS_THREAD_TIMEOUT and THP_MEM_ALLOC_ENABLE
-    (recozoo.runtime.PROCESS_ENVIRONMENT) where the environment has none, and keeps a value the
-    user set."""
-    names = ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT", "THP_MEM_ALLOC_ENABLE")
+def test_programs_set_the_thread_settings_the_user_left_unset():
+    """configure_process sets OMP_WAIT_POLICY and OPENBLAS_THREAD_TIMEOUT (recozoo.runtime)
+    where the environment has none, and keeps a value the user set."""
     code = ("import os, recozoo.runtime as r; r.configure_process(); "
-            f"print(*(os.environ[name] for name in {names}))")
-    base = {k: v for k, v in os.environ.items() if k not in names}
-    for extra, expected in (({}, "PASSIVE 20 1"),
-                            ({"OPENBLAS_THREAD_TIMEOUT": "24", "OMP_WAIT_POLICY": "ACTIVE",
-                              "THP_MEM_ALLOC_ENABLE": "0"}, "ACTIVE 24 0")):
+            "print(os.environ['OMP_WAIT_POLICY'], os.environ['OPENBLAS_THREAD_TIMEOUT'])")
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")}
+    for extra, expected in (({}, "PASSIVE 20"),
+                            ({"OPENBLAS_THREAD_TIMEOUT": "24", "OMP_WAIT_POLICY": "ACTIVE"},
+                             "ACTIVE 24")):
         done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**base, **extra},
                               capture_output=True, text=True, timeout=120, check=True)
         assert done.stdout.split() == expected.split()
-
-
-@pytest.mark.skipif(
-    "[never]" in (Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
-                  if Path("/sys/kernel/mm/transparent_hugepage/enabled").exists() else "[never]"),
-    reason="the kernel gives no transparent huge pages")
-def test_large_tensors_are_backed_by_huge_pages():
-    """After configure_process, writing a fresh 64 MB tensor (an evaluation batch's scores)
-    faults in huge pages: a few dozen page faults, where a user's THP_MEM_ALLOC_ENABLE=0 keeps
-    one per 4 KB page (16,384)."""
-    code = ("import resource, recozoo.runtime as r; r.configure_process(); import torch; "
-            "torch.ones(1); before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt; "
-            "torch.empty(2**24).fill_(1.0); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)")
-    base = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-    faults = {}
-    for setting in (None, "0"):
-        env = base if setting is None else {**base, "THP_MEM_ALLOC_ENABLE": setting}
-        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=120, check=True)
-        faults[setting] = int(done.stdout.split()[-1])
-    assert faults["0"] >= 16_000 and faults[None] < 2_000, faults

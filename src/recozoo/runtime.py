@@ -1,16 +1,15 @@
-"""Process settings every recozoo program starts with: threads, memory, warnings, logging.
+"""Process settings every recozoo program starts with: thread settings, warnings, logging.
 
 Entry points (``train.py`` and every ``python -m recozoo.*``) call `configure_process` *before*
 anything imports torch: the OpenMP runtime that torch loads reads ``OMP_WAIT_POLICY`` once, when
-it is loaded, and torch's allocator ``THP_MEM_ALLOC_ENABLE`` at its first allocation. This module
-imports nothing heavy for that reason.
+it is loaded. This module imports nothing heavy for that reason.
 
-* `PROCESS_ENVIRONMENT`: on a small machine shared with other busy processes, torch's OpenMP
+* `THREAD_SETTINGS`: on a small machine shared with other busy processes, torch's OpenMP
   threads spin while they wait for work and steal the cores the work needs (a bpr epoch on the
   shop took 5-9 s instead of about 1 s with one other busy process on 2 cores). Passive waiting
   costs nothing measurable on a quiet machine. OpenBLAS's threads, which spin ~0.1 s after
-  each of its calls, sleep after ~0.4 ms (``OPENBLAS_THREAD_TIMEOUT``). torch backs its
-  large tensors with huge pages (``THP_MEM_ALLOC_ENABLE``). A value the user set is kept.
+  each of its calls, sleep after ~0.4 ms (``OPENBLAS_THREAD_TIMEOUT``). A value the user set is
+  kept.
 * `STARTUP_FULL_COLLECTION_EVERY` and `long_lived_heap`: Python's cyclic garbage collector
   walked the libraries' ~510,000 objects at every full collection, while they were imported
   (~0.6 s of every program's start) and during a job.
@@ -39,18 +38,11 @@ from collections.abc import Iterator
 #: 0.053-0.055; EASE's validation 0.034-0.036 against 0.046-0.051, its fit (the inverse
 #: included) as before (0.059-0.067 against 0.059-0.062); 2^4 made the inverse slower (53-65
 #: ms against 36-42)
-#:
-#: torch's CPU allocator backs tensors of 2 MB and more with transparent huge pages where
-#: ``THP_MEM_ALLOC_ENABLE`` is set (when the kernel allows it: ``enabled`` ``always`` or
-#: ``madvise`` under /sys/kernel/mm/transparent_hugepage). Every evaluation batch writes a fresh
-#: score matrix of ~64 MB (`recozoo.data.contracts.EVAL_SCORES_PER_BATCH`), whose 4 KB pages
-#: the kernel faulted in one by one: 46,601 faults for a 1,024 x 46,600 product, 611 with huge
-#: pages. A batch's scoring, masking and top 100 (factors of 64; medians of 3 passes of 60
-#: batches, runs alternating, 3 each at 46,600 items, 2 at the others): 360 x 46,600 (the 10^6
-#: shop's batches) 41-46 ms against 52-54; 55 x 302,000 (10^7) 32-37 against 46-50;
-#: 9,974 x 1,682 91-92 against 93-95.
-PROCESS_ENVIRONMENT: dict[str, str] = {
-    "OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "20", "THP_MEM_ALLOC_ENABLE": "1"}
+#: torch's huge pages for large tensors (``THP_MEM_ALLOC_ENABLE=1``) are not set: they cut the
+#: page faults of an evaluation batch's fresh score matrix (46,601 -> 611 for 1,024 x 46,600), but
+#: the 10^5 shop's bpr test stage took 0.38-0.55 s against 0.34-0.40 (3 alternating runs each)
+#: and the 10^6 shop's was within noise (12.1-12.6 s against 12.4-13.1; 2026-12-06)
+THREAD_SETTINGS: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "20"}
 
 #: the garbage collector's thresholds as Python sets them, before `configure_process`
 PYTHON_GC_THRESHOLD: tuple[int, int, int] = gc.get_threshold()
@@ -90,7 +82,7 @@ _LIGHTNING_LOGGERS = ("lightning.pytorch.utilities.rank_zero",
 
 def openmp_waits_passively() -> bool:
     """Whether torch's OpenMP threads sleep between parallel regions (``OMP_WAIT_POLICY`` is
-    PASSIVE, `PROCESS_ENVIRONMENT`' default): each region then pays for waking them, which a routine
+    PASSIVE, `THREAD_SETTINGS`' default): each region then pays for waking them, which a routine
     made of many short regions (a blocked matrix inverse, a small model's step) feels."""
     return os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
 
@@ -121,15 +113,15 @@ def available_memory() -> int | None:
 
 
 def configure_process() -> None:
-    """Thread and memory settings, the garbage collector's full-collection threshold
+    """Thread settings, the garbage collector's full-collection threshold
     (`STARTUP_FULL_COLLECTION_EVERY`) and warning filters of a recozoo program; call it first.
 
-    Sets each of `PROCESS_ENVIRONMENT` the user has not set (in ``os.environ``, so child
+    Sets each of `THREAD_SETTINGS` the user has not set (in ``os.environ``, so child
     processes such as DDP ranks, loader workers and the serving workers inherit them), and
     ignores `QUIET_WARNINGS`. Idempotent. Called after torch is imported, the OpenMP setting
     reaches child processes only.
     """
-    for name, value in PROCESS_ENVIRONMENT.items():
+    for name, value in THREAD_SETTINGS.items():
         os.environ.setdefault(name, value)
     young, middle, _full = PYTHON_GC_THRESHOLD
     gc.set_threshold(young, middle, STARTUP_FULL_COLLECTION_EVERY)
