@@ -197,7 +197,7 @@ class RecDataModule(L.LightningDataModule):
         head_share: share of items (by training count) that form the head.
         eval_batch_size: users per evaluation batch; None: as many as keep a batch's score
             matrix near ``EVAL_SCORES_PER_BATCH`` entries (all 943 users of ml-100k in one batch,
-            ~360 users of a 47k-item catalogue), so small catalogues pay the per-batch cost once.
+            ~1,440 users of a 47k-item catalogue), so small catalogues pay the per-batch cost once.
         history_len: how many recent items an evaluation batch carries per user.
         num_workers: DataLoader workers.
         negative_probabilities: maps training popularity (n_items,) to the probabilities of
