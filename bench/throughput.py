@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from recozoo.data.contracts import EVAL_SCORES_PER_BATCH
 from recozoo.top_k import top_k
 
 
@@ -23,9 +24,11 @@ def scoring_flops(n_users: int, n_items: int, dim: int) -> float:
     return 2.0 * n_users * n_items * dim
 
 
-def matmul_topk(n_users: int, n_items: int, dim: int, batch_size: int = 256, k: int = 100,
-                threads: int | None = None, repeats: int = 3, seed: int = 0) -> dict[str, Any]:
-    """Time ``users @ items.T`` plus its top k (`top_k`) over all users in batches of ``batch_size``.
+def matmul_topk(n_users: int, n_items: int, dim: int, batch_size: int | None = None,
+                k: int = 100, threads: int | None = None, repeats: int = 3, seed: int = 0,
+                ) -> dict[str, Any]:
+    """Time ``users @ items.T`` plus its top k (`top_k`) over all users in batches of ``batch_size``
+    (None: the evaluation's automatic batch, `EVAL_SCORES_PER_BATCH` scores).
 
     Returns the best of ``repeats`` passes: ``seconds``, ``gflops`` (scoring FLOPs per second,
     in 1e9) and the shape.
@@ -36,6 +39,8 @@ def matmul_topk(n_users: int, n_items: int, dim: int, batch_size: int = 256, k: 
     users = torch.randn(n_users, dim, generator=generator)
     items = torch.randn(n_items, dim, generator=generator)
     k = min(k, n_items)
+    if batch_size is None:
+        batch_size = max(1, EVAL_SCORES_PER_BATCH // n_items)
     best = float("inf")
     with torch.inference_mode():
         for _ in range(repeats):
