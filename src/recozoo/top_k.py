@@ -38,8 +38,8 @@ def group_size(n_cols: int) -> int:
 def top_k(scores: torch.Tensor, k: int, sorted: bool = True) -> torch.return_types.topk:
     """``torch.topk(scores, k, dim=1, sorted=sorted)``'s values and indices of a 2-D matrix,
     found through group maxima on a CPU where a row has at least `MIN_COLUMNS` columns and
-    `MIN_COLUMNS_PER_ITEM` per item of the top k (else, and on other devices, `torch.topk`
-    itself, whose GPU kernel needs no help).
+    `MIN_COLUMNS_PER_ITEM` per item of the top k; else, and on other devices (where it was not
+    measured), `torch.topk` itself.
 
     2 threads (``OMP_WAIT_POLICY=PASSIVE``), medians of 9, ms against `torch.topk`'s, at k 10 /
     20 / 100: 1,024 x 8,192 6.6 / 10.2 / 17.2 against 9.0 / 13.6 / 25.6; 1,024 x 46,600 (the 10^6
