@@ -174,7 +174,9 @@ def test_normalize_scores_are_cosines_over_the_temperature():
     model = LightGCN(_info(), embedding_dim=5, n_layers=2, normalize=True,
                      temperature=0.2, fold_in=False).eval()
     users, items = _dense_reference(model)
-    batch = type("Batch", (), {"user": torch.tensor([0, 2])})()
+    empty = torch.zeros(0, dtype=torch.long)
+    batch = EvalBatch(user=torch.tensor([0, 2]), history=torch.zeros(2, 1, dtype=torch.long),
+                      seen_rows=empty, seen_cols=empty, target_rows=empty, target_cols=empty)
     cosine = torch.nn.functional.cosine_similarity(users[[0, 2], None], items[None], dim=-1)
     assert torch.allclose(model.score(batch), cosine / 0.2, atol=1e-5)
 

@@ -51,3 +51,50 @@ def test_a_fresh_score_matrix_is_masked_without_a_copy():
     scores = Ranker(model, INFO, top_n=3).scores(_batch())
     assert scores.data_ptr() == model.last.data_ptr()  # no (B, n_items) copy
     assert scores[0, 0] == -math.inf and torch.equal(model.weight.detach(), torch.ones(N_ITEMS))
+
+
+class _Factors(torch.nn.Module):
+    """A factor model: scores are user vectors times the item table (`EvalBatch.dot_scores`)."""
+
+    def __init__(self):
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.users = torch.nn.Parameter(torch.randn(3, 4, generator=generator))
+        self.items = torch.nn.Parameter(torch.randn(N_ITEMS, 4, generator=generator))
+
+    def score(self, batch: EvalBatch) -> torch.Tensor:
+        return batch.dot_scores(self.users[batch.user], self.items)
+
+
+def test_factor_scores_reuse_the_rankers_memory_per_thread():
+    """The product is written into memory the ranker keeps for the calling thread: batches of one
+    size reuse it, another size or another thread gets its own, a copy of the ranker starts
+    without it, and the values are the plain product's (masked)."""
+    import copy
+    import threading
+
+    model = _Factors()
+    ranker = Ranker(model, INFO, top_n=3)
+    with torch.no_grad():
+        expected = model.users[:2] @ model.items.T
+        expected[0, 0] = expected[1, 1] = -math.inf
+        first = ranker.scores(_batch())
+        assert torch.equal(first, expected)
+        pointer = first.data_ptr()
+        again = ranker.scores(_batch())
+        assert again.data_ptr() == pointer and torch.equal(again, expected)
+        wider = EvalBatch(user=torch.tensor([0, 1, 2]), history=torch.tensor([[0], [1], [2]]),
+                          seen_rows=torch.tensor([0]), seen_cols=torch.tensor([0]),
+                          target_rows=torch.tensor([0]), target_cols=torch.tensor([2]))
+        assert ranker.scores(wider).shape == (3, N_ITEMS)
+        elsewhere = {}
+        thread = threading.Thread(target=lambda: elsewhere.update(
+            pointer=ranker.scores(_batch()).data_ptr()))
+        thread.start()
+        thread.join()
+        assert elsewhere["pointer"] != ranker.scores(_batch()).data_ptr()
+        assert torch.equal(copy.deepcopy(ranker).scores(_batch()), expected)
+    # with gradients the product is a fresh tensor that keeps them
+    scores = _batch().dot_scores(model.users[:2], model.items)
+    assert scores.requires_grad and torch.allclose(scores.detach(), model.users[:2].detach()
+                                                   @ model.items.detach().T)

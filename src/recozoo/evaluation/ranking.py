@@ -10,6 +10,7 @@ re-ranker.
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 
@@ -62,15 +63,24 @@ class Ranker:
             raise ValueError(f"eval.top_n must be a positive integer, got {top_n}")
         self.reranker = reranker
         self._facts: ItemFacts | None = None
+        self._thread = threading.local()  # each thread's score memory (`_scores_memory`)
 
     def scores(self, batch: EvalBatch, mask_inputs: bool = True) -> torch.Tensor:
         """(B, n_items) float32 scores, the batch's input items at -inf when ``mask_inputs``.
 
         Scoring runs outside mixed-precision autocast: in bf16 many of a catalogue's scores tie,
-        and the ranking would depend on the training precision."""
+        and the ranking would depend on the training precision.
+
+        Factor models write their scores into memory this ranker keeps for the calling thread
+        (`EvalBatch.dot_scores`), so the matrix is valid until this thread's next call: rank or
+        copy it before scoring again."""
         device = batch.user.device
-        with torch.autocast(device.type, enabled=False):
-            scores = self.model.score(batch).float()
+        batch.scores_out = self._scores_memory(len(batch), device)
+        try:
+            with torch.autocast(device.type, enabled=False):
+                scores = self.model.score(batch).float()
+        finally:
+            batch.scores_out = None
         if scores.shape != (len(batch), self.n_items):
             raise RuntimeError(f"{type(self.model).__name__}.score returned "
                                f"{tuple(scores.shape)}, expected ({len(batch)}, {self.n_items})")
@@ -79,6 +89,26 @@ class Ranker:
         if mask_inputs:
             mask_seen(scores, batch.seen_rows, batch.seen_cols)
         return scores
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_thread"] = None  # a copy (or another process) has its own score memory
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._thread = threading.local()
+
+    def _scores_memory(self, n_rows: int, device: torch.device) -> torch.Tensor:
+        """(n_rows, n_items) float32 memory of the calling thread, reused while the batches
+        keep their size. A fresh score matrix cost the kernel a page fault per 4 KB written: on
+        the 10^6 shop (46,600 items) bpr's test stage took 7.4 s with reused memory against
+        9.8-10.4 s, a validation of 20,000 users 2.0 s against 2.8-3.2 (2 alternating runs)."""
+        memory = getattr(self._thread, "scores", None)
+        if memory is None or memory.shape[0] != n_rows or memory.device != device:
+            memory = torch.empty(n_rows, self.n_items, device=device)
+            self._thread.scores = memory
+        return memory
 
     def item_facts(self, device: torch.device) -> ItemFacts:
         """What the re-ranker knows about items; the model's item vectors are read afresh

@@ -98,7 +98,9 @@ class Recommender(SharedLosses, L.LightningModule):
         raise NotImplementedError(f"{type(self).__name__} must implement loss() or training_step()")
 
     def score(self, batch: EvalBatch) -> torch.Tensor:
-        """(B, n_items) scores, higher is better; seen items are masked by the caller."""
+        """(B, n_items) scores, higher is better; seen items are masked by the caller. A factor
+        model returns ``batch.dot_scores(user_vectors, item_table)``, which writes into memory
+        the caller reuses batch after batch (`EvalBatch.dot_scores`)."""
         raise NotImplementedError
 
     def predict_rating(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:

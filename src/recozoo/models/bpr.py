@@ -165,7 +165,8 @@ class BPR(Recommender):
         return loss
 
     def score(self, batch: EvalBatch) -> torch.Tensor:
-        return self.user_embedding(batch.user) @ self.item_embedding.weight.T  # (B, n_items)
+        return batch.dot_scores(self.user_embedding(batch.user),
+                                self.item_embedding.weight)  # (B, n_items)
 
 
 def _set_row_gradient(embedding: nn.Embedding, indices: list[torch.Tensor],

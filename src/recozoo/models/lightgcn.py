@@ -219,7 +219,7 @@ class LightGCN(Recommender):
         users, items = self.final_embeddings()
         user = self.fold_in_users(batch) if self.fold_in else users[batch.user]  # (B, d)
         user, items = self._scaled(user, items)
-        return user @ items.T  # (B, n_items)
+        return batch.dot_scores(user, items)  # (B, n_items)
 
     def item_embeddings(self) -> torch.Tensor:
         """(n_items, d) the propagated item embeddings (``rerank=mmr``)."""

@@ -104,4 +104,6 @@ class SequentialRecommender(Recommender):
 
     def score(self, batch: EvalBatch) -> torch.Tensor:
         history = batch.history[:, -self.max_len:]  # (B, L)
-        return self.item_logits(self.encode_last(history, batch.user))  # (B, n_items)
+        weights, bias = self.output_layer()
+        logits = batch.dot_scores(self.encode_last(history, batch.user), weights)  # (B, n_items)
+        return logits if bias is None else logits.add_(bias)
