@@ -102,8 +102,9 @@ class Ranker:
     def _scores_memory(self, n_rows: int, device: torch.device) -> torch.Tensor:
         """(n_rows, n_items) float32 memory of the calling thread, reused while the batches
         keep their size. A fresh score matrix cost the kernel a page fault per 4 KB written: on
-        the 10^6 shop (46,600 items) bpr's test stage took 7.4 s with reused memory against
-        9.8-10.4 s, a validation of 20,000 users 2.0 s against 2.8-3.2 (2 alternating runs)."""
+        the 10^6 shop (46,600 items) bpr's test stage took 6.57-6.65 s with reused memory against
+        8.36-8.48 s, a validation of 20,000 users 1.74-1.79 s against 2.41-2.44 (2 alternating
+        runs)."""
         memory = getattr(self._thread, "scores", None)
         if memory is None or memory.shape[0] != n_rows or memory.device != device:
             memory = torch.empty(n_rows, self.n_items, device=device)
