@@ -201,8 +201,8 @@ class DatasetInfo:
 
 #: score-matrix entries of one automatic evaluation batch: 256 MB of float32 scores (the targets,
 #: the mask and top-K take a few times that while the batch is evaluated). Each batch pays fixed
-#: costs (the metric suite's ~1,350 small operations, the lists' write, Lightning's hooks) that
-#: dominate a thin one: at 10^7 interactions (302k items) 2^24 entries are 55 users a batch. The
+#: costs (its metric updates, list writes and loop hooks: thousands of small operations) that
+#: weigh on a thin one: at 10^7 interactions (302k items) 2^24 entries are 55 users a batch. The
 #: 10^6 shop's bpr test stage (46,600 items; 2 alternating runs each, 2026-12-06) at 2^24 / 2^25
 #: / 2^26 / 2^27 entries: 13.0-15.3 / 10.3-12.7 / 10.2-12.3 / 9.3-11.3 s, peak RSS 1.03 / 1.11 /
 #: 1.27 / 1.61 GB. Keep each (users, items) block well above glibc's 32 MiB mmap ceiling: blocks

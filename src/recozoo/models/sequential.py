@@ -74,12 +74,14 @@ class SequentialRecommender(Recommender):
         raise NotImplementedError
 
     def item_logits(self, states: torch.Tensor, items: torch.Tensor | None = None,
-                    ) -> torch.Tensor:
+                    batch: EvalBatch | None = None) -> torch.Tensor:
         """(..., n) scores of ``items`` (n,), or (..., n_items) of every item, from (..., d)
-        states."""
+        states; with an evaluation ``batch``, written into the memory it offers
+        (`EvalBatch.dot_scores`). The bias is added in place (the product's gradient does not
+        read its result)."""
         weights, bias = self.output_layer(items)
-        logits = states @ weights.T  # (..., n)
-        return logits if bias is None else logits + bias
+        logits = states @ weights.T if batch is None else batch.dot_scores(states, weights)
+        return logits if bias is None else logits.add_(bias)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         states = self.encode(batch["input"], batch["user"])  # (B, L, d)
@@ -104,6 +106,4 @@ class SequentialRecommender(Recommender):
 
     def score(self, batch: EvalBatch) -> torch.Tensor:
         history = batch.history[:, -self.max_len:]  # (B, L)
-        weights, bias = self.output_layer()
-        logits = batch.dot_scores(self.encode_last(history, batch.user), weights)  # (B, n_items)
-        return logits if bias is None else logits.add_(bias)
+        return self.item_logits(self.encode_last(history, batch.user), batch=batch)  # (B, n_items)
