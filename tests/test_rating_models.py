@@ -129,6 +129,28 @@ def test_predictions_are_clipped_to_the_training_range_and_scores_rank_them(rati
     assert int(scores.argmin()) == 3
 
 
+
+@pytest.mark.parametrize("model_class", [BiasedMF, SVDpp])
+def test_scores_in_the_memory_a_batch_offers_are_the_biased_products(ratings_data, model_class):
+    """Scores written into the memory an evaluation batch offers (the `Ranker`'s, reused) equal
+    ``<p_u, q_i> + b_i + b_u + mu`` exactly, as in fresh memory."""
+    dm = ratings_data
+    torch.manual_seed(0)
+    model = model_class(dm.info, embedding_dim=4).eval()
+    with torch.no_grad():
+        for bias in (model.item_bias.weight, model.user_bias.weight):
+            bias.normal_()
+        model.global_bias.fill_(3.5)
+        batch = dm.eval_batch("test", np.array([0, 1, 2]))
+        vectors = model.user_vectors(batch.user)
+        expected = (vectors @ model.item_embedding.weight.T + model.item_bias.weight.T
+                    + model.user_bias(batch.user) + model.global_bias)
+        assert torch.equal(model.score(batch), expected)
+        batch.scores_out = torch.full_like(expected, math.nan)
+        scores = model.score(batch)
+        assert scores.data_ptr() == batch.scores_out.data_ptr()
+        assert torch.equal(scores, expected)
+
 def test_svdpp_implicit_term_is_the_normalised_sum_over_training_items(ratings_data):
     dm = ratings_data
     model = SVDpp(dm.info, embedding_dim=3).eval()

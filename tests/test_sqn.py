@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from conftest import compose_config
-from recozoo.data.datamodule import DatasetInfo
+from recozoo.data.datamodule import DatasetInfo, EvalBatch
 from recozoo.data.interactions import EVENT_CODES
 from recozoo.evaluation import Ranker
 from recozoo.models.components.q_heads import (
@@ -33,6 +33,13 @@ def _info(n_items: int = 6) -> DatasetInfo:
     popularity = torch.arange(n_items, 0, -1).float()
     return DatasetInfo(name="tiny", n_users=4, n_items=n_items, item_popularity=popularity,
                        tail_mask=torch.arange(n_items) >= 2, head_share=0.3)
+
+
+def _eval_batch(history: torch.Tensor) -> EvalBatch:
+    """An evaluation batch of these histories (one row a user); the rest is not read here."""
+    users = torch.arange(len(history))
+    return EvalBatch(user=users, history=history, seen_rows=users[:1], seen_cols=history[:1, -1],
+                     target_rows=users[:1], target_cols=history[:1, 0])
 
 
 def test_reward_is_event_weight_plus_tail_bonus():
@@ -367,7 +374,7 @@ def test_mix_grid_keeps_the_weight_that_validates_best():
     assert tried == [1.0, 0.0, 0.5, 2.0]  # the trained weight first, each weight once
     assert chosen == {"mix_weight": 0.5,
                       "mix_validation": {"0": 0.30, "0.5": 0.31, "1": 0.29, "2": 0.31}}
-    batch = type("Batch", (), {"history": torch.tensor([[info.pad_item, 0, 1]])})()
+    batch = _eval_batch(torch.tensor([[info.pad_item, 0, 1]]))
     with torch.no_grad():
         state = model.q_network(batch.history)[:, -1]
         expected = (model.supervised_logits(state).log_softmax(-1)
@@ -400,7 +407,7 @@ def test_a_checkpoint_from_before_mix_grid_scores_with_its_trained_weight(tmp_pa
     new.on_load_checkpoint(checkpoint)
     new.load_state_dict(checkpoint["state_dict"])  # strict: the chosen weight is filled in
     assert float(new.mix_weight) == 0.7
-    batch = type("Batch", (), {"history": torch.tensor([[0, 1, 2]])})()
+    batch = _eval_batch(torch.tensor([[0, 1, 2]]))
     with torch.no_grad():
         assert torch.equal(new.score(batch), old.score(batch))
 
@@ -418,3 +425,23 @@ def test_a_run_chooses_the_mix_weight_and_tests_and_serves_with_it(make_config):
     assert chosen["mix_weight"] == max(values, key=lambda w: (values[w], w == 1.0))
     assert float(state["mix_weight"]) == chosen["mix_weight"]
     assert float(served.mix_weight) == chosen["mix_weight"]
+
+
+@pytest.mark.parametrize("rank_head", ["q", "supervised", "mix"])
+def test_scores_in_the_memory_a_batch_offers_are_the_heads(rank_head):
+    """Each ranking head's scores, written into the memory an evaluation batch offers (the
+    `Ranker`'s, reused) and changed there in place, equal the head's plain formula."""
+    torch.manual_seed(0)
+    model = _sqn(_info(), rank_head=rank_head, mix_weight=0.7, dim=8).eval()
+    history = torch.tensor([[0, 1, 2], [3, 4, 5], [6, 6, 1]])  # 6: the padding item
+    batch = _eval_batch(history)
+    with torch.no_grad():
+        state = model.q_network.last_state(history)
+        q, supervised = model.q_network.q_values(state), model.supervised_logits(state)
+        expected = {"q": q, "supervised": supervised,
+                    "mix": supervised.log_softmax(-1) + 0.7 * q}[rank_head]
+        assert torch.allclose(model.score(batch), expected, atol=1e-6)
+        batch.scores_out = torch.full_like(expected, float("nan"))
+        scores = model.score(batch)
+        assert scores.data_ptr() == batch.scores_out.data_ptr()
+        assert torch.allclose(scores, expected, atol=1e-6)

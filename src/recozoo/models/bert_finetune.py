@@ -627,9 +627,9 @@ class BertFinetune(Recommender):
     def score(self, batch: EvalBatch) -> torch.Tensor:
         table = self.item_table()  # (n_items + 1, d)
         user = self.user_states(table, batch.history)[:, -1]  # (B, d)
-        scores = user @ table[:-1].T / self.temperature  # (B, n_items)
+        scores = batch.dot_scores(user, table[:-1]).div_(self.temperature)  # (B, n_items)
         offsets = posthoc_offsets(self.item_popularity, float(self.posthoc_tau))
-        return scores if offsets is None else scores + offsets
+        return scores if offsets is None else scores.add_(offsets)
 
     def choose_on_validation(self, validate: Callable[[], float]) -> dict[str, Any]:
         """With ``posthoc_adjustment: auto``: the largest τ of ``posthoc_grid`` whose validation

@@ -81,9 +81,11 @@ class BiasedMF(Recommender):
     def score(self, batch: EvalBatch) -> torch.Tensor:
         """(B, n_items) the predicted rating of every item (unclipped, so ties stay ordered)."""
         vectors = self.user_vectors(batch.user)  # (B, d)
-        scores = vectors @ self.item_embedding.weight.T  # (B, n_items)
-        return (scores + self.item_bias.weight.T + self.user_bias(batch.user)
-                + self.global_bias)
+        # into the memory the batch offers, the biases added in place in the order of the sum
+        # (the product's gradient does not read its result)
+        scores = batch.dot_scores(vectors, self.item_embedding.weight)  # (B, n_items)
+        return (scores.add_(self.item_bias.weight.T).add_(self.user_bias(batch.user))
+                .add_(self.global_bias))
 
     # ------------------------------------------------------------------ training
     def regularizer(self, batch: dict[str, torch.Tensor], vectors: torch.Tensor) -> torch.Tensor:
