@@ -164,3 +164,23 @@ def test_default_cfgan_leaves_popularity_level(tmp_path):
     assert min(d_losses) < math.log(4) - 0.015, d_losses
     assert metrics["test/ndcg@10"] > 1.3 * pop["test/ndcg@10"], (metrics["test/ndcg@10"],
                                                                   pop["test/ndcg@10"])
+
+
+@pytest.mark.parametrize("hidden_g", [[5], []])
+def test_scores_in_the_memory_a_batch_offers_are_the_generators(hidden_g):
+    """G's output for the users' inputs; with a hidden layer its last product is written into the
+    memory an evaluation batch offers (the `Ranker`'s, reused)."""
+    from recozoo.data.datamodule import EvalBatch
+
+    torch.manual_seed(0)
+    model = CFGAN(_info(), hidden_g=hidden_g).eval()
+    batch = EvalBatch(user=torch.tensor([0, 1]), history=torch.tensor([[0], [1]]),
+                      seen_rows=torch.tensor([0, 0, 1]), seen_cols=torch.tensor([0, 2, 1]),
+                      target_rows=torch.tensor([0]), target_cols=torch.tensor([3]))
+    with torch.no_grad():
+        expected = model.generator(batch.seen_matrix(model.n_items))
+        assert torch.allclose(model.score(batch), expected, atol=1e-6)
+        batch.scores_out = torch.full_like(expected, math.nan)
+        scores = model.score(batch)
+        assert torch.allclose(scores, expected, atol=1e-6)
+        assert (scores.data_ptr() == batch.scores_out.data_ptr()) == bool(hidden_g)

@@ -134,3 +134,29 @@ def test_sparse_dropout_keeps_only_the_surviving_inputs() -> None:
     (dense_grad,) = torch.autograd.grad(dense_out, first.weight, grad_out)
     assert torch.allclose(sparse_out, dense_out, atol=1e-5)
     assert torch.allclose(sparse_grad, dense_grad, atol=1e-5)
+
+
+def test_scores_in_the_memory_a_batch_offers_are_the_decoders():
+    """Mult-VAE/DAE score a user by the decoder's logits for the mean code; the last layer's
+    product is written into the memory an evaluation batch offers (the `Ranker`'s, reused)."""
+    import math
+
+    from recozoo.data.contracts import DatasetInfo, EvalBatch
+    from recozoo.models.multvae import MultVAE
+
+    torch.manual_seed(0)
+    info = DatasetInfo(name="tiny", n_users=2, n_items=6, item_popularity=torch.ones(6),
+                       tail_mask=torch.zeros(6, dtype=torch.bool), head_share=0.2)
+    batch = EvalBatch(user=torch.tensor([0, 1]), history=torch.tensor([[0], [1]]),
+                      seen_rows=torch.tensor([0, 0, 1]), seen_cols=torch.tensor([0, 2, 1]),
+                      target_rows=torch.tensor([0]), target_cols=torch.tensor([3]))
+    for variational in (True, False):
+        model = MultVAE(info, hidden=[5], latent=3, variational=variational).eval()
+        with torch.no_grad():
+            expected = model.net(batch.seen_matrix(6))[0]  # the forward's logits (z = mu)
+            assert torch.allclose(model.score(batch), expected, atol=1e-6)
+            batch.scores_out = torch.full_like(expected, math.nan)
+            scores = model.score(batch)
+            assert scores.data_ptr() == batch.scores_out.data_ptr()
+            assert torch.allclose(scores, expected, atol=1e-6)
+            batch.scores_out = None

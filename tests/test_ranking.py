@@ -94,7 +94,39 @@ def test_factor_scores_reuse_the_rankers_memory_per_thread():
         thread.join()
         assert elsewhere["pointer"] != ranker.scores(_batch()).data_ptr()
         assert torch.equal(copy.deepcopy(ranker).scores(_batch()), expected)
+        # an evaluation stage ends by letting go of it (the Evaluator); the next call allocates
+        ranker.free_scores_memory()
+        assert getattr(ranker._thread, "scores", None) is None
+        assert torch.equal(ranker.scores(_batch()), expected)
     # with gradients the product is a fresh tensor that keeps them
     scores = _batch().dot_scores(model.users[:2], model.items)
     assert scores.requires_grad and torch.allclose(scores.detach(), model.users[:2].detach()
                                                    @ model.items.detach().T)
+
+
+def test_an_evaluation_stage_lets_go_of_the_score_memory(make_config):
+    """The Evaluator's ranker reuses its score memory within a stage and frees it at the end,
+    so that it is not held through the training epochs between validations."""
+    import lightning as L
+
+    from recozoo.evaluation import Evaluator
+    from recozoo.models.bpr import BPR
+    from recozoo.train import build_datamodule
+
+    dm = build_datamodule(make_config([]))
+    dm.setup()
+    model = BPR(dm.info, embedding_dim=8)
+    ranker = Ranker(model, dm.info, top_n=20)
+    handed_out = []
+    memory_of = ranker._scores_memory
+
+    def recorded(*args):
+        handed_out.append(memory_of(*args))
+        return handed_out[-1]
+
+    ranker._scores_memory = recorded
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, accelerator="cpu",
+                        enable_model_summary=False, callbacks=[Evaluator(ranker, ks=[10])])
+    trainer.test(model, datamodule=dm, verbose=False)
+    assert handed_out  # the stage scored into the ranker's memory
+    assert getattr(ranker._thread, "scores", None) is None  # and let go of it at its end

@@ -233,6 +233,9 @@ class Evaluator(L.Callback):
         the outputs. Every DDP rank must call it."""
         values = dict(self.suites[stage].compute())
         self.suites[stage].reset()
+        # the ranker's score memory is reused batch after batch within a stage; between stages
+        # (a training epoch) it would add its size to the training's peak
+        self.ranker.free_scores_memory()
         # compute() synchronises across ranks, so every rank must take the same branch
         ratings = self.rating_suites[stage]
         if on_any_rank(any(m.update_called for m in ratings.values())):

@@ -111,6 +111,12 @@ class Ranker:
             self._thread.scores = memory
         return memory
 
+    def free_scores_memory(self) -> None:
+        """Let go of the calling thread's score memory (`_scores_memory`), e.g. at the end of an
+        evaluation stage, so that it is not held through the training epochs between
+        validations; the next call of `scores` allocates it again."""
+        self._thread.scores = None
+
     def item_facts(self, device: torch.device) -> ItemFacts:
         """What the re-ranker knows about items; the model's item vectors are read afresh
         (they change while it trains)."""

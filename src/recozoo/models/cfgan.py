@@ -222,5 +222,11 @@ class CFGAN(Recommender):
                       prog_bar=True, batch_size=len(rows))
 
     def score(self, batch: EvalBatch) -> torch.Tensor:
-        # G's first layer multiplies only the inputs
-        return self.generator(batch.seen_sparse(self.n_items, torch.sparse_csr))  # (B, n_items)
+        """G's output: its first layer multiplies only the inputs, and the last layer's product
+        is written into the memory the batch offers (`EvalBatch.dot_scores`)."""
+        condition = batch.seen_sparse(self.n_items, torch.sparse_csr)
+        net = self.generator.net
+        if len(net) == 1:  # no hidden layer: the sparse condition times the one layer
+            return self.generator(condition)  # (B, n_items)
+        output = net[-1]  # a linear layer over the items
+        return batch.dot_scores(net[:-1](condition), output.weight).add_(output.bias)

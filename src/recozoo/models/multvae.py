@@ -90,4 +90,8 @@ class MultVAE(Recommender):
         self.anneal_step = int(checkpoint.get("anneal_step", 0))
 
     def score(self, batch: EvalBatch) -> torch.Tensor:
-        return self.net(batch.seen_sparse(self.n_items))[0]  # (B, n_items)
+        """The decoder's logits for the mean code, its last layer's product written into the
+        memory the batch offers (`EvalBatch.dot_scores`) and the bias added there."""
+        mu, _ = self.net.encode(batch.seen_sparse(self.n_items))  # (B, latent)
+        hidden, last = self.net.decoder[:-1](mu), self.net.decoder[-1]  # last: Linear -> items
+        return batch.dot_scores(hidden, last.weight).add_(last.bias)  # (B, n_items)

@@ -71,7 +71,7 @@ class MultVAENet(nn.Module):
             sampling ``z = mu + eps * sigma``; RecBole 1.2.1 draws ``eps`` with std 0.01).
 
     ``forward(rows)`` returns ``(logits (B, n_items), mu (B, latent), logvar (B, latent) or
-    None)``.
+    None)``; `encode` the code alone.
     """
 
     def __init__(self, n_items: int, hidden: tuple[int, ...] | list[int] = (600,),
@@ -88,12 +88,19 @@ class MultVAENet(nn.Module):
         self.encoder = nn.Sequential(first, *rest)
         self.decoder = mlp([latent, *reversed(sizes)], nn.Tanh, _xavier)
 
-    def forward(self, rows: torch.Tensor,
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def encode(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(mu (B, latent), logvar (B, latent) or None) of (B, n_items) rows, dense or sparse
+        COO: the variational encoder's mean and log-variance, or the denoising one's code."""
         code = self.encoder(self._normalised_input(rows))
         if not self.variational:
-            return self.decoder(code), code, None
-        mu, logvar = code[:, :self.latent], code[:, self.latent:]  # (B, latent) each
+            return code, None
+        return code[:, :self.latent], code[:, self.latent:]  # (B, latent) each
+
+    def forward(self, rows: torch.Tensor,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        mu, logvar = self.encode(rows)
+        if logvar is None:
+            return self.decoder(mu), mu, None
         if self.training:
             z = mu + self.sampling_std * torch.randn_like(mu) * torch.exp(0.5 * logvar)
         else:
