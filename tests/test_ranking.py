@@ -33,6 +33,19 @@ def test_masking_never_writes_into_the_models_tensors():
     assert items.tolist() == [[1, 2, 3], [0, 2, 3]]
 
 
+def test_one_row_for_every_user_goes_into_offered_memory_or_stays_a_view():
+    """`EvalBatch.same_scores` (pop's): the row copied into the memory a consumer offers, or,
+    without it, the row expanded (no copy; the Ranker copies it before masking)."""
+    row = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0])
+    batch = _batch()
+    view = batch.same_scores(row)
+    assert view.shape == (2, N_ITEMS) and view.data_ptr() == row.data_ptr()
+    batch.scores_out = torch.full((2, N_ITEMS), math.nan)
+    scores = batch.same_scores(row)
+    assert scores.data_ptr() == batch.scores_out.data_ptr()
+    assert torch.equal(scores, row.expand(2, -1))
+
+
 class _Fresh(torch.nn.Module):
     """Returns a new score matrix and remembers it (not as a parameter or buffer)."""
 

@@ -21,4 +21,4 @@ class Pop(ClosedFormRecommender):
         """Nothing to fit: popularity comes from the training counts already in `info`."""
 
     def score(self, batch: EvalBatch) -> torch.Tensor:
-        return self.item_popularity.expand(len(batch), -1)  # (B, n_items)
+        return batch.same_scores(self.item_popularity)  # (B, n_items)
