@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -267,6 +269,34 @@ def test_seen_sum_is_the_input_rows_times_a_matrix_bit_for_bit():
         batch.seen_sum(weights[:10])  # item 11 is not in a 10-item catalogue
     with pytest.raises(ValueError, match="outside the catalogue's 0..9"):
         batch.seen_sparse(10)
+
+
+@pytest.mark.parametrize("chunk", [1 << 22, 5])  # one pass, and a few entries a pass
+def test_seen_sum_of_sparse_rows_is_the_dense_rows_sum(monkeypatch, chunk):
+    """Sparse CSR weights (ItemKNN's above DENSE_SCORING_MAX_ITEMS): each user's sum of the
+    rows of its inputs, as with the dense matrix, whether added in one pass or several, into
+    fresh memory or the memory the batch offers; users without inputs score 0."""
+    from recozoo.data import contracts
+    from recozoo.data.contracts import EvalBatch
+
+    monkeypatch.setattr(contracts, "CSR_SUM_ENTRIES", chunk)
+    batch, _ = _three_users_inputs(15)
+    generator = torch.Generator().manual_seed(0)
+    dense = torch.randn(15, 9, generator=generator) * (torch.rand(15, 9, generator=generator)
+                                                       < 0.4)  # ~60% zeros
+    dense[3] = 0.0  # an item whose row is empty
+    sparse = dense.to_sparse_csr()
+    expected = batch.seen_sum(dense)
+    assert torch.allclose(batch.seen_sum(sparse), expected, atol=1e-6)
+    batch.scores_out = torch.full((3, 9), math.nan)
+    scores = batch.seen_sum(sparse)
+    assert scores.data_ptr() == batch.scores_out.data_ptr()
+    assert torch.allclose(scores, expected, atol=1e-6)
+    nothing = EvalBatch(user=torch.tensor([1, 2]), history=torch.zeros(2, 1, dtype=torch.long),
+                        seen_rows=torch.tensor([], dtype=torch.long),
+                        seen_cols=torch.tensor([], dtype=torch.long),
+                        target_rows=torch.tensor([0]), target_cols=torch.tensor([5]))
+    assert torch.equal(nothing.seen_sum(sparse), torch.zeros(2, 9))
 
 
 def test_the_sparse_inputs_are_coalesced_with_each_pair_once():

@@ -226,4 +226,4 @@ class ItemKNN(ClosedFormRecommender):
         weights = self._scoring_weights()
         if weights.layout == torch.strided:
             return batch.seen_sum(weights)  # (B, n_items)
-        return (batch.seen_sparse(self.n_items, torch.sparse_csr) @ weights).to_dense()
+        return batch.seen_sum(weights)  # the sparse rows, added into dense scores
