@@ -283,8 +283,9 @@ class EvalBatch:
     #: the seen pairs are distinct and sorted by row, then item (the DataModule's batches), so
     #: `seen_sparse` and `seen_sum` skip their sort; False: any order, repeats allowed
     seen_distinct_sorted: bool = False
-    #: (B, n_items) float32 memory that `dot_scores` may write the scores into, set by whoever
-    #: consumes them (`recozoo.evaluation.Ranker`) and reused batch after batch; None: fresh
+    #: (B, n_items) float32 memory that `dot_scores`, `same_scores` and `seen_sum` (of sparse
+    #: weights) may write the scores into, set by whoever consumes them
+    #: (`recozoo.evaluation.Ranker`) and reused batch after batch; None: fresh
     scores_out: torch.Tensor | None = None
 
     def __len__(self) -> int:

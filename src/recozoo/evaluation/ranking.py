@@ -71,9 +71,10 @@ class Ranker:
         Scoring runs outside mixed-precision autocast: in bf16 many of a catalogue's scores tie,
         and the ranking would depend on the training precision.
 
-        Factor models write their scores into memory this ranker keeps for the calling thread
-        (`EvalBatch.dot_scores`), so the matrix is valid until this thread's next call: rank or
-        copy it before scoring again."""
+        Models may write their scores into memory this ranker keeps for the calling thread
+        (`EvalBatch.scores_out`: `EvalBatch.dot_scores`, `same_scores`, `seen_sum` of sparse
+        weights), so the matrix is valid until this thread's next call: rank or copy it before
+        scoring again."""
         device = batch.user.device
         batch.scores_out = self._scores_memory(len(batch), device)
         try:

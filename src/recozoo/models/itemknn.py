@@ -223,7 +223,5 @@ class ItemKNN(ClosedFormRecommender):
         return self._similarity_cache[1]
 
     def score(self, batch: EvalBatch) -> torch.Tensor:
-        weights = self._scoring_weights()
-        if weights.layout == torch.strided:
-            return batch.seen_sum(weights)  # (B, n_items)
-        return batch.seen_sum(weights)  # the sparse rows, added into dense scores
+        # each user's sum of the similarity rows of its items, dense or sparse CSR weights
+        return batch.seen_sum(self._scoring_weights())  # (B, n_items)
