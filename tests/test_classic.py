@@ -299,6 +299,40 @@ def test_seen_sum_of_sparse_rows_is_the_dense_rows_sum(monkeypatch, chunk):
     assert torch.equal(nothing.seen_sum(sparse), torch.zeros(2, 9))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_cpu_csr_product_equals_adding_entry_by_entry_bit_for_bit(monkeypatch, threads):
+    """On a CPU the sparse rows' sums are SciPy's product, in chunks of users on torch's
+    threads; the path other devices take adds the entries one by one. Both add each user's
+    inputs in the same order, so they agree to the bit, in one chunk or many, for users with
+    and without inputs, and write into the memory offered."""
+    from recozoo.data import contracts
+
+    generator = torch.Generator().manual_seed(3)
+    n_users, n_items = 40, 300
+    dense = torch.randn(n_items, n_items, generator=generator)
+    dense *= torch.rand(n_items, n_items, generator=generator) < 0.05
+    dense[:20] = 0.0  # items whose rows are empty
+    matrix = dense.to_sparse_csr()
+    pairs = torch.randint(0, n_items, (2, 600), generator=generator)
+    rows, cols = pairs[0] % (n_users - 5), pairs[1]  # the last 5 users have no inputs
+    expected = torch.zeros(n_users, n_items)
+    rows_d, cols_d = contracts.distinct_pairs(rows, cols, n_items)
+    crow = matrix.crow_indices()
+    contracts._csr_product_by_entries(rows_d, crow[cols_d], crow[cols_d + 1] - crow[cols_d],
+                                      matrix, expected)
+    assert torch.allclose(expected, contracts.zero_one_sparse(rows, cols, (n_users, n_items))
+                          @ dense, atol=1e-5)
+    assert expected[-5:].abs().sum() == 0
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    for chunk in (1 << 22, 50):  # one chunk; many, of one user each
+        monkeypatch.setattr(contracts, "CSR_SUM_ENTRIES", chunk)
+        out = torch.full((n_users, n_items), math.nan)
+        result = contracts.zero_one_csr_product(rows, cols, n_users, matrix, out=out)
+        assert result.data_ptr() == out.data_ptr()
+        assert torch.equal(result, expected)
+        assert torch.equal(contracts.zero_one_csr_product(rows, cols, n_users, matrix), expected)
+
+
 def test_the_sparse_inputs_are_coalesced_with_each_pair_once():
     """Unordered pairs with a repeat become a coalesced COO matrix, one 1 per distinct pair in
     (row, item) order, as ``torch``'s own ``coalesce`` orders them."""
