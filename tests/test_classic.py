@@ -52,6 +52,23 @@ def test_item_cooccurrence_columns_are_the_whole_matrix_a_block_at_a_time():
         assert np.array_equal(columns.numpy(), expected[:, start:stop])
 
 
+def test_item_cooccurrence_rows_are_the_whole_matrix_kept_sparse():
+    """Sparse rows a block of items at a time: the counts of the item pairs some user shares,
+    columns ascending within a row, nothing stored for pairs no user shares."""
+    user, item, dense = _pairs(30, 12, 40, seed=4)  # sparse; duplicates included: once each
+    expected = dense.T @ dense
+    users_of_item, blocks = im.item_cooccurrence_rows(user, item, 30, 12, block=5)
+    assert np.array_equal(users_of_item.numpy(), np.diag(expected))
+    blocks = list(blocks)
+    assert [(start, stop) for start, stop, *_ in blocks] == [(0, 5), (5, 10), (10, 12)]
+    for start, stop, crow, col, counts in blocks:
+        rows = torch.sparse_csr_tensor(crow, col, counts, (stop - start, 12))
+        assert np.array_equal(rows.to_dense().numpy(), expected[start:stop])
+        assert len(counts) == np.count_nonzero(expected[start:stop])
+        for r in range(stop - start):
+            assert (col[crow[r]:crow[r + 1]].diff() > 0).all()
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_ease_weights_are_the_closed_form(dtype):
     from recozoo.models.ease import EASE
@@ -344,15 +361,21 @@ def test_the_sparse_inputs_are_coalesced_with_each_pair_once():
     assert np.array_equal(batch.seen_sparse(15, layout=torch.sparse_csr).to_dense().numpy(), rows)
 
 
-@pytest.mark.parametrize("dense_scoring", [True, False])
-def test_itemknn_scores_sum_the_top_k_shrunk_cosine_neighbours(monkeypatch, dense_scoring):
+@pytest.mark.parametrize("path", ["dense", "sparse scoring", "sparse fit"])
+def test_itemknn_scores_sum_the_top_k_shrunk_cosine_neighbours(monkeypatch, path):
+    """The same model whichever way it is fitted (dense co-occurrence blocks, or kept sparse)
+    and scored (dense weights, or the sparse rows of the large-catalogue path)."""
     from recozoo.models import itemknn
 
-    if not dense_scoring:
-        monkeypatch.setattr(itemknn, "DENSE_SCORING_MAX_ITEMS", 0)  # the large-catalogue path
     n_items, k, shrink = 15, 4, 2.0
     user, item, dense = _pairs(40, n_items, 150, seed=5)
+    if path != "dense":
+        monkeypatch.setattr(itemknn, "DENSE_SCORING_MAX_ITEMS", 0)  # the large-catalogue path
     model = itemknn.ItemKNN(_info(dense), k=k, shrink=shrink, block_size=6)  # 3 blocks
+    assert model._counts_dense(user)  # small and dense: pairs x items < 128 x sum(items^2)
+    if path == "sparse fit":
+        monkeypatch.setattr(itemknn, "SPARSE_FIT_MIN_RATIO", 0.0)
+        assert not model._counts_dense(user)
     model.training_step({"user": user, "item": item}, 0)
     norms = np.sqrt(dense.sum(0))
     sims = dense.T @ dense / (norms[:, None] * norms[None, :] + shrink + 1e-12)

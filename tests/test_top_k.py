@@ -58,3 +58,36 @@ def test_a_view_of_wider_scores() -> None:
     wide = torch.randn(3, 2 * MIN_COLUMNS + 17, generator=generator)
     check_top(wide[:, 3:-7], 20)
     check_top(torch.randn(MIN_COLUMNS + 3, 4, generator=generator).T, 20)
+
+
+def test_csr_top_k_of_each_row_largest_first_with_ties_by_column() -> None:
+    """Rows of a CSR matrix: the k largest values and their columns, largest first; equal
+    values in column order; negative values and zero rank as numbers; a short or empty row
+    is filled with 0 at column -1."""
+    from recozoo.top_k import csr_top_k
+
+    dense = torch.tensor([[0.0, 0.5, 0.2, 0.5, 0.9, 0.0],
+                          [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],  # no entries
+                          [-0.3, 0.0, 0.0, 0.0, 0.0, 0.1],
+                          [0.0, 0.0, 0.7, 0.0, 0.0, 0.0]])
+    matrix = dense.to_sparse_csr()
+    values, columns = csr_top_k(matrix.crow_indices(), matrix.col_indices(), matrix.values(), 3)
+    assert torch.equal(values, torch.tensor([[0.9, 0.5, 0.5], [0.0, 0.0, 0.0], [0.1, -0.3, 0.0],
+                                             [0.7, 0.0, 0.0]]))
+    assert columns.tolist() == [[4, 1, 3], [-1, -1, -1], [5, 0, -1], [2, -1, -1]]
+    with pytest.raises(ValueError, match="float32"):
+        csr_top_k(matrix.crow_indices(), matrix.col_indices(), matrix.values().double(), 3)
+
+
+def test_csr_top_k_values_are_the_dense_rows_top_k() -> None:
+    from recozoo.top_k import csr_top_k
+
+    generator = torch.Generator().manual_seed(4)
+    dense = torch.randn(50, 400, generator=generator)
+    dense *= torch.rand(50, 400, generator=generator) < 0.3
+    dense[dense < 0] = 0.0  # non-negative: the dense top-k's zeros are the sparse fill
+    matrix = dense.to_sparse_csr()
+    values, columns = csr_top_k(matrix.crow_indices(), matrix.col_indices(), matrix.values(), 20)
+    assert torch.equal(values, torch.topk(dense, 20).values)
+    found = columns >= 0
+    assert torch.equal(dense.gather(1, columns.clamp(min=0))[found], values[found])

@@ -61,3 +61,34 @@ def top_k(scores: torch.Tensor, k: int, sorted: bool = True) -> torch.return_typ
         columns = torch.cat([columns, rest.expand(n_rows, -1)], dim=1)
     values, at = torch.topk(scores.gather(1, columns), k, dim=1, sorted=sorted)
     return torch.return_types.topk((values, columns.gather(1, at)))
+
+
+def csr_top_k(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, k: int,
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest values of each row of a CSR matrix and their columns, largest first, as
+    (rows, k) values and columns; a row with fewer than k entries is filled with value 0 and
+    column -1. Among equal values the entry stored first comes first (the lower column in a
+    row whose columns ascend), so the same input always gives the same result. ``crow``
+    (rows + 1,), ``col`` and float32 ``values`` (nnz,), no NaN. O(nnz log nnz), nothing of the
+    rows' full width.
+
+    One sort orders the entries by row, then value descending: an int64 key of the row and the
+    value's bits (a float32's bits, sign-folded, order as the floats do), against a sort by
+    value then a stable sort by row (the 10^6 shop's ItemKNN fit, 7.7 M entries in 46 blocks:
+    the sorts 0.79 s)."""
+    if values.dtype != torch.float32:
+        raise ValueError(f"csr_top_k takes float32 values, got {values.dtype}")
+    n_rows = len(crow) - 1
+    row = torch.repeat_interleave(torch.arange(n_rows, device=col.device), crow.diff())
+    bits = values.view(torch.int32).long()
+    ordered = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # ascends as the values do
+    order = torch.argsort((row << 33) - ordered, stable=True)  # by row, then value descending
+    row = row[order]
+    rank = torch.arange(len(order), device=col.device) - crow[row]  # place within the row
+    taken = rank < k
+    row, rank, order = row[taken], rank[taken], order[taken]
+    top_values = values.new_zeros(n_rows, k)
+    top_columns = torch.full((n_rows, k), -1, dtype=torch.long, device=col.device)
+    top_values[row, rank] = values[order]
+    top_columns[row, rank] = col[order]
+    return top_values, top_columns

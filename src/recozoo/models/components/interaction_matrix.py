@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
+import scipy.sparse
 import torch
 
 from recozoo.data.contracts import distinct_pairs, zero_one_sparse
@@ -114,6 +115,40 @@ def item_cooccurrence_columns(user: torch.Tensor, item: torch.Tensor, n_users: i
             yield start, stop, counts
 
     return users_of_item, columns()
+
+
+def item_cooccurrence_rows(user: torch.Tensor, item: torch.Tensor, n_users: int, n_items: int,
+                           block: int,
+                           ) -> tuple[torch.Tensor, Iterator[tuple[int, int, torch.Tensor,
+                                                                 torch.Tensor, torch.Tensor]]]:
+    """`item_cooccurrence_columns` kept sparse, on a CPU: each item's number of distinct users
+    (n_items,), and (start, stop, crow, col, counts) for blocks of ``block`` items, the rows
+    start..stop-1 of ``X^T X`` as CSR arrays (crow (stop - start + 1,), col and counts (nnz,),
+    columns ascending within a row), only the pairs of items some user shares.
+
+    SciPy's sparse product of the items' user lists with the users' item lists: the work is
+    the sum over users of their items squared, not items x interactions, and nothing of the
+    catalogue's square is made dense. The 10^6 shop (57,147 users, 46,600 items, 862k pairs;
+    18 M products in all): one block of 1,024 items 0.31-0.58 s by bags (dense columns, 2
+    threads) against ~0.01 s so."""
+    rows, cols = distinct_pairs(user, item, n_items)  # sorted by user, then item
+    starts = torch.searchsorted(rows, torch.arange(n_users + 1, device=rows.device))
+    ones = np.ones(len(cols), dtype=np.float32)
+    by_user = scipy.sparse.csr_array((ones, cols.numpy(), starts.numpy()),
+                                     shape=(n_users, n_items))
+    by_item = by_user.T.tocsr()  # (n_items, n_users): each item's users
+    users_of_item = torch.from_numpy(np.diff(by_item.indptr)).float()
+
+    def blocks() -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        for start in range(0, n_items, block):
+            stop = min(start + block, n_items)
+            counts = by_item[start:stop] @ by_user  # (stop - start, n_items) sparse
+            counts.sort_indices()
+            yield (start, stop, torch.from_numpy(counts.indptr.astype(np.int64)),
+                   torch.from_numpy(counts.indices.astype(np.int64)),
+                   torch.from_numpy(counts.data))
+
+    return users_of_item, blocks()
 
 
 def _bag_counts(user: torch.Tensor, item: torch.Tensor, n_users: int, n_items: int, rows: int,
