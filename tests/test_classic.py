@@ -382,6 +382,9 @@ def test_itemknn_scores_sum_the_top_k_shrunk_cosine_neighbours(monkeypatch, path
     np.fill_diagonal(sims, 0.0)
     weights = model.similarity().to_dense().numpy()
     assert np.array_equal(model.dense_similarity().numpy(), weights)
+    csr = model.csr_similarity()  # the same matrix, without the zero weights
+    assert np.array_equal(csr.to_dense().numpy(), weights)
+    assert torch.equal(csr.values() != 0, torch.ones(len(csr.values()), dtype=torch.bool))
     for j in range(n_items):  # column j keeps k of its most similar items (ties either way)
         kept = np.flatnonzero(weights[:, j])
         assert np.allclose(weights[kept, j], sims[kept, j], atol=1e-6)

@@ -15,6 +15,8 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
+import scipy.sparse
 import torch
 
 from recozoo.data.datamodule import DatasetInfo, EvalBatch
@@ -265,9 +267,32 @@ class ItemKNN(ClosedFormRecommender):
         cached = getattr(self, "_similarity_cache", None)
         if cached is None or cached[0] != key:
             weights = (self.dense_similarity() if self.n_items <= DENSE_SCORING_MAX_ITEMS
-                       else self.similarity().to_sparse_csr())
+                       else self.csr_similarity())
             self._similarity_cache = (key, weights)
         return self._similarity_cache[1]
+
+    def csr_similarity(self) -> torch.Tensor:
+        """`similarity` as a sparse CSR matrix without its zero weights (the places of an item
+        with fewer neighbours than kept, which add nothing to a score). On a CPU the neighbour
+        columns are read as the compressed columns they are and SciPy converts them to rows
+        (O(entries), no sort), where torch's ``coalesce`` sorts them: at 10^7 (302,006 items,
+        k 200, 60 M entries) that took 8.6 s each time the test or a validation loaded the
+        weights."""
+        if self.neighbor_index.device.type != "cpu":
+            return self.similarity().to_sparse_csr()
+        n, n_items = int(self.neighbours), self.n_items
+        weight, index = self.neighbor_weight[:n].T, self.neighbor_index[:n].T  # (n_items, n)
+        kept = weight != 0
+        column_starts = np.zeros(n_items + 1, dtype=np.int64)
+        np.cumsum(kept.sum(1).numpy(), out=column_starts[1:])
+        by_column = scipy.sparse.csc_array(
+            (weight[kept].numpy(), index[kept].numpy(), column_starts), shape=(n_items, n_items))
+        rows = by_column.tocsr()
+        rows.sum_duplicates()  # a check: no item is twice a neighbour of another
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(rows.indptr.astype(np.int64)),
+            torch.from_numpy(rows.indices.astype(np.int64)), torch.from_numpy(rows.data),
+            (n_items, n_items))
 
     def score(self, batch: EvalBatch) -> torch.Tensor:
         # each user's sum of the similarity rows of its items, dense or sparse CSR weights
