@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -52,15 +53,29 @@ def test_item_cooccurrence_columns_are_the_whole_matrix_a_block_at_a_time():
         assert np.array_equal(columns.numpy(), expected[:, start:stop])
 
 
-def test_item_cooccurrence_rows_are_the_whole_matrix_kept_sparse():
+@pytest.mark.parametrize("budget", [2**23, 6])
+def test_item_cooccurrence_rows_are_the_whole_matrix_kept_sparse(monkeypatch, budget):
     """Sparse rows a block of items at a time: the counts of the item pairs some user shares,
-    columns ascending within a row, nothing stored for pairs no user shares."""
+    columns ascending within a row, nothing stored for pairs no user shares. A block holds at
+    most ``block`` items and, unless it is one item, rows of at most `ROW_BLOCK_PRODUCTS`
+    products (their entries are fewer)."""
+    monkeypatch.setattr(im, "ROW_BLOCK_PRODUCTS", budget)
     user, item, dense = _pairs(30, 12, 40, seed=4)  # sparse; duplicates included: once each
     expected = dense.T @ dense
     users_of_item, blocks = im.item_cooccurrence_rows(user, item, 30, 12, block=5)
     assert np.array_equal(users_of_item.numpy(), np.diag(expected))
     blocks = list(blocks)
-    assert [(start, stop) for start, stop, *_ in blocks] == [(0, 5), (5, 10), (10, 12)]
+    bounds = [(start, stop) for start, stop, *_ in blocks]
+    assert bounds[0][0] == 0 and bounds[-1][1] == 12
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))  # consecutive, no gap
+    products = dense.T @ dense.sum(1)  # (items,) each row's products
+    for start, stop in bounds:
+        assert stop - start <= 5
+        assert stop - start == 1 or products[start:stop].sum() <= budget
+    if budget == 2**23:
+        assert bounds == [(0, 5), (5, 10), (10, 12)]
+    else:
+        assert len(bounds) > 3
     for start, stop, crow, col, counts in blocks:
         rows = torch.sparse_csr_tensor(crow, col, counts, (stop - start, 12))
         assert np.array_equal(rows.to_dense().numpy(), expected[start:stop])

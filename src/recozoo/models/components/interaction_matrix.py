@@ -24,6 +24,10 @@ DENSE_ENTRIES = 2**24
 #: buffer the allocator reuses, where a whole product would be a fresh n_items^2 each block)
 BAG_CHUNK_ENTRIES = 2**20
 
+#: products (and so at most entries) of the co-occurrence rows `item_cooccurrence_rows` counts
+#: at once: its block's arrays and the caller's take ~50 bytes an entry (~420 MB)
+ROW_BLOCK_PRODUCTS = 2**23
+
 #: the density (interactions / (users x items)) from which `item_cooccurrence` on a CPU counts
 #: with BLAS's symmetric rank-k update (``ssyrk``: O(users x items^2 / 2) multiply-adds at ~100
 #: G/s) rather than with bags (O(interactions x items) additions at ~5 G/s). Measured, 2 threads,
@@ -122,9 +126,13 @@ def item_cooccurrence_rows(user: torch.Tensor, item: torch.Tensor, n_users: int,
                            ) -> tuple[torch.Tensor, Iterator[tuple[int, int, torch.Tensor,
                                                                  torch.Tensor, torch.Tensor]]]:
     """`item_cooccurrence_columns` kept sparse, on a CPU: each item's number of distinct users
-    (n_items,), and (start, stop, crow, col, counts) for blocks of ``block`` items, the rows
-    start..stop-1 of ``X^T X`` as CSR arrays (crow (stop - start + 1,), col and counts (nnz,),
-    columns ascending within a row), only the pairs of items some user shares.
+    (n_items,), and (start, stop, crow, col, counts) for blocks of at most ``block`` items, the
+    rows start..stop-1 of ``X^T X`` as CSR arrays (crow (stop - start + 1,), col and counts
+    (nnz,), columns ascending within a row), only the pairs of items some user shares. A block
+    also ends before its products (an item's row: the sum of its users' numbers of items) pass
+    `ROW_BLOCK_PRODUCTS`, which bounds its entries and so its memory, whatever the data (a
+    popular item shares users with most of the catalogue); an item whose row alone passes it
+    is a block by itself.
 
     SciPy's sparse product of the items' user lists with the users' item lists: the work is
     the sum over users of their items squared, not items x interactions, and nothing of the
@@ -138,15 +146,21 @@ def item_cooccurrence_rows(user: torch.Tensor, item: torch.Tensor, n_users: int,
                                      shape=(n_users, n_items))
     by_item = by_user.T.tocsr()  # (n_items, n_users): each item's users
     users_of_item = torch.from_numpy(np.diff(by_item.indptr)).float()
+    # (n_items + 1,) products of the rows before each item
+    products = np.concatenate([[0.0], np.cumsum(by_item @ np.diff(by_user.indptr).astype(float))])
 
     def blocks() -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        for start in range(0, n_items, block):
-            stop = min(start + block, n_items)
+        start = 0
+        while start < n_items:
+            within = int(np.searchsorted(products, products[start] + ROW_BLOCK_PRODUCTS,
+                                         side="right")) - 1  # rows start..within-1 fit
+            stop = min(start + block, n_items, max(within, start + 1))
             counts = by_item[start:stop] @ by_user  # (stop - start, n_items) sparse
             counts.sort_indices()
             yield (start, stop, torch.from_numpy(counts.indptr.astype(np.int64)),
                    torch.from_numpy(counts.indices.astype(np.int64)),
                    torch.from_numpy(counts.data))
+            start = stop
 
     return users_of_item, blocks()
 
