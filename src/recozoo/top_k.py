@@ -73,9 +73,9 @@ def csr_top_k(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, k: in
     rows' full width.
 
     One sort orders the entries by row, then value descending: an int64 key of the row and the
-    value's bits (a float32's bits, sign-folded, order as the floats do), against a sort by
-    value then a stable sort by row (the 10^6 shop's ItemKNN fit, 7.7 M entries in 46 blocks:
-    the sorts 0.79 s)."""
+    value's bits (a float32's bits, sign-folded, order as the floats do), rather than a sort
+    by value then a stable sort by row: the 10^6 shop's ItemKNN fit (7.7 M entries in 46
+    blocks) sorted in 0.26 s against 0.79."""
     if values.dtype != torch.float32:
         raise ValueError(f"csr_top_k takes float32 values, got {values.dtype}")
     n_rows = len(crow) - 1
