@@ -344,14 +344,18 @@ class EvalBatch:
     def __len__(self) -> int:
         return len(self.user)
 
-    def dot_scores(self, vectors: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        """(B, n) ``vectors @ table.T`` of (B, d) user vectors and an (n, d) item table: a factor
-        model's scores, written into ``scores_out`` where it is set, has that shape and dtype and
-        no gradient is needed. A product at the scale of a catalogue is bound by writing its
-        output, and fresh memory costs the kernel a page fault per 4 KB: 512 x 302,000 x 64 took
-        139 ms into reused memory against 271 ms into fresh (2 threads)."""
+    def dot_scores(self, vectors: torch.Tensor, table: torch.Tensor,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, n) ``vectors @ table.T + bias`` of (B, d) user vectors, an (n, d) item table and
+        an optional per-item bias (n,) (e.g. a linear layer's over the items): a factor model's
+        scores, written into ``scores_out`` where it is set, has that shape and dtype and no
+        gradient is needed; the bias is added in place after the product. A product at the
+        scale of a catalogue is bound by writing its output, and fresh memory costs the kernel a
+        page fault per 4 KB: 512 x 302,000 x 64 took 139 ms into reused memory against 271 ms
+        into fresh (2 threads)."""
         out = self._offered_memory(table.shape[0], vectors, table)
-        return vectors @ table.T if out is None else torch.mm(vectors, table.T, out=out)
+        scores = vectors @ table.T if out is None else torch.mm(vectors, table.T, out=out)
+        return scores if bias is None else scores.add_(bias)
 
     def same_scores(self, row: torch.Tensor) -> torch.Tensor:
         """(B, n) scores that are one (n,) row for every user (a non-personalised model's),

@@ -229,4 +229,4 @@ class CFGAN(Recommender):
         if len(net) == 1:  # no hidden layer: the sparse condition times the one layer
             return self.generator(condition)  # (B, n_items)
         output = net[-1]  # a linear layer over the items
-        return batch.dot_scores(net[:-1](condition), output.weight).add_(output.bias)
+        return batch.dot_scores(net[:-1](condition), output.weight, output.bias)

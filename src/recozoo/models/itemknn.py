@@ -117,12 +117,16 @@ class ItemKNN(ClosedFormRecommender):
         rather than kept sparse (`_fit_sparse`, on a CPU only): the sparse fit's work is the sum
         over users of their items squared, the dense blocks' the pairs times the items, and the
         sparse fit runs where the second is at least `SPARSE_FIT_MIN_RATIO` times the first."""
-        if user.device.type != "cpu" or (
-                self.n_items <= DENSE_SCORING_MAX_ITEMS
-                and dense_enough(len(user), self.n_users, self.n_items, user.device)):
+        if user.device.type != "cpu" or self._counts_whole(user):
             return True
         products = torch.bincount(user, minlength=self.n_users).double().square().sum()
         return len(user) * self.n_items < SPARSE_FIT_MIN_RATIO * float(products)
+
+    def _counts_whole(self, user: torch.Tensor) -> bool:
+        """Whether the co-occurrence is counted whole by BLAS: `dense_enough` data up to
+        ``DENSE_SCORING_MAX_ITEMS`` items (`_cooccurrence_blocks`)."""
+        return (self.n_items <= DENSE_SCORING_MAX_ITEMS
+                and dense_enough(len(user), self.n_users, self.n_items, user.device))
 
     def _fit_sparse(self, user: torch.Tensor, item: torch.Tensor, shrink: float) -> None:
         """The fit from the co-occurrence's sparse rows (`item_cooccurrence_rows`): similarities
@@ -162,8 +166,7 @@ class ItemKNN(ClosedFormRecommender):
         the blocks took 138 ms of a 280 ms fit before they were counted by bags)."""
         size = self.block_size
         starts = range(0, self.n_items, size)
-        if (self.n_items <= DENSE_SCORING_MAX_ITEMS
-                and dense_enough(len(user), self.n_users, self.n_items, user.device)):
+        if self._counts_whole(user):
             gram = item_cooccurrence(user, item, self.n_users, self.n_items)
             norms = gram.diagonal().sqrt()  # the diagonal: each item's users
             return norms, ((s, min(s + size, self.n_items), gram[s:s + size]) for s in starts)
@@ -288,7 +291,7 @@ class ItemKNN(ClosedFormRecommender):
         by_column = scipy.sparse.csc_array(
             (weight[kept].numpy(), index[kept].numpy(), column_starts), shape=(n_items, n_items))
         rows = by_column.tocsr()
-        rows.sum_duplicates()  # a check: no item is twice a neighbour of another
+        rows.sum_duplicates()  # an item listed twice sums, as coalesce did (none is)
         return torch.sparse_csr_tensor(
             torch.from_numpy(rows.indptr.astype(np.int64)),
             torch.from_numpy(rows.indices.astype(np.int64)), torch.from_numpy(rows.data),

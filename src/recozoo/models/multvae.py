@@ -94,4 +94,4 @@ class MultVAE(Recommender):
         memory the batch offers (`EvalBatch.dot_scores`) and the bias added there."""
         mu, _ = self.net.encode(batch.seen_sparse(self.n_items))  # (B, latent)
         hidden, last = self.net.decoder[:-1](mu), self.net.decoder[-1]  # last: Linear -> items
-        return batch.dot_scores(hidden, last.weight).add_(last.bias)  # (B, n_items)
+        return batch.dot_scores(hidden, last.weight, last.bias)  # (B, n_items)

@@ -263,9 +263,9 @@ class SQN(Recommender):
         state = self.q_network.last_state(batch.history[:, -self.max_len:])  # (B, dim)
         head = self.q_network.head  # the Q-values: a linear layer over the items
         if self.rank_head == "q":
-            return batch.dot_scores(state, head.weight).add_(head.bias)  # (B, n_items)
-        logits = batch.dot_scores(state, self.q_network.encoder.embedding.items)
-        logits = logits.add_(self.supervised_bias)  # (B, n_items)
+            return batch.dot_scores(state, head.weight, head.bias)  # (B, n_items)
+        logits = batch.dot_scores(state, self.q_network.encoder.embedding.items,
+                                  self.supervised_bias)  # (B, n_items)
         if self.rank_head == "supervised":
             return logits
         mix = float(self.mix_weight)

@@ -83,9 +83,9 @@ class BiasedMF(Recommender):
         vectors = self.user_vectors(batch.user)  # (B, d)
         # into the memory the batch offers, the biases added in place in the order of the sum
         # (the product's gradient does not read its result)
-        scores = batch.dot_scores(vectors, self.item_embedding.weight)  # (B, n_items)
-        return (scores.add_(self.item_bias.weight.T).add_(self.user_bias(batch.user))
-                .add_(self.global_bias))
+        scores = batch.dot_scores(vectors, self.item_embedding.weight,
+                                  self.item_bias.weight[:, 0])  # (B, n_items)
+        return scores.add_(self.user_bias(batch.user)).add_(self.global_bias)
 
     # ------------------------------------------------------------------ training
     def regularizer(self, batch: dict[str, torch.Tensor], vectors: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,8 @@ DENSE_ENTRIES = 2**24
 BAG_CHUNK_ENTRIES = 2**20
 
 #: products (and so at most entries) of the co-occurrence rows `item_cooccurrence_rows` counts
-#: at once: its block's arrays and the caller's take ~50 bytes an entry (~420 MB)
+#: at once. Its block's arrays and ItemKNN's fit of them took ~95 bytes an entry (the 10^6
+#: shop's largest block, 4.4 M entries, raised the peak RSS by 415 MB): ~800 MB at this limit
 ROW_BLOCK_PRODUCTS = 2**23
 
 #: the density (interactions / (users x items)) from which `item_cooccurrence` on a CPU counts
