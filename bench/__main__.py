@@ -85,6 +85,9 @@ class BenchSettings:
         own_splits: score recozoo on its own split=random / split=loo even where RecBole's
             exact splits are available.
         implicit_models: implicit's models of the implicit section (bpr, als).
+        implicit_solvers: the ``model.solver`` settings of recozoo's bpr in the implicit
+            section, a row each (``optimizer``, its default; ``pair_sgd``, implicit's own
+            algorithm, one SGD step per triple).
         implicit_datasets: the data sets of the implicit section (``ml-100k``, ``shop``; with
             ``merge=true`` the earlier results of the others are kept).
         implicit_shop_size: interactions of the implicit section's shop.
@@ -133,6 +136,7 @@ class BenchSettings:
     repeats: int = 3
     own_splits: bool = False
     implicit_models: list[str] = field(default_factory=lambda: ["bpr", "als"])
+    implicit_solvers: list[str] = field(default_factory=lambda: ["optimizer", "pair_sgd"])
     implicit_datasets: list[str] = field(default_factory=lambda: ["ml-100k", "shop"])
     implicit_shop_size: int = 1_000_000
     implicit_patience: int = 30
@@ -321,7 +325,7 @@ def run_implicit(settings: BenchSettings, out: Path, results: dict[str, Any]) ->
     results["implicit"] = implicit_peer.implicit_section(
         datasets, out, settings.threads, settings.implicit_models, max_epochs,
         settings.patience, peers=settings.peers, comparison=results.get("comparison"), say=say,
-        peer_patience=settings.implicit_patience)
+        peer_patience=settings.implicit_patience, solvers=settings.implicit_solvers)
     earlier = results.pop("earlier_implicit", None) if settings.merge else None
     if earlier:  # keep the data sets this run did not measure
         names = {entry["dataset"] for entry in results["implicit"]["datasets"]}

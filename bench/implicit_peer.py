@@ -155,16 +155,21 @@ def seconds_to_reach(curve: list[float], epoch_seconds: list[float],
     return None if reached is None else round(float(sum(epoch_seconds[:reached + 1])), 4)
 
 
-def recozoo_side(overrides: list[str], run: Path, threads: int, max_epochs: int
-                 ) -> dict[str, Any]:
-    """recozoo's bpr trained with early stopping (at most ``max_epochs``): its figures (the run
-    folder is kept)."""
+def solver_label(solver: str) -> str:
+    """A recozoo row's model name: ``bpr`` for the default solver, ``bpr (pair_sgd)`` else."""
+    return "bpr" if solver == "optimizer" else f"bpr ({solver})"
+
+
+def recozoo_side(overrides: list[str], run: Path, threads: int, max_epochs: int,
+                 solver: str = "optimizer") -> dict[str, Any]:
+    """recozoo's bpr with ``model.solver=solver`` trained with early stopping (at most
+    ``max_epochs``): its figures (the run folder is kept)."""
     import statistics
-    metrics = run_recozoo(overrides, run, threads)
+    metrics = run_recozoo([*overrides, f"model.solver={solver}"], run, threads)
     epochs = metrics.get("epoch_seconds") or []
     curve = validation_curve(metrics)
     best_epoch, to_best = seconds_to_best(curve, epochs)
-    return {"side": "recozoo", "model": "bpr", "epochs": metrics.get("epochs"),
+    return {"side": "recozoo", "model": solver_label(solver), "epochs": metrics.get("epochs"),
             "best_epoch": best_epoch, "sec_per_epoch": round(statistics.median(epochs), 4)
             if epochs else None, "seconds_to_best": to_best,
             "train_seconds": metrics.get("train_seconds"),
@@ -194,9 +199,11 @@ def recbole_side(comparison: list[dict[str, Any]] | None) -> dict[str, Any] | No
             "from": "compare section"}
 
 
-def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """recozoo's bpr against implicit's BPR: the time-to-best ratio and the NDCG@10 check."""
-    ours = next((r for r in rows if r["side"] == "recozoo" and "error" not in r), None)
+def verdict(rows: list[dict[str, Any]], model: str = "bpr") -> dict[str, Any]:
+    """recozoo's row ``model`` (a `solver_label`) against implicit's BPR: the time-to-best
+    ratio and the NDCG@10 check."""
+    ours = next((r for r in rows if r["side"] == "recozoo" and r["model"] == model
+                 and "error" not in r), None)
     theirs = next((r for r in rows if r["side"] == "implicit" and r["model"] == "bpr"
                    and "error" not in r), None)
     if ours is None or theirs is None or not theirs.get("seconds_to_best"):
@@ -221,21 +228,28 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def dataset_rows(name: str, overrides: list[str], split_name: str, out: Path, threads: int,
                  peer: ImplicitPeer | None, models: list[str], max_epochs: int, patience: int,
-                 seed: int, say: Callable[[str], None], peer_patience: int | None = None
-                 ) -> dict[str, Any]:
-    """recozoo's bpr then implicit's models on one data set (see the module docstring)."""
-    run = out / "runs" / f"implicit_recozoo_bpr_{name}"
+                 seed: int, say: Callable[[str], None], peer_patience: int | None = None,
+                 solvers: tuple[str, ...] | list[str] = ("optimizer",)) -> dict[str, Any]:
+    """recozoo's bpr (a row per solver) then implicit's models on one data set (see the module
+    docstring); implicit gets the split of the first recozoo run (every run has the same)."""
+    runs = {solver: out / "runs" / ("implicit_recozoo_bpr" + (
+        "" if solver == "optimizer" else f"_{solver}") + f"_{name}") for solver in solvers}
     # every validation user on both sides: implicit's runner validates them all
     base = ["model=bpr", *overrides, f"seed={seed}", f"trainer.max_epochs={max_epochs}",
             f"callbacks.early_stopping.patience={patience}", "eval.val_users=null"]
     entry: dict[str, Any] = {"dataset": name, "split": split_name, "rows": [],
                              "date": datetime.datetime.now().isoformat(timespec="seconds"),
                              "load_start": [round(x, 2) for x in os.getloadavg()]}
-    say(f"  {name}: recozoo bpr, up to {max_epochs} epochs (early stopping)")
-    try:
-        entry["rows"].append(recozoo_side(base, run, threads, max_epochs))
-    except RuntimeError as error:
-        entry["rows"].append({"side": "recozoo", "model": "bpr", "error": str(error)})
+    for solver, run in runs.items():
+        say(f"  {name}: recozoo {solver_label(solver)}, up to {max_epochs} epochs "
+            "(early stopping)")
+        try:
+            entry["rows"].append(recozoo_side(base, run, threads, max_epochs, solver))
+        except RuntimeError as error:
+            entry["rows"].append({"side": "recozoo", "model": solver_label(solver),
+                                  "error": str(error)})
+    run = next((runs[s] for s, row in zip(runs, entry["rows"]) if "error" not in row), None)
+    if run is None:
         return entry
     if peer is None:
         entry["load_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -258,7 +272,8 @@ def dataset_rows(name: str, overrides: list[str], split_name: str, out: Path, th
                               "ndcg@10": scored.get("test/ndcg@10"),
                               "recall@10": scored.get("test/recall@10")})
         entry["implicit_version"] = figures.get("implicit")
-    entry["verdict"] = verdict(entry["rows"])
+    entry["verdicts"] = {row["model"]: verdict(entry["rows"], row["model"])
+                         for row in entry["rows"] if row["side"] == "recozoo"}
     entry["load_end"] = [round(x, 2) for x in os.getloadavg()]
     return entry
 
@@ -267,7 +282,8 @@ def implicit_section(datasets: list[tuple[str, list[str], str]], out: Path, thre
                      models: list[str], max_epochs: dict[str, int], patience: int,
                      seed: int = 2020, peers: bool = True, peer_patience: int | None = None,
                      comparison: list[dict[str, Any]] | None = None,
-                     say: Callable[[str], None] = print) -> dict[str, Any]:
+                     say: Callable[[str], None] = print,
+                     solvers: tuple[str, ...] | list[str] = ("optimizer",)) -> dict[str, Any]:
     """Every data set's rows (recozoo, implicit's models and, on RecBole's split, RecBole's BPR
     from the compare section).
 
@@ -284,6 +300,7 @@ def implicit_section(datasets: list[tuple[str, list[str], str]], out: Path, thre
             stops it before it learns; a longer one only helps the peer.
         comparison: the compare section's rows (RecBole's BPR joins the table where the split
             is RecBole's).
+        solvers: recozoo bpr's ``model.solver`` settings, a row and a verdict each.
     """
     peer, reason = (ImplicitPeer.find(out / "implicit", say=say) if peers
                     else (None, "peers=false"))
@@ -300,7 +317,7 @@ def implicit_section(datasets: list[tuple[str, list[str], str]], out: Path, thre
     for name, overrides, split_name in datasets:
         entry = dataset_rows(name, overrides, split_name, out, threads, peer, models,
                              max_epochs.get(name, 200), patience, seed, say,
-                             peer_patience=peer_patience)
+                             peer_patience=peer_patience, solvers=solvers)
         if "RecBole" in split_name:
             recbole = recbole_side(comparison)
             if recbole is not None:

@@ -176,13 +176,17 @@ def implicit_lines(section: dict[str, Any]) -> list[str]:
                          _num(row.get("ndcg@10")), _num(row.get("recall@10")),
                          _num(row.get("eval_seconds"), ".3f"),
                          _num(row.get("peak_rss_mb"), ".0f")])
-        verdict = entry.get("verdict") or {}
-        if verdict:
-            when = (f" (measured {entry['date']}, load {entry.get('load_start')} -> "
-                    f"{entry.get('load_end')})" if entry.get("date") else "")
+        # one verdict per recozoo row (earlier results: one, for the default solver's "bpr")
+        verdicts = entry.get("verdicts") or (
+            {"bpr": entry["verdict"]} if entry.get("verdict") else {})
+        when = (f" (measured {entry['date']}, load {entry.get('load_start')} -> "
+                f"{entry.get('load_end')})" if entry.get("date") else "")
+        for model, verdict in verdicts.items():
+            if not verdict:
+                continue
             checks.append(
-                f"- {entry['dataset']}{when}: recozoo/implicit BPR seconds per epoch "
-                f"{_num(verdict.get('sec_per_epoch_ratio'), '.1f')}x, seconds to best "
+                f"- {entry['dataset']}{when}, recozoo {model}: recozoo/implicit BPR seconds per "
+                f"epoch {_num(verdict.get('sec_per_epoch_ratio'), '.1f')}x, seconds to best "
                 f"{_ratio(verdict.get('time_to_best_ratio'), verdict.get('time_to_best_met'))}"
                 f" (target {TIME_TO_BEST_TARGET:g}x); seconds to reach implicit BPR's best "
                 f"validation {_times(verdict.get('time_to_match_ratio'))}; test NDCG@10 "

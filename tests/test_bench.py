@@ -234,9 +234,13 @@ def test_time_to_match_the_peers_best_validation():
             "ndcg@10": 0.3, "val_curve": curve, "epoch_seconds": seconds}
     theirs = {"side": "implicit", "model": "bpr", "seconds_to_best": 1.5, "sec_per_epoch": 0.1,
               "best_val_ndcg@10": 0.25, "ndcg@10": 0.2}
-    result = verdict([ours, theirs])
+    sgd = {**ours, "model": "bpr (pair_sgd)", "seconds_to_best": 3.0, "ndcg@10": 0.1}
+    result = verdict([sgd, ours, theirs])  # the default solver's row, wherever it stands
     assert result["time_to_best_ratio"] == 4.0 and result["seconds_to_match"] == 3.0
     assert result["time_to_match_ratio"] == 2.0 and result["ndcg_met"]
+    result = verdict([sgd, ours, theirs], "bpr (pair_sgd)")
+    assert result["time_to_best_ratio"] == 2.0 and result["time_to_best_met"]
+    assert not result["ndcg_met"]
 
 
 def test_merge_replaces_only_the_sections_run(tmp_path):
@@ -278,15 +282,24 @@ def test_implicit_report_marks_a_missed_target():
         "dataset": "ml-100k", "split": "s", "implicit_version": "0.7.3",
         "rows": [{"side": "recozoo", "model": "bpr", "sec_per_epoch": 0.3,
                   "seconds_to_best": 30.0, "ndcg@10": 0.29, "epochs": 100, "best_epoch": 90},
+                 {"side": "recozoo", "model": "bpr (pair_sgd)", "sec_per_epoch": 0.02,
+                  "seconds_to_best": 2.0, "ndcg@10": 0.29, "epochs": 40, "best_epoch": 30},
                  {"side": "implicit", "model": "bpr", "sec_per_epoch": 0.01,
                   "seconds_to_best": 1.0, "ndcg@10": 0.28, "stopped_by": "max_epochs"},
                  {"side": "implicit", "model": "als", "error": "boom\nlast line"}],
-        "verdict": {"time_to_best_ratio": 30.0, "sec_per_epoch_ratio": 30.0,
-                    "time_to_best_met": False, "ndcg_met": True}}]}
+        "verdicts": {"bpr": {"time_to_best_ratio": 30.0, "sec_per_epoch_ratio": 30.0,
+                             "time_to_best_met": False, "ndcg_met": True},
+                     "bpr (pair_sgd)": {"time_to_best_ratio": 2.0, "sec_per_epoch_ratio": 2.0,
+                                        "time_to_best_met": True, "ndcg_met": True}}}]}
     text = render({"date": "today", "commit": "abc", "notes": [], "implicit": section,
                    "machine": {"cpu": "cpu", "cores": 2, "threads": 2, "torch": "x",
                                "python": "3", "load_start": [0], "load_end": [0]}})
-    assert "implicit 0.7.3" in text and "30.000 **miss**" in text
+    assert "implicit 0.7.3" in text
+    assert "- ml-100k, recozoo bpr: recozoo/implicit BPR seconds per epoch 30.0x, seconds to " \
+        "best 30.000 **miss**" in text
+    assert "- ml-100k, recozoo bpr (pair_sgd): recozoo/implicit BPR seconds per epoch 2.0x, " \
+        "seconds to best 2.000 ok" in text
+    assert "| ml-100k | s | recozoo | bpr (pair_sgd) | 0.0200 | 30 / 40 | 2.00 |" in text
     assert "reach implicit BPR's best validation -;" in text  # not measured: a dash
     assert "| ml-100k | s | implicit | bpr | 0.0100 | - / - (cap) | 1.00 |" in text
     assert "failed: ml-100k implicit als: last line" in text
@@ -304,6 +317,8 @@ def test_quick_implicit_section_scores_both_sides_with_recozoos_metrics(tmp_path
     sides = {(row["side"], row["model"]): row for row in entry["rows"]}
     assert 0 < sides["recozoo", "bpr"]["ndcg@10"] <= 1
     assert sides["recozoo", "bpr"]["seconds_to_best"] > 0
+    assert 0 < sides["recozoo", "bpr (pair_sgd)"]["ndcg@10"] <= 1  # the second solver's row
+    assert set(entry.get("verdicts", {})) <= {"bpr", "bpr (pair_sgd)"}
     if has_peer:
         assert 0 < sides["implicit", "bpr"]["ndcg@10"] <= 1 and "als" in {m for _, m in sides}
     # the exported split is the run's, and perfect lists score NDCG@10 = 1 by recozoo's code
