@@ -10,7 +10,7 @@ import torch
 from conftest import fit_briefly, train_and_test
 from recozoo.data.datamodule import DatasetInfo
 from recozoo.models.bpr import BPR
-from recozoo.models.components.pair_sgd import bpr_pair_sgd
+from recozoo.models.components.pair_sgd import LoopStep, bpr_pair_sgd
 
 
 def _tiny_bpr(**kwargs) -> BPR:
@@ -85,16 +85,18 @@ def test_pair_sgd_refuses_tables_and_triples_it_cannot_step():
         _tiny_bpr(solver="hogwild")
     with pytest.raises(ValueError, match="model.pair_lr must be a positive number"):
         _tiny_bpr(solver="pair_sgd", pair_lr=0.0)
-    with pytest.raises(ValueError, match="steps no optimizer for a weight average"):
+    with pytest.raises(ValueError, match="takes no weight average"):
         _tiny_bpr(solver="pair_sgd", ema_decay=0.9)
 
 
 def test_bpr_with_pair_sgd_trains_repeatably_without_an_optimizer(make_config):
-    """No optimizer (the loop steps the tables itself), and the same seed
+    """No optimizer state (the loop steps the tables itself; `LoopStep` only counts its steps
+    for Lightning), and the same seed
     gives the same weights to the bit (one sequential loop, no thread races)."""
     overrides = ["model=bpr", "model.solver=pair_sgd", "model.batch_size=64"]
-    _, model, _, _ = fit_briefly(make_config(overrides), steps=2, epochs=2)
-    assert model.configure_optimizers() is None
+    _, model, trainer, _ = fit_briefly(make_config(overrides), steps=2, epochs=2)
+    assert isinstance(trainer.optimizers[0], LoopStep) and not trainer.optimizers[0].state
+    assert trainer.global_step == 4  # a step per loaded batch: checkpoints follow the count
     assert model.user_embedding.weight.grad is None  # no gradients: the loop steps the tables
     _, again, _, _ = fit_briefly(make_config(overrides), steps=2, epochs=2)
     for name, value in model.state_dict().items():
@@ -116,3 +118,15 @@ def test_bpr_with_pair_sgd_learns_beyond_popularity(tmp_path):
 
     pop = ndcg(["model=pop"], 1)
     assert ndcg(["model=bpr", "model.solver=pair_sgd"], 30) > 1.05 * pop
+
+
+def test_a_pair_sgd_run_tests_its_best_checkpoint(tmp_path):
+    """train.py keeps the best validation's weights (Lightning saves checkpoints by its step
+    count, which `LoopStep` advances) and tests those, as with any optimizer."""
+    from conftest import compose_config
+    from recozoo.train import train
+
+    record = train(compose_config(["model=bpr", "model.solver=pair_sgd", "trainer.max_epochs=3",
+                                   "model.batch_size=64", "eval.ks=[10]"], tmp_path))
+    assert record["best_checkpoint"] is not None
+    assert (tmp_path / record["best_checkpoint"]).exists()

@@ -41,8 +41,12 @@ class KillOnce(L.Callback):
 
 
 def _overrides(model: str, marker: Path | None, sig: str, stall: float = 0.0) -> list[str]:
+    """``model`` is a model's name, or ``name:solver`` for a ``model.solver`` setting."""
+    model, _, solver = model.partition(":")
     extra = [f"model={model}", "trainer.max_epochs=4", "trainer.limit_train_batches=3",
              "eval.ks=[5,10]", "data.source.n_users=120", "data.source.n_items=60"]
+    if solver:
+        extra.append(f"model.solver={solver}")
     if "batch_size" in compose_config([f"model={model}"], Path("/nonexistent")).model:
         extra.append("model.batch_size=32")  # several batches per epoch: order matters
     if marker is not None:
@@ -62,11 +66,13 @@ def _train_in_child(cfg) -> None:
 
 
 def resume_models() -> list:
-    """bpr always; models with extra training state once their configs exist."""
+    """bpr always, with its per-triple SGD too (no optimizer state to restore); models with extra
+    training state once their configs exist."""
     extra = {"multvae": "annealing step", "cfgan": "two optimisers", "sqn": "target network",
              "dqn": "target network", "bert_finetune": "second phase: top layer alone"}
     present = [name for name in extra if (CONF / "model" / f"{name}.yaml").exists()]
-    return ["bpr"] + [pytest.param(name, marks=pytest.mark.slow) for name in present]
+    return ["bpr", "bpr:pair_sgd"] + [pytest.param(name, marks=pytest.mark.slow)
+                                      for name in present]
 
 
 @pytest.mark.parametrize("model", resume_models())

@@ -36,7 +36,7 @@ from recozoo.data.datamodule import DatasetInfo, EvalBatch, TrainView
 from recozoo.distributed import per_rank_batch_size
 from recozoo.models.base import Recommender
 from recozoo.models.components.lookup import embedding_rows
-from recozoo.models.components.pair_sgd import bpr_pair_sgd, pair_sgd_kernel
+from recozoo.models.components.pair_sgd import LoopStep, bpr_pair_sgd, pair_sgd_kernel
 from recozoo.models.optimizers import use_sparse
 
 SOLVERS = ("optimizer", "pair_sgd")
@@ -91,9 +91,10 @@ class BPR(Recommender):
             raise ValueError(f"model.solver must be one of {SOLVERS}, got {solver!r}")
         self.solver, self.pair_lr = solver, pair_learning_rate(pair_lr, info)
         if solver != "optimizer" and self.ema_decay is not None:
-            # Lightning's weight averaging follows optimizer steps, which this solver makes none of
-            raise ValueError(f"model.ema_decay: model.solver={solver} steps no optimizer for a "
-                             "weight average to follow; set model.ema_decay=null or "
+            # Lightning's weight average was never measured with this solver: refused, not
+            # silently unverified
+            raise ValueError(f"model.ema_decay: model.solver={solver} takes no weight average "
+                             "(not measured with it); set model.ema_decay=null or "
                              "model.solver=optimizer")
         sparse = use_sparse(sparse, info.n_users + info.n_items)
         self.batch_size, self.n_negatives, self.weight_decay = batch_size, n_negatives, weight_decay
@@ -128,7 +129,9 @@ class BPR(Recommender):
             pair_sgd_kernel()
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict | None:
-        return None if self.solver != "optimizer" else super().configure_optimizers()
+        if self.solver == "pair_sgd":  # the loop steps the tables; Lightning counts its steps
+            return LoopStep([self.user_embedding.weight, self.item_embedding.weight])
+        return super().configure_optimizers()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Automatic optimisation: the base's step. With ``solver="pair_sgd"``, one SGD step per
@@ -137,11 +140,12 @@ class BPR(Recommender):
         DDP; returns the slices' mean loss."""
         if self.automatic_optimization:
             return super().training_step(batch, batch_idx)
-        if self.solver != "optimizer":
+        if self.solver == "pair_sgd":
             loss = torch.tensor(bpr_pair_sgd(
                 self.user_embedding.weight, self.item_embedding.weight, batch["user"],
                 batch["item"], batch["negative"], self.pair_lr, self.weight_decay,
                 self.positive_weight))
+            self.optimizers().step()  # a step for Lightning's count (checkpoints follow it)
             self.log_train({"train/loss": loss}, prog_bar=True, batch_size=len(batch["user"]))
             return loss
         optimizer = self.optimizers()

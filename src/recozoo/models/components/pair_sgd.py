@@ -16,6 +16,9 @@ process's own thread, outside torch's thread pool.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -27,6 +30,21 @@ def pair_sgd_kernel():
     `recozoo.models.bpr.BPR.setup` asks for it before training, so no epoch pays that."""
     from recozoo.models.components.pair_sgd_loop import bpr_sgd_loop
     return bpr_sgd_loop
+
+
+class LoopStep(torch.optim.Optimizer):
+    """The optimizer Lightning counts a step of: `bpr_pair_sgd` has already changed the tables,
+    so its step only runs Lightning's closure (its hooks), and holds no state.
+
+    Lightning's global step counts optimizer steps, and checkpointing follows it: a model that
+    stepped none kept no best checkpoint, so early stopping's best weights were lost (the test
+    and the run folder got the last epoch's)."""
+
+    def __init__(self, params: Any):
+        super().__init__(params, {})
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        return None if closure is None else closure()
 
 
 @torch.no_grad()
