@@ -7,8 +7,8 @@ shop, issue 18), so batched training needs Adam, whose state traffic and a dozen
 a step cost ~10x what one fused loop over the triples does. Here each (user, positive,
 negative) triple reads the current rows and updates them at once, in one pass, with no
 optimizer state. Measured (one thread, 64 factors, one epoch of uniform negatives): the 10^6
-shop's 862k triples 0.24 s, ml-100k's 98k 0.012 s; implicit 0.7.3's BPR on two threads takes
-0.20 s and 0.012 s.
+shop's 862k triples 0.24-0.32 s, ml-100k's 98k 0.012 s; implicit 0.7.3's whole BPR epoch on two
+threads takes 0.16-0.20 s and 0.010-0.012 s.
 
 The loop is sequential, so a run is deterministic (no Hogwild races), and it runs on the
 process's own thread, outside torch's thread pool.
@@ -54,8 +54,8 @@ def bpr_pair_sgd(user_table: torch.Tensor, item_table: torch.Tensor, users: torc
     """One SGD step per (user, positive, negative) triple, in the rows' order, on the tables in
     place; returns the triples' mean loss ``-log sigmoid(<p_u, q_i - q_j>)``.
 
-    A triple's loss is ``c (-log sigmoid(x) + weight_decay (|p_u|^2 + |q_i|^2 + |q_j|^2))``
-    with ``c`` its positive's ``positive_weight`` (1 without), and its step is ``lr`` times that
+    A triple's loss is ``-c log sigmoid(x) + weight_decay (|p_u|^2 + |q_i|^2 + |q_j|^2)`` with
+    ``c`` its positive's ``positive_weight`` (1 without), and its step is ``lr`` times that
     loss's gradient at the current rows (all three from the same values): the per-triple form
     of `recozoo.models.bpr.BPR.loss`'s mean. ``users`` and ``positives`` are (B,), ``negatives``
     (B, n). The tables must be contiguous float32 on the CPU (they are changed in place through
