@@ -85,8 +85,6 @@ def test_pair_sgd_refuses_tables_and_triples_it_cannot_step():
         _tiny_bpr(solver="hogwild")
     with pytest.raises(ValueError, match="model.pair_lr must be a positive number"):
         _tiny_bpr(solver="pair_sgd", pair_lr=0.0)
-    with pytest.raises(ValueError, match="takes no weight average"):
-        _tiny_bpr(solver="pair_sgd", ema_decay=0.9)
 
 
 def test_bpr_with_pair_sgd_trains_repeatably_without_an_optimizer(make_config):

@@ -91,12 +91,6 @@ class BPR(Recommender):
         if solver not in SOLVERS:
             raise ValueError(f"model.solver must be one of {SOLVERS}, got {solver!r}")
         self.solver, self.pair_lr = solver, pair_learning_rate(pair_lr, info)
-        if solver != "optimizer" and self.ema_decay is not None:
-            # Lightning's weight average was never measured with this solver: refused, not
-            # silently unverified
-            raise ValueError(f"model.ema_decay: model.solver={solver} takes no weight average "
-                             "(not measured with it); set model.ema_decay=null or "
-                             "model.solver=optimizer")
         sparse = use_sparse(sparse, info.n_users + info.n_items)
         self.batch_size, self.n_negatives, self.weight_decay = batch_size, n_negatives, weight_decay
         # Lightning steps a scheduler for automatic optimisation only: with one, the plain loop
