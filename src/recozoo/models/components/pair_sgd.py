@@ -71,10 +71,12 @@ def bpr_pair_sgd(user_table: torch.Tensor, item_table: torch.Tensor, users: torc
                          "be (B,), (B,) and (B, n)")
     if not len(users) or not negatives.shape[1]:
         return 0.0
-    pairs = torch.stack([users, positives], 1).to(torch.int64).numpy()
+    def indices(values: torch.Tensor) -> np.ndarray:
+        return values.to(torch.int64).contiguous().numpy()
+
     weights = (np.zeros(0, np.float32) if positive_weight is None
                else positive_weight.detach().to(torch.float32).contiguous().numpy())
-    loss = pair_sgd_kernel()(user_table.detach().numpy(), item_table.detach().numpy(), pairs,
-                             negatives.to(torch.int64).contiguous().numpy(), weights, float(lr),
-                             2.0 * float(weight_decay))
+    loss = pair_sgd_kernel()(user_table.detach().numpy(), item_table.detach().numpy(),
+                             indices(users), indices(positives), indices(negatives), weights,
+                             float(lr), 2.0 * float(weight_decay))
     return loss / negatives.numel()

@@ -6,17 +6,17 @@ import numpy as np
 from numba import njit
 
 
-# one signature, compiled when declared (eagerly): the tables, the (B, 2) user-positive
-# pairs, the (B, n) negatives, the positives' weights ((0,) for none), lr, 2 x weight decay
-@njit("float64(float32[:, ::1], float32[:, ::1], int64[:, ::1], int64[:, ::1], "
+# one signature, compiled when declared (eagerly): the tables, the (B,) users and positives,
+# the (B, n) negatives, the positives' weights ((0,) for none), lr, 2 x weight decay
+@njit("float64(float32[:, ::1], float32[:, ::1], int64[::1], int64[::1], int64[:, ::1], "
       "float32[::1], float64, float64)", nogil=True, fastmath=True, cache=True)
-def bpr_sgd_loop(user_table, item_table, pairs, negatives, weights, lr, decay):
+def bpr_sgd_loop(user_table, item_table, users, positives, negatives, weights, lr, decay):
     n_rows, n_neg = negatives.shape
     dim = user_table.shape[1]
     keep = 1.0 - lr * decay
     loss = 0.0
     for b in range(n_rows):
-        u, i = pairs[b, 0], pairs[b, 1]
+        u, i = users[b], positives[b]
         rate = lr * weights[i] if weights.shape[0] else lr
         for t in range(n_neg):
             j = negatives[b, t]
