@@ -11,6 +11,7 @@ from sklearn.metrics import ndcg_score
 
 from recozoo.data.popularity import BUCKETS
 from recozoo.metrics import functional as F
+from recozoo.metrics import ranking as ranking_metrics
 from recozoo.metrics.buckets import BUCKET_METRICS
 from recozoo.metrics.ranking import (
     NDCG,
@@ -214,10 +215,14 @@ def test_suite_where_no_test_user_has_a_tail_target_gives_nan_tail_recall():
     assert values["test/aplt@4"] == pytest.approx((2 / 4 + 3 / 4) / 2)
 
 
-def test_pairs_and_dense_targets_make_the_same_batch():
+@pytest.mark.parametrize("dense_membership", [True, False], ids=["dense_table", "binary_search"])
+def test_pairs_and_dense_targets_make_the_same_batch(monkeypatch, dense_membership):
     """`RankedBatch.from_pairs` (what evaluation uses: no (B, n_items) matrix) counts hits, tail
     hits and per-bucket targets as a dense 0/1 target matrix does, with repeated pairs once and
-    padded slots never hit."""
+    padded slots never hit; both ways of finding the listed targets (a dense table for small
+    batches, a binary search above `DENSE_MEMBERSHIP_MAX_ENTRIES`)."""
+    monkeypatch.setattr(ranking_metrics, "DENSE_MEMBERSHIP_MAX_ENTRIES",
+                        1 << 30 if dense_membership else 0)
     generator = torch.Generator().manual_seed(0)
     n_rows, n_items, k = 7, 30, 5
     items = torch.stack([torch.randperm(n_items, generator=generator)[:k] for _ in range(n_rows)])
