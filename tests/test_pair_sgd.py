@@ -107,6 +107,24 @@ def test_bpr_with_pair_sgd_trains_repeatably_without_an_optimizer(make_config):
             "+model.lr_scheduler._partial_=true", "+model.lr_scheduler.step_size=1"]))
 
 
+@pytest.mark.parametrize("precision", ["bf16-true", "64-true"])
+def test_pair_sgd_refuses_a_trainer_whose_tables_are_not_float32_before_training(make_config,
+                                                                              precision):
+    """A precision that casts the tables (or another device than the CPU) is refused when the
+    fit sets up, with the setting named, not at the first batch."""
+    import lightning as L
+
+    from recozoo.train import build_experiment
+
+    experiment = build_experiment(make_config(["model=bpr", "model.solver=pair_sgd"]))
+    trainer = L.Trainer(max_epochs=1, precision=precision, accelerator="cpu", devices=1,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[experiment.evaluator])
+    with pytest.raises(ValueError, match=f"runs on cpu with precision {precision}"):
+        trainer.fit(experiment.model, datamodule=experiment.datamodule)
+    assert trainer.global_step == 0
+
+
 def test_bpr_with_pair_sgd_learns_beyond_popularity(tmp_path):
     """On the learning shop (tests/test_models_learn.py), the per-triple SGD ranks held-out
     items above popularity, as the default solver does."""

@@ -41,6 +41,9 @@ from recozoo.models.components.pair_sgd import LoopStep, bpr_pair_sgd, pair_sgd_
 from recozoo.models.optimizers import use_sparse
 
 SOLVERS = ("optimizer", "pair_sgd")
+#: Lightning precisions that make the tables something else than float32 (mixed precisions keep
+#: float32 weights): pair_sgd refuses them before training rather than at its first batch
+PAIR_SGD_REFUSED_PRECISIONS = frozenset({"16-true", "bf16-true", "64-true", "16", "bf16", "64"})
 #: ``pair_lr: auto``'s rate times the mean training pairs of a user or of an item, the larger:
 #: the rows of the denser table then take about the same total step in an epoch whatever the
 #: data (see `pair_learning_rate`)
@@ -111,7 +114,8 @@ class BPR(Recommender):
                          steps_per_load=self.steps_per_load)
 
     def setup(self, stage: str) -> None:
-        """Refuse pair_sgd under DDP, and compile its loop before the first epoch."""
+        """Refuse pair_sgd where it cannot run (DDP, another device than the CPU, tables that
+        are not float32), before any epoch, and compile its loop."""
         super().setup(stage)
         if self.solver == "optimizer":
             return
@@ -120,6 +124,13 @@ class BPR(Recommender):
             raise ValueError("model.solver=pair_sgd trains in one process (its steps change the "
                              "tables in place, which DDP cannot average); use "
                              "model.solver=optimizer with trainer=ddp")
+        if trainer is not None:
+            device, precision = trainer.strategy.root_device, str(trainer.precision)
+            if device.type != "cpu" or precision in PAIR_SGD_REFUSED_PRECISIONS:
+                raise ValueError(
+                    f"model.solver=pair_sgd steps float32 tables on the CPU (a compiled loop), "
+                    f"but this trainer runs on {device.type} with precision {precision}; use "
+                    "trainer=cpu with a 32-bit or mixed precision, or model.solver=optimizer")
         if stage == "fit":
             pair_sgd_kernel()
 
