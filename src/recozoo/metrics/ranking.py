@@ -30,10 +30,11 @@ NO_ITEM = -1
 #: `RankedBatch.n_inputs` is the head, column 1 the tail (every item outside the head).
 POPULARITY_GROUPS: tuple[str, ...] = ("head", "tail")
 #: `RankedBatch.from_pairs` finds the listed targets in a dense (B, n_items) table where it has
-#: at most this many entries, else by binary search in the sorted target keys. Measured (2
-#: threads, ms dense / search, K 100 and 20): 943 x 1,682 (ml-100k's test batch, 9,430 targets)
-#: 0.38 / 1.86 and 0.27 / 0.53; 1,024 x 4,096 0.61 / 1.92 and 0.44 / 0.59; 1,024 x 16,384
-#: 1.05 / 1.95 and 0.81 / 0.60; 1,440 x 46,600 (the 10^6 shop's) 17.2 / 3.2.
+#: at most this many entries, else by binary search in the sorted target keys. Measured on
+#: random lists and targets (2 threads, ms dense / search, K 100 and 20): 943 x 1,682 (ml-100k's
+#: test batch shape, 9,430 targets) 0.38 / 1.86 and 0.27 / 0.53; 1,024 x 4,096 (10,240 targets)
+#: 0.61 / 1.92 and 0.44 / 0.59; 1,024 x 16,384 1.05 / 1.95 and 0.81 / 0.60; 1,440 x 46,600 (the
+#: 10^6 shop's batch shape) 17.0 / 1.7 with 1,440 targets, 17.2 / 3.2 with 30,000.
 DENSE_MEMBERSHIP_MAX_ENTRIES = 1 << 22
 
 
@@ -150,14 +151,16 @@ class RankedBatch:
                             + target_cols.long().to(device))  # sorted, one per distinct pair
         rows, cols = keys // n_items, keys % n_items
         list_keys = torch.arange(n_rows, device=device)[:, None] * n_items + safe  # (B, K)
-        hits = torch.zeros(items.shape, device=device)  # (B, K)
-        if len(keys) and n_rows * n_items <= DENSE_MEMBERSHIP_MAX_ENTRIES:
+        if not len(keys):
+            listed = torch.zeros(items.shape, dtype=torch.bool, device=device)  # (B, K)
+        elif n_rows * n_items <= DENSE_MEMBERSHIP_MAX_ENTRIES:
             is_target = torch.zeros(n_rows * n_items, dtype=torch.bool, device=device)
             is_target[keys] = True
-            hits = (is_target[list_keys] & present).float()
-        elif len(keys):  # membership by binary search in the sorted keys (faster than isin)
+            listed = is_target[list_keys]
+        else:  # membership by binary search in the sorted keys (faster than isin)
             found = torch.searchsorted(keys, list_keys).clamp(max=len(keys) - 1)  # (B, K)
-            hits = (keys[found] == list_keys).float() * present
+            listed = keys[found] == list_keys
+        hits = (listed & present).float()  # (B, K)
         tail = tail_mask.to(device)
         is_tail = tail[cols].double()  # (T,)
         n_targets = torch.bincount(rows, minlength=n_rows).float()

@@ -41,9 +41,10 @@ from recozoo.models.components.pair_sgd import LoopStep, bpr_pair_sgd, pair_sgd_
 from recozoo.models.optimizers import use_sparse
 
 SOLVERS = ("optimizer", "pair_sgd")
-#: Lightning precisions that make the tables something else than float32 (mixed precisions keep
-#: float32 weights): pair_sgd refuses them before training rather than at its first batch
-PAIR_SGD_REFUSED_PRECISIONS = frozenset({"16-true", "bf16-true", "64-true", "16", "bf16", "64"})
+#: Lightning precisions (as `Trainer.precision` names them: "16" and "bf16" become mixed, "64"
+#: "64-true") that make the tables something else than float32 (mixed precisions keep float32
+#: weights): pair_sgd refuses them before training rather than at its first batch
+PAIR_SGD_REFUSED_PRECISIONS = frozenset({"16-true", "bf16-true", "64-true"})
 #: ``pair_lr: auto``'s rate times the mean training pairs of a user or of an item, the larger:
 #: the rows of the denser table then take about the same total step in an epoch whatever the
 #: data (see `pair_learning_rate`)
