@@ -303,6 +303,66 @@ def test_seen_sum_is_the_input_rows_times_a_matrix_bit_for_bit():
         batch.seen_sparse(10)
 
 
+def test_seen_sum_in_column_blocks_is_the_whole_matrix_sum_bit_for_bit(monkeypatch):
+    """Dense weights in blocks of columns that fit a core's cache (`column_blocks`, here a
+    pretend cache of 128 columns of 15 float32 rows): the same sums, block by block, into fresh
+    memory or the memory the batch offers; weights too tall or too narrow to block stay whole."""
+    from recozoo.data import contracts
+    from recozoo.data.contracts import ColumnBlocks, column_blocks
+
+    monkeypatch.setattr(contracts, "l2_cache_bytes", lambda: 15 * 4 * 128)
+    batch, _ = _three_users_inputs(15)
+    weights = torch.randn(15, 300, generator=torch.Generator().manual_seed(0))
+    blocked = column_blocks(weights)
+    assert isinstance(blocked, ColumnBlocks) and blocked.shape == (15, 300)
+    assert [block.shape[1] for block in blocked.blocks] == [128, 128, 44]
+    expected = batch.seen_sum(weights)
+    assert torch.equal(batch.seen_sum(blocked), expected)
+    batch.scores_out = torch.full((3, 300), math.nan)
+    scores = batch.seen_sum(blocked)
+    assert scores.data_ptr() == batch.scores_out.data_ptr() and torch.equal(scores, expected)
+    with pytest.raises(ValueError, match="outside the catalogue's 0..9"):
+        batch.seen_sum(column_blocks(torch.randn(10, 300)))  # item 11 is not among 10 rows
+    assert isinstance(column_blocks(torch.randn(16, 300)), torch.Tensor)  # 64 columns: narrow
+    assert isinstance(column_blocks(weights[:, :128]), torch.Tensor)  # one block: the matrix
+    assert isinstance(column_blocks(weights.to_sparse_csr()), torch.Tensor)
+
+
+def test_closed_form_scoring_weights_follow_a_refit_and_a_load(monkeypatch):
+    """EASE and ItemKNN score from their weights in the form scoring reads (`derived`: in
+    column blocks here), kept between batches; a refit, a state-dict load and a pickled copy
+    score with the weights they hold, never with a stale form."""
+    import pickle
+
+    from recozoo.data import contracts
+    from recozoo.models.ease import EASE
+    from recozoo.models.itemknn import ItemKNN
+
+    monkeypatch.setattr(contracts, "l2_cache_bytes", lambda: 300 * 4 * 128)
+    user, item, dense = _pairs(60, 300, 900, seed=5)
+    batch, rows = _three_users_inputs(300)
+    for make in (lambda: EASE(_info(dense), reg_weight=5.0), lambda: ItemKNN(_info(dense))):
+        model = make()
+        model.training_step({"user": user, "item": item}, 0)
+        first = model.score(batch).clone()
+        assert isinstance(model._derived["scoring_weights"][1], contracts.ColumnBlocks)
+        assert torch.equal(model.score(batch), first)
+        other = make()
+        other.training_step({"user": user[:400], "item": item[:400]}, 0)
+        model.load_state_dict(other.state_dict())
+        assert torch.equal(model.score(batch), other.score(batch))
+        assert not torch.equal(model.score(batch), first)
+        copy = pickle.loads(pickle.dumps(model))
+        assert torch.equal(copy.score(batch), other.score(batch))
+    ease = EASE(_info(dense), reg_weight=5.0)
+    ease.training_step({"user": user, "item": item}, 0)
+    before = ease.score(batch).clone()
+    ease.fit_pairs(user, item, 500.0)  # a refit in place, as the choice on validation does
+    assert not torch.equal(ease.score(batch), before)
+    assert torch.allclose(ease.score(batch), torch.as_tensor(rows, dtype=torch.float32)
+                          @ ease.item_weights, atol=1e-5)
+
+
 @pytest.mark.parametrize("chunk", [1 << 22, 5])  # one pass, and a few entries a pass
 def test_seen_sum_of_sparse_rows_is_the_dense_rows_sum(monkeypatch, chunk):
     """Sparse CSR weights (ItemKNN's above DENSE_SCORING_MAX_ITEMS): each user's sum of the

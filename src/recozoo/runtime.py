@@ -23,6 +23,7 @@ it is loaded. This module imports nothing heavy for that reason.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -85,6 +86,31 @@ def openmp_waits_passively() -> bool:
     PASSIVE, `THREAD_SETTINGS`' default): each region then pays for waking them, which a routine
     made of many short regions (a blocked matrix inverse, a small model's step) feels."""
     return os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
+
+
+#: a core's L2 cache where the system does not say (`l2_cache_bytes`): the smallest of today's
+#: common server and laptop cores (AMD Zen 2-4, Intel Skylake-SP and later have 1-2 MiB)
+DEFAULT_L2_CACHE_BYTES = 1 << 20
+
+
+@functools.cache
+def l2_cache_bytes() -> int:
+    """Bytes of one core's level-2 data cache, as Linux describes CPU 0's caches in sysfs;
+    `DEFAULT_L2_CACHE_BYTES` where it does not (another system, a container without sysfs)."""
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for index in sorted(os.listdir(root)):
+            folder = os.path.join(root, index)
+            with open(os.path.join(folder, "level")) as level, \
+                    open(os.path.join(folder, "type")) as kind, \
+                    open(os.path.join(folder, "size")) as size:
+                if level.read().strip() == "2" and kind.read().strip() in ("Unified", "Data"):
+                    text = size.read().strip().upper()  # e.g. "2048K"
+                    scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
+                    return int(text.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        pass
+    return DEFAULT_L2_CACHE_BYTES
 
 
 def available_memory() -> int | None:

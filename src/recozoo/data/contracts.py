@@ -16,6 +16,7 @@ import torch
 from recozoo.data.interactions import Interactions
 from recozoo.data.popularity import popularity_buckets, tail_mask
 from recozoo.data.split import SplitIndices
+from recozoo.runtime import l2_cache_bytes
 
 TrainViewKind = Literal["pairs", "ratings", "user_rows", "sequences", "matrix"]
 
@@ -77,17 +78,77 @@ def zero_one_sparse(rows: torch.Tensor, cols: torch.Tensor, shape: tuple[int, in
                                    is_coalesced=True, check_invariants=False)
 
 
+#: the narrowest block of columns `column_blocks` makes: narrower ones lose more to the many
+#: short rows each bag adds than they gain from the cache (3,706 items, 64 columns: 28 ms
+#: against 18 at 128 and 36 unblocked)
+MIN_BLOCK_COLUMNS = 128
+#: the most bytes of a matrix `column_blocks` copies (the blocks are a second copy of it)
+MAX_BLOCKED_BYTES = 1 << 28
+
+
+@dataclass(frozen=True)
+class ColumnBlocks:
+    """A dense (m, n) matrix held again as contiguous blocks of its columns, each small enough
+    to stay in one core's L2 cache (`column_blocks` makes them); `zero_one_product` adds the
+    rows of one block at a time.
+
+    Why: a user's score row adds ~50-200 rows of the whole matrix, and the next user adds
+    others; when the matrix does not fit in the core's own cache each row comes from the
+    shared L3 or memory, while one block's rows are read from L2 by every user in turn.
+    ml-100k's validation batch in EASE's weights (943 users, 80,000 inputs, 1,682 x 1,682,
+    2 threads, 2 MiB L2): 4.1-4.4 ms in blocks of 256 columns against 7.6-7.8 ms; random
+    inputs skewed like ratings into 3,706 x 3,706 (MovieLens 1M's items, 1,024 users): 17.9
+    against 35.9 ms in blocks of 128. The sums are the same, to the bit.
+    """
+
+    blocks: tuple[torch.Tensor, ...]  # (m, width) each, the last one narrower
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.blocks[0].shape[0], sum(block.shape[1] for block in self.blocks)
+
+
+def column_blocks(matrix: torch.Tensor) -> ColumnBlocks | torch.Tensor:
+    """``matrix`` (m, n) as `ColumnBlocks` of the widest multiple of 64 columns whose block
+    fits one core's L2 cache (`recozoo.runtime.l2_cache_bytes`), where that is at least
+    `MIN_BLOCK_COLUMNS` and less than n; else ``matrix`` itself: not a dense CPU matrix, too
+    tall to block (an L2 of 2 MiB blocks matrices of up to 4,096 rows of float32), or above
+    `MAX_BLOCKED_BYTES` (8,000 x 8,000 in blocks of 64 columns was slower than unblocked)."""
+    if (matrix.layout != torch.strided or matrix.device.type != "cpu" or matrix.dim() != 2
+            or matrix.numel() * matrix.element_size() > MAX_BLOCKED_BYTES):
+        return matrix
+    n_rows, n_cols = matrix.shape
+    width = l2_cache_bytes() // max(n_rows * matrix.element_size(), 1) // 64 * 64
+    if width < MIN_BLOCK_COLUMNS or width >= n_cols:
+        return matrix
+    return ColumnBlocks(tuple(matrix[:, start:start + width].contiguous()
+                              for start in range(0, n_cols, width)))
+
+
 def zero_one_product(rows: torch.Tensor, cols: torch.Tensor, n_rows: int,
-                     matrix: torch.Tensor, distinct_sorted: bool = False) -> torch.Tensor:
+                     matrix: torch.Tensor | ColumnBlocks, distinct_sorted: bool = False,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
     """(n_rows, d): ``zero_one_sparse(rows, cols, (n_rows, len(matrix))) @ matrix``, each row
     the sum of ``matrix``'s rows at that row's distinct columns, as one embedding bag per row:
     the same sums in the same order (equal to the bit), without a sparse matrix. 2 threads,
     with the 0/1 matrix built each time: 943 x 1,682 at 5% @ 1,682 x 1,682: 29 ms with
     ``torch.sparse.mm``, 17 ms; 1,024 x 20,000 at 0.2% @ 20,000 x 2,000: 40 ms, 18 ms.
-    ``distinct_sorted`` as in `zero_one_sparse`."""
+    ``matrix`` in `ColumnBlocks`: one block at a time, written into ``out`` (n_rows, d) where
+    given. ``distinct_sorted`` as in `zero_one_sparse`."""
     if not distinct_sorted:
         rows, cols = distinct_pairs(rows, cols, matrix.shape[0])
     starts = torch.searchsorted(rows, torch.arange(n_rows, device=rows.device))
+    if isinstance(matrix, ColumnBlocks):
+        first = matrix.blocks[0]
+        if out is None:
+            out = torch.empty(n_rows, matrix.shape[1], dtype=first.dtype, device=first.device)
+        start = 0
+        for block in matrix.blocks:
+            width = block.shape[1]
+            out[:, start:start + width] = torch.nn.functional.embedding_bag(
+                cols, block, starts, mode="sum")
+            start += width
+        return out
     return torch.nn.functional.embedding_bag(cols, matrix, starts, mode="sum")
 
 
@@ -395,12 +456,18 @@ class EvalBatch:
                                  distinct_sorted=self.seen_distinct_sorted)
         return matrix.to_sparse_csr() if layout == torch.sparse_csr else matrix
 
-    def seen_sum(self, weights: torch.Tensor) -> torch.Tensor:
+    def seen_sum(self, weights: torch.Tensor | ColumnBlocks) -> torch.Tensor:
         """(B, d): each user's sum of the rows of ``weights`` (n_items, d) over the user's
         distinct input items, ``seen_sparse(n_items) @ weights`` (EASE's and ItemKNN's scores)
-        computed faster: `zero_one_product` for dense weights, `zero_one_csr_product` (into
-        ``scores_out`` where it can take them) for sparse CSR ones."""
+        computed faster: `zero_one_product` for dense weights (in `ColumnBlocks` too: into
+        ``scores_out`` where it can take them), `zero_one_csr_product` (likewise) for sparse
+        CSR ones."""
         self._check_seen_items(weights.shape[0])
+        if isinstance(weights, ColumnBlocks):
+            return zero_one_product(self.seen_rows, self.seen_cols, len(self.user), weights,
+                                    distinct_sorted=self.seen_distinct_sorted,
+                                    out=self._offered_memory(weights.shape[1],
+                                                             *weights.blocks))
         if weights.layout == torch.sparse_csr:
             return zero_one_csr_product(self.seen_rows, self.seen_cols, len(self.user), weights,
                                         distinct_sorted=self.seen_distinct_sorted,

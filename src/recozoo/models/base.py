@@ -16,8 +16,9 @@ the model. Non-gradient models (pop, ItemKNN, EASE) are `ClosedFormRecommender`s
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any, ClassVar
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, TypeVar
 
 import lightning as L
 import torch
@@ -30,6 +31,8 @@ from recozoo.models.components.sequence import ItemEmbedding
 from recozoo.models.losses import SharedLosses
 from recozoo.models.optimizers import OptimizerFactory, SchedulerFactory, build_optimizer
 from recozoo.training_callbacks import TrainThreads, logging_step
+
+T = TypeVar("T")
 
 
 class Recommender(SharedLosses, L.LightningModule):
@@ -281,6 +284,11 @@ class ClosedFormRecommender(Recommender):
             raise ValueError(f"model.ema_decay: {type(self).__name__} fits in one step, with "
                              "no optimiser steps to average over; set model.ema_decay=null")
         self.automatic_optimization = False
+        self._derived: dict[str, tuple[tuple[tuple[weakref.ref, int], ...], Any]] = {}  # `derived`
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        return {**state, "_derived": {}}  # weak references do not pickle; built again
 
     def train_view(self) -> TrainView:
         return TrainView("matrix")
@@ -293,3 +301,18 @@ class ClosedFormRecommender(Recommender):
 
     def configure_optimizers(self) -> None:
         return None
+
+    def derived(self, name: str, sources: Sequence[torch.Tensor], build: Callable[[], T]) -> T:
+        """``build()``, a value computed from the fitted ``sources`` (the weights in the form
+        scoring reads them), kept under ``name`` and built again only once a source has changed:
+        another tensor in its place or an in-place change (a refit, a state-dict load, a device
+        move), so not once per evaluation batch. The sources are held by weak references, so a
+        replaced tensor is freed and never mistaken for a new one at its address. Not saved in
+        checkpoints."""
+        kept = self._derived.get(name)
+        if (kept is None or len(kept[0]) != len(sources)
+                or any(ref() is not t or version != t._version
+                       for (ref, version), t in zip(kept[0], sources))):
+            key = tuple((weakref.ref(t), t._version) for t in sources)
+            self._derived[name] = kept = (key, build())
+        return kept[1]

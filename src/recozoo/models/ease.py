@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from recozoo.data.contracts import column_blocks
 from recozoo.data.datamodule import DatasetInfo, EvalBatch
 from recozoo.models.base import ClosedFormRecommender
 from recozoo.models.components.grid_climb import climb
@@ -190,4 +191,7 @@ class EASE(ClosedFormRecommender):
                              torch.tensor(self.reg_weight, dtype=torch.float64))
 
     def score(self, batch: EvalBatch) -> torch.Tensor:
-        return batch.seen_sum(self.item_weights)  # (B, n_items)
+        # the weights in blocks of columns that fit a core's cache, made once per fit or load
+        weights = self.derived("scoring_weights", (self.item_weights,),
+                               lambda: column_blocks(self.item_weights))
+        return batch.seen_sum(weights)  # (B, n_items)

@@ -19,6 +19,7 @@ import numpy as np
 import scipy.sparse
 import torch
 
+from recozoo.data.contracts import ColumnBlocks, column_blocks
 from recozoo.data.datamodule import DatasetInfo, EvalBatch
 from recozoo.models.base import ClosedFormRecommender
 from recozoo.models.components.grid_climb import climb
@@ -259,20 +260,19 @@ class ItemKNN(ClosedFormRecommender):
         weights = self.neighbor_weight.new_zeros(self.n_items, self.n_items)
         return weights.scatter_add_(0, self.neighbor_index[:n], self.neighbor_weight[:n])
 
-    def _scoring_weights(self) -> torch.Tensor:
+    def _scoring_weights(self) -> ColumnBlocks | torch.Tensor:
         """The similarity in the form ``score`` multiplies by, built once per state of the
-        neighbour buffers (keyed by their storage and in-place version, so a refit, a state-dict
-        load or a device move rebuilds it) rather than once per evaluation batch: dense up to
-        ``DENSE_SCORING_MAX_ITEMS`` items (each user's sum of its rows, `EvalBatch.seen_sum`, is the
-        fastest product there), sparse CSR above, where a dense copy would not fit in memory."""
-        key = tuple((t.data_ptr(), t._version)
-                    for t in (self.neighbor_index, self.neighbor_weight, self.neighbours))
-        cached = getattr(self, "_similarity_cache", None)
-        if cached is None or cached[0] != key:
-            weights = (self.dense_similarity() if self.n_items <= DENSE_SCORING_MAX_ITEMS
-                       else self.csr_similarity())
-            self._similarity_cache = (key, weights)
-        return self._similarity_cache[1]
+        neighbour buffers (`derived`) rather than once per evaluation batch: dense up to
+        ``DENSE_SCORING_MAX_ITEMS`` items (each user's sum of its rows, `EvalBatch.seen_sum`, is
+        the fastest product there; in `column_blocks` where they fit a core's cache), sparse CSR
+        above, where a dense copy would not fit in memory."""
+        def build() -> ColumnBlocks | torch.Tensor:
+            if self.n_items <= DENSE_SCORING_MAX_ITEMS:
+                return column_blocks(self.dense_similarity())
+            return self.csr_similarity()
+
+        return self.derived("scoring_weights",
+                            (self.neighbor_index, self.neighbor_weight, self.neighbours), build)
 
     def csr_similarity(self) -> torch.Tensor:
         """`similarity` as a sparse CSR matrix without its zero weights (the places of an item
