@@ -328,6 +328,24 @@ def test_seen_sum_in_column_blocks_is_the_whole_matrix_sum_bit_for_bit(monkeypat
     assert isinstance(column_blocks(weights.to_sparse_csr()), torch.Tensor)
 
 
+def test_the_l2_cache_is_read_from_linux_cache_descriptions(tmp_path):
+    """`column_blocks` sizes its blocks from the L2 cache Linux describes: the data or unified
+    cache of level 2, whatever the order of the index folders; none where there is none."""
+    from recozoo.runtime import cache_size_from_sysfs
+
+    for index, (level, kind, size) in enumerate([("1", "Data", "48K"), ("1", "Instruction",
+                                                  "32K"), ("2", "Unified", "2048K"),
+                                                 ("3", "Unified", "105M")]):
+        folder = tmp_path / f"index{index}"
+        folder.mkdir()
+        for name, text in (("level", level), ("type", kind), ("size", size)):
+            (folder / name).write_text(text + "\n")
+    assert cache_size_from_sysfs(str(tmp_path), level=2) == 2 << 20
+    assert cache_size_from_sysfs(str(tmp_path), level=3) == 105 << 20
+    assert cache_size_from_sysfs(str(tmp_path), level=4) is None
+    assert cache_size_from_sysfs(str(tmp_path / "missing"), level=2) is None
+
+
 def test_closed_form_scoring_weights_follow_a_refit_and_a_load(monkeypatch):
     """EASE and ItemKNN score from their weights in the form scoring reads (`derived`: in
     column blocks here), kept between batches; a refit, a state-dict load and a pickled copy

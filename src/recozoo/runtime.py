@@ -95,22 +95,31 @@ DEFAULT_L2_CACHE_BYTES = 1 << 20
 
 @functools.cache
 def l2_cache_bytes() -> int:
-    """Bytes of one core's level-2 data cache, as Linux describes CPU 0's caches in sysfs;
-    `DEFAULT_L2_CACHE_BYTES` where it does not (another system, a container without sysfs)."""
-    root = "/sys/devices/system/cpu/cpu0/cache"
+    """Bytes of one core's level-2 data cache, as Linux describes CPU 0's caches in sysfs
+    (`cache_size_from_sysfs`); `DEFAULT_L2_CACHE_BYTES` where it does not (another system, a
+    container without sysfs)."""
+    size = cache_size_from_sysfs("/sys/devices/system/cpu/cpu0/cache", level=2)
+    return DEFAULT_L2_CACHE_BYTES if size is None else size
+
+
+def cache_size_from_sysfs(folder: str, level: int) -> int | None:
+    """Bytes of the data (or unified) cache of ``level`` among a CPU's ``index*/`` cache
+    descriptions in sysfs (``level``, ``type`` and ``size`` files, the size such as "2048K");
+    None where there is none or it cannot be read."""
     try:
-        for index in sorted(os.listdir(root)):
-            folder = os.path.join(root, index)
-            with open(os.path.join(folder, "level")) as level, \
-                    open(os.path.join(folder, "type")) as kind, \
-                    open(os.path.join(folder, "size")) as size:
-                if level.read().strip() == "2" and kind.read().strip() in ("Unified", "Data"):
-                    text = size.read().strip().upper()  # e.g. "2048K"
+        for index in sorted(os.listdir(folder)):
+            path = os.path.join(folder, index)
+            with open(os.path.join(path, "level")) as found_level, \
+                    open(os.path.join(path, "type")) as kind, \
+                    open(os.path.join(path, "size")) as size:
+                if (found_level.read().strip() == str(level)
+                        and kind.read().strip() in ("Unified", "Data")):
+                    text = size.read().strip().upper()
                     scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
                     return int(text.rstrip("KM")) * scale
     except (OSError, ValueError):
-        pass
-    return DEFAULT_L2_CACHE_BYTES
+        return None
+    return None
 
 
 def available_memory() -> int | None:
