@@ -354,3 +354,26 @@ def test_a_bpr_only_scaling_run_keeps_the_earlier_sasrec_rows():
         {"bpr": 1.0, "sasrec": 1.0})
     assert out["note"].endswith("The sasrec rows are from the earlier run (not re-measured).")
     assert with_earlier(fresh, {"points": earlier["points"][:2]}, ["bpr"]) is fresh
+
+
+def test_the_implicit_report_reads_per_solver_verdicts_and_an_older_single_one():
+    """The implicit section's checks: one line per recozoo solver (`verdicts`), and for results
+    written before solvers were raced, the single `verdict` of the default solver's bpr."""
+    from bench.report import implicit_lines
+
+    row = {"side": "recozoo", "model": "bpr", "epochs": 5, "best_epoch": 4,
+           "sec_per_epoch": 0.05, "seconds_to_best": 0.2, "ndcg@10": 0.25}
+    verdict = {"sec_per_epoch_ratio": 5.0, "time_to_best_ratio": 10.8, "time_to_best_met": False,
+               "time_to_match_ratio": 2.0, "ndcg_met": True}
+    fast = {"sec_per_epoch_ratio": 1.8, "time_to_best_ratio": 1.05, "time_to_best_met": True,
+            "time_to_match_ratio": None, "ndcg_met": True}
+    entry = {"dataset": "ml-100k", "split": "preset", "rows": [row]}
+    section = {"protocol": "p", "threads": 2,
+               "datasets": [{**entry, "verdicts": {"bpr": verdict, "bpr (pair_sgd)": fast}}]}
+    checks = [line for line in implicit_lines(section) if line.startswith("- ml-100k")]
+    assert len(checks) == 2
+    assert "recozoo bpr:" in checks[0] and "best 10.800 **miss**" in checks[0]
+    assert "recozoo bpr (pair_sgd):" in checks[1] and "best 1.050 ok" in checks[1]
+    older = {"protocol": "p", "threads": 2, "datasets": [{**entry, "verdict": verdict}]}
+    checks = [line for line in implicit_lines(older) if line.startswith("- ml-100k")]
+    assert len(checks) == 1 and "recozoo bpr:" in checks[0] and "best 10.800 **miss**" in checks[0]
