@@ -107,6 +107,29 @@ def test_bpr_with_pair_sgd_trains_repeatably_without_an_optimizer(make_config):
             "+model.lr_scheduler._partial_=true", "+model.lr_scheduler.step_size=1"]))
 
 
+def test_pair_sgd_decays_its_rate_once_per_epoch(make_config, monkeypatch):
+    """``model.pair_lr_decay``: every triple of epoch e steps at pair_lr * decay^e; settings
+    it cannot honour are refused by name."""
+    from recozoo.models import bpr as bpr_module
+
+    rates = []
+
+    def recording(*args):
+        rates.append(args[5])  # bpr_pair_sgd's lr
+        return bpr_pair_sgd(*args)
+
+    monkeypatch.setattr(bpr_module, "bpr_pair_sgd", recording)
+    overrides = ["model=bpr", "model.solver=pair_sgd", "model.batch_size=64",
+                 "model.pair_lr=0.2", "model.pair_lr_decay=0.5"]
+    fit_briefly(make_config(overrides), steps=2, epochs=3)
+    assert rates == pytest.approx([0.2, 0.2, 0.1, 0.1, 0.05, 0.05])
+    for decay in (0.0, 1.5):
+        with pytest.raises(ValueError, match="model.pair_lr_decay must be in"):
+            _tiny_bpr(solver="pair_sgd", pair_lr_decay=decay)
+    with pytest.raises(ValueError, match="model.lr_scheduler instead"):
+        _tiny_bpr(pair_lr_decay=0.9)  # the optimizer solver
+
+
 @pytest.mark.parametrize("precision", ["bf16-true", "64-true"])
 def test_pair_sgd_refuses_a_trainer_whose_tables_are_not_float32_before_training(make_config,
                                                                               precision):

@@ -83,18 +83,28 @@ class BPR(Recommender):
             triple at ``pair_lr``, in a compiled loop (`recozoo.models.components.pair_sgd`), with
             no optimizer; one process on the CPU, no ``lr_scheduler``.
         pair_lr: the learning rate of a triple's step with ``solver="pair_sgd"``.
+        pair_lr_decay: with ``solver="pair_sgd"``, the rate of epoch e (from 0) is ``pair_lr
+            * pair_lr_decay ** e``; 1 keeps it constant, as implicit does.
     """
 
     def __init__(self, info: DatasetInfo, embedding_dim: int = 64, batch_size: int = 2048,
                  n_negatives: int = 1, weight_decay: float = 0.0,
                  sparse: bool | str = "auto", steps_per_load: int = 8,
-                 solver: str = "optimizer", pair_lr: float | str = "auto", **kwargs):
+                 solver: str = "optimizer", pair_lr: float | str = "auto",
+                 pair_lr_decay: float = 1.0, **kwargs):
         super().__init__(info, **kwargs)
         if steps_per_load < 1:
             raise ValueError(f"model.steps_per_load must be at least 1, got {steps_per_load}")
         if solver not in SOLVERS:
             raise ValueError(f"model.solver must be one of {SOLVERS}, got {solver!r}")
+        if not 0.0 < pair_lr_decay <= 1.0:
+            raise ValueError(f"model.pair_lr_decay must be in (0, 1] (1: a constant rate), got "
+                             f"{pair_lr_decay}")
+        if pair_lr_decay != 1.0 and solver != "pair_sgd":
+            raise ValueError("model.pair_lr_decay decays model.solver=pair_sgd's rate; the "
+                             "optimizer solver's rate follows model.lr_scheduler instead")
         self.solver, self.pair_lr = solver, pair_learning_rate(pair_lr, info)
+        self.pair_lr_decay = pair_lr_decay
         sparse = use_sparse(sparse, info.n_users + info.n_items)
         self.batch_size, self.n_negatives, self.weight_decay = batch_size, n_negatives, weight_decay
         # Lightning steps a scheduler for automatic optimisation only: with one, the plain loop
@@ -150,7 +160,7 @@ class BPR(Recommender):
         if self.solver == "pair_sgd":
             loss = torch.tensor(bpr_pair_sgd(
                 self.user_embedding.weight, self.item_embedding.weight, batch["user"],
-                batch["item"], batch["negative"], self.pair_lr, self.weight_decay,
+                batch["item"], batch["negative"], self.epoch_pair_lr(), self.weight_decay,
                 self.positive_weight))
             self.optimizers().step()  # a step for Lightning's count (checkpoints follow it)
             self.log_train({"train/loss": loss}, prog_bar=True, batch_size=len(batch["user"]))
@@ -174,6 +184,13 @@ class BPR(Recommender):
         loss = torch.stack(losses).mean()
         self.log_train({"train/loss": loss}, prog_bar=True, batch_size=n_rows)
         return loss
+
+    def epoch_pair_lr(self) -> float:
+        """``solver="pair_sgd"``'s rate in the current epoch: ``pair_lr`` decayed by
+        ``pair_lr_decay`` once per epoch before it. The epoch is Lightning's, restored with a
+        checkpoint, so a resumed run steps at the rates of an uninterrupted one."""
+        epoch = self.current_epoch if self._trainer is not None else 0
+        return self.pair_lr * self.pair_lr_decay ** epoch
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         user = embedding_rows(self.user_embedding, batch["user"])  # (B, d)
