@@ -4,8 +4,10 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-# Shared 2-core machines: spinning OpenMP threads slow torch 10x under contention.
+# Shared 2-core machines: spinning OpenMP threads slow torch 10x under contention; a short spin
+# (GNU OpenMP's 1,000 rounds) before sleeping keeps tiny parallel regions fast (recozoo.runtime).
 export OMP_WAIT_POLICY ?= PASSIVE
+export GOMP_SPINCOUNT ?= 1000
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help

@@ -52,15 +52,15 @@ def test_bpr_run_hides_the_stage_callbacks_lightning_replaces(tmp_path):
 
 
 def test_programs_set_the_thread_settings_the_user_left_unset():
-    """configure_process sets OMP_WAIT_POLICY and OPENBLAS_THREAD_TIMEOUT (recozoo.runtime)
-    where the environment has none, and keeps a value the user set."""
+    """configure_process sets OMP_WAIT_POLICY, GOMP_SPINCOUNT and OPENBLAS_THREAD_TIMEOUT
+    (recozoo.runtime) where the environment has none, and keeps a value the user set."""
+    names = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OPENBLAS_THREAD_TIMEOUT")
     code = ("import os, recozoo.runtime as r; r.configure_process(); "
-            "print(os.environ['OMP_WAIT_POLICY'], os.environ['OPENBLAS_THREAD_TIMEOUT'])")
-    base = {k: v for k, v in os.environ.items()
-            if k not in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")}
-    for extra, expected in (({}, "PASSIVE 20"),
-                            ({"OPENBLAS_THREAD_TIMEOUT": "24", "OMP_WAIT_POLICY": "ACTIVE"},
-                             "ACTIVE 24")):
+            f"print(*(os.environ[name] for name in {names!r}))")
+    base = {k: v for k, v in os.environ.items() if k not in names}
+    for extra, expected in (({}, "PASSIVE 1000 20"),
+                            ({"OPENBLAS_THREAD_TIMEOUT": "24", "OMP_WAIT_POLICY": "ACTIVE",
+                              "GOMP_SPINCOUNT": "0"}, "ACTIVE 0 24")):
         done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**base, **extra},
                               capture_output=True, text=True, timeout=120, check=True)
         assert done.stdout.split() == expected.split()

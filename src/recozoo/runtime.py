@@ -7,9 +7,10 @@ it is loaded. This module imports nothing heavy for that reason.
 * `THREAD_SETTINGS`: on a small machine shared with other busy processes, torch's OpenMP
   threads spin while they wait for work and steal the cores the work needs (a bpr epoch on the
   shop took 5-9 s instead of about 1 s with one other busy process on 2 cores). Passive waiting
-  costs nothing measurable on a quiet machine. OpenBLAS's threads, which spin ~0.1 s after
-  each of its calls, sleep after ~0.4 ms (``OPENBLAS_THREAD_TIMEOUT``). A value the user set is
-  kept.
+  costs little on a quiet machine, except to work made of many tiny parallel regions, such as
+  a GRU's steps: torch's GNU OpenMP spins 1,000 rounds before it sleeps
+  (``GOMP_SPINCOUNT``). OpenBLAS's threads, which spin ~0.1 s after each of its calls, sleep
+  after ~0.4 ms (``OPENBLAS_THREAD_TIMEOUT``). A value the user set is kept.
 * `STARTUP_FULL_COLLECTION_EVERY` and `long_lived_heap`: Python's cyclic garbage collector
   walked the libraries' ~510,000 objects at every full collection, while they were imported
   (~0.6 s of every program's start) and during a job.
@@ -43,7 +44,15 @@ from collections.abc import Iterator
 #: page faults of an evaluation batch's fresh score matrix (46,601 -> 611 for 1,024 x 46,600), but
 #: the 10^5 shop's bpr test stage took 0.38-0.55 s against 0.34-0.40 (3 alternating runs each)
 #: and the 10^6 shop's was within noise (12.1-12.6 s against 12.4-13.1; 2026-12-06)
-THREAD_SETTINGS: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "20"}
+#: GNU OpenMP (the libgomp torch's Linux wheels load) spins ``GOMP_SPINCOUNT`` rounds before
+#: its threads sleep, which overrides the wait policy's none (Intel's OpenMP ignores it and stays
+#: passive). A GRU over 943 histories of 50 items (nn.GRU, 100 units, 2 threads): 99-107 ms
+#: passive, 66-68 with 1,000 rounds, 58-59 with 10,000 or with the default policy (300,000);
+#: beside one busy process 112, 116-124, 230 and 1,009 ms. gru4rec's ml-100k validation 113-117
+#: -> 79-82 ms and test stage 121-124 -> 88-90 (2 alternating runs); sasrec's, bpr's, ease's
+#: and multvae's evaluation and multvae's epoch within noise (2026-12-06)
+THREAD_SETTINGS: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "1000",
+                                   "OPENBLAS_THREAD_TIMEOUT": "20"}
 
 #: the garbage collector's thresholds as Python sets them, before `configure_process`
 PYTHON_GC_THRESHOLD: tuple[int, int, int] = gc.get_threshold()
