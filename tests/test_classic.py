@@ -333,6 +333,8 @@ def test_the_l2_cache_is_read_from_linux_cache_descriptions(tmp_path):
     cache of level 2, whatever the order of the index folders; none where there is none."""
     from recozoo.runtime import cache_size_from_sysfs
 
+    (tmp_path / "uevent").write_text("")  # sysfs keeps a file beside the index folders
+    (tmp_path / "index9").mkdir()  # and a description without its files is skipped
     for index, (level, kind, size) in enumerate([("1", "Data", "48K"), ("1", "Instruction",
                                                   "32K"), ("2", "Unified", "2048K"),
                                                  ("3", "Unified", "105M")]):

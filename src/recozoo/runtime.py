@@ -116,8 +116,12 @@ def cache_size_from_sysfs(folder: str, level: int) -> int | None:
     descriptions in sysfs (``level``, ``type`` and ``size`` files, the size such as "2048K");
     None where there is none or it cannot be read."""
     try:
-        for index in sorted(os.listdir(folder)):
-            path = os.path.join(folder, index)
+        indexes = sorted(name for name in os.listdir(folder) if name.startswith("index"))
+    except OSError:
+        return None
+    for index in indexes:  # the folder also holds other entries (a "uevent" file)
+        path = os.path.join(folder, index)
+        try:
             with open(os.path.join(path, "level")) as found_level, \
                     open(os.path.join(path, "type")) as kind, \
                     open(os.path.join(path, "size")) as size:
@@ -126,8 +130,8 @@ def cache_size_from_sysfs(folder: str, level: int) -> int | None:
                     text = size.read().strip().upper()
                     scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
                     return int(text.rstrip("KM")) * scale
-    except (OSError, ValueError):
-        return None
+        except (OSError, ValueError):
+            continue  # an unreadable description: look at the others
     return None
 
 

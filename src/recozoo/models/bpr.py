@@ -189,8 +189,7 @@ class BPR(Recommender):
         """``solver="pair_sgd"``'s rate in the current epoch: ``pair_lr`` decayed by
         ``pair_lr_decay`` once per epoch before it. The epoch is Lightning's, restored with a
         checkpoint, so a resumed run steps at the rates of an uninterrupted one."""
-        epoch = self.current_epoch if self._trainer is not None else 0
-        return self.pair_lr * self.pair_lr_decay ** epoch
+        return self.pair_lr * self.pair_lr_decay ** self.current_epoch  # 0 without a trainer
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         user = embedding_rows(self.user_embedding, batch["user"])  # (B, d)
