@@ -4,11 +4,14 @@ user cannot act on, and ends with the run folder and the next commands."""
 from __future__ import annotations
 
 import os
+import platform
 import re
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+
+import pytest
 
 from conftest import ROOT
 
@@ -49,6 +52,30 @@ def test_bpr_run_hides_the_stage_callbacks_lightning_replaces(tmp_path):
     test's instance replaces the fit's is not shown (README: Troubleshooting)."""
     text = _train_output(tmp_path, "model=bpr")
     assert "configure_callbacks" not in text and "Run folder:" in text
+
+
+def test_programs_reuse_freed_memory_unless_the_user_set_malloc_themselves():
+    """configure_process keeps freed blocks for reuse (recozoo.runtime.reuse_freed_memory): twenty
+    12 MB tensors, one after another (after ten), mostly reuse memory already there, where glibc's
+    own settings (here the user's trim threshold) fault every page of each in afresh."""
+    if not sys.platform.startswith("linux") or "glibc" not in " ".join(platform.libc_ver()):
+        pytest.skip("glibc's malloc only")
+    code = ("import resource, torch, recozoo.runtime as r\n"
+            "set_ = r.reuse_freed_memory()\n"
+            "for _ in range(10): torch.ones(3 << 20).sum()\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+            "for _ in range(20): torch.ones(3 << 20).sum()\n"
+            "print(set_, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)")
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    outcomes = {}
+    for label, extra in (("ours", {}), ("user's", {"MALLOC_TRIM_THRESHOLD_": "131072"})):
+        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**base, **extra},
+                              capture_output=True, text=True, timeout=120, check=True)
+        outcomes[label] = done.stdout.split()
+    pages = 20 * (12 << 20) // 4096
+    assert outcomes["ours"][0] == "True" and int(outcomes["ours"][1]) < pages // 5, outcomes
+    assert outcomes["user's"][0] == "False" and int(outcomes["user's"][1]) > pages // 2, outcomes
 
 
 def test_programs_set_the_thread_settings_the_user_left_unset():
