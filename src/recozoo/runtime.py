@@ -208,8 +208,10 @@ def reuse_freed_memory() -> bool:
     the C library is not glibc, nor where the user set glibc's malloc through its environment
     (``MALLOC_*_`` or ``GLIBC_TUNABLES``), which glibc read when the process started.
 
-    The process keeps what it freed, up to its peak; the peak itself did not move (sasrec's
-    train.py on ml-100k: 0.90-0.95 GB before and after). Blocks above the threshold (a
+    The process keeps what it freed, up to its peak; the peak itself moved little (sasrec's
+    train.py on ml-100k: 0.90-0.95 GB before and after; generating the 10^6 shop 0.81 -> 0.91
+    GB; bpr at 10^7 3.40-3.42 GB both, its epoch 3-7% slower in four of five alternating pairs
+    and 6% faster in one: docs/benchmarks.md). Blocks above the threshold (a
     batch's scores over the 10^6 shop's 46,600 items) are still mapped and returned one by
     one. In one process on ml-100k (2 threads, 2 alternating runs each): sasrec's test batch scored with
     ~29,000 page faults in 71-83 ms, and with none in 48-52; its validation 82-88 -> 69-70 ms,
