@@ -78,6 +78,26 @@ def test_programs_reuse_freed_memory_unless_the_user_set_malloc_themselves():
     assert outcomes["user's"][0] == "False" and int(outcomes["user's"][1]) > pages // 2, outcomes
 
 
+def test_one_thread_runs_torch_on_one_thread_and_gives_the_count_back():
+    """recozoo.runtime.one_thread (an evaluation batch's metrics run in it): one intra-op
+    thread within, the process's count after, also when the work inside raises."""
+    import torch
+
+    from recozoo.runtime import one_thread
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with one_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError, match="inside"), one_thread():
+            raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_programs_set_the_thread_settings_the_user_left_unset():
     """configure_process sets OMP_WAIT_POLICY, GOMP_SPINCOUNT and OPENBLAS_THREAD_TIMEOUT
     (recozoo.runtime) where the environment has none, and keeps a value the user set."""
