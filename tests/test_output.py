@@ -78,6 +78,16 @@ def test_programs_reuse_freed_memory_unless_the_user_set_malloc_themselves():
     assert outcomes["user's"][0] == "False" and int(outcomes["user's"][1]) > pages // 2, outcomes
 
 
+def test_reuse_freed_memory_leaves_other_systems_alone(monkeypatch):
+    """Off Linux (no glibc; ``ctypes.CDLL(None)`` fails on Windows) nothing is set, and nothing
+    raises: every program calls it at import."""
+    from recozoo.runtime import reuse_freed_memory
+
+    for name in ("win32", "darwin"):
+        monkeypatch.setattr(sys, "platform", name)
+        assert reuse_freed_memory() is False
+
+
 def test_one_thread_runs_torch_on_one_thread_and_gives_the_count_back():
     """recozoo.runtime.one_thread (an evaluation batch's metrics run in it): one intra-op
     thread within, the process's count after, also when the work inside raises."""

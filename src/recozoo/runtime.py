@@ -33,6 +33,7 @@ import functools
 import gc
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 
@@ -220,6 +221,8 @@ def reuse_freed_memory() -> bool:
     multvae's, whose tensors were already reused, within noise."""
     tunables = os.environ.get("GLIBC_TUNABLES", "")
     if "glibc.malloc." in tunables or any(name in os.environ for name in _MALLOC_ENVIRONMENT):
+        return False
+    if not sys.platform.startswith("linux"):  # glibc is Linux's; ctypes.CDLL(None) fails on Windows
         return False
     try:
         libc = ctypes.CDLL(None)
