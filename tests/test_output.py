@@ -81,8 +81,10 @@ def test_programs_reuse_freed_memory_unless_the_user_set_malloc_themselves():
 def test_reuse_freed_memory_leaves_other_systems_alone(monkeypatch):
     """Off Linux (no glibc; ``ctypes.CDLL(None)`` fails on Windows) nothing is set, and nothing
     raises: every program calls it at import."""
-    from recozoo.runtime import reuse_freed_memory
+    from recozoo.runtime import _MALLOC_ENVIRONMENT, reuse_freed_memory
 
+    for variable in (*_MALLOC_ENVIRONMENT, "GLIBC_TUNABLES"):  # else refused for another reason
+        monkeypatch.delenv(variable, raising=False)
     for name in ("win32", "darwin"):
         monkeypatch.setattr(sys, "platform", name)
         assert reuse_freed_memory() is False

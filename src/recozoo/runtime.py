@@ -209,20 +209,21 @@ def reuse_freed_memory() -> bool:
     the C library is not glibc, nor where the user set glibc's malloc through its environment
     (``MALLOC_*_`` or ``GLIBC_TUNABLES``), which glibc read when the process started.
 
-    The process keeps what it freed, up to its peak; the peak itself moved little (sasrec's
-    train.py on ml-100k: 0.90-0.95 GB before and after; generating the 10^6 shop 0.81 -> 0.91
-    GB; bpr at 10^7 3.40-3.42 GB both, its epoch 3-7% slower in four of five alternating pairs
-    and 6% faster in one: docs/benchmarks.md). Blocks above the threshold (a
-    batch's scores over the 10^6 shop's 46,600 items) are still mapped and returned one by
-    one. In one process on ml-100k (2 threads, 2 alternating runs each): sasrec's test batch scored with
-    ~29,000 page faults in 71-83 ms, and with none in 48-52; its validation 82-88 -> 69-70 ms,
-    its test stage 92-102 -> 80-82 and its epoch 2.1-2.3 -> 1.9-2.0 s; gru4rec's validation 84 ->
-    74-76 ms, its test stage 96-98 -> 85 and its epoch 2.0-2.2 -> 1.8-1.9 s; bpr's, ease's and
-    multvae's, whose tensors were already reused, within noise."""
+    The process keeps what it freed, up to its peak, and the peak moved little: sasrec's
+    train.py on ml-100k 0.90-0.95 GB before and after; generating the 10^6 shop 0.81 -> 0.91
+    GB; bpr at 10^7 3.40-3.42 GB both (its epoch 3-7% slower in four of five alternating pairs
+    and 6% faster in one: docs/benchmarks.md). Blocks above the threshold, such as a batch's
+    scores over the 10^6 shop's 46,600 items, are still mapped and returned one by one.
+
+    In one process on ml-100k (2 threads, 2 alternating runs each): sasrec's test batch scored
+    with ~29,000 page faults in 71-83 ms, and with none in 48-52; its validation 82-88 -> 69-70
+    ms, its test stage 92-102 -> 80-82 and its epoch 2.1-2.3 -> 1.9-2.0 s; gru4rec's validation
+    84 -> 74-76 ms, its test stage 96-98 -> 85 and its epoch 2.0-2.2 -> 1.8-1.9 s; bpr's, ease's
+    and multvae's, whose tensors were already reused, within noise."""
     tunables = os.environ.get("GLIBC_TUNABLES", "")
     if "glibc.malloc." in tunables or any(name in os.environ for name in _MALLOC_ENVIRONMENT):
         return False
-    if not sys.platform.startswith("linux"):  # glibc is Linux's; ctypes.CDLL(None) fails on Windows
+    if not sys.platform.startswith("linux"):  # glibc's; ctypes.CDLL(None) fails on Windows
         return False
     try:
         libc = ctypes.CDLL(None)
