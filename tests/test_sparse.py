@@ -6,6 +6,7 @@ loss and gradients are its formula written out, through either lookup and in clo
 from __future__ import annotations
 
 import functools
+import math
 
 import pytest
 import torch
@@ -246,3 +247,127 @@ def test_bpr_trains_alike_however_many_batches_are_loaded_at_once(make_config):
         weights[per_load] = model.state_dict()
     for name, value in weights[1].items():
         torch.testing.assert_close(weights[3][name], value, rtol=0, atol=0, msg=name)
+
+
+def _tiny_bpr(n_negatives: int = 1, weight_decay: float = 0.0, ips: bool = False):
+    from recozoo.data.datamodule import DatasetInfo
+    from recozoo.models.bpr import BPR
+
+    info = DatasetInfo(name="tiny", n_users=40, n_items=60, item_popularity=torch.ones(60),
+                       tail_mask=torch.zeros(60, dtype=torch.bool), head_share=0.2)
+    model = BPR(info, embedding_dim=8, n_negatives=n_negatives, weight_decay=weight_decay,
+                sparse=True)
+    if ips:
+        model.positive_weight = torch.linspace(0.5, 2.0, 60)
+    return model
+
+
+def _tables(model) -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
+    return model.user_embedding.weight, model.item_embedding.weight
+
+
+@pytest.mark.parametrize("n_negatives,weight_decay,ips", [(1, 0.0, False), (3, 0.1, True)])
+def test_the_fused_sparse_step_is_pair_gradients_then_lazy_adam(n_negatives, weight_decay, ips):
+    """bpr's fused step (closed-form gradients and LazyAdam's row update in one compiled pass)
+    leaves the tables, the moments and the step count where ``pair_gradients`` and
+    ``LazyAdam.step`` leave them, over steps with repeated users and items, and returns the same
+    loss; the unfused step then carries on from its state alike."""
+    from recozoo.models.components.bpr_lazy_adam import BprLazyAdamStep
+
+    torch.manual_seed(0)
+    plain, fused = _tiny_bpr(n_negatives, weight_decay, ips), _tiny_bpr(n_negatives,
+                                                                         weight_decay, ips)
+    fused.load_state_dict(plain.state_dict())
+    optimizers = {"plain": LazyAdam(_tables(plain), lr=0.05),
+                  "fused": LazyAdam(_tables(fused), lr=0.05)}
+    step = BprLazyAdamStep()
+    assert step.applies(optimizers["fused"], *_tables(fused))
+    before = fused.item_embedding.weight.detach().clone()
+    for _ in range(6):
+        batch = {"user": torch.randint(0, 40, (32,)), "item": torch.randint(0, 60, (32,)),
+                 "negative": torch.randint(0, 60, (32, n_negatives))}
+        expected = plain.pair_gradients(batch)
+        optimizers["plain"].step()
+        loss = step(optimizers["fused"], *_tables(fused), batch["user"], batch["item"],
+                    batch["negative"], weight_decay, fused.positive_weight)
+        assert loss == pytest.approx(float(expected), rel=1e-5)
+        assert all(t.grad is None for t in _tables(fused))  # no sparse gradient was built
+    assert not torch.equal(fused.item_embedding.weight, before)
+    for table, reference in zip(_tables(fused), _tables(plain)):
+        torch.testing.assert_close(table, reference, rtol=1e-5, atol=1e-6)
+        state = optimizers["fused"].state[table]
+        expected_state = optimizers["plain"].state[reference]
+        assert state["step"] == expected_state["step"] == 6
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(state[key], expected_state[key], rtol=1e-5, atol=1e-9)
+    batch = {"user": torch.tensor([0, 0, 5]), "item": torch.tensor([1, 2, 1]),
+             "negative": torch.tensor([[3] * n_negatives, [4] * n_negatives, [3] * n_negatives])}
+    for model, optimizer in ((plain, optimizers["plain"]), (fused, optimizers["fused"])):
+        model.pair_gradients(batch)
+        optimizer.step()
+    for table, reference in zip(_tables(fused), _tables(plain)):
+        torch.testing.assert_close(table, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_the_fused_step_moves_nothing_on_a_loss_that_is_not_finite():
+    """A batch whose loss is not finite leaves the tables, the moments and the step count as
+    they were (the model then reports it), and the next batch steps as if it had not come."""
+    from recozoo.models.components.bpr_lazy_adam import BprLazyAdamStep
+
+    torch.manual_seed(0)
+    model, reference = _tiny_bpr(), _tiny_bpr()
+    reference.load_state_dict(model.state_dict())
+    optimizer, reference_optimizer = LazyAdam(_tables(model)), LazyAdam(_tables(reference))
+    step = BprLazyAdamStep()
+    good = [torch.tensor([1, 2]), torch.tensor([3, 4]), torch.tensor([[5], [6]])]
+    step(optimizer, *_tables(model), *good)
+    step(reference_optimizer, *_tables(reference), *good)
+    with torch.no_grad():
+        model.user_embedding.weight[9] = float("nan")
+    saved = {name: value.clone() for name, value in model.state_dict().items()}
+    moments = optimizer.state[model.user_embedding.weight]["exp_avg"].clone()
+    loss = step(optimizer, *_tables(model), torch.tensor([1, 9]), torch.tensor([7, 4]),
+                torch.tensor([[5], [6]]))
+    assert not math.isfinite(loss)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, saved[name], rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(optimizer.state[model.user_embedding.weight]["exp_avg"], moments)
+    assert optimizer.state[model.item_embedding.weight]["step"] == 1
+    with torch.no_grad():
+        model.user_embedding.weight[9] = reference.user_embedding.weight[9]
+    step(optimizer, *_tables(model), *good)
+    step(reference_optimizer, *_tables(reference), *good)
+    for table, expected in zip(_tables(model), _tables(reference)):
+        torch.testing.assert_close(table, expected, rtol=0, atol=0)
+
+
+def test_the_fused_step_applies_only_where_it_is_lazy_adams_update():
+    from recozoo.models.components.bpr_lazy_adam import BprLazyAdamStep
+
+    model = _tiny_bpr()
+    users, items = _tables(model)
+    assert BprLazyAdamStep.applies(LazyAdam([users, items]), users, items)
+    assert not BprLazyAdamStep.applies(torch.optim.SparseAdam([users, items]), users, items)
+    assert not BprLazyAdamStep.applies(LazyAdam([users, items], maximize=True), users, items)
+    assert not BprLazyAdamStep.applies(LazyAdam([users]), users, items)  # items not its own
+    doubles = torch.nn.Parameter(items.detach().double())
+    assert not BprLazyAdamStep.applies(LazyAdam([users, doubles]), users, doubles)
+
+
+def test_bpr_trains_its_sparse_tables_with_the_fused_step_as_with_the_unfused_one(
+        make_config, monkeypatch):
+    """A fit with sparse tables steps them through the fused step (no sparse gradient is
+    built), to the weights the unfused step reaches, up to rounding."""
+    from recozoo.models.components.bpr_lazy_adam import BprLazyAdamStep
+
+    cfg = make_config(["model=bpr", "model.batch_size=64", "model.sparse=true",
+                       "model.steps_per_load=2"])
+    _, fused, trainer, _ = fit_briefly(cfg, steps=4, epochs=2)
+    assert all(t.grad is None for t in _tables(fused))
+    assert trainer.global_step == 16 == trainer.optimizers[0].state[
+        fused.item_embedding.weight]["step"]
+    monkeypatch.setattr(BprLazyAdamStep, "applies", staticmethod(lambda *args: False))
+    _, plain, _, _ = fit_briefly(cfg, steps=4, epochs=2)
+    assert all(t.grad is not None and t.grad.is_sparse for t in _tables(plain))
+    for table, reference in zip(_tables(fused), _tables(plain)):
+        torch.testing.assert_close(table, reference, rtol=1e-4, atol=1e-6)

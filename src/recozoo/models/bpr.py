@@ -12,7 +12,11 @@ and items (`recozoo.models.optimizers.LazyAdam`, SparseAdam's update; see
 O(interactions x (users + items)) as with dense Adam over whole tables.
 
 A training step's gradients are written in closed form, not by autograd (`BPR.pair_gradients`,
-equal to autograd's up to rounding), and the loader serves ``steps_per_load`` batches at once,
+equal to autograd's up to rounding). With sparse tables and `LazyAdam` (the default
+``sparse_optimizer``) in one process on the CPU, the gradients and the update of the rows they
+touch run in one compiled pass instead (`recozoo.models.components.bpr_lazy_adam`; the same
+values up to rounding): an epoch of the 10^6 shop 0.8 s against 2.0, of the 10^7 shop 10.5 s
+against 23.7. The loader serves ``steps_per_load`` batches at once,
 which the model takes in slices of ``batch_size``, one optimizer step each: Lightning's work per
 batch and the collation's per-call costs are paid once for all of them. Under DDP the slices'
 gradients come from autograd, whose backward averages them across processes. With a
@@ -36,6 +40,7 @@ from torch import nn
 from recozoo.data.datamodule import DatasetInfo, EvalBatch, TrainView
 from recozoo.distributed import per_rank_batch_size
 from recozoo.models.base import Recommender
+from recozoo.models.components.bpr_lazy_adam import BprLazyAdamStep, lazy_adam_kernel
 from recozoo.models.components.lookup import embedding_rows
 from recozoo.models.components.pair_sgd import LoopStep, bpr_pair_sgd, pair_sgd_kernel
 from recozoo.models.optimizers import use_sparse
@@ -115,6 +120,7 @@ class BPR(Recommender):
         # keeps it an average over every step
         one_per_load = self.automatic_optimization or self.ema_decay is not None
         self.steps_per_load = 1 if one_per_load else steps_per_load
+        self._fused_step = BprLazyAdamStep()
         self.user_embedding = nn.Embedding(info.n_users, embedding_dim, sparse=sparse)
         self.item_embedding = nn.Embedding(info.n_items, embedding_dim, sparse=sparse)
         nn.init.xavier_normal_(self.user_embedding.weight)
@@ -126,9 +132,12 @@ class BPR(Recommender):
 
     def setup(self, stage: str) -> None:
         """Refuse pair_sgd where it cannot run (DDP, another device than the CPU, tables that
-        are not float32), before any epoch, and compile its loop."""
+        are not float32), before any epoch, and compile the loop the solver steps with
+        (pair_sgd's, or the fused sparse step's)."""
         super().setup(stage)
         if self.solver == "optimizer":
+            if stage == "fit" and self.user_embedding.sparse:
+                lazy_adam_kernel()
             return
         trainer = self._trainer
         if trainer is not None and trainer.world_size > 1:
@@ -169,6 +178,9 @@ class BPR(Recommender):
         world_size = self.trainer.world_size if self._trainer is not None else 1
         size = per_rank_batch_size(self.batch_size, world_size)
         n_rows = len(batch["user"])
+        tables = self.user_embedding.weight, self.item_embedding.weight
+        fused = (world_size == 1 and self.user_embedding.sparse
+                 and BprLazyAdamStep.applies(optimizer.optimizer, *tables))
         losses = []
         for start in range(0, n_rows, size):
             part = {key: value[start:start + size] for key, value in batch.items()}
@@ -176,6 +188,11 @@ class BPR(Recommender):
                 optimizer.zero_grad()
                 loss = self.loss(part)
                 self.manual_backward(loss)
+            elif fused:  # the tables move here; the optimizer's step below has no gradient
+                loss = torch.tensor(self._fused_step(optimizer.optimizer, *tables, part["user"],
+                                                     part["item"], part["negative"],
+                                                     self.weight_decay, self.positive_weight))
+                self._check_finite_loss(loss, f"batch {batch_idx}")
             else:
                 loss = self.pair_gradients(part)
                 self._check_finite_loss(loss, f"batch {batch_idx}")

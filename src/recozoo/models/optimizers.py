@@ -15,15 +15,18 @@ OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 
-#: table rows (users + items) above which sparse gradients pay. A dense step's update costs the
-#: tables' size, a sparse one's the batch's rows (coalescing, gathering and writing back the
-#: moments), so the crossover is a number of rows, whatever the interactions. bpr (batch 2048,
-#: training on one thread, fused Adam against `LazyAdam`), median epoch seconds of two
-#: alternating runs, sparse against dense: ml-100k (2.6k rows) 0.13 / 0.10, Scientific (12.8k)
-#: 0.11 / 0.08, shops of 12.6k rows 0.21 / 0.16, 34k 0.68 / 0.67, 65k 1.72 / 2.06 and 104k
-#: 2.68 / 4.57. Dense Adam also moves untouched rows by their momentum, which validated better
-#: where both were run (Scientific, seeds 1-3: val NDCG@10 .0623 against .0611, test .0434
-#: against .0430, best epoch sooner).
+#: table rows (users + items) above which the tables get sparse gradients. A dense step's update
+#: costs the tables' size, a sparse one's the batch's rows, so the crossover in speed was a number
+#: of rows: bpr (batch 2048, training on one thread, fused Adam against `LazyAdam`'s tensor
+#: operations), median epoch seconds of two alternating runs, sparse against dense: ml-100k
+#: (2.6k rows) 0.13 / 0.10, Scientific (12.8k) 0.11 / 0.08, shops of 12.6k rows 0.21 / 0.16,
+#: 34k 0.68 / 0.67, 65k 1.72 / 2.06 and 104k 2.68 / 4.57. Since bpr's sparse step is one compiled
+#: pass (`recozoo.models.components.bpr_lazy_adam`) it is the faster at every size measured
+#: (2026-12-06, 8 epochs each: ml-100k 0.043 / 0.066 s, the 10^5 shop's 12.6k rows 0.044 /
+#: 0.078), and the threshold stays for quality: dense Adam also moves untouched rows by their
+#: momentum, which validated better where both were run (Scientific, seeds 1-3: val NDCG@10
+#: .0623 against .0611, test .0434 against .0430, best epoch sooner), at a cost of hundredths of a
+#: second an epoch on tables this small.
 SPARSE_ABOVE_ROWS = 40_000
 
 
@@ -177,19 +180,14 @@ class LazyAdam(torch.optim.SparseAdam):
                         "LazyAdam takes the sparse gradients of 2-D tables (nn.Embedding with "
                         f"sparse=True); got a {'sparse' if grad.is_sparse else 'dense'} "
                         f"gradient of a {tuple(param.shape)} tensor; use Adam for dense ones")
-                state = self.state[param]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(param)
-                    state["exp_avg_sq"] = torch.zeros_like(param)
-                state["step"] += 1
+                exp_avg, exp_avg_sq, step_size = self.next_step(param, group)
+                self.count_step(param)
                 grad = grad.coalesce()  # one entry per row: the update is not linear
                 rows, values = grad.indices()[0], grad.values()
                 if values.numel() == 0:
                     continue
                 if group.get("maximize", False):
                     values = -values
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
                 mean = exp_avg.index_select(0, rows)
                 square = exp_avg_sq.index_select(0, rows)
                 # the moments move by their changes, added in place: the rows are distinct, and
@@ -202,12 +200,39 @@ class LazyAdam(torch.optim.SparseAdam):
                 exp_avg_sq.index_add_(0, rows, square_change)
                 mean.add_(mean_change)
                 square.add_(square_change)
-                step = state["step"]
-                step_size = group["lr"] * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
                 # scaled first: index_add_ with an alpha took 3.5x as long (147 against 42 us)
                 param.index_add_(0, rows, mean.div_(square.sqrt_().add_(group["eps"]))
                                  .mul_(-step_size))
         return loss
+
+    def group_of(self, param: torch.Tensor) -> dict[str, Any]:
+        """The parameter group that holds ``param``."""
+        for group in self.param_groups:
+            if any(p is param for p in group["params"]):
+                return group
+        raise ValueError(f"LazyAdam: a {tuple(param.shape)} tensor is not one of its parameters")
+
+    def next_step(self, param: torch.Tensor, group: dict[str, Any] | None = None) -> (
+            tuple[torch.Tensor, torch.Tensor, float]):
+        """``param``'s moments (``exp_avg``, ``exp_avg_sq``; zeros before its first step) and
+        the bias-corrected step size of its next step, ``lr sqrt(1 - beta2^t) / (1 - beta1^t)``
+        at that step's count t (``group``: ``param``'s, found if not given). `count_step` then
+        counts the step: an update done elsewhere
+        (`recozoo.models.components.bpr_lazy_adam`) reads and counts the same state as `step`."""
+        state = self.state[param]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(param)
+            state["exp_avg_sq"] = torch.zeros_like(param)
+        group = group or self.group_of(param)
+        beta1, beta2 = group["betas"]
+        step = state["step"] + 1
+        step_size = group["lr"] * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
+        return state["exp_avg"], state["exp_avg_sq"], step_size
+
+    def count_step(self, param: torch.Tensor) -> None:
+        """Count a step of ``param`` (after `next_step`)."""
+        self.state[param]["step"] += 1
 
 
 class CombinedOptimizer(torch.optim.Optimizer):

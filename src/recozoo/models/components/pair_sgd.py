@@ -24,11 +24,11 @@ import torch
 
 
 def pair_sgd_kernel():
-    """The compiled loop (`recozoo.models.components.pair_sgd_loop.bpr_sgd_loop`), imported on
+    """The compiled loop (`recozoo.models.components.bpr_loops.bpr_sgd_loop`), imported on
     first use: Numba compiles it once (~2 s) and keeps the machine code in its cache (beside the
     module, or under ``NUMBA_CACHE_DIR``), which later processes load in a fraction of a second.
     `recozoo.models.bpr.BPR.setup` asks for it before training, so no epoch pays that."""
-    from recozoo.models.components.pair_sgd_loop import bpr_sgd_loop
+    from recozoo.models.components.bpr_loops import bpr_sgd_loop
     return bpr_sgd_loop
 
 
