@@ -81,6 +81,16 @@ def test_pair_sgd_refuses_tables_and_triples_it_cannot_step():
     assert bpr_pair_sgd(model.user_embedding.weight, model.item_embedding.weight, users[:0],
                         positives[:0], negatives[:0], 0.1) == 0.0
     assert torch.equal(model.user_embedding.weight, before)
+    # the loop reads memory unchecked: a row outside a table is refused before it runs
+    tables = model.user_embedding.weight, model.item_embedding.weight
+    n_items = len(tables[1])
+    with pytest.raises(IndexError, match=f"negatives: index {n_items} is out of range"):
+        bpr_pair_sgd(*tables, users, positives, torch.tensor([[4], [n_items]]), 0.1)
+    with pytest.raises(IndexError, match="users: index -1 is out of range"):
+        bpr_pair_sgd(*tables, torch.tensor([0, -1]), positives, negatives, 0.1)
+    with pytest.raises(ValueError, match="positive weights for"):
+        bpr_pair_sgd(*tables, users, positives, negatives, 0.1, positive_weight=torch.ones(2))
+    assert torch.equal(model.user_embedding.weight, before)
     with pytest.raises(ValueError, match="model.solver must be one of"):
         _tiny_bpr(solver="hogwild")
     with pytest.raises(ValueError, match="model.pair_lr must be a positive number"):

@@ -341,6 +341,29 @@ def test_the_fused_step_moves_nothing_on_a_loss_that_is_not_finite():
         torch.testing.assert_close(table, expected, rtol=0, atol=0)
 
 
+def test_the_fused_step_refuses_rows_outside_the_tables_before_it_runs():
+    """The compiled loops read memory unchecked: an index outside a table, or IPS weights of
+    another catalogue, is refused with the tables and the optimizer's state untouched."""
+    from recozoo.models.components.bpr_lazy_adam import BprLazyAdamStep
+
+    model = _tiny_bpr()
+    optimizer, step = LazyAdam(_tables(model)), BprLazyAdamStep()
+    saved = {name: value.clone() for name, value in model.state_dict().items()}
+    users, positives, negatives = torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([[4], [5]])
+    with pytest.raises(IndexError, match="users: index 40 is out of range for a table of 40"):
+        step(optimizer, *_tables(model), torch.tensor([0, 40]), positives, negatives)
+    with pytest.raises(IndexError, match="positives: index -2 is out of range"):
+        step(optimizer, *_tables(model), users, torch.tensor([-2, 3]), negatives)
+    with pytest.raises(IndexError, match="negatives: index 60 is out of range"):
+        step(optimizer, *_tables(model), users, positives, torch.tensor([[4], [60]]))
+    with pytest.raises(ValueError, match="59 positive weights for 60 items"):
+        step(optimizer, *_tables(model), users, positives, negatives,
+             positive_weight=torch.ones(59))
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, saved[name]), name
+    assert not optimizer.state  # no step was counted
+
+
 def test_the_fused_step_applies_only_where_it_is_lazy_adams_update():
     from recozoo.models.components.bpr_lazy_adam import BprLazyAdamStep
 

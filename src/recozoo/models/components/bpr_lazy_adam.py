@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from recozoo.models.components.lookup import check_rows
 from recozoo.models.optimizers import LazyAdam
 
 
@@ -85,6 +86,12 @@ class BprLazyAdamStep:
         if not n_rows or not n_neg:
             raise ValueError(f"BprLazyAdamStep: an empty batch ({n_rows} triples, {n_neg} "
                              "negatives each)")
+        check_rows(users, len(user_table), "BprLazyAdamStep: users")
+        check_rows(positives, len(item_table), "BprLazyAdamStep: positives")
+        check_rows(negatives, len(item_table), "BprLazyAdamStep: negatives")
+        if positive_weight is not None and len(positive_weight) != len(item_table):
+            raise ValueError(f"BprLazyAdamStep: {len(positive_weight)} positive weights for "
+                             f"{len(item_table)} items")
         user_mean, user_square, user_step = optimizer.next_step(user_table)
         item_mean, item_square, item_step = optimizer.next_step(item_table)
         beta1, beta2 = optimizer.group_of(user_table)["betas"]

@@ -1,5 +1,6 @@
 """`rows`: ``table[index]`` for tables that train, with a backward that does not depend on the
-CPU threads; `embedding_rows`: the same for an ``nn.Embedding``, sparse gradients kept."""
+CPU threads; `embedding_rows`: the same for an ``nn.Embedding``, sparse gradients kept;
+`check_rows`: the indices a compiled loop will read, checked first."""
 
 from __future__ import annotations
 
@@ -36,3 +37,16 @@ def entries(vector: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``vector[index]`` for a 1-D ``vector`` that trains (a bias per item), shape
     ``index.shape``, with `rows`'s fixed-order backward."""
     return rows(vector[:, None], index)[..., 0]
+
+
+def check_rows(index: torch.Tensor, n_rows: int, what: str) -> None:
+    """Raise IndexError unless every entry of ``index`` is a row of a table of ``n_rows`` rows.
+
+    For the compiled loops (`recozoo.models.components.bpr_loops`), which read and write the
+    tables without bounds checks: an index out of range would touch memory outside the table
+    instead of failing as ``index_select`` does."""
+    if index.numel():
+        low, high = torch.aminmax(index)
+        if low < 0 or high >= n_rows:
+            bad = int(low) if low < 0 else int(high)
+            raise IndexError(f"{what}: index {bad} is out of range for a table of {n_rows} rows")

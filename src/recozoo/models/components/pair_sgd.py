@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from recozoo.models.components.lookup import check_rows
+
 
 def pair_sgd_kernel():
     """The compiled loop (`recozoo.models.components.bpr_loops.bpr_sgd_loop`), imported on
@@ -71,6 +73,12 @@ def bpr_pair_sgd(user_table: torch.Tensor, item_table: torch.Tensor, users: torc
                          "be (B,), (B,) and (B, n)")
     if not len(users) or not negatives.shape[1]:
         return 0.0
+    check_rows(users, len(user_table), "bpr_pair_sgd: users")
+    check_rows(positives, len(item_table), "bpr_pair_sgd: positives")
+    check_rows(negatives, len(item_table), "bpr_pair_sgd: negatives")
+    if positive_weight is not None and len(positive_weight) != len(item_table):
+        raise ValueError(f"bpr_pair_sgd: {len(positive_weight)} positive weights for "
+                         f"{len(item_table)} items")
     def indices(values: torch.Tensor) -> np.ndarray:
         return values.to(torch.int64).contiguous().numpy()
 
