@@ -50,7 +50,6 @@ class UserItems:
         self.extra = {k: (v[rows] if rows is not None else v) for k, v in (extra or {}).items()}
         counts = np.bincount(user, minlength=n_users)
         self.indptr = np.r_[0, np.cumsum(counts)]
-        self.max_length = int(counts.max()) if len(counts) else 0
 
     def lengths(self, users: np.ndarray) -> np.ndarray:
         return self.indptr[users + 1] - self.indptr[users]
@@ -71,21 +70,17 @@ class UserItems:
 
     def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Whether each (user, item) is one of the pairs of this `distinct` object (each user's
-        items sorted): a binary search of the user's own items, every query a step at a time.
-        A step reads the few items of the query's user, where a search of all the pairs' keys
-        takes ~23 steps over the whole array: 16,384 queries among 8.6M random pairs of 572k
-        users and 302k items, one thread, 2.1 ms against 3.6 (queries sorted) or 13.8."""
+        items sorted): a binary search of the user's own items per query, compiled
+        (`recozoo.data.search_loops.rows_contain`). A search reads the few items of the query's
+        user, where a search of all the pairs' keys takes ~23 steps over the whole array: 16,384
+        queries among 8.6M random pairs of 572k users and 302k items, one thread, 2.1 ms against
+        3.6 (queries sorted) or 13.8, vectorised with NumPy (every query taken through as many
+        halvings as the longest user needs); compiled, 0.58 ms against that NumPy search's
+        1.24."""
         if not len(self.items):
             return np.zeros(len(users), dtype=bool)
-        start, end = self.indptr[users], self.indptr[users + 1]
-        low, high, last = start, end, len(self.items) - 1
-        for _ in range(self.max_length.bit_length()):  # enough halvings for the longest user
-            middle = (low + high) >> 1
-            below = self.items[np.minimum(middle, last)] < items
-            searching = low < high
-            low = np.where(searching & below, middle + 1, low)
-            high = np.where(searching & ~below, middle, high)
-        return (low < end) & (self.items[np.minimum(low, last)] == items)
+        from recozoo.data.search_loops import rows_contain
+        return rows_contain(self.indptr, self.items, np.asarray(users), np.asarray(items))
 
     def positions(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(row in ``users``, position in ``items``) of every item of these users."""
