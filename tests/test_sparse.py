@@ -356,6 +356,8 @@ def test_the_fused_step_refuses_rows_outside_the_tables_before_it_runs():
         step(optimizer, *_tables(model), users, torch.tensor([-2, 3]), negatives)
     with pytest.raises(IndexError, match="negatives: index 60 is out of range"):
         step(optimizer, *_tables(model), users, positives, torch.tensor([[4], [60]]))
+    with pytest.raises(ValueError, match=r"must be \(B,\), \(B,\) and \(B, n\)"):
+        step(optimizer, *_tables(model), users, positives, negatives[:1])
     with pytest.raises(ValueError, match="59 positive weights for 60 items"):
         step(optimizer, *_tables(model), users, positives, negatives,
              positive_weight=torch.ones(59))

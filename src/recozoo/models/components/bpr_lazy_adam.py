@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from recozoo.models.components.lookup import check_rows
+from recozoo.models.components.lookup import loop_triples
 from recozoo.models.optimizers import LazyAdam
 
 
@@ -82,40 +82,29 @@ class BprLazyAdamStep:
         the batch's loss (`recozoo.models.bpr.BPR.loss`'s). A loss that is not finite moves
         nothing and counts no step, so the caller can report it with the tables as they were.
         Requires `applies`."""
+        triples = loop_triples(user_table, item_table, users, positives, negatives,
+                               positive_weight, "BprLazyAdamStep")
         n_rows, n_neg = negatives.shape
         if not n_rows or not n_neg:
             raise ValueError(f"BprLazyAdamStep: an empty batch ({n_rows} triples, {n_neg} "
                              "negatives each)")
-        check_rows(users, len(user_table), "BprLazyAdamStep: users")
-        check_rows(positives, len(item_table), "BprLazyAdamStep: positives")
-        check_rows(negatives, len(item_table), "BprLazyAdamStep: negatives")
-        if positive_weight is not None and len(positive_weight) != len(item_table):
-            raise ValueError(f"BprLazyAdamStep: {len(positive_weight)} positive weights for "
-                             f"{len(item_table)} items")
-        user_mean, user_square, user_step = optimizer.next_step(user_table)
-        item_mean, item_square, item_step = optimizer.next_step(item_table)
-        beta1, beta2 = optimizer.group_of(user_table)["betas"]
-        eps = optimizer.group_of(user_table)["eps"]
-        if optimizer.group_of(item_table)["betas"] != (beta1, beta2) or (
-                optimizer.group_of(item_table)["eps"] != eps):
+        user_group, item_group = optimizer.group_of(user_table), optimizer.group_of(item_table)
+        (beta1, beta2), eps = user_group["betas"], user_group["eps"]
+        if (item_group["betas"], item_group["eps"]) != ((beta1, beta2), eps):
             raise ValueError("BprLazyAdamStep: the user and item tables need the same betas "
                              "and eps")
+        user_mean, user_square, user_step = optimizer.next_step(user_table, user_group)
+        item_mean, item_square, item_step = optimizer.next_step(item_table, item_group)
         dim = user_table.shape[1]
         user_grad, user_rows = self._scratch_rows("user", n_rows, dim)
         item_grad, item_rows = self._scratch_rows("item", n_rows * (1 + n_neg), dim)
-        weights = (np.zeros(0, np.float32) if positive_weight is None
-                   else positive_weight.detach().to(torch.float32).contiguous().numpy())
-
-        def indices(values: torch.Tensor) -> np.ndarray:
-            return values.to(torch.int64).contiguous().numpy()
-
         loops = lazy_adam_kernel()
         tables = user_table.detach().numpy(), item_table.detach().numpy()
         slots = (self._slot_map("user", len(user_table)),
                  self._slot_map("item", len(item_table)))
         loss, n_users, n_items = loops.bpr_row_gradients(
-            *tables, indices(users), indices(positives), indices(negatives), weights,
-            float(weight_decay), *slots, user_grad, item_grad, user_rows, item_rows)
+            *tables, *triples, float(weight_decay), *slots, user_grad, item_grad, user_rows,
+            item_rows)
         if not np.isfinite(loss):
             loops.free_slots(slots[0], user_rows, n_users, slots[1], item_rows, n_items)
             return loss

@@ -64,6 +64,15 @@ def prefetch_entry(array, index):
 
 
 @njit(inline="always")
+def prefetch_triple(user_table, item_table, users, positives, negatives, b):
+    """Prefetch the table rows of triple ``b``: its user's, its positive's and its negatives'."""
+    prefetch_row(user_table, users[b])
+    prefetch_row(item_table, positives[b])
+    for t in range(negatives.shape[1]):
+        prefetch_row(item_table, negatives[b, t])
+
+
+@njit(inline="always")
 def softplus_and_slope(x):
     """``-log sigmoid(x)`` and ``sigmoid(-x)``, without overflow."""
     if x > 0:
@@ -85,11 +94,8 @@ def bpr_sgd_loop(user_table, item_table, users, positives, negatives, weights, l
     loss = 0.0
     for b in range(n_rows):
         if b + PREFETCH_AHEAD < n_rows:
-            ahead = b + PREFETCH_AHEAD
-            prefetch_row(user_table, users[ahead])
-            prefetch_row(item_table, positives[ahead])
-            for t in range(n_neg):
-                prefetch_row(item_table, negatives[ahead, t])
+            prefetch_triple(user_table, item_table, users, positives, negatives,
+                            b + PREFETCH_AHEAD)
         u, i = users[b], positives[b]
         rate = lr * weights[i] if weights.shape[0] else lr
         for t in range(n_neg):
@@ -172,12 +178,10 @@ def bpr_row_gradients(user_table, item_table, users, positives, negatives, weigh
     for b in range(n_rows):
         if b + PREFETCH_AHEAD < n_rows:
             ahead = b + PREFETCH_AHEAD
-            prefetch_row(user_table, users[ahead])
+            prefetch_triple(user_table, item_table, users, positives, negatives, ahead)
             prefetch_entry(user_slots, users[ahead])
-            prefetch_row(item_table, positives[ahead])
             prefetch_entry(item_slots, positives[ahead])
             for t in range(n_neg):
-                prefetch_row(item_table, negatives[ahead, t])
                 prefetch_entry(item_slots, negatives[ahead, t])
         u, i = users[b], positives[b]
         weight = scale * weights[i] if weights.shape[0] else scale

@@ -1,9 +1,10 @@
 """`rows`: ``table[index]`` for tables that train, with a backward that does not depend on the
 CPU threads; `embedding_rows`: the same for an ``nn.Embedding``, sparse gradients kept;
-`check_rows`: the indices a compiled loop will read, checked first."""
+`check_rows` and `loop_triples`: the indices a compiled loop will read, checked first."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -50,3 +51,27 @@ def check_rows(index: torch.Tensor, n_rows: int, what: str) -> None:
         if low < 0 or high >= n_rows:
             bad = int(low) if low < 0 else int(high)
             raise IndexError(f"{what}: index {bad} is out of range for a table of {n_rows} rows")
+
+
+def loop_triples(user_table: torch.Tensor, item_table: torch.Tensor, users: torch.Tensor,
+                 positives: torch.Tensor, negatives: torch.Tensor,
+                 positive_weight: torch.Tensor | None, caller: str,
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """BPR's (user, positive, negatives) triples and the positives' weights as the NumPy arrays
+    bpr's compiled loops read: int64 indices, each checked against its table (`check_rows`),
+    and float32 weights, one per item ((0,) for none). ``users`` and ``positives`` must be
+    (B,), ``negatives`` (B, n). ``caller`` names the errors."""
+    if negatives.dim() != 2 or len(negatives) != len(users) or len(positives) != len(users):
+        raise ValueError(f"{caller}: users {tuple(users.shape)}, positives "
+                         f"{tuple(positives.shape)} and negatives {tuple(negatives.shape)} must "
+                         "be (B,), (B,) and (B, n)")
+    check_rows(users, len(user_table), f"{caller}: users")
+    check_rows(positives, len(item_table), f"{caller}: positives")
+    check_rows(negatives, len(item_table), f"{caller}: negatives")
+    if positive_weight is not None and len(positive_weight) != len(item_table):
+        raise ValueError(f"{caller}: {len(positive_weight)} positive weights for "
+                         f"{len(item_table)} items")
+    weights = (np.zeros(0, np.float32) if positive_weight is None
+               else positive_weight.detach().to(torch.float32).contiguous().numpy())
+    return (*(index.to(torch.int64).contiguous().numpy()
+              for index in (users, positives, negatives)), weights)

@@ -19,10 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 
-from recozoo.models.components.lookup import check_rows
+from recozoo.models.components.lookup import loop_triples
 
 
 def pair_sgd_kernel():
@@ -67,24 +66,10 @@ def bpr_pair_sgd(user_table: torch.Tensor, item_table: torch.Tensor, users: torc
         if table.device.type != "cpu" or table.dtype != torch.float32 or not table.is_contiguous():
             raise ValueError(f"bpr_pair_sgd: the {name} table must be a contiguous float32 CPU "
                              f"tensor, got {table.dtype} on {table.device}")
-    if negatives.dim() != 2 or len(negatives) != len(users) or len(positives) != len(users):
-        raise ValueError(f"bpr_pair_sgd: users {tuple(users.shape)}, positives "
-                         f"{tuple(positives.shape)} and negatives {tuple(negatives.shape)} must "
-                         "be (B,), (B,) and (B, n)")
+    triples = loop_triples(user_table, item_table, users, positives, negatives,
+                           positive_weight, "bpr_pair_sgd")
     if not len(users) or not negatives.shape[1]:
         return 0.0
-    check_rows(users, len(user_table), "bpr_pair_sgd: users")
-    check_rows(positives, len(item_table), "bpr_pair_sgd: positives")
-    check_rows(negatives, len(item_table), "bpr_pair_sgd: negatives")
-    if positive_weight is not None and len(positive_weight) != len(item_table):
-        raise ValueError(f"bpr_pair_sgd: {len(positive_weight)} positive weights for "
-                         f"{len(item_table)} items")
-    def indices(values: torch.Tensor) -> np.ndarray:
-        return values.to(torch.int64).contiguous().numpy()
-
-    weights = (np.zeros(0, np.float32) if positive_weight is None
-               else positive_weight.detach().to(torch.float32).contiguous().numpy())
-    loss = pair_sgd_kernel()(user_table.detach().numpy(), item_table.detach().numpy(),
-                             indices(users), indices(positives), indices(negatives), weights,
+    loss = pair_sgd_kernel()(user_table.detach().numpy(), item_table.detach().numpy(), *triples,
                              float(lr), 2.0 * float(weight_decay))
     return loss / negatives.numel()
