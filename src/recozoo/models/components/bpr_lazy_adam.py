@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from recozoo.models.components.lookup import loop_triples
+from recozoo.models.components.lookup import loop_table, loop_triples
 from recozoo.models.optimizers import LazyAdam
 
 
@@ -27,11 +27,6 @@ def lazy_adam_kernel():
     `recozoo.models.bpr.BPR.setup` asks for them before training, so no epoch pays that."""
     from recozoo.models.components import bpr_loops
     return bpr_loops
-
-
-def _compact_float32(table: torch.Tensor) -> bool:
-    return (table.device.type == "cpu" and table.dtype == torch.float32 and table.dim() == 2
-            and table.is_contiguous())
 
 
 class BprLazyAdamStep:
@@ -57,7 +52,7 @@ class BprLazyAdamStep:
                                                  for g in optimizer.param_groups):
             return False
         params = {id(p) for g in optimizer.param_groups for p in g["params"]}
-        return all(id(t) in params and _compact_float32(t) for t in tables)
+        return all(id(t) in params and loop_table(t) for t in tables)
 
     def _slot_map(self, name: str, rows: int) -> np.ndarray:
         slots = self._slots.get(name)

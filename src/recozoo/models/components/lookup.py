@@ -1,6 +1,7 @@
 """`rows`: ``table[index]`` for tables that train, with a backward that does not depend on the
 CPU threads; `embedding_rows`: the same for an ``nn.Embedding``, sparse gradients kept;
-`check_rows` and `loop_triples`: the indices a compiled loop will read, checked first."""
+`loop_table`, `check_rows` and `loop_triples`: what bpr's compiled loops read and write, checked
+first."""
 
 from __future__ import annotations
 
@@ -38,6 +39,13 @@ def entries(vector: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``vector[index]`` for a 1-D ``vector`` that trains (a bias per item), shape
     ``index.shape``, with `rows`'s fixed-order backward."""
     return rows(vector[:, None], index)[..., 0]
+
+
+def loop_table(table: torch.Tensor) -> bool:
+    """Whether bpr's compiled loops can change ``table`` in place through a NumPy view of its
+    memory: a contiguous float32 matrix on the CPU."""
+    return (table.device.type == "cpu" and table.dtype == torch.float32 and table.dim() == 2
+            and table.is_contiguous())
 
 
 def check_rows(index: torch.Tensor, n_rows: int, what: str) -> None:

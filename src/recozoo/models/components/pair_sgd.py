@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from recozoo.models.components.lookup import loop_triples
+from recozoo.models.components.lookup import loop_table, loop_triples
 
 
 def pair_sgd_kernel():
@@ -59,11 +59,11 @@ def bpr_pair_sgd(user_table: torch.Tensor, item_table: torch.Tensor, users: torc
     ``c`` its positive's ``positive_weight`` (1 without), and its step is ``lr`` times that
     loss's gradient at the current rows (all three from the same values): the per-triple form
     of `recozoo.models.bpr.BPR.loss`'s mean. ``users`` and ``positives`` are (B,), ``negatives``
-    (B, n). The tables must be contiguous float32 on the CPU (they are changed in place through
-    NumPy views of their memory).
+    (B, n). The tables must be contiguous float32 matrices on the CPU (`loop_table`: they are
+    changed in place through NumPy views of their memory).
     """
     for name, table in (("user", user_table), ("item", item_table)):
-        if table.device.type != "cpu" or table.dtype != torch.float32 or not table.is_contiguous():
+        if not loop_table(table):
             raise ValueError(f"bpr_pair_sgd: the {name} table must be a contiguous float32 CPU "
                              f"tensor, got {table.dtype} on {table.device}")
     triples = loop_triples(user_table, item_table, users, positives, negatives,
