@@ -194,6 +194,79 @@ def test_evaluation_reads_the_current_weights(make_config):
     torch.testing.assert_close(after, rebuilt)
 
 
+def test_short_histories_get_the_states_they_would_get_at_full_width(monkeypatch):
+    """The tower leaves out the oldest columns that are padding in every row: a short history's
+    states are the same alone (a few columns) as beside a full-length one (max_len columns),
+    and scoring in groups ordered by length (`newest_states`) gives each user's newest state."""
+    texts = [f"item number {i} of the shop" for i in range(12)]
+    model = BertFinetune(_info(texts, [2.0] * 12), max_len=8, bf16=False).eval()
+    pad = model.info.pad_item
+    short = torch.tensor([[pad] * 5 + [3, 1, 7]])
+    full = torch.tensor([[0, 2, 4, 6, 8, 10, 1, 3]])
+    with torch.no_grad():
+        torch.nn.init.normal_(model.user_out.weight, std=0.1)  # the tower's share, not zero
+        table = model.item_table()
+        alone = model.user_states(table, short)  # (1, 3, d): the padding columns left out
+        beside = model.user_states(table, torch.cat([short, full]))  # (2, 8, d)
+        assert alone.shape[1] == 3 and beside.shape[1] == 8
+        torch.testing.assert_close(alone[0], beside[0, -3:], atol=1e-6, rtol=1e-5)
+        histories = torch.cat([short, full, short.roll(1, 1), full.flip(1), short])
+        monkeypatch.setattr("recozoo.models.bert_finetune.STATE_ROWS", 2)
+        grouped = model.newest_states(table, histories)
+        one_by_one = torch.cat([model.user_states(table, h[None])[:, -1] for h in histories])
+    torch.testing.assert_close(grouped, one_by_one, atol=1e-6, rtol=1e-5)
+
+
+def test_a_stage_builds_the_item_table_once_and_the_next_stage_anew(make_config, monkeypatch):
+    """Within a validation the weights hold, so the catalogue's vectors are built at its first
+    batch and reused; the next stage, after the weights changed, builds them again."""
+    dm, model, trainer, _ = fit_briefly(make_config(["model=bert_finetune",
+                                                     "eval.batch_size=4"]), steps=2,
+                                     validate=True)
+    builds = []
+    build = model._build_item_table
+    monkeypatch.setattr(model, "_build_item_table", lambda: builds.append(1) or build())
+    trainer.validate(model, datamodule=dm, verbose=False)
+    assert len(builds) == 1 and len(dm.eval_users["val"]) > 4  # several batches, one build
+    with torch.no_grad():
+        first = model.score(dm.eval_batch("val", dm.eval_users["val"][:4]))  # outside a stage
+        model.adapter.weight.normal_(std=0.5)
+    trainer.validate(model, datamodule=dm, verbose=False)
+    assert len(builds) == 3  # the call outside a stage built its own
+    with torch.no_grad():
+        after = model.score(dm.eval_batch("val", dm.eval_users["val"][:4]))
+    assert not torch.allclose(first, after)
+    assert model._stage_table is None  # nothing held between stages
+
+
+def test_a_checkpoint_of_the_same_encoder_weights_keeps_the_catalogue_encoding():
+    """Loading the best checkpoint (the choice on validation, the final validation, the test)
+    re-encodes the catalogue only where its encoder weights differ from the encoding's."""
+    texts = [f"item number {i} of the shop" for i in range(12)]
+    model = BertFinetune(_info(texts, [2.0] * 12), train_layers=1, max_len=4, bf16=False).eval()
+    encodes = []
+    encode = model.text.encode_all
+    model.text.encode_all = lambda: encodes.append(1) or encode()
+
+    def load(state):
+        model.on_load_checkpoint({"state_dict": state})
+        model.load_state_dict(state)
+        with torch.no_grad():
+            return model.item_table()
+
+    with torch.no_grad():
+        before = model.item_table()
+    same = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.testing.assert_close(load(same), before)
+    assert encodes == [1]  # the first table's encoding only
+    other = {**same, model._encoder_names[0]: same[model._encoder_names[0]] + 0.5}
+    after = load(other)
+    assert encodes == [1, 1] and not torch.allclose(after, before)
+    model._text_cache = None  # a fresh encoding of the loaded weights gives the same table
+    with torch.no_grad():
+        torch.testing.assert_close(model.item_table(), after)
+
+
 def test_cold_items_are_never_negatives_and_train_on_their_text_vector(make_config):
     cfg = make_config(["model=bert_finetune", "eval.cold_items=0.1", "model.negatives=catalogue"])
     dm, model = _fit(cfg, steps=3)

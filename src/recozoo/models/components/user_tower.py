@@ -23,8 +23,9 @@ class CausalUserTower(nn.Module):
         dropout: dropout on the inputs and inside the layers.
 
     ``forward(items, pad)`` takes (B, L, dim) vectors and a (B, L) True-where-padding mask and
-    returns (B, max_len, dim) states, the newest item in the last column. A position attends to
-    itself and to the non-padding positions before it.
+    returns the states of the newest positions, (B, L', dim) with L' <= max_len (`fit_length`),
+    the newest item in the last column. A position attends to itself and to the non-padding
+    positions before it.
     """
 
     def __init__(self, dim: int, max_len: int = 50, n_layers: int = 2, n_heads: int = 2,
@@ -41,23 +42,28 @@ class CausalUserTower(nn.Module):
 
     def fit_length(self, items: torch.Tensor, pad: torch.Tensor,
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-pad or cut (B, L, dim) / (B, L) to ``max_len`` so positions mean the same
-        thing whatever length the caller serves."""
-        length = items.shape[1]
-        if length >= self.max_len:
-            return items[:, -self.max_len:], pad[:, -self.max_len:]
-        extra = self.max_len - length
-        items = nn.functional.pad(items, (0, 0, extra, 0))
-        pad = nn.functional.pad(pad, (extra, 0), value=True)
-        return items, pad
+        """Cut (B, L, dim) / (B, L) to their newest ``max_len`` columns, then drop the oldest
+        columns that are padding in every row: the positions stay right-aligned (the newest item
+        at position ``max_len - 1``), and a padding position changes no other position's state
+        (its key is blocked), so the states of the kept positions are those of the full width.
+        A batch of short histories then costs its longest one, not ``max_len``: Amazon
+        Scientific's users hold ~6 items, of 50 positions."""
+        if items.shape[1] > self.max_len:
+            items, pad = items[:, -self.max_len:], pad[:, -self.max_len:]
+        used = (~pad).any(0).nonzero()  # columns where some row holds an item
+        start = int(used[0]) if len(used) else pad.shape[1] - 1  # keep one column at least
+        return items[:, start:], pad[:, start:]
 
     def forward(self, items: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """(B, L', dim) states of the newest L' = min(L, max_len) positions, fewer where the
+        oldest columns are padding in every row (`fit_length`)."""
         items, pad = self.fit_length(items, pad)
         length = items.shape[1]
-        hidden = items.masked_fill(pad.unsqueeze(-1), 0.0) + self.position.weight  # (B, L, d)
+        position = self.position.weight[self.max_len - length:]  # right-aligned
+        hidden = items.masked_fill(pad.unsqueeze(-1), 0.0) + position  # (B, L', d)
         causal = torch.ones(length, length, dtype=torch.bool, device=items.device).tril()
-        allowed = causal & ~pad[:, None, :]  # (B, L, L): earlier, non-padding keys
+        allowed = causal & ~pad[:, None, :]  # (B, L', L'): earlier, non-padding keys
         allowed |= torch.eye(length, dtype=torch.bool, device=items.device)  # never empty
-        blocked = (~allowed).repeat_interleave(self.n_heads, dim=0)  # (B * heads, L, L)
+        blocked = (~allowed).repeat_interleave(self.n_heads, dim=0)  # (B * heads, L', L')
         hidden = self.layers(self.dropout(hidden), mask=blocked)
-        return self.norm(hidden)  # (B, L, d)
+        return self.norm(hidden)  # (B, L', d)
