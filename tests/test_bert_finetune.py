@@ -217,6 +217,22 @@ def test_short_histories_get_the_states_they_would_get_at_full_width(monkeypatch
     torch.testing.assert_close(grouped, one_by_one, atol=1e-6, rtol=1e-5)
 
 
+def test_a_sampled_step_reads_its_own_items_vectors_as_the_catalogue_table_holds_them():
+    """With sampled negatives a training step builds the vectors of its input items only;
+    the users' states are those the whole catalogue's table gives."""
+    texts = [f"item number {i} of the shop" for i in range(12)]
+    model = BertFinetune(_info(texts, [2.0] * 12), max_len=6, negatives="sampled",
+                         bf16=False).eval()  # every item trained: no cold placement
+    pad = model.info.pad_item
+    sequence = torch.tensor([[pad, pad, 3, 1, 7, 3], [0, 2, 4, 6, 8, 10], [pad] * 5 + [11]])
+    with torch.no_grad():
+        torch.nn.init.normal_(model.user_out.weight, std=0.1)
+        model.adapter.weight.normal_(std=0.1)
+        expected = model.user_states(model.item_table(), sequence)
+        got = model._input_states(sequence)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+
+
 def test_a_stage_builds_the_item_table_once_and_the_next_stage_anew(make_config, monkeypatch):
     """Within a validation the weights hold, so the catalogue's vectors are built at its first
     batch and reused; the next stage, after the weights changed, builds them again."""

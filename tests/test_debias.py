@@ -86,6 +86,27 @@ def test_cross_entropy_loss_ips_and_logit_adjustment(model):
     model.configure_debias()
 
 
+@pytest.mark.parametrize("debias", [None, IPS(alpha=1.0, clip=0.01),
+                                    PopularityNegatives(exponent=0.75, tau=1.0)])
+def test_cross_entropy_over_some_columns_is_the_full_one_with_the_rest_at_minus_inf(
+        model, debias):
+    """``columns``: the softmax over a subset of items, as the full loss with every other
+    item's logit at -inf, debiasing and weights alike."""
+    model.configure_debias(debias)
+    generator = torch.Generator().manual_seed(1)
+    columns = torch.tensor([0, 2, 5, 7, 9])
+    logits = torch.randn(4, len(columns), generator=generator)
+    target = torch.tensor([5, 0, -100, 9])
+    full = torch.full((4, model.n_items), float("-inf"))
+    full[:, columns] = logits
+    own = torch.tensor([1.0, 2.0, 5.0, 0.5])
+    for weight in (None, own):
+        expected = model.cross_entropy_loss(full, target, weight=weight)
+        got = model.cross_entropy_loss(logits, target, weight=weight, columns=columns)
+        assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    model.configure_debias()
+
+
 def test_popularity_negatives_follow_popularity_and_skip_positives(make_config):
     cfg = make_config(["model=bpr", "debias=pop_neg", "debias.exponent=1.0"])
     dm = build_datamodule(cfg)

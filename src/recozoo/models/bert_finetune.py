@@ -473,11 +473,15 @@ class BertFinetune(Recommender):
         """(n_items, d) the item vectors users are scored against (for ``rerank=mmr``)."""
         return self.item_table()[:-1]
 
-    def user_states(self, table: torch.Tensor, sequence: torch.Tensor) -> torch.Tensor:
+    def user_states(self, table: torch.Tensor, sequence: torch.Tensor,
+                    pad: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L', d) user states of the newest L' positions of a left-padded item sequence
         (B, L): at most ``max_len``, without the oldest columns that are padding in every row
-        (`CausalUserTower.fit_length`; their states were never read)."""
-        sequence, pad = self.user_tower.fit_length(sequence, sequence == self.info.pad_item)
+        (`CausalUserTower.fit_length`; their states were never read). ``sequence`` indexes the
+        rows of ``table``; ``pad`` (B, L) marks the padding (None: the catalogue's pad item)."""
+        if pad is None:
+            pad = sequence == self.info.pad_item
+        sequence, pad = self.user_tower.fit_length(sequence, pad)
         items = rows(table, sequence)  # (B, L', d), padding rows are zero
         length = items.shape[1]
         lag = torch.arange(length, device=items.device)
@@ -486,6 +490,19 @@ class BertFinetune(Recommender):
         recent = torch.einsum("tj,bjd->btd", weights.to(items.dtype), items)  # (B, L, d)
         learned = self.user_out(self.user_tower(self.user_in(items), pad))  # (B, L, d)
         return nn.functional.normalize(recent + learned, dim=-1)
+
+    def _input_states(self, sequence: torch.Tensor) -> torch.Tensor:
+        """`user_states` of a training ``sequence`` (B, L) from the vectors of its own items
+        alone (the same as `item_table`'s rows of them): the step of a sampled softmax then
+        costs what its batch holds, not the catalogue (the 10^6 shop's 46,600 items: every
+        item's vector, forward and backward, was most of a 2 s step)."""
+        pad = sequence == self.info.pad_item
+        items, index = torch.unique(sequence[~pad], return_inverse=True)  # (n,), (kept,)
+        vectors = self._item_vectors(self._cached_text()[items], items)  # (n, d)
+        table = torch.cat([vectors, vectors.new_zeros(1, vectors.shape[1])])
+        local = torch.full_like(sequence, len(items))  # padding: the zero row
+        local[~pad] = index
+        return self.user_states(table, local, pad)
 
     def newest_states(self, table: torch.Tensor, sequence: torch.Tensor) -> torch.Tensor:
         """(B, d) each user's state at the newest position (what scores the catalogue). The
@@ -529,24 +546,26 @@ class BertFinetune(Recommender):
         # expected times each candidate is drawn: as one of M targets, and uniformly
         expected = len(targets) * self.target_share[candidates] + n_drawn / len(pool)
         logits = states @ vectors.T / self.temperature - expected.log()  # (M, C)
-        full = logits.new_full((len(targets), self.n_items), -math.inf)
-        full[:, candidates] = logits  # (M, n_items): the shared loss adds debiasing per item
         weight = None
         if encoder_only and self.fresh_weighting == "text_share" and self.ids is not None:
             weight = 1 - self.ids.gate()[targets].detach()  # (M,): how much each is its text
-        return self.cross_entropy_loss(full, targets, weight=weight)
+        # over the candidates' columns alone (the shared loss adds debiasing per item): an
+        # (M, n_items) matrix of -inf around them filled ~0.2 s of a step at 46,600 items
+        return self.cross_entropy_loss(logits, targets, weight=weight, columns=candidates)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         sequence, target = batch["input"], batch["target"]  # (B, L), (B, L) with -100 = none
         sequence, target = sequence[:, -self.max_len:], target[:, -self.max_len:]
         valid = target != -100
         targets = target[valid]  # (N,)
+        if self.negatives != "catalogue":
+            # a sampled softmax reads the vectors of the step's own items only
+            states = self._input_states(sequence)  # (B, L', d), the newest L' columns
+            return self._fresh_loss(states[valid[:, -states.shape[1]:]], targets)
         table = self.item_table()  # (n_items + 1, d), every row from the same (cached) weights
         states = self.user_states(table, sequence)  # (B, L', d), the newest L' columns
         # a target follows an input item, so none lies in the all-padding columns left out
         states = states[valid[:, -states.shape[1]:]]  # (N, d)
-        if self.negatives != "catalogue":
-            return self._fresh_loss(states, targets)
         logits = states @ table[:-1].T / self.temperature  # (N, n_items)
         candidates = self.trained_items.clone()
         candidates[targets] = True

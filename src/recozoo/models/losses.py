@@ -47,22 +47,32 @@ class SharedLosses:
         return (loss.mean(1) * self.positive_weight[pos_item]).mean()
 
     def cross_entropy_loss(self, logits: torch.Tensor, target: torch.Tensor,
-                           weight: torch.Tensor | None = None) -> torch.Tensor:
+                           weight: torch.Tensor | None = None,
+                           columns: torch.Tensor | None = None) -> torch.Tensor:
         """Softmax cross-entropy over items; ``target`` entries of -100 are ignored. Under
         ``debias=ips`` each target is weighted by its inverse propensity; under
         ``debias=pop_neg`` the logits get the popularity logit adjustment
         (`recozoo.debias.PopularityNegatives`).
 
         Args:
-            logits: (N, n_items) scores; target: (N,) item indices.
+            logits: (N, n_items) scores, or (N, C) scores of the items ``columns``.
+            target: (N,) item indices.
             weight: (N,) the model's own weight of each target (None: equal); the loss is the
                 weighted mean (times the inverse propensities under ``debias=ips``).
+            columns: (C,) ascending items of the logits' columns, every kept target among
+                them: the softmax over those items alone, as the full one with every other
+                item's logit at -inf, without its (N, n_items) matrix. None: every item.
         """
-        if self.logit_offset is not None:
-            logits = logits + self.logit_offset  # (N, n_items)
+        offset, index = self.logit_offset, target
+        if columns is not None:
+            offset = None if offset is None else offset[columns]  # (C,)
+            at = torch.searchsorted(columns, target.clamp(min=0))  # (N,): a target's column
+            index = torch.where(target == -100, target, at)
+        if offset is not None:
+            logits = logits + offset  # (N, n_items) or (N, C)
         if self.positive_weight is None and weight is None:
-            return torch.nn.functional.cross_entropy(logits, target, ignore_index=-100)
-        loss = torch.nn.functional.cross_entropy(logits, target, ignore_index=-100,
+            return torch.nn.functional.cross_entropy(logits, index, ignore_index=-100)
+        loss = torch.nn.functional.cross_entropy(logits, index, ignore_index=-100,
                                                  reduction="none")  # (N,)
         keep = target != -100
         scale = keep.to(loss.dtype) if weight is None else weight * keep
