@@ -211,7 +211,7 @@ def test_short_histories_get_the_states_they_would_get_at_full_width(monkeypatch
         assert alone.shape[1] == 3 and beside.shape[1] == 8
         torch.testing.assert_close(alone[0], beside[0, -3:], atol=1e-6, rtol=1e-5)
         histories = torch.cat([short, full, short.roll(1, 1), full.flip(1), short])
-        monkeypatch.setattr("recozoo.models.bert_finetune.STATE_ROWS", 2)
+        monkeypatch.setattr("recozoo.models.components.sequence.GROUP_ROWS", 2)
         grouped = model.newest_states(table, histories)
         one_by_one = torch.cat([model.user_states(table, h[None])[:, -1] for h in histories])
     torch.testing.assert_close(grouped, one_by_one, atol=1e-6, rtol=1e-5)

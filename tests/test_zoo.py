@@ -6,7 +6,11 @@ import lightning as L
 import pytest
 import torch
 
-from recozoo.models.components.sequence import CausalTransformerEncoder
+from recozoo.models.components.sequence import (
+    CausalTransformerEncoder,
+    by_history_length,
+    trim_leading_padding,
+)
 from recozoo.train import build_experiment
 
 
@@ -71,6 +75,55 @@ def test_sasrec_last_state_is_the_last_column_of_every_state(num_layers):
     seq[1, :] = 30  # nothing at all
     with torch.no_grad():
         assert torch.allclose(encoder.last_state(seq), encoder(seq)[:, -1], atol=1e-5)
+
+
+def test_trim_leading_padding_keeps_every_column_some_row_uses():
+    pad = 9
+    seq = torch.tensor([[pad, pad, pad, 1], [pad, pad, 2, 3]])
+    assert trim_leading_padding(seq, pad).tolist() == [[pad, 1], [2, 3]]
+    assert trim_leading_padding(torch.full((2, 4), pad), pad).shape == (2, 1)
+
+
+def test_users_grouped_by_history_length_get_their_own_rows_back():
+    """`by_history_length` hands each group its rows of the batch and its histories trimmed to
+    the group's longest; the results come back in the batch's order."""
+    pad = 99
+    lengths = [5, 1, 3, 0, 2, 4, 1]
+    seq = torch.full((7, 6), pad)
+    for row, n in enumerate(lengths):
+        if n:
+            seq[row, -n:] = torch.arange(n) + 10 * row
+    widths = []
+
+    def encode(rows, history):
+        widths.append(history.shape[1])
+        rows = torch.arange(len(seq)) if rows is None else rows
+        assert torch.equal(history, seq[rows][:, -history.shape[1]:])  # trimmed, not cut
+        return torch.stack([rows.float(), (history != pad).sum(1).float()], dim=1)
+
+    out = by_history_length(seq, pad, encode, group_rows=3)
+    assert out[:, 0].tolist() == list(range(7)) and out[:, 1].tolist() == lengths
+    assert widths == [1, 4, 5]  # sorted lengths 0, 1, 1 | 2, 3, 4 | 5
+
+
+def test_sasrec_scores_groups_of_similar_histories_as_the_whole_batch(make_config,
+                                                                       monkeypatch):
+    """SASRec scores users in groups by history length, each no wider than its longest history:
+    the same scores as the whole batch at full width."""
+    cfg = make_config(["model=sasrec", "model.max_len=12"])
+    dm, model = _setup(cfg)
+    _trainer(steps=2).fit(model, datamodule=dm)
+    model.eval()
+    users = dm.eval_users["test"][:24]
+    batch = dm.eval_batch("test", users)
+    lengths = (batch.history[:, -12:] != dm.info.pad_item).sum(1)
+    assert lengths.min() < 12 and len(set(lengths.tolist())) > 2  # varied short histories
+    monkeypatch.setattr("recozoo.models.components.sequence.GROUP_ROWS", 5)
+    with torch.no_grad():
+        grouped = model.score(batch).clone()
+        model.leading_padding_inert = False  # one pass at the full width
+        whole = model.score(batch)
+    torch.testing.assert_close(grouped, whole, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("num_heads", [1, 2])

@@ -94,6 +94,7 @@ from recozoo.data.datamodule import DatasetInfo, EvalBatch, TrainView
 from recozoo.debias import PopularityNegatives
 from recozoo.models.base import Recommender
 from recozoo.models.components.lookup import rows
+from recozoo.models.components.sequence import by_history_length
 from recozoo.models.components.text_signal import user_text_auc
 from recozoo.models.components.text_tower import TextTower
 from recozoo.models.components.user_tower import CausalUserTower
@@ -104,8 +105,6 @@ log = logging.getLogger(__name__)
 
 NEGATIVES = ("catalogue", "sampled", "in_batch")
 WEAK_TEXT = ("auto", True, False)
-#: users per pass of the user tower when scoring (`BertFinetune.newest_states`)
-STATE_ROWS = 256
 
 
 class PopularityGatedIDs(nn.Module):
@@ -506,15 +505,10 @@ class BertFinetune(Recommender):
 
     def newest_states(self, table: torch.Tensor, sequence: torch.Tensor) -> torch.Tensor:
         """(B, d) each user's state at the newest position (what scores the catalogue). The
-        users go through the tower `STATE_ROWS` at a time in order of history length, so that
-        each group is as wide as its own longest history (`user_states`), not the batch's."""
-        if len(sequence) <= STATE_ROWS:
-            return self.user_states(table, sequence)[:, -1]
-        lengths = (sequence[:, -self.max_len:] != self.info.pad_item).sum(1)
-        states = table.new_empty(len(sequence), table.shape[1])
-        for group in torch.argsort(lengths, stable=True).split(STATE_ROWS):
-            states[group] = self.user_states(table, sequence[group])[:, -1]
-        return states
+        users go through the tower in groups of similar history length, each group as wide as
+        its own longest history, not the batch's (`by_history_length`)."""
+        return by_history_length(sequence[:, -self.max_len:], self.info.pad_item,
+                                 lambda group, history: self.user_states(table, history)[:, -1])
 
     # ------------------------------------------------------------------ training
     def train_view(self) -> TrainView:

@@ -42,6 +42,9 @@ class SASRec(SequentialRecommender):
         self.encoder = CausalTransformerEncoder(info.n_items, hidden_size, num_layers, num_heads,
                                                 max_len, dropout)
 
+    #: padded keys are blocked and positions count from the newest item
+    leading_padding_inert = True
+
     def encode(self, seq: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
         return self.encoder(seq)  # (B, L, hidden)
 

@@ -21,7 +21,7 @@ import torch
 
 from recozoo.data.datamodule import DatasetInfo, EvalBatch, TrainView
 from recozoo.models.base import Recommender
-from recozoo.models.components.sequence import NegativeSampler
+from recozoo.models.components.sequence import NegativeSampler, by_history_length
 
 #: catalogue size above which the sequential models train with sampled softmax by default.
 #: Measured (SASRec, 128 windows x 20 positions, d=64, one CPU thread, seconds per step, full
@@ -99,6 +99,12 @@ class SequentialRecommender(Recommender):
         return self.sampled_cross_entropy_loss(pos, neg, target, negatives,
                                                self.negative_sampler.log_q)
 
+    #: whether leading padding changes no state of this model's encoder (attention that blocks
+    #: padded keys, positions counted from the newest item): scoring then takes users in
+    #: groups of similar history length, each group as wide as its longest history
+    #: (`by_history_length`). False where padded steps move a state (a GRU runs through them)
+    leading_padding_inert: bool = False
+
     def encode_last(self, seq: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
         """(B, d) the state after the newest item of ``seq``; encoders that can compute it
         more cheaply than every position override this."""
@@ -106,4 +112,9 @@ class SequentialRecommender(Recommender):
 
     def score(self, batch: EvalBatch) -> torch.Tensor:
         history = batch.history[:, -self.max_len:]  # (B, L)
-        return self.item_logits(self.encode_last(history, batch.user), batch=batch)  # (B, n_items)
+        if self.leading_padding_inert:
+            states = by_history_length(history, self.info.pad_item, lambda rows, h: self.encode_last(
+                h, batch.user if rows is None else batch.user[rows]))
+        else:
+            states = self.encode_last(history, batch.user)  # (B, d)
+        return self.item_logits(states, batch=batch)  # (B, n_items)
