@@ -255,6 +255,21 @@ def test_a_stage_builds_the_item_table_once_and_the_next_stage_anew(make_config,
     assert model._stage_table is None  # nothing held between stages
 
 
+def test_a_served_model_builds_its_item_table_at_the_first_request_only(monkeypatch):
+    """`hold_weights` (what loading a run for serving calls): the catalogue's vectors are built
+    once; with gradients on (training) they are still built at every call."""
+    model = BertFinetune(_info(TEXTS, [5.0, 4.0, 0.0, 2.0]), bf16=False).eval()
+    builds = []
+    build = model._build_item_table
+    monkeypatch.setattr(model, "_build_item_table", lambda: builds.append(1) or build())
+    model.hold_weights()
+    with torch.no_grad():  # serving: inference mode
+        first, second = model.item_table(), model.item_table()
+    assert len(builds) == 1 and first is second
+    model.item_table()  # gradients on: built afresh, nothing kept from it
+    assert len(builds) == 2
+
+
 def test_a_checkpoint_of_the_same_encoder_weights_keeps_the_catalogue_encoding():
     """Loading the best checkpoint (the choice on validation, the final validation, the test)
     re-encodes the catalogue only where its encoder weights differ from the encoding's."""

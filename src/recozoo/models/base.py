@@ -106,6 +106,11 @@ class Recommender(SharedLosses, L.LightningModule):
         the caller reuses batch after batch (`EvalBatch.dot_scores`)."""
         raise NotImplementedError
 
+    def hold_weights(self) -> None:
+        """Told that the weights will not change again (a loaded run being served): a model
+        may keep what it derives from them instead of deriving it at every call (bert_finetune
+        its catalogue's item vectors). Nothing by default."""
+
     def predict_rating(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
         """Predicted ratings for (user, item) pairs (models with ``predicts_ratings``)."""
         raise NotImplementedError

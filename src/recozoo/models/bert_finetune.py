@@ -618,6 +618,11 @@ class BertFinetune(Recommender):
     def _end_stage(self) -> None:
         self._in_stage, self._stage_table = False, None
 
+    def hold_weights(self) -> None:
+        """A served run's weights hold for good: `item_table` is built at the first request
+        and kept, as within an evaluation stage."""
+        self._start_stage()
+
     def on_validation_epoch_start(self) -> None:
         self._start_stage()
 

@@ -255,6 +255,7 @@ def load_model(run_dir: Path, checkpoint: Path | None = None,
         raise RunLoadError(f"{checkpoint} does not fit the model of {RunDir(run_dir).config}: "
                            f"{error}") from None
     model.eval().to(device)
+    model.hold_weights()  # served weights never change: what a model derives from them may stay
     # the run's own ranking (top-N and re-ranker): a served list is the evaluated list
     ranker = build_ranker(cfg, model, catalog.info)
     return ModelScorer(model, ranker, name=_model_name(run_dir, cfg),
