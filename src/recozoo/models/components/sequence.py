@@ -16,11 +16,17 @@ from torch.nn import functional as F
 GROUP_ROWS = 256
 
 
+def first_used_column(pad: torch.Tensor) -> int:
+    """The oldest column of a (B, L) True-where-padding mask that some row uses (the last
+    column where none does): the columns before it are padding in every row."""
+    used = (~pad).any(0).nonzero()
+    return int(used[0]) if len(used) else pad.shape[1] - 1
+
+
 def trim_leading_padding(sequence: torch.Tensor, pad_item: int) -> torch.Tensor:
     """(B, L') left-padded ``sequence`` (B, L) without its oldest columns that are padding in
     every row (one column kept at least)."""
-    used = (sequence != pad_item).any(0).nonzero()
-    return sequence[:, int(used[0]) if len(used) else sequence.shape[1] - 1:]
+    return sequence[:, first_used_column(sequence == pad_item):]
 
 
 def by_history_length(sequence: torch.Tensor, pad_item: int,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from recozoo.models.components.sequence import first_used_column
+
 
 class CausalUserTower(nn.Module):
     """Causal Transformer over a left-padded sequence of item vectors.
@@ -50,8 +52,7 @@ class CausalUserTower(nn.Module):
         Scientific's users hold ~6 items, of 50 positions."""
         if items.shape[1] > self.max_len:
             items, pad = items[:, -self.max_len:], pad[:, -self.max_len:]
-        used = (~pad).any(0).nonzero()  # columns where some row holds an item
-        start = int(used[0]) if len(used) else pad.shape[1] - 1  # keep one column at least
+        start = first_used_column(pad)
         return items[:, start:], pad[:, start:]
 
     def forward(self, items: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
