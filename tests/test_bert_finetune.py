@@ -252,7 +252,7 @@ def test_a_stage_builds_the_item_table_once_and_the_next_stage_anew(make_config,
     with torch.no_grad():
         after = model.score(dm.eval_batch("val", dm.eval_users["val"][:4]))
     assert not torch.allclose(first, after)
-    assert model._stage_table is None  # nothing held between stages
+    assert model._held_table is None  # nothing held between stages
 
 
 def test_a_served_model_builds_its_item_table_at_the_first_request_only(monkeypatch):

@@ -25,8 +25,8 @@ class CausalUserTower(nn.Module):
         dropout: dropout on the inputs and inside the layers.
 
     ``forward(items, pad)`` takes (B, L, dim) vectors and a (B, L) True-where-padding mask and
-    returns the states of the newest positions, (B, L', dim) with L' <= max_len (`fit_length`),
-    the newest item in the last column. A position attends to itself and to the non-padding
+    returns the states of the newest positions, (B, L', dim) with L' = min(L, max_len), the
+    newest item in the last column (`fit_length` leaves out the columns no row uses first). A position attends to itself and to the non-padding
     positions before it.
     """
 
@@ -56,9 +56,9 @@ class CausalUserTower(nn.Module):
         return items[:, start:], pad[:, start:]
 
     def forward(self, items: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
-        """(B, L', dim) states of the newest L' = min(L, max_len) positions, fewer where the
-        oldest columns are padding in every row (`fit_length`)."""
-        items, pad = self.fit_length(items, pad)
+        """(B, L', dim) states of the newest L' = min(L, max_len) positions. A caller that
+        passes what `fit_length` returns pays only for the columns some row uses."""
+        items, pad = items[:, -self.max_len:], pad[:, -self.max_len:]
         length = items.shape[1]
         position = self.position.weight[self.max_len - length:]  # right-aligned
         hidden = items.masked_fill(pad.unsqueeze(-1), 0.0) + position  # (B, L', d)
