@@ -8,6 +8,7 @@ import torch
 
 from recozoo.models.components.sequence import (
     CausalTransformerEncoder,
+    GRUEncoder,
     by_history_length,
     trim_leading_padding,
 )
@@ -75,6 +76,27 @@ def test_sasrec_last_state_is_the_last_column_of_every_state(num_layers):
     seq[1, :] = 30  # nothing at all
     with torch.no_grad():
         assert torch.allclose(encoder.last_state(seq), encoder(seq)[:, -1], atol=1e-5)
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_gru_last_state_is_the_last_column_of_every_state(num_layers):
+    """Scoring steps the GRU row by row from each row's first item (`gru_last_state`): the
+    state after the newest item is the full pass's, for rows of every length, a row of
+    padding alone and a full row included; a stack of layers keeps the full pass."""
+    torch.manual_seed(0)
+    n_items, width = 40, 9
+    encoder = GRUEncoder(n_items, dim=12, num_layers=num_layers, dropout=0.3).eval()
+    seq = torch.full((7, width), n_items)
+    for row, n in enumerate([9, 0, 1, 4, 9, 2, 6]):
+        if n:
+            seq[row, -n:] = torch.randint(0, n_items, (n,))
+    with torch.no_grad():
+        expected = encoder(seq)[:, -1]
+        torch.testing.assert_close(encoder.last_state(seq), expected, atol=1e-6, rtol=1e-5)
+        # padding moves a GRU's state: the same items after less padding end elsewhere
+        assert not torch.allclose(encoder.last_state(seq[:, -4:])[3], expected[3], atol=1e-4)
+    encoder.train()  # training keeps the full pass, dropout and gradient included
+    assert encoder.last_state(seq).requires_grad
 
 
 def test_trim_leading_padding_keeps_every_column_some_row_uses():

@@ -64,6 +64,9 @@ class GRU4Rec(SequentialRecommender):
     def encode(self, seq: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
         return self.hidden_dropout(self.encoder(seq))  # (B, L, hidden)
 
+    def encode_last(self, seq: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
+        return self.hidden_dropout(self.encoder.last_state(seq))  # (B, hidden)
+
     def output_layer(self, items: torch.Tensor | None = None,
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         table = self.encoder.embedding  # constrained embedding: W_y is the input embedding
