@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from recozoo.models.components.sequence import (
+    CaserEncoder,
     CausalTransformerEncoder,
     GRUEncoder,
     by_history_length,
@@ -97,6 +98,22 @@ def test_gru_last_state_is_the_last_column_of_every_state(num_layers):
         assert not torch.allclose(encoder.last_state(seq[:, -4:])[3], expected[3], atol=1e-4)
     encoder.train()  # training keeps the full pass, dropout and gradient included
     assert encoder.last_state(seq).requires_grad
+
+
+@pytest.mark.parametrize("width", [2, 9])
+def test_caser_last_state_is_the_newest_window_of_every_state(width):
+    """Scoring reads the window ending at the newest item alone: the full pass's last column,
+    for histories shorter than the window and for none at all."""
+    torch.manual_seed(0)
+    n_items, n_users = 30, 4
+    encoder = CaserEncoder(n_items, n_users, dim=8, window=4, user_init_std=None).eval()
+    seq = torch.full((4, width), n_items)
+    for row, n in enumerate([width, 1, 0, min(3, width)]):
+        if n:
+            seq[row, -n:] = torch.randint(0, n_items, (n,))
+    user = torch.arange(4)
+    with torch.no_grad():
+        torch.testing.assert_close(encoder.last_state(seq, user), encoder(seq, user)[:, -1])
 
 
 def test_trim_leading_padding_keeps_every_column_some_row_uses():

@@ -111,6 +111,9 @@ class Caser(SequentialRecommender):
     def encode(self, seq: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
         return self.encoder(seq, user)  # (B, L, 2 * dim)
 
+    def encode_last(self, seq: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
+        return self.encoder.last_state(seq, user)  # (B, 2 * dim)
+
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         """The optimizer over every weight, the user embeddings in a group of their own at
         ``user_lr_scale`` times its learning rate."""

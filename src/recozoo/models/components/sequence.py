@@ -320,14 +320,25 @@ class CaserEncoder(nn.Module):
         batch, length = seq.shape
         padded = nn.functional.pad(seq, (self.window - 1, 0), value=self.pad_item)
         windows = padded.unfold(1, self.window, 1)  # (B, S, window)
-        image = self.embedding(windows.reshape(-1, self.window))[:, None]  # (B*S, 1, window, dim)
-        vertical = self.vertical(image).flatten(1)  # (B*S, n_v * dim)
-        horizontal = [torch.relu(conv(image).squeeze(3)).amax(2)  # (B*S, n_h) each
-                      for conv in self.horizontal]
-        z = torch.relu(self.fc(self.dropout(torch.cat([vertical, *horizontal], 1))))  # (B*S, dim)
-        z = z.view(batch, length, -1)
+        z = self._windows(windows.reshape(-1, self.window)).view(batch, length, -1)
         u = self.user_embedding(user)[:, None].expand(-1, length, -1)  # (B, S, dim)
         return torch.cat([z, u], -1)  # (B, S, 2 * dim)
+
+    def last_state(self, seq: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
+        """(B, 2 * dim) the representation of the window ending at the newest item,
+        ``forward(seq, user)[:, -1]``: scoring reads that window alone, not one per position
+        (ml-100k's 50 carried items: a 50th of the convolutions)."""
+        newest = nn.functional.pad(seq[:, -self.window:],
+                                   (max(0, self.window - seq.shape[1]), 0), value=self.pad_item)
+        return torch.cat([self._windows(newest), self.user_embedding(user)], -1)
+
+    def _windows(self, windows: torch.Tensor) -> torch.Tensor:
+        """(N, dim) ``z`` of (N, window) item windows."""
+        image = self.embedding(windows)[:, None]  # (N, 1, window, dim)
+        vertical = self.vertical(image).flatten(1)  # (N, n_v * dim)
+        horizontal = [torch.relu(conv(image).squeeze(3)).amax(2)  # (N, n_h) each
+                      for conv in self.horizontal]
+        return torch.relu(self.fc(self.dropout(torch.cat([vertical, *horizontal], 1))))
 
 
 class NegativeSampler(nn.Module):
