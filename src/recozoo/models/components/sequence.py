@@ -98,9 +98,12 @@ class GRUEncoder(nn.Module):
     def last_state(self, seq: torch.Tensor) -> torch.Tensor:
         """(B, dim) the state after the newest item, ``forward(seq)[:, -1]`` to rounding.
 
-        Scoring (eval mode, no gradient, one layer) steps the GRU itself (`gru_last_state`)
-        and runs each row from its own first item, not through every column."""
-        if self.training or torch.is_grad_enabled() or self.gru.num_layers > 1:
+        Scoring (eval mode, no gradient, one layer) on a CPU steps the GRU itself
+        (`gru_last_state`) and runs each row from its own first item, not through every column.
+        Elsewhere the full pass: a GPU's fused GRU (cuDNN) against a Python loop of small
+        kernels was not measured."""
+        if (self.training or torch.is_grad_enabled() or self.gru.num_layers > 1
+                or seq.device.type != "cpu"):
             return self.forward(seq)[:, -1]
         return gru_last_state(self.gru, self.embedding.weight, seq, self.embedding.padding_idx)
 
