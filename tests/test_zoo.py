@@ -80,24 +80,34 @@ def test_sasrec_last_state_is_the_last_column_of_every_state(num_layers):
 
 
 @pytest.mark.parametrize("num_layers", [1, 2])
-def test_gru_last_state_is_the_last_column_of_every_state(num_layers):
-    """Scoring steps the GRU row by row from each row's first item (`gru_last_state`): the
-    state after the newest item is the full pass's, for rows of every length, a row of
-    padding alone and a full row included; a stack of layers keeps the full pass."""
+def test_gru_runs_padding_once_and_scores_each_row_from_its_first_item(num_layers):
+    """The GRU runs the columns that are padding in every row once, for one row, and the batch
+    from where that ends (training, gradients included); scoring steps each row from its own
+    first item (`gru_last_state`). Both give the plain pass's states, for rows of every length,
+    a row of padding alone and a full row; the gradients too."""
     torch.manual_seed(0)
     n_items, width = 40, 9
-    encoder = GRUEncoder(n_items, dim=12, num_layers=num_layers, dropout=0.3).eval()
+    encoder = GRUEncoder(n_items, dim=12, num_layers=num_layers, dropout=0.0)
     seq = torch.full((7, width), n_items)
-    for row, n in enumerate([9, 0, 1, 4, 9, 2, 6]):
+    for row, n in enumerate([6, 0, 1, 4, 6, 2, 5]):  # the 3 oldest columns: padding in every row
         if n:
             seq[row, -n:] = torch.randint(0, n_items, (n,))
+
+    def plain():
+        return encoder.gru(encoder.embedding(seq))[0]
+
+    weights = list(encoder.parameters())
+    expected = plain()
+    trimmed = encoder(seq)
+    torch.testing.assert_close(trimmed, expected, atol=1e-6, rtol=1e-5)
+    for got, want in zip(torch.autograd.grad(trimmed.square().sum(), weights),
+                         torch.autograd.grad(expected.square().sum(), weights)):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    encoder.eval()
     with torch.no_grad():
-        expected = encoder(seq)[:, -1]
-        torch.testing.assert_close(encoder.last_state(seq), expected, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(encoder.last_state(seq), plain()[:, -1], atol=1e-6, rtol=1e-5)
         # padding moves a GRU's state: the same items after less padding end elsewhere
-        assert not torch.allclose(encoder.last_state(seq[:, -4:])[3], expected[3], atol=1e-4)
-    encoder.train()  # training keeps the full pass, dropout and gradient included
-    assert encoder.last_state(seq).requires_grad
+        assert not torch.allclose(encoder.last_state(seq[:, -4:])[3], expected[3, -1], atol=1e-4)
 
 
 @pytest.mark.parametrize("width", [2, 9])
