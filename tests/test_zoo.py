@@ -175,6 +175,30 @@ def test_sasrec_scores_groups_of_similar_histories_as_the_whole_batch(make_confi
     torch.testing.assert_close(grouped, whole, atol=1e-5, rtol=1e-5)
 
 
+def test_sasrec_trains_without_the_columns_that_are_padding_in_every_row(make_config):
+    """A training batch drops the columns that are padding in every row: the same loss and
+    gradients as at full width (dropout off)."""
+    cfg = make_config(["model=sasrec", "model.max_len=12"])
+    dm, model = _setup(cfg)
+    model.eval()  # no dropout: compare exact numbers
+    batch = next(iter(dm.train_dataloader()))
+    pad = dm.info.pad_item
+    keep = 5  # only the 5 newest columns hold items
+    batch["input"][:, :-keep] = pad
+    batch["target"][:, :-keep] = -100
+    assert (batch["input"][:, -1] != pad).all()
+    weights = [p for p in model.parameters() if p.requires_grad]
+    trimmed = model.loss(batch)
+    got = torch.autograd.grad(trimmed, weights, allow_unused=True)
+    model.leading_padding_inert = False  # the full width
+    whole = model.loss(batch)
+    want = torch.autograd.grad(whole, weights, allow_unused=True)
+    torch.testing.assert_close(trimmed, whole, atol=1e-5, rtol=1e-5)
+    for a, b in zip(got, want):
+        if b is not None:
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("num_heads", [1, 2])
 def test_sasrec_evaluation_blocks_compute_what_training_blocks_compute(num_heads):
     """Evaluation runs the blocks batch-first on their own weights (`pre_norm_block`);

@@ -21,7 +21,11 @@ import torch
 
 from recozoo.data.datamodule import DatasetInfo, EvalBatch, TrainView
 from recozoo.models.base import Recommender
-from recozoo.models.components.sequence import NegativeSampler, by_history_length
+from recozoo.models.components.sequence import (
+    NegativeSampler,
+    by_history_length,
+    first_used_column,
+)
 
 #: catalogue size above which the sequential models train with sampled softmax by default.
 #: Measured (SASRec, 128 windows x 20 positions, d=64, one CPU thread, seconds per step, full
@@ -84,8 +88,11 @@ class SequentialRecommender(Recommender):
         return logits if bias is None else logits.add_(bias)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        states = self.encode(batch["input"], batch["user"])  # (B, L, d)
-        target = batch["target"]  # (B, L), -100 where there is nothing to predict
+        inputs, target = batch["input"], batch["target"]  # target -100 where nothing to predict
+        if self.leading_padding_inert:  # the columns of padding in every row change no state
+            skip = first_used_column(inputs == self.info.pad_item)
+            inputs, target = inputs[:, skip:], target[:, skip:]
+        states = self.encode(inputs, batch["user"])  # (B, L, d)
         keep = target != -100
         states, target = states[keep], target[keep]  # (N, d), (N,)
         if not self.sampled_softmax:
@@ -102,7 +109,9 @@ class SequentialRecommender(Recommender):
     #: whether leading padding changes no state of this model's encoder (attention that blocks
     #: padded keys, positions counted from the newest item): scoring then takes users in
     #: groups of similar history length, each group as wide as its longest history
-    #: (`by_history_length`). False where padded steps move a state (a GRU runs through them)
+    #: (`by_history_length`), and a training batch drops the columns that are padding in every
+    #: row (Amazon Scientific's: ~21 columns of items of the 50, median). False where padded
+    #: steps move a state (a GRU runs through them)
     leading_padding_inert: bool = False
 
     def encode_last(self, seq: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
