@@ -175,10 +175,11 @@ def test_sasrec_scores_groups_of_similar_histories_as_the_whole_batch(make_confi
     torch.testing.assert_close(grouped, whole, atol=1e-5, rtol=1e-5)
 
 
-def test_sasrec_trains_without_the_columns_that_are_padding_in_every_row(make_config):
-    """A training batch drops the columns that are padding in every row: the same loss and
-    gradients as at full width (dropout off)."""
-    cfg = make_config(["model=sasrec", "model.max_len=12"])
+@pytest.mark.parametrize("name", ["sasrec", "caser"])
+def test_training_drops_the_columns_that_are_padding_in_every_row(make_config, name):
+    """A training batch of SASRec or Caser drops the columns that are padding in every row: the
+    same loss and gradients as at full width (dropout off)."""
+    cfg = make_config([f"model={name}", "model.max_len=12"])
     dm, model = _setup(cfg)
     model.eval()  # no dropout: compare exact numbers
     batch = next(iter(dm.train_dataloader()))

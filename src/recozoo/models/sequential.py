@@ -113,6 +113,9 @@ class SequentialRecommender(Recommender):
     #: row (Amazon Scientific's: ~21 columns of items of the 50, median). False where padded
     #: steps move a state (a GRU runs through them)
     leading_padding_inert: bool = False
+    #: whether scoring reads a fixed number of the newest items (Caser's window), so that
+    #: groups of similar history length would cost their sorting and nothing less
+    scores_newest_window: bool = False
 
     def encode_last(self, seq: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
         """(B, d) the state after the newest item of ``seq``; encoders that can compute it
@@ -121,7 +124,7 @@ class SequentialRecommender(Recommender):
 
     def score(self, batch: EvalBatch) -> torch.Tensor:
         history = batch.history[:, -self.max_len:]  # (B, L)
-        if self.leading_padding_inert:
+        if self.leading_padding_inert and not self.scores_newest_window:
             states = by_history_length(history, self.info.pad_item, lambda rows, h: self.encode_last(
                 h, batch.user if rows is None else batch.user[rows]))
         else:
