@@ -106,8 +106,9 @@ class SequentialRecommender(Recommender):
         return self.sampled_cross_entropy_loss(pos, neg, target, negatives,
                                                self.negative_sampler.log_q)
 
-    #: whether leading padding changes no state of this model's encoder (attention that blocks
-    #: padded keys, positions counted from the newest item): scoring then takes users in
+    #: whether leading padding changes no state of this model's encoder (SASRec's attention
+    #: blocks padded keys and counts positions from the newest item; Caser's windows read
+    #: padding items however many there are): scoring then takes users in
     #: groups of similar history length, each group as wide as its longest history
     #: (`by_history_length`), and a training batch drops the columns that are padding in every
     #: row (Amazon Scientific's: ~21 columns of items of the 50, median). False where padded

@@ -122,14 +122,14 @@ def gru_last_state(gru: nn.GRU, embedding: torch.Tensor, seq: torch.Tensor,
                    pad_item: int) -> torch.Tensor:
     """(B, dim) the state of the one-layer, batch-first ``gru`` after the last column of the
     left-padded item sequences ``seq`` (B, L), whose items' inputs are rows of ``embedding``
-    (the padding row ``pad_item`` zero): ``gru(embedding[seq])[0][:, -1]`` to rounding, with
-    less work, for scoring (no gradient).
+    (padding: row ``pad_item``): ``gru(embedding[seq])[0][:, -1]`` to rounding, with less
+    work, for scoring (no gradient).
 
     - The input projection ``W_ih x + b_ih`` is one row per distinct item of the batch,
       computed once, instead of a product for every position.
     - A row is stepped from its first item on. Its leading padding brings every row to the
-      same state (zero input from the zero state), so one extra all-padding row carries that
-      state, and a row joins the batch with it at its first item. Rows are sorted by their
+      same state (the padding row's input from the zero state), so one extra all-padding row
+      carries that state, and a row joins the batch with it at its first item. Rows are sorted by their
       first item, so the rows of step t are a prefix and each step's product is over them
       alone: the steps cost the histories' items, not B x L. Amazon Scientific's users hold ~6
       items of the 50 columns.
