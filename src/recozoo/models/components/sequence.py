@@ -129,10 +129,10 @@ def gru_last_state(gru: nn.GRU, embedding: torch.Tensor, seq: torch.Tensor,
       computed once, instead of a product for every position.
     - A row is stepped from its first item on. Its leading padding brings every row to the
       same state (the padding row's input from the zero state), so one extra all-padding row
-      carries that state, and a row joins the batch with it at its first item. Rows are sorted by their
-      first item, so the rows of step t are a prefix and each step's product is over them
-      alone: the steps cost the histories' items, not B x L. Amazon Scientific's users hold ~6
-      items of the 50 columns.
+      carries that state, and a row joins the batch with it at its first item. Rows are
+      sorted by their first item, so the rows of step t are a prefix and each step's product
+      is over them alone: the steps cost the histories' items, not B x L. Amazon Scientific's
+      users hold ~6 items of the 50 columns.
     - The gates are laid out so that each elementwise pass runs once over contiguous memory
       (r and z's biases folded into the projection, r and z in one product).
 
