@@ -24,7 +24,7 @@ from recozoo.models.base import Recommender
 from recozoo.models.components.sequence import (
     NegativeSampler,
     by_history_length,
-    first_used_column,
+    trim_leading_padding,
 )
 
 #: catalogue size above which the sequential models train with sampled softmax by default.
@@ -90,8 +90,8 @@ class SequentialRecommender(Recommender):
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs, target = batch["input"], batch["target"]  # target -100 where nothing to predict
         if self.leading_padding_inert:  # the columns of padding in every row change no state
-            skip = first_used_column(inputs == self.info.pad_item)
-            inputs, target = inputs[:, skip:], target[:, skip:]
+            inputs = trim_leading_padding(inputs, self.info.pad_item)
+            target = target[:, -inputs.shape[1]:]
         states = self.encode(inputs, batch["user"])  # (B, L, d)
         keep = target != -100
         states, target = states[keep], target[keep]  # (N, d), (N,)

@@ -26,8 +26,8 @@ class CausalUserTower(nn.Module):
 
     ``forward(items, pad)`` takes (B, L, dim) vectors and a (B, L) True-where-padding mask and
     returns the states of the newest positions, (B, L', dim) with L' = min(L, max_len), the
-    newest item in the last column (`fit_length` leaves out the columns no row uses first). A position attends to itself and to the non-padding
-    positions before it.
+    newest item in the last column (`fit_length` leaves out the columns no row uses first). A
+    position attends to itself and to the non-padding positions before it.
     """
 
     def __init__(self, dim: int, max_len: int = 50, n_layers: int = 2, n_heads: int = 2,
