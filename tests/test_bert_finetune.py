@@ -553,14 +553,16 @@ def test_posthoc_adjustment_lowers_scores_by_tau_log_prior():
         BertFinetune(info, posthoc_adjustment=-0.1)
 
 
-def test_auto_posthoc_adjustment_takes_the_largest_tau_within_tolerance_of_plain_scores():
-    """posthoc_adjustment=auto scores plainly until it chooses; then the largest τ of the grid
-    whose validation value is within the tolerance of τ = 0's (a better one included); the
-    choice is a persistent buffer, so a model loaded from the checkpoint scores with it."""
+def test_auto_posthoc_adjustment_raises_tau_while_within_tolerance_of_plain_scores():
+    """posthoc_adjustment=auto scores plainly until it chooses; then τ rises through the grid
+    while the validation value stays within the tolerance of τ = 0's (a better one included),
+    and the first τ outside it ends the search; the choice is a persistent buffer, so a model
+    loaded from the checkpoint scores with it."""
     info = _info(TEXTS, [7.0, 3.0, 0.0, 1.0])
-    auto = BertFinetune(info, posthoc_tolerance=0.01).eval()
+    auto = BertFinetune(info, posthoc_tolerance=0.01,
+                        posthoc_grid=[0.0, 0.1, 0.2, 0.3, 0.4]).eval()
     assert float(auto.posthoc_tau) == 0.0
-    curve = {0.0: 0.300, 0.1: 0.2985, 0.2: 0.2971, 0.3: 0.2969, 0.4: 0.25}
+    curve = {0.0: 0.300, 0.1: 0.2985, 0.2: 0.2971, 0.3: 0.2969, 0.4: 0.2990}
     tried = []
 
     def validate() -> float:
@@ -568,9 +570,13 @@ def test_auto_posthoc_adjustment_takes_the_largest_tau_within_tolerance_of_plain
         return curve[tried[-1]]
 
     chosen = auto.choose_on_validation(validate)
-    assert tried == [0.0, 0.1, 0.2, 0.3, 0.4]
+    assert tried == [0.0, 0.1, 0.2, 0.3]  # .3 is outside: .4, within again, is not tried
     assert chosen["posthoc_adjustment"] == 0.2  # .2971 >= .300 - .003; .2969 is not
-    assert chosen["posthoc_validation"]["0.3"] == 0.2969
+    assert chosen["posthoc_validation"] == {"0": 0.300, "0.1": 0.2985, "0.2": 0.2971,
+                                            "0.3": 0.2969}
+    # the default grid goes on to τ 1 where validation stays level (it costs nothing there)
+    level = BertFinetune(info).eval()
+    assert level.choose_on_validation(lambda: 0.3)["posthoc_adjustment"] == 1.0
     fixed = BertFinetune(info, posthoc_adjustment=0.2).eval()
     fixed.load_state_dict({k: v for k, v in auto.state_dict().items() if k != "posthoc_tau"})
     loaded = BertFinetune(info).eval()  # auto, as a run folder's hyper-parameters rebuild it
@@ -580,10 +586,10 @@ def test_auto_posthoc_adjustment_takes_the_largest_tau_within_tolerance_of_plain
                       target_rows=torch.tensor([0]), target_cols=torch.tensor([2]))
     with torch.no_grad():
         torch.testing.assert_close(loaded.score(batch), fixed.score(batch))
-    better = {0.0: 0.30, 0.1: 0.31, 0.2: 0.20, 0.3: 0.305, 0.4: 0.29}
+    better = {0.0: 0.30, 0.1: 0.31, 0.2: 0.305, 0.3: 0.20, 0.4: 0.305}
     auto.posthoc_tau.fill_(0.0)
     assert auto.choose_on_validation(
-        lambda: better[float(auto.posthoc_tau)])["posthoc_adjustment"] == 0.3
+        lambda: better[float(auto.posthoc_tau)])["posthoc_adjustment"] == 0.2
     assert fixed.choose_on_validation(lambda: 1.0) == {}  # a fixed τ chooses nothing
     with pytest.raises(ValueError, match="model.posthoc_grid"):
         BertFinetune(info, posthoc_grid=[0.1, 0.2])
@@ -621,9 +627,11 @@ def test_a_run_writes_the_choice_into_its_best_checkpoint_and_metrics(make_confi
     record, values, state, served = train_and_read_choice(cfg, "posthoc_adjustment",
                                                           "posthoc_validation")
     chosen = record.chosen_on_validation
-    assert sorted(values) == [0.0, 0.1, 0.2, 0.3, 0.4]
-    assert chosen["posthoc_adjustment"] == max(
-        t for t, v in values.items() if v >= values[0.0] - 0.01 * abs(values[0.0]))
+    tried = sorted(values)  # the grid, rising, up to the first τ outside the tolerance
+    assert tried == [float(t) for t in cfg.model.posthoc_grid][:len(tried)]
+    within = [t for t in tried if values[t] >= values[0.0] - 0.01 * abs(values[0.0])]
+    assert within == tried[:len(within)] and len(tried) - len(within) <= 1
+    assert chosen["posthoc_adjustment"] == within[-1]
     assert float(state["posthoc_tau"]) == chosen["posthoc_adjustment"]
     assert as_trained and state.keys() == as_trained.keys()
     for key, value in as_trained.items():
