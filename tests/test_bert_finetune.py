@@ -4,6 +4,7 @@ cold-start scoring, on toy texts and the tiny shop."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -577,6 +578,10 @@ def test_auto_posthoc_adjustment_raises_tau_while_within_tolerance_of_plain_scor
     # the default grid goes on to τ 1 where validation stays level (it costs nothing there)
     level = BertFinetune(info).eval()
     assert level.choose_on_validation(lambda: 0.3)["posthoc_adjustment"] == 1.0
+    # no finite reference (e.g. no validation target the metric applies to): plain scores
+    undefined = level.choose_on_validation(lambda: math.nan)
+    assert undefined["posthoc_adjustment"] == 0.0 and list(undefined["posthoc_validation"]) == ["0"]
+    assert float(level.posthoc_tau) == 0.0
     fixed = BertFinetune(info, posthoc_adjustment=0.2).eval()
     fixed.load_state_dict({k: v for k, v in auto.state_dict().items() if k != "posthoc_tau"})
     loaded = BertFinetune(info).eval()  # auto, as a run folder's hyper-parameters rebuild it
