@@ -735,18 +735,15 @@ class BertFinetune(Recommender):
         if not self.posthoc_auto:
             return {}
         values: dict[float, float] = {}
-        chosen, reference = 0.0, math.nan
-        for tau in sorted(self.posthoc_grid):
+        chosen = 0.0
+        for tau in sorted(self.posthoc_grid):  # 0 first: the reference
             self.posthoc_tau.fill_(tau)
             values[tau] = float(validate())
-            if tau == 0.0:
-                reference = values[tau]
-                if not math.isfinite(reference):
-                    break
-            elif values[tau] >= reference - self.posthoc_tolerance * abs(reference):
-                chosen = tau
-            else:
+            reference = values[0.0]
+            if not (math.isfinite(reference)
+                    and values[tau] >= reference - self.posthoc_tolerance * abs(reference)):
                 break
+            chosen = tau
         self.posthoc_tau.fill_(chosen)
         log.info("bert_finetune: post-hoc adjustment τ = %g, chosen on validation (the largest "
                  "of a rising τ within %g%% of τ = 0; validation value at τ %s: %s)", chosen,

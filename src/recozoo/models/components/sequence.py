@@ -97,10 +97,10 @@ class GRUEncoder(nn.Module):
         if skip == 0 or (self.training and self.gru.num_layers > 1 and self.gru.dropout > 0):
             states, _ = self.gru(inputs)  # (B, L, dim)
             return states
-        # columns of padding in every row move every row's state alike (the padding row's input,
-        # zero with or without dropout, from the zero state): the first row runs them, and the
-        # batch starts from where it ends. Amazon Scientific's training batches hold ~21
-        # columns of items of the 50 (median).
+        # columns of padding in every row move every row's state alike (the padding row's input
+        # from the zero state; under dropout alike because that row is zero, as `ItemEmbedding`
+        # keeps it): the first row runs them, and the batch starts from where it ends. Amazon
+        # Scientific's training batches hold ~21 columns of items of the 50 (median).
         padding_states, start = self.gru(inputs[:1, :skip])
         states, _ = self.gru(inputs[:, skip:], start.expand(-1, len(seq), -1).contiguous())
         return torch.cat([padding_states.expand(len(seq), -1, -1), states], 1)  # (B, L, dim)
