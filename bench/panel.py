@@ -35,6 +35,7 @@ from bench.compare import thread_env
 from bench.process import run_process
 from recozoo.artifacts import RunDir, RunRecord
 from recozoo.cli import parse_settings
+from recozoo.provenance import is_at_or_after, resolve_commit, short_code
 
 #: recozoo model -> RecBole model, for the rows RecBole runs on its own splits
 RECBOLE_MODELS = {"pop": "Pop", "itemknn": "ItemKNN", "bpr": "BPR", "ease": "EASE",
@@ -140,6 +141,12 @@ class PanelSettings:
             are marked stale in the report); false: move them aside (``s<seed>.stale-<time>``)
             and run them again, so the panel shows the defaults as they are now.
         report_only: write the report from the runs found, run nothing.
+        rerun_before: a git commit (or anything git names one by: a tag, ``HEAD~3``): finished
+            runs not made at it or after it in this checkout's history are run again (set
+            aside as stale runs are), so that cells whose figures a change of the code moved
+            without changing a setting (a model's training, the data's preparation) are made
+            by today's code. Runs that did not record their commit count as before it. The
+            report's ``code`` column shows the commit each cell's runs were made at.
         overrides: extra train.py overrides for every run (e.g. trainer.max_epochs=20).
     """
 
@@ -155,6 +162,7 @@ class PanelSettings:
     retry_failed: bool = False
     keep_stale: bool = False
     report_only: bool = False
+    rerun_before: str | None = None
     overrides: list[str] = field(default_factory=list)
 
     def ledger_path(self, root: Path) -> Path:
@@ -346,7 +354,8 @@ class FoundRun:
     """A finished run: from its folder, or from the ledger where its folder is not here.
 
     The ledger (bench/panel_runs.json, kept in git) records every finished run with its test
-    metrics and validation NDCG@10 (`KEPT_METRICS`), train seconds, torch threads and the
+    metrics and validation NDCG@10 (`KEPT_METRICS`), train seconds, torch threads, the code
+    that made it (`recozoo.provenance.code_version`: the commit a cell's figures trace to) and the
     settings it ran with. It is how the panel remembers runs made on another machine or in a
     cache since cleared: they are reported and not run again,
     unless their settings differ from today's defaults. Each report adds the runs it found;
@@ -359,6 +368,8 @@ class FoundRun:
     error: str | None = None
     in_folder: bool = True
     threads: int | None = None  # the run's torch threads (None: made before runs recorded them)
+    code: dict[str, Any] | None = None  # the code that made it (`recozoo.provenance`); None:
+    # made before runs recorded it
 
 
 #: (dataset, model, seed) -> the run as the ledger recorded it
@@ -373,7 +384,8 @@ def read_ledger(path: Path) -> Ledger:
         runs = json.loads(path.read_text())
         return {(dataset, model, int(seed)): FoundRun(
                     ok=True, metrics=ran["metrics"], train_seconds=ran["train_seconds"],
-                    settings=ran["settings"], in_folder=False, threads=ran.get("threads"))
+                    settings=ran["settings"], in_folder=False, threads=ran.get("threads"),
+                    code=ran.get("code"))
                 for dataset, models in runs.items() for model, seeds in models.items()
                 for seed, ran in seeds.items()}
     except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as error:
@@ -411,7 +423,7 @@ def find_run(out: Path, ledger: Ledger, dataset: str, model: str, seed: int) -> 
     return FoundRun(ok=record.ok, metrics={key: record.metrics.get(key) for key in KEPT_METRICS},
                     train_seconds=record.train_seconds or 0.0,
                     settings=None if ran is None else judged_settings(ran), error=record.error,
-                    threads=record.torch_threads)
+                    threads=record.torch_threads, code=record.code)
 
 
 def run_panel(settings: PanelSettings, root: Path, shared: Path | None, out: Path,
@@ -469,17 +481,25 @@ def run_panel(settings: PanelSettings, root: Path, shared: Path | None, out: Pat
 
 def _needs_run(settings: PanelSettings, out: Path, ledger: Ledger, dataset: str, model: str,
                seed: int, expected: dict[str, Any] | None) -> bool:
-    """Whether the run is missing, failed (with ``retry_failed``) or stale (setting it aside)."""
+    """Whether the run is missing, failed (with ``retry_failed``), stale (its settings differ,
+    unless ``keep_stale``) or made before ``rerun_before``; a stale or earlier run's folder is
+    set aside."""
     found = find_run(out, ledger, dataset, model, seed)
-    changes = (diff_settings(found.settings, expected)[0]
-               if found is not None and expected is not None else [])
+    if found is None:
+        return True
+    changes = diff_settings(found.settings, expected)[0] if expected is not None else []
+    reason = None
     if changes and not settings.keep_stale:
+        reason = f"settings changed since the run ({'; '.join(changes)})"
+    elif settings.rerun_before and not is_at_or_after((found.code or {}).get("commit"),
+                                                      settings.rerun_before):
+        reason = f"made at {short_code(found.code)}, not at or after {settings.rerun_before}"
+    if reason:
         where = (f"old run kept in {set_aside(run_folder(out, dataset, model, seed)).name}"
                  if found.in_folder else "its record stays in the ledger's git history")
-        print(f"          {dataset} {model} seed {seed}: settings changed since the run "
-              f"({'; '.join(changes)}); {where}", flush=True)
+        print(f"          {dataset} {model} seed {seed}: {reason}; {where}", flush=True)
         return True
-    return found is None or (not found.ok and settings.retry_failed)
+    return not found.ok and settings.retry_failed
 
 
 def recbole_seed(settings: PanelSettings, shared: Path | None, out: Path, dataset: str,
@@ -565,7 +585,7 @@ def collect(out: Path, datasets: list[str], models: list[str], seeds: list[int],
                     entry["seconds"].append(found.train_seconds)
                     entry["ran"][seed] = {"train_seconds": found.train_seconds,
                                           "settings": found.settings or {},
-                                          "threads": found.threads}
+                                          "threads": found.threads, "code": found.code}
                     if not found.in_folder:
                         entry["from_ledger"].append(seed)
             table.setdefault(dataset, {})[model] = entry
@@ -581,6 +601,17 @@ def _cell(values: list[float]) -> str:
 
 def _values(entry: dict[str, Any], key: str) -> list[float]:
     return [v[key] for v in entry["seeds"].values() if v.get(key) is not None]
+
+
+def _codes(model: str, entry: dict[str, Any]) -> str:
+    """The code that made a cell's runs (`recozoo.provenance.short_code`), with the number of
+    runs at each where they differ; RecBole's rows are the peer's code ("–")."""
+    if model in RECBOLE_ROWS:
+        return "–"
+    counts = Counter(short_code(ran.get("code")) for ran in entry["ran"].values())
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{code} ({n})" for code, n in sorted(counts.items()))
 
 
 def summarise(table: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
@@ -627,7 +658,9 @@ def write_report(settings: PanelSettings, table: dict[str, dict[str, dict[str, A
              "",
              ("Reproduce (resumable: finished runs are skipped, those in the run folders and "
               "those the ledger `" + settings.ledger_path(root).name + "` records with the settings they ran with; a run whose settings differ from "
-              "today's defaults runs again):"), "", "```",
+              "today's defaults runs again; the leaderboards' `code` column names the commit each "
+              "cell's runs were made at, and `rerun_before=<commit>` runs again those made "
+              "before it):"), "", "```",
              "make panel ARGS=\"shared=<folder with data/>\"   # or python -m bench.panel ...",
              (f"python -m bench.panel datasets=[{','.join(settings.datasets)}] "
              f"seeds=[{','.join(map(str, settings.seeds))}] report_only=true   # the report alone"),
@@ -658,7 +691,8 @@ def write_report(settings: PanelSettings, table: dict[str, dict[str, dict[str, A
         rows = table.get(name, {})
         lines += ["", f"## {name}", "", DATASETS[name].note, "",
                   "| model | n | " + " | ".join(label for _, label in COLUMNS)
-                  + " | train s (mean) |", "|---|---:|" + "---:|" * (len(COLUMNS) + 1)]
+                  + " | train s (mean) | code |",
+                  "|---|---:|" + "---:|" * (len(COLUMNS) + 1) + "---|"]
         order = sorted(rows, key=lambda m: -(sum(v) / len(v) if (v := _values(rows[m], PRIMARY))
                                              else -1))
         for model in order:
@@ -666,8 +700,9 @@ def write_report(settings: PanelSettings, table: dict[str, dict[str, dict[str, A
             seconds = entry["seconds"]
             lines.append(f"| {model} | {len(entry['seeds'])} | "
                          + " | ".join(_cell(_values(entry, key)) for key, _ in COLUMNS)
-                         + f" | {sum(seconds) / len(seconds):.0f} |" if seconds else
-                         f"| {model} | 0 | " + " | ".join("–" for _ in COLUMNS) + " | – |")
+                         + f" | {sum(seconds) / len(seconds):.0f} | {_codes(model, entry)} |"
+                         if seconds else
+                         f"| {model} | 0 | " + " | ".join("–" for _ in COLUMNS) + " | – | – |")
         failed = [f"{m} {f}" for m, e in rows.items() for f in e["failed"]]
         missing = [f"{m} (seeds {', '.join(map(str, e['missing']))})" for m, e in rows.items()
                    if e["missing"]]
@@ -733,6 +768,9 @@ def main(argv: list[str] | None = None) -> Path:
     unknown = [m for m in models if m not in available]
     if unknown:
         raise SystemExit(f"unknown models {unknown}; known: {', '.join(available)}")
+    if settings.rerun_before and resolve_commit(settings.rerun_before, root) is None:
+        raise SystemExit(f"rerun_before={settings.rerun_before} names no commit of the checkout "
+                         f"at {root}")
     out = Path(settings.out).expanduser().resolve()
     ledger_path = settings.ledger_path(root)
     ledger = read_ledger(ledger_path)

@@ -305,3 +305,58 @@ def test_the_report_says_how_many_threads_each_run_had(tmp_path):
     assert ledger[("shop", "bpr", 2)].threads == 2 and ledger[("shop", "pop", 1)].threads is None
     table = panel.collect(out, ["shop"], ["pop", "bpr"], [1, 2], ledger=ledger)
     assert panel.threads_used(table) == expected
+
+
+def test_runs_made_before_a_commit_run_again_and_the_report_names_each_cells_code(
+        tmp_path, monkeypatch):
+    """``rerun_before=<commit>``: a change of the code moved a model's figures without changing
+    a setting; the cells made before it (or that recorded no commit) run again, those made at
+    it or after stay; the leaderboard's code column names the commits."""
+    import subprocess
+
+    from recozoo import provenance
+
+    root = tmp_path / "repo"
+    commits = []
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    for text in ("before", "the change", "after"):
+        (root / "train.py").write_text(text)
+        for args in (["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit",
+                                     "-q", "-m", text]):
+            subprocess.run(["git", "-C", str(root), *args], check=True)
+        commits.append(subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"],
+                                      capture_output=True, text=True, check=True).stdout.strip())
+    monkeypatch.setattr(provenance, "package_root", lambda: root)
+    out = tmp_path / "runs"
+    for seed, commit in ((1, commits[0]), (2, commits[1]), (3, commits[2])):
+        _write(out, "shop", "bpr", seed, 0.1 * seed)
+        run = RunDir(panel.run_folder(out, "shop", "bpr", seed))
+        record = run.read_record()
+        record.code = {"commit": commit, "dirty": False}
+        run.write_record(record)
+    _write(out, "shop", "pop", 1, 0.05)  # made before runs recorded their code
+    table = panel.collect(out, ["shop"], ["pop", "bpr"], [1, 2, 3])
+    settings = panel.PanelSettings(datasets=["shop"], seeds=[1, 2, 3],
+                                   report=str(tmp_path / "panel.md"))
+    text = panel.write_report(settings, table, [], None, out, tmp_path).read_text()
+    text = text.split("## shop\n")[1]  # the leaderboard, not the summary
+    bpr_row = next(line for line in text.splitlines() if line.startswith("| bpr |"))
+    assert bpr_row.endswith(" | " + ", ".join(f"{c[:7]} (1)" for c in sorted(commits)) + " |")
+    assert next(line for line in text.splitlines()
+                if line.startswith("| pop |")).endswith(" | unrecorded |")
+    ledger_path = tmp_path / "panel_runs.json"
+    panel.update_ledger(ledger_path, table)
+    assert panel.read_ledger(ledger_path)[("shop", "bpr", 2)].code["commit"] == commits[1]
+
+    started = []
+    monkeypatch.setattr(panel, "run_process", lambda command, **_: started.append(command) or
+                        ProcessResult(returncode=0, output="", seconds=0.0, peak_rss_mb=0.0))
+    settings = panel.PanelSettings(datasets=["shop"], seeds=[1, 2, 3],
+                                   rerun_before=commits[1][:10])
+    panel.run_panel(settings, tmp_path, None, out, ["pop", "bpr"])
+    assert [(c[c.index("train.py") + 2], c[c.index("train.py") + 3]) for c in started] == [
+        ("model=pop", "seed=1"), ("model=bpr", "seed=1"), ("model=pop", "seed=2"),
+        ("model=pop", "seed=3")]  # pop's seeds 2-3 were never run
+    assert len(list((out / "shop" / "bpr").glob("s1.stale-*"))) == 1  # set aside, not lost
+    with pytest.raises(SystemExit, match="rerun_before=no-such names no commit"):
+        panel.main(["rerun_before=no-such", f"out={out}", f"report={tmp_path / 'p.md'}"])

@@ -37,6 +37,10 @@ def test_run_writes_every_artifact_with_contract_keys(make_config):
     # one validation inside the fit (the sanity check is not one), as the curve has
     assert len(metrics["val_seconds"]) == len(metrics["val_curve"]) == 1
     assert metrics["torch_threads"] == torch.get_num_threads()  # what the seconds depend on
+    # the code that made it: this checkout's commit where it is one, the library versions
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=False).stdout.strip() or None
+    assert metrics["code"]["commit"] == head and metrics["code"]["torch"] == torch.__version__
     rankings = pd.read_parquet(out / "rankings_test.parquet")
     assert rankings.groupby("user").size().max() == 20
     assert set(rankings["user"]) == set(pd.read_parquet(out / "targets_test.parquet")["user"])

@@ -140,13 +140,13 @@ FACTS: tuple[str, ...] = (
     "status", "error", "traceback", "model", "data", "split", "seed", "n_users", "n_items",
     "n_interactions", "n_params", "head_share", "heavy_user_share", "rerank", "rerank_weight", "debias", "epochs",
     "train_seconds", "epoch_seconds", "val_seconds", "eval_seconds", "torch_threads",
-    "fusion_seconds",
+    "code", "fusion_seconds",
     "best_checkpoint",
     "chosen_on_validation", "val_curve")
 _FACT_NAMES = frozenset(FACTS)
 #: facts written (as null) even when unknown, in a successful run
 _ALWAYS = _FACT_NAMES - {"error", "traceback", "fusion_seconds", "chosen_on_validation",
-                         "torch_threads", "val_curve", "val_seconds"}
+                         "torch_threads", "val_curve", "val_seconds", "code"}
 #: metric keys start with one of these stages
 METRIC_STAGES: tuple[str, ...] = ("val/", "test/", "test_cold/")
 
@@ -189,6 +189,10 @@ class RunRecord(Mapping[str, Any]):
     #: torch intra-op threads of the run's process, which its seconds depend on (a model's
     #: ``train_threads`` may train on fewer); None in folders made before it was recorded
     torch_threads: int | None = None
+    #: the code that made the run (`recozoo.provenance.code_version`: recozoo's version, the
+    #: checkout's commit and whether its code had uncommitted changes, library versions); None
+    #: in folders made before it was recorded
+    code: dict[str, Any] | None = None
     fusion_seconds: float | None = None
     best_checkpoint: str | None = None
     #: scoring-time settings the model chose on validation (`Recommender.choose_on_validation`)

@@ -28,6 +28,7 @@ from recozoo.debias import Debias
 from recozoo.distributed import job_scope
 from recozoo.evaluation import Evaluator, Ranker
 from recozoo.models.base import ClosedFormRecommender, Recommender
+from recozoo.provenance import code_version
 from recozoo.report.published import PublishedResult, parse_published, published_lines
 from recozoo.rerank import Reranker
 from recozoo.runtime import long_lived_heap, quiet_lightning_logs
@@ -236,6 +237,7 @@ def check_monitored_cutoffs(cfg: DictConfig) -> None:
 def train(cfg: DictConfig) -> RunRecord:
     """Fit and evaluate one model; write the run artifacts; return metrics.json's content."""
     check_monitored_cutoffs(cfg)
+    code = code_version()  # at the start: a checkout that changes during the run is not its code
     out = output_dir(cfg)
     _prepare_output_dir(out)
     ckpt_path = _resolve_ckpt(cfg)  # before config.yaml is rewritten: resuming compares with it
@@ -314,6 +316,7 @@ def train(cfg: DictConfig) -> RunRecord:
         val_seconds=val_seconds or None,
         eval_seconds=timer.eval_seconds,
         torch_threads=torch.get_num_threads(),
+        code=code,
         best_checkpoint=str(Path(best).relative_to(out)) if best and
         Path(best).is_relative_to(out) else best,
         chosen_on_validation=chosen or None,
@@ -422,7 +425,7 @@ def run(cfg: DictConfig) -> float | None:
                             traceback=traceback.format_exc(limit=20),
                             model=_choice("model", str(cfg.model.get("_target_", "?"))),
                             data=str(cfg.data.get("name", "?")), split=_choice("split", "?"),
-                            seed=int(cfg.seed))
+                            seed=int(cfg.seed), code=code_version())
         try:
             RunDir(out).write_record(failure)
         except OSError as write_error:

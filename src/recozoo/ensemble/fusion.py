@@ -35,6 +35,7 @@ from recozoo.artifacts import RunDir, RunRecord
 from recozoo.ensemble.normalise import FusionRule, normalise_lists
 from recozoo.evaluation.saved_lists import saved_facts, score_lists
 from recozoo.metrics import functional as F
+from recozoo.provenance import code_version
 from recozoo.report.runs import Run, RunGroup, find_runs, group_runs
 
 log = logging.getLogger(__name__)
@@ -309,7 +310,7 @@ def fuse(members: Members, spec: FusionSpec, out_dir: Path | str) -> RunRecord:
         n_interactions=facts.get("n_interactions"),
         n_params=int(sum(r.metrics.get("n_params") or 0 for r in members.runs)),
         head_share=facts.get("head_share"), heavy_user_share=facts.get("heavy_user_share"),
-        epochs=None)
+        epochs=None, code=code_version())
     for stage in ("val", "test"):
         cands, targets, _ = stages[stage]
         scores = cands.fused(weights)
