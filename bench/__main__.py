@@ -44,7 +44,6 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -56,6 +55,7 @@ from bench import repo_root, report
 from bench.peers import RecBolePeer
 from recozoo.artifacts import RunDir
 from recozoo.cli import parse_settings
+from recozoo.provenance import code_version, short_code
 
 SECTIONS = ("compare", "implicit", "ratings", "scale", "throughput", "loadtest")
 
@@ -220,12 +220,10 @@ def machine(threads: int) -> dict[str, Any]:
 
 
 def commit() -> str | None:
-    """The checkout's short commit hash, or None outside git."""
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, cwd=repo_root(), check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
+    """The checkout's short commit (``+dirty`` where its code had uncommitted changes), or None
+    outside git (`recozoo.provenance`, which each run's metrics.json records in full)."""
+    code = code_version()
+    return short_code(code) if code["commit"] else None
 
 
 def run_compare(settings: BenchSettings, out: Path, results: dict[str, Any]) -> None:

@@ -493,7 +493,9 @@ def _needs_run(settings: PanelSettings, out: Path, ledger: Ledger, dataset: str,
         reason = f"settings changed since the run ({'; '.join(changes)})"
     elif settings.rerun_before and not is_at_or_after((found.code or {}).get("commit"),
                                                       settings.rerun_before):
-        reason = f"made at {short_code(found.code)}, not at or after {settings.rerun_before}"
+        made = (f"made at {short_code(found.code)}" if found.code
+                else "made before runs recorded their code")
+        reason = f"{made}, not at or after {settings.rerun_before}"
     if reason:
         where = (f"old run kept in {set_aside(run_folder(out, dataset, model, seed)).name}"
                  if found.in_folder else "its record stays in the ledger's git history")
