@@ -110,6 +110,32 @@ def test_models_with_different_seeds_get_separate_tables(tmp_path):
     assert any("different seeds" in note for note in board.notes)
 
 
+def test_rows_made_by_different_code_are_ranked_together_with_a_note_and_their_commits(
+        tmp_path):
+    """Different code does not make runs incomparable (the protocol is the same), but the
+    leaderboard says so: a note naming each commit's rows, and each row's commit(s)."""
+    old, new = {"commit": "a" * 40, "dirty": False}, {"commit": "b" * 40, "dirty": True}
+    write_run(tmp_path / "0", "ease", 0.3, seed=1, code=old)
+    write_run(tmp_path / "1", "ease", 0.3, seed=2, code=new)
+    write_run(tmp_path / "2", "pop", 0.1, seed=1, code=new)
+    write_run(tmp_path / "3", "pop", 0.1, seed=2)  # made before runs recorded their code
+    board = build_leaderboard([tmp_path], bootstrap_resamples=50)
+    (table,) = board.tables
+    assert table.frame.set_index("model")["code"].to_dict() == {
+        "ease": "aaaaaaa, bbbbbbb+dirty", "pop": "bbbbbbb+dirty, unrecorded"}
+    (note,) = [n for n in board.notes if "different code" in n]
+    assert "aaaaaaa: ease; bbbbbbb+dirty: ease, pop; unrecorded: pop" in note
+    report_main([str(tmp_path), "--no-plots"])
+    assert "different code" in (tmp_path / "leaderboard.md").read_text()
+    assert "bbbbbbb+dirty, unrecorded" in (tmp_path / "leaderboard.html").read_text()
+    for folder in ("0", "1", "2", "3"):  # one commit: no note
+        record = json.loads((tmp_path / folder / "metrics.json").read_text())
+        record["code"] = old
+        (tmp_path / folder / "metrics.json").write_text(json.dumps(record))
+    assert not [n for n in build_leaderboard([tmp_path], bootstrap_resamples=50).notes
+                if "different code" in n]
+
+
 def test_several_seeds_give_mean_and_std(tmp_path):
     write_run(tmp_path / "0", "ease", 0.2, seed=1)
     write_run(tmp_path / "1", "ease", 0.4, seed=2)

@@ -45,6 +45,8 @@ METRIC_ORDER: tuple[str, ...] = (*RANKING_METRICS, *RATING_METRICS)
 MISSING = "–"
 #: facts shown after the metrics.
 FACTS: tuple[str, ...] = ("train_seconds", "n_params", "epochs")
+#: columns of text, left-aligned
+TEXT_COLUMNS: tuple[str, ...] = ("model", "code", "error")
 
 
 def _metric_sort_key(key: str) -> tuple:
@@ -146,7 +148,8 @@ def _build_table(group: RunGroup, primary: str, n_resamples: int) -> tuple[Table
     per_user: dict[str, pd.DataFrame] = {}
     for label, runs in group.variants.items():
         row: dict[str, Any] = {"model": label, "status": "ok", "runs": len(runs),
-                               "folder": ", ".join(str(r.path) for r in runs)}
+                               "folder": ", ".join(str(r.path) for r in runs),
+                               "code": ", ".join(sorted({r.code for r in runs}))}
         for key in (*metrics, *buckets, *FACTS):
             values = [_number(r.metrics.get(key)) for r in runs]
             values = [v for v in values if v is not None]
@@ -269,7 +272,7 @@ def _headers(table: Table, primary: str, compact: bool = False) -> list[str]:
     if "p_wilcoxon" in table.frame:
         columns += ["p_wilcoxon", "p_ttest"]
     columns += [c for c in table.frame.columns if c.count("/") == 2]  # recall@k/<bucket>
-    return columns + [*FACTS, "error"]
+    return columns + [*FACTS, "code", "error"]
 
 
 def compact_metrics(primary: str) -> list[str]:
@@ -298,7 +301,7 @@ def _text(table: Table, row: pd.Series, column: str) -> str:
         return f"{value:.3g}"
     if column in ("rank", "runs"):
         return str(int(value))
-    if column in ("model", "error"):
+    if column in TEXT_COLUMNS:
         return str(value)
     return _cell(table, row, column)
 
@@ -350,7 +353,7 @@ def to_markdown(board: Leaderboard, compact: bool = True) -> str:
     for table in board.tables:
         columns = _headers(table, board.primary, compact)
         lines += [f"## {table.group.title}", "", "| " + " | ".join(columns) + " |",
-                  "|" + "|".join("---:" if c not in ("model", "error") else "---"
+                  "|" + "|".join("---:" if c not in TEXT_COLUMNS else "---"
                                  for c in columns) + "|"]
         for _, row in table.frame.iterrows():
             cells = []
@@ -395,7 +398,7 @@ def to_html(board: Leaderboard) -> str:
         parts.append(f"<h2>{escape(table.group.title)}</h2><table class='lb'><thead><tr>")
         for column in columns:
             higher = "1" if column.startswith("test/") and _direction(column) else "0"
-            cls = " class='t'" if column in ("model", "error") else ""
+            cls = " class='t'" if column in TEXT_COLUMNS else ""
             parts.append(f"<th data-higher='{higher}'{cls}>{escape(column)}</th>")
         parts.append("</tr></thead><tbody>")
         for _, row in table.frame.iterrows():
@@ -405,7 +408,7 @@ def to_html(board: Leaderboard) -> str:
                 raw = row.get("ci_low" if column == "95% CI" else column)
                 value = "" if _missing(raw) else escape(str(raw), quote=True)
                 classes = []
-                if column in ("model",):
+                if column in ("model", "code"):
                     classes.append("t")
                 if column == "error":
                     classes.append("err")

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from recozoo.artifacts import RunDir, RunRecord
+from recozoo.provenance import short_code
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,11 @@ class Run:
     def reranked(self) -> bool:
         """Whether a re-ranker (``rerank=``) ordered the run's lists."""
         return self.metrics.get("rerank") not in (None, "none")
+
+    @property
+    def code(self) -> str:
+        """The code that made the run, in a few characters (`recozoo.provenance.short_code`)."""
+        return short_code(self.metrics.code)
 
     @property
     def seed(self) -> int | None:
@@ -209,6 +215,16 @@ def group_runs(runs: list[Run]) -> tuple[list[RunGroup], list[str]]:
                 "under the same data, split and seeds")
         for seeds, members in by_seeds.items():
             groups.append(RunGroup(dict(zip(PROTOCOL_KEYS, protocol)), seeds, members))
+        by_code: dict[str, list[str]] = defaultdict(list)
+        for label, members in variants.items():
+            for code in sorted({run.code for run in members}):
+                by_code[code].append(label)
+        if len(by_code) > 1:
+            notes.append(
+                f"{protocol[0]}/{protocol[1]}: runs were made by different code ("
+                + "; ".join(f"{code}: {', '.join(labels)}" for code, labels in by_code.items())
+                + "); a change of the code can move a model's figures with the same settings "
+                "(leaderboard.csv's code column names each row's)")
     if len(by_protocol) > 1:
         differing = [k for i, k in enumerate(PROTOCOL_KEYS)
                      if len({p[i] for p in by_protocol}) > 1]
