@@ -190,6 +190,11 @@ def label_runs(runs: list[Run]) -> None:
             run.label = f"{run.label} [{run.path.parent.name}/{run.path.name}]"
 
 
+def _protocol_note(protocol: tuple, finding: str, parts: list[str], consequence: str) -> str:
+    """A note on one data/split's runs: what was found, each part of it, what follows."""
+    return f"{protocol[0]}/{protocol[1]}: {finding} ({'; '.join(parts)}); {consequence}"
+
+
 def group_runs(runs: list[Run]) -> tuple[list[RunGroup], list[str]]:
     """Split runs into comparable groups.
 
@@ -208,11 +213,11 @@ def group_runs(runs: list[Run]) -> tuple[list[RunGroup], list[str]]:
             seeds = tuple(sorted({r.seed for r in members if r.seed is not None}))
             by_seeds.setdefault(seeds, {})[label] = sorted(members, key=lambda r: r.seed or 0)
         if len(by_seeds) > 1:
-            notes.append(
-                f"{protocol[0]}/{protocol[1]}: models were run with different seeds ("
-                + "; ".join(f"seeds {list(s)}: {', '.join(v)}" for s, v in by_seeds.items())
-                + "); each seed set is ranked in its own table, since rows are comparable only "
-                "under the same data, split and seeds")
+            notes.append(_protocol_note(
+                protocol, "models were run with different seeds",
+                [f"seeds {list(s)}: {', '.join(v)}" for s, v in by_seeds.items()],
+                "each seed set is ranked in its own table, since rows are comparable only under "
+                "the same data, split and seeds"))
         for seeds, members in by_seeds.items():
             groups.append(RunGroup(dict(zip(PROTOCOL_KEYS, protocol)), seeds, members))
         by_code: dict[str, list[str]] = defaultdict(list)
@@ -220,11 +225,11 @@ def group_runs(runs: list[Run]) -> tuple[list[RunGroup], list[str]]:
             for code in sorted({run.code for run in members}):
                 by_code[code].append(label)
         if len(by_code) > 1:
-            notes.append(
-                f"{protocol[0]}/{protocol[1]}: runs were made by different code ("
-                + "; ".join(f"{code}: {', '.join(labels)}" for code, labels in by_code.items())
-                + "); a change of the code can move a model's figures with the same settings "
-                "(leaderboard.csv's code column names each row's)")
+            notes.append(_protocol_note(
+                protocol, "runs were made by different code",
+                [f"{code}: {', '.join(labels)}" for code, labels in by_code.items()],
+                "a change of the code can move a model's figures with the same settings "
+                "(leaderboard.csv's code column names each row's)"))
     if len(by_protocol) > 1:
         differing = [k for i, k in enumerate(PROTOCOL_KEYS)
                      if len({p[i] for p in by_protocol}) > 1]
