@@ -7,8 +7,10 @@ The panel is resumable: a run whose folder holds a finished ``metrics.json``, or
 several sittings, on several machines, and in parts (``datasets=``, ``models=``, ``seeds=``,
 ``budget_minutes=``). Every call rewrites the report from all the runs found (``report_only=true``
 only reports): per dataset a leaderboard of test metrics with the mean and a 95% interval over
-seeds (Student's t), and across datasets a summary (mean rank by NDCG@10, wins and losses against
-pop). The report names the exact commands and the runs still missing.
+seeds (Student's t) and the commit each cell's runs were made at, and across datasets a summary
+(mean rank by NDCG@10, wins and losses against pop). The report names the exact commands and the
+runs still missing. A finished run is run again when its settings differ from today's defaults
+(stale) or, with ``rerun_before=<commit>``, when it was made before that commit.
 
 Datasets: ``shop`` is embedded; the others read the files in ``<shared>/data`` (``shared=`` or
 ``RECOZOO_SHARED``), and are skipped, with the reason, where they are absent.
