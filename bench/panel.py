@@ -147,7 +147,8 @@ class PanelSettings:
             runs not made at it or after it in this checkout's history are run again (set
             aside as stale runs are), so that cells whose figures a change of the code moved
             without changing a setting (a model's training, the data's preparation) are made
-            by today's code. Runs that did not record their commit count as before it. The
+            by today's code. Runs that did not record their commit count as before it, and so do
+            runs whose commit this checkout does not have (made elsewhere and not fetched). The
             report's ``code`` column shows the commit each cell's runs were made at.
         overrides: extra train.py overrides for every run (e.g. trainer.max_epochs=20).
     """
