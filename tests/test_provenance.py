@@ -3,9 +3,11 @@ from a scratch git repository with known commits."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 
 import pytest
+import torch
 
 from recozoo import provenance
 
@@ -37,7 +39,8 @@ def test_a_checkout_names_its_commit_and_whether_its_code_changed_since(checkout
     root, (_, second) = checkout
     code = provenance.code_version(root)
     assert code["commit"] == second and code["dirty"] is False
-    assert code["torch"] and "recozoo" in code
+    assert code["torch"] == torch.__version__
+    assert code["recozoo"] == importlib.metadata.version("recozoo")
     assert provenance.short_code(code) == second[:7]
     (root / "notes.txt").write_text("a file outside the code does not count")
     provenance.code_version.cache_clear()

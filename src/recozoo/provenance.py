@@ -32,14 +32,19 @@ def package_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
-def _git(root: Path, *args: str) -> str | None:
-    """``git <args>``'s output in ``root``, None where git or the checkout is not there."""
+def _git_process(root: Path, *args: str) -> subprocess.CompletedProcess[str] | None:
+    """``git <args>`` run in ``root``, None where git cannot run."""
     try:
-        result = subprocess.run(["git", "-C", str(root), *args], capture_output=True,
-                                text=True, timeout=10, check=False)
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                              timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
-    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def _git(root: Path, *args: str) -> str | None:
+    """``git <args>``'s output in ``root``, None where git or the checkout is not there."""
+    result = _git_process(root, *args)
+    return result.stdout.strip() if result is not None and result.returncode == 0 else None
 
 
 def _version(name: str) -> str | None:
@@ -83,17 +88,11 @@ def resolve_commit(name: str, root: Path | None = None) -> str | None:
 
 
 def is_at_or_after(commit: str | None, base: str, root: Path | None = None) -> bool | None:
-    """Whether ``commit`` is ``base`` or a descendant of it in the checkout's history; None
-    where either is not known there (a commit made on another machine and not fetched)."""
+    """Whether ``commit`` is ``base`` (any name git reads: a sha, a prefix, a tag, ``HEAD~3``)
+    or a descendant of it in the checkout's history; None where either is not known there (a
+    commit made on another machine and not fetched: git answers 128, not 0 or 1)."""
     if not commit:
         return None
-    root = package_root() if root is None else root
-    known = [resolve_commit(name, root) for name in (base, commit)]
-    if not all(known):
-        return None
-    try:
-        result = subprocess.run(["git", "-C", str(root), "merge-base", "--is-ancestor", *known],
-                                capture_output=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return {0: True, 1: False}.get(result.returncode)
+    result = _git_process(package_root() if root is None else root,
+                          "merge-base", "--is-ancestor", base, commit)
+    return None if result is None else {0: True, 1: False}.get(result.returncode)
