@@ -123,3 +123,16 @@ def test_programs_set_the_thread_settings_the_user_left_unset():
         done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**base, **extra},
                               capture_output=True, text=True, timeout=120, check=True)
         assert done.stdout.split() == expected.split()
+
+
+def test_programs_give_arrow_the_system_allocator_unless_the_user_chose_one():
+    """configure_process sets ARROW_DEFAULT_MEMORY_POOL (recozoo.runtime.MEMORY_SETTINGS), so the
+    Parquet files of a run are built with the system's allocator; a pool the user named stays."""
+    code = ("import recozoo.runtime as r; r.configure_process(); import pyarrow as pa; "
+            "print(pa.default_memory_pool().backend_name)")
+    base = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    for extra, expected in (({}, "system"), ({"ARROW_DEFAULT_MEMORY_POOL": "mimalloc"},
+                                             "mimalloc")):
+        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**base, **extra},
+                              capture_output=True, text=True, timeout=120, check=True)
+        assert done.stdout.split() == [expected]

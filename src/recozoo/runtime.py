@@ -11,6 +11,8 @@ it is loaded. This module imports nothing heavy for that reason.
   a GRU's steps: torch's GNU OpenMP spins 1,000 rounds before it sleeps
   (``GOMP_SPINCOUNT``). OpenBLAS's threads, which spin ~0.1 s after each of its calls, sleep
   after ~0.4 ms (``OPENBLAS_THREAD_TIMEOUT``). A value the user set is kept.
+* `MEMORY_SETTINGS`: Arrow's default allocator (mimalloc) served the first Parquet write of
+  each evaluation stage slowly, doubling bpr's test stage on ml-100k; Arrow uses the system's.
 * `reuse_freed_memory`: glibc's malloc returned every large freed block to the system, so the
   next batch's tensors came back as fresh pages that the kernel faulted in one at a time
   (~29,000 faults in each sasrec scoring of ml-100k's test batch). Blocks up to 32 MiB now stay
@@ -59,6 +61,17 @@ from collections.abc import Iterator
 #: and multvae's evaluation and multvae's epoch within noise (2026-12-06)
 THREAD_SETTINGS: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "1000",
                                    "OPENBLAS_THREAD_TIMEOUT": "20"}
+
+#: environment variables set for the process unless the user set them, read by the libraries
+#: when they first allocate: Arrow's (pyarrow's) allocator, which builds every Parquet file a
+#: run writes and reads. Its default on Linux, mimalloc, took 15-25 ms to serve the first
+#: batch's Parquet write of each evaluation stage (a fresh writer thread's; the table is 94,300
+#: rows of ml-100k's top 100, 4-6 ms when it was fast), so bpr's test stage on ml-100k (train.py,
+#: 3 epochs) took 38-41 ms in 19 runs of 21 (19-20 in two) against 17-21 ms in 5 of 5 with the
+#: system allocator (jemalloc: 18 and 20 ms). On the 10^6 shop the test stage was level (4.74-
+#: 4.91 s against 4.70-4.77) and preparing the data faster (2.28-2.38 s against 2.01-2.07;
+#: Online Retail's 1.70-1.72 against 1.56-1.59); alternating runs, 2026-12-07
+MEMORY_SETTINGS: dict[str, str] = {"ARROW_DEFAULT_MEMORY_POOL": "system"}
 
 #: glibc's malloc serves blocks below this size from its heap, where freed memory is reused by the
 #: next allocation, and larger ones from a mapping of their own, returned to the system when
@@ -180,16 +193,16 @@ def available_memory() -> int | None:
 
 
 def configure_process() -> None:
-    """Thread settings, freed memory kept for reuse (`reuse_freed_memory`), the garbage
-    collector's full-collection threshold (`STARTUP_FULL_COLLECTION_EVERY`) and warning filters
-    of a recozoo program; call it first.
+    """Thread settings, Arrow's allocator (`MEMORY_SETTINGS`), freed memory kept for reuse
+    (`reuse_freed_memory`), the garbage collector's full-collection threshold
+    (`STARTUP_FULL_COLLECTION_EVERY`) and warning filters of a recozoo program; call it first.
 
-    Sets each of `THREAD_SETTINGS` the user has not set (in ``os.environ``, so child
-    processes such as DDP ranks, loader workers and the serving workers inherit them), and
-    ignores `QUIET_WARNINGS`. Idempotent. Called after torch is imported, the OpenMP setting
-    reaches child processes only.
+    Sets each of `THREAD_SETTINGS` and `MEMORY_SETTINGS` the user has not set (in
+    ``os.environ``, so child processes such as DDP ranks, loader workers and the serving workers
+    inherit them), and ignores `QUIET_WARNINGS`. Idempotent. Called after torch is imported, the
+    OpenMP setting reaches child processes only; called after pyarrow first allocated, Arrow's.
     """
-    for name, value in THREAD_SETTINGS.items():
+    for name, value in {**THREAD_SETTINGS, **MEMORY_SETTINGS}.items():
         os.environ.setdefault(name, value)
     reuse_freed_memory()
     young, middle, _full = PYTHON_GC_THRESHOLD
