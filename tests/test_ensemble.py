@@ -19,6 +19,7 @@ import torch
 from recozoo.ensemble import FusionSpec, fuse_sweep
 from recozoo.ensemble.__main__ import main as ensemble_main
 from recozoo.ensemble.fusion import _fill_short_lists
+from recozoo.provenance import code_version
 from recozoo.report import build_leaderboard
 
 N_USERS, N_ITEMS, LIST = 40, 60, 10
@@ -162,6 +163,7 @@ def test_fusion_folder_is_a_run_folder_with_a_leaderboard_row(sweep):
     metrics = fused_metrics(out)
     assert metrics["status"] == "ok" and metrics["model"] == "fusion"
     assert metrics["n_params"] == 14 and metrics["train_seconds"] >= 4.0
+    assert metrics["code"] == code_version()  # the code that fused, as a training run records
     (table,) = build_leaderboard([sweep], bootstrap_resamples=50).tables
     assert table.frame.iloc[0]["model"] == "fusion"
     assert (sweep / "leaderboard.md").exists()
