@@ -148,8 +148,9 @@ class PanelSettings:
             aside as stale runs are), so that cells whose figures a change of the code moved
             without changing a setting (a model's training, the data's preparation) are made
             by today's code. Runs that did not record their commit count as before it, and so do
-            runs whose commit this checkout does not have (made elsewhere and not fetched). The
-            report's ``code`` column shows the commit each cell's runs were made at.
+            runs whose commit this checkout does not have (made elsewhere and not fetched) and
+            runs made from uncommitted changes (`made_before`). The report's ``code`` column
+            shows the commit each cell's runs were made at.
         overrides: extra train.py overrides for every run (e.g. trainer.max_epochs=20).
     """
 
@@ -482,6 +483,14 @@ def run_panel(settings: PanelSettings, root: Path, shared: Path | None, out: Pat
     return skipped
 
 
+def made_before(code: dict[str, Any] | None, commit: str) -> bool:
+    """Whether a run that recorded ``code`` (metrics.json's ``code``) was not made by ``commit``'s
+    code or a later one: its commit is not at or after ``commit`` (`is_at_or_after`), it recorded
+    none, or its checkout had uncommitted changes (``dirty``: its commit does not say what ran)."""
+    code = code or {}
+    return bool(code.get("dirty")) or not is_at_or_after(code.get("commit"), commit)
+
+
 def _needs_run(settings: PanelSettings, out: Path, ledger: Ledger, dataset: str, model: str,
                seed: int, expected: dict[str, Any] | None) -> bool:
     """Whether the run is missing, failed (with ``retry_failed``), stale (its settings differ,
@@ -494,10 +503,13 @@ def _needs_run(settings: PanelSettings, out: Path, ledger: Ledger, dataset: str,
     reason = None
     if changes and not settings.keep_stale:
         reason = f"settings changed since the run ({'; '.join(changes)})"
-    elif settings.rerun_before and not is_at_or_after((found.code or {}).get("commit"),
-                                                      settings.rerun_before):
-        made = (f"made at {short_code(found.code)}" if found.code
-                else "made before runs recorded their code")
+    elif settings.rerun_before and made_before(found.code, settings.rerun_before):
+        if not found.code:
+            made = "made before runs recorded their code"
+        elif found.code.get("dirty"):
+            made = f"made from uncommitted changes to {short_code(found.code)}"
+        else:
+            made = f"made at {short_code(found.code)}"
         reason = f"{made}, not at or after {settings.rerun_before}"
     if reason:
         where = (f"old run kept in {set_aside(run_folder(out, dataset, model, seed)).name}"

@@ -310,8 +310,9 @@ def test_the_report_says_how_many_threads_each_run_had(tmp_path):
 def test_runs_made_before_a_commit_run_again_and_the_report_names_each_cells_code(
         tmp_path, monkeypatch):
     """``rerun_before=<commit>``: a change of the code moved a model's figures without changing
-    a setting; the cells made before it (or that recorded no commit) run again, those made at
-    it or after stay; the leaderboard's code column names the commits."""
+    a setting; the cells made before it (or that recorded no commit, or were made from
+    uncommitted changes) run again, those made at it or after stay; the leaderboard's code
+    column names the commits."""
     import subprocess
 
     from recozoo import provenance
@@ -335,6 +336,11 @@ def test_runs_made_before_a_commit_run_again_and_the_report_names_each_cells_cod
         record.code = {"commit": commit, "dirty": False}
         run.write_record(record)
     _write(out, "shop", "pop", 1, 0.05)  # made before runs recorded their code
+    _write(out, "shop", "bpr", 4, 0.4)  # after the change, but from uncommitted changes
+    run = RunDir(panel.run_folder(out, "shop", "bpr", 4))
+    record = run.read_record()
+    record.code = {"commit": commits[2], "dirty": True}
+    run.write_record(record)
     table = panel.collect(out, ["shop"], ["pop", "bpr"], [1, 2, 3])
     settings = panel.PanelSettings(datasets=["shop"], seeds=[1, 2, 3],
                                    report=str(tmp_path / "panel.md"))
@@ -351,12 +357,14 @@ def test_runs_made_before_a_commit_run_again_and_the_report_names_each_cells_cod
     started = []
     monkeypatch.setattr(panel, "run_process", lambda command, **_: started.append(command) or
                         ProcessResult(returncode=0, output="", seconds=0.0, peak_rss_mb=0.0))
-    settings = panel.PanelSettings(datasets=["shop"], seeds=[1, 2, 3],
+    settings = panel.PanelSettings(datasets=["shop"], seeds=[1, 2, 3, 4],
                                    rerun_before=commits[1][:10])
     panel.run_panel(settings, tmp_path, None, out, ["pop", "bpr"])
     assert [(c[c.index("train.py") + 2], c[c.index("train.py") + 3]) for c in started] == [
         ("model=pop", "seed=1"), ("model=bpr", "seed=1"), ("model=pop", "seed=2"),
-        ("model=pop", "seed=3")]  # pop's seeds 2-3 were never run
-    assert len(list((out / "shop" / "bpr").glob("s1.stale-*"))) == 1  # set aside, not lost
+        ("model=pop", "seed=3"), ("model=pop", "seed=4"),  # pop's seeds 2-4 were never run
+        ("model=bpr", "seed=4")]
+    for seed in (1, 4):  # set aside, not lost
+        assert len(list((out / "shop" / "bpr").glob(f"s{seed}.stale-*"))) == 1
     with pytest.raises(SystemExit, match="rerun_before=no-such names no commit"):
         panel.main(["rerun_before=no-such", f"out={out}", f"report={tmp_path / 'p.md'}"])
