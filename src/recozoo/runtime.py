@@ -70,7 +70,8 @@ THREAD_SETTINGS: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT
 #: 3 epochs) took 38-41 ms in 19 runs of 21 (19-20 in two) against 17-21 ms in 5 of 5 with the
 #: system allocator (jemalloc: 18 and 20 ms). On the 10^6 shop the test stage was level (4.74-
 #: 4.91 s against 4.70-4.77) and preparing the data faster (2.28-2.38 s against 2.01-2.07;
-#: Online Retail's 1.70-1.72 against 1.56-1.59); alternating runs, 2026-12-07
+#: Online Retail's 1.70-1.72 against 1.56-1.59); the 10^7 shop's data level (31.4-32.1 s against
+#: 30.5-31.2, peak RSS 2.96-3.00 GB against 3.06); alternating runs, 2026-12-07
 MEMORY_SETTINGS: dict[str, str] = {"ARROW_DEFAULT_MEMORY_POOL": "system"}
 
 #: glibc's malloc serves blocks below this size from its heap, where freed memory is reused by the
