@@ -64,9 +64,9 @@ THREAD_SETTINGS: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT
 
 #: environment variables set for the process unless the user set them, read by the libraries
 #: when they first allocate: Arrow's (pyarrow's) allocator, which builds every Parquet file a
-#: run writes and reads. Its default on Linux, mimalloc, took 15-25 ms to serve the first
-#: batch's Parquet write of each evaluation stage (a fresh writer thread's; the table is 94,300
-#: rows of ml-100k's top 100, 4-6 ms when it was fast), so bpr's test stage on ml-100k (train.py,
+#: run writes and reads. With its default on Linux, mimalloc, the first Parquet write of an
+#: evaluation stage (ml-100k's top 100 lists, 94,300 rows) took 23-27 ms instead of 4-6 (in a
+#: bare script, a process's first write 30 ms against 6), so bpr's test stage on ml-100k (train.py,
 #: 3 epochs) took 38-41 ms in 19 runs of 21 (19-20 in two) against 17-21 ms in 5 of 5 with the
 #: system allocator (jemalloc: 18 and 20 ms). On the 10^6 shop the test stage was level (4.74-
 #: 4.91 s against 4.70-4.77) and preparing the data faster (2.28-2.38 s against 2.01-2.07;
