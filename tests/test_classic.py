@@ -489,6 +489,22 @@ def test_itemknn_scores_sum_the_top_k_shrunk_cosine_neighbours(monkeypatch, path
     assert np.allclose(model.score(batch).numpy(), rows @ weights, atol=1e-5)
 
 
+def test_itemknn_dense_and_sparse_fits_keep_the_same_neighbours_among_equal_ones(monkeypatch):
+    """Similarities of counts tie often; at the k-th place both fits keep the lower item
+    (`recozoo.top_k`'s rule and `csr_top_k`'s), so a catalogue's fit does not depend on which
+    way the data's density sends it (`torch.topk` took other equal items on 1,000 items)."""
+    from recozoo.models import itemknn
+
+    user, item, dense = _pairs(300, 1000, 5000, seed=0)
+    fits = []
+    for ratio in (float("inf"), 0.0):  # dense blocks, then kept sparse
+        monkeypatch.setattr(itemknn, "SPARSE_FIT_MIN_RATIO", ratio)
+        model = itemknn.ItemKNN(_info(dense), k=20, shrink=2.0)
+        model.training_step({"user": user, "item": item}, 0)
+        fits.append(model.dense_similarity())
+    assert torch.equal(fits[0], fits[1])
+
+
 def test_itemknn_chooses_shrinkage_then_neighbourhood_on_validation():
     """With shrink_grid and k_grid: the shrinkage climbs first at k (refitting), then the
     neighbourhood size at the chosen shrinkage (no refit: the first k of the kept neighbours

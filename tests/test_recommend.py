@@ -75,3 +75,20 @@ def test_missing_run_and_missing_out(tmp_path):
     with pytest.raises(SystemExit, match="out=..."):
         main([f"run={tmp_path}"])
     assert np.array_equal(sorted(p.name for p in tmp_path.iterdir()), [])
+
+
+def test_a_short_list_is_the_start_of_a_longer_one_where_scores_tie(tmp_path):
+    """Popularity scores tie at almost every place; equal scores are taken in item order
+    (`recozoo.top_k`), so a top 5 is the first 5 of the same user's top 50, as a served list
+    is the start of the evaluated top 100 (`torch.topk`'s choice among equal scores depended
+    on k)."""
+    folder = tmp_path / "pop"
+    run(compose_config(["model=pop"], folder))
+    engine = Engine.load(folder)
+    short, long = tmp_path / "short.parquet", tmp_path / "long.parquet"
+    export_recommendations(engine, short, k=5, progress=False)
+    export_recommendations(engine, long, k=50, progress=False)
+    short, long = pd.read_parquet(short), pd.read_parquet(long)
+    assert (long.groupby("user_id")["score"].nunique() < 50).all()  # ties in every list
+    start = long[long["rank"] <= 5].reset_index(drop=True)
+    pd.testing.assert_frame_equal(short, start)

@@ -1,4 +1,5 @@
-"""`recozoo.top_k.top_k`: torch.topk's values through group maxima, on rows wide enough."""
+"""`recozoo.top_k.top_k`: torch.topk's values through group maxima, on rows wide enough, with
+equal values in column order."""
 
 from __future__ import annotations
 
@@ -10,14 +11,18 @@ import torch
 from recozoo.top_k import MIN_COLUMNS, group_size, top_k
 
 
+def ranked_by_rule(scores: torch.Tensor, k: int) -> torch.return_types.topk:
+    """The rule, the slow way: a stable sort of the whole row, largest first."""
+    values, columns = torch.sort(scores, dim=1, descending=True, stable=True)
+    return torch.return_types.topk((values[:, :k], columns[:, :k]))
+
+
 def check_top(scores: torch.Tensor, k: int) -> torch.return_types.topk:
-    """top_k's result is a top k of every row: torch.topk's values, best first, at distinct
-    columns that hold them."""
+    """top_k's result is torch.topk's values, best first, at the columns the rule gives:
+    equal values in column order."""
     result = top_k(scores, k)
-    expected = torch.topk(scores, k, dim=1)
-    assert torch.equal(result.values, expected.values)
-    assert torch.equal(scores.gather(1, result.indices), result.values)
-    assert all(len(set(row.tolist())) == k for row in result.indices)
+    assert torch.equal(result.values, torch.topk(scores, k, dim=1).values)
+    assert torch.equal(result.indices, ranked_by_rule(scores, k).indices)
     return result
 
 
@@ -42,14 +47,27 @@ def test_ties_masked_items_and_the_columns_past_the_last_group() -> None:
     assert torch.isinf(result.values[0, 20:]).all()  # what is left is the masked items
 
 
-def test_unsorted_is_the_same_set_and_narrow_rows_are_torch_topk() -> None:
-    generator = torch.Generator().manual_seed(1)
-    scores = torch.randn(4, 2 * MIN_COLUMNS, generator=generator)
-    unsorted = top_k(scores, 30, sorted=False)
-    sorted_ = top_k(scores, 30)
-    assert torch.equal(unsorted.values.sort(1, descending=True).values, sorted_.values)
-    narrow = torch.randn(4, MIN_COLUMNS - 1, generator=generator)
-    assert torch.equal(top_k(narrow, 30).indices, torch.topk(narrow, 30, dim=1).indices)
+@pytest.mark.parametrize("n_cols", [50, MIN_COLUMNS - 1, 2 * MIN_COLUMNS])  # narrow and grouped
+def test_equal_scores_in_column_order_and_a_list_is_the_start_of_a_longer_one(n_cols) -> None:
+    """torch.topk's choice among equal scores depends on k (the first 20 of a top 21 are not
+    always the top 20); top_k's does not: a top 10 is the first 10 of the top 100 of the same
+    scores, as a served list is the first items of an evaluated one. Without ties it is
+    torch.topk's own result."""
+    generator = torch.Generator().manual_seed(n_cols)
+    ties = torch.randint(0, 5, (8, n_cols), generator=generator).float()
+    longest = check_top(ties, 40)
+    for k in (1, 10, 39):
+        assert torch.equal(check_top(ties, k).indices, longest.indices[:, :k])
+    distinct = torch.randn(8, n_cols, generator=generator)
+    assert torch.equal(top_k(distinct, 40).indices, torch.topk(distinct, 40, dim=1).indices)
+
+
+def test_a_whole_row_and_more_than_a_row() -> None:
+    scores = torch.tensor([[1.0, 3.0, 1.0, 3.0], [0.0, -math.inf, 2.0, -math.inf]])
+    assert top_k(scores, 4).indices.tolist() == [[1, 3, 0, 2], [2, 0, 1, 3]]
+    assert top_k(scores, 3).indices.tolist() == [[1, 3, 0], [2, 0, 1]]
+    with pytest.raises(ValueError, match="k=5 is larger than the row"):
+        top_k(scores, 5)
 
 
 def test_a_view_of_wider_scores() -> None:

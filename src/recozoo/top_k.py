@@ -11,13 +11,18 @@ Why the k best groups suffice: let t be the k-th largest group maximum. The k ch
 maxima are k values >= t, so the row's k-th largest value v is >= t. A value above t lies in a
 group whose maximum is above t, and every such group is chosen; if v equals t, the chosen
 groups hold the values above t and k maxima >= t, so k values >= v. Either way the candidates
-hold the row's k largest values, and `top_k`'s values equal `torch.topk`'s exactly. Among equal
-scores at the k-th place, which item is taken may differ from `torch.topk`'s choice (that is
-unspecified there too); the same input always gives the same result.
+hold the row's k largest values, and `top_k`'s values equal `torch.topk`'s exactly.
+
+Equal scores are ranked by column, the lower first (`canonical_ties`): which of several equal
+scores `torch.topk` takes, and in what order, is unspecified and in fact depends on k (the first
+20 of a row's top 21 are not always its top 20) and on the kernel; with the rule a list is the
+same on every device and torch version, and its first k items are the row's top k, so a served
+top 10 is the first 10 of the evaluated top 100. Popularity scores tie at almost every place.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 #: the grouped search runs on rows of at least this many columns (below, `torch.topk` was as
@@ -35,32 +40,139 @@ def group_size(n_cols: int) -> int:
     return 8 if n_cols < 32768 else 16
 
 
-def top_k(scores: torch.Tensor, k: int, sorted: bool = True) -> torch.return_types.topk:
-    """``torch.topk(scores, k, dim=1, sorted=sorted)``'s values and indices of a 2-D matrix,
-    found through group maxima on a CPU where a row has at least `MIN_COLUMNS` columns and
-    `MIN_COLUMNS_PER_ITEM` per item of the top k; else, and on other devices (where it was not
-    measured), `torch.topk` itself.
+class Groups:
+    """A row's columns in groups of `group_size` (group j: columns j, j + n_groups, ...; the
+    columns past the last whole group belong to none) and each group's maximum."""
 
-    2 threads (``OMP_WAIT_POLICY=PASSIVE``), medians of 9, ms against `torch.topk`'s, at k 10 /
-    20 / 100: 1,024 x 8,192 6.6 / 10.2 / 17.2 against 9.0 / 13.6 / 25.6; 1,024 x 46,600 (the 10^6
-    shop's catalogue) 19.7 / 23.4 / 52.0 against 57.1 / 57.9 / 71.1; 512 x 302,000 (10^7)
-    47.6 / 51.9 / 74.1 against 150.3 / 150.0 / 176.5.
+    def __init__(self, scores: torch.Tensor):
+        n_rows, n_cols = scores.shape
+        self.size = group_size(n_cols)
+        self.count = n_cols // self.size
+        self.grouped = self.count * self.size  # columns in whole groups
+        self.maxima = scores[:, :self.grouped].reshape(n_rows, self.size, self.count).amax(1)
+        self.offsets = torch.arange(self.size, device=scores.device) * self.count
+
+    def columns(self, groups: torch.Tensor) -> torch.Tensor:
+        """(P, size) the columns of groups (P,)."""
+        return groups[:, None] + self.offsets
+
+
+def grouped(scores: torch.Tensor, k: int) -> bool:
+    """Whether `top_k` searches a row through group maxima: on a CPU, rows of at least
+    `MIN_COLUMNS` columns and `MIN_COLUMNS_PER_ITEM` per item of the top k."""
+    n_cols = scores.shape[1]
+    return scores.device.type == "cpu" and n_cols >= max(MIN_COLUMNS, MIN_COLUMNS_PER_ITEM * k)
+
+
+def top_k(scores: torch.Tensor, k: int) -> torch.return_types.topk:
+    """The k largest values of each row of a 2-D matrix and their columns, largest first, equal
+    values in column order: ``torch.topk(scores, k, dim=1)``'s values, and its indices too
+    wherever no two of a row's k + 1 largest values are equal. Rows of at least `MIN_COLUMNS`
+    columns and `MIN_COLUMNS_PER_ITEM` per item are searched through group maxima on a CPU;
+    else, and on other devices (where it was not measured), by `torch.topk`. The rule does not
+    cover NaN scores.
+
+    The top k + 1 is found first: where its last two values differ and no two of the first k
+    are equal, it is the result as found; only rows with ties are ranked again
+    (`_order_ties`), so scores without ties cost a top k + 1 and one comparison of (B, k)
+    values.
+
+    2 threads (``OMP_WAIT_POLICY=PASSIVE``), medians of 9, ms, grouped against `torch.topk`, at
+    k 10 / 20 / 100: 1,024 x 8,192 6.6 / 10.2 / 17.2 against 9.0 / 13.6 / 25.6; 1,024 x 46,600
+    (the 10^6 shop's catalogue) 19.7 / 23.4 / 52.0 against 57.1 / 57.9 / 71.1; 512 x 302,000
+    (10^7) 47.6 / 51.9 / 74.1 against 150.3 / 150.0 / 176.5.
     """
-    n_rows, n_cols = scores.shape
-    if scores.device.type != "cpu" or n_cols < max(MIN_COLUMNS, MIN_COLUMNS_PER_ITEM * k):
-        return torch.topk(scores, k, dim=1, sorted=sorted)
-    group = group_size(n_cols)
-    n_groups = n_cols // group
-    grouped = n_groups * group  # group j: columns j, j + n_groups, ...; the rest are candidates
-    maxima = scores[:, :grouped].reshape(n_rows, group, n_groups).amax(1)  # (B, n_groups)
-    groups = top_k(maxima, k, sorted=False).indices  # (B, k)
-    offsets = torch.arange(group, device=scores.device) * n_groups
-    columns = (groups[:, None, :] + offsets[None, :, None]).view(n_rows, group * k)
-    if grouped < n_cols:
-        rest = torch.arange(grouped, n_cols, device=scores.device)
+    n_cols = scores.shape[1]
+    if k > n_cols:
+        raise ValueError(f"top_k: k={k} is larger than the row ({n_cols} columns)")
+    if k == n_cols:  # every column: a stable sort is the rule
+        values, columns = torch.sort(scores, dim=1, descending=True, stable=True)
+        return torch.return_types.topk((values, columns))
+    groups = Groups(scores) if grouped(scores, k + 1) else None
+    values, columns = _top_any_ties(scores, k + 1, groups)
+    if not _any_equal_neighbours(values):
+        return torch.return_types.topk((values[:, :k], columns[:, :k]))
+    equal = values[:, 1:] == values[:, :-1]  # (B, k): column k - 1 is the cut
+    return _order_ties(scores, values, columns, equal, groups)
+
+
+def _any_equal_neighbours(values: torch.Tensor) -> bool:
+    """Whether two neighbours in a row of ``values`` are equal. On a CPU in NumPy: torch's
+    comparison and reduction, two parallel kernels, wake threads that sleep between them
+    (``OMP_WAIT_POLICY=PASSIVE``): 943 x 101 values 0.21 ms against 0.03."""
+    if values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64):
+        array = values.detach().numpy()
+        return bool(np.equal(array[:, 1:], array[:, :-1]).any())
+    return bool((values[:, 1:] == values[:, :-1]).any())
+
+
+def _top_any_ties(scores: torch.Tensor, k: int, groups: Groups | None,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The row's k largest values, sorted, and columns holding them; which of equal values at
+    the k-th place are taken, and their order, are the kernel's choice.
+
+    Through groups: the k groups with the largest maxima hold the row's k best values (the
+    module's proof), so the top k of their columns and of the columns in no group is the
+    row's; the groups' own top k is found the same way while they are many."""
+    if groups is None:
+        return torch.topk(scores, k, dim=1)
+    n_rows = scores.shape[0]
+    inner = Groups(groups.maxima) if grouped(groups.maxima, k) else None
+    chosen = _top_any_ties(groups.maxima, k, inner)[1]  # (B, k)
+    columns = groups.columns(chosen.reshape(-1)).view(n_rows, k, groups.size).flatten(1)
+    if groups.grouped < scores.shape[1]:
+        rest = torch.arange(groups.grouped, scores.shape[1], device=scores.device)
         columns = torch.cat([columns, rest.expand(n_rows, -1)], dim=1)
-    values, at = torch.topk(scores.gather(1, columns), k, dim=1, sorted=sorted)
-    return torch.return_types.topk((values, columns.gather(1, at)))
+    values, at = torch.topk(scores.gather(1, columns), k, dim=1)
+    return values, columns.gather(1, at)
+
+
+def _order_ties(scores: torch.Tensor, values: torch.Tensor, columns: torch.Tensor,
+                equal: torch.Tensor, groups: Groups | None) -> torch.return_types.topk:
+    """`top_k`'s result from a top k + 1 whose ``equal`` (B, k: each value equals the next)
+    shows ties. Where the k-th and (k+1)-th values are equal, the k-th value's places go to
+    the lowest of the row's columns that hold it (`_columns_holding`: for those rows only);
+    then the rows with equal values in their top k put them in column order."""
+    k = equal.shape[1]
+    values, columns = values[:, :k], columns[:, :k].clone()
+    cut = equal[:, k - 1]
+    if cut.any():
+        rows = cut.nonzero().squeeze(1)
+        kth = values[rows, k - 1]
+        above = (values[rows] > kth[:, None]).sum(1)  # the first places, which stay
+        at, held = _columns_holding(scores, rows, kth, groups)  # by row, then column
+        counts = torch.bincount(at, minlength=len(rows))
+        rank = torch.arange(len(at), device=at.device) - (counts.cumsum(0) - counts)[at]
+        kept = rank < (k - above)[at]  # the lowest columns fill the places left
+        columns[rows[at[kept]], above[at[kept]] + rank[kept]] = held[kept]
+    tied = equal[:, :k - 1].any(1) | cut
+    rows = tied.nonzero().squeeze(1)
+    run = torch.ones(len(rows), k, dtype=torch.bool, device=values.device)
+    run[:, 1:] = ~equal[rows, :k - 1]  # where a run of equal values starts
+    places = torch.arange(k, device=values.device).expand(len(rows), -1)
+    start = torch.where(run, places, 0).cummax(1).values  # each place's run's first place
+    order = (start * scores.shape[1] + columns[rows]).argsort(1)  # runs in place, by column
+    columns[rows] = columns[rows].gather(1, order)  # the values stay: equal ones swapped
+    return torch.return_types.topk((values, columns))
+
+
+def _columns_holding(scores: torch.Tensor, rows: torch.Tensor, value: torch.Tensor,
+                     groups: Groups | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every (place in ``rows``, column) where row ``rows[i]`` of ``scores`` holds ``value[i]``,
+    ordered by row, then column. Through groups only the groups whose maximum reaches the
+    value and the columns in no group are read (popularity scores at 1,024 x 46,600: a few
+    hundred columns a row instead of all)."""
+    if groups is None:
+        return (scores[rows] == value[:, None]).nonzero(as_tuple=True)
+    at, group = (groups.maxima[rows] >= value[:, None]).nonzero(as_tuple=True)
+    columns = groups.columns(group)  # (P, size)
+    found = scores[rows[at, None], columns] == value[at, None]
+    at, held = at[:, None].expand_as(columns)[found], columns[found]
+    if groups.grouped < scores.shape[1]:
+        rest_at, rest = (scores[rows, groups.grouped:] == value[:, None]).nonzero(as_tuple=True)
+        at, held = torch.cat([at, rest_at]), torch.cat([held, rest + groups.grouped])
+    order = (at * scores.shape[1] + held).argsort()
+    return at[order], held[order]
 
 
 def csr_top_k(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, k: int,
