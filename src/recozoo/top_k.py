@@ -13,7 +13,7 @@ group whose maximum is above t, and every such group is chosen; if v equals t, t
 groups hold the values above t and k maxima >= t, so k values >= v. Either way the candidates
 hold the row's k largest values, and `top_k`'s values equal `torch.topk`'s exactly.
 
-Equal scores are ranked by column, the lower first (`canonical_ties`): which of several equal
+Equal scores are ranked by column, the lower first (`top_k`): which of several equal
 scores `torch.topk` takes, and in what order, is unspecified and in fact depends on k (the first
 20 of a row's top 21 are not always its top 20) and on the kernel; with the rule a list is the
 same on every device and torch version, and its first k items are the row's top k, so a served
