@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from conftest import compose_config
 from recozoo.ensemble import fuse_sweep
+from recozoo.ensemble.fusion import FusionSpec
 from recozoo.serve.engine import Engine, Query, RequestError
 from recozoo.serve.loading import RunLoadError, load_run
 from recozoo.serve.process import ServerProcess
@@ -119,6 +120,17 @@ def test_served_fusion_ranks_as_evaluated(sweep, tmp_path):
     engine = Engine.load(fusion)
     assert engine.scorer.name == "fusion(bpr,ease)" or engine.scorer.name == "fusion(ease,bpr)"
     assert_ranks_as_evaluated(engine, fusion)
+
+def test_served_reciprocal_rank_fusion_ranks_as_evaluated(sweep, tmp_path):
+    """Reciprocal rank fusion's scores tie wherever two members put two items at the same
+    places; the fused lists and the service both take equal scores in item order
+    (`recozoo.top_k`), so they agree there too."""
+    (fusion,) = fuse_sweep(sweep, FusionSpec(method="rrf"), out_dir=tmp_path / "rrf")
+    rankings = pd.read_parquet(fusion / "rankings_test.parquet")
+    top = rankings[rankings["rank"] <= 11]
+    assert top.duplicated(["user", "score"]).any()  # ties within the lists checked
+    assert_ranks_as_evaluated(Engine.load(fusion), fusion)
+
 
 def test_loading_never_touches_the_raw_data(sweep, tmp_path):
     # a run whose data source can no longer be built still serves: only artifacts are read

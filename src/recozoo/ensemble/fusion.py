@@ -37,6 +37,7 @@ from recozoo.evaluation.saved_lists import saved_facts, score_lists
 from recozoo.metrics import functional as F
 from recozoo.provenance import code_version
 from recozoo.report.runs import Run, RunGroup, find_runs, group_runs
+from recozoo.top_k import top_k
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ def objective(scores: torch.Tensor, flags: tuple[torch.Tensor, ...], spec: Fusio
     """NDCG@k (+ tail_weight * TailRecall@k) of the lists ranked by ``scores`` (U, C)."""
     hit, tail_hit, n_targets, n_tail = flags
     k = min(spec.k, scores.shape[1])
-    top = torch.topk(scores, k, dim=1).indices
+    top = top_k(scores, k).indices  # equal scores in item order (a user's candidates ascend)
     users = n_targets > 0
     value = F.ndcg(hit.gather(1, top).float(), n_targets, k)[users].mean().item()
     if spec.objective == "tail" and (n_tail > 0).any():
@@ -314,7 +315,7 @@ def fuse(members: Members, spec: FusionSpec, out_dir: Path | str) -> RunRecord:
     for stage in ("val", "test"):
         cands, targets, _ = stages[stage]
         scores = cands.fused(weights)
-        top = torch.topk(scores, min(top_n, scores.shape[1]), dim=1)
+        top = top_k(scores, min(top_n, scores.shape[1]))  # ties as the served fusion ranks them
         ok = torch.isfinite(top.values)
         ranked_items = cands.items.gather(1, top.indices)
         rankings = pd.DataFrame({
