@@ -160,8 +160,8 @@ def _columns_holding(scores: torch.Tensor, rows: torch.Tensor, value: torch.Tens
                      groups: Groups | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Every (place in ``rows``, column) where row ``rows[i]`` of ``scores`` holds ``value[i]``,
     ordered by row, then column. Through groups only the groups whose maximum reaches the
-    value and the columns in no group are read (popularity scores at 1,024 x 46,600: a few
-    hundred columns a row instead of all)."""
+    value and the columns in no group are read (popularity scores at 1,024 x 46,600: ~2,800 of
+    46,600 columns a row, though they lie on most of the row's cache lines)."""
     if groups is None:
         return (scores[rows] == value[:, None]).nonzero(as_tuple=True)
     at, group = (groups.maxima[rows] >= value[:, None]).nonzero(as_tuple=True)
