@@ -78,10 +78,10 @@ def test_missing_run_and_missing_out(tmp_path):
 
 
 def test_a_short_list_is_the_start_of_a_longer_one_where_scores_tie(tmp_path):
-    """Popularity scores tie at almost every place; equal scores are taken in item order
-    (`recozoo.top_k`), so a top 5 is the first 5 of the same user's top 50, as a served list
-    is the start of the evaluated top 100 (`torch.topk`'s choice among equal scores depended
-    on k)."""
+    """Popularity scores tie often (on the tiny shop in every list); equal scores are taken in
+    item order (`recozoo.top_k`), so a top 5 is the first 5 of the same user's top 50, as a
+    served list is the start of the evaluated top 100 (`torch.topk`'s choice among equal scores
+    depended on k)."""
     folder = tmp_path / "pop"
     run(compose_config(["model=pop"], folder))
     engine = Engine.load(folder)

@@ -17,7 +17,8 @@ Equal scores are ranked by column, the lower first (`top_k`): which of several e
 scores `torch.topk` takes, and in what order, is unspecified and in fact depends on k (the first
 20 of a row's top 21 are not always its top 20) and on the kernel; with the rule a list is the
 same on every device and torch version, and its first k items are the row's top k, so a served
-top 10 is the first 10 of the evaluated top 100. Popularity scores tie at almost every place.
+top 10 is the first 10 of the evaluated top 100. Popularity scores (counts) tie often: the 100
+most popular items of ml-100k have 73 distinct counts.
 """
 
 from __future__ import annotations
