@@ -58,6 +58,8 @@ def test_equal_scores_in_column_order_and_a_list_is_the_start_of_a_longer_one(n_
     longest = check_top(ties, 40)
     for k in (1, 10, 39):
         assert torch.equal(check_top(ties, k).indices, longest.indices[:, :k])
+    for dtype in (torch.float64, torch.bfloat16):  # the check for ties has a NumPy path
+        assert torch.equal(check_top(ties.to(dtype), 40).indices, longest.indices)
     distinct = torch.randn(8, n_cols, generator=generator)
     assert torch.equal(top_k(distinct, 40).indices, torch.topk(distinct, 40, dim=1).indices)
 
