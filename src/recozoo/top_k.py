@@ -15,8 +15,9 @@ hold the row's k largest values, and `top_k`'s values equal `torch.topk`'s exact
 
 Equal scores are ranked by column, the lower first (`top_k`): which of several equal
 scores `torch.topk` takes, and in what order, is unspecified and in fact depends on k (the first
-20 of a row's top 21 are not always its top 20) and on the kernel; with the rule a list is the
-same on every device and torch version, and its first k items are the row's top k, so a served
+20 of a row's top 21 are not always its top 20) and on the kernel; with the rule a list does
+not depend on which kernel found the top (by construction: not run on a GPU here), and its
+first k items are the row's top k, so a served
 top 10 is the first 10 of the evaluated top 100. Popularity scores (counts) tie often: the 100
 most popular items of ml-100k have 73 distinct counts.
 """
@@ -91,20 +92,23 @@ def top_k(scores: torch.Tensor, k: int) -> torch.return_types.topk:
         return torch.return_types.topk((values, columns))
     groups = Groups(scores) if grouped(scores, k + 1) else None
     values, columns = _top_any_ties(scores, k + 1, groups)
-    if not _any_equal_neighbours(values):
+    equal = _equal_neighbours(values)  # (B, k): column k - 1 is the cut
+    if equal is None:
         return torch.return_types.topk((values[:, :k], columns[:, :k]))
-    equal = values[:, 1:] == values[:, :-1]  # (B, k): column k - 1 is the cut
     return _order_ties(scores, values, columns, equal, groups)
 
 
-def _any_equal_neighbours(values: torch.Tensor) -> bool:
-    """Whether two neighbours in a row of ``values`` are equal. On a CPU in NumPy: torch's
-    comparison and reduction, two parallel kernels, wake threads that sleep between them
-    (``OMP_WAIT_POLICY=PASSIVE``): 943 x 101 values 0.21 ms against 0.03."""
+def _equal_neighbours(values: torch.Tensor) -> torch.Tensor | None:
+    """(B, n - 1) whether each value of a row equals the next, or None where none does. On a
+    CPU in NumPy (the result shares its memory): torch's comparison and reduction, two parallel
+    kernels, wake threads that sleep between them (``OMP_WAIT_POLICY=PASSIVE``): 943 x 101
+    values 0.21 ms against 0.03."""
     if values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64):
         array = values.detach().numpy()
-        return bool(np.equal(array[:, 1:], array[:, :-1]).any())
-    return bool((values[:, 1:] == values[:, :-1]).any())
+        equal = np.equal(array[:, 1:], array[:, :-1])
+        return torch.from_numpy(equal) if equal.any() else None
+    equal = values[:, 1:] == values[:, :-1]
+    return equal if bool(equal.any()) else None
 
 
 def _top_any_ties(scores: torch.Tensor, k: int, groups: Groups | None,
