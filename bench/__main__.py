@@ -52,6 +52,7 @@ from typing import Any
 
 from bench import compare as comparison
 from bench import repo_root, report
+from bench.panel import PanelSettings, against_recbole, read_ledger
 from bench.peers import RecBolePeer
 from recozoo.artifacts import RunDir
 from recozoo.cli import parse_settings
@@ -470,6 +471,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             machine_now["load_end"] = [round(x, 2) for x in os.getloadavg()]
             if not settings.merge:
                 results["seconds"] = round(time.perf_counter() - start, 1)
+            if results.get("comparison"):  # the one seed's verdicts, beside the panel's seeds
+                results["against_recbole"] = against_recbole(
+                    read_ledger(PanelSettings().ledger_path(repo_root())))
             md, js = report.write(results, folder)
     say(md.read_text())
     say(f"wrote {md} and {js} in {time.perf_counter() - start:.0f} s")

@@ -564,6 +564,28 @@ def t_interval(values: list[float]) -> tuple[float, float]:
     return mean, float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
 
 
+def against_recbole(ledger: Ledger, dataset: str = "ml100k_recbole",
+                    metric: str = PRIMARY) -> list[dict[str, Any]]:
+    """Per model RecBole also runs: ``metric`` of recozoo's runs and of RecBole's on the same
+    seeds of ``dataset`` (RecBole's own split of each seed), as the ledger records them: the
+    mean and 95% half-width of each side, and of their paired difference (recozoo minus
+    RecBole, seed by seed). Models with no seed run by both sides are left out."""
+    rows = []
+    for model in RECBOLE_MODELS:
+        ours = {seed: run.metrics.get(metric) for (d, m, seed), run in ledger.items()
+                if d == dataset and m == model and run.ok}
+        peer = {seed: run.metrics.get(metric) for (d, m, seed), run in ledger.items()
+                if d == dataset and m == recbole_row(model) and run.ok}
+        seeds = sorted(s for s in ours if ours[s] is not None and peer.get(s) is not None)
+        if not seeds:
+            continue
+        rows.append({"model": model, "peer": recbole_row(model), "seeds": seeds,
+                     "recozoo": t_interval([ours[s] for s in seeds]),
+                     "recbole": t_interval([peer[s] for s in seeds]),
+                     "difference": t_interval([ours[s] - peer[s] for s in seeds])})
+    return rows
+
+
 def collect(out: Path, datasets: list[str], models: list[str], seeds: list[int],
             expected: dict[str, dict[str, Any]] | None = None, ledger: Ledger | None = None,
             by_dataset: dict[str, dict[str, Any]] | None = None,

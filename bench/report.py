@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,22 @@ def comparison_lines(rows: list[dict[str, Any]]) -> list[str]:
               f"{row['kept_from'].get('commit')}); the other rows were measured again."
               for row in rows if row.get("kept_from")]
     return _table(head, body) + ([""] + notes if notes else [])
+
+
+def seed_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """recozoo against RecBole over the panel's seeds (`bench.panel.against_recbole`)."""
+    def cell(mean: float, half: float) -> str:
+        return f"{mean:.4f}" + ("" if math.isnan(half) else f" ± {half:.4f}")  # nan: one seed
+
+    body = []
+    for row in rows:
+        mean, half = row["difference"]
+        verdict = ("one seed: no interval" if math.isnan(half) else "above" if mean - half > 0
+                   else "below" if mean + half < 0 else "level (the interval holds 0)")
+        body.append([row["model"], str(len(row["seeds"])), cell(*row["recozoo"]),
+                     cell(*row["recbole"]), cell(mean, half), verdict])
+    return _table(["model", "seeds", "NDCG@10 recozoo", "NDCG@10 RecBole",
+                   "recozoo - RecBole, paired by seed", "recozoo over the seeds"], body)
 
 
 def validation_lines(rows: list[dict[str, Any]]) -> list[str]:
@@ -310,6 +327,16 @@ def render(results: dict[str, Any]) -> str:
                       ("recozoo with early stopping (its normal use) against RecBole's capped run: "
                       "what each side reaches and what its training cost."), "",
                       *converged, ""]
+        if results.get("against_recbole"):
+            lines += ["### Quality over seeds: the panel's runs on RecBole's own splits", "",
+                      ("The table above scores one seed. `python -m bench.panel` runs both "
+                      "libraries with their defaults on RecBole's own random 8:1:1 split of "
+                      "each seed (`bench/panel.md`, ml100k_recbole); its ledger "
+                      "(`bench/panel_runs.json`) gives test NDCG@10 over those seeds: mean "
+                      "± half-width of the 95% Student-t interval, and the difference seed by "
+                      "seed (the same split on both sides). recozoo is above or below RecBole "
+                      "where that difference's interval excludes 0."), "",
+                      *seed_lines(results["against_recbole"]), ""]
         lines += ["### Peak memory of each run (whole process)", "", *memory_lines(rows), ""]
     elif results.get("comparison_note"):
         lines += ["## recozoo against RecBole", "", results["comparison_note"], ""]

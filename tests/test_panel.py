@@ -368,3 +368,37 @@ def test_runs_made_before_a_commit_run_again_and_the_report_names_each_cells_cod
         assert len(list((out / "shop" / "bpr").glob(f"s{seed}.stale-*"))) == 1
     with pytest.raises(SystemExit, match="rerun_before=no-such names no commit"):
         panel.main(["rerun_before=no-such", f"out={out}", f"report={tmp_path / 'p.md'}"])
+
+
+def test_recozoo_against_recbole_over_seeds_pairs_the_same_seeds(tmp_path):
+    """The bench report's second look at the one-seed comparison: recozoo's and RecBole's test
+    NDCG@10 over the panel's seeds of RecBole's own splits, and their difference seed by seed
+    (only seeds both sides ran); the verdict is the paired interval's."""
+    from bench import report
+
+    def run(ndcg):
+        return panel.FoundRun(ok=True, metrics={"test/ndcg@10": ndcg}, train_seconds=1.0,
+                              settings=None, in_folder=False)
+
+    ledger = {("ml100k_recbole", "bpr", 1): run(0.30), ("ml100k_recbole", "bpr", 2): run(0.32),
+              ("ml100k_recbole", "bpr", 3): run(0.31), ("ml100k_recbole", "RecBole BPR", 1):
+              run(0.29), ("ml100k_recbole", "RecBole BPR", 2): run(0.30),
+              ("ml100k_recbole", "ease", 1): run(0.33),  # RecBole's EASE has no seed 1: left out
+              ("ml100k_recbole", "RecBole EASE", 2): run(0.33),
+              ("ml100k_random", "bpr", 3): run(0.50), ("ml100k_recbole", "pop", 1): run(0.10),
+              ("ml100k_recbole", "RecBole Pop", 1): run(0.10),
+              **{("ml100k_recbole", "multvae", seed): run(0.30) for seed in (1, 2, 3)},
+              **{("ml100k_recbole", "RecBole MultiVAE", seed): run(0.31 + seed / 1000)
+                 for seed in (1, 2, 3)}}
+    rows = panel.against_recbole(ledger)
+    assert [row["model"] for row in rows] == ["pop", "bpr", "multvae"]
+    bpr = rows[1]
+    assert bpr["seeds"] == [1, 2]  # seed 3 has no RecBole run
+    assert bpr["recozoo"] == panel.t_interval([0.30, 0.32])
+    assert bpr["difference"] == panel.t_interval([0.30 - 0.29, 0.32 - 0.30])
+    lines = report.seed_lines(json.loads(json.dumps(rows)))  # as results.json holds them
+    assert lines[2].startswith("| pop | 1 | 0.1000 | 0.1000 | 0.0000 | one seed")
+    # differences .01 and .02: mean .015, half-width 12.706 * .005 = .0635 -> the interval holds 0
+    assert lines[3] == ("| bpr | 2 | 0.3100 ± 0.1271 | 0.2950 ± 0.0635 | 0.0150 ± 0.0635 | "
+                        "level (the interval holds 0) |")
+    assert lines[4].endswith("| below |")  # -.011, -.012, -.013: the interval excludes 0
