@@ -130,6 +130,14 @@ def test_monitors_at_a_cut_off_eval_does_not_compute_are_refused_with_both_fixes
     assert run(make_config(["model=pop", "eval.ks=[5]", *moved])) is not None
 
 
+@pytest.mark.parametrize("ks", ["[0]", "[10,-5]", "[2.5]"])
+def test_cut_offs_that_are_not_positive_integers_are_refused_by_name(make_config, ks):
+    """eval.ks=[0] was refused as a monitor at an uncomputed cut-off, with eval.ks=[0,10] as
+    the fix: the setting itself is named first."""
+    with pytest.raises(ValueError, match=r"eval.ks=\[.*\]: a cut-off K is a positive integer"):
+        run(make_config(["model=pop", f"eval.ks={ks}"]))
+
+
 def test_filtering_everything_away_names_the_setting(make_config):
     cfg = make_config(["model=pop", "data.preprocess.kcore=1000"])
     with pytest.raises(ValueError, match="empty after preprocessing.*kcore"):

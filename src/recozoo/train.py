@@ -214,7 +214,12 @@ def check_monitored_cutoffs(cfg: DictConfig) -> None:
     """Refuse, before any data is read, monitored values at a cut-off that ``eval.ks`` does not
     compute (``eval.ks=[5]`` with the default monitors' ``val/ndcg@10``): Lightning would stop
     at the first validation with a message that lists no metric. The error gives the overrides
-    that fix it either way."""
+    that fix it either way. Cut-offs that are not positive integers are refused first, by
+    name (the suggested fix would otherwise carry them)."""
+    bad = [k for k in cfg.eval.ks if isinstance(k, bool) or not isinstance(k, int) or k < 1]
+    if bad:
+        raise ValueError(f"eval.ks={list(cfg.eval.ks)}: a cut-off K is a positive integer (the "
+                         f"length of a ranked list scored), got {bad}; e.g. eval.ks=[10,20]")
     ks = [int(k) for k in cfg.eval.ks]
     watched = {f"callbacks.{name}.monitor": c.get("monitor")
                for name, c in (cfg.get("callbacks") or {}).items() if c is not None}
