@@ -110,38 +110,6 @@ def test_gru_runs_padding_once_and_scores_each_row_from_its_first_item(num_layer
         assert not torch.allclose(encoder.last_state(seq[:, -4:])[3], expected[3, -1], atol=1e-4)
 
 
-def test_gru_scoring_steps_on_one_thread_and_restores_the_process_count(monkeypatch):
-    """Scoring's GRU steps run on one thread (each step's operations are too small to share),
-    and the process's thread count comes back afterwards; the states are those the steps give
-    whatever count the process runs with."""
-    from recozoo.models.components import sequence
-
-    torch.manual_seed(0)
-    n_items = 30
-    encoder = GRUEncoder(n_items, dim=8).eval()
-    seq = torch.randint(0, n_items + 1, (64, 10))
-    seen_threads = []
-    stepper = sequence.gru_last_state
-
-    def recording(*args, **kwargs):
-        seen_threads.append(torch.get_num_threads())
-        return stepper(*args, **kwargs)
-
-    monkeypatch.setattr(sequence, "gru_last_state", recording)
-    threads = torch.get_num_threads()
-    try:
-        states = {}
-        for count in (2, 1):
-            torch.set_num_threads(count)
-            with torch.no_grad():
-                states[count] = encoder.last_state(seq)
-            assert torch.get_num_threads() == count
-    finally:
-        torch.set_num_threads(threads)
-    assert seen_threads == [1, 1]
-    assert torch.equal(states[2], states[1])
-
-
 @pytest.mark.parametrize("width", [2, 9])
 def test_caser_last_state_is_the_newest_window_of_every_state(width):
     """Scoring reads the window ending at the newest item alone: the full pass's last column,

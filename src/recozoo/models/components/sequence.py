@@ -12,8 +12,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from recozoo.runtime import one_thread
-
 #: users per group of `by_history_length`
 GROUP_ROWS = 256
 
@@ -113,19 +111,11 @@ class GRUEncoder(nn.Module):
         Scoring (eval mode, no gradient, one layer) on a CPU steps the GRU itself
         (`gru_last_state`) and runs each row from its own first item, not through every column.
         Elsewhere the full pass: a GPU's fused GRU (cuDNN) against a Python loop of small
-        kernels was not measured.
-
-        The steps run on one thread (`one_thread`): each is eight operations on ~1,000 x 128
-        values, too small to share, and under ``OMP_WAIT_POLICY=PASSIVE`` every one of them
-        woke the second thread. ml-100k leave-one-out's 943 users (2 threads, medians of 21,
-        quiet VM): 21.7 ms against 50.2; gru4rec's whole test stage 70.6 against 87.5 ms
-        (15 alternating in-process stages each), the same states to the bit."""
+        kernels was not measured."""
         if (self.training or torch.is_grad_enabled() or self.gru.num_layers > 1
                 or seq.device.type != "cpu"):
             return self.forward(seq)[:, -1]
-        with one_thread():
-            return gru_last_state(self.gru, self.embedding.weight, seq,
-                                  self.embedding.padding_idx)
+        return gru_last_state(self.gru, self.embedding.weight, seq, self.embedding.padding_idx)
 
 
 def gru_last_state(gru: nn.GRU, embedding: torch.Tensor, seq: torch.Tensor,
