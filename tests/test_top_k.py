@@ -26,7 +26,7 @@ def check_top(scores: torch.Tensor, k: int) -> torch.return_types.topk:
     return result
 
 
-@pytest.mark.parametrize("n_cols", [MIN_COLUMNS, 20_011, 40_000])  # 8 and 16 a group
+@pytest.mark.parametrize("n_cols", [MIN_COLUMNS, 4_385, 20_011, 40_000])  # 8 and 16 a group
 @pytest.mark.parametrize("k", [1, 10, 100])
 def test_values_are_torch_topk_values(n_cols: int, k: int) -> None:
     generator = torch.Generator().manual_seed(n_cols + k)
@@ -62,6 +62,33 @@ def test_equal_scores_in_column_order_and_a_list_is_the_start_of_a_longer_one(n_
         assert torch.equal(check_top(ties.to(dtype), 40).indices, longest.indices)
     distinct = torch.randn(8, n_cols, generator=generator)
     assert torch.equal(top_k(distinct, 40).indices, torch.topk(distinct, 40, dim=1).indices)
+
+
+def test_rows_ranked_a_few_at_a_time_give_the_whole_batchs_result(monkeypatch) -> None:
+    """The grouped search ranks its candidates for a few rows at a time (`CANDIDATE_BYTES`): the
+    rows of every part, the last one short, come out as one batch's, ties and seen items
+    included."""
+    from recozoo import top_k as module
+
+    generator = torch.Generator().manual_seed(3)
+    n_cols, k = 4_385, 20
+    assert module.grouped(torch.empty(1, n_cols), k + 1)
+    ties = torch.randint(0, 9, (23, n_cols), generator=generator).float()
+    ties[5, :-30] = -math.inf
+    distinct = torch.randn(23, n_cols, generator=generator)
+    whole = [top_k(scores, k) for scores in (ties, distinct)]
+    monkeypatch.setattr(module, "CANDIDATE_BYTES", 5 * (k + 1) * 8 * 8)  # 5 rows a part
+    parts = []
+    ranked = module._top_of_candidates
+    monkeypatch.setattr(module, "_top_of_candidates",
+                        lambda scores, *rest: parts.append(len(scores)) or ranked(scores, *rest))
+    for scores, expected in zip((ties, distinct), whole):
+        parts.clear()
+        result = top_k(scores, k)
+        assert parts == [5, 5, 5, 5, 3]
+        check_top(scores, k)
+        assert torch.equal(result.indices, expected.indices)
+        assert torch.equal(result.values, expected.values)
 
 
 def test_a_whole_row_and_more_than_a_row() -> None:
