@@ -461,6 +461,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results = merged(folder / "results.json", results, settings.sections)
     if settings.quick:
         results["notes"].append("quick smoke run on a tiny shop: the figures mean nothing")
+    seeds_against_recbole = None  # read from the panel's ledger once, where a report needs it
     start = time.perf_counter()
     for name in SECTIONS:
         if name in settings.sections:
@@ -472,8 +473,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if not settings.merge:
                 results["seconds"] = round(time.perf_counter() - start, 1)
             if results.get("comparison"):  # the one seed's verdicts, beside the panel's seeds
-                results["against_recbole"] = against_recbole(
-                    read_ledger(PanelSettings().ledger_path(repo_root())))
+                if seeds_against_recbole is None:
+                    seeds_against_recbole = against_recbole(
+                        read_ledger(PanelSettings().ledger_path(repo_root())))
+                results["against_recbole"] = seeds_against_recbole
             md, js = report.write(results, folder)
     say(md.read_text())
     say(f"wrote {md} and {js} in {time.perf_counter() - start:.0f} s")

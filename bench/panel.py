@@ -570,13 +570,14 @@ def against_recbole(ledger: Ledger, dataset: str = "ml100k_recbole",
     seeds of ``dataset`` (RecBole's own split of each seed), as the ledger records them: the
     mean and 95% half-width of each side, and of their paired difference (recozoo minus
     RecBole, seed by seed). Models with no seed run by both sides are left out."""
+    values: dict[str, dict[int, float]] = {}  # row -> seed -> value
+    for (found_in, row, seed), run in ledger.items():
+        if found_in == dataset and run.ok and run.metrics.get(metric) is not None:
+            values.setdefault(row, {})[seed] = run.metrics[metric]
     rows = []
     for model in RECBOLE_MODELS:
-        ours = {seed: run.metrics.get(metric) for (d, m, seed), run in ledger.items()
-                if d == dataset and m == model and run.ok}
-        peer = {seed: run.metrics.get(metric) for (d, m, seed), run in ledger.items()
-                if d == dataset and m == recbole_row(model) and run.ok}
-        seeds = sorted(s for s in ours if ours[s] is not None and peer.get(s) is not None)
+        ours, peer = values.get(model, {}), values.get(recbole_row(model), {})
+        seeds = sorted(set(ours) & set(peer))
         if not seeds:
             continue
         rows.append({"model": model, "peer": recbole_row(model), "seeds": seeds,

@@ -48,7 +48,9 @@ def group_size(n_cols: int) -> int:
     """Columns per group. The maxima's pass reads every column, the groups' top k reads
     ``n_cols / group`` of them and the candidates' top k ``k x group``: the larger the row, the
     larger the best group. Measured (2 threads, k 10, 20 and 100): 8 best or within 10% of the
-    best from 8,000 to 20,000 columns, 16 at 46,600 and 302,000."""
+    best from 8,000 to 20,000 columns, 16 at 46,600 and 302,000; 8 is also used from 2,500
+    columns, where groups of 4 and 8 were within 10% of each other (measured beside other work,
+    not on a quiet machine)."""
     return 8 if n_cols < 32768 else 16
 
 

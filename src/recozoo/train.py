@@ -220,7 +220,7 @@ def check_monitored_cutoffs(cfg: DictConfig) -> None:
     if bad:
         raise ValueError(f"eval.ks={list(cfg.eval.ks)}: a cut-off K is a positive integer (the "
                          f"length of a ranked list scored), got {bad}; e.g. eval.ks=[10,20]")
-    ks = [int(k) for k in cfg.eval.ks]
+    ks = list(cfg.eval.ks)
     watched = {f"callbacks.{name}.monitor": c.get("monitor")
                for name, c in (cfg.get("callbacks") or {}).items() if c is not None}
     watched["optimized_metric"] = cfg.get("optimized_metric")
