@@ -105,6 +105,29 @@ def test_reciprocal_rank_fusion_needs_no_tuning(sweep):
     assert list(weights.values()) == [0.5, 0.5]
 
 
+def test_reciprocal_rank_fusion_leaves_out_the_members_that_outvote_the_best(sweep):
+    """Two weak runs that list the same decoys (30-39, as member a's pool) give those decoys
+    three reciprocal ranks where the target has two: over all four runs alike the target falls
+    below a or b alone. Chosen on validation, the fusion keeps a and b and is perfect."""
+    never = {"val": lambda u: True, "test": lambda u: True}
+    for name in ("c", "d"):
+        write_member(sweep / name, name, never, range(30, 45),
+                     present={"val": False, "test": False})
+    every = sweep / "rrf_all"
+    assert ensemble_main([str(sweep), "method=rrf", "rrf_members=all", f"out={every}",
+                          "report=false"]) == 0
+    assert fused_metrics(every)["test/ndcg@10"] < ALONE
+    (chosen,) = fuse_sweep(sweep, FusionSpec(method="rrf"))
+    assert fused_metrics(chosen)["test/ndcg@10"] == pytest.approx(1.0)
+    description = json.loads((chosen / "fusion.json").read_text())
+    assert description["weights"] == {"a": 0.5, "b": 0.5, "c": 0.0, "d": 0.0}
+    assert [m["label"] for m in description["members"]] == ["a", "b"]
+    assert description["val_objective"] == pytest.approx(1.0)
+    assert description["best_single_val_objective"] == pytest.approx(ALONE)
+    with pytest.raises(ValueError, match="rrf_members"):
+        FusionSpec(method="rrf", rrf_members="some")
+
+
 def test_tail_objective_adds_tail_recall(sweep):
     (out,) = fuse_sweep(sweep, FusionSpec(objective="tail", tail_weight=2.0))
     description = json.loads((out / "fusion.json").read_text())
@@ -127,12 +150,13 @@ def test_weights_are_tuned_on_validation_only(tmp_path):
     write_member(tmp_path / "1", "b", {"val": lambda u: True, "test": lambda u: True},
                  range(45, 60), present={"val": False, "test": True})
     (out,) = fuse_sweep(tmp_path)
-    weights = json.loads((out / "fusion.json").read_text())["weights"]
-    assert weights == {"a": 1.0, "b": 0.0}
-    # b has no say: its items get a's floor, which min-max gives a's 10th item too, so b's
-    # target reaches the list only through that tie at rank 10, taken in item order (the
-    # targets 18-29 before a's item 39)
-    assert fused_metrics(out)["test/ndcg@10"] == pytest.approx(1 / math.log2(11))
+    description = json.loads((out / "fusion.json").read_text())
+    assert description["weights"] == {"a": 1.0, "b": 0.0}
+    # b has no say, so the fused lists are a's alone (b adds no candidates) and serving loads a
+    assert [m["label"] for m in description["members"]] == ["a"]
+    assert [m["label"] for m in description["left_out"]] == ["b"]
+    assert fused_metrics(out)["test/ndcg@10"] == 0.0
+    assert fused_metrics(out)["n_params"] == 7  # a's alone
 
 
 @pytest.mark.parametrize("spec", [FusionSpec(), FusionSpec(normalization="zscore")],
@@ -148,7 +172,7 @@ def test_a_reranked_member_is_fused_in_its_own_order(tmp_path, spec):
     (out,) = fuse_sweep(tmp_path, spec)
     assert fused_metrics(out)["test/ndcg@10"] == pytest.approx(1.0)
     members = json.loads((out / "fusion.json").read_text())["members"]
-    assert [m["valued_by"] for m in members] == ["position", "score"]
+    assert [(m["label"], m["valued_by"]) for m in members] == [("a", "position")]  # b: weight 0
 
 
 def test_fusion_folder_is_a_run_folder_with_a_leaderboard_row(sweep):

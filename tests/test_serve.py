@@ -124,12 +124,21 @@ def test_served_fusion_ranks_as_evaluated(sweep, tmp_path):
 def test_served_reciprocal_rank_fusion_ranks_as_evaluated(sweep, tmp_path):
     """Reciprocal rank fusion's scores tie wherever two members put two items at the same
     places; the fused lists and the service both take equal scores in item order
-    (`recozoo.top_k`), so they agree there too."""
-    (fusion,) = fuse_sweep(sweep, FusionSpec(method="rrf"), out_dir=tmp_path / "rrf")
+    (`recozoo.top_k`), so they agree there too. Members chosen on validation: the service
+    loads those alone and ranks as the fused lists."""
+    (fusion,) = fuse_sweep(sweep, FusionSpec(method="rrf", rrf_members="all"),
+                           out_dir=tmp_path / "rrf")
     rankings = pd.read_parquet(fusion / "rankings_test.parquet")
     top = rankings[rankings["rank"] <= 11]
     assert top.duplicated(["user", "score"]).any()  # ties within the lists checked
     assert_ranks_as_evaluated(Engine.load(fusion), fusion)
+    (chosen,) = fuse_sweep(sweep, FusionSpec(method="rrf"), out_dir=tmp_path / "rrf_chosen")
+    description = json.loads((chosen / "fusion.json").read_text())
+    used = [m["model"] for m in description["members"]]
+    assert len(used) + len(description["left_out"]) == len(description["weights"])
+    engine = Engine.load(chosen)
+    assert engine.scorer.name == f"fusion({','.join(used)})"
+    assert_ranks_as_evaluated(engine, chosen)
 
 
 def test_loading_never_touches_the_raw_data(sweep, tmp_path):

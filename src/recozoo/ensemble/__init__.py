@@ -7,12 +7,16 @@ writes a fusion folder that is itself a run folder, so leaderboards and serving 
     <sweep>/fusion/            (fusion_rrf/, fusion_tail/ for the other variants; with several
                                 protocols or seeds one sub-folder each: <data>_<split>_s<seed>/)
       metrics.json             as any run's ("model": "fusion", val/... and test/... metrics,
-                               "n_params" and "train_seconds" summed over the members,
+                               "n_params" and "train_seconds" summed over the members
+                               with a weight,
                                "fusion_seconds" the fusion's own time)
       fusion.json              how to rebuild it: "spec" (method, normalization, objective,
-                               tail_weight, k, rrf_k), "weights" {member label: weight, sum 1},
-                               "members" [{label, model, run (path relative to the sweep folder),
-                               weight, val_objective_alone}], "val_objective",
+                               tail_weight, k, rrf_k, rrf_members), "weights" {run label:
+                               weight, sum 1; 0 for a run left out}, "members" (the runs with
+                               a weight, whose lists are fused) [{label, model, run (path
+                               relative to the sweep folder), weight, val_objective_alone,
+                               valued_by}], "left_out" [{label, model, run,
+                               val_objective_alone}], "val_objective",
                                "best_single", "best_single_val_objective", "top_n", "ks"
       rankings_val.parquet     fused top-N (user, rank, item, score) per validation user
       rankings_test.parquet    fused top-N per test user

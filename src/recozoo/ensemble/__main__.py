@@ -34,6 +34,8 @@ class EnsembleSettings:
             tail_weight * TailRecall@k.
         tail_weight: weight of TailRecall@k in the tail objective.
         k: cut-off of the objective.
+        rrf_members: selected (rrf over the runs chosen on validation, forward from the
+            best) or all (every run alike, the textbook rule).
         out: the fusion folder (null: <sweep>/fusion, fusion_rrf or fusion_tail).
         report: rewrite the sweep's leaderboard afterwards.
     """
@@ -44,6 +46,7 @@ class EnsembleSettings:
     objective: str = "ndcg"
     tail_weight: float = 1.0
     k: int = 10
+    rrf_members: str = "selected"
     out: str | None = None
     report: bool = True
 
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = FusionSpec(method=settings.method, normalization=settings.normalization,
                           objective=settings.objective, tail_weight=settings.tail_weight,
-                          k=settings.k)
+                          k=settings.k, rrf_members=settings.rrf_members)
         fused = fuse_sweep(folders, spec, Path(settings.out) if settings.out else None)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

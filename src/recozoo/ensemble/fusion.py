@@ -9,7 +9,15 @@ place of the scores), or the sum would restore the model's order and undo the re
 weights are tuned on the validation users only, by coordinate ascent over a grid, started from
 the best single member and from equal weights, so the tuned fusion is never worse than that
 member on validation. Reciprocal rank fusion (Cormack, Clarke and Buettcher, SIGIR 2009) is the
-parameter-free option: ``sum_m 1 / (60 + rank_m(item))``.
+option without weights: ``sum_m 1 / (60 + rank_m(item))`` over its members, all alike. Its members
+are chosen on validation by default (forward selection from the best member, as in Caruana et
+al., "Ensemble Selection from Libraries of Models", ICML 2004): over a whole zoo, the textbook
+rule's equal say for every run lets the weak ones (pop, rating models) outvote the strong, and
+the fusion falls far below its best member (``rrf_members="all"`` keeps that rule).
+
+The fused lists are built from the members the choice gave a weight (a member at weight 0 adds
+no items to the candidates), and ``fusion.json`` names those members alone, so serving loads
+only them; its ``weights`` keep every run's, 0 for the runs left out.
 
 The tuning objective is NDCG@K on validation, or, long-tail aware, NDCG@K + lambda *
 TailRecall@K. Test lists are then scored by the same metric code as every model
@@ -42,6 +50,9 @@ from recozoo.top_k import top_k
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("ndcg", "tail")
+STAGES = ("val", "test")
+#: which runs reciprocal rank fusion sums (`FusionSpec.rrf_members`)
+RRF_MEMBERS = ("selected", "all")
 #: relative member weights tried by the coordinate ascent (the start member has weight 1).
 WEIGHT_GRID: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0)
 
@@ -59,6 +70,8 @@ class FusionSpec:
         tail_weight: lambda of the ``tail`` objective.
         k: cut-off of the objective.
         rrf_k: the constant of reciprocal rank fusion.
+        rrf_members: ``selected`` (reciprocal rank fusion over the members chosen on
+            validation, `select_members`) or ``all`` (every run alike, the textbook rule).
         max_passes: coordinate-ascent passes over the members.
     """
 
@@ -68,6 +81,7 @@ class FusionSpec:
     tail_weight: float = 1.0
     k: int = 10
     rrf_k: int = 60
+    rrf_members: str = "selected"
     max_passes: int = 4
 
     def __post_init__(self) -> None:
@@ -75,6 +89,9 @@ class FusionSpec:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"fusion objective must be one of {OBJECTIVES}, got "
                              f"{self.objective!r}")
+        if self.rrf_members not in RRF_MEMBERS:
+            raise ValueError(f"fusion rrf_members must be one of {RRF_MEMBERS}, got "
+                             f"{self.rrf_members!r}")
         if self.tail_weight < 0 or self.k < 1:
             raise ValueError(f"fusion needs tail_weight >= 0 and k >= 1; got "
                              f"{self.tail_weight}, {self.k}")
@@ -208,6 +225,39 @@ def tune_weights(cands: Candidates, flags: tuple[torch.Tensor, ...], spec: Fusio
     return weights / weights.sum(), alone
 
 
+def select_members(cands: Candidates, flags: tuple[torch.Tensor, ...], spec: FusionSpec
+                   ) -> tuple[torch.Tensor, list[float]]:
+    """Reciprocal rank fusion's members (equal weights): with ``spec.rrf_members="selected"``,
+    forward selection on validation from the best member alone, each round adding the member
+    whose joining raises the objective most (ties: the earlier member) until none raises it, so
+    the fusion is never worse than its best member on validation; with ``"all"``, every member.
+
+    Returns:
+        the weights (1 / the number chosen for a chosen member, 0 otherwise) and each member's
+        objective alone.
+    """
+    n = cands.values.shape[2]
+    alone = [objective(cands.fused(torch.eye(n)[m]), flags, spec) for m in range(n)]
+    if spec.rrf_members == "all":
+        return torch.full((n,), 1.0 / n), alone
+
+    def alike(chosen: list[int]) -> torch.Tensor:
+        weights = torch.zeros(n)
+        weights[chosen] = 1.0 / len(chosen)
+        return weights
+
+    chosen, best = [int(np.argmax(alone))], max(alone)
+    while len(chosen) < n:
+        trials = [(objective(cands.fused(alike(chosen + [m])), flags, spec), m)
+                  for m in range(n) if m not in chosen]
+        value, member = max(trials, key=lambda trial: trial[0])  # the first of equal values
+        if value <= best + 1e-9:
+            break
+        chosen.append(member)
+        best = value
+    return alike(sorted(chosen)), alone
+
+
 def _coordinate_ascent(cands: Candidates, flags: tuple[torch.Tensor, ...], spec: FusionSpec,
                        weights: torch.Tensor) -> tuple[torch.Tensor, float]:
     best = objective(cands.fused(weights), flags, spec)
@@ -285,36 +335,38 @@ def fuse(members: Members, spec: FusionSpec, out_dir: Path | str) -> RunRecord:
     info, stage_inputs = saved_facts(first, facts, int(facts["n_users"]))
     tail = info.tail_mask.numpy()
     labels = [r.label or r.model for r in members.runs]
-    stages = {}
     by_position = [r.reranked for r in members.runs]
-    for stage in ("val", "test"):
-        frames = [pd.read_parquet(RunDir(r.path).rankings(stage)) for r in members.runs]
-        cands = candidates(frames, spec, by_position)
-        targets = pd.read_parquet(first.targets(stage))
-        stages[stage] = (cands, targets, frames)
-    val_cands, val_targets, _ = stages["val"]
-    val_flags = val_cands.flags(val_targets, tail)
-    n = len(members.runs)
+    frames = {stage: [pd.read_parquet(RunDir(r.path).rankings(stage)) for r in members.runs]
+              for stage in STAGES}
+    targets = {stage: pd.read_parquet(first.targets(stage)) for stage in STAGES}
+    every = candidates(frames["val"], spec, by_position)
     if spec.method == "rrf":
-        weights = torch.full((n,), 1.0 / n)
-        alone = [objective(val_cands.fused(torch.eye(n)[m]), val_flags, spec) for m in range(n)]
+        weights, alone = select_members(every, every.flags(targets["val"], tail), spec)
     else:
-        weights, alone = tune_weights(val_cands, val_flags, spec)
-    fused_val = objective(val_cands.fused(weights), val_flags, spec)
-    log.info("%s of %d runs: validation objective %.4f (best single %s %.4f)", spec.name, n,
-             fused_val, labels[int(np.argmax(alone))], max(alone))
-    top_n = max(int(f["rank"].max()) for f in stages["test"][2])
+        weights, alone = tune_weights(every, every.flags(targets["val"], tail), spec)
+    # the lists come from the members with a say: a member at weight 0 adds no candidates
+    used = [m for m in range(len(members.runs)) if weights[m] > 0]
+    runs, used_weights = [members.runs[m] for m in used], weights[used]
+    stages = {stage: every if stage == "val" and len(used) == len(members.runs) else
+              candidates([frames[stage][m] for m in used], spec, [by_position[m] for m in used])
+              for stage in STAGES}
+    fused_val = objective(stages["val"].fused(used_weights),
+                          stages["val"].flags(targets["val"], tail), spec)
+    log.info("%s of %d runs (%d with a weight): validation objective %.4f (best single %s %.4f)",
+             spec.name, len(members.runs), len(used), fused_val, labels[int(np.argmax(alone))],
+             max(alone))
+    top_n = max(int(frames["test"][m]["rank"].max()) for m in used)
     order = torch.argsort(info.item_popularity, descending=True, stable=True)
     record = RunRecord(
         status="ok", model=spec.name, data=facts.get("data"), split=facts.get("split"),
         seed=facts.get("seed"), n_users=facts.get("n_users"), n_items=facts.get("n_items"),
         n_interactions=facts.get("n_interactions"),
-        n_params=int(sum(r.metrics.get("n_params") or 0 for r in members.runs)),
+        n_params=int(sum(r.metrics.get("n_params") or 0 for r in runs)),
         head_share=facts.get("head_share"), heavy_user_share=facts.get("heavy_user_share"),
         epochs=None, code=code_version())
-    for stage in ("val", "test"):
-        cands, targets, _ = stages[stage]
-        scores = cands.fused(weights)
+    for stage in STAGES:
+        cands = stages[stage]
+        scores = cands.fused(used_weights)
         top = top_k(scores, min(top_n, scores.shape[1]))  # ties as the served fusion ranks them
         ok = torch.isfinite(top.values)
         ranked_items = cands.items.gather(1, top.indices)
@@ -324,7 +376,7 @@ def fuse(members: Members, spec: FusionSpec, out_dir: Path | str) -> RunRecord:
             "item": ranked_items[ok].numpy(), "score": top.values[ok].numpy()})
         artifacts.write_parquet(out.rankings(stage), rankings)
         lists = _fill_short_lists(ranked_items, ok, order)
-        values, per_user = score_lists(lists, cands.users, targets, members.ks, info,
+        values, per_user = score_lists(lists, cands.users, targets[stage], members.ks, info,
                                        stage_inputs[stage])
         record.metrics.update({f"{stage}/{k}": v for k, v in values.items()})
         if stage == "test":
@@ -334,16 +386,22 @@ def fuse(members: Members, spec: FusionSpec, out_dir: Path | str) -> RunRecord:
             shutil.copyfile(source, copy)
     fusion_seconds = time.perf_counter() - start
     record.train_seconds = round(fusion_seconds + sum(r.metrics.get("train_seconds") or 0
-                                                      for r in members.runs), 4)
+                                                      for r in runs), 4)
     record.fusion_seconds = round(fusion_seconds, 4)
     record.epoch_seconds = []
+
+    def member_entry(m: int) -> dict:
+        run = members.runs[m]
+        return {"label": labels[m], "model": run.model, "run": _relative(run.path, out.path),
+                "val_objective_alone": alone[m]}
+
     description = {
         "spec": asdict(spec), "name": spec.name,
         "weights": {label: float(w) for label, w in zip(labels, weights)},
-        "members": [{"label": label, "model": r.model, "run": _relative(r.path, out.path),
-                     "weight": float(w), "val_objective_alone": a,
-                     "valued_by": "position" if r.reranked else "score"}
-                    for label, r, w, a in zip(labels, members.runs, weights, alone)],
+        "members": [member_entry(m) | {"weight": float(weights[m]),
+                                       "valued_by": "position" if by_position[m] else "score"}
+                    for m in used],
+        "left_out": [member_entry(m) for m in range(len(members.runs)) if m not in used],
         "val_objective": fused_val, "best_single_val_objective": max(alone),
         "best_single": labels[int(np.argmax(alone))], "top_n": top_n,
         "ks": members.ks, "normalization": None if spec.method == "rrf" else spec.normalization,
