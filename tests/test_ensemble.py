@@ -37,7 +37,8 @@ def ranked_list(user: int, stage: str, first: bool, decoys: range) -> list[int]:
 
 
 def write_member(folder: Path, model: str, first: dict[str, callable], decoys: range,
-                 present: dict[str, bool] | None = None, rerank: str = "none") -> Path:
+                 present: dict[str, bool] | None = None, rerank: str = "none",
+                 seed: int = 1) -> Path:
     """A run folder with rankings for both stages; ``first[stage](user)`` says where the target
     goes; ``present[stage]`` False leaves the target out of the list. A ``rerank`` other than
     "none" writes what a re-ranked run saves: the model's scores in the re-ranked order, here
@@ -61,7 +62,7 @@ def write_member(folder: Path, model: str, first: dict[str, callable], decoys: r
                   "popularity": popularity, "is_tail": np.arange(N_ITEMS) >= 12}).to_parquet(
         folder / "items.parquet")
     (folder / "metrics.json").write_text(json.dumps(
-        {"status": "ok", "model": model, "data": "toy", "split": "loo", "seed": 1,
+        {"status": "ok", "model": model, "data": "toy", "split": "loo", "seed": seed,
          "n_users": N_USERS, "n_items": N_ITEMS, "head_share": 0.2, "n_params": 7,
          "train_seconds": 2.0, "test/ndcg@10": ALONE, "rerank": rerank}))
     return folder
@@ -194,6 +195,18 @@ def test_fusion_folder_is_a_run_folder_with_a_leaderboard_row(sweep):
     (table,) = build_leaderboard([sweep], bootstrap_resamples=50).tables
     assert table.frame.iloc[0]["model"] == "fusion"
     assert (sweep / "leaderboard.md").exists()
+
+
+def test_runs_of_one_seed_are_fused_whatever_seeds_their_models_ran_with(sweep):
+    """a also ran with seed 2, b did not: the leaderboard ranks them in separate tables (their
+    seed sets differ), yet seed 1's runs of both are one fusion (they used to fall into two
+    sets of one run each, under one folder name)."""
+    write_member(sweep / "2", "a", {"val": even, "test": even}, range(30, 45), seed=2)
+    (out,) = fuse_sweep(sweep)
+    description = json.loads((out / "fusion.json").read_text())
+    assert sorted(description["weights"]) == ["a", "b"]
+    assert fused_metrics(out)["seed"] == 1
+    assert fused_metrics(out)["test/ndcg@10"] == pytest.approx(1.0)
 
 
 def test_one_run_is_not_enough(tmp_path, capsys):

@@ -306,21 +306,23 @@ class Members:
 
 
 def member_sets(folders: list[Path | str]) -> list[Members]:
-    """The finished runs under ``folders`` that can be fused, one set per protocol and seed."""
+    """The finished runs under ``folders`` that can be fused, one set per protocol and seed.
+
+    The leaderboard's groups also part runs by the seeds their model ran with (a model run with
+    seeds 1 and 2 is not ranked beside one run with seed 1 alone); fusion works one seed at a
+    time, so the runs of one protocol and seed form one set whichever group they are in."""
     runs = [r for r in find_runs(folders) if r.ok and not r.is_fusion
             and RunDir(r.path).rankings("val").exists()
             and RunDir(r.path).rankings("test").exists()]
     groups, _ = group_runs(runs)
-    sets = []
+    by_seed: dict[tuple, tuple[dict, list[Run]]] = {}
     for group in groups:
-        by_seed: dict[int | None, list[Run]] = {}
         for variant in group.variants.values():
             for run in variant:
-                by_seed.setdefault(run.seed, []).append(run)
-        for seed, members in by_seed.items():
-            sub = RunGroup(group.protocol, (seed,) if seed is not None else ())
-            sets.append(Members(members, sub))
-    return sets
+                key = (tuple(group.protocol.items()), run.seed)
+                by_seed.setdefault(key, (group.protocol, []))[1].append(run)
+    return [Members(members, RunGroup(protocol, (seed,) if seed is not None else ()))
+            for (_, seed), (protocol, members) in by_seed.items()]
 
 
 def fuse(members: Members, spec: FusionSpec, out_dir: Path | str) -> RunRecord:
