@@ -208,6 +208,13 @@ def objective(scores: torch.Tensor, flags: tuple[torch.Tensor, ...], spec: Fusio
     return float(value)
 
 
+def objectives_alone(cands: Candidates, flags: tuple[torch.Tensor, ...], spec: FusionSpec
+                     ) -> list[float]:
+    """Each member's validation objective on its own (its weight 1, the others' 0)."""
+    n = cands.values.shape[2]
+    return [objective(cands.fused(torch.eye(n)[m]), flags, spec) for m in range(n)]
+
+
 def tune_weights(cands: Candidates, flags: tuple[torch.Tensor, ...], spec: FusionSpec
                  ) -> tuple[torch.Tensor, list[float]]:
     """Coordinate ascent over `WEIGHT_GRID` from two starts, the best single member and equal
@@ -218,7 +225,7 @@ def tune_weights(cands: Candidates, flags: tuple[torch.Tensor, ...], spec: Fusio
         the weights (summing to 1) and each member's objective alone.
     """
     n = cands.values.shape[2]
-    alone = [objective(cands.fused(torch.eye(n)[m]), flags, spec) for m in range(n)]
+    alone = objectives_alone(cands, flags, spec)
     starts = [torch.eye(n)[int(np.argmax(alone))], torch.ones(n)]
     ends = [_coordinate_ascent(cands, flags, spec, start) for start in starts]
     weights, _ = max(ends, key=lambda end: end[1])  # ties: the first start, the best member
@@ -237,7 +244,7 @@ def select_members(cands: Candidates, flags: tuple[torch.Tensor, ...], spec: Fus
         objective alone.
     """
     n = cands.values.shape[2]
-    alone = [objective(cands.fused(torch.eye(n)[m]), flags, spec) for m in range(n)]
+    alone = objectives_alone(cands, flags, spec)
     if spec.rrf_members == "all":
         return torch.full((n,), 1.0 / n), alone
 
