@@ -129,8 +129,12 @@ class RunDir:
         record.write(self.metrics)
 
 
+#: the evaluated stages, each with its lists and targets in a run folder
+STAGES = ("val", "test")
+
+
 def _stage(stage: str) -> str:
-    if stage not in ("val", "test"):
+    if stage not in STAGES:
         raise ValueError(f"stage must be 'val' or 'test', got {stage!r}")
     return stage
 

@@ -39,7 +39,7 @@ import pandas as pd
 import torch
 
 from recozoo import artifacts
-from recozoo.artifacts import RunDir, RunRecord
+from recozoo.artifacts import STAGES, RunDir, RunRecord
 from recozoo.ensemble.normalise import FusionRule, normalise_lists
 from recozoo.evaluation.saved_lists import saved_facts, score_lists
 from recozoo.metrics import functional as F
@@ -50,7 +50,6 @@ from recozoo.top_k import top_k
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("ndcg", "tail")
-STAGES = ("val", "test")
 #: which runs reciprocal rank fusion sums (`FusionSpec.rrf_members`)
 RRF_MEMBERS = ("selected", "all")
 #: relative member weights tried by the coordinate ascent (the start member has weight 1).
@@ -322,14 +321,13 @@ def member_sets(folders: list[Path | str]) -> list[Members]:
             and RunDir(r.path).rankings("val").exists()
             and RunDir(r.path).rankings("test").exists()]
     groups, _ = group_runs(runs)
-    by_seed: dict[tuple, tuple[dict, list[Run]]] = {}
+    by_seed: dict[tuple, list[Run]] = {}  # (protocol's items, seed) -> runs
     for group in groups:
         for variant in group.variants.values():
             for run in variant:
-                key = (tuple(group.protocol.items()), run.seed)
-                by_seed.setdefault(key, (group.protocol, []))[1].append(run)
-    return [Members(members, RunGroup(protocol, (seed,) if seed is not None else ()))
-            for (_, seed), (protocol, members) in by_seed.items()]
+                by_seed.setdefault((tuple(group.protocol.items()), run.seed), []).append(run)
+    return [Members(members, RunGroup(dict(protocol), (seed,) if seed is not None else ()))
+            for (protocol, seed), members in by_seed.items()]
 
 
 def fuse(members: Members, spec: FusionSpec, out_dir: Path | str) -> RunRecord:
@@ -349,18 +347,18 @@ def fuse(members: Members, spec: FusionSpec, out_dir: Path | str) -> RunRecord:
               for stage in STAGES}
     targets = {stage: pd.read_parquet(first.targets(stage)) for stage in STAGES}
     every = candidates(frames["val"], spec, by_position)
-    if spec.method == "rrf":
-        weights, alone = select_members(every, every.flags(targets["val"], tail), spec)
-    else:
-        weights, alone = tune_weights(every, every.flags(targets["val"], tail), spec)
+    every_flags = every.flags(targets["val"], tail)
+    choose = select_members if spec.method == "rrf" else tune_weights
+    weights, alone = choose(every, every_flags, spec)
     # the lists come from the members with a say: a member at weight 0 adds no candidates
     used = [m for m in range(len(members.runs)) if weights[m] > 0]
     runs, used_weights = [members.runs[m] for m in used], weights[used]
     stages = {stage: every if stage == "val" and len(used) == len(members.runs) else
               candidates([frames[stage][m] for m in used], spec, [by_position[m] for m in used])
               for stage in STAGES}
-    fused_val = objective(stages["val"].fused(used_weights),
-                          stages["val"].flags(targets["val"], tail), spec)
+    val_flags = (every_flags if stages["val"] is every
+                 else stages["val"].flags(targets["val"], tail))
+    fused_val = objective(stages["val"].fused(used_weights), val_flags, spec)
     log.info("%s of %d runs (%d with a weight): validation objective %.4f (best single %s %.4f)",
              spec.name, len(members.runs), len(used), fused_val, labels[int(np.argmax(alone))],
              max(alone))

@@ -28,7 +28,7 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torchmetrics import MetricCollection
 
-from recozoo.artifacts import RunDir, StageListWriter
+from recozoo.artifacts import STAGES, RunDir, StageListWriter
 from recozoo.data.datamodule import DatasetInfo, EvalBatch
 from recozoo.distributed import gather_objects, gather_tensors, on_any_rank, rank_and_world_size
 from recozoo.evaluation.ranking import Ranker
@@ -43,7 +43,6 @@ from recozoo.metrics.suite import (
 from recozoo.runtime import one_thread
 from recozoo.training_callbacks import logging_step
 
-STAGES = ("val", "test")
 #: what metrics.json's ``val_curve`` keeps of each validation inside the fit: these metrics at
 #: every K (not per bucket), and the rating errors of models that predict ratings
 CURVE_METRICS = ("ndcg", "recall", "tail_recall")
