@@ -140,7 +140,7 @@ class PanelSettings:
         threads: torch threads per run.
         retry_failed: run again the runs that failed before.
         keep_stale: keep finished runs whose model settings differ from today's defaults (they
-            are marked stale in the report); false: move them aside (``s<seed>.stale-<time>``)
+            are marked stale in the report); false: move them aside (``<model>/.stale/s<seed>-<time>``)
             and run them again, so the panel shows the defaults as they are now.
         report_only: write the report from the runs found, run nothing.
         rerun_before: a git commit (or anything git names one by: a tag, ``HEAD~3``): finished
@@ -311,15 +311,37 @@ def diff_settings(ran: dict[str, Any] | None, expected: dict[str, Any]
     return changed, added
 
 
+#: where a model's stale runs are kept, beside its cells: a hidden folder, which the leaderboard,
+#: fusion and serving do not search, so a panel folder fused or ranked as a sweep holds the
+#: current runs alone
+STALE_DIR = ".stale"
+
+
 def set_aside(folder: Path) -> Path:
-    """Move a stale run (and its log) to ``<folder>.stale-<time>``; nothing is deleted."""
+    """Move a stale run (and its log) to ``.stale/<name>-<time>`` beside it; nothing is deleted."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    target = folder.with_name(f"{folder.name}.stale-{stamp}")
+    target = folder.parent / STALE_DIR / f"{folder.name}-{stamp}"
+    target.parent.mkdir(exist_ok=True)
     folder.rename(target)
     log = folder.with_suffix(".log")
-    if log.exists():  # with_suffix would read ".stale-<time>" as the suffix and keep "s1.log"
+    if log.exists():
         log.rename(target.with_name(f"{target.name}.log"))
     return target
+
+
+def tidy_stale(out: Path) -> list[Path]:
+    """Move the stale runs that earlier panels kept as ``s<seed>.stale-<time>`` (where the
+    leaderboard and fusion counted them as runs) into their model's `STALE_DIR`; returns the
+    new places."""
+    moved = []
+    for old in sorted(out.glob("*/*/s*.stale-*")):
+        seed, _, stamp = old.name.partition(".stale-")
+        target = old.parent / STALE_DIR / f"{seed}-{stamp}"
+        if not target.exists():
+            target.parent.mkdir(exist_ok=True)
+            old.rename(target)
+            moved.append(target)
+    return moved
 
 
 def run_folder(out: Path, dataset: str, model: str, seed: int) -> Path:
@@ -512,8 +534,10 @@ def _needs_run(settings: PanelSettings, out: Path, ledger: Ledger, dataset: str,
             made = f"made at {short_code(found.code)}"
         reason = f"{made}, not at or after {settings.rerun_before}"
     if reason:
-        where = (f"old run kept in {set_aside(run_folder(out, dataset, model, seed)).name}"
-                 if found.in_folder else "its record stays in the ledger's git history")
+        where = "its record stays in the ledger's git history"
+        if found.in_folder:
+            kept = set_aside(run_folder(out, dataset, model, seed))
+            where = f"old run kept in {kept.relative_to(out)}"
         print(f"          {dataset} {model} seed {seed}: {reason}; {where}", flush=True)
         return True
     return not found.ok and settings.retry_failed
@@ -812,6 +836,9 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(f"rerun_before={settings.rerun_before} names no commit of the checkout "
                          f"at {root}")
     out = Path(settings.out).expanduser().resolve()
+    if out.is_dir():
+        for moved in tidy_stale(out):
+            print(f"an earlier panel's stale run moved to {moved}")
     ledger_path = settings.ledger_path(root)
     ledger = read_ledger(ledger_path)
     scope = report_scope(settings, models, available, ledger)

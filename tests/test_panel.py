@@ -12,6 +12,7 @@ from bench.process import ProcessResult
 from omegaconf import OmegaConf
 
 from recozoo.artifacts import RunDir, RunRecord
+from recozoo.report import find_runs
 
 
 def _write(out, dataset, model, seed, ndcg, ok=True, threads=None):
@@ -114,10 +115,28 @@ def test_runs_made_with_other_settings_are_set_aside_and_run_again(tmp_path, mon
     panel.run_folder(out, "shop", "multvae", 1).with_suffix(".log").write_text("old run")
     panel.run_panel(settings, tmp_path, None, out, ["multvae", "ease"], expected)
     assert [c[c.index("train.py") + 2] for c in started] == ["model=multvae"]
-    old_logs = list((out / "shop" / "multvae").glob("s1.stale-*.log"))
+    stale = out / "shop" / "multvae" / panel.STALE_DIR
+    old_logs = list(stale.glob("s1-*.log"))
     assert [log.read_text() for log in old_logs] == ["old run"]  # the old log moved with it
-    moved = [p for p in (out / "shop" / "multvae").glob("s1.stale-*") if p.is_dir()]
+    moved = [p for p in stale.glob("s1-*") if p.is_dir()]
     assert len(moved) == 1 and RunDir(moved[0]).read_record().metrics["test/ndcg@10"] == 0.2
+    # the old run is kept where a leaderboard or fusion of the panel's folder does not count it
+    assert [run.path for run in find_runs([out / "shop"])] == [
+        panel.run_folder(out, "shop", "ease", 1)]
+
+
+def test_stale_runs_an_earlier_panel_kept_among_the_cells_are_moved_out_of_the_way(tmp_path):
+    """Earlier panels kept a stale run as ``s<seed>.stale-<time>`` beside the cells, where
+    `find_runs` (the leaderboard's and fusion's) counted it as a run: the panel moves it."""
+    cell = tmp_path / "shop" / "bpr"
+    old = cell / "s1.stale-20261207-101500"
+    _write(tmp_path, "shop", "bpr", 1, 0.1)
+    panel.run_folder(tmp_path, "shop", "bpr", 1).rename(old)
+    _write(tmp_path, "shop", "bpr", 1, 0.2)
+    assert len(find_runs([tmp_path / "shop"])) == 2
+    assert panel.tidy_stale(tmp_path) == [cell / panel.STALE_DIR / "s1-20261207-101500"]
+    assert not old.exists() and [r.path for r in find_runs([tmp_path / "shop"])] == [cell / "s1"]
+    assert panel.tidy_stale(tmp_path) == []
 
 
 def test_a_cell_is_judged_by_its_datasets_split_settings_too(tmp_path):
@@ -365,7 +384,7 @@ def test_runs_made_before_a_commit_run_again_and_the_report_names_each_cells_cod
         ("model=pop", "seed=3"), ("model=pop", "seed=4"),  # pop's seeds 2-4 were never run
         ("model=bpr", "seed=4")]
     for seed in (1, 4):  # set aside, not lost
-        assert len(list((out / "shop" / "bpr").glob(f"s{seed}.stale-*"))) == 1
+        assert len(list((out / "shop" / "bpr" / panel.STALE_DIR).glob(f"s{seed}-*"))) == 1
     with pytest.raises(SystemExit, match="rerun_before=no-such names no commit"):
         panel.main(["rerun_before=no-such", f"out={out}", f"report={tmp_path / 'p.md'}"])
 
