@@ -330,9 +330,9 @@ def set_aside(folder: Path) -> Path:
 
 
 def tidy_stale(out: Path) -> list[Path]:
-    """Move the stale runs that earlier panels kept as ``s<seed>.stale-<time>`` (where the
-    leaderboard and fusion counted them as runs) into their model's `STALE_DIR`; returns the
-    new places."""
+    """Move the stale runs (and their logs) that earlier panels kept as ``s<seed>.stale-<time>``
+    (where the leaderboard and fusion counted them as runs) into their model's `STALE_DIR`;
+    returns the new places."""
     moved = []
     for old in sorted(out.glob("*/*/s*.stale-*")):
         seed, _, stamp = old.name.partition(".stale-")
@@ -836,9 +836,10 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(f"rerun_before={settings.rerun_before} names no commit of the checkout "
                          f"at {root}")
     out = Path(settings.out).expanduser().resolve()
-    if out.is_dir():
-        for moved in tidy_stale(out):
-            print(f"an earlier panel's stale run moved to {moved}")
+    moved = tidy_stale(out) if out.is_dir() else []
+    if moved:
+        print(f"{len(moved)} stale runs and logs that earlier panels kept among the cells moved "
+              f"into their model's {STALE_DIR}/ (e.g. {moved[0].relative_to(out)})")
     ledger_path = settings.ledger_path(root)
     ledger = read_ledger(ledger_path)
     scope = report_scope(settings, models, available, ledger)

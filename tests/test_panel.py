@@ -132,9 +132,11 @@ def test_stale_runs_an_earlier_panel_kept_among_the_cells_are_moved_out_of_the_w
     old = cell / "s1.stale-20261207-101500"
     _write(tmp_path, "shop", "bpr", 1, 0.1)
     panel.run_folder(tmp_path, "shop", "bpr", 1).rename(old)
+    (cell / "s1.stale-20261207-101500.log").write_text("old log")
     _write(tmp_path, "shop", "bpr", 1, 0.2)
     assert len(find_runs([tmp_path / "shop"])) == 2
-    assert panel.tidy_stale(tmp_path) == [cell / panel.STALE_DIR / "s1-20261207-101500"]
+    assert panel.tidy_stale(tmp_path) == [cell / panel.STALE_DIR / "s1-20261207-101500",
+                                          cell / panel.STALE_DIR / "s1-20261207-101500.log"]
     assert not old.exists() and [r.path for r in find_runs([tmp_path / "shop"])] == [cell / "s1"]
     assert panel.tidy_stale(tmp_path) == []
 
