@@ -3,7 +3,8 @@ and seeds, so a default is judged by how it does everywhere, not on the data it 
 
 Each (dataset, model, seed) is one ``python train.py`` run in ``<out>/<dataset>/<model>/s<seed>``.
 The panel is resumable: a run whose folder holds a finished ``metrics.json``, or that the ledger
-(``bench/panel_runs.json``, kept in git) records, is not run again, so it can be completed over
+(``bench/panel_runs.json``, kept in git, which records each run as it ends) records, is not run
+again, so it can be completed over
 several sittings, on several machines, and in parts (``datasets=``, ``models=``, ``seeds=``,
 ``budget_minutes=``). Every call rewrites the report from all the runs found (``report_only=true``
 only reports): per dataset a leaderboard of test metrics with the mean and a 95% interval over
@@ -18,6 +19,7 @@ Datasets: ``shop`` is embedded; the others read the files in ``<shared>/data`` (
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -28,6 +30,7 @@ import shlex
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -423,7 +426,32 @@ def update_ledger(path: Path, table: dict[str, dict[str, dict[str, Any]]]) -> No
     """Add the finished runs of ``table`` (`collect`) whose records come from run folders to the
     ledger file, replacing earlier records of the same cells; the other cells' records are
     kept. A record ``table`` took from the ledger is not written back: the ledger was read when
-    the panel started, and another panel process may have replaced that record since."""
+    the panel started, and another panel process may have replaced that record since. The
+    read and the write hold a lock (``.<name>.lock`` beside it), so that two panel processes
+    recording at once do not drop each other's runs."""
+    with _locked(path):
+        _merge_into_ledger(path, table)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path``'s lock file (POSIX ``flock``; none where there is no
+    ``fcntl``)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: one panel process at a time
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _merge_into_ledger(path: Path, table: dict[str, dict[str, dict[str, Any]]]) -> None:
     runs = json.loads(path.read_text()) if path.exists() else {}
     for dataset, models in table.items():
         for model, entry in models.items():
@@ -455,14 +483,16 @@ def find_run(out: Path, ledger: Ledger, dataset: str, model: str, seed: int) -> 
 def run_panel(settings: PanelSettings, root: Path, shared: Path | None, out: Path,
               models: list[str], expected: dict[str, dict[str, Any]] | None = None,
               ledger: Ledger | None = None,
-              by_dataset: dict[str, dict[str, Any]] | None = None) -> list[str]:
+              by_dataset: dict[str, dict[str, Any]] | None = None,
+              ledger_path: Path | None = None) -> list[str]:
     """Run every missing (dataset, model, seed); returns what was skipped and why.
 
     A run is done when its folder holds a finished record or ``ledger`` holds it. ``expected``
     (``current_settings``) and ``by_dataset`` (``dataset_settings``): a done run whose settings
     differ is stale: set aside (a folder is
     moved, a ledger entry is replaced when the report is written) and run again, unless
-    ``settings.keep_stale``."""
+    ``settings.keep_stale``. With ``ledger_path`` each finished run is added to that ledger as
+    soon as it ends, so that a panel stopped part way loses none of the runs it finished."""
     skipped, start, ledger = [], time.monotonic(), ledger or {}
     for name in settings.datasets:
         dataset = DATASETS[name]
@@ -502,6 +532,9 @@ def run_panel(settings: PanelSettings, root: Path, shared: Path | None, out: Pat
                     RunDir(folder).write_record(RunRecord(
                         status="failed", model=model, seed=seed,
                         error=f"exit {result.returncode}: {result.tail(3)}"))
+                if ledger_path is not None:
+                    update_ledger(ledger_path, collect(out, [name], [model], [seed], expected,
+                                                       by_dataset=by_dataset))
     return skipped
 
 
@@ -846,7 +879,8 @@ def main(argv: list[str] | None = None) -> Path:
     expected = current_settings(root, scope.models, settings.overrides)
     by_dataset = dataset_settings(root, scope.datasets)
     skipped = ([] if settings.report_only else
-               run_panel(settings, root, shared, out, models, expected, ledger, by_dataset))
+               run_panel(settings, root, shared, out, models, expected, ledger, by_dataset,
+                         ledger_path))
     skipped += [f"{d}: {why}" for d in scope.datasets
                 if (settings.report_only or d not in settings.datasets)
                 and (why := DATASETS[d].missing(shared))]

@@ -423,3 +423,25 @@ def test_recozoo_against_recbole_over_seeds_pairs_the_same_seeds(tmp_path):
     assert lines[3] == ("| bpr | 2 | 0.3100 ± 0.1271 | 0.2950 ± 0.0635 | 0.0150 ± 0.0635 | "
                         "level (the interval holds 0) |")
     assert lines[4].endswith("| below |")  # -.011, -.012, -.013: the interval excludes 0
+
+
+def test_each_finished_run_is_in_the_ledger_even_if_the_panel_stops_part_way(tmp_path,
+                                                                             monkeypatch):
+    """A panel stopped during its second run (a session's end, Ctrl-C) has recorded the first
+    in the ledger: it is not lost with the report the call never wrote."""
+    out, ledger_path = tmp_path / "runs", tmp_path / "panel_runs.json"
+    calls = []
+
+    def run(command, **_):
+        calls.append(command)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        _write(out, "shop", "pop", 1, 0.1)
+        return ProcessResult(returncode=0, output="", seconds=0.0, peak_rss_mb=0.0)
+
+    monkeypatch.setattr(panel, "run_process", run)
+    settings = panel.PanelSettings(datasets=["shop"], seeds=[1])
+    with pytest.raises(KeyboardInterrupt):
+        panel.run_panel(settings, tmp_path, None, out, ["pop", "bpr"], ledger_path=ledger_path)
+    assert sorted(panel.read_ledger(ledger_path)) == [("shop", "pop", 1)]
+    assert panel.read_ledger(ledger_path)[("shop", "pop", 1)].metrics["test/ndcg@10"] == 0.1
