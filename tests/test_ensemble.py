@@ -40,7 +40,8 @@ def write_member(folder: Path, model: str, first: dict[str, callable], decoys: r
                  present: dict[str, bool] | None = None, rerank: str = "none",
                  seed: int = 1) -> Path:
     """A run folder with rankings for both stages; ``first[stage](user)`` says where the target
-    goes; ``present[stage]`` False leaves the target out of the list. A ``rerank`` other than
+    goes; ``present[stage]`` False (or a function of the user that says False) leaves the target
+    out of the list. A ``rerank`` other than
     "none" writes what a re-ranked run saves: the model's scores in the re-ranked order, here
     rising down the list (the re-ranker promoted the items the model scored lowest)."""
     folder.mkdir(parents=True)
@@ -48,7 +49,8 @@ def write_member(folder: Path, model: str, first: dict[str, callable], decoys: r
         rows = []
         for user in range(N_USERS):
             items = ranked_list(user, stage, first[stage](user), decoys)
-            if present is not None and not present[stage]:
+            shown = present[stage] if present is not None else True
+            if not (shown(user) if callable(shown) else shown):
                 items = list(decoys)[:LIST]
             rows += [(user, rank, item, float(rank if rerank != "none" else LIST - rank))
                      for rank, item in enumerate(items, start=1)]
@@ -127,6 +129,35 @@ def test_reciprocal_rank_fusion_leaves_out_the_members_that_outvote_the_best(swe
     assert description["best_single_val_objective"] == pytest.approx(ALONE)
     with pytest.raises(ValueError, match="rrf_members"):
         FusionSpec(method="rrf", rrf_members="some")
+
+
+def test_max_members_caps_the_runs_a_fusion_weights(tmp_path):
+    """Three runs each list the target first for a third of the users and not at all for the
+    others, each with decoys of its own: the three alike rank every target first (equal scores
+    go to the lower item, the target), any two rank two thirds, one run a third. Serving a
+    fusion loads its weighted runs, so max_members bounds what it loads."""
+    for k, name in enumerate("abc"):
+        in_third = {stage: (lambda u, k=k: u % 3 == k) for stage in ("val", "test")}
+        write_member(tmp_path / name, name, in_third, range(30 + 10 * k, 40 + 10 * k),
+                     present=in_third)
+    thirds = [sum(u % 3 == k for u in range(N_USERS)) / N_USERS for k in range(3)]  # 14, 13, 13
+    expected = {None: 1.0, 2: 1 - min(thirds), 1: max(thirds)}
+    for max_members, ndcg in expected.items():
+        out = tmp_path / f"fused_{max_members}"
+        fuse_sweep(tmp_path, FusionSpec(max_members=max_members), out)
+        description = json.loads((out / "fusion.json").read_text())
+        assert len(description["members"]) == (max_members or 3)
+        assert sum(w > 0 for w in description["weights"].values()) == (max_members or 3)
+        assert description["val_objective"] == pytest.approx(ndcg)
+        assert fused_metrics(out)["test/ndcg@10"] == pytest.approx(ndcg)
+    out = tmp_path / "rrf_2"
+    assert ensemble_main([str(tmp_path), "method=rrf", "max_members=2", f"out={out}",
+                          "report=false"]) == 0
+    assert len(json.loads((out / "fusion.json").read_text())["members"]) == 2
+    assert fused_metrics(out)["test/ndcg@10"] == pytest.approx(expected[2])
+    for bad in ({"max_members": 0}, {"method": "rrf", "rrf_members": "all", "max_members": 2}):
+        with pytest.raises(ValueError, match="max_members"):
+            FusionSpec(**bad)
 
 
 def test_tail_objective_adds_tail_recall(sweep):

@@ -56,17 +56,19 @@ class LeaderboardCallback(Callback):
         fusion: fusion variants to build before the leaderboard (names of `FUSION_VARIANTS`);
             empty for none.
         tail_weight: lambda of the ``tail`` fusion objective.
+        max_members: at most this many runs get a weight in each fusion (None: no limit).
         plots: write the PNG plots.
     """
 
     def __init__(self, fusion: list[str] | None = None, tail_weight: float = 1.0,
-                 plots: bool = True) -> None:
+                 max_members: int | None = None, plots: bool = True) -> None:
         unknown = sorted(set(fusion or []) - set(FUSION_VARIANTS))
         if unknown:
             raise ValueError(f"hydra.callbacks.leaderboard.fusion: unknown variants {unknown}; "
                              f"choose from {sorted(FUSION_VARIANTS)}")
         self.fusion = list(fusion or [])
         self.tail_weight = tail_weight
+        self.max_members = max_members
         self.plots = plots
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -84,7 +86,7 @@ class LeaderboardCallback(Callback):
         from recozoo.ensemble import FusionSpec, fuse_sweep
 
         for name in self.fusion:
-            options = dict(FUSION_VARIANTS[name])
+            options = dict(FUSION_VARIANTS[name], max_members=self.max_members)
             if name == "tail":
                 options["tail_weight"] = self.tail_weight
             try:

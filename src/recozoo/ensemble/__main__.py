@@ -36,6 +36,8 @@ class EnsembleSettings:
         k: cut-off of the objective.
         rrf_members: selected (rrf over the runs chosen on validation, forward from the
             best) or all (every run alike, the textbook rule).
+        max_members: at most this many runs get a weight (null: no limit): serving the
+            fusion then loads at most that many models (`recozoo.ensemble.FusionSpec`).
         out: the fusion folder (null: <sweep>/fusion, fusion_rrf or fusion_tail).
         report: rewrite the sweep's leaderboard afterwards.
     """
@@ -47,6 +49,7 @@ class EnsembleSettings:
     tail_weight: float = 1.0
     k: int = 10
     rrf_members: str = "selected"
+    max_members: int | None = None
     out: str | None = None
     report: bool = True
 
@@ -62,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = FusionSpec(method=settings.method, normalization=settings.normalization,
                           objective=settings.objective, tail_weight=settings.tail_weight,
-                          k=settings.k, rrf_members=settings.rrf_members)
+                          k=settings.k, rrf_members=settings.rrf_members,
+                          max_members=settings.max_members)
         fused = fuse_sweep(folders, spec, Path(settings.out) if settings.out else None)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

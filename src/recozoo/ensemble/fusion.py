@@ -72,6 +72,11 @@ class FusionSpec:
         rrf_members: ``selected`` (reciprocal rank fusion over the members chosen on
             validation, `select_members`) or ``all`` (every run alike, the textbook rule).
         max_passes: coordinate-ascent passes over the members.
+        max_members: at most this many runs get a weight (None: no limit), so that serving the
+            fusion loads no more models than that. Weighted: the best run alone and the runs
+            the unlimited tuning weighted most, tuned again among themselves; rrf
+            (``rrf_members="selected"``): the forward selection stops there. Either way never
+            below the best run alone on validation.
     """
 
     method: str = "weighted"
@@ -82,6 +87,7 @@ class FusionSpec:
     rrf_k: int = 60
     rrf_members: str = "selected"
     max_passes: int = 4
+    max_members: int | None = None
 
     def __post_init__(self) -> None:
         self.rule  # noqa: B018 (checks method, normalization and rrf_k)
@@ -91,6 +97,12 @@ class FusionSpec:
         if self.rrf_members not in RRF_MEMBERS:
             raise ValueError(f"fusion rrf_members must be one of {RRF_MEMBERS}, got "
                              f"{self.rrf_members!r}")
+        if self.max_members is not None and self.max_members < 1:
+            raise ValueError(f"fusion max_members must be at least 1 (or None: no limit), got "
+                             f"{self.max_members}")
+        if self.max_members is not None and self.method == "rrf" and self.rrf_members == "all":
+            raise ValueError("fusion max_members limits the runs rrf chooses; with "
+                             "rrf_members='all' every run is used: set rrf_members='selected'")
         if self.tail_weight < 0 or self.k < 1:
             raise ValueError(f"fusion needs tail_weight >= 0 and k >= 1; got "
                              f"{self.tail_weight}, {self.k}")
@@ -225,10 +237,26 @@ def tune_weights(cands: Candidates, flags: tuple[torch.Tensor, ...], spec: Fusio
     """
     n = cands.values.shape[2]
     alone = objectives_alone(cands, flags, spec)
-    starts = [torch.eye(n)[int(np.argmax(alone))], torch.ones(n)]
-    ends = [_coordinate_ascent(cands, flags, spec, start) for start in starts]
-    weights, _ = max(ends, key=lambda end: end[1])  # ties: the first start, the best member
+    best = int(np.argmax(alone))
+    weights = _ascend_from_two_starts(cands, flags, spec, best, list(range(n)))
+    if spec.max_members is not None and int((weights > 0).sum()) > spec.max_members:
+        # the best run alone and the runs weighted most (ties: the better alone), tuned again
+        others = sorted((m for m in range(n) if m != best),
+                        key=lambda m: (-float(weights[m]), -alone[m], m))
+        kept = sorted([best, *others[:spec.max_members - 1]])
+        weights = _ascend_from_two_starts(cands, flags, spec, best, kept)
     return weights / weights.sum(), alone
+
+
+def _ascend_from_two_starts(cands: Candidates, flags: tuple[torch.Tensor, ...],
+                            spec: FusionSpec, best: int, members: list[int]) -> torch.Tensor:
+    """`tune_weights`' ascent over ``members`` (the others stay at weight 0) from the best
+    member alone and from equal weights; the better end (ties: the first)."""
+    equal = torch.zeros(cands.values.shape[2])
+    equal[members] = 1.0
+    starts = [torch.eye(len(equal))[best], equal]
+    ends = [_coordinate_ascent(cands, flags, spec, start, members) for start in starts]
+    return max(ends, key=lambda end: end[1])[0]
 
 
 def select_members(cands: Candidates, flags: tuple[torch.Tensor, ...], spec: FusionSpec
@@ -253,7 +281,7 @@ def select_members(cands: Candidates, flags: tuple[torch.Tensor, ...], spec: Fus
         return weights
 
     chosen, best = [int(np.argmax(alone))], max(alone)
-    while len(chosen) < n:
+    while len(chosen) < min(n, spec.max_members or n):
         trials = [(objective(cands.fused(alike(chosen + [m])), flags, spec), m)
                   for m in range(n) if m not in chosen]
         value, member = max(trials, key=lambda trial: trial[0])  # the first of equal values
@@ -265,11 +293,11 @@ def select_members(cands: Candidates, flags: tuple[torch.Tensor, ...], spec: Fus
 
 
 def _coordinate_ascent(cands: Candidates, flags: tuple[torch.Tensor, ...], spec: FusionSpec,
-                       weights: torch.Tensor) -> tuple[torch.Tensor, float]:
+                       weights: torch.Tensor, members: list[int]) -> tuple[torch.Tensor, float]:
     best = objective(cands.fused(weights), flags, spec)
     for _ in range(spec.max_passes):
         improved = False
-        for member in range(len(weights)):
+        for member in members:
             for value in WEIGHT_GRID:
                 trial = weights.clone()
                 trial[member] = value
