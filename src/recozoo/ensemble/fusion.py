@@ -73,10 +73,10 @@ class FusionSpec:
             validation, `select_members`) or ``all`` (every run alike, the textbook rule).
         max_passes: coordinate-ascent passes over the members.
         max_members: at most this many runs get a weight (None: no limit), so that serving the
-            fusion loads no more models than that. Weighted: the best run alone and the runs
-            the unlimited tuning weighted most, tuned again among themselves; rrf
-            (``rrf_members="selected"``): the forward selection stops there. Either way never
-            below the best run alone on validation.
+            fusion loads no more models than that: forward selection from the best run alone,
+            stopped there (weighted: `_forward_weights`, the weights tuned again each round;
+            rrf with ``rrf_members="selected"``: `select_members`). Never below the best run
+            alone on validation.
     """
 
     method: str = "weighted"
@@ -238,25 +238,36 @@ def tune_weights(cands: Candidates, flags: tuple[torch.Tensor, ...], spec: Fusio
     n = cands.values.shape[2]
     alone = objectives_alone(cands, flags, spec)
     best = int(np.argmax(alone))
-    weights = _ascend_from_two_starts(cands, flags, spec, best, list(range(n)))
-    if spec.max_members is not None and int((weights > 0).sum()) > spec.max_members:
-        # the best run alone and the runs weighted most (ties: the better alone), tuned again
-        others = sorted((m for m in range(n) if m != best),
-                        key=lambda m: (-float(weights[m]), -alone[m], m))
-        kept = sorted([best, *others[:spec.max_members - 1]])
-        weights = _ascend_from_two_starts(cands, flags, spec, best, kept)
+    if spec.max_members is not None and spec.max_members < n:
+        return _forward_weights(cands, flags, spec, best), alone
+    starts = [torch.eye(n)[best], torch.ones(n)]
+    ends = [_coordinate_ascent(cands, flags, spec, start, list(range(n))) for start in starts]
+    weights, _ = max(ends, key=lambda end: end[1])  # ties: the first start, the best member
     return weights / weights.sum(), alone
 
 
-def _ascend_from_two_starts(cands: Candidates, flags: tuple[torch.Tensor, ...],
-                            spec: FusionSpec, best: int, members: list[int]) -> torch.Tensor:
-    """`tune_weights`' ascent over ``members`` (the others stay at weight 0) from the best
-    member alone and from equal weights; the better end (ties: the first)."""
-    equal = torch.zeros(cands.values.shape[2])
-    equal[members] = 1.0
-    starts = [torch.eye(len(equal))[best], equal]
-    ends = [_coordinate_ascent(cands, flags, spec, start, members) for start in starts]
-    return max(ends, key=lambda end: end[1])[0]
+def _forward_weights(cands: Candidates, flags: tuple[torch.Tensor, ...], spec: FusionSpec,
+                     best: int) -> torch.Tensor:
+    """At most ``spec.max_members`` weighted members, forward from the best alone: each round
+    tries every other member at every weight of `WEIGHT_GRID` beside the chosen ones, adds the
+    one that raises the objective most (ties: the earlier member, the smaller weight), and tunes
+    the chosen members' weights again by coordinate ascent; it stops where no member raises it."""
+    n = cands.values.shape[2]
+    weights, chosen = torch.eye(n)[best], [best]
+    value = objective(cands.fused(weights), flags, spec)
+    while len(chosen) < spec.max_members:
+        trials = []
+        for member in (m for m in range(n) if m not in chosen):
+            for grid_value in WEIGHT_GRID[1:]:
+                trial = weights.clone()
+                trial[member] = grid_value
+                trials.append((objective(cands.fused(trial), flags, spec), -member, trial))
+        top, minus_member, trial = max(trials, key=lambda t: t[:2])  # first of equal values
+        if top <= value + 1e-9:
+            break
+        chosen.append(-minus_member)
+        weights, value = _coordinate_ascent(cands, flags, spec, trial, sorted(chosen))
+    return weights / weights.sum()
 
 
 def select_members(cands: Candidates, flags: tuple[torch.Tensor, ...], spec: FusionSpec
