@@ -230,7 +230,8 @@ def tune_weights(cands: Candidates, flags: tuple[torch.Tensor, ...], spec: Fusio
                  ) -> tuple[torch.Tensor, list[float]]:
     """Coordinate ascent over `WEIGHT_GRID` from two starts, the best single member and equal
     weights (CombSUM); the better end point on validation wins. A greedy ascent from one member
-    alone can stall where no single other member helps, although a mix of them would.
+    alone can stall where no single other member helps, although a mix of them would. With
+    ``spec.max_members`` below the number of members, `_forward_weights` instead.
 
     Returns:
         the weights (summing to 1) and each member's objective alone.
