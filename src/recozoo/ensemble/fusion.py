@@ -31,6 +31,7 @@ import math
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -249,34 +250,51 @@ def tune_weights(cands: Candidates, flags: tuple[torch.Tensor, ...], spec: Fusio
 
 def _forward_weights(cands: Candidates, flags: tuple[torch.Tensor, ...], spec: FusionSpec,
                      best: int) -> torch.Tensor:
-    """At most ``spec.max_members`` weighted members, forward from the best alone: each round
-    tries every other member at every weight of `WEIGHT_GRID` beside the chosen ones, adds the
-    one that raises the objective most (ties: the earlier member, the smaller weight), and tunes
-    the chosen members' weights again by coordinate ascent; it stops where no member raises it."""
+    """At most ``spec.max_members`` weighted members, by `forward_selection` from the best
+    alone: a member joins at the weight of `WEIGHT_GRID` that serves the objective most, and the
+    chosen members' weights are tuned again by coordinate ascent after each round."""
+    def joined(weights: torch.Tensor, member: int) -> list[torch.Tensor]:
+        trials = [weights.clone() for _ in WEIGHT_GRID[1:]]
+        for trial, grid_value in zip(trials, WEIGHT_GRID[1:]):
+            trial[member] = grid_value
+        return trials
+
+    weights = forward_selection(cands, flags, spec, best, joined, lambda trial, chosen:
+                                _coordinate_ascent(cands, flags, spec, trial, chosen))
+    return weights / weights.sum()
+
+
+def forward_selection(cands: Candidates, flags: tuple[torch.Tensor, ...], spec: FusionSpec,
+                      best: int, joined: Callable[[torch.Tensor, int], list[torch.Tensor]],
+                      tune: Callable[[torch.Tensor, list[int]], tuple[torch.Tensor, float]]
+                      | None = None) -> torch.Tensor:
+    """Members chosen forward on validation from ``best`` alone: each round tries every other
+    member's ``joined(weights, member)`` weight vectors, keeps the one that raises the objective
+    most (ties: the earlier member, then the earlier vector), and ``tune(weights, chosen)``
+    refines it (new weights and objective; none: kept as tried); it stops where no member raises
+    the objective or at ``spec.max_members``, so never below ``best`` alone. Returns the
+    weights."""
     n = cands.values.shape[2]
-    weights, chosen = torch.eye(n)[best], [best]
+    chosen, weights = [best], torch.eye(n)[best]
     value = objective(cands.fused(weights), flags, spec)
-    while len(chosen) < spec.max_members:
-        trials = []
-        for member in (m for m in range(n) if m not in chosen):
-            for grid_value in WEIGHT_GRID[1:]:
-                trial = weights.clone()
-                trial[member] = grid_value
-                trials.append((objective(cands.fused(trial), flags, spec), -member, trial))
-        top, minus_member, trial = max(trials, key=lambda t: t[:2])  # first of equal values
+    while len(chosen) < min(n, spec.max_members or n):
+        trials = [(objective(cands.fused(trial), flags, spec), member, trial)
+                  for member in range(n) if member not in chosen
+                  for trial in joined(weights, member)]
+        top, member, trial = max(trials, key=lambda t: t[0])  # the first of equal values
         if top <= value + 1e-9:
             break
-        chosen.append(-minus_member)
-        weights, value = _coordinate_ascent(cands, flags, spec, trial, sorted(chosen))
-    return weights / weights.sum()
+        chosen.append(member)
+        weights, value = tune(trial, sorted(chosen)) if tune else (trial, top)
+    return weights
 
 
 def select_members(cands: Candidates, flags: tuple[torch.Tensor, ...], spec: FusionSpec
                    ) -> tuple[torch.Tensor, list[float]]:
     """Reciprocal rank fusion's members (equal weights): with ``spec.rrf_members="selected"``,
-    forward selection on validation from the best member alone, each round adding the member
-    whose joining raises the objective most (ties: the earlier member) until none raises it, so
-    the fusion is never worse than its best member on validation; with ``"all"``, every member.
+    `forward_selection` from the best member alone, each member joining at the chosen ones'
+    weight, so the fusion is never worse than its best member on validation; with ``"all"``,
+    every member.
 
     Returns:
         the weights (1 / the number chosen for a chosen member, 0 otherwise) and each member's
@@ -287,21 +305,12 @@ def select_members(cands: Candidates, flags: tuple[torch.Tensor, ...], spec: Fus
     if spec.rrf_members == "all":
         return torch.full((n,), 1.0 / n), alone
 
-    def alike(chosen: list[int]) -> torch.Tensor:
-        weights = torch.zeros(n)
-        weights[chosen] = 1.0 / len(chosen)
-        return weights
+    def alike(weights: torch.Tensor, member: int) -> list[torch.Tensor]:
+        joined = (weights > 0).float()
+        joined[member] = 1.0
+        return [joined / joined.sum()]
 
-    chosen, best = [int(np.argmax(alone))], max(alone)
-    while len(chosen) < min(n, spec.max_members or n):
-        trials = [(objective(cands.fused(alike(chosen + [m])), flags, spec), m)
-                  for m in range(n) if m not in chosen]
-        value, member = max(trials, key=lambda trial: trial[0])  # the first of equal values
-        if value <= best + 1e-9:
-            break
-        chosen.append(member)
-        best = value
-    return alike(sorted(chosen)), alone
+    return forward_selection(cands, flags, spec, int(np.argmax(alone)), alike), alone
 
 
 def _coordinate_ascent(cands: Candidates, flags: tuple[torch.Tensor, ...], spec: FusionSpec,
