@@ -11,7 +11,7 @@ export GOMP_SPINCOUNT ?= 1000
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-full sweep bench panel format lint clean
+.PHONY: help install train test test-full sweep bench panel panel-check format lint clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ bench: $(STAMP) ## speed and quality benchmarks into bench/results.{md,json} (Re
 
 panel: $(STAMP) ## every model x dataset x seed with defaults, resumable (writes bench/panel.md)
 	$(PY) -m bench.panel $(ARGS)
+
+panel-check: $(STAMP) ## run recorded panel cells again here and compare with bench/panel_runs.json
+	$(PY) -m bench.panel_check $(ARGS)
 
 format: $(STAMP) ## format and lint with ruff
 	$(VENV)/bin/ruff format src tests train.py

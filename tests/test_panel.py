@@ -445,3 +445,109 @@ def test_each_finished_run_is_in_the_ledger_even_if_the_panel_stops_part_way(tmp
         panel.run_panel(settings, tmp_path, None, out, ["pop", "bpr"], ledger_path=ledger_path)
     assert sorted(panel.read_ledger(ledger_path)) == [("shop", "pop", 1)]
     assert panel.read_ledger(ledger_path)[("shop", "pop", 1)].metrics["test/ndcg@10"] == 0.1
+
+
+# ---------------------------------------------------------------------------------- the check
+def _ledger(path, cells):
+    """A ledger file recording ``cells``: (dataset, model, seed) -> (ndcg, settings, ok)."""
+    runs = {}
+    for (dataset, model, seed), (ndcg, settings) in cells.items():
+        runs.setdefault(dataset, {}).setdefault(model, {})[str(seed)] = {
+            "metrics": {"test/ndcg@10": ndcg, "test/recall@10": ndcg,
+                        "test/tail_recall@10": None, "test/coverage@10": 0.5,
+                        "val/ndcg@10": ndcg / 2},
+            "train_seconds": 2.0, "settings": settings, "threads": 1,
+            "code": {"commit": "0" * 40, "dirty": False}}
+    path.write_text(json.dumps(runs))
+
+
+def test_the_check_reruns_recorded_cells_and_tells_same_from_different(tmp_path, monkeypatch):
+    """Each recorded cell is run again with the panel's command and the recorded run's threads;
+    a rerun equal to the record is ``same``, one off by more than the tolerance ``differs``
+    (exit status 1), one whose record ran with other settings is shown but not judged; cells
+    the ledger lacks are skipped with the reason, and the ledger is left as it was."""
+    from bench import panel_check
+
+    ledger = tmp_path / "panel_runs.json"
+    _ledger(ledger, {("shop", "pop", 1): (0.1, None), ("shop", "ease", 1): (0.3, None),
+                     ("shop", "bpr", 1): (0.2, {"trainer.max_epochs": 7})})
+    before = ledger.read_bytes()
+    rerun_ndcg = {"pop": 0.1, "ease": 0.3 + 1e-3, "bpr": 0.25}
+    started = []
+
+    def fake_run(command, env=None, **_):
+        model = next(a.split("=")[1] for a in command if a.startswith("model="))
+        folder = next(a.split("=", 1)[1] for a in command if a.startswith("hydra.run.dir="))
+        started.append((model, env["OMP_NUM_THREADS"]))
+        _write_folder(folder, model, rerun_ndcg[model])
+        return ProcessResult(returncode=0, output="", seconds=0.0, peak_rss_mb=0.0)
+
+    def _write_folder(folder, model, ndcg):
+        RunDir(folder).write_record(RunRecord(
+            model=model, seed=1, train_seconds=1.0, metrics={
+                "test/ndcg@10": ndcg, "test/recall@10": ndcg, "test/tail_recall@10": None,
+                "test/coverage@10": 0.5, "val/ndcg@10": ndcg / 2}))
+
+    monkeypatch.setattr(panel_check, "run_process", fake_run)
+    argv = ["datasets=[shop]", "models=[pop,ease,bpr,itemknn]", "seeds=[1]",
+            f"out={tmp_path / 'check'}", f"ledger={ledger}"]
+    assert panel_check.main(argv) == 1  # ease differs
+    assert sorted(started) == [("bpr", "1"), ("ease", "1"), ("pop", "1")]  # the record's threads
+    found = json.loads((tmp_path / "check" / "check.json").read_text())
+    verdicts = {cell["model"]: cell for cell in found["cells"]}
+    assert verdicts["pop"]["verdict"] == "same" and verdicts["pop"]["on"] is None
+    assert verdicts["ease"]["verdict"] == "differs"
+    assert verdicts["ease"]["largest_difference"] == pytest.approx(1e-3)
+    assert verdicts["ease"]["on"] == "test/ndcg@10"
+    assert verdicts["bpr"]["verdict"] == "settings changed"
+    assert "trainer.max_epochs: 7 ->" in verdicts["bpr"]["changes"][0]
+    assert found["skipped"] == ["shop itemknn seed 1: not in the ledger"]
+    text = (tmp_path / "check" / "check.md").read_text()
+    assert "| shop | ease | 1 | 0000000 |" in text and "1 same, 1 differ, 1 with settings" in text
+    assert ledger.read_bytes() == before
+
+
+def test_a_metric_missing_on_one_side_is_a_difference_and_nan_on_both_is_not():
+    from bench import panel_check
+
+    assert panel_check.compare_metrics({"test/ndcg@10": 0.1, "test/tail_recall@10": None},
+                                       {"test/ndcg@10": 0.1,
+                                        "test/tail_recall@10": float("nan")}) == (0.0, None)
+    largest, on = panel_check.compare_metrics({"test/coverage@10": 0.5},
+                                              {"test/coverage@10": None})
+    assert largest == math.inf and on == "test/coverage@10"
+
+
+def test_the_check_reads_again_a_run_it_made_at_the_checkouts_commit(tmp_path, monkeypatch):
+    """A run an earlier check left, made at the checkout's commit from a clean tree, is compared
+    without running it again; one made at another commit is run again."""
+    from bench import panel_check
+
+    from recozoo.provenance import code_version
+
+    ledger = tmp_path / "panel_runs.json"
+    _ledger(ledger, {("shop", "pop", 1): (0.1, None), ("shop", "ease", 1): (0.3, None)})
+    commit = code_version(panel_check.repo_root())["commit"]
+    out = tmp_path / "check"
+    for model, code in (("pop", {"commit": commit, "dirty": False}),
+                        ("ease", {"commit": "f" * 40, "dirty": False})):
+        RunDir(panel.run_folder(out, "shop", model, 1)).write_record(RunRecord(
+            model=model, seed=1, code=code, metrics={"test/ndcg@10": 0.1, "test/recall@10": 0.1,
+                                                     "test/coverage@10": 0.5,
+                                                     "val/ndcg@10": 0.05}))
+    started = []
+
+    def fake_run(command, **_):
+        started.append(next(a for a in command if a.startswith("model=")))
+        return ProcessResult(returncode=1, output="boom", seconds=0.0, peak_rss_mb=0.0)
+
+    monkeypatch.setattr(panel_check, "run_process", fake_run)
+    settings = panel_check.CheckSettings(datasets=["shop"], models=["pop", "ease"],
+                                         ledger=str(ledger))
+    cells, skipped = panel_check.run_check(settings, panel_check.repo_root(), None, out,
+                                           ["pop", "ease"])
+    if commit is None:  # not a git checkout: nothing is reusable
+        pytest.skip("recozoo does not run from a git checkout here")
+    assert started == ["model=ease"]
+    assert [(c["model"], c["verdict"]) for c in cells] == [("pop", "same")]
+    assert len(skipped) == 1 and skipped[0].startswith("shop ease seed 1: the rerun failed")

@@ -1,0 +1,261 @@
+"""``python -m bench.panel_check`` (``make panel-check``): do the panel's recorded figures come out
+again here? Runs chosen cells of the panel afresh and compares them with the ledger.
+
+The panel's figures (`bench/panel.md`) are what its ledger (`bench/panel_runs.json`) records: runs
+made on some machine, at some commit, possibly in a cache since cleared. This check runs each
+chosen (dataset, model, seed) that the ledger records with the panel's own ``train.py`` command
+(`bench.panel.train_command`), with as many torch threads as the recorded run had, into
+``<out>/<dataset>/<model>/s<seed>``, and compares its `bench.panel.KEPT_METRICS` with the
+record. It reads the ledger and writes neither it nor the panel's report or runs.
+
+Verdicts, per cell:
+
+- ``same``: every metric within ``tolerance`` of the record (the default, 1e-6, is float32's
+  rounding: a deterministic run on the same code gives the record to the digit);
+- ``differs``: the largest difference, and on which metric; the exit status is then 1;
+- ``settings changed``: the record ran with other settings than today's defaults (a changed
+  default, not a failure to reproduce; the panel marks such cells stale and runs them again), so
+  its figures are shown beside the rerun but not judged;
+- skipped, with the reason: not in the ledger, a failed run, the dataset's files are absent.
+
+The report (printed, and written to ``<out>/check.md`` with a JSON twin) also names the commit
+each record was made at beside the checkout's: a difference on a record made at an older commit
+may be a change of the code since (``git log <commit>..``), not of the machine. A run left in
+``out`` by an earlier check at the checkout's commit, without uncommitted changes, is read
+again instead of rerun (a check can be completed over several sittings).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import repo_root
+from bench.compare import thread_env
+from bench.panel import (
+    DATASETS,
+    KEPT_METRICS,
+    PRIMARY,
+    FoundRun,
+    PanelSettings,
+    cell_settings,
+    current_settings,
+    dataset_settings,
+    diff_settings,
+    ranking_models,
+    read_ledger,
+    read_run,
+    recbole_seed,
+    run_folder,
+    train_command,
+)
+from bench.process import run_process
+from recozoo.cli import parse_settings
+from recozoo.provenance import code_version, short_code
+
+#: the verdicts a checked cell can have (`check_cell`)
+SAME, DIFFERS, CHANGED = "same", "differs", "settings changed"
+
+
+@dataclass
+class CheckSettings:
+    """Run recorded panel cells again and compare their figures with the ledger's.
+
+    Args:
+        datasets: the panel datasets to check (all: every one in bench/panel.py's DATASETS).
+        models: the models to check (all: every ranking model of conf/model/).
+        seeds: the seeds to check.
+        out: where the check's runs go (not the panel's folder).
+        shared: the folder with data/ (default: the RECOZOO_SHARED environment variable).
+        ledger: the panel's ledger to compare with.
+        tolerance: the largest difference of a metric still called the same.
+        threads: torch threads of a run whose record does not say how many it had.
+        budget_minutes: start no new run after this many minutes (0: no limit).
+    """
+
+    datasets: list[str] = field(default_factory=lambda: list(DATASETS))
+    models: list[str] = field(default_factory=lambda: ["all"])
+    seeds: list[int] = field(default_factory=lambda: [1])
+    out: str = "~/.cache/recozoo/panel_check"
+    shared: str | None = None
+    ledger: str = "bench/panel_runs.json"
+    tolerance: float = 1e-6
+    threads: int = 2
+    budget_minutes: float = 0.0
+
+
+def compare_metrics(recorded: dict[str, Any], rerun: dict[str, Any]
+                    ) -> tuple[float, str | None]:
+    """The largest absolute difference between the two runs' `KEPT_METRICS` and its metric
+    (0.0 and None where every one is equal). A metric one run has and the other lacks (None or
+    NaN on one side only) counts as an infinite difference."""
+    largest, where = 0.0, None
+    for key in KEPT_METRICS:
+        a, b = recorded.get(key), rerun.get(key)
+        missing_a = a is None or (isinstance(a, float) and math.isnan(a))
+        missing_b = b is None or (isinstance(b, float) and math.isnan(b))
+        if missing_a and missing_b:
+            continue
+        difference = math.inf if missing_a or missing_b else abs(float(a) - float(b))
+        if difference > largest:
+            largest, where = difference, key
+    return largest, where
+
+
+def check_cell(record: FoundRun, rerun: dict[str, Any], changes: list[str],
+               tolerance: float) -> dict[str, Any]:
+    """The verdict on one cell: its record, the rerun's metrics and the settings that changed
+    since the record (`bench.panel.diff_settings`)."""
+    largest, where = compare_metrics(record.metrics, rerun)
+    verdict = CHANGED if changes else (SAME if largest <= tolerance else DIFFERS)
+    return {"verdict": verdict, "largest_difference": largest, "on": where,
+            "changes": changes}
+
+
+def _reusable(folder: Path, commit: str | None) -> bool:
+    """Whether ``folder`` holds a finished run made at ``commit`` from a clean checkout."""
+    found = read_run(folder)
+    code = getattr(found, "code", None) or {}
+    return (found is not None and found.ok and commit is not None
+            and code.get("commit") == commit and not code.get("dirty"))
+
+
+def run_check(settings: CheckSettings, root: Path, shared: Path | None, out: Path,
+              models: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Check every chosen cell the ledger records; returns (checked cells, skipped with why)."""
+    ledger_path = Path(settings.ledger).expanduser()
+    ledger = read_ledger(ledger_path if ledger_path.is_absolute() else root / ledger_path)
+    expected = current_settings(root, models, [])
+    by_dataset = dataset_settings(root, settings.datasets)
+    commit = code_version(root).get("commit")
+    cells, skipped, start = [], [], time.monotonic()
+    for name in settings.datasets:
+        dataset = DATASETS[name]
+        why = dataset.missing(shared)
+        if why:
+            skipped.append(f"{name}: {why}")
+            continue
+        for seed in settings.seeds:
+            for model in dataset.runs(models):
+                record = ledger.get((name, model, seed))
+                if record is None:
+                    skipped.append(f"{name} {model} seed {seed}: not in the ledger")
+                    continue
+                if not record.ok:
+                    skipped.append(f"{name} {model} seed {seed}: the ledger records a failed run")
+                    continue
+                elapsed = (time.monotonic() - start) / 60
+                if settings.budget_minutes and elapsed > settings.budget_minutes:
+                    skipped.append(f"budget of {settings.budget_minutes:g} min used: stopped "
+                                   f"before {name} {model} seed {seed}")
+                    return cells, skipped
+                folder = run_folder(out, name, model, seed)
+                threads = record.threads or settings.threads
+                started = time.monotonic()
+                if not _reusable(folder, commit):
+                    split = None
+                    if dataset.recbole_splits:
+                        try:  # RecBole's split of the seed, exported by the peer (no peer runs)
+                            split = recbole_seed(PanelSettings(threads=threads), shared, out,
+                                                 name, seed, [])
+                        except (RuntimeError, OSError) as error:
+                            skipped.append(f"{name} seed {seed}: {error}")
+                            break
+                    shutil.rmtree(folder, ignore_errors=True)  # a last.ckpt would resume
+                    folder.parent.mkdir(parents=True, exist_ok=True)
+                    print(f"[{elapsed:6.1f} min] {name} {model} seed {seed} ({threads} "
+                          f"thread{'s' if threads != 1 else ''})", flush=True)
+                    run_process(train_command(dataset, model, seed, shared, folder, [], split),
+                                env=thread_env(threads), cwd=root,
+                                log=folder.with_suffix(".log"))
+                rerun = read_run(folder)
+                if rerun is None or not rerun.ok:
+                    error = "no record" if rerun is None else (rerun.error or "")[:200]
+                    skipped.append(f"{name} {model} seed {seed}: the rerun failed ({error}; "
+                                   f"log: {folder.with_suffix('.log')})")
+                    continue
+                changes = diff_settings(record.settings,
+                                        cell_settings(expected, by_dataset, name, model) or {})[0]
+                cells.append({
+                    "dataset": name, "model": model, "seed": seed,
+                    "recorded_code": short_code(record.code), "rerun_code": short_code(rerun.code),
+                    "threads": threads,
+                    "recorded": {k: record.metrics.get(k) for k in KEPT_METRICS},
+                    "rerun": {k: rerun.metrics.get(k) for k in KEPT_METRICS},
+                    "recorded_train_seconds": record.train_seconds,
+                    "rerun_train_seconds": rerun.train_seconds,
+                    "wall_seconds": round(time.monotonic() - started, 1),
+                    **check_cell(record, rerun.metrics, changes, settings.tolerance)})
+    return cells, skipped
+
+
+def _value(value: Any) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) \
+        else f"{value:.4f}"
+
+
+def report_lines(cells: list[dict[str, Any]], skipped: list[str], tolerance: float) -> list[str]:
+    """The check's Markdown report."""
+    lines = [
+        "# The panel's recorded figures, run again",
+        "",
+        (f"Each cell run afresh with the panel's command and compared with the ledger's record on "
+         f"{', '.join(KEPT_METRICS)}; same: every one within {tolerance:g}."),
+        "",
+        ("| dataset | model | seed | record's code | rerun's code | threads | "
+         "NDCG@10 recorded | NDCG@10 rerun | largest difference (metric) | verdict |"),
+        "|---|---|---:|---|---|---:|---:|---:|---|---|",
+    ]
+    for cell in cells:
+        difference = ("0" if cell["on"] is None
+                      else f"{cell['largest_difference']:.2e} ({cell['on']})")
+        verdict = cell["verdict"] + (f": {'; '.join(cell['changes'])}" if cell["changes"] else "")
+        lines.append(f"| {cell['dataset']} | {cell['model']} | {cell['seed']} | "
+                     f"{cell['recorded_code']} | {cell['rerun_code']} | {cell['threads']} | "
+                     f"{_value(cell['recorded'].get(PRIMARY))} | "
+                     f"{_value(cell['rerun'].get(PRIMARY))} | {difference} | {verdict} |")
+    counts = {v: sum(c["verdict"] == v for c in cells) for v in (SAME, DIFFERS, CHANGED)}
+    lines += ["", (f"{counts[SAME]} same, {counts[DIFFERS]} differ, {counts[CHANGED]} with "
+               f"settings changed since the record, {len(skipped)} skipped.")]
+    if skipped:
+        lines += ["", "Skipped:", *(f"- {why}" for why in skipped)]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse_settings(CheckSettings, sys.argv[1:] if argv is None else argv,
+                              prog="python -m bench.panel_check")
+    root = repo_root()
+    unknown = [d for d in settings.datasets if d not in DATASETS]
+    if unknown:
+        raise SystemExit(f"unknown datasets {unknown}; known: {', '.join(DATASETS)}")
+    shared_name = settings.shared or os.environ.get("RECOZOO_SHARED")
+    shared = Path(shared_name).expanduser().resolve() if shared_name else None
+    if shared is not None and not shared.is_dir():
+        raise SystemExit(f"shared={shared} is not a folder")
+    available = ranking_models(root)
+    models = available if settings.models == ["all"] else settings.models
+    unknown = [m for m in models if m not in available]
+    if unknown:
+        raise SystemExit(f"unknown models {unknown}; known: {', '.join(available)}")
+    out = Path(settings.out).expanduser().resolve()
+    cells, skipped = run_check(settings, root, shared, out, models)
+    lines = report_lines(cells, skipped, settings.tolerance)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "check.md").write_text("\n".join(lines) + "\n")
+    (out / "check.json").write_text(json.dumps({"cells": cells, "skipped": skipped},
+                                               indent=1, default=str) + "\n")
+    print("\n".join(lines))
+    print(f"\nreport: {out / 'check.md'}")
+    return 1 if any(cell["verdict"] == DIFFERS for cell in cells) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
