@@ -551,3 +551,15 @@ def test_the_check_reads_again_a_run_it_made_at_the_checkouts_commit(tmp_path, m
     assert started == ["model=ease"]
     assert [(c["model"], c["verdict"]) for c in cells] == [("pop", "same")]
     assert len(skipped) == 1 and skipped[0].startswith("shop ease seed 1: the rerun failed")
+
+
+@pytest.mark.slow
+def test_the_published_shop_pop_cell_comes_out_again(tmp_path):
+    """A real check: the ledger's shop pop seed 1 (the committed record) trained again here with
+    the panel's command gives its figures back."""
+    from bench import panel_check
+
+    status = panel_check.main(["datasets=[shop]", "models=[pop]", "seeds=[1]",
+                               f"out={tmp_path}"])
+    cells = json.loads((tmp_path / "check.json").read_text())["cells"]
+    assert status == 0 and [(c["model"], c["verdict"]) for c in cells] == [("pop", "same")]
