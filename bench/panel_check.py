@@ -94,11 +94,15 @@ class CheckSettings:
 def compare_metrics(recorded: dict[str, Any], rerun: dict[str, Any]
                     ) -> tuple[float, str | None]:
     """The largest absolute difference between the two runs' `KEPT_METRICS` and its metric
-    (0.0 and None where every one is equal). A metric one run has and the other lacks (None or
-    NaN on one side only) counts as an infinite difference."""
+    (0.0 and None where every one is equal). A metric with a value on one side only (None or NaN
+    on the other: e.g. tail recall where no target is in the tail) counts as an infinite
+    difference; one the record does not hold at all (a ledger written before it was kept) is
+    not compared."""
     largest, where = 0.0, None
     for key in KEPT_METRICS:
-        a, b = recorded.get(key), rerun.get(key)
+        if key not in recorded:
+            continue
+        a, b = recorded[key], rerun.get(key)
         missing_a = a is None or (isinstance(a, float) and math.isnan(a))
         missing_b = b is None or (isinstance(b, float) and math.isnan(b))
         if missing_a and missing_b:

@@ -507,7 +507,7 @@ def test_the_check_reruns_recorded_cells_and_tells_same_from_different(tmp_path,
     assert ledger.read_bytes() == before
 
 
-def test_a_metric_missing_on_one_side_is_a_difference_and_nan_on_both_is_not():
+def test_the_check_counts_a_metric_missing_on_one_side_as_a_difference_nan_on_both_not():
     from bench import panel_check
 
     assert panel_check.compare_metrics({"test/ndcg@10": 0.1, "test/tail_recall@10": None},
@@ -516,6 +516,9 @@ def test_a_metric_missing_on_one_side_is_a_difference_and_nan_on_both_is_not():
     largest, on = panel_check.compare_metrics({"test/coverage@10": 0.5},
                                               {"test/coverage@10": None})
     assert largest == math.inf and on == "test/coverage@10"
+    # a metric the record does not hold (an older ledger) is not compared
+    assert panel_check.compare_metrics({"test/ndcg@10": 0.1},
+                                       {"test/ndcg@10": 0.1, "val/ndcg@10": 0.2}) == (0.0, None)
 
 
 def test_the_check_reads_again_a_run_it_made_at_the_checkouts_commit(tmp_path, monkeypatch):
