@@ -298,7 +298,10 @@ def train(cfg: DictConfig) -> RunRecord:
     with dm.every_validation_user():  # the selecting validations may have ranked a sample
         trainer.validate(model, datamodule=dm, ckpt_path=best, verbose=False)
     val_metrics = evaluator.stage_metrics.get("val", {})  # none without validation users
-    trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False)
+    # the validation restored the best checkpoint and changed nothing: the test scores the same
+    # weights without loading them again (a load rewrites every weight in place, and a model's
+    # `Recommender.derived` scoring form, EASE's weights in blocks, is then built again)
+    trainer.test(model, datamodule=dm, ckpt_path=None, verbose=False)
     test_metrics = evaluator.stage_metrics["test"]
     record = RunRecord(
         status="ok",
