@@ -160,6 +160,39 @@ def test_a_finished_runs_last_checkpoint_is_where_it_stopped(tmp_path):
     assert _results(again) == _results(first)
 
 
+def test_at_a_new_best_last_checkpoint_is_the_best_file_again_not_a_second_write(
+        tmp_path, monkeypatch):
+    """An epoch that is a new best writes its state once: last.ckpt is the best checkpoint's file
+    under a second name (a hard link), except at the first epoch, whose best checkpoint was
+    written before last.ckpt existed. The run resumes from it to the same result, and a later
+    save of either name leaves the other's file as it was."""
+    from recozoo import training_callbacks
+
+    writes = []
+    original = training_callbacks.AtomicCheckpointIO.save_checkpoint
+
+    def counting(self, checkpoint, path, storage_options=None):
+        writes.append(Path(path).name)
+        return original(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(training_callbacks.AtomicCheckpointIO, "save_checkpoint", counting)
+    overrides = _overrides("bpr", None, "SIGKILL") + [
+        "trainer.max_epochs=3", "callbacks.early_stopping=null",
+        "callbacks.model_checkpoint.monitor=step"]  # a step count: every epoch is a new best
+    first = train(compose_config(overrides, tmp_path / "run"))
+    folder = tmp_path / "run" / "checkpoints"
+    assert writes == ["best.ckpt", "last.ckpt", "best.ckpt", "best.ckpt"]
+    assert os.path.samefile(folder / "best.ckpt", folder / "last.ckpt")
+    assert torch.load(folder / "last.ckpt", weights_only=False)["epoch"] == 2
+    again = train(compose_config(overrides, tmp_path / "run"))  # resumes from it: nothing to do
+    assert again["epoch_seconds"] == first["epoch_seconds"] and _results(again) == _results(first)
+    # a later save of either name replaces that name's file alone
+    io = training_callbacks.AtomicCheckpointIO()
+    io.save_checkpoint({"epoch": 3}, folder / "last.ckpt")
+    assert torch.load(folder / "best.ckpt", weights_only=False)["epoch"] == 2
+    assert torch.load(folder / "last.ckpt", weights_only=False)["epoch"] == 3
+
+
 def test_checkpoints_of_lightnings_model_checkpoint_resume_with_their_best():
     """RunCheckpoint keeps ModelCheckpoint's state key: a run checkpointed by Lightning's own
     callback (before RunCheckpoint) resumes with its best score and path."""
