@@ -849,22 +849,33 @@ def report_scope(settings: PanelSettings, models: list[str], available: list[str
                        sorted({*settings.seeds, *(seed for _, _, seed in ledger)}))
 
 
+def checked_selection(root: Path, datasets: list[str], models: list[str], shared: str | None
+                      ) -> tuple[Path | None, list[str], list[str]]:
+    """A panel call's choice, checked: (the shared folder, from ``shared`` or the
+    RECOZOO_SHARED environment variable; every ranking model; the chosen models, ``["all"]``
+    expanded). Unknown datasets or models and a shared path that is no folder stop the call with
+    what is known."""
+    unknown = [d for d in datasets if d not in DATASETS]
+    if unknown:
+        raise SystemExit(f"unknown datasets {unknown}; known: {', '.join(DATASETS)}")
+    shared_name = shared or os.environ.get("RECOZOO_SHARED")
+    folder = Path(shared_name).expanduser().resolve() if shared_name else None
+    if folder is not None and not folder.is_dir():
+        raise SystemExit(f"shared={folder} is not a folder")
+    available = ranking_models(root)
+    chosen = available if models == ["all"] else models
+    unknown = [m for m in chosen if m not in available]
+    if unknown:
+        raise SystemExit(f"unknown models {unknown}; known: {', '.join(available)}")
+    return folder, available, chosen
+
+
 def main(argv: list[str] | None = None) -> Path:
     settings = parse_settings(PanelSettings, sys.argv[1:] if argv is None else argv,
                               prog="python -m bench.panel")
     root = repo_root()
-    unknown = [d for d in settings.datasets if d not in DATASETS]
-    if unknown:
-        raise SystemExit(f"unknown datasets {unknown}; known: {', '.join(DATASETS)}")
-    shared_name = settings.shared or os.environ.get("RECOZOO_SHARED")
-    shared = Path(shared_name).expanduser().resolve() if shared_name else None
-    if shared is not None and not shared.is_dir():
-        raise SystemExit(f"shared={shared} is not a folder")
-    available = ranking_models(root)
-    models = available if settings.models == ["all"] else settings.models
-    unknown = [m for m in models if m not in available]
-    if unknown:
-        raise SystemExit(f"unknown models {unknown}; known: {', '.join(available)}")
+    shared, available, models = checked_selection(root, settings.datasets, settings.models,
+                                                  settings.shared)
     if settings.rerun_before and resolve_commit(settings.rerun_before, root) is None:
         raise SystemExit(f"rerun_before={settings.rerun_before} names no commit of the checkout "
                          f"at {root}")

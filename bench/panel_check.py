@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -46,10 +45,10 @@ from bench.panel import (
     FoundRun,
     PanelSettings,
     cell_settings,
+    checked_selection,
     current_settings,
     dataset_settings,
     diff_settings,
-    ranking_models,
     read_ledger,
     read_run,
     recbole_seed,
@@ -237,18 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = parse_settings(CheckSettings, sys.argv[1:] if argv is None else argv,
                               prog="python -m bench.panel_check")
     root = repo_root()
-    unknown = [d for d in settings.datasets if d not in DATASETS]
-    if unknown:
-        raise SystemExit(f"unknown datasets {unknown}; known: {', '.join(DATASETS)}")
-    shared_name = settings.shared or os.environ.get("RECOZOO_SHARED")
-    shared = Path(shared_name).expanduser().resolve() if shared_name else None
-    if shared is not None and not shared.is_dir():
-        raise SystemExit(f"shared={shared} is not a folder")
-    available = ranking_models(root)
-    models = available if settings.models == ["all"] else settings.models
-    unknown = [m for m in models if m not in available]
-    if unknown:
-        raise SystemExit(f"unknown models {unknown}; known: {', '.join(available)}")
+    shared, _, models = checked_selection(root, settings.datasets, settings.models,
+                                          settings.shared)
     out = Path(settings.out).expanduser().resolve()
     cells, skipped = run_check(settings, root, shared, out, models)
     lines = report_lines(cells, skipped, settings.tolerance)
