@@ -480,6 +480,19 @@ def find_run(out: Path, ledger: Ledger, dataset: str, model: str, seed: int) -> 
                     threads=record.torch_threads, code=record.code)
 
 
+def present_datasets(names: list[str], shared: Path | None, skipped: list[str]
+                     ) -> Iterator[tuple[str, PanelDataset]]:
+    """The datasets of ``names`` whose files are here, by name; each absent one is added to
+    ``skipped`` with the reason."""
+    for name in names:
+        dataset = DATASETS[name]
+        why = dataset.missing(shared)
+        if why:
+            skipped.append(f"{name}: {why}")
+            continue
+        yield name, dataset
+
+
 def run_panel(settings: PanelSettings, root: Path, shared: Path | None, out: Path,
               models: list[str], expected: dict[str, dict[str, Any]] | None = None,
               ledger: Ledger | None = None,
@@ -494,12 +507,7 @@ def run_panel(settings: PanelSettings, root: Path, shared: Path | None, out: Pat
     ``settings.keep_stale``. With ``ledger_path`` each finished run is added to that ledger as
     soon as it ends, so that a panel stopped part way loses none of the runs it finished."""
     skipped, start, ledger = [], time.monotonic(), ledger or {}
-    for name in settings.datasets:
-        dataset = DATASETS[name]
-        why = dataset.missing(shared)
-        if why:
-            skipped.append(f"{name}: {why}")
-            continue
+    for name, dataset in present_datasets(settings.datasets, shared, skipped):
         for seed in settings.seeds:
             todo = [model for model in dataset.runs(models)
                     if _needs_run(settings, out, ledger, name, model, seed,

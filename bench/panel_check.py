@@ -49,6 +49,7 @@ from bench.panel import (
     current_settings,
     dataset_settings,
     diff_settings,
+    present_datasets,
     read_ledger,
     read_run,
     recbole_seed,
@@ -139,12 +140,7 @@ def run_check(settings: CheckSettings, root: Path, shared: Path | None, out: Pat
     by_dataset = dataset_settings(root, settings.datasets)
     commit = code_version(root).get("commit")
     cells, skipped, start = [], [], time.monotonic()
-    for name in settings.datasets:
-        dataset = DATASETS[name]
-        why = dataset.missing(shared)
-        if why:
-            skipped.append(f"{name}: {why}")
-            continue
+    for name, dataset in present_datasets(settings.datasets, shared, skipped):
         for seed in settings.seeds:
             for model in dataset.runs(models):
                 record = ledger.get((name, model, seed))
