@@ -43,6 +43,7 @@ from bench.panel import (
     KEPT_METRICS,
     PRIMARY,
     FoundRun,
+    PanelDataset,
     PanelSettings,
     cell_settings,
     checked_selection,
@@ -57,6 +58,7 @@ from bench.panel import (
     train_command,
 )
 from bench.process import run_process
+from recozoo.artifacts import RunRecord
 from recozoo.cli import parse_settings
 from recozoo.provenance import code_version, short_code
 
@@ -103,14 +105,17 @@ def compare_metrics(recorded: dict[str, Any], rerun: dict[str, Any]
         if key not in recorded:
             continue
         a, b = recorded[key], rerun.get(key)
-        missing_a = a is None or (isinstance(a, float) and math.isnan(a))
-        missing_b = b is None or (isinstance(b, float) and math.isnan(b))
-        if missing_a and missing_b:
+        if _absent(a) and _absent(b):
             continue
-        difference = math.inf if missing_a or missing_b else abs(float(a) - float(b))
+        difference = math.inf if _absent(a) or _absent(b) else abs(float(a) - float(b))
         if difference > largest:
             largest, where = difference, key
     return largest, where
+
+
+def _absent(value: Any) -> bool:
+    """A metric without a value: None, or NaN (as JSON and float32 write it)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def check_cell(record: FoundRun, rerun: dict[str, Any], changes: list[str],
@@ -123,12 +128,24 @@ def check_cell(record: FoundRun, rerun: dict[str, Any], changes: list[str],
             "changes": changes}
 
 
-def _reusable(folder: Path, commit: str | None) -> bool:
-    """Whether ``folder`` holds a finished run made at ``commit`` from a clean checkout."""
-    found = read_run(folder)
-    code = getattr(found, "code", None) or {}
+def _reusable(found: RunRecord | None, commit: str | None) -> bool:
+    """Whether ``found`` (a run folder's record) is a finished run made at ``commit`` from a
+    clean checkout."""
+    code = (found.code if found is not None else None) or {}
     return (found is not None and found.ok and commit is not None
             and code.get("commit") == commit and not code.get("dirty"))
+
+
+def _run_afresh(dataset: PanelDataset, model: str, seed: int, shared: Path | None,
+                folder: Path, split: Path | None, threads: int, root: Path,
+                elapsed: float) -> None:
+    """One cell trained with the panel's command into an emptied ``folder``."""
+    shutil.rmtree(folder, ignore_errors=True)  # a last.ckpt would resume
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[{elapsed:6.1f} min] {dataset.name} {model} seed {seed} ({threads} "
+          f"thread{'s' if threads != 1 else ''})", flush=True)
+    run_process(train_command(dataset, model, seed, shared, folder, [], split),
+                env=thread_env(threads), cwd=root, log=folder.with_suffix(".log"))
 
 
 def run_check(settings: CheckSettings, root: Path, shared: Path | None, out: Path,
@@ -142,6 +159,7 @@ def run_check(settings: CheckSettings, root: Path, shared: Path | None, out: Pat
     cells, skipped, start = [], [], time.monotonic()
     for name, dataset in present_datasets(settings.datasets, shared, skipped):
         for seed in settings.seeds:
+            split = None  # RecBole's split of the seed, exported at its first use
             for model in dataset.runs(models):
                 record = ledger.get((name, model, seed))
                 if record is None:
@@ -157,24 +175,18 @@ def run_check(settings: CheckSettings, root: Path, shared: Path | None, out: Pat
                     return cells, skipped
                 folder = run_folder(out, name, model, seed)
                 threads = record.threads or settings.threads
-                started = time.monotonic()
-                if not _reusable(folder, commit):
-                    split = None
-                    if dataset.recbole_splits:
-                        try:  # RecBole's split of the seed, exported by the peer (no peer runs)
+                started, rerun = time.monotonic(), read_run(folder)
+                if not _reusable(rerun, commit):
+                    if dataset.recbole_splits and split is None:
+                        try:  # exported by the peer, which runs no model here
                             split = recbole_seed(PanelSettings(threads=threads), shared, out,
                                                  name, seed, [])
                         except (RuntimeError, OSError) as error:
                             skipped.append(f"{name} seed {seed}: {error}")
                             break
-                    shutil.rmtree(folder, ignore_errors=True)  # a last.ckpt would resume
-                    folder.parent.mkdir(parents=True, exist_ok=True)
-                    print(f"[{elapsed:6.1f} min] {name} {model} seed {seed} ({threads} "
-                          f"thread{'s' if threads != 1 else ''})", flush=True)
-                    run_process(train_command(dataset, model, seed, shared, folder, [], split),
-                                env=thread_env(threads), cwd=root,
-                                log=folder.with_suffix(".log"))
-                rerun = read_run(folder)
+                    _run_afresh(dataset, model, seed, shared, folder, split, threads, root,
+                                elapsed)
+                    rerun = read_run(folder)
                 if rerun is None or not rerun.ok:
                     error = "no record" if rerun is None else (rerun.error or "")[:200]
                     skipped.append(f"{name} {model} seed {seed}: the rerun failed ({error}; "
@@ -196,8 +208,7 @@ def run_check(settings: CheckSettings, root: Path, shared: Path | None, out: Pat
 
 
 def _value(value: Any) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) \
-        else f"{value:.4f}"
+    return "–" if _absent(value) else f"{value:.4f}"
 
 
 def report_lines(cells: list[dict[str, Any]], skipped: list[str], tolerance: float) -> list[str]:
