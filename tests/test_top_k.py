@@ -62,6 +62,14 @@ def test_equal_scores_in_column_order_and_a_list_is_the_start_of_a_longer_one(n_
         assert torch.equal(check_top(ties.to(dtype), 40).indices, longest.indices)
     distinct = torch.randn(8, n_cols, generator=generator)
     assert torch.equal(top_k(distinct, 40).indices, torch.topk(distinct, 40, dim=1).indices)
+    # a few runs of equal values among distinct ones (similarities of items with equal counts),
+    # rows without any, and a row whose only tie is at the cut
+    some = (torch.randn(8, n_cols, generator=generator) * 30).round()
+    some[0] = torch.randperm(n_cols, generator=generator).float()
+    some[1] = torch.randperm(n_cols, generator=generator).float()
+    some[1, some[1].argsort(descending=True)[10]] = n_cols - 10  # the 10th's value again
+    for k in (1, 10, 40):
+        check_top(some, k)
 
 
 def test_rows_ranked_a_few_at_a_time_give_the_whole_batchs_result(monkeypatch) -> None:
