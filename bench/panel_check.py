@@ -6,7 +6,10 @@ made on some machine, at some commit, possibly in a cache since cleared. This ch
 chosen (dataset, model, seed) that the ledger records with the panel's own ``train.py`` command
 (`bench.panel.train_command`), with as many torch threads as the recorded run had, into
 ``<out>/<dataset>/<model>/s<seed>``, and compares its `bench.panel.KEPT_METRICS` with the
-record. It reads the ledger and writes neither it nor the panel's report or runs.
+record. On the datasets scored on RecBole's split of each seed (``ml100k_recbole``) RecBole's
+rows of the chosen models are run again too, by the peer as the panel runs them
+(``recbole_rows=false``: not). It reads the ledger and writes neither it nor the panel's report
+or runs.
 
 Verdicts, per cell:
 
@@ -42,6 +45,8 @@ from bench.panel import (
     DATASETS,
     KEPT_METRICS,
     PRIMARY,
+    RECBOLE_MODELS,
+    RECBOLE_ROWS,
     FoundRun,
     PanelDataset,
     PanelSettings,
@@ -53,6 +58,7 @@ from bench.panel import (
     present_datasets,
     read_ledger,
     read_run,
+    recbole_row,
     recbole_seed,
     run_folder,
     train_command,
@@ -80,6 +86,9 @@ class CheckSettings:
         tolerance: the largest difference of a metric still called the same.
         threads: torch threads of a run whose record does not say how many it had.
         budget_minutes: start no new run after this many minutes (0: no limit).
+        recbole_rows: on the datasets scored on RecBole's split of each seed, also run
+            RecBole's rows of the chosen models again (the peer's runs, `bench.peers`; each
+            check runs them anew) and compare them with the ledger's, as recozoo's.
     """
 
     datasets: list[str] = field(default_factory=lambda: list(DATASETS))
@@ -91,6 +100,7 @@ class CheckSettings:
     tolerance: float = 1e-6
     threads: int = 2
     budget_minutes: float = 0.0
+    recbole_rows: bool = True
 
 
 def compare_metrics(recorded: dict[str, Any], rerun: dict[str, Any]
@@ -158,9 +168,11 @@ def run_check(settings: CheckSettings, root: Path, shared: Path | None, out: Pat
     commit = code_version(root).get("commit")
     cells, skipped, start = [], [], time.monotonic()
     for name, dataset in present_datasets(settings.datasets, shared, skipped):
+        peers = ([recbole_row(m) for m in dataset.runs(models) if m in RECBOLE_MODELS]
+                 if dataset.recbole_splits and settings.recbole_rows else [])
         for seed in settings.seeds:
             split = None  # RecBole's split of the seed, exported at its first use
-            for model in dataset.runs(models):
+            for model in [*dataset.runs(models), *peers]:
                 record = ledger.get((name, model, seed))
                 if record is None:
                     skipped.append(f"{name} {model} seed {seed}: not in the ledger")
@@ -176,17 +188,20 @@ def run_check(settings: CheckSettings, root: Path, shared: Path | None, out: Pat
                 folder = run_folder(out, name, model, seed)
                 threads = record.threads or settings.threads
                 started, rerun = time.monotonic(), read_run(folder)
-                if not _reusable(rerun, commit):
-                    if dataset.recbole_splits and split is None:
-                        try:  # exported by the peer, which runs no model here
+                try:
+                    if model in RECBOLE_ROWS:  # the peer's run, every check (no commit of ours)
+                        shutil.rmtree(folder, ignore_errors=True)
+                        split = _peer_run(name, model, seed, shared, out, threads, elapsed)
+                    elif not _reusable(rerun, commit):
+                        if dataset.recbole_splits and split is None:
                             split = recbole_seed(PanelSettings(threads=threads), shared, out,
-                                                 name, seed, [])
-                        except (RuntimeError, OSError) as error:
-                            skipped.append(f"{name} seed {seed}: {error}")
-                            break
-                    _run_afresh(dataset, model, seed, shared, folder, split, threads, root,
-                                elapsed)
-                    rerun = read_run(folder)
+                                                 name, seed, [])  # the split alone
+                        _run_afresh(dataset, model, seed, shared, folder, split, threads, root,
+                                    elapsed)
+                except (RuntimeError, OSError) as error:  # the peer missing or failing
+                    skipped.append(f"{name} {model} seed {seed}: {error}")
+                    continue
+                rerun = read_run(folder)
                 if rerun is None or not rerun.ok:
                     error = "no record" if rerun is None else (rerun.error or "")[:200]
                     skipped.append(f"{name} {model} seed {seed}: the rerun failed ({error}; "
@@ -196,8 +211,8 @@ def run_check(settings: CheckSettings, root: Path, shared: Path | None, out: Pat
                                         cell_settings(expected, by_dataset, name, model) or {})[0]
                 cells.append({
                     "dataset": name, "model": model, "seed": seed,
-                    "recorded_code": short_code(record.code), "rerun_code": short_code(rerun.code),
-                    "threads": threads,
+                    "recorded_code": _code(model, record.code),
+                    "rerun_code": _code(model, rerun.code), "threads": threads,
                     "recorded": {k: record.metrics.get(k) for k in KEPT_METRICS},
                     "rerun": {k: rerun.metrics.get(k) for k in KEPT_METRICS},
                     "recorded_train_seconds": record.train_seconds,
@@ -205,6 +220,23 @@ def run_check(settings: CheckSettings, root: Path, shared: Path | None, out: Pat
                     "wall_seconds": round(time.monotonic() - started, 1),
                     **check_cell(record, rerun.metrics, changes, settings.tolerance)})
     return cells, skipped
+
+
+def _peer_run(dataset: str, row: str, seed: int, shared: Path | None, out: Path, threads: int,
+              elapsed: float) -> Path:
+    """RecBole's run of the report's ``row`` on its split of ``seed`` (exported first if need
+    be), with the panel's own call (`bench.panel.recbole_seed`), into the row's run folder;
+    returns the split's folder."""
+    model = next(m for m in RECBOLE_MODELS if recbole_row(m) == row)
+    print(f"[{elapsed:6.1f} min] {dataset} {row} seed {seed} ({threads} "
+          f"thread{'s' if threads != 1 else ''})", flush=True)
+    return recbole_seed(PanelSettings(threads=threads), shared, out, dataset, seed, [model])
+
+
+def _code(model: str, code: dict[str, Any] | None) -> str:
+    """The code column of a cell: recozoo's commit, or the peer's (the panel's report writes
+    its rows' code as "–")."""
+    return "RecBole" if model in RECBOLE_ROWS else short_code(code)
 
 
 def _value(value: Any) -> str:

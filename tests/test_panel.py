@@ -556,6 +556,63 @@ def test_the_check_reads_again_a_run_it_made_at_the_checkouts_commit(tmp_path, m
     assert len(skipped) == 1 and skipped[0].startswith("shop ease seed 1: the rerun failed")
 
 
+def test_the_check_runs_recboles_rows_again_each_time_beside_recozoos(tmp_path, monkeypatch):
+    """On the dataset scored on RecBole's split, the chosen models' RecBole rows are run again
+    by the peer (even where an earlier check left their result) and judged as recozoo's cells;
+    ``recbole_rows=false`` leaves them out."""
+    from bench import panel_check
+
+    shared = tmp_path / "shared"
+    (shared / "data" / "ml-100k").mkdir(parents=True)
+    (shared / "data" / "ml-100k" / "ml-100k.inter").write_text("")
+    ledger = tmp_path / "panel_runs.json"
+    _ledger(ledger, {("ml100k_recbole", "ease", 1): (0.3, None)})
+    runs = json.loads(ledger.read_text())
+    peer_record = {"metrics": {"test/ndcg@10": 0.33, "test/recall@10": 0.28,
+                               "test/tail_recall@10": None, "test/coverage@10": 0.25},
+                   "train_seconds": 0.7, "settings": {}}
+    runs["ml100k_recbole"]["RecBole EASE"] = {"1": peer_record}
+    runs["ml100k_recbole"]["RecBole Pop"] = {"1": {**peer_record, "metrics": {
+        **peer_record["metrics"], "test/ndcg@10": 0.10}}}
+    ledger.write_text(json.dumps(runs))
+    out, peer_calls = tmp_path / "check", []
+
+    def fake_recbole_seed(settings, shared_folder, out_folder, dataset, seed, models):
+        peer_calls.append(tuple(models))
+        for model in models:  # RecBole's figures: EASE as recorded, Pop off by .001
+            folder = panel.run_folder(out_folder, dataset, panel.recbole_row(model), seed)
+            folder.mkdir(parents=True, exist_ok=True)
+            ndcg = {"ease": 0.33, "pop": 0.101}[model]
+            (folder / "recbole.json").write_text(json.dumps({
+                "test": {"ndcg@10": ndcg, "recall@10": 0.28, "itemcoverage@10": 0.25},
+                "train_seconds_total": 0.8}))
+        return out_folder / dataset / "splits" / f"s{seed}"
+
+    def fake_run(command, **_):
+        folder = next(a.split("=", 1)[1] for a in command if a.startswith("hydra.run.dir="))
+        RunDir(folder).write_record(RunRecord(model="ease", seed=1, metrics={
+            "test/ndcg@10": 0.3, "test/recall@10": 0.3, "test/coverage@10": 0.5,
+            "val/ndcg@10": 0.15}))
+        return ProcessResult(returncode=0, output="", seconds=0.0, peak_rss_mb=0.0)
+
+    monkeypatch.setattr(panel_check, "recbole_seed", fake_recbole_seed)
+    monkeypatch.setattr(panel_check, "run_process", fake_run)
+    settings = panel_check.CheckSettings(datasets=["ml100k_recbole"], ledger=str(ledger))
+    for _ in range(2):  # the second check runs the peer again, though its results are there
+        cells, skipped = panel_check.run_check(settings, panel_check.repo_root(), shared, out,
+                                               ["pop", "ease"])
+        verdicts = {c["model"]: (c["verdict"], c["recorded_code"]) for c in cells}
+        assert verdicts == {"ease": ("same", "0000000"), "RecBole EASE": ("same", "RecBole"),
+                            "RecBole Pop": ("differs", "RecBole")}
+        assert skipped == ["ml100k_recbole pop seed 1: not in the ledger"]
+    assert peer_calls.count(("ease",)) == 2 and peer_calls.count(("pop",)) == 2
+    without = panel_check.CheckSettings(datasets=["ml100k_recbole"], ledger=str(ledger),
+                                        recbole_rows=False)
+    cells, _ = panel_check.run_check(without, panel_check.repo_root(), shared, out,
+                                     ["pop", "ease"])
+    assert [c["model"] for c in cells] == ["ease"]
+
+
 @pytest.mark.slow
 def test_the_published_shop_pop_cell_comes_out_again(tmp_path):
     """A real check: the ledger's shop pop seed 1 (the committed record) trained again here with
