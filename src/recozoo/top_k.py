@@ -174,21 +174,14 @@ def _order_ties(scores: torch.Tensor, values: torch.Tensor, columns: torch.Tenso
         rank = torch.arange(len(at), device=at.device) - (counts.cumsum(0) - counts)[at]
         kept = rank < (k - above)[at]  # the lowest columns fill the places left
         columns[rows[at[kept]], above[at[kept]] + rank[kept]] = held[kept]
-    # the places in runs of equal values, and their columns sorted by (run, column) in one sort
-    # of those alone, not of whole rows (the itemknn block above: 36k of 205k places in runs;
-    # 2.8 ms against 4.2, one thread)
-    inside = equal[:, :k - 1]  # (B, k - 1): a place's value equals the next one's
-    in_run = torch.zeros(values.shape, dtype=torch.bool, device=values.device)
-    in_run[:, 1:] |= inside
-    in_run[:, :-1] |= inside
-    at = in_run.view(-1).nonzero().squeeze(1)  # flat places, row by row
-    if len(at):
-        starts = torch.ones_like(in_run)
-        starts[:, 1:] = ~inside  # where a run of equal values starts
-        run = torch.where(starts.view(-1)[at], at, 0).cummax(0).values  # its run's first place
-        flat = columns.view(-1)
-        held = flat[at]
-        flat[at] = held[(run * scores.shape[1] + held).argsort()]  # the values stay
+    tied = equal[:, :k - 1].any(1) | cut
+    rows = tied.nonzero().squeeze(1)
+    run = torch.ones(len(rows), k, dtype=torch.bool, device=values.device)
+    run[:, 1:] = ~equal[rows, :k - 1]  # where a run of equal values starts
+    places = torch.arange(k, device=values.device).expand(len(rows), -1)
+    start = torch.where(run, places, 0).cummax(1).values  # each place's run's first place
+    order = (start * scores.shape[1] + columns[rows]).argsort(1)  # runs in place, by column
+    columns[rows] = columns[rows].gather(1, order)  # the values stay: equal ones swapped
     return torch.return_types.topk((values, columns))
 
 
