@@ -765,7 +765,8 @@ def write_report(settings: PanelSettings, table: dict[str, dict[str, dict[str, A
               "those the ledger `" + settings.ledger_path(root).name + "` records with the settings they ran with; a run whose settings differ from "
               "today's defaults runs again; the leaderboards' `code` column names the commit each "
               "cell's runs were made at, and `rerun_before=<commit>` runs again those made "
-              "before it):"), "", "```",
+              "before it, and those that did not record their commit (`unrecorded`: any commit "
+              "reruns them, e.g. the first, `$(git rev-list --max-parents=0 HEAD)`)):"), "", "```",
              "make panel ARGS=\"shared=<folder with data/>\"   # or python -m bench.panel ...",
              (f"python -m bench.panel datasets=[{','.join(settings.datasets)}] "
              f"seeds=[{','.join(map(str, settings.seeds))}] report_only=true   # the report alone"),
