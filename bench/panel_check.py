@@ -152,8 +152,7 @@ def _run_afresh(dataset: PanelDataset, model: str, seed: int, shared: Path | Non
     """One cell trained with the panel's command into an emptied ``folder``."""
     shutil.rmtree(folder, ignore_errors=True)  # a last.ckpt would resume
     folder.parent.mkdir(parents=True, exist_ok=True)
-    print(f"[{elapsed:6.1f} min] {dataset.name} {model} seed {seed} ({threads} "
-          f"thread{'s' if threads != 1 else ''})", flush=True)
+    _announce(dataset.name, model, seed, threads, elapsed)
     run_process(train_command(dataset, model, seed, shared, folder, [], split),
                 env=thread_env(threads), cwd=root, log=folder.with_suffix(".log"))
 
@@ -228,9 +227,13 @@ def _peer_run(dataset: str, row: str, seed: int, shared: Path | None, out: Path,
     be), with the panel's own call (`bench.panel.recbole_seed`), into the row's run folder;
     returns the split's folder."""
     model = next(m for m in RECBOLE_MODELS if recbole_row(m) == row)
-    print(f"[{elapsed:6.1f} min] {dataset} {row} seed {seed} ({threads} "
-          f"thread{'s' if threads != 1 else ''})", flush=True)
+    _announce(dataset, row, seed, threads, elapsed)
     return recbole_seed(PanelSettings(threads=threads), shared, out, dataset, seed, [model])
+
+
+def _announce(dataset: str, model: str, seed: int, threads: int, elapsed: float) -> None:
+    print(f"[{elapsed:6.1f} min] {dataset} {model} seed {seed} ({threads} "
+          f"thread{'s' if threads != 1 else ''})", flush=True)
 
 
 def _code(model: str, code: dict[str, Any] | None) -> str:
