@@ -187,19 +187,23 @@ def run_check(settings: CheckSettings, root: Path, shared: Path | None, out: Pat
                 folder = run_folder(out, name, model, seed)
                 threads = record.threads or settings.threads
                 started, rerun = time.monotonic(), read_run(folder)
-                try:
-                    if model in RECBOLE_ROWS:  # the peer's run, every check (no commit of ours)
+                afresh = model not in RECBOLE_ROWS and not _reusable(rerun, commit)
+                try:  # the peer's part: RecBole's run of a row, or the split a rerun reads
+                    if model in RECBOLE_ROWS:  # run at every check (no commit of ours says what)
                         shutil.rmtree(folder, ignore_errors=True)
                         split = _peer_run(name, model, seed, shared, out, threads, elapsed)
-                    elif not _reusable(rerun, commit):
-                        if dataset.recbole_splits and split is None:
-                            split = recbole_seed(PanelSettings(threads=threads), shared, out,
-                                                 name, seed, [])  # the split alone
-                        _run_afresh(dataset, model, seed, shared, folder, split, threads, root,
-                                    elapsed)
+                    elif afresh and dataset.recbole_splits and split is None:
+                        split = recbole_seed(PanelSettings(threads=threads), shared, out, name,
+                                             seed, [])  # the split alone
                 except (RuntimeError, OSError) as error:  # the peer missing or failing
+                    if split is None:  # no split of the seed: its other cells cannot run either
+                        skipped.append(f"{name} seed {seed}: {error}")
+                        break
                     skipped.append(f"{name} {model} seed {seed}: {error}")
                     continue
+                if afresh:
+                    _run_afresh(dataset, model, seed, shared, folder, split, threads, root,
+                                elapsed)
                 rerun = read_run(folder)
                 if rerun is None or not rerun.ok:
                     error = "no record" if rerun is None else (rerun.error or "")[:200]

@@ -612,6 +612,16 @@ def test_the_check_runs_recboles_rows_again_each_time_beside_recozoos(tmp_path, 
                                      ["pop", "ease"])
     assert [c["model"] for c in cells] == ["ease"]
 
+    def no_peer(*_, **__):
+        raise RuntimeError("RecBole cannot run (no environment)")
+
+    monkeypatch.setattr(panel_check, "recbole_seed", no_peer)  # the seed's cells: one line
+    cells, skipped = panel_check.run_check(settings, panel_check.repo_root(), shared, out,
+                                           ["pop", "ease"])
+    assert cells == [] and skipped == [
+        "ml100k_recbole pop seed 1: not in the ledger",
+        "ml100k_recbole seed 1: RecBole cannot run (no environment)"]
+
 
 @pytest.mark.slow
 def test_the_published_shop_pop_cell_comes_out_again(tmp_path):
