@@ -167,8 +167,8 @@ def run_check(settings: CheckSettings, root: Path, shared: Path | None, out: Pat
     commit = code_version(root).get("commit")
     cells, skipped, start = [], [], time.monotonic()
     for name, dataset in present_datasets(settings.datasets, shared, skipped):
-        peers = ([recbole_row(m) for m in dataset.runs(models) if m in RECBOLE_MODELS]
-                 if dataset.recbole_splits and settings.recbole_rows else [])
+        peers = ({recbole_row(m): m for m in dataset.runs(models) if m in RECBOLE_MODELS}
+                 if dataset.recbole_splits and settings.recbole_rows else {})  # row -> model
         for seed in settings.seeds:
             split = None  # RecBole's split of the seed, exported at its first use
             for model in [*dataset.runs(models), *peers]:
@@ -187,11 +187,13 @@ def run_check(settings: CheckSettings, root: Path, shared: Path | None, out: Pat
                 folder = run_folder(out, name, model, seed)
                 threads = record.threads or settings.threads
                 started, rerun = time.monotonic(), read_run(folder)
-                afresh = model not in RECBOLE_ROWS and not _reusable(rerun, commit)
+                afresh = model not in peers and not _reusable(rerun, commit)
                 try:  # the peer's part: RecBole's run of a row, or the split a rerun reads
-                    if model in RECBOLE_ROWS:  # run at every check (no commit of ours says what)
+                    if model in peers:  # run at every check (no commit of ours says what)
                         shutil.rmtree(folder, ignore_errors=True)
-                        split = _peer_run(name, model, seed, shared, out, threads, elapsed)
+                        _announce(name, model, seed, threads, elapsed)
+                        split = recbole_seed(PanelSettings(threads=threads), shared, out, name,
+                                             seed, [peers[model]])  # exports the split if need be
                     elif afresh and dataset.recbole_splits and split is None:
                         split = recbole_seed(PanelSettings(threads=threads), shared, out, name,
                                              seed, [])  # the split alone
@@ -223,16 +225,6 @@ def run_check(settings: CheckSettings, root: Path, shared: Path | None, out: Pat
                     "wall_seconds": round(time.monotonic() - started, 1),
                     **check_cell(record, rerun.metrics, changes, settings.tolerance)})
     return cells, skipped
-
-
-def _peer_run(dataset: str, row: str, seed: int, shared: Path | None, out: Path, threads: int,
-              elapsed: float) -> Path:
-    """RecBole's run of the report's ``row`` on its split of ``seed`` (exported first if need
-    be), with the panel's own call (`bench.panel.recbole_seed`), into the row's run folder;
-    returns the split's folder."""
-    model = next(m for m in RECBOLE_MODELS if recbole_row(m) == row)
-    _announce(dataset, row, seed, threads, elapsed)
-    return recbole_seed(PanelSettings(threads=threads), shared, out, dataset, seed, [model])
 
 
 def _announce(dataset: str, model: str, seed: int, threads: int, elapsed: float) -> None:
