@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 import torch
 
-from recozoo.rerank import MMR, Calibrated, ItemFacts, XQuAD
+from recozoo.rerank import MMR, Calibrated, ItemFacts, TailSlots, XQuAD
 from recozoo.train import build_experiment
 
 INF = math.inf
@@ -34,7 +34,7 @@ def test_facts_buckets_match_head_tail_partition(facts):
     assert torch.equal(facts.tail_mask, facts.bucket > 0)
 
 
-@pytest.mark.parametrize("reranker", [XQuAD(0.0), Calibrated(0.0), MMR(0.0)])
+@pytest.mark.parametrize("reranker", [XQuAD(0.0), Calibrated(0.0), MMR(0.0), TailSlots(0.0)])
 def test_zero_weight_keeps_model_order(reranker, facts):
     items, scores = lists([0, 1, 2, 5, 6, 3], [9, 0, 8, 1, 2, 3])
     history = torch.tensor([[5, 6], [0, 1]])
@@ -87,6 +87,56 @@ def test_mmr_spreads_categories_and_embeddings(facts):
     assert out[0].tolist() == [0, 6]
 
 
+def half_tail() -> ItemFacts:
+    """Ten items: head {0..4}, tail {5..9}."""
+    tail = torch.arange(10) >= 5
+    return ItemFacts(tail_mask=tail, bucket=tail.long() * 2)
+
+
+def test_tail_slots_hold_the_best_tail_items_below_the_models_top():
+    facts = half_tail()  # the model's order: heads first, its tail items further down
+    items, scores = lists([0, 1, 2, 3, 4, 7, 6, 9, 5, 8])
+    no_history = torch.tensor([[10]])
+    out, values = TailSlots(weight=0.2)(items, scores, 10, no_history, facts)
+    # positions 5 and 10 are tail slots: the best tail items (7, then 6) not yet listed
+    assert out[0, :5].tolist() == [0, 1, 2, 3, 7]
+    assert out[0, 5:].tolist() == [4, 6, 9, 5, 8]
+    # every prefix of length p: the model's top p - floor(0.2 p) and the best tail items below
+    for p in range(1, 11):
+        slots = int(0.2 * p + 1e-9)
+        expected = set(items[0, :p - slots].tolist())
+        below = [i for i in items[0].tolist() if i not in expected and facts.tail_mask[i]]
+        expected |= set(below[:slots])
+        assert set(out[0, :p].tolist()) == expected, p
+    assert torch.equal(values, scores.gather(1, torch.tensor([[0, 1, 2, 3, 5, 4, 6, 7, 8, 9]])))
+
+
+def test_tail_slots_move_on_where_the_model_listed_the_tail_itself():
+    # the model's top already holds tail items 5, 6: a slot takes the next tail below (8)
+    items, scores = lists([0, 5, 6, 1, 2, 3, 8, 4, 9, 7])
+    out, _ = TailSlots(weight=0.2)(items, scores, 5, torch.tensor([[10]]), half_tail())
+    assert out[0].tolist() == [0, 5, 6, 1, 8]
+
+
+def test_tail_slots_list_does_not_depend_on_its_length(facts):
+    generator = torch.Generator().manual_seed(1)
+    items = torch.stack([torch.randperm(10, generator=generator) for _ in range(6)])
+    scores = torch.rand(6, 10, generator=generator).sort(1, descending=True).values
+    for weight in (0.1, 0.3, 0.5, 1.0):
+        whole, _ = TailSlots(weight)(items, scores, 10, torch.zeros(6, 1, dtype=torch.long), facts)
+        for k in (1, 3, 7):
+            part, _ = TailSlots(weight)(items, scores, k, torch.zeros(6, 1, dtype=torch.long),
+                                        facts)
+            assert torch.equal(part, whole[:, :k])
+
+
+def test_tail_slots_at_one_list_the_tail_first_then_the_rest():
+    items, scores = lists([0, 1, 7, 2, 5])
+    scores[0, 4] = -INF  # 5 is not a candidate (seen): never a tail slot's pick, listed last
+    out, _ = TailSlots(weight=1.0)(items, scores, 5, torch.tensor([[10]]), half_tail())
+    assert out[0].tolist() == [7, 0, 1, 2, 5]
+
+
 def test_invalid_candidates_come_last(facts):
     items = torch.tensor([[0, 5, 6, 1]])
     scores = torch.tensor([[3.0, 2.0, -INF, -INF]])
@@ -95,7 +145,7 @@ def test_invalid_candidates_come_last(facts):
     assert out[0, 2:].tolist() == [6, 1] and torch.isinf(values[0, 2:]).all()
 
 
-@pytest.mark.parametrize("reranker", [XQuAD(0.4), Calibrated(0.4), MMR(0.4)])
+@pytest.mark.parametrize("reranker", [XQuAD(0.4), Calibrated(0.4), MMR(0.4), TailSlots(0.4)])
 def test_batch_equals_one_user_at_a_time(reranker, facts):
     generator = torch.Generator().manual_seed(0)
     items = torch.stack([torch.randperm(10, generator=generator)[:8] for _ in range(5)])
@@ -121,10 +171,11 @@ def test_bad_arguments_raise_clear_errors(facts):
         MMR(0.5)(items, scores, 2, torch.tensor([[1]]), no_category)
 
 
-def test_rerank_config_changes_evaluation_lists(make_config):
-    """rerank=xquad through the real config: more tail in the lists, same candidates."""
+@pytest.mark.parametrize("reranker", ["xquad", "tail_slots"])
+def test_rerank_config_changes_evaluation_lists(make_config, reranker):
+    """rerank=<reranker> through the real config: more tail in the lists, same candidates."""
     lists_by = {}
-    for choice in ("none", "xquad"):
+    for choice in ("none", reranker):
         cfg = make_config(["model=pop", f"rerank={choice}"] +
                           (["rerank.weight=0.9"] if choice == "xquad" else []))
         L.seed_everything(cfg.seed)
@@ -138,7 +189,7 @@ def test_rerank_config_changes_evaluation_lists(make_config):
         trainer.test(model, datamodule=dm, verbose=False)
         metrics = evaluator.stage_metrics["test"]
         lists_by[choice] = (evaluator.outputs["test"]["items"], metrics)
-    (plain, m_plain), (reranked, m_rerank) = lists_by["none"], lists_by["xquad"]
+    (plain, m_plain), (reranked, m_rerank) = lists_by["none"], lists_by[reranker]
     assert set(plain[0].tolist()) == set(reranked[0].tolist())  # a re-ordering of the top-N
     assert m_rerank["test/aplt@10"] > m_plain["test/aplt@10"]
 

@@ -502,7 +502,8 @@ def next_steps(cfg: DictConfig, metrics: dict[str, Any]) -> str:
         lines.append(
             f"tail_recall@10 = {tail:.4f}: the share of test targets outside the top "
             f"{float(cfg.eval.head_share):.0%} most popular items that the top 10 finds; raise it "
-            "with rerank=xquad rerank.weight=0.3 or debias=ips (README: Long-tail levers).")
+            "with rerank=tail_slots (2 of every 10 places for the best tail items below the model's "
+            "top) or debias=ips (README: Long-tail levers).")
     lines += [
         "Next:",
         f"  python -m recozoo.serve run={run}    # serve it: POST /predict on 127.0.0.1:8000",

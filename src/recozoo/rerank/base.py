@@ -138,15 +138,10 @@ class Reranker:
             re-ranked order; the scores stay the model's (so a fusion can combine raw scores
             and re-rank its own result), hence they need not decrease along the list.
         """
-        if items.shape != scores.shape or items.dim() != 2:
-            raise ValueError(f"items {tuple(items.shape)} and scores {tuple(scores.shape)} must "
-                             "both be (B, N)")
-        if not 1 <= k <= items.shape[1]:
-            raise ValueError(f"k={k} must be within 1..{items.shape[1]} (the candidates)")
+        _check_candidates(items, scores, k)
         valid = torch.isfinite(scores)  # (B, N)
         if self.weight == 0.0:  # the model's own order (candidates arrive sorted)
-            order = torch.argsort(scores, dim=1, descending=True, stable=True)[:, :k]
-            return items.gather(1, order), scores.gather(1, order)
+            return _model_order(items, scores, k)
         relevance = _min_max(scores.float(), valid)  # (B, N)
         state = self._start(items, history, facts)
         # invalid candidates come last, in their original order, once the valid ones run out
@@ -163,6 +158,23 @@ class Reranker:
             self._update(state, pick)
         order = torch.stack(picks, 1)  # (B, K)
         return items.gather(1, order), scores.gather(1, order)
+
+
+def _check_candidates(items: torch.Tensor, scores: torch.Tensor, k: int) -> None:
+    """A clear error for candidates a re-ranker cannot take (see `Reranker.__call__`)."""
+    if items.shape != scores.shape or items.dim() != 2:
+        raise ValueError(f"items {tuple(items.shape)} and scores {tuple(scores.shape)} must "
+                         "both be (B, N)")
+    if not 1 <= k <= items.shape[1]:
+        raise ValueError(f"k={k} must be within 1..{items.shape[1]} (the candidates)")
+
+
+def _model_order(items: torch.Tensor, scores: torch.Tensor, k: int | None = None,
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``k`` (all: None) candidates in the model's order, best score first; equal
+    scores and invalid (-inf) candidates keep their column order."""
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)[:, :k]
+    return items.gather(1, order), scores.gather(1, order)
 
 
 def _min_max(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
