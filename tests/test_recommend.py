@@ -47,14 +47,18 @@ def test_export_writes_every_users_unseen_top_k(run_dir, tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["recs.parquet"]  # no temporary left
 
 
-def test_export_with_tail_boost_lists_more_tail_items(run_dir, tmp_path):
+@pytest.mark.parametrize("lever", [{"tail_boost": 0.8}, {"tail_slots": 0.5}])
+def test_export_with_a_tail_lever_lists_more_tail_items(run_dir, tmp_path, lever):
     engine = Engine.load(run_dir)
     plain, boosted = tmp_path / "plain.parquet", tmp_path / "boosted.parquet"
     export_recommendations(engine, plain, k=10, progress=False)
-    export_recommendations(engine, boosted, k=10, tail_boost=0.8, progress=False)
+    export_recommendations(engine, boosted, k=10, progress=False, **lever)
     tail = dict(zip(engine.catalog.item_ids, engine.catalog.is_tail))
     share = [pd.read_parquet(p)["item_id"].map(tail).mean() for p in (plain, boosted)]
     assert share[1] > share[0]
+    if "tail_slots" in lever:  # 5 of every 10 places: at least half of each list is tail
+        per_user = pd.read_parquet(boosted).assign(tail=lambda f: f["item_id"].map(tail))
+        assert (per_user.groupby("user_id")["tail"].sum() >= 5).all()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -62,6 +66,8 @@ def test_export_with_tail_boost_lists_more_tail_items(run_dir, tmp_path):
     (["k=500"], "k must be within 1..80"),
     (["colour=red"], "colour"),
     (["k"], "key=value"),
+    (["tail_boost=0.3", "tail_slots=0.2"], "not both"),
+    (["tail_slots=1.5"], "tail_slots must be within"),
 ])
 def test_bad_arguments_are_explained(run_dir, tmp_path, args, message):
     with pytest.raises(SystemExit, match=message):

@@ -225,12 +225,21 @@ def test_category_filter_and_tail_boost(ease):
                                      ease.parse({"user_id": user_id, "k": 10, "tail_boost": 1.0})])
     n_tail = [sum(i["is_tail"] for i in a["items"]) for a in (plain, boosted)]
     assert n_tail[1] > n_tail[0]
+    # tail slots at 0.3: places 4, 7 and 10 hold tail items; the list is the model's top 7 and
+    # the 3 best tail items below them
+    (slotted,) = ease.recommend([ease.parse({"user_id": user_id, "k": 10, "tail_slots": 0.3})])
+    (deep,) = ease.recommend([ease.parse({"user_id": user_id, "k": 40})])
+    order = [(i["item_id"], i["is_tail"]) for i in deep["items"]]
+    below = [item for item, is_tail in order[7:] if is_tail][:3]
+    assert all(slotted["items"][p]["is_tail"] for p in (3, 6, 9))
+    assert {i["item_id"] for i in slotted["items"]} == {item for item, _ in order[:7]} | set(below)
 
 @pytest.mark.parametrize("body, field, text", [
     ({"history": ["i1", "nope", "gone"]}, "history", "'nope', 'gone'"),
     ({"user_id": "u1", "k": 81}, "k", "1..80"),
     ({"user_id": "u1", "category": "no such"}, "category", "unknown category"),
     ({"k": 3}, None, "user_id"),
+    ({"user_id": "u1", "tail_boost": 0.3, "tail_slots": 0.2}, "tail_slots", "not both"),
 ])
 def test_bad_requests_are_explained(ease, body, field, text):
     with pytest.raises(RequestError) as error:
@@ -256,7 +265,8 @@ def test_http_health_schema_and_answers(server):
     assert requests.get(server.url + "/health", timeout=10).text == "ok"
     schema = requests.get(server.url + "/openapi.json", timeout=10).json()
     assert "/predict" in schema["paths"]
-    assert {"user_id", "history", "k", "exclude_seen", "tail_boost", "category"} <= set(
+    assert {"user_id", "history", "k", "exclude_seen", "tail_boost", "tail_slots",
+            "category"} <= set(
         schema["components"]["schemas"]["RecommendRequest"]["properties"])
     known = post(server, {"user_id": "u1", "k": 4})
     assert known.status_code == 200

@@ -1,7 +1,7 @@
 """Batch export: the top-K of every known user of a run (or a fusion) into one Parquet file.
 
 ``python -m recozoo.recommend run=<run folder | checkpoint | fusion folder> out=recs.parquet
-[k=10] [batch_size=1024] [exclude_seen=true] [tail_boost=0.0] [device=auto]``
+[k=10] [batch_size=1024] [exclude_seen=true] [tail_boost=0.0] [tail_slots=0.0] [device=auto]``
 
 The file is long format, one row per (user, rank): ``user_id``, ``rank`` (1 = best),
 ``item_id``, ``score``. Users are scored in batches through the same `Engine` as the HTTP
@@ -31,7 +31,7 @@ from omegaconf import MISSING
 from tqdm.auto import tqdm
 
 from recozoo.cli import parse_settings
-from recozoo.serve.engine import Engine
+from recozoo.serve.engine import Engine, tail_reranker
 from recozoo.serve.loading import RunLoadError
 
 SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()),
@@ -49,6 +49,8 @@ class RecommendSettings:
         batch_size: users scored together.
         exclude_seen: leave out each user's known items.
         tail_boost: personalised xQuAD weight (the engine's ``tail_boost``; 0 keeps the model's order).
+        tail_slots: share of each list's places for the best tail items below the model's top
+            (the engine's ``tail_slots``, `recozoo.rerank.TailSlots`; not with ``tail_boost``).
         device: ``auto`` (CUDA where present), ``cpu`` or ``cuda``.
         progress: show a progress bar.
     """
@@ -59,25 +61,30 @@ class RecommendSettings:
     batch_size: int = 1024
     exclude_seen: bool = True
     tail_boost: float = 0.0
+    tail_slots: float = 0.0
     device: str = "auto"
     progress: bool = True
 
 
 def export_recommendations(engine: Engine, out: str | Path, k: int = 10,
                            batch_size: int = 1024, exclude_seen: bool = True,
-                           tail_boost: float = 0.0, progress: bool = True) -> dict[str, float]:
+                           tail_boost: float = 0.0, progress: bool = True,
+                           tail_slots: float = 0.0) -> dict[str, float]:
     """Write every user's top-``k`` to ``out``; returns counts and timing.
 
     Raises:
-        ValueError: ``k`` outside 1..n_items, ``batch_size`` < 1, ``tail_boost`` outside [0, 1].
+        ValueError: ``k`` outside 1..n_items, ``batch_size`` < 1, ``tail_boost`` or
+            ``tail_slots`` outside [0, 1], or both above 0.
     """
     catalog = engine.catalog
     if not 1 <= k <= catalog.n_items:
         raise ValueError(f"k must be within 1..{catalog.n_items} (the number of items), got {k}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if not 0.0 <= tail_boost <= 1.0:
-        raise ValueError(f"tail_boost must be within [0, 1], got {tail_boost}")
+    for name, value in (("tail_boost", tail_boost), ("tail_slots", tail_slots)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be within [0, 1], got {value}")
+    tail_reranker(tail_boost, tail_slots, k)  # both above 0: the error, before any file
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
@@ -89,7 +96,8 @@ def export_recommendations(engine: Engine, out: str | Path, k: int = 10,
                      disable=not progress) as bar:
             for first in range(0, catalog.n_users, batch_size):
                 users = range(first, min(first + batch_size, catalog.n_users))
-                queries = [engine.query_for_user(u, k, exclude_seen, tail_boost) for u in users]
+                queries = [engine.query_for_user(u, k, exclude_seen, tail_boost, tail_slots)
+                           for u in users]
                 ranked = engine.rank(queries)
                 lengths = np.array([len(items) for items, _ in ranked])
                 items = np.concatenate([items for items, _ in ranked])
@@ -124,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                                        batch_size=settings.batch_size,
                                        exclude_seen=settings.exclude_seen,
                                        tail_boost=settings.tail_boost,
+                                       tail_slots=settings.tail_slots,
                                        progress=settings.progress)
     except (RunLoadError, ValueError) as error:
         raise SystemExit(f"recozoo.recommend: {error}") from None

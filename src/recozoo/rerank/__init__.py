@@ -3,7 +3,7 @@
 ``rerank=<none, tail_slots, xquad, calibrated, mmr>`` on the command line (conf/rerank/), weight
 ``rerank.weight``. Each takes (B, N) candidate items and scores, the users' histories and
 `ItemFacts`, and returns a re-ordered (B, K) list; the evaluation path, the fusion ensemble and
-the serving ``tail_boost`` option all call them the same way.
+the serving ``tail_boost`` and ``tail_slots`` options all call them the same way.
 """
 
 from recozoo.rerank.base import ItemFacts, Reranker

@@ -4,7 +4,8 @@ A re-ranker takes the top-N candidates of any model, ``items`` (B, N) with their
 (B, N), and returns a new top-K order (B, K). Every method here is greedy: at each of the K
 output positions it scores every remaining candidate of every user at once (a (B, N) tensor)
 and picks the best; the only Python loop is over the K positions. The same function serves the
-evaluation path (`Recommender`), the fusion ensemble and the serving ``tail_boost`` option.
+evaluation path (`Recommender`), the fusion ensemble and the serving ``tail_boost`` and
+``tail_slots`` options.
 """
 
 from __future__ import annotations

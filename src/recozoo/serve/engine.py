@@ -36,14 +36,27 @@ import torch
 
 from recozoo.data.datamodule import EvalBatch
 from recozoo.evaluation import mask_seen
-from recozoo.rerank import XQuAD
+from recozoo.rerank import Reranker, TailSlots, XQuAD
 from recozoo.serve.loading import LoadedRun, load_run
 from recozoo.serve.schema import RecommendRequest, RequestError, Strategy
 
 #: at most this many offending values are echoed back in an error
 MAX_LISTED = 50
-#: the model's top candidates that ``tail_boost`` re-ranks
+#: the model's top candidates that ``tail_boost`` and ``tail_slots`` re-rank
 TAIL_BOOST_CANDIDATES = 100
+
+
+def tail_reranker(tail_boost: float, tail_slots: float, k: int) -> Reranker | None:
+    """The re-ranker a request asks for in place of the run's: xQuAD at ``tail_boost``, tail
+    slots at ``tail_slots`` (at most one of them above 0), or None (the run's own)."""
+    if tail_boost > 0 and tail_slots > 0:
+        raise ValueError("give tail_boost (xQuAD) or tail_slots, not both")
+    candidates = max(TAIL_BOOST_CANDIDATES, k)
+    if tail_boost > 0:
+        return XQuAD(weight=tail_boost, candidates=candidates)
+    if tail_slots > 0:
+        return TailSlots(weight=tail_slots, candidates=candidates)
+    return None
 
 
 @dataclass
@@ -59,6 +72,7 @@ class Query:
     exclude_seen: bool = True
     tail_boost: float = 0.0
     category: str | None = None
+    tail_slots: float = 0.0
 
 
 def _listed(values: list[str]) -> str:
@@ -120,6 +134,9 @@ class Engine:
         if request.user_id is None and request.history is None:
             errors.append({"loc": ["body"], "type": "value_error",
                            "msg": "give a user_id, a history (item ids), or both"})
+        if request.tail_boost > 0 and request.tail_slots > 0:
+            errors.append({"loc": ["body", "tail_slots"], "type": "value_error",
+                           "msg": "give tail_boost (xQuAD) or tail_slots, not both"})
         if errors:
             raise RequestError(errors)
 
@@ -148,14 +165,16 @@ class Engine:
                     ": ranked by training popularity"
         return Query(user_id=request.user_id, user=user, inputs=inputs, strategy=strategy,
                      fallback=fallback, k=request.k, exclude_seen=request.exclude_seen,
-                     tail_boost=request.tail_boost, category=request.category)
+                     tail_boost=request.tail_boost, category=request.category,
+                     tail_slots=request.tail_slots)
 
     def query_for_user(self, user: int, k: int, exclude_seen: bool = True,
-                       tail_boost: float = 0.0) -> Query:
+                       tail_boost: float = 0.0, tail_slots: float = 0.0) -> Query:
         """The query of a known user index (the batch export's path)."""
         return Query(user_id=str(self.catalog.user_ids[user]), user=user,
                      inputs=self.catalog.user_history(user), strategy="user", fallback=None,
-                     k=k, exclude_seen=exclude_seen, tail_boost=tail_boost)
+                     k=k, exclude_seen=exclude_seen, tail_boost=tail_boost,
+                     tail_slots=tail_slots)
 
     # ------------------------------------------------------------------ ranking
     def eval_batch(self, queries: list[Query]) -> EvalBatch:
@@ -211,18 +230,19 @@ class Engine:
 
         Lists come from the run's `Ranker`, with the run's re-ranker (``rerank=``): a user
         scored with the inputs of an evaluation gets the evaluated list. ``tail_boost`` > 0
-        re-ranks with xQuAD at that weight instead of the run's re-ranker."""
+        re-ranks with xQuAD at that weight instead of the run's re-ranker, ``tail_slots`` > 0
+        with tail slots (`tail_reranker`)."""
         if not queries:
             return []
         scores = self.scores(queries)  # (B, n_items)
         history = self.eval_batch(queries).history  # (B, L)
         ranker = self.scorer.ranker
         out: list[tuple[np.ndarray, np.ndarray]] = [None] * len(queries)  # type: ignore[list-item]
-        for boost in sorted({q.tail_boost for q in queries}):
-            rows = [row for row, q in enumerate(queries) if q.tail_boost == boost]
+        for asked in sorted({(q.tail_boost, q.tail_slots) for q in queries}):
+            rows = [row for row, q in enumerate(queries)
+                    if (q.tail_boost, q.tail_slots) == asked]
             k = max(queries[row].k for row in rows)
-            reranker = (XQuAD(weight=boost, candidates=max(TAIL_BOOST_CANDIDATES, k))
-                        if boost > 0 else None)
+            reranker = tail_reranker(*asked, k)
             items, values = ranker.top(scores[rows], history[rows], k, reranker=reranker)
             items, values = items.cpu().numpy(), values.cpu().numpy()
             for position, row in enumerate(rows):

@@ -26,6 +26,9 @@ class RecommendRequest(BaseModel):
                               "head/tail mix moves toward the user's own (toward the tail where "
                               "the model's list is head-heavier than the user); 0 keeps the "
                               "model's order")
+    tail_slots: float = Field(0.0, ge=0.0, le=1.0, description="share of the list's places "
+                              "for the best tail items below the model's top (0.2: places 5 "
+                              "and 10 of 10; rerank=tail_slots); 0: none; not with tail_boost")
     category: str | None = Field(None, description="only items of this category")
 
 
