@@ -139,10 +139,10 @@ class Reranker:
             re-ranked order; the scores stay the model's (so a fusion can combine raw scores
             and re-rank its own result), hence they need not decrease along the list.
         """
-        _check_candidates(items, scores, k)
+        check_candidates(items, scores, k)
         valid = torch.isfinite(scores)  # (B, N)
         if self.weight == 0.0:  # the model's own order (candidates arrive sorted)
-            return _model_order(items, scores, k)
+            return model_order(items, scores, k)
         relevance = _min_max(scores.float(), valid)  # (B, N)
         state = self._start(items, history, facts)
         # invalid candidates come last, in their original order, once the valid ones run out
@@ -161,7 +161,7 @@ class Reranker:
         return items.gather(1, order), scores.gather(1, order)
 
 
-def _check_candidates(items: torch.Tensor, scores: torch.Tensor, k: int) -> None:
+def check_candidates(items: torch.Tensor, scores: torch.Tensor, k: int) -> None:
     """A clear error for candidates a re-ranker cannot take (see `Reranker.__call__`)."""
     if items.shape != scores.shape or items.dim() != 2:
         raise ValueError(f"items {tuple(items.shape)} and scores {tuple(scores.shape)} must "
@@ -170,7 +170,7 @@ def _check_candidates(items: torch.Tensor, scores: torch.Tensor, k: int) -> None
         raise ValueError(f"k={k} must be within 1..{items.shape[1]} (the candidates)")
 
 
-def _model_order(items: torch.Tensor, scores: torch.Tensor, k: int | None = None,
+def model_order(items: torch.Tensor, scores: torch.Tensor, k: int | None = None,
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``k`` (all: None) candidates in the model's order, best score first; equal
     scores and invalid (-inf) candidates keep their column order."""
@@ -194,4 +194,5 @@ def group_onehot(items: torch.Tensor, item_group: torch.Tensor, n_groups: int) -
     return torch.nn.functional.one_hot(item_group[items], n_groups).float()
 
 
-__all__ = ["BUCKETS", "ItemFacts", "Reranker", "group_onehot", "history_group_share"]
+__all__ = ["BUCKETS", "ItemFacts", "Reranker", "check_candidates", "group_onehot",
+           "history_group_share", "model_order"]

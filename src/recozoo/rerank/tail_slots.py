@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from recozoo.rerank.base import ItemFacts, Reranker, _check_candidates, _model_order
+from recozoo.rerank.base import ItemFacts, Reranker, check_candidates, model_order
 
 
 def is_tail_slot(position: int, weight: float) -> bool:
@@ -52,8 +52,8 @@ class TailSlots(Reranker):
     def __call__(self, items: torch.Tensor, scores: torch.Tensor, k: int, history: torch.Tensor,
                  facts: ItemFacts) -> tuple[torch.Tensor, torch.Tensor]:
         """The list of `Reranker.__call__` (the history is not read)."""
-        _check_candidates(items, scores, k)
-        items, scores = _model_order(items, scores)  # columns in the model's order
+        check_candidates(items, scores, k)
+        items, scores = model_order(items, scores)  # columns in the model's order
         if self.weight == 0.0:
             return items[:, :k], scores[:, :k]
         n = items.shape[1]

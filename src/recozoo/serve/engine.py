@@ -20,6 +20,8 @@ re-ranks the model's top candidates with personalised xQuAD (Abdollahpouri et al
 "Managing Popularity Bias in Recommendation Methods with Personalized Re-Ranking", FLAIRS 2019):
 the list's head/tail mix moves toward the user's own, which is toward the tail where, as with
 most models, the list is head-heavier than the user's history; 0 keeps the model's order.
+``tail_slots`` λ in [0, 1] instead gives that share of the list's places to the best tail items
+below the model's top (`recozoo.rerank.TailSlots`); a request sets one of the two.
 
 Bad requests raise `RequestError` (HTTP 422) listing what is wrong: unknown item ids in the
 history, ``k`` outside 1..n_items, an unknown category.
