@@ -9,10 +9,10 @@ tail items below them: the slots bring up tail items the model ranked just out o
 not tail items it had already listed. A list of any length is the prefix of a longer one.
 
 Ranked group fairness (Zehlike et al., "FA*IR: A Fair Top-k Ranking Algorithm", CIKM 2017) asks
-only that every prefix hold a minimum number of protected items, counting those the model
-ranked there itself; on the lists measured (docs/long_tail.md) that minimum
-raised tail recall less than slots reserved for the tail items below the model's top, at the
-same NDCG. Unlike xQuAD and calibration, the slots do not depend on the user's history.
+only that a list hold a minimum number of protected items, counting those the model ranked
+there itself; such a minimum in the top 10, tried on one run's lists (docs/long_tail.md),
+raised tail recall less than slots reserved for the tail items below the model's top, at a
+like NDCG. Unlike xQuAD and calibration, the slots do not depend on the user's history.
 """
 
 from __future__ import annotations
@@ -24,11 +24,10 @@ import torch
 from recozoo.rerank.base import ItemFacts, Reranker, check_candidates, model_order
 
 
-def is_tail_slot(position: int, weight: float) -> bool:
-    """Whether list position ``position`` (counted from 1) is a tail slot at share ``weight``:
-    where ``floor(weight * position)`` rises (a small tolerance keeps 0.3 * 10 at 3)."""
-    return (math.floor(weight * position + 1e-9)
-            > math.floor(weight * (position - 1) + 1e-9))
+def tail_slots_among(places: int, weight: float) -> int:
+    """How many of a list's first ``places`` places are tail slots at share ``weight``:
+    ``floor(weight * places)`` (a small tolerance keeps 0.3 * 10 at 3)."""
+    return math.floor(weight * places + 1e-9)
 
 
 class TailSlots(Reranker):
@@ -54,8 +53,6 @@ class TailSlots(Reranker):
         """The list of `Reranker.__call__` (the history is not read)."""
         check_candidates(items, scores, k)
         items, scores = model_order(items, scores)  # columns in the model's order
-        if self.weight == 0.0:
-            return items[:, :k], scores[:, :k]
         n = items.shape[1]
         column = torch.arange(n, device=items.device)
         none = torch.full_like(column, n)  # "no such column"
@@ -69,10 +66,11 @@ class TailSlots(Reranker):
             best_tail = torch.where(tail & free, column, none).amin(1)  # (B,)
             first_free = torch.where(free, column, none).amin(1)
             fallback = torch.where(best_tail < n, best_tail, first_free)
-            if is_tail_slot(position, self.weight):
+            before = tail_slots_among(position - 1, self.weight)
+            if tail_slots_among(position, self.weight) > before:  # a tail slot
                 pick = fallback
-            else:  # the model's next candidate: column (position - tail slots so far - 1)
-                model_next = position - 1 - math.floor(self.weight * (position - 1) + 1e-9)
+            else:  # the model's next candidate: column (places so far - tail slots so far)
+                model_next = position - 1 - before
                 pick = torch.where(taken[:, model_next], fallback,
                                    torch.full_like(fallback, model_next))
             taken[rows, pick] = True
